@@ -1,0 +1,38 @@
+"""Shared fixtures: the real test clips in ../shared/data (never copied into the repo) and
+the built-in tiny-random model."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data relative to the repo root; skips the test when it is missing."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from videdit.models import load_model
+
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def wolf_frames(shared_data):
+    """Two real frames at 64x64 (tiny-random's latents of real footage have unit std)."""
+    from videdit import io
+
+    frames, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(64, 64)))
+    return frames[[0, 10]]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,58 @@
+import torch
+
+from videdit.core.loop import Branches, CallInfo, StepCallback, denoise, predict_noise
+from videdit.core.schedule import make_schedule
+
+
+class CountingUNet(torch.nn.Module):
+    """Output = 0.1 * x + a per-sample constant from the text; records each call's batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.dtype = torch.float32
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.calls.append(x.shape[0])
+        return type("Out", (), {"sample": 0.1 * x + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)})()
+
+
+def test_frames_go_through_the_unet_in_batches():
+    unet = CountingUNet()
+    x = torch.randn(1, 10, 4, 8, 8)
+    cond, uncond = torch.ones(1, 3, 5), torch.zeros(1, 3, 5)
+    out = predict_noise(unet, x, 10, cond, uncond, (7.5,), batch_size=4)
+    assert unet.calls == [8, 8, 4]  # (2 halves) x 4 frames, 4, then 2 x 2
+    torch.testing.assert_close(out, 0.1 * x + 7.5)  # uncond + 7.5 * (cond - uncond)
+    unet.calls.clear()
+    predict_noise(unet, x, 10, cond, uncond, (1.0,), batch_size=4)
+    assert unet.calls == [4, 4, 2]  # guidance 1: no unconditional half
+
+
+def test_batching_does_not_change_the_result(tiny):
+    s = make_schedule(tiny.scheduler_config, 4)
+    x = torch.randn(1, 5, 4, 8, 8)
+    text = tiny.encode_text(["a", ""])
+    b = Branches(cond=text[:1], uncond=text[1:], guidance=(3.0,))
+    one = denoise(tiny.unet, x, s, b, batch_size=1)
+    five = denoise(tiny.unet, x, s, b, batch_size=5)
+    torch.testing.assert_close(one, five, rtol=1e-4, atol=1e-4)
+
+
+def test_callbacks_see_every_step_and_can_change_latents():
+    seen = []
+
+    class Pin(StepCallback):
+        def on_step_end(self, ctx, x):
+            seen.append((ctx.step, ctx.timestep))
+            return torch.zeros_like(x)
+
+    unet = CountingUNet()
+    s = make_schedule({"num_train_timesteps": 1000, "steps_offset": 1}, 5)
+    info = CallInfo()
+    x = denoise(unet, torch.randn(1, 2, 4, 4, 4), s, Branches(torch.zeros(1, 3, 5), torch.zeros(1, 3, 5), (1.0,)),
+                callbacks=[Pin()], info=info)
+    assert [i for i, _ in seen] == [0, 1, 2, 3, 4]
+    assert [t for _, t in seen] == s.timesteps.tolist()
+    assert torch.count_nonzero(x) == 0
+    assert info.step == 4 and info.frames == (0, 1) and not info.inverting

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videdit.errors import VideditError
+from videdit.models import load_model
+from videdit.models.tiny import save_tiny_random
+
+
+def test_tiny_random_is_the_same_every_time(tiny):
+    again = load_model("tiny-random")
+    for a, b in zip(tiny.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+    assert tiny.vae_scale_factor == 8 and tiny.latent_channels == 4
+    n = sum(p.numel() for part in (tiny.unet, tiny.vae, tiny.text_encoder) for p in part.parameters())
+    assert 1_000_000 < n < 5_000_000
+
+
+def test_text_and_vae_in_batches(tiny):
+    emb = tiny.encode_text(["a", "b", "c"], batch_size=2)
+    assert emb.shape == (3, 77, 32)
+    torch.testing.assert_close(emb[2:], tiny.encode_text(["c"]))
+    frames = np.random.default_rng(0).integers(0, 255, (5, 48, 40, 3), dtype=np.uint8)
+    z = tiny.encode_images(frames, batch_size=2)
+    assert z.shape == (5, 4, 6, 5)
+    torch.testing.assert_close(z[4:], tiny.encode_images(frames[4:]))
+    out = tiny.decode_latents(z, batch_size=3)
+    assert out.shape == (5, 48, 40, 3) and out.dtype == np.uint8
+
+
+def test_local_directory_loads_like_the_builtin(tiny, tmp_path):
+    save_tiny_random(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([10]), tiny.encode_text(["a"])
+    torch.testing.assert_close(model.unet(x, t, encoder_hidden_states=e).sample,
+                               tiny.unet(x, t, encoder_hidden_states=e).sample)
+    assert model.tokens("ab") == tiny.tokens("ab") == ["<|startoftext|>", "a", "b</w>", "<|endoftext|>"]
+    assert len(model.fingerprint) == 16
+
+
+def test_v_prediction_directory(tmp_path):
+    path = save_tiny_random(tmp_path / "v")
+    cfg_path = path / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["prediction_type"] = "v_prediction"
+    cfg_path.write_text(json.dumps(cfg))
+    assert load_model(path).prediction_type == "v_prediction"
+
+
+def test_errors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(VideditError, match="hub.*unreachable.*local directory"):
+        load_model("nobody/no-such-model")
+    with pytest.raises(VideditError, match="no model at"):
+        load_model("./missing-dir")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(VideditError, match="not a diffusers model directory"):
+        load_model(tmp_path / "x")
+    (tmp_path / "x" / "model_index.json").write_text('{"text_encoder_2": ["transformers", "CLIPTextModel"]}')
+    with pytest.raises(VideditError, match="SDXL"):
+        load_model(tmp_path / "x")
+    with pytest.raises(VideditError, match="unknown dtype"):
+        load_model("tiny-random", dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_low_precision_runs(dtype):
+    m = load_model("tiny-random", dtype=dtype)
+    z = m.encode_images(np.zeros((1, 16, 16, 3), np.uint8))
+    assert z.dtype == m.dtype and torch.isfinite(z).all()

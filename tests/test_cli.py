@@ -1,0 +1,93 @@
+import subprocess
+import sys
+from fractions import Fraction
+
+import av
+import pytest
+
+from videdit.cli import main
+
+BASE = ["--model", "tiny-random", "--steps", "2", "--no-cache", "-q"]
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def bad_inputs(tmp, shared):
+    text = tmp / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    truncated = tmp / "truncated.mp4"
+    truncated.write_bytes((shared / "videos" / "dog.mp4").read_bytes()[:2000])
+    return {
+        "missing file": ([tmp / "nope.mp4"], "no such file"),
+        "text renamed .mp4": ([text], "not a readable video"),
+        "truncated mp4": ([truncated], "video"),
+        "zero frames": ([shared / "videos" / "dog.mp4", "--max-frames", "0"], "max_frames"),
+        "unknown inversion": ([shared / "videos" / "dog.mp4", "--inversion", "magic"], "unknown inversion 'magic'"),
+        "unknown editor": ([shared / "videos" / "dog.mp4", "--editor", "magic"], "unknown editor 'magic'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "text renamed .mp4", "truncated mp4", "zero frames",
+                                  "unknown inversion", "unknown editor"])
+def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, shared_data, capsys):
+    args, message = bad_inputs(tmp_path, shared_data)[case]
+    out = tmp_path / "out" / "edit.mp4"
+    out.parent.mkdir()
+    code, _, err = run(capsys, "edit", *args, "-t", "x", "-o", out, *BASE)
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("videdit: error:") and message in lines[0], err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_output_equal_to_input_is_refused(tmp_path, shared_data, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes((shared_data / "videos" / "truck.mp4").read_bytes())
+    before = clip.read_bytes()
+    code, _, err = run(capsys, "edit", clip, "-t", "x", "-o", clip, *BASE)
+    assert code == 2 and "overwrite the input" in err and len(err.strip().splitlines()) == 1
+    assert clip.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_man_skiing_keeps_size_rate_and_audio(tmp_path, shared_data, capsys):
+    out = tmp_path / "ski.mp4"
+    code, stdout, err = run(capsys, "edit", shared_data / "videos" / "man-skiing.mp4", "-s", "a man is skiing",
+                            "-t", "mickey mouse is skiing on the snow", "-o", out, "--size", "64",
+                            "--max-frames", "24", *BASE)
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.width, v.height) == (718, 718)
+        assert v.average_rate == Fraction(30000, 1001)
+        assert sum(1 for _ in c.decode(v)) == 24
+        assert len(c.streams.audio) == 1
+        audio = c.streams.audio[0]
+        assert float(audio.duration * audio.time_base) == pytest.approx(24 * 1001 / 30000, abs=0.1)
+
+
+def test_invert_then_edit_hits_the_cache(tmp_path, shared_data, capsys):
+    clip = shared_data / "videos" / "dog.mp4"
+    common = ["--model", "tiny-random", "--steps", "3", "--max-frames", "4", "--size", "64",
+              "--cache-dir", tmp_path / "c", "-s", "a dog"]
+    code, out, _ = run(capsys, "invert", clip, *common)
+    assert code == 0 and "inverted 4 frames in 1 windows (0 already cached)" in out
+    code, out, _ = run(capsys, "edit", clip, *common, "-t", "a cat", "-o", tmp_path / "e.mp4")
+    assert code == 0 and "1/1 windows from cache" in out
+
+
+def test_preview_and_methods(tmp_path, shared_data, capsys):
+    code, out, _ = run(capsys, "preview", shared_data / "videos" / "wolf.mp4", "-o", tmp_path / "w.gif",
+                       "--max-frames", "10", "--max-side", "64")
+    assert code == 0 and (tmp_path / "w.gif").stat().st_size > 0
+    code, out, _ = run(capsys, "methods")
+    assert code == 0 and "ddim" in out and "plain" in out and "guidance=1.0" in out
+
+
+def test_console_script_help():
+    for argv in ([], ["edit"], ["invert"], ["preview"]):
+        res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)
+        assert res.returncode == 0 and "usage: videdit" in res.stdout

@@ -1,0 +1,172 @@
+"""Command line: argument parsing only; the work is in videdit.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from videdit.errors import VideditError
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """"512" (short side) or "640x360" (width x height)."""
+    try:
+        if "x" in text.lower():
+            w, h = text.lower().split("x")
+            return int(w), int(h)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
+
+
+def _add_read_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("frames to read")
+    g.add_argument("--start", type=float, help="start time in seconds")
+    g.add_argument("--end", type=float, help="end time in seconds")
+    g.add_argument("--start-frame", type=int, default=0, help="first frame index")
+    g.add_argument("--end-frame", type=int, help="frame index to stop before")
+    g.add_argument("--stride", type=int, default=1, help="take every N-th frame")
+    g.add_argument("--fps", type=float, help="resample to this frame rate (instead of --stride)")
+    g.add_argument("--max-frames", type=int, help="at most this many frames")
+    g.add_argument("--size", type=_size, help="working size: N (short side) or WxH; output keeps the source size")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and sampler")
+    g.add_argument("--model", default="tiny-random",
+                   help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
+    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=8, help="frames per UNet call (default 8)")
+    g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--inversion", default="ddim", help="inversion method (see `videdit methods`)")
+    g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
+    g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+
+
+def _read_options(a):
+    from videdit.io import ReadOptions
+
+    return ReadOptions(start_frame=a.start_frame, end_frame=a.end_frame, start_s=a.start, end_s=a.end,
+                       stride=a.stride, fps=a.fps, max_frames=a.max_frames, size=a.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videdit", description="Text-guided image and video editing with diffusion models.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+
+    p = add("edit", help="edit an image or a clip", description="Invert INPUT under the source prompt and "
+                       "regenerate it under the target prompt. Images and clips alike.")
+    p.add_argument("input", type=Path, help="video file, folder of frames, or image")
+    p.add_argument("-s", "--source", default="", help="prompt describing the input")
+    p.add_argument("-t", "--target", required=True, help="prompt describing the wanted output")
+    p.add_argument("-o", "--output", type=Path, required=True, help=".mp4, .gif, .png/.jpg (images), or a folder")
+    p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
+    _add_model_args(p)
+    _add_read_args(p)
+
+    p = add("invert", help="invert a clip and fill the cache",
+                       description="Run the inversion stage only, so later edits of INPUT start at once.")
+    p.add_argument("input", type=Path)
+    p.add_argument("-s", "--source", default="", help="prompt describing the input")
+    _add_model_args(p)
+    _add_read_args(p)
+
+    p = add("preview", help="write a GIF preview of any clip")
+    p.add_argument("input", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .gif to write")
+    p.add_argument("--compare", type=Path, help="a second clip shown on the left, side by side")
+    p.add_argument("--max-side", type=int, default=256)
+    p.add_argument("--max-fps", type=float, default=12)
+    p.add_argument("--max-frames", type=int, default=48)
+
+    add("methods", help="list the inversions and editors with their options")
+    return parser
+
+
+def _edit(a) -> None:
+    from videdit.pipeline import edit_video
+
+    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=a.model,
+                        steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
+                        inversion=a.inversion, editor=a.editor, read=_read_options(a), window=a.window,
+                        batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
+                        use_cache=not a.no_cache, preview=a.preview, progress=not a.quiet)
+    s = result.stats
+    msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
+           f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
+    if a.preview:
+        msg += f" and {a.preview}"
+    print(msg)
+
+
+def _invert(a) -> None:
+    from videdit.pipeline import invert_video
+
+    stats = invert_video(a.input, source_prompt=a.source, model=a.model, steps=a.steps, seed=a.seed,
+                         negative_prompt=a.negative, inversion=a.inversion, read=_read_options(a), window=a.window,
+                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
+                         progress=not a.quiet)
+    print(f"inverted {stats.frames} frames in {stats.windows} windows ({stats.cache_hits} already cached)")
+
+
+def _preview(a) -> None:
+    from videdit import io
+
+    io.check_output_path(a.output, a.input)
+    frames, info = io.read_clip(a.input, io.ReadOptions(max_frames=None))
+    source = io.read_clip(a.compare)[0] if a.compare else None
+    if source is not None and len(source) != len(frames):
+        raise VideditError(f"--compare has {len(source)} frames but {a.input} has {len(frames)}")
+    io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
+                 max_fps=a.max_fps, max_frames=a.max_frames)
+    print(f"wrote {a.output}")
+
+
+def _methods(a) -> None:
+    import dataclasses
+
+    from videdit.editing import EDITORS
+    from videdit.inversion import INVERSIONS
+
+    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS)):
+        print(f"{title}:")
+        for name, spec in sorted(registry.items()):
+            opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config))
+            print(f"  {name:<16} {spec.summary}" + (f"  [{opts}]" if opts else ""))
+
+
+COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "methods": _methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="videdit: %(message)s")
+    for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        with logging_redirect_tqdm():
+            COMMANDS[args.command](args)
+    except VideditError as e:
+        print(f"videdit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videdit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

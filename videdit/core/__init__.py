@@ -1,0 +1,9 @@
+"""Pure diffusion steps, guidance, and the one denoising loop."""
+
+from videdit.core.ddim import ddim_inverse_step, ddim_step, predict_x0_eps
+from videdit.core.guidance import cfg
+from videdit.core.loop import Branches, StepCallback, StepContext, denoise, predict_noise
+from videdit.core.schedule import Schedule, make_schedule
+
+__all__ = ["Branches", "Schedule", "StepCallback", "StepContext", "cfg", "ddim_inverse_step", "ddim_step",
+           "denoise", "make_schedule", "predict_noise", "predict_x0_eps"]

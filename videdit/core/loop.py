@@ -1,0 +1,138 @@
+"""The one denoising loop. Editors change what it does through step callbacks and
+attention processors; they never copy it.
+
+Latents are laid out ``(n_branches, F, C, h, w)``: a *branch* is one prompt denoised over
+all frames (an attention editor runs the source and the target branch side by side). The
+UNet sees frames in batches; within one call the batch is ordered
+``(guidance half, branch, frame)``, which :class:`CallInfo` tells the attention processors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from videdit.core.ddim import ddim_step
+from videdit.core.guidance import cfg
+from videdit.core.schedule import Schedule
+
+# Text conditioning: (n_branches, L, D) or per frame (n_branches, F, L, D); or one per step.
+Embeds = torch.Tensor | Sequence[torch.Tensor] | Callable[[int], torch.Tensor]
+
+
+@dataclass
+class CallInfo:
+    """What the UNet call in flight holds; attention processors read it."""
+
+    step: int = 0
+    timestep: int = 0
+    n_branches: int = 1
+    frames: tuple[int, ...] = ()   # frame indices of this call's batch
+    guided: bool = False           # batch holds an unconditional half first
+    inverting: bool = False
+
+    @property
+    def halves(self) -> int:
+        return 2 if self.guided else 1
+
+
+@dataclass
+class StepContext:
+    """Passed to step callbacks."""
+
+    step: int
+    timestep: int
+    alpha: float
+    alpha_prev: float
+    n_steps: int
+    extras: dict = field(default_factory=dict)
+
+
+class StepCallback:
+    """Per-step hooks; each returns its (possibly changed) tensor. Shapes (nb, F, C, h, w)."""
+
+    def on_noise(self, ctx: StepContext, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` is the guided model output (epsilon or v, as the model predicts)."""
+        return out
+
+    def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@dataclass(frozen=True)
+class Branches:
+    """The prompts denoised together and their guidance scales (one per branch)."""
+
+    cond: torch.Tensor   # (nb, L, D) or (nb, F, L, D)
+    uncond: Embeds       # same shape, or one such tensor per step
+    guidance: tuple[float, ...]
+
+    def uncond_at(self, step: int) -> torch.Tensor:
+        if callable(self.uncond):
+            return self.uncond(step)
+        if isinstance(self.uncond, torch.Tensor):
+            return self.uncond
+        return self.uncond[step]
+
+
+def _per_frame(e: torch.Tensor, nb: int, frames: Sequence[int]) -> torch.Tensor:
+    """(nb, L, D) or (nb, F, L, D) -> (nb, len(frames), L, D)."""
+    if e.ndim == 3:
+        return e[:, None].expand(nb, len(frames), *e.shape[1:])
+    return e[:, list(frames)]
+
+
+def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+                  guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None) -> torch.Tensor:
+    """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep, frames in
+    batches of ``batch_size``. ``uncond`` is skipped when every guidance scale is 1."""
+    nb, n_frames = x.shape[:2]
+    guided = uncond is not None and any(g != 1 for g in guidance)
+    info = info if info is not None else CallInfo()
+    info.timestep, info.n_branches, info.guided = int(timestep), nb, guided
+    dtype = unet.dtype
+    out = torch.empty_like(x, dtype=torch.float32)
+    scale = torch.tensor(guidance, dtype=torch.float32, device=x.device).view(nb, 1, 1, 1, 1)
+    for start in range(0, n_frames, batch_size):
+        frames = tuple(range(start, min(start + batch_size, n_frames)))
+        info.frames = frames
+        xb = x[:, start:start + len(frames)]                      # (nb, fb, C, h, w)
+        text = _per_frame(cond, nb, frames)                       # (nb, fb, L, D)
+        if guided:
+            xb = torch.cat([xb, xb])                              # (2*nb, fb, C, h, w)
+            text = torch.cat([_per_frame(uncond, nb, frames), text])
+        t = torch.full((xb.shape[0] * xb.shape[1],), int(timestep), device=x.device, dtype=torch.long)
+        y = unet(xb.flatten(0, 1).to(dtype), t, encoder_hidden_states=text.flatten(0, 1).to(dtype)).sample
+        y = y.float().unflatten(0, xb.shape[:2])                  # (halves*nb, fb, C, h, w)
+        if guided:
+            u, c = y.chunk(2)                                     # each (nb, fb, C, h, w)
+            y = cfg(u, c, scale)
+        out[:, start:start + len(frames)] = y
+    return out
+
+
+@torch.no_grad()
+def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, prediction_type: str = "epsilon",
+            callbacks: Sequence[StepCallback] = (), batch_size: int = 8, info: CallInfo | None = None,
+            start_step: int = 0, progress: bool = False, desc: str = "denoise") -> torch.Tensor:
+    """DDIM-sample latents ``x`` (nb, F, C, h, w) from ``schedule.timesteps[start_step]`` to clean."""
+    info = info if info is not None else CallInfo()
+    info.inverting = False
+    x = x.float()
+    steps = range(start_step, len(schedule))
+    for i in tqdm(steps, desc=desc, disable=not progress, leave=False):
+        t = int(schedule.timesteps[i])
+        info.step = i
+        ctx = StepContext(step=i, timestep=t, alpha=float(schedule.alphas[i]),
+                          alpha_prev=float(schedule.alphas_prev[i]), n_steps=len(schedule))
+        out = predict_noise(unet, x, t, branches.cond, branches.uncond_at(i), branches.guidance,
+                            batch_size=batch_size, info=info)
+        for cb in callbacks:
+            out = cb.on_noise(ctx, x, out)
+        x = ddim_step(x, out, ctx.alpha, ctx.alpha_prev, prediction_type)
+        for cb in callbacks:
+            x = cb.on_step_end(ctx, x)
+    return x

@@ -1,0 +1,43 @@
+"""The discrete noise schedule of one sampling run, taken from the model's diffusers
+scheduler config so that spacing, offsets and the final alpha match diffusers exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from videdit.errors import VideditError
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Sampling goes timesteps[0] -> ... -> timesteps[-1] -> clean.
+
+    ``alphas[i]`` is alpha-bar at ``timesteps[i]``; ``alphas_prev[i]`` the one step ``i``
+    lands on (the final alpha after the last step). Inversion walks the same pairs backwards.
+    """
+
+    timesteps: torch.Tensor    # (N,) int64, descending
+    alphas: torch.Tensor       # (N,) float64
+    alphas_prev: torch.Tensor  # (N,) float64
+    alphas_cumprod: torch.Tensor  # (T,) float64, the training schedule (for forward noising)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def make_schedule(scheduler_config: dict, steps: int) -> Schedule:
+    if steps < 1:
+        raise VideditError(f"steps must be >= 1, got {steps}")
+    train_steps = scheduler_config.get("num_train_timesteps", 1000)
+    if steps > train_steps:
+        raise VideditError(f"steps must be <= {train_steps} (the model's training timesteps), got {steps}")
+    sched = DDIMScheduler.from_config(scheduler_config)
+    sched.set_timesteps(steps)
+    acp = sched.alphas_cumprod.double()
+    timesteps = sched.timesteps.long()
+    prev = timesteps - train_steps // steps  # diffusers' DDIM prev_timestep rule
+    alphas_prev = torch.where(prev >= 0, acp[prev.clamp(min=0)], sched.final_alpha_cumprod.double())
+    return Schedule(timesteps=timesteps, alphas=acp[timesteps], alphas_prev=alphas_prev, alphas_cumprod=acp)

@@ -1,0 +1,85 @@
+"""On-disk cache of inversions, keyed by a hash of frames, model, prompt and parameters.
+
+An entry is one safetensors file whose metadata repeats the key; anything that does not
+load, does not repeat the key, or has inconsistent shapes is reported and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from videdit.inversion.record import Inversion
+
+log = logging.getLogger("videdit.cache")
+FORMAT = "videdit-inversion-1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VIDEDIT_CACHE_DIR") or Path.home() / ".cache" / "videdit" / "inversions")
+
+
+def cache_key(frames: np.ndarray, **parts) -> str:
+    """sha256 over the frames' bytes and shape and every named part (JSON, sorted keys)."""
+    h = hashlib.sha256()
+    h.update(FORMAT.encode())
+    h.update(str(frames.shape).encode() + str(frames.dtype).encode())
+    h.update(np.ascontiguousarray(frames).data)
+    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class InversionCache:
+    def __init__(self, directory: Path | str | None = None):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key[:32]}.safetensors"
+
+    def load(self, key: str, n_steps: int) -> Inversion | None:
+        """The cached inversion for ``key``, or None (missing, corrupt or mismatched)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            traj = tensors.pop("trajectory")
+            ok = (meta.get("key") == key and meta.get("format") == FORMAT and traj.ndim == 5
+                  and traj.shape[0] == n_steps + 1 and bool(torch.isfinite(traj).all()))
+            if not ok:
+                raise ValueError("key, format or shape mismatch")
+            extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+            return Inversion(method=meta["method"], trajectory=traj, extras=extras,
+                             unet_evals=int(meta["unet_evals"]), evals_per_step=int(meta["evals_per_step"]),
+                             cached=True)
+        except Exception as e:  # corrupt file, truncated write by another tool, old format ...
+            log.warning("ignoring bad inversion cache entry %s (%s); recomputing", path.name, e)
+            return None
+
+    def save(self, key: str, inv: Inversion) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"trajectory": inv.trajectory.detach().cpu().contiguous()}
+        tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in inv.extras.items()})
+        meta = {"key": key, "format": FORMAT, "method": inv.method, "unet_evals": str(inv.unet_evals),
+                "evals_per_step": str(inv.evals_per_step)}
+        path = self.path(key)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path

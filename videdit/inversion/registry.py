@@ -1,0 +1,66 @@
+"""Registry of inversion methods: name -> (config dataclass, function)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from videdit.core.schedule import Schedule
+from videdit.errors import VideditError
+from videdit.inversion.record import Inversion
+
+
+@dataclass(frozen=True)
+class InversionInputs:
+    """Everything an inversion method may read. Latents (F, C, h, w); text (1, L, D)."""
+
+    unet: Any
+    prediction_type: str
+    latents: torch.Tensor
+    schedule: Schedule
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    batch_size: int = 8
+    progress: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InversionMethod:
+    name: str
+    config: type
+    run: Callable[[InversionInputs, Any], Inversion]
+    summary: str
+
+
+INVERSIONS: dict[str, InversionMethod] = {}
+
+
+def register_inversion(name: str, config: type):
+    """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``."""
+
+    def wrap(fn):
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, summary=summary)
+        return fn
+
+    return wrap
+
+
+def get_inversion(name: str) -> InversionMethod:
+    if name not in INVERSIONS:
+        raise VideditError(f"unknown inversion {name!r}; choose from {sorted(INVERSIONS)}")
+    return INVERSIONS[name]
+
+
+def make_config(config_cls: type, params: dict | None, what: str):
+    """Build a frozen config from a dict, naming the unknown keys and the accepted ones."""
+    params = dict(params or {})
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise VideditError(f"{what} does not take {', '.join(unknown)}; it takes {sorted(fields) or 'no options'}")
+    return config_cls(**params)

@@ -1,0 +1,36 @@
+"""Frame I/O: read videos, frame folders and images as RGB chunks; write videos (with the
+source's audio), frame folders, images and GIF previews, atomically."""
+
+from videdit.io.atomic import atomic_path
+from videdit.io.options import ClipInfo, ReadOptions
+from videdit.io.read import BACKEND_ENV, IMAGE_SUFFIXES, is_image, probe, read_clip, read_frames
+from videdit.io.video import BrokenVideoWarning
+from videdit.io.write import (
+    VIDEO_FORMATS,
+    check_output_path,
+    write_frames_dir,
+    write_gif,
+    write_image,
+    write_output,
+    write_video,
+)
+
+__all__ = [
+    "BACKEND_ENV",
+    "IMAGE_SUFFIXES",
+    "VIDEO_FORMATS",
+    "BrokenVideoWarning",
+    "ClipInfo",
+    "ReadOptions",
+    "atomic_path",
+    "check_output_path",
+    "is_image",
+    "probe",
+    "read_clip",
+    "read_frames",
+    "write_frames_dir",
+    "write_gif",
+    "write_image",
+    "write_output",
+    "write_video",
+]

@@ -1,0 +1,209 @@
+"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion directory, or a
+built-in model name -> a :class:`Model` holding the parts videdit needs.
+
+Only the UNet, VAE, text encoder, tokenizer and scheduler *config* are kept; sampling is
+videdit's own (``videdit.core``), so the diffusers pipeline object is never built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from videdit.errors import VideditError
+from videdit.models import tiny
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+TOY_DIR = Path(__file__).resolve().parents[2] / "samples" / "toy-model"
+BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" picks CUDA, then MPS, then CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise VideditError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from e
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise VideditError(f"unknown dtype {dtype!r}; choose from fp32, fp16, bf16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class Model:
+    """A text-to-image latent diffusion model's parts, on one device and dtype."""
+
+    name: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict
+    fingerprint: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def scheduler(self) -> DDIMScheduler:
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
+        """Prompts -> CLIP hidden states (B, L, D), padded to the tokenizer's max length."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            ids = self.tokenizer(prompts[i:i + batch_size], padding="max_length", truncation=True,
+                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+            out.append(self.text_encoder(ids.to(self.device))[0])
+        return torch.cat(out).to(self.dtype)
+
+    def tokens(self, prompt: str) -> list[str]:
+        """The prompt's tokens as the text encoder sees them, start/end tokens included."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    @torch.no_grad()
+    def encode_images(self, frames: np.ndarray, batch_size: int = 8) -> torch.Tensor:
+        """uint8 frames (F, H, W, 3) -> scaled latents (F, C, H/s, W/s) (the posterior mean,
+        so encoding is deterministic)."""
+        out = []
+        for i in range(0, len(frames), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(self.device)
+            x = x.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+            out.append(self.vae.encode(x).latent_dist.mean * self.scaling_factor)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 8) -> np.ndarray:
+        """Scaled latents (F, C, h, w) -> uint8 frames (F, H, W, 3)."""
+        out = []
+        for i in range(0, len(latents), batch_size):
+            z = latents[i:i + batch_size].to(self.device, self.dtype) / self.scaling_factor
+            x = self.vae.decode(z).sample.float()  # (B, 3, H, W) in [-1, 1]
+            x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out.append(x.permute(0, 2, 3, 1).cpu().numpy())
+        return np.concatenate(out)
+
+
+def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None) -> Model:
+    """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, or a
+    hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5")."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    spec = str(spec)
+    if spec == "tiny-random":
+        parts = tiny.build_tiny_random()
+        model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
+    elif spec == "toy":
+        if not (TOY_DIR / "model_index.json").exists():
+            raise VideditError(f"the toy model is not in {TOY_DIR}; train it with tools/train_toy.py")
+        model = _load_directory(TOY_DIR, name="toy")
+    elif Path(spec).exists():
+        model = _load_directory(Path(spec), name=spec)
+    elif Path(spec).is_absolute() or spec.startswith(".") or spec.count("/") != 1:
+        raise VideditError(f"no model at {spec!r}: give a diffusers directory, a hub id (owner/name), "
+                           f"or one of {sorted([*BUILTIN, 'toy'])}")
+    else:
+        model = _load_directory(_download(spec), name=spec)
+    return _place(model, device, dtype)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, gated, ...
+        raise VideditError(
+            f"cannot fetch {repo_id!r} from the Hugging Face hub (unreachable or unknown: "
+            f"{type(e).__name__}); download it elsewhere and pass its local directory, "
+            f"e.g. --model /path/to/stable-diffusion-v1-5"
+        ) from e
+
+
+def _load_directory(path: Path, name: str) -> Model:
+    if not (path / "model_index.json").exists():
+        raise VideditError(f"{path} is not a diffusers model directory (no model_index.json); "
+                           "save one with StableDiffusionPipeline.save_pretrained(path)")
+    index = json.loads((path / "model_index.json").read_text())
+    if "text_encoder_2" in index:
+        raise VideditError(f"{path} is an SDXL-style model (two text encoders), not supported yet; "
+                           "use an SD 1.x/2.x model")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        vae = AutoencoderKL.from_pretrained(path / "vae")
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+        scheduler_config = dict(DDIMScheduler.load_config(path / "scheduler"))
+    except (OSError, ValueError) as e:
+        raise VideditError(f"cannot load the model in {path}: {e}".splitlines()[0]) from e
+    return Model(name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                 scheduler_config=scheduler_config, fingerprint=_fingerprint(path))
+
+
+def _fingerprint(path: Path) -> str:
+    """Configs' contents plus weight files' sizes and mtimes: cheap, and changes when the
+    weights do."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(path).as_posix()
+            if f.suffix in {".json", ".txt"}:
+                h.update(rel.encode() + f.read_bytes())
+            else:
+                st = f.stat()
+                h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # .to(dtype) warns about an empty list of fp32 modules
+    try:
+        for part in (model.unet, model.vae, model.text_encoder):
+            part.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    finally:
+        diffusers_logging.set_verbosity(level)
+    model.device, model.dtype = device, dtype
+    return model

@@ -1,0 +1,143 @@
+"""The built-in ``tiny-random`` model: Stable Diffusion's architecture at a few million
+parameters, random weights from a fixed seed, and a character-level CLIP tokenizer built
+offline.
+
+Its images mean nothing. It exists so that tests and benchmarks exercise the real code
+paths (VAE, CLIP text encoder, cross-attention UNet, DDIM schedule) in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_SEED = 0
+TINY_VERSION = "tiny-random-v1"
+
+# Stable Diffusion 1.x's scheduler config (scaled-linear betas, leading spacing).
+SD_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 32, 32),  # three downsamplings: 8x, as in SD
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=64,
+    scaling_factor=4.7,  # so that real frames encode to latents of about unit std, as SD's 0.18215 does
+)
+
+TEXT_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_char_tokenizer(directory: Path) -> Path:
+    """Write a CLIP tokenizer with a byte vocabulary and no merges: every word becomes its
+    characters, so any prompt tokenizes, fully offline."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": 77, "tokenizer_class": "CLIPTokenizer"})
+    )
+    return directory
+
+
+@lru_cache(maxsize=1)
+def tiny_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as tmp:
+        return CLIPTokenizer.from_pretrained(write_char_tokenizer(Path(tmp)))
+
+
+def build_tiny_random() -> dict:
+    """Build the tiny-random parts from config under a fixed seed (same weights every time)."""
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_CONFIG))
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": dict(SD_SCHEDULER_CONFIG),
+    }
+
+
+def save_tiny_random(directory: Path) -> Path:
+    """Save tiny-random as a standard diffusers Stable Diffusion directory (used by tests of
+    the local-directory loading path and by the diffusers reference benchmarks)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    parts = build_tiny_random()
+    pipe = StableDiffusionPipeline(
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        scheduler=DDIMScheduler.from_config(parts["scheduler_config"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory)
+    return Path(directory)

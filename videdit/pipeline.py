@@ -1,0 +1,276 @@
+"""edit_image / edit_video: read -> encode -> invert -> edit -> decode -> write.
+
+Clips stream through in windows of frames (``window``): each window is encoded, inverted
+(through the on-disk cache), edited and decoded before the next is read, so memory does
+not grow with the clip's length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from videdit import io
+from videdit.attention import attention_processors
+from videdit.core.loop import denoise
+from videdit.core.schedule import make_schedule
+from videdit.editing import EditContext, get_editor
+from videdit.errors import VideditError
+from videdit.io.options import resized_size
+from videdit.inversion import Inversion, InversionCache, InversionInputs, cache_key, get_inversion, make_config
+from videdit.models import Model, load_model
+
+log = logging.getLogger("videdit")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """One edit: prompts, sampler, and the inversion and editor with their options."""
+
+    source_prompt: str = ""
+    target_prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    batch_size: int = 8          # frames per UNet call
+    inversion: str = "ddim"
+    inversion_params: Mapping[str, Any] = field(default_factory=dict)
+    editor: str = "plain"
+    editor_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.steps > 1000:
+            raise VideditError(f"steps must be in [1, 1000], got {self.steps}")
+        if not 0 <= self.guidance <= 50:
+            raise VideditError(f"guidance must be in [0, 50], got {self.guidance}")
+        if self.batch_size < 1:
+            raise VideditError(f"batch size must be >= 1, got {self.batch_size}")
+        # Fail on unknown names and options before any work is done.
+        make_config(get_inversion(self.inversion).config, self.inversion_params, f"inversion {self.inversion!r}")
+        make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
+
+
+@dataclass
+class EditStats:
+    frames: int = 0
+    windows: int = 0
+    cache_hits: int = 0
+    inversion_unet_evals: int = 0   # per frame, summed over windows
+    seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0})
+
+
+@dataclass
+class EditResult:
+    output: Path | None
+    frames: np.ndarray | None   # (F, H, W, 3) uint8 when no output path was given
+    info: io.ClipInfo | None
+    stats: EditStats
+
+
+def model_size(width: int, height: int, multiple: int) -> tuple[int, int]:
+    """The nearest size the model takes (both sides a multiple of the VAE factor, >= one)."""
+    return (max(multiple, int(round(width / multiple)) * multiple),
+            max(multiple, int(round(height / multiple)) * multiple))
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (F, size[1], size[0], 3)."""
+    if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
+        return frames
+    shrink = size[0] * size[1] < frames.shape[1] * frames.shape[2]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
+
+
+def _resolve_model(model: Model | str, device, dtype) -> Model:
+    return model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
+
+
+def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
+                  cache: InversionCache | None = None, progress: bool = False) -> Inversion:
+    """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given."""
+    method = get_inversion(settings.inversion)
+    config = make_config(method.config, settings.inversion_params, f"inversion {settings.inversion!r}")
+    key = cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), source=settings.source_prompt,
+                    negative=settings.negative_prompt, method=method.name, config=dataclasses.asdict(config),
+                    steps=settings.steps, scheduler=model.scheduler_config, seed=settings.seed)
+    if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
+        log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
+        return hit
+    cond, uncond = model.encode_text([settings.source_prompt, settings.negative_prompt]).chunk(2)
+    inputs = InversionInputs(unet=model.unet, prediction_type=model.prediction_type,
+                             latents=model.encode_images(frames, settings.batch_size),
+                             schedule=make_schedule(model.scheduler_config, settings.steps), cond=cond,
+                             uncond=uncond, batch_size=settings.batch_size, progress=progress, seed=settings.seed)
+    inv = method.run(inputs, config)
+    if cache is not None:
+        cache.save(key, inv)
+        log.info("inversion cached: %s", cache.path(key))
+    return inv
+
+
+@torch.no_grad()
+def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False) -> torch.Tensor:
+    """Run the editor on an inversion: -> edited clean latents (F, C, h, w)."""
+    spec = get_editor(settings.editor)
+    config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
+    source_cond, target_cond, uncond = model.encode_text(
+        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
+    schedule = make_schedule(model.scheduler_config, settings.steps)
+    if inversion.n_steps != len(schedule):
+        raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
+    ctx = EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
+                      target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
+                      source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed)
+    plan = spec.plan(ctx, config)
+    with attention_processors(model.unet, plan.processors):
+        x = denoise(model.unet, plan.x, schedule, plan.branches, prediction_type=model.prediction_type,
+                    callbacks=plan.callbacks, batch_size=settings.batch_size, info=plan.info, progress=progress)
+    return x[plan.output_branch]
+
+
+def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,
+                stats: EditStats | None = None, progress: bool = False) -> np.ndarray:
+    """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size."""
+    stats = stats if stats is not None else EditStats()
+    height, width = frames.shape[1:3]
+    work = _resize(frames, model_size(width, height, model.vae_scale_factor))
+    t0 = time.perf_counter()
+    inv = invert_frames(model, work, settings, cache=cache, progress=progress)
+    t1 = time.perf_counter()
+    edited = model.decode_latents(edit_latents(model, inv, settings, progress=progress), settings.batch_size)
+    stats.seconds["invert"] += t1 - t0
+    stats.seconds["edit"] += time.perf_counter() - t1
+    stats.frames += len(frames)
+    stats.windows += 1
+    stats.cache_hits += int(inv.cached)
+    stats.inversion_unet_evals += 0 if inv.cached else inv.unet_evals
+    return _resize(edited, (width, height))
+
+
+def _settings(**kw) -> EditSettings:
+    kw["inversion_params"] = dict(kw.get("inversion_params") or {})
+    kw["editor_params"] = dict(kw.get("editor_params") or {})
+    return EditSettings(**kw)
+
+
+def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
+    if window < 1:
+        raise VideditError(f"window must be >= 1 frame, got {window}")
+    return dataclasses.replace(read or io.ReadOptions(), chunk_size=window)
+
+
+def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
+               target_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
+               guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+               inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
+               read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8,
+               device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
+               use_cache: bool = True, preview: str | Path | None = None, progress: bool = False) -> EditResult:
+    """Edit a clip (video file, frame folder or image) window by window.
+
+    With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
+    gets PNG frames; .gif a preview) and ``EditResult.frames`` is None; without it, the
+    edited frames are returned. ``preview`` writes a source|edit GIF beside.
+    """
+    settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
+                         steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
+                         inversion_params=inversion_params, editor=editor, editor_params=editor_params)
+    read = _read_options(read, window)
+    input = Path(input)
+    info = io.probe(input, read)
+    for path in (output, preview):
+        if path is not None:
+            io.check_output_path(path, input)
+    model = _resolve_model(model, device, dtype)
+    cache = InversionCache(cache_dir) if use_cache else None
+    stats = EditStats()
+    keep_source, keep_edit = [], []
+    bar = tqdm(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
+
+    def edited_chunks() -> Iterator[np.ndarray]:
+        for chunk in io.read_frames(input, read):
+            out = _resize(edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress),
+                          info.source_size)
+            if preview is not None:
+                keep_source.append(_thumb(_resize(chunk, info.source_size)))
+                keep_edit.append(_thumb(out))
+            bar.update(len(chunk))
+            yield out
+
+    try:
+        if output is None:
+            frames, out_path = np.concatenate(list(edited_chunks())), None
+        else:
+            frames, out_path = None, io.write_output(output, edited_chunks(), info, input_path=input)
+    finally:
+        bar.close()
+    if preview is not None:
+        io.write_gif(preview, np.concatenate(keep_edit), float(info.out_fps or 8), source=np.concatenate(keep_source))
+    return EditResult(output=out_path, frames=frames, info=info, stats=stats)
+
+
+def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
+                 seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+                 inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
+                 batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 cache_dir: str | Path | None = None, progress: bool = False) -> EditStats:
+    """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it."""
+    settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, seed=seed,
+                         batch_size=batch_size, inversion=inversion, inversion_params=inversion_params)
+    read = _read_options(read, window)
+    info = io.probe(Path(input), read)
+    model = _resolve_model(model, device, dtype)
+    cache, stats = InversionCache(cache_dir), EditStats()
+    for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
+                      disable=not progress):
+        height, width = chunk.shape[1:3]
+        inv = invert_frames(model, _resize(chunk, model_size(width, height, model.vae_scale_factor)), settings,
+                            cache=cache, progress=progress)
+        stats.frames += len(chunk)
+        stats.windows += 1
+        stats.cache_hits += int(inv.cached)
+    return stats
+
+
+def _thumb(frames: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """Downscale frames kept for the preview GIF, so long clips stay cheap to preview."""
+    h, w = frames.shape[1:3]
+    s = max_side / max(h, w)
+    return frames if s >= 1 else _resize(frames, (max(1, round(w * s)), max(1, round(h * s))))
+
+
+def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None, *, source_prompt: str = "",
+               target_prompt: str = "", model: Model | str = "tiny-random", size: int | tuple[int, int] | None = None,
+               device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
+               use_cache: bool = True, progress: bool = False, **settings) -> np.ndarray:
+    """Edit one image (a path, or an (H, W, 3) uint8 array) and return it at its own size;
+    ``size`` is the working size (short side, or (W, H)); ``output`` is written when given.
+    ``settings``: the fields of :class:`EditSettings` (steps, guidance, inversion, editor, ...)."""
+    settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, **settings)
+    if isinstance(input, np.ndarray):
+        if input.ndim != 3 or input.shape[2] != 3 or input.dtype != np.uint8:
+            raise VideditError(f"expected an (H, W, 3) uint8 image, got {input.dtype} {tuple(input.shape)}")
+        image = input
+    else:
+        if output is not None:
+            io.check_output_path(output, input)
+        image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
+    height, width = image.shape[:2]
+    work = image if size is None else _resize(image[None], resized_size((width, height), size))[0]
+    m = _resolve_model(model, device, dtype)
+    cache = InversionCache(cache_dir) if use_cache else None
+    out = _resize(edit_frames(m, work[None], settings, cache=cache, progress=progress), (width, height))[0]
+    if output is not None:
+        io.write_image(output, out)
+    return out
