@@ -26,7 +26,8 @@ from videdit.core.schedule import make_schedule
 from videdit.editing import EditContext, get_editor
 from videdit.errors import VideditError
 from videdit.io.options import resized_size
-from videdit.inversion import Inversion, InversionCache, InversionInputs, cache_key, get_inversion, make_config
+from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
+                               make_config)
 from videdit.models import Model, load_model
 
 log = logging.getLogger("videdit")
@@ -133,10 +134,37 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
                       target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
                       source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed)
     plan = spec.plan(ctx, config)
+    method = get_inversion(inversion.method)
+    replay = method.replay(inversion, ReplayContext(
+        schedule=schedule, n_branches=plan.x.shape[0], source_branch=plan.source_branch,
+        output_branch=plan.output_branch % plan.x.shape[0], source_cond=source_cond, uncond=uncond,
+        prediction_type=model.prediction_type), make_config(method.config, settings.inversion_params, "inversion"))
+    branches = plan.branches
+    if replay.uncond is not None:
+        branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, plan.x.shape[0]))
     with attention_processors(model.unet, plan.processors):
-        x = denoise(model.unet, plan.x, schedule, plan.branches, prediction_type=model.prediction_type,
-                    callbacks=plan.callbacks, batch_size=settings.batch_size, info=plan.info, progress=progress)
+        x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
+                    callbacks=[*replay.callbacks, *plan.callbacks], sampler=replay.sampler,
+                    batch_size=settings.batch_size, info=plan.info, start_step=inversion.start_step,
+                    progress=progress)
     return x[plan.output_branch]
+
+
+def reconstruct(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False) -> torch.Tensor:
+    """The inversion's own reconstruction: the plain editor with target prompt = source prompt,
+    at ``settings.guidance``. -> clean latents (F, C, h, w)."""
+    same = dataclasses.replace(settings, target_prompt=settings.source_prompt, editor="plain", editor_params={})
+    return edit_latents(model, inversion, same, progress=progress)
+
+
+def _broadcast_uncond(uncond, n_branches: int):
+    """A replay's unconditional embeddings, (1, ...) or one such per step -> (nb, ...) per step."""
+
+    def at(step: int) -> torch.Tensor:
+        u = uncond(step) if callable(uncond) else uncond if isinstance(uncond, torch.Tensor) else uncond[step]
+        return u.expand(n_branches, *u.shape[1:])
+
+    return at
 
 
 def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,

@@ -2,8 +2,8 @@
 
 from videdit.core.ddim import ddim_inverse_step, ddim_step, predict_x0_eps
 from videdit.core.guidance import cfg
-from videdit.core.loop import Branches, StepCallback, StepContext, denoise, predict_noise
+from videdit.core.loop import Branches, CallInfo, Sampler, StepCallback, StepContext, denoise, predict_noise
 from videdit.core.schedule import Schedule, make_schedule
 
-__all__ = ["Branches", "Schedule", "StepCallback", "StepContext", "cfg", "ddim_inverse_step", "ddim_step",
+__all__ = ["Branches", "CallInfo", "Sampler", "Schedule", "StepCallback", "StepContext", "cfg", "ddim_inverse_step", "ddim_step",
            "denoise", "make_schedule", "predict_noise", "predict_x0_eps"]

@@ -114,25 +114,57 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
     return out
 
 
+class Sampler:
+    """How one step moves the latents; the inversion picks the sampler that replays it
+    (DDIM here; EDICT, BDIA and DDPM keep more state). ``predict(x)`` is the guided model
+    output for latents ``x`` (nb, F, C, h, w) at the current step."""
+
+    evals_per_step = 1
+
+    def start(self, x: torch.Tensor):
+        return x
+
+    def step(self, ctx: StepContext, state, predict: Callable[[torch.Tensor], torch.Tensor],
+             prediction_type: str):
+        return ddim_step(state, predict(state), ctx.alpha, ctx.alpha_prev, prediction_type)
+
+    def latents(self, state) -> torch.Tensor:
+        """The current latents (nb, F, C, h, w), as callbacks and the output see them."""
+        return state
+
+    def with_latents(self, state, x: torch.Tensor):
+        """The state with its latents replaced by a callback's."""
+        return x
+
+
 @torch.no_grad()
 def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, prediction_type: str = "epsilon",
-            callbacks: Sequence[StepCallback] = (), batch_size: int = 8, info: CallInfo | None = None,
-            start_step: int = 0, progress: bool = False, desc: str = "denoise") -> torch.Tensor:
-    """DDIM-sample latents ``x`` (nb, F, C, h, w) from ``schedule.timesteps[start_step]`` to clean."""
+            callbacks: Sequence[StepCallback] = (), sampler: Sampler | None = None, batch_size: int = 8,
+            info: CallInfo | None = None, start_step: int = 0, progress: bool = False,
+            desc: str = "denoise") -> torch.Tensor:
+    """Sample latents ``x`` (nb, F, C, h, w) from ``schedule.timesteps[start_step]`` to clean."""
     info = info if info is not None else CallInfo()
     info.inverting = False
-    x = x.float()
-    steps = range(start_step, len(schedule))
-    for i in tqdm(steps, desc=desc, disable=not progress, leave=False):
+    sampler = sampler or Sampler()
+    state = sampler.start(x.float())
+    for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
         t = int(schedule.timesteps[i])
         info.step = i
         ctx = StepContext(step=i, timestep=t, alpha=float(schedule.alphas[i]),
                           alpha_prev=float(schedule.alphas_prev[i]), n_steps=len(schedule))
-        out = predict_noise(unet, x, t, branches.cond, branches.uncond_at(i), branches.guidance,
-                            batch_size=batch_size, info=info)
-        for cb in callbacks:
-            out = cb.on_noise(ctx, x, out)
-        x = ddim_step(x, out, ctx.alpha, ctx.alpha_prev, prediction_type)
-        for cb in callbacks:
-            x = cb.on_step_end(ctx, x)
-    return x
+        uncond = branches.uncond_at(i)
+
+        def predict(z: torch.Tensor) -> torch.Tensor:
+            out = predict_noise(unet, z, t, branches.cond, uncond, branches.guidance, batch_size=batch_size,
+                                info=info)
+            for cb in callbacks:
+                out = cb.on_noise(ctx, z, out)
+            return out
+
+        state = sampler.step(ctx, state, predict, prediction_type)
+        if callbacks:
+            x = sampler.latents(state)
+            for cb in callbacks:
+                x = cb.on_step_end(ctx, x)
+            state = sampler.with_latents(state, x)
+    return sampler.latents(state)

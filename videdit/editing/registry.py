@@ -17,7 +17,8 @@ from videdit.inversion.record import Inversion
 
 @dataclass(frozen=True)
 class EditContext:
-    """What an editor may read. Text embeddings are (1, L, D)."""
+    """What an editor may read. Text embeddings are (1, L, D). Sampling starts at
+    ``inversion.start_step`` from ``inversion.noise``."""
 
     model: Any
     inversion: Inversion
@@ -39,6 +40,7 @@ class EditPlan:
     processors: Mapping[str, Any] | None = None   # for attention_processors(...)
     info: CallInfo = field(default_factory=CallInfo)  # shared with the processors
     output_branch: int = -1           # which branch is the edit
+    source_branch: int | None = None  # the branch that replays the source, if the editor runs one
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from videdit.inversion.record import Inversion
 
 log = logging.getLogger("videdit.cache")
-FORMAT = "videdit-inversion-1"
+FORMAT = "videdit-inversion-2"
 
 
 def default_cache_dir() -> Path:
@@ -62,7 +62,7 @@ class InversionCache:
             extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
             return Inversion(method=meta["method"], trajectory=traj, extras=extras,
                              unet_evals=int(meta["unet_evals"]), evals_per_step=int(meta["evals_per_step"]),
-                             cached=True)
+                             start_step=int(meta["start_step"]), cached=True)
         except Exception as e:  # corrupt file, truncated write by another tool, old format ...
             log.warning("ignoring bad inversion cache entry %s (%s); recomputing", path.name, e)
             return None
@@ -72,7 +72,7 @@ class InversionCache:
         tensors = {"trajectory": inv.trajectory.detach().cpu().contiguous()}
         tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in inv.extras.items()})
         meta = {"key": key, "format": FORMAT, "method": inv.method, "unet_evals": str(inv.unet_evals),
-                "evals_per_step": str(inv.evals_per_step)}
+                "evals_per_step": str(inv.evals_per_step), "start_step": str(inv.start_step)}
         path = self.path(key)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(fd)

@@ -21,12 +21,13 @@ class Inversion:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     unet_evals: int = 0          # UNet evaluations per frame spent inverting
     evals_per_step: int = 0      # extra UNet evaluations per frame it adds to each editing step
+    start_step: int = 0          # sampling starts at schedule step start_step (DDPM inversion's skip)
     cached: bool = False         # loaded from the on-disk cache
 
     @property
     def noise(self) -> torch.Tensor:
-        """(F, C, h, w): the latent sampling starts from."""
-        return self.trajectory[0]
+        """(F, C, h, w): the latent sampling starts from, ``trajectory[start_step]``."""
+        return self.trajectory[self.start_step]
 
     @property
     def source(self) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from videdit.core.loop import Embeds, Sampler, StepCallback
 from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
@@ -29,22 +30,53 @@ class InversionInputs:
 
 
 @dataclass(frozen=True)
+class ReplayContext:
+    """What an inversion's replay may read when an edit starts. Text (1, L, D)."""
+
+    schedule: Schedule
+    n_branches: int
+    source_branch: int | None   # the editor's source branch, if it runs one
+    output_branch: int
+    source_cond: torch.Tensor
+    uncond: torch.Tensor
+    prediction_type: str
+
+
+@dataclass
+class Replay:
+    """What sampling must do so that this inversion's noise gives back the source: the
+    sampler (None = DDIM), per-step unconditional embeddings replacing the editor's
+    (each (1, L, D) or (1, F, L, D)), and step callbacks run before the editor's."""
+
+    sampler: Sampler | None = None
+    uncond: Embeds | None = None
+    callbacks: tuple[StepCallback, ...] = ()
+
+
+def ddim_replay(inv: Inversion, ctx: ReplayContext, config: Any) -> Replay:
+    """Plain DDIM sampling from the inverted noise."""
+    return Replay()
+
+
+@dataclass(frozen=True)
 class InversionMethod:
     name: str
     config: type
     run: Callable[[InversionInputs, Any], Inversion]
+    replay: Callable[[Inversion, ReplayContext, Any], Replay]
     summary: str
 
 
 INVERSIONS: dict[str, InversionMethod] = {}
 
 
-def register_inversion(name: str, config: type):
-    """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``."""
+def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay):
+    """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
+    tells editing how to sample it back (default: plain DDIM)."""
 
     def wrap(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, summary=summary)
+        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, replay=replay, summary=summary)
         return fn
 
     return wrap
