@@ -91,3 +91,40 @@ def test_console_script_help():
     for argv in ([], ["edit"], ["invert"], ["preview"]):
         res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)
         assert res.returncode == 0 and "usage: videdit" in res.stdout
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path, shared_data, capsys, monkeypatch):
+    import videdit.pipeline
+    from videdit.errors import VideditError
+
+    seen = {}
+
+    def fake_edit(*args, **kwargs):
+        seen.update(kwargs)
+        raise VideditError("stop")
+
+    monkeypatch.setattr(videdit.pipeline, "edit_video", fake_edit)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 7\nguidance: 3.5\ninversion: ddim\ninversion_params: {guidance: 2.0}\n")
+    code, _, err = run(capsys, "edit", shared_data / "videos" / "dog.mp4", "-t", "x", "-o", tmp_path / "o.mp4",
+                       "--config", cfg, "--steps", "9", "-I", "guidance=1.5")
+    assert code == 2 and "stop" in err
+    assert seen["steps"] == 9 and seen["guidance"] == 3.5 and seen["inversion_params"] == {"guidance": 1.5}
+
+
+def test_bad_config_is_one_line(tmp_path, shared_data, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stepz: 7\n")
+    code, _, err = run(capsys, "edit", shared_data / "videos" / "dog.mp4", "-t", "x", "-o", tmp_path / "o.mp4",
+                       "--config", cfg)
+    assert code == 2 and "unknown option(s) stepz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shipped_configs_parse(capsys):
+    from pathlib import Path
+
+    from videdit.cli import _with_config, build_parser
+
+    for cfg in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        args = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(cfg)])
+        assert args.inversion and args.editor, cfg

@@ -21,6 +21,16 @@ def _size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
 
 
+def _param(text: str) -> tuple[str, object]:
+    """"name=value" with the value read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().replace("-", "_"), yaml.safe_load(value)
+
+
 def _add_read_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("frames to read")
     g.add_argument("--start", type=float, help="start time in seconds")
@@ -44,6 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--inversion", default="ddim", help="inversion method (see `videdit methods`)")
+    g.add_argument("--inversion-param", "-I", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
+    g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")
     g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
@@ -72,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
+    p.add_argument("--editor-param", "-E", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of the editor (repeatable)")
     _add_model_args(p)
     _add_read_args(p)
 
@@ -99,7 +114,8 @@ def _edit(a) -> None:
 
     result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=a.model,
                         steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
-                        inversion=a.inversion, editor=a.editor, read=_read_options(a), window=a.window,
+                        inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
+                        editor_params=dict(a.editor_param), read=_read_options(a), window=a.window,
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                         use_cache=not a.no_cache, preview=a.preview, progress=not a.quiet)
     s = result.stats
@@ -114,7 +130,8 @@ def _invert(a) -> None:
     from videdit.pipeline import invert_video
 
     stats = invert_video(a.input, source_prompt=a.source, model=a.model, steps=a.steps, seed=a.seed,
-                         negative_prompt=a.negative, inversion=a.inversion, read=_read_options(a), window=a.window,
+                         negative_prompt=a.negative, inversion=a.inversion,
+                         inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                          progress=not a.quiet)
     print(f"inverted {stats.frames} frames in {stats.windows} windows ({stats.cache_hits} already cached)")
@@ -149,8 +166,44 @@ def _methods(a) -> None:
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "methods": _methods}
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse twice when --config is given: the file's values become defaults, flags win.
+    Its keys are option names (``guidance``, ``inversion``, ``inversion_params: {...}``)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    import yaml
+
+    try:
+        values = yaml.safe_load(args.config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise VideditError(f"cannot read config {args.config}: {e}".splitlines()[0]) from e
+    if not isinstance(values, dict):
+        raise VideditError(f"config {args.config} must be a mapping of option: value")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    renamed = {"inversion_params": "inversion_param", "editor_params": "editor_param"}
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser
+    known = {a.dest for a in sub._actions}
+    unknown = sorted(k for k in values if renamed.get(k, k) not in known)
+    if unknown:
+        raise VideditError(f"config {args.config}: unknown option(s) {', '.join(unknown)}")
+    defaults = {renamed.get(k, k): v for k, v in values.items()}
+    for k in ("inversion_param", "editor_param"):
+        if k in defaults:
+            if not isinstance(defaults[k], dict):
+                raise VideditError(f"config {args.config}: {k}s must be a mapping")
+            defaults[k] = list(defaults[k].items())
+    sub.set_defaults(**defaults)
+    return parser.parse_args(argv)  # -I/-E append to the file's options; later entries win in dict()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = _with_config(parser, sys.argv[1:] if argv is None else argv)
+    except VideditError as e:
+        print(f"videdit: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="videdit: %(message)s")
     for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

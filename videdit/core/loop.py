@@ -33,6 +33,7 @@ class CallInfo:
     frames: tuple[int, ...] = ()   # frame indices of this call's batch
     guided: bool = False           # batch holds an unconditional half first
     inverting: bool = False
+    latent_size: tuple[int, int] = (0, 0)   # (h, w) of the latents in this call
 
     @property
     def halves(self) -> int:
@@ -93,6 +94,7 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
     guided = uncond is not None and any(g != 1 for g in guidance)
     info = info if info is not None else CallInfo()
     info.timestep, info.n_branches, info.guided = int(timestep), nb, guided
+    info.latent_size = tuple(x.shape[-2:])
     dtype = unet.dtype
     out = torch.empty_like(x, dtype=torch.float32)
     scale = torch.tensor(guidance, dtype=torch.float32, device=x.device).view(nb, 1, 1, 1, 1)
