@@ -31,6 +31,62 @@ def _param(text: str) -> tuple[str, object]:
     return name.strip().replace("-", "_"), yaml.safe_load(value)
 
 
+def _concept(remove: bool):
+    """"TEXT" or "TEXT=SCALE" -> a concept mapping for the editor's ``concepts`` option."""
+
+    def parse(text: str) -> dict:
+        name, sep, scale = text.rpartition("=")
+        if not sep:
+            name, scale = text, None
+        if not name.strip():
+            raise argparse.ArgumentTypeError(f"expected TEXT or TEXT=SCALE, got {text!r}")
+        concept = {"text": name.strip(), "remove": remove}
+        if scale is not None:
+            try:
+                concept["scale"] = float(scale)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected TEXT=SCALE with a number, got {text!r}") from None
+        return concept
+
+    return parse
+
+
+def _reweight(text: str) -> tuple[str, float]:
+    """"WORD=SCALE" -> (word, scale) for prompt_to_prompt's ``reweight``."""
+    word, sep, scale = text.rpartition("=")
+    try:
+        if not sep or not word.strip():
+            raise ValueError
+        return word.strip(), float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WORD=SCALE, e.g. watercolor=10, got {text!r}") from None
+
+
+def editor_params(a) -> dict:
+    """-E options, then the shortcut flags --mask, --concept/--remove-concept, --replace, --reweight
+    and --blend-words (which replace a config file's value of their option).
+    A flag the chosen editor does not take is an error naming the editors that do."""
+    from dataclasses import fields
+
+    from videdit.editing import EDITORS, get_editor
+
+    params = dict(a.editor_param)
+    flags = {"mask": ("--mask", str(a.mask) if a.mask is not None else None),
+             "concepts": ("--concept/--remove-concept", a.concept or None),
+             "cross_replace": ("--replace", a.replace),
+             "reweight": ("--reweight", dict(a.reweight) or None),
+             "blend_words": ("--blend-words", a.blend_words)}
+    taken = {f.name for f in fields(get_editor(a.editor).config)}
+    for key, (flag, value) in flags.items():
+        if value is None:
+            continue
+        if key not in taken:
+            takers = sorted(n for n, spec in EDITORS.items() if key in {f.name for f in fields(spec.config)})
+            raise VideditError(f"{flag}: editor {a.editor!r} does not take {key}; use --editor with one of {takers}")
+        params[key] = value
+    return params
+
+
 def _add_read_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("frames to read")
     g.add_argument("--start", type=float, help="start time in seconds")
@@ -83,10 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--target", required=True, help="prompt describing the wanted output")
     p.add_argument("-o", "--output", type=Path, required=True, help=".mp4, .gif, .png/.jpg (images), or a folder")
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
     p.add_argument("--editor-param", "-E", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the editor (repeatable)")
+    p.add_argument("--mask", type=Path, help="mask image (white = edit, black = keep; grey = partial) or .npy "
+                   "map, any size with the frames' aspect ratio: the editor's `mask` option")
+    p.add_argument("--concept", type=_concept(remove=False), action="append", default=[], metavar="TEXT[=SCALE]",
+                   help="a concept to add (sega), with an optional guidance scale (repeatable)")
+    p.add_argument("--remove-concept", dest="concept", type=_concept(remove=True), action="append",
+                   metavar="TEXT[=SCALE]", help="a concept to remove (sega) (repeatable)")
+    p.add_argument("--replace", type=float, metavar="FRACTION",
+                   help="prompt_to_prompt: edit cross-attention for this fraction of the steps (cross_replace)")
+    p.add_argument("--reweight", type=_reweight, action="append", default=[], metavar="WORD=SCALE",
+                   help="prompt_to_prompt: scale the attention to a word of the target prompt (repeatable)")
+    p.add_argument("--blend-words", nargs="+", metavar="WORD",
+                   help="prompt_to_prompt: local blend, keeping the frames outside these words' attention")
     _add_model_args(p)
     _add_read_args(p)
 
@@ -115,9 +184,10 @@ def _edit(a) -> None:
     result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=a.model,
                         steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
                         inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
-                        editor_params=dict(a.editor_param), read=_read_options(a), window=a.window,
+                        editor_params=editor_params(a), read=_read_options(a), window=a.window,
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
-                        use_cache=not a.no_cache, preview=a.preview, progress=not a.quiet)
+                        use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
+                        progress=not a.quiet)
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")

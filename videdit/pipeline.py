@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videdit import io
-from videdit.attention import attention_processors
+from videdit.attention import attention_processors, module_hooks
 from videdit.core.loop import denoise
 from videdit.core.schedule import make_schedule
 from videdit.editing import EditContext, get_editor
@@ -28,7 +28,7 @@ from videdit.errors import VideditError
 from videdit.io.options import resized_size
 from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
                                make_config)
-from videdit.models import Model, load_model
+from videdit.models import Model, load_model, unet_dtype
 
 log = logging.getLogger("videdit")
 
@@ -48,6 +48,7 @@ class EditSettings:
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
     editor: str = "plain"
     editor_params: Mapping[str, Any] = field(default_factory=dict)
+    inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
 
     def __post_init__(self):
         if self.steps < 1 or self.steps > 1000:
@@ -56,6 +57,9 @@ class EditSettings:
             raise VideditError(f"guidance must be in [0, 50], got {self.guidance}")
         if self.batch_size < 1:
             raise VideditError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.inversion_dtype not in ("model", "fp32"):
+            raise VideditError(f"inversion_dtype must be 'model' (the model's dtype) or 'fp32', "
+                               f"got {self.inversion_dtype!r}")
         # Fail on unknown names and options before any work is done.
         make_config(get_inversion(self.inversion).config, self.inversion_params, f"inversion {self.inversion!r}")
         make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
@@ -102,9 +106,11 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given."""
     method = get_inversion(settings.inversion)
     config = make_config(method.config, settings.inversion_params, f"inversion {settings.inversion!r}")
-    key = cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), source=settings.source_prompt,
-                    negative=settings.negative_prompt, method=method.name, config=dataclasses.asdict(config),
-                    steps=settings.steps, scheduler=model.scheduler_config, seed=settings.seed)
+    unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
+    key = cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
+                    source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
+                    config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
+                    seed=settings.seed)
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
         log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
         return hit
@@ -113,7 +119,8 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                              latents=model.encode_images(frames, settings.batch_size),
                              schedule=make_schedule(model.scheduler_config, settings.steps), cond=cond,
                              uncond=uncond, batch_size=settings.batch_size, progress=progress, seed=settings.seed)
-    inv = method.run(inputs, config)
+    with unet_dtype(model.unet, unet_in):  # the model's own dtype is back afterwards
+        inv = method.run(inputs, config)
     if cache is not None:
         cache.save(key, inv)
         log.info("inversion cached: %s", cache.path(key))
@@ -121,8 +128,10 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 
 
 @torch.no_grad()
-def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False) -> torch.Tensor:
-    """Run the editor on an inversion: -> edited clean latents (F, C, h, w)."""
+def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
+                 frame_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
+    (H, W) is the frames' size before rounding to a model size (masks are checked against it)."""
     spec = get_editor(settings.editor)
     config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
@@ -132,17 +141,19 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
     ctx = EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
                       target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
-                      source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed)
+                      source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed,
+                      batch_size=settings.batch_size, frame_size=frame_size)
     plan = spec.plan(ctx, config)
     method = get_inversion(inversion.method)
     replay = method.replay(inversion, ReplayContext(
         schedule=schedule, n_branches=plan.x.shape[0], source_branch=plan.source_branch,
         output_branch=plan.output_branch % plan.x.shape[0], source_cond=source_cond, uncond=uncond,
-        prediction_type=model.prediction_type), make_config(method.config, settings.inversion_params, "inversion"))
+        prediction_type=model.prediction_type, guidance=settings.guidance),
+        make_config(method.config, settings.inversion_params, "inversion"))
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, plan.x.shape[0]))
-    with attention_processors(model.unet, plan.processors):
+    with attention_processors(model.unet, plan.processors), module_hooks(model.unet, plan.hooks):
         x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=[*replay.callbacks, *plan.callbacks], sampler=replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=inversion.start_step,
@@ -176,7 +187,8 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     t0 = time.perf_counter()
     inv = invert_frames(model, work, settings, cache=cache, progress=progress)
     t1 = time.perf_counter()
-    edited = model.decode_latents(edit_latents(model, inv, settings, progress=progress), settings.batch_size)
+    edited = model.decode_latents(edit_latents(model, inv, settings, progress=progress, frame_size=(height, width)),
+                                  settings.batch_size)
     stats.seconds["invert"] += t1 - t0
     stats.seconds["edit"] += time.perf_counter() - t1
     stats.frames += len(frames)
@@ -204,12 +216,14 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
-               use_cache: bool = True, preview: str | Path | None = None, progress: bool = False) -> EditResult:
+               use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
+               progress: bool = False) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
     gets PNG frames; .gif a preview) and ``EditResult.frames`` is None; without it, the
-    edited frames are returned. ``preview`` writes a source|edit GIF beside.
+    edited frames are returned. ``preview`` writes a source|edit GIF beside. A non-empty
+    output folder is replaced only with ``overwrite``.
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
@@ -240,7 +254,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         if output is None:
             frames, out_path = np.concatenate(list(edited_chunks())), None
         else:
-            frames, out_path = None, io.write_output(output, edited_chunks(), info, input_path=input)
+            frames, out_path = None, io.write_output(output, edited_chunks(), info, input_path=input,
+                                                          overwrite=overwrite)
     finally:
         bar.close()
     if preview is not None:

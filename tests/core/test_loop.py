@@ -56,3 +56,24 @@ def test_callbacks_see_every_step_and_can_change_latents():
     assert [t for _, t in seen] == s.timesteps.tolist()
     assert torch.count_nonzero(x) == 0
     assert info.step == 4 and info.frames == (0, 1) and not info.inverting
+
+
+def test_guidance_hook_sees_each_batch_before_cfg():
+    """``on_guidance`` gets the unguided halves of every frame batch, on guided steps only."""
+    seen = []
+
+    class DropDirection(StepCallback):
+        def on_guidance(self, ctx, frames, uncond, cond):
+            seen.append((ctx.step, frames))
+            return uncond, uncond  # no guidance direction left: CFG gives uncond
+
+    unet = CountingUNet()
+    s = make_schedule({"num_train_timesteps": 1000, "steps_offset": 1}, 2)
+    x = torch.randn(1, 3, 4, 4, 4)
+    cond, uncond = torch.ones(1, 3, 5), torch.zeros(1, 3, 5)
+    hooked = denoise(unet, x, s, Branches(cond, uncond, (7.5,)), callbacks=[DropDirection()], batch_size=2)
+    assert seen == [(0, (0, 1)), (0, (2,)), (1, (0, 1)), (1, (2,))]
+    torch.testing.assert_close(hooked, denoise(unet, x, s, Branches(cond, uncond, (0.0,))))  # scale 0: uncond
+    seen.clear()
+    denoise(unet, x, s, Branches(cond, uncond, (1.0,)), callbacks=[DropDirection()])
+    assert seen == []  # unguided: nothing to combine

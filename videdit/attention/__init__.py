@@ -1,8 +1,11 @@
 """Attention processors, installed for the duration of a ``with`` block and always restored;
 modules that intervene in attention, composed one processor per layer."""
 
+from videdit.attention.hooks import match_modules, module_hooks
 from videdit.attention.install import attention_processors, match_layers
+from videdit.attention.layers import layer_grids, layers_at, select_layers
 from videdit.attention.processor import AttentionModule, AttnCall, ComposedProcessor, compose
 from videdit.attention.store import CrossAttentionStore
 
-__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors", "compose", "match_layers"]
+__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors", "compose",
+           "layer_grids", "layers_at", "match_layers", "match_modules", "module_hooks", "select_layers"]

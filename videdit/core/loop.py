@@ -62,6 +62,13 @@ class StepCallback:
     def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def on_guidance(self, ctx: StepContext, frames: tuple[int, ...], uncond: torch.Tensor,
+                    cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Before classifier-free guidance combines them: one UNet call's unconditional and
+        conditional outputs, each (nb, fb, C, h, w) for frame indices ``frames``. Called on
+        guided steps only (some scale != 1), once per frame batch."""
+        return uncond, cond
+
 
 @dataclass(frozen=True)
 class Branches:
@@ -86,10 +93,16 @@ def _per_frame(e: torch.Tensor, nb: int, frames: Sequence[int]) -> torch.Tensor:
     return e[:, list(frames)]
 
 
+# (uncond, cond, frames) -> (uncond, cond): a change to the unguided outputs before CFG.
+BeforeCFG = Callable[[torch.Tensor, torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]]
+
+
 def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, uncond: torch.Tensor | None,
-                  guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None) -> torch.Tensor:
+                  guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None,
+                  before_cfg: BeforeCFG | None = None) -> torch.Tensor:
     """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep, frames in
-    batches of ``batch_size``. ``uncond`` is skipped when every guidance scale is 1."""
+    batches of ``batch_size``. ``uncond`` is skipped when every guidance scale is 1;
+    ``before_cfg`` may change each batch's unguided outputs before they are combined."""
     nb, n_frames = x.shape[:2]
     guided = uncond is not None and any(g != 1 for g in guidance)
     info = info if info is not None else CallInfo()
@@ -111,6 +124,8 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
         y = y.float().unflatten(0, xb.shape[:2])                  # (halves*nb, fb, C, h, w)
         if guided:
             u, c = y.chunk(2)                                     # each (nb, fb, C, h, w)
+            if before_cfg is not None:
+                u, c = before_cfg(u, c, frames)
             y = cfg(u, c, scale)
         out[:, start:start + len(frames)] = y
     return out
@@ -148,6 +163,8 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
     info = info if info is not None else CallInfo()
     info.inverting = False
     sampler = sampler or Sampler()
+    guiding = [cb for cb in callbacks  # only those that override the pre-CFG hook
+               if getattr(type(cb), "on_guidance", StepCallback.on_guidance) is not StepCallback.on_guidance]
     state = sampler.start(x.float())
     for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
         t = int(schedule.timesteps[i])
@@ -156,9 +173,14 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
                           alpha_prev=float(schedule.alphas_prev[i]), n_steps=len(schedule))
         uncond = branches.uncond_at(i)
 
+        def before_cfg(u: torch.Tensor, c: torch.Tensor, frames: tuple[int, ...]):
+            for cb in guiding:
+                u, c = cb.on_guidance(ctx, frames, u, c)
+            return u, c
+
         def predict(z: torch.Tensor) -> torch.Tensor:
             out = predict_noise(unet, z, t, branches.cond, uncond, branches.guidance, batch_size=batch_size,
-                                info=info)
+                                info=info, before_cfg=before_cfg if guiding else None)
             for cb in callbacks:
                 out = cb.on_noise(ctx, z, out)
             return out

@@ -1,6 +1,7 @@
 """Registry of editors. An editor turns an :class:`EditContext` into an :class:`EditPlan`
-(initial latents per branch, text branches, step callbacks, attention processors); the one
-loop in ``videdit.core`` runs the plan. Editors never know which inversion ran."""
+(initial latents per branch, text branches, step callbacks, attention processors, forward
+hooks); the one loop in ``videdit.core`` runs the plan. Editors never know which inversion
+ran."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class EditContext:
     source_prompt: str
     target_prompt: str
     seed: int = 0
+    batch_size: int = 8   # frames per UNet call, for editors that call the UNet themselves
+    frame_size: tuple[int, int] | None = None  # (H, W) of the input frames; None: the latents' x VAE factor
 
 
 @dataclass
@@ -38,6 +41,7 @@ class EditPlan:
     branches: Branches
     callbacks: Sequence[StepCallback] = ()
     processors: Mapping[str, Any] | None = None   # for attention_processors(...)
+    hooks: Mapping[str, Any] | None = None        # for module_hooks(...): module-name glob -> forward hook
     info: CallInfo = field(default_factory=CallInfo)  # shared with the processors
     output_branch: int = -1           # which branch is the edit
     source_branch: int | None = None  # the branch that replays the source, if the editor runs one

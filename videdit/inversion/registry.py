@@ -40,6 +40,7 @@ class ReplayContext:
     source_cond: torch.Tensor
     uncond: torch.Tensor
     prediction_type: str
+    guidance: float | None = None   # the edit's guidance scale (None: not known)
 
 
 @dataclass

@@ -256,7 +256,7 @@ def write_frames_dir(path: str | os.PathLike, chunks: Chunks, *, overwrite: bool
     if path.exists() and not path.is_dir():
         raise VideditError(f"{path} is a file; a frame folder needs a folder path (no suffix)")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise VideditError(f"{path} already exists and is not empty; choose another -o path or allow overwrite")
+        raise VideditError(f"{path} already exists and is not empty; choose another -o path or pass --overwrite (overwrite=True)")
     with atomic_path(path, replace_dir=True) as tmp:
         tmp.mkdir()
         n = 0

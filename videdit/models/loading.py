@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,14 +197,36 @@ def _fingerprint(path: Path) -> str:
 
 
 def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
+    _quiet_to((model.unet, model.vae, model.text_encoder), device=device, dtype=dtype)
+    for part in (model.unet, model.vae, model.text_encoder):
+        part.eval().requires_grad_(False)
+    model.device, model.dtype = device, dtype
+    return model
+
+
+def _quiet_to(parts, **kw) -> None:
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # .to(dtype) warns about an empty list of fp32 modules
     try:
-        for part in (model.unet, model.vae, model.text_encoder):
-            part.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        for part in parts:
+            part.to(**kw)
     finally:
         diffusers_logging.set_verbosity(level)
-    model.device, model.dtype = device, dtype
-    return model
+
+
+@contextmanager
+def unet_dtype(unet, dtype: torch.dtype):
+    """Run ``unet`` in ``dtype`` inside the block (e.g. an fp32 inversion of a bf16 model);
+    its own dtype is restored in ``finally``. Casting bf16/fp16 weights to fp32 and back is
+    lossless, so the model is unchanged afterwards."""
+    old = unet.dtype
+    if old == dtype:
+        yield unet
+        return
+    _quiet_to((unet,), dtype=dtype)
+    try:
+        yield unet
+    finally:
+        _quiet_to((unet,), dtype=old)

@@ -1,0 +1,62 @@
+"""Which attention layers an editor acts on: glob patterns over processor names, and the
+token grid each layer sees at a given latent size (so that an editor can ask for "the
+self-attention layers of at most 256 tokens" before the first UNet call)."""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from typing import Iterable, Sequence
+
+_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
+
+
+def select_layers(names: Iterable[str], patterns: str | Sequence[str]) -> list[str]:
+    """The names matching any of the glob ``patterns`` (one glob or several), in order."""
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+
+
+def _halve(size: tuple[int, int]) -> tuple[int, int]:
+    return -(-size[0] // 2), -(-size[1] // 2)  # a stride-2 convolution rounds up
+
+
+def layer_grids(unet, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """{processor name: (h, w) token grid} of ``unet`` 's attention layers for latents of
+    ``latent_size``. Read off diffusers' UNet2DConditionModel structure: down block i runs at
+    the latent size halved once per downsampler before it, the mid block below the last one,
+    and each up block at the size its upsamplers have climbed back to."""
+    sizes = [tuple(latent_size)]                       # sizes[level]: the grid at that depth
+    down_level, level = {}, 0
+    for i, block in enumerate(unet.down_blocks):
+        down_level[i] = level
+        if getattr(block, "downsamplers", None) is not None:
+            level += 1
+            sizes.append(_halve(sizes[-1]))
+    mid_level, up_level = level, {}
+    for i, block in enumerate(unet.up_blocks):
+        up_level[i] = level
+        if getattr(block, "upsamplers", None) is not None:
+            level -= 1
+    grids = {}
+    for name in unet.attn_processors:
+        m = _BLOCK.match(name)
+        if m is None:
+            continue  # not a block of the standard UNet: its grid is unknown
+        if m.group(3):
+            lv = mid_level
+        else:
+            lv = (down_level if m.group(1) == "down_blocks" else up_level)[int(m.group(2))]
+        grids[name] = sizes[max(0, lv)]
+    return grids
+
+
+def layers_at(unet, latent_size: tuple[int, int], factor: int, *, cross: bool | None = None) -> list[str]:
+    """Attention layers whose grid is the latent grid downsampled ``factor`` times
+    (a power of two), e.g. SD's 16x16 layers at 512 px with factor 4."""
+    size = tuple(latent_size)
+    f = 1
+    while f < factor:
+        size, f = _halve(size), f * 2
+    return [n for n, g in layer_grids(unet, latent_size).items()
+            if g == size and (cross is None or n.endswith("attn2.processor") == cross)]

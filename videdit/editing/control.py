@@ -1,0 +1,104 @@
+"""What the attention editors share: two-branch plans (source replayed beside the edit),
+step windows given as fractions of the schedule, layer selection by glob, and an attention
+module that hands one branch's queries, keys or values to another."""
+
+from __future__ import annotations
+
+from typing import Collection, Sequence
+
+import torch
+
+from videdit.attention import AttentionModule, AttnCall, CrossAttentionStore, select_layers
+from videdit.core.loop import Branches
+from videdit.errors import VideditError
+
+SOURCE, TARGET = 0, 1   # branches of a two-branch plan
+
+
+def step_index(fraction: float, n_steps: int) -> int:
+    """The schedule step a fraction of ``n_steps`` falls on, rounded down as the reference
+    codes do (``int(0.8 * 50) == 40``); the epsilon keeps 0.3 * 10 from landing on 2."""
+    return int(fraction * n_steps + 1e-9)
+
+
+def step_window(start: float, end: float, n_steps: int) -> range:
+    """Steps i with ``step_index(start) <= i < step_index(end)``."""
+    return range(step_index(start, n_steps), step_index(end, n_steps))
+
+
+def check_fraction(editor: str, name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise VideditError(f"{editor} {name} must be a fraction of the steps in [0, 1], got {value!r}")
+
+
+def patterns(editor: str, name: str, value) -> tuple[str, ...]:
+    """A glob or a list of globs (YAML gives lists) -> a tuple of globs."""
+    globs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not globs or not all(isinstance(p, str) and p for p in globs):
+        raise VideditError(f"{editor} {name} must be a glob or a list of globs over layer names, "
+                           f"e.g. 'up_blocks.*attn1*', got {value!r}")
+    return globs
+
+
+def choose_layers(unet, globs: Sequence[str], editor: str, name: str, *, cross: bool) -> list[str]:
+    """The self- (``cross=False``) or cross-attention layers matching ``globs``; none is an error."""
+    kind = "attn2" if cross else "attn1"
+    found = [n for n in select_layers(unet.attn_processors, globs) if n.endswith(f"{kind}.processor")]
+    if not found:
+        some = [n for n in unet.attn_processors if n.endswith(f"{kind}.processor")]
+        raise VideditError(f"{editor} {name} {list(globs)} match no {kind} layer of this model; "
+                           f"its {kind} layers are {some}")
+    return found
+
+
+def two_branches(ctx) -> tuple[torch.Tensor, Branches]:
+    """Source (branch 0) and target (branch 1) from the same inverted noise: latents
+    (2, F, C, h, w) and their text branches, both at the edit's guidance."""
+    x = ctx.inversion.noise[None].repeat(2, 1, 1, 1, 1)              # (2, F, C, h, w)
+    cond = torch.cat([ctx.source_cond, ctx.target_cond])             # (2, L, D)
+    uncond = ctx.uncond.expand(2, *ctx.uncond.shape[1:])              # (2, L, D)
+    return x, Branches(cond=cond, uncond=uncond, guidance=(ctx.guidance, ctx.guidance))
+
+
+class InjectQKV(AttentionModule):
+    """Within ``steps``, on the layers named in ``layers``, branch ``target`` takes its
+    queries from branch ``q_from``, keys from ``k_from`` and values from ``v_from`` (None
+    keeps its own); in both guidance halves, or the conditional one only (``cond_only``).
+    Needs no attention probabilities, so the layer stays on fused attention."""
+
+    def __init__(self, layers: Collection[str], steps: range, target: int, *, q_from: int | None = None,
+                 k_from: int | None = None, v_from: int | None = None, cond_only: bool = False):
+        self.names, self.steps, self.target = frozenset(layers), steps, target
+        self.sources = (q_from, k_from, v_from)
+        self.cond_only = cond_only
+
+    def applies(self, layer: str, cross: bool) -> bool:
+        return layer in self.names
+
+    def active(self, call: AttnCall) -> bool:
+        return not call.info.inverting and call.info.step in self.steps
+
+    def qkv(self, call, q, k, v):
+        if not self.active(call):
+            return q, k, v
+        return tuple(self._take(call, x, src) for x, src in zip((q, k, v), self.sources))
+
+    def _take(self, call: AttnCall, x: torch.Tensor, src: int | None) -> torch.Tensor:
+        if src is None or src == self.target:
+            return x
+        xs = call.split(x).clone()                                   # (halves, nb, fb, heads, T, d)
+        halves = slice(-1, None) if self.cond_only else slice(None)
+        xs[halves, self.target] = xs[halves, src]
+        return xs.flatten(0, 2)                                      # (B, heads, T, d)
+
+
+class LayerStore(CrossAttentionStore):
+    """A :class:`CrossAttentionStore` on the named cross-attention layers only (those at one
+    grid, say), so that the other layers keep fused attention."""
+
+    def __init__(self, tokens: Sequence[int], n_frames: int, layers: Collection[str]):
+        super().__init__(tokens, n_frames)
+        self.names = frozenset(layers)
+
+    def applies(self, layer: str, cross: bool) -> bool:
+        return cross and layer in self.names

@@ -1,0 +1,90 @@
+"""Plug-and-Play: inject the source's decoder features and self-attention (Tumanyan et al. 2023).
+
+"Plug-and-Play Diffusion Features for Text-Driven Image-to-Image Translation", CVPR 2023,
+Sec. 4 (Eqs. 3-5). The source (branch 0) is replayed beside the target (branch 1). For the
+first ``feature_fraction`` of the steps (tau_f) the target's spatial features f^4_t of the
+decoder, here the residual branch of ``up_blocks.1.resnets.1`` (its ``conv2`` output, before
+the skip connection is added, exactly where the reference code ``pnp_utils.
+register_conv_control_efficient`` overwrites ``hidden_states``), are replaced by the
+source's; for the first ``attention_fraction`` (tau_A) the self-attention maps of the
+decoder layers are the source's, done as the reference does by handing the target the
+source's queries and keys (Eq. 5: A = softmax(q_src k_src^T / sqrt(d)), values the target's).
+Both guidance halves are injected.
+
+Layers are globs over module names (features) and processor names (attention); the defaults
+are the reference's for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder self-attention
+of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1, 2], 2: [0, 1, 2],
+3: [0, 1, 2]}``). Deviations: the reference computes the source features from the inverted
+latent at each step with an empty prompt; here the source branch replays the inversion
+(under the source prompt and the edit's guidance, composed with whatever the inversion's
+replay does), so the injected features are those of the source as this edit sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from videdit.attention import compose, match_modules
+from videdit.core.loop import CallInfo
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, check_fraction, choose_layers, patterns, step_window,
+                                     two_branches)
+from videdit.editing.registry import EditContext, EditPlan, register_editor
+from videdit.errors import VideditError
+
+EDITOR = "plug_and_play"
+
+
+@dataclass(frozen=True)
+class PlugAndPlayConfig:
+    feature_fraction: float = 0.8      # tau_f: decoder features injected for this fraction of the steps
+    attention_fraction: float = 0.5    # tau_A: decoder self-attention injected for this fraction
+    feature_layers: tuple[str, ...] = ("up_blocks.1.resnets.1.conv2",)   # globs over module names
+    attention_layers: tuple[str, ...] = ("up_blocks.1.attentions.[12].*attn1.processor",
+                                         "up_blocks.[23].*attn1.processor")  # globs over processor names
+
+    def __post_init__(self):
+        check_fraction(EDITOR, "feature_fraction", self.feature_fraction)
+        check_fraction(EDITOR, "attention_fraction", self.attention_fraction)
+        object.__setattr__(self, "feature_layers", patterns(EDITOR, "feature_layers", self.feature_layers))
+        object.__setattr__(self, "attention_layers", patterns(EDITOR, "attention_layers", self.attention_layers))
+
+
+class InjectFeatures:
+    """A forward hook: within ``steps``, the target branch's output of the hooked module
+    becomes the source branch's, in both guidance halves (Eq. 4)."""
+
+    def __init__(self, info: CallInfo, steps: range):
+        self.info, self.steps = info, steps
+
+    def __call__(self, module, args, output: torch.Tensor):
+        info = self.info
+        if info.inverting or info.step not in self.steps:
+            return None
+        out = output.unflatten(0, (info.halves, info.n_branches, len(info.frames))).clone()  # (halves, nb, fb, C, h, w)
+        out[:, TARGET] = out[:, SOURCE]
+        return out.flatten(0, 2)
+
+
+@register_editor(EDITOR, PlugAndPlayConfig)
+def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:
+    """Plug-and-Play (Tumanyan et al. 2023): source decoder features and self-attention injected into the target."""
+    unet, n = ctx.model.unet, len(ctx.schedule)
+    x, branches = two_branches(ctx)
+    info = CallInfo()
+    modules = []
+    attention_steps = step_window(0, config.attention_fraction, n)
+    if len(attention_steps):
+        layers = choose_layers(unet, config.attention_layers, EDITOR, "attention_layers", cross=False)
+        modules.append(InjectQKV(layers, attention_steps, TARGET, q_from=SOURCE, k_from=SOURCE))
+    hooks = {}
+    feature_steps = step_window(0, config.feature_fraction, n)
+    if len(feature_steps):
+        for pattern in config.feature_layers:
+            if not match_modules(unet, pattern):
+                raise VideditError(f"{EDITOR} feature_layers {pattern!r} matches no module of this model; modules "
+                                   f"are named like 'up_blocks.1.resnets.1.conv2' (unet.named_modules())")
+            hooks[pattern] = InjectFeatures(info, feature_steps)
+    return EditPlan(x=x, branches=branches, processors=compose(unet, modules, info), hooks=hooks, info=info,
+                    output_branch=TARGET, source_branch=SOURCE)

@@ -1,0 +1,305 @@
+"""Prompt-to-Prompt: edit by injecting the source's cross-attention maps (Hertz et al. 2023).
+
+"Prompt-to-Prompt Image Editing with Cross-Attention Control", ICLR 2023, Sec. 3.2. Two
+branches are denoised side by side from the same noise: the source prompt P (branch 0,
+which replays the source) and the target prompt P* (branch 1, the edit). In the target's
+conditional half, for the first ``cross_replace`` of the steps, its cross-attention maps
+M*_t are replaced by an edit of the source's M_t:
+
+* word swap (``replace``):   Edit(M_t, M*_t, t) = M_t                  (P and P* same length)
+* refinement (``refine``):   (Edit)_{i,j} = (M*_t)_{i,j} if A(j) = None else (M_t)_{i,A(j)},
+                             A aligning P*'s tokens with P's (``refinement_mapper``)
+* re-weighting (``reweight``): (Edit)_{i,j} = c * (M_t)_{i,j} for the chosen words j, else M_t
+
+(``auto`` swaps when the prompts have as many tokens, else refines; ``reweight`` may also
+ride on top of a swap or a refinement, as the reference code's ``prev_controller`` does).
+For the first ``self_replace`` of the steps, the target's self-attention maps are the
+source's in layers of at most ``self_replace_max_tokens`` query tokens (the reference code's
+16x16 limit). Local blending (Sec. 3.2, "Local editing") keeps the latents outside the
+edited words' attention: a mask from the cross-attention maps of ``blend_words``, summed
+over the steps so far, dilated, max-normalised and thresholded, and after each step from
+``blend_start`` on the edit becomes ``x_src + mask * (x_edit - x_src)``.
+
+The attention math follows the reference implementation (github.com/google/prompt-to-prompt,
+``AttentionReplace``, ``AttentionRefine``, ``AttentionReweight``, ``LocalBlend`` and
+``seq_aligner.get_refinement_mapper``); see the pure functions below. Deviations: the
+reference's per-word ``cross_replace_steps`` dict is one fraction here; a word swap needs
+equal token counts (the reference also splits a word's attention over a replacement word of
+more tokens when the *word* counts match: use refinement for that); local-blend maps are
+averaged over heads, resized bilinearly to the latent size and then dilated by
+``blend_dilate`` cells of their own grid (the reference dilates at 16x16 and resizes by
+nearest neighbour). Self-attention replacement is done by handing the target the source's
+queries and keys, which gives exactly the source's maps with fused attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from videdit.attention import AttentionModule, compose, layer_grids, layers_at
+from videdit.core.loop import CallInfo, StepCallback, StepContext
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, check_fraction, step_index, step_window,
+                                     two_branches)
+from videdit.editing.masks import mask_from_attention
+from videdit.editing.registry import EditContext, EditPlan, register_editor
+from videdit.editing.words import find_word, prompt_words, word_positions
+from videdit.errors import VideditError
+
+MODES = ("auto", "replace", "refine", "reweight")
+EDITOR = "prompt_to_prompt"
+
+
+@dataclass(frozen=True)
+class PromptToPromptConfig:
+    mode: str = "auto"                 # auto | replace (word swap) | refine | reweight
+    cross_replace: float = 0.8         # cross-attention edited for this fraction of the steps
+    self_replace: float = 0.4          # self-attention maps taken from the source for this fraction ...
+    self_replace_max_tokens: int = 256  # ... in layers of at most this many tokens (16x16 in SD at 512 px)
+    reweight: Mapping[str, float] | None = None  # {word of the target prompt: attention scale}
+    blend_words: tuple[str, ...] = ()  # local blend: words of the source and/or target prompt
+    blend_threshold: float = 0.3       # mask = max-normalised attention > this
+    blend_start: float = 0.2           # blend after each step from this fraction of the steps
+    blend_factor: int = 4              # maps from the layers at 1/factor of the latent size (SD's 16x16)
+    blend_dilate: int = 1              # the mask grows by this many cells of that grid
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise VideditError(f"{EDITOR} mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("cross_replace", "self_replace", "blend_start"):
+            check_fraction(EDITOR, name, getattr(self, name))
+        if not isinstance(self.self_replace_max_tokens, int) or self.self_replace_max_tokens < 0:
+            raise VideditError(f"{EDITOR} self_replace_max_tokens must be an int >= 0 (256 = 16x16), "
+                               f"got {self.self_replace_max_tokens!r}")
+        reweight = dict(self.reweight or {})
+        for word, scale in reweight.items():
+            if not isinstance(word, str) or not isinstance(scale, (int, float)) or not 0 <= scale <= 100:
+                raise VideditError(f"{EDITOR} reweight must map words to scales in [0, 100], e.g. "
+                                   f"{{'watercolor': 5}}, got {word!r}: {scale!r}")
+        object.__setattr__(self, "reweight", {w: float(s) for w, s in reweight.items()})
+        if self.mode == "reweight" and not reweight:
+            raise VideditError(f"{EDITOR} mode 'reweight' needs reweight={{word: scale}}, e.g. --reweight snowy=2")
+        words = (self.blend_words,) if isinstance(self.blend_words, str) else tuple(self.blend_words)
+        if not all(isinstance(w, str) and w.strip() for w in words):
+            raise VideditError(f"{EDITOR} blend_words must be words of the prompts, got {self.blend_words!r}")
+        object.__setattr__(self, "blend_words", words)
+        if not 0 <= self.blend_threshold <= 1:
+            raise VideditError(f"{EDITOR} blend_threshold must be in [0, 1], got {self.blend_threshold}")
+        f = self.blend_factor
+        if not isinstance(f, int) or f < 1 or f & (f - 1):
+            raise VideditError(f"{EDITOR} blend_factor must be a power of two >= 1 (4: SD's 16x16 maps), got {f!r}")
+        if not isinstance(self.blend_dilate, int) or self.blend_dilate < 0:
+            raise VideditError(f"{EDITOR} blend_dilate must be an int >= 0, got {self.blend_dilate!r}")
+
+
+# ---- the attention math, in the reference code's shapes: h heads (x frames), p pixels, w / n tokens ----
+
+def replace_cross_attention(attn_base: torch.Tensor, mapper: torch.Tensor) -> torch.Tensor:
+    """Word swap, ``AttentionReplace.replace_cross_attention``: the source's maps
+    (h, p, w) carried to the target's tokens by ``mapper`` (b, w, n) -> (b, h, p, n)."""
+    return torch.einsum("hpw,bwn->bhpn", attn_base, mapper)
+
+
+def refine_cross_attention(attn_base: torch.Tensor, attn_replace: torch.Tensor, mapper: torch.Tensor,
+                           alphas: torch.Tensor) -> torch.Tensor:
+    """Refinement, ``AttentionRefine.replace_cross_attention``: target token n takes the
+    source's map of token ``mapper[b, n]`` where ``alphas[b, n]`` is 1 and keeps its own where
+    it is 0. attn_base (h, p, w), attn_replace (b, h, p, n), mapper (b, n) int, alphas (b, n)."""
+    base = attn_base[:, :, mapper].permute(2, 0, 1, 3)               # (b, h, p, n)
+    a = alphas.reshape(alphas.shape[0], 1, 1, alphas.shape[1])       # (b, 1, 1, n)
+    return base * a + attn_replace * (1 - a)
+
+
+def reweight_cross_attention(attn_base: torch.Tensor, equalizer: torch.Tensor) -> torch.Tensor:
+    """Re-weighting, ``AttentionReweight.replace_cross_attention``: (h, p, n) maps (after the
+    previous controller, if any) scaled per token by ``equalizer`` (b, n) -> (b, h, p, n)."""
+    return attn_base[None, :, :, :] * equalizer[:, None, None, :]
+
+
+def refinement_mapper(source: Sequence, target: Sequence, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``seq_aligner.get_mapper``: globally align the token sequences (Needleman-Wunsch, gap
+    0, match 1, mismatch -1, ties broken as the reference does) -> mapper (max_len,) from each
+    target position to its source position, and alphas (max_len,): 0 where the target token
+    has no source counterpart. Positions past the target map to themselves."""
+    nx, ny = len(source), len(target)
+    if ny > max_len:
+        raise VideditError(f"the target prompt has {ny} tokens, more than the text encoder's {max_len}")
+    score = [[0] * (ny + 1) for _ in range(nx + 1)]
+    trace = [[0] * (ny + 1) for _ in range(nx + 1)]
+    for j in range(1, ny + 1):
+        trace[0][j] = 1
+    for i in range(1, nx + 1):
+        trace[i][0] = 2
+    trace[0][0] = 4
+    for i in range(1, nx + 1):
+        for j in range(1, ny + 1):
+            left, up = score[i][j - 1], score[i - 1][j]   # gap 0
+            diag = score[i - 1][j - 1] + (1 if source[i - 1] == target[j - 1] else -1)
+            score[i][j] = best = max(left, up, diag)
+            trace[i][j] = 1 if best == left else 2 if best == up else 3
+    pairs, i, j = [], nx, ny   # (target position, source position or -1)
+    while i > 0 or j > 0:
+        move = trace[i][j]
+        if move == 3:
+            i, j = i - 1, j - 1
+            pairs.append((j, i))
+        elif move == 1:
+            j -= 1
+            pairs.append((j, -1))
+        elif move == 2:
+            i -= 1
+        else:
+            break
+    pairs.reverse()
+    base = torch.tensor(pairs, dtype=torch.int64).view(-1, 2)
+    alphas = torch.ones(max_len)
+    alphas[:len(base)] = base[:, 1].ne(-1).float()
+    mapper = torch.zeros(max_len, dtype=torch.int64)
+    mapper[:len(base)] = base[:, 1]
+    mapper[len(base):] = ny + torch.arange(max_len - ny)
+    return mapper, alphas
+
+
+# ---- the modules ----
+
+# (source maps (h, p, w), target maps (1, h, p, n)) -> edited target maps (1, h, p, n)
+MapEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def map_edit(mode: str, mapper: torch.Tensor | None, alphas: torch.Tensor | None,
+             equalizer: torch.Tensor | None) -> MapEdit:
+    """The controller of ``mode`` (``mapper`` None: the identity swap), then re-weighting."""
+
+    def edit(base: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+        if mode == "refine":
+            new = refine_cross_attention(base, mine, mapper.to(base.device)[None], alphas.to(base)[None])
+        elif mapper is not None:
+            new = replace_cross_attention(base, mapper.to(base)[None])
+        else:
+            new = base[None]   # identity swap, exactly what the einsum with an identity mapper gives
+        if equalizer is not None:
+            new = reweight_cross_attention(new[0], equalizer.to(base)[None])
+        return new
+
+    return edit
+
+
+class CrossAttentionControl(AttentionModule):
+    """In ``steps``, the target branch's conditional cross-attention maps become
+    ``edit(source maps, its own maps)``, per frame and head (the reference's alpha = 1)."""
+
+    cross = True
+    needs_probs = True
+
+    def __init__(self, steps: range, edit: MapEdit):
+        self.steps, self.edit = steps, edit
+
+    def probs(self, call, p):
+        if call.info.inverting or call.info.step not in self.steps:
+            return p
+        ps = call.split(p)                                 # (halves, nb, fb, heads, Tq, L), a view of p
+        base = ps[-1, SOURCE].flatten(0, 1)                # (fb * heads, Tq, L): "hpw"
+        mine = ps[-1, TARGET].flatten(0, 1)[None]          # (1, fb * heads, Tq, L): "bhpn"
+        ps[-1, TARGET] = self.edit(base, mine)[0].view_as(ps[-1, TARGET])
+        return p
+
+
+class LocalBlend(StepCallback):
+    """After each step in ``steps``: target = source + mask * (target - source), the mask
+    from the stored cross-attention of the blend words (source words in the source branch,
+    target words in the target branch), as the reference's ``LocalBlend``."""
+
+    def __init__(self, store: LayerStore, n_source_tokens: int, steps: range, threshold: float, radius: int):
+        self.store, self.n_src, self.steps = store, n_source_tokens, steps
+        self.threshold, self.radius = threshold, radius
+
+    def mask(self) -> torch.Tensor:
+        """(F, 1, h, w) float: the union of the source words' and the target words' masks,
+        each summed over its tokens, max-normalised, thresholded and dilated (max-pooling
+        commutes with the threshold, so this is the reference's pool-then-threshold)."""
+        maps = self.store.maps()                                       # (nb, F, k, h, w)
+        parts = [maps[SOURCE, :, :self.n_src], maps[TARGET, :, self.n_src:]]   # each (F, k', h, w)
+        masks = [mask_from_attention(m, self.threshold, dilate=self.radius) for m in parts if m.shape[1]]
+        return torch.stack(masks).amax(0)
+
+    def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+        if ctx.step not in self.steps or self.store.total is None:
+            return x
+        mask = self.mask().to(x)                                       # (F, 1, h, w)
+        x = x.clone()
+        x[TARGET] = x[SOURCE] + mask * (x[TARGET] - x[SOURCE])
+        return x
+
+
+def _mode(config: PromptToPromptConfig, src: list[str], tgt: list[str]) -> str:
+    if config.mode == "auto":
+        return "replace" if len(src) == len(tgt) else "refine"
+    if config.mode in ("replace", "reweight") and len(src) != len(tgt):
+        raise VideditError(
+            f"{EDITOR} mode {config.mode!r} (word swap) needs prompts of as many tokens, but the source has "
+            f"{len(src)} and the target {len(tgt)}; use mode 'refine' (refinement: aligns the tokens; "
+            f"reweight still applies) or 'auto'")
+    return config.mode
+
+
+def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: list[str], n_frames: int):
+    """The store of the blend words' maps (source positions first) and the blend callback."""
+    src_pos, tgt_pos = [], []
+    for word in config.blend_words:
+        s, t = find_word(src, word), find_word(tgt, word)
+        if not s and not t:
+            raise VideditError(
+                f"{EDITOR} blend word {word!r} is in neither prompt; the source {ctx.source_prompt!r} has the "
+                f"words {[w for w, _ in prompt_words(src)]}, the target {ctx.target_prompt!r} "
+                f"{[w for w, _ in prompt_words(tgt)]}")
+        src_pos += s
+        tgt_pos += t
+    src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
+    latent = tuple(ctx.inversion.noise.shape[-2:])
+    layers = layers_at(ctx.model.unet, latent, config.blend_factor, cross=True)
+    if not layers:
+        grids = sorted({g for n, g in layer_grids(ctx.model.unet, latent).items() if n.endswith("attn2.processor")})
+        raise VideditError(f"{EDITOR}: no cross-attention layer runs at 1/{config.blend_factor} of the "
+                           f"{latent[0]}x{latent[1]} latents; its grids are {grids}: choose blend_factor accordingly")
+    store = LayerStore(src_pos + tgt_pos, n_frames, layers)
+    n = len(ctx.schedule)
+    blend = LocalBlend(store, len(src_pos), range(step_index(config.blend_start, n), n), config.blend_threshold,
+                       config.blend_dilate * config.blend_factor)
+    return store, blend
+
+
+@register_editor(EDITOR, PromptToPromptConfig)
+def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan:
+    """Prompt-to-Prompt (Hertz et al. 2023): word swap, refinement or re-weighting of cross-attention, local blend."""
+    src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
+    max_len = ctx.source_cond.shape[-2]
+    mode = _mode(config, src, tgt)
+    mapper = alphas = equalizer = None
+    if mode == "refine":
+        mapper, alphas = refinement_mapper(src, tgt, max_len)
+    if config.reweight:
+        equalizer = torch.ones(max_len)
+        for word, scale in config.reweight.items():
+            equalizer[word_positions(tgt, word, ctx.target_prompt)] = scale
+    n = len(ctx.schedule)
+    x, branches = two_branches(ctx)
+    n_frames, latent = x.shape[1], tuple(x.shape[-2:])
+    modules: list[AttentionModule] = []
+    callbacks: list[StepCallback] = []
+    if config.blend_words:
+        store, blend = _blend(ctx, config, src, tgt, n_frames)
+        modules.append(store)   # before the edit: it records the maps as computed, as the reference does
+        callbacks.append(blend)
+    cross_steps = step_window(0, config.cross_replace, n)
+    if len(cross_steps):
+        modules.append(CrossAttentionControl(cross_steps, map_edit(mode, mapper, alphas, equalizer)))
+    small = [name for name, (h, w) in layer_grids(ctx.model.unet, latent).items()
+             if name.endswith("attn1.processor") and h * w <= config.self_replace_max_tokens]
+    self_steps = step_window(0, config.self_replace, n)
+    if small and len(self_steps):
+        modules.append(InjectQKV(small, self_steps, TARGET, q_from=SOURCE, k_from=SOURCE, cond_only=True))
+    info = CallInfo()
+    return EditPlan(x=x, branches=branches, callbacks=callbacks, processors=compose(ctx.model.unet, modules, info),
+                    info=info, output_branch=TARGET, source_branch=SOURCE)

@@ -1,0 +1,134 @@
+"""EDICT: exact inversion through two coupled latents (Wallace et al. 2023, Eqs. 14-16).
+
+Sampling step i (alpha-bar ``a`` -> ``a'``), with the DDIM step written as
+``x -> c x + d eps`` (c = sqrt(a'/a), d = sqrt(1-a') - sqrt(a'(1-a)/a)):
+
+    x_inter = c x + d eps(y)            y_inter = c y + d eps(x_inter)        (Eq. 14)
+    x'      = p x_inter + (1-p) y_inter                                       (Eq. 15)
+    y'      = p y_inter + (1-p) x'                                            (Eq. 16)
+
+Every line is an affine map of one latent given the other, so it runs backwards exactly
+(the paper's inversion, the same lines undone in reverse order) with the same two model
+evaluations per step. ``eps(z)`` is the
+noise implied by the model's output at ``z`` (the model's own epsilon, or the one derived
+from a v-prediction), so v-prediction models invert exactly as well.
+
+Conventions here: the inversion starts from x = y = z0 and stores the x path as the
+trajectory and the y path as ``extras["coupled"]``; sampling returns x (the paper's
+output; y reconstructs the source just as well); a callback's change to x is added to y
+too, so the pair stays coupled. The paper's order of Eqs. 14-16 is kept every step (its
+code can alternate which latent moves first; that is not used here).
+
+Exactness needs the same guidance when inverting and sampling (``guidance``, 7.5 like the
+default edit; the replay warns otherwise). The latent algebra runs in fp32 whatever the
+model's dtype. Low precision loses exactness (known; the paper runs in double precision):
+with an fp16/bf16 UNet the two directions round the UNet's inputs differently now and then,
+and the step amplifies each such difference. ``EditSettings(inversion_dtype="fp32")``
+inverts with the UNet in fp32, which restores exactness only if the edit's UNet runs in fp32
+too: an fp32 inversion replayed by a bf16 UNet is further off than a bf16 one (tiny-random,
+10 steps, guidance 7.5: bf16 both ways 1.4e-2, fp32 inversion + bf16 edit 0.53, fp32 both
+4e-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from videdit.core.ddim import predict_x0_eps
+from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
+from videdit.errors import VideditError
+from videdit.inversion._guidance import warn_if_guidance_differs
+from videdit.inversion.record import Inversion
+from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+
+
+@dataclass(frozen=True)
+class EDICTConfig:
+    p: float = 0.93        # mixing coefficient of Eqs. 15-16 (the paper uses 0.93)
+    guidance: float = 7.5  # CFG while inverting; reconstruction is exact when the edit uses the same
+
+    def __post_init__(self):
+        if not 0 < self.p <= 1:
+            raise VideditError(f"edict p must be in (0, 1] (the paper uses 0.93), got {self.p}")
+        if not 0 <= self.guidance <= 50:
+            raise VideditError(f"edict guidance must be in [0, 50] (use the edit's guidance), got {self.guidance}")
+
+
+def ddim_coefficients(alpha: float, alpha_next: float) -> tuple[float, float]:
+    """(c, d) with ddim_step(x, eps) = c x + d eps, from alpha-bar ``alpha`` to ``alpha_next``."""
+    a, an = float(alpha), float(alpha_next)
+    return (an / a) ** 0.5, (1 - an) ** 0.5 - (an * (1 - a) / a) ** 0.5
+
+
+def _eps(z: torch.Tensor, out: torch.Tensor, alpha: float, prediction_type: str) -> torch.Tensor:
+    return predict_x0_eps(z, out, alpha, prediction_type)[1]
+
+
+class EDICTSampler(Sampler):
+    """State (x, y), each (nb, F, C, h, w); two model evaluations per step."""
+
+    evals_per_step = 2
+
+    def __init__(self, p: float, coupling: torch.Tensor):
+        self.p = p
+        self.coupling = coupling  # (F, C, h, w): y - x at the start step
+
+    def start(self, x: torch.Tensor):
+        return x, x + self.coupling.to(x)
+
+    def step(self, ctx: StepContext, state, predict: Callable[[torch.Tensor], torch.Tensor], prediction_type: str):
+        x, y = state
+        p, (c, d) = self.p, ddim_coefficients(ctx.alpha, ctx.alpha_prev)
+        x_inter = c * x + d * _eps(y, predict(y), ctx.alpha, prediction_type)                  # Eq. 14
+        y_inter = c * y + d * _eps(x_inter, predict(x_inter), ctx.alpha, prediction_type)
+        x = p * x_inter + (1 - p) * y_inter                                                      # Eq. 15
+        y = p * y_inter + (1 - p) * x                                                            # Eq. 16
+        return x, y
+
+    def latents(self, state) -> torch.Tensor:
+        return state[0]
+
+    def with_latents(self, state, x: torch.Tensor):
+        old_x, y = state
+        return x, y + (x - old_x)  # the callback's change moves both latents: they stay coupled
+
+
+def edict_replay(inv: Inversion, ctx: ReplayContext, config: EDICTConfig) -> Replay:
+    """Sample with the coupled EDICT step from (noise, coupled noise)."""
+    warn_if_guidance_differs("edict", config.guidance, ctx)
+    coupling = inv.extras["coupled"][inv.start_step] - inv.noise  # (F, C, h, w)
+    return Replay(sampler=EDICTSampler(config.p, coupling))
+
+
+@register_inversion("edict", EDICTConfig, replay=edict_replay)
+@torch.no_grad()
+def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
+    """EDICT, exact inversion with two coupled latents (Wallace et al. 2023, Eqs. 14-16); 2 UNet evals a step."""
+    s, p, pt = inp.schedule, config.p, inp.prediction_type
+    x = inp.latents.float()[None]  # (1, F, C, h, w)
+    y = x.clone()
+    info = CallInfo(inverting=True)
+    xs, ys = [x[0]], [y[0]]
+    for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+        info.step = i
+        t, alpha = int(s.timesteps[i]), float(s.alphas[i])
+        c, d = ddim_coefficients(alpha, float(s.alphas_prev[i]))
+
+        def eps(z: torch.Tensor) -> torch.Tensor:
+            out = predict_noise(inp.unet, z, t, inp.cond, inp.uncond, (config.guidance,), batch_size=inp.batch_size,
+                                info=info)
+            return _eps(z, out, alpha, pt)
+
+        y_inter = (y - (1 - p) * x) / p          # undo Eq. 16
+        x_inter = (x - (1 - p) * y_inter) / p    # undo Eq. 15
+        y = (y_inter - d * eps(x_inter)) / c     # undo Eq. 14, second half
+        x = (x_inter - d * eps(y)) / c           # undo Eq. 14, first half
+        xs.append(x[0])
+        ys.append(y[0])
+    evals = 2 * len(s) * (2 if config.guidance != 1 else 1)
+    return Inversion(method="edict", trajectory=torch.stack(xs[::-1]), extras={"coupled": torch.stack(ys[::-1])},
+                     unet_evals=evals, evals_per_step=1)
