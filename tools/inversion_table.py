@@ -10,11 +10,14 @@ evaluations it adds to each editing step, and seconds (inversion + reconstructio
 
 tiny-random: two real frames (wolf.mp4) at 64x64; its noise predictions are not smooth in t,
 so only the exact methods are meaningful there. toy: four world scenes with their captions.
+Methods that invert at guidance 1 by default get a second row, "(inv. g)", inverted at the
+guidance they are reconstructed with.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -52,13 +55,20 @@ def main() -> None:
     model = load_model(a.model, dtype=a.dtype)
     data = frames_and_prompts(a.model, 4 if a.model == "toy" else a.frames)
     print(f"model={a.model} steps={a.steps} dtype={a.dtype} inputs={sum(len(f) for f, _ in data)} frames")
-    print(f"{'inversion':<14}{'err g=1':>10}{'err g=7.5':>11}{'UNet evals':>12}{'+evals/step':>12}{'seconds':>9}")
+    print(f"{'inversion':<20}{'err g=1':>10}{'err g=7.5':>11}{'UNet evals':>12}{'+evals/step':>12}{'seconds':>9}")
+    rows = []
     for name in a.only or sorted(INVERSIONS):
+        rows.append((name, name, lambda g: {}))
+        fields = {f.name: f.default for f in dataclasses.fields(INVERSIONS[name].config)}
+        if fields.get("guidance") == 1.0:  # inverts at guidance 1 by default: also invert at the edit's guidance
+            rows.append((f"{name} (inv. g)", name, lambda g: {"guidance": g}))
+    for label, name, params in rows:
         errs, evals, extra, seconds = [], 0, 0, 0.0
         for g in (1.0, 7.5):
             total = 0.0
             for frames, prompt in data:
-                s = EditSettings(source_prompt=prompt, target_prompt=prompt, steps=a.steps, guidance=g, inversion=name)
+                s = EditSettings(source_prompt=prompt, target_prompt=prompt, steps=a.steps, guidance=g, inversion=name,
+                                 inversion_params=params(g))
                 t = time.perf_counter()
                 inv = invert_frames(model, frames, s)
                 z = reconstruct(model, inv, s)
@@ -66,7 +76,7 @@ def main() -> None:
                 total += float((z - inv.source).norm() / inv.source.norm())
                 evals, extra = inv.unet_evals, inv.evals_per_step
             errs.append(total / len(data))
-        print(f"{name:<14}{errs[0]:>10.2e}{errs[1]:>11.2e}{evals:>12d}{extra:>12d}{seconds:>9.1f}")
+        print(f"{label:<20}{errs[0]:>10.2e}{errs[1]:>11.2e}{evals:>12d}{extra:>12d}{seconds:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="tiny-random",
                    help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
     g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--guidance", type=float, default=7.5,
+                   help="classifier-free guidance scale of the edit (default 7.5); exact inversions invert at it")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8, help="frames per UNet call (default 8)")
     g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")
@@ -140,7 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help=".mp4, .gif, .png/.jpg (images), or a folder")
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
     p.add_argument("--editor-param", "-E", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the editor (repeatable)")
@@ -199,7 +200,8 @@ def _edit(a) -> None:
 def _invert(a) -> None:
     from videdit.pipeline import invert_video
 
-    stats = invert_video(a.input, source_prompt=a.source, model=a.model, steps=a.steps, seed=a.seed,
+    stats = invert_video(a.input, source_prompt=a.source, model=a.model, steps=a.steps, guidance=a.guidance,
+                         seed=a.seed,
                          negative_prompt=a.negative, inversion=a.inversion,
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,

@@ -101,11 +101,21 @@ def _resolve_model(model: Model | str, device, dtype) -> Model:
     return model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
 
 
+def inversion_config(settings: EditSettings):
+    """The inversion's frozen config; a ``guidance`` left at None (methods whose replay is
+    exact only at the guidance they inverted at) becomes the edit's guidance."""
+    method = get_inversion(settings.inversion)
+    config = make_config(method.config, settings.inversion_params, f"inversion {settings.inversion!r}")
+    if getattr(config, "guidance", 0) is None:
+        config = dataclasses.replace(config, guidance=settings.guidance)
+    return config
+
+
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                   cache: InversionCache | None = None, progress: bool = False) -> Inversion:
     """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given."""
     method = get_inversion(settings.inversion)
-    config = make_config(method.config, settings.inversion_params, f"inversion {settings.inversion!r}")
+    config = inversion_config(settings)
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
     key = cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
                     source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
@@ -149,7 +159,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         schedule=schedule, n_branches=plan.x.shape[0], source_branch=plan.source_branch,
         output_branch=plan.output_branch % plan.x.shape[0], source_cond=source_cond, uncond=uncond,
         prediction_type=model.prediction_type, guidance=settings.guidance),
-        make_config(method.config, settings.inversion_params, "inversion"))
+        inversion_config(settings))
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, plan.x.shape[0]))
@@ -264,13 +274,13 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
 
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
-                 seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+                 guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                  inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
                  batch_size: int = 8, device: str | None = None, dtype: str | None = None,
                  cache_dir: str | Path | None = None, progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it."""
-    settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, seed=seed,
-                         batch_size=batch_size, inversion=inversion, inversion_params=inversion_params)
+    settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+                         seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, device, dtype)

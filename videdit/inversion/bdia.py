@@ -44,13 +44,13 @@ from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, r
 @dataclass(frozen=True)
 class BDIAConfig:
     gamma: float = 0.96    # weight of the backward integration; the authors recommend 0.92-1.0 for editing
-    guidance: float = 7.5  # CFG while inverting; reconstruction is exact when the edit uses the same
+    guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
 
     def __post_init__(self):
         if not 0 < self.gamma <= 1:
             raise VideditError(f"bdia gamma must be in (0, 1] (0 would be DDIM, which is not invertible; "
                                f"try 0.96), got {self.gamma}")
-        if not 0 <= self.guidance <= 50:
+        if self.guidance is not None and not 0 <= self.guidance <= 50:
             raise VideditError(f"bdia guidance must be in [0, 50] (use the edit's guidance), got {self.guidance}")
 
 

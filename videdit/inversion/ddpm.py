@@ -45,12 +45,12 @@ from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, r
 @dataclass(frozen=True)
 class DDPMInversionConfig:
     skip: float = 0        # T_skip: below 1 a fraction of the steps, a whole number >= 1 a step count
-    guidance: float = 7.5  # CFG when extracting the noise maps; reconstruction is exact at the same edit guidance
+    guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
 
     def __post_init__(self):
         if self.skip < 0 or (self.skip >= 1 and self.skip != int(self.skip)):
             raise VideditError(f"ddpm skip must be a fraction in [0, 1) or a whole number of steps, got {self.skip}")
-        if not 0 <= self.guidance <= 50:
+        if self.guidance is not None and not 0 <= self.guidance <= 50:
             raise VideditError(f"ddpm guidance must be in [0, 50] (use the edit's guidance), got {self.guidance}")
 
     def skip_steps(self, n_steps: int) -> int:

@@ -43,14 +43,14 @@ from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, r
 @dataclass(frozen=True)
 class DirectInversionConfig:
     inversion_guidance: float = 1.0  # CFG of the DDIM inversion (the paper: 1, conditional only)
-    guidance: float = 7.5            # CFG of the recorded reconstruction pass: the edit's guidance
+    guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
     add_target: bool = False         # also offset the output branch when the editor has a source branch
 
     def __post_init__(self):
         if not isinstance(self.add_target, bool):
             raise VideditError(f"direct add_target must be true or false, got {self.add_target!r}")
         for name in ("inversion_guidance", "guidance"):
-            if not 0 <= getattr(self, name) <= 50:
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) <= 50:
                 raise VideditError(f"direct {name} must be in [0, 50], got {getattr(self, name)}")
 
 

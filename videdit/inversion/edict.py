@@ -49,12 +49,12 @@ from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, r
 @dataclass(frozen=True)
 class EDICTConfig:
     p: float = 0.93        # mixing coefficient of Eqs. 15-16 (the paper uses 0.93)
-    guidance: float = 7.5  # CFG while inverting; reconstruction is exact when the edit uses the same
+    guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
 
     def __post_init__(self):
         if not 0 < self.p <= 1:
             raise VideditError(f"edict p must be in (0, 1] (the paper uses 0.93), got {self.p}")
-        if not 0 <= self.guidance <= 50:
+        if self.guidance is not None and not 0 <= self.guidance <= 50:
             raise VideditError(f"edict guidance must be in [0, 50] (use the edit's guidance), got {self.guidance}")
 
 

@@ -45,15 +45,15 @@ from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, r
 
 @dataclass(frozen=True)
 class NullTextConfig:
-    guidance: float = 7.5     # the guidance the embeddings are fitted for; edit at the same scale
+    guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
     inner_steps: int = 10     # Adam updates per sampling step (0 = plain DDIM with the negative prompt)
     lr: float = 1e-2          # Adam learning rate
     early_stop: float = 1e-5  # stop a step's updates once every frame's MSE to the pivot is below this
 
     def __post_init__(self):
-        if not 1 < self.guidance <= 50:
-            raise VideditError(f"null_text guidance must be in (1, 50] (at 1 the unconditional embedding is "
-                               f"unused); use the edit's guidance, got {self.guidance}")
+        if self.guidance is not None and not 1 <= self.guidance <= 50:
+            raise VideditError(f"null_text guidance must be in [1, 50] (at 1 the unconditional embedding is "
+                               f"unused and nothing is fitted); use the edit's guidance, got {self.guidance}")
         if not 0 <= self.inner_steps <= 1000:
             raise VideditError(f"null_text inner_steps must be in [0, 1000], got {self.inner_steps}")
         if not 0 < self.lr <= 1:
@@ -106,8 +106,9 @@ def _fit_batch(inp: InversionInputs, config: NullTextConfig, pivot: torch.Tensor
         evals += 1
         null = null.detach().clone().requires_grad_(True)    # fp32; cast to the UNet's dtype inside
         opt = torch.optim.Adam([null], lr=config.lr)
-        for j in range(config.inner_steps + 1):
-            last = j == config.inner_steps
+        inner = config.inner_steps if g != 1 else 0  # at guidance 1 the embedding has no effect
+        for j in range(inner + 1):
+            last = j == inner
             with torch.set_grad_enabled(not last):
                 u = predict_noise(inp.unet, z, t, null[None], None, w, batch_size=inp.batch_size, info=info)
                 z_next = ddim_step(z, cfg(u, c, g), a, a_prev, inp.prediction_type)  # (1, fb, C, h, w)
