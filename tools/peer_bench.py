@@ -3,7 +3,10 @@ the same model (tiny-random saved as a diffusers directory, loaded by both), the
 and the same step count, side by side in one run:
 
 - LEDITS++: diffusers' ``LEditsPPPipelineStableDiffusion`` (invert + edit; edit-friendly
-  DDPM, as its DDIMScheduler selects) vs videdit's ``ddpm`` inversion + ``sega`` editor;
+  DDPM, as its DDIMScheduler selects) vs videdit's ``ddpm`` inversion + ``sega`` editor, no
+  prompts, one concept, guidance-strength (noise) masks on both sides: LEDITS++'s
+  cross-attention masks read the layers at 1/4 of the latent side, which tiny-random (two
+  attention levels: 1 and 1/2) does not have;
 - DiffEdit: diffusers' ``StableDiffusionDiffEditPipeline`` (generate_mask + invert + edit)
   vs videdit's ``ddim`` inversion + ``diffedit`` editor;
 - pix2pix-zero's regularised inversion: diffusers' ``StableDiffusionPix2PixZeroPipeline.invert``
@@ -107,9 +110,8 @@ def diffusers_ledits(directory: Path, frames, args):
     def run():
         gen = torch.Generator().manual_seed(0)
         pipe.invert(image=images, source_prompt="", num_inversion_steps=args.steps, skip=0.0, generator=gen)
-        intersect = args.ledits_masking == "intersect"
         return pipe(editing_prompt=[CONCEPT], edit_guidance_scale=5.0, edit_threshold=0.9, output_type="np",
-                    use_intersect_mask=intersect, use_cross_attn_mask=intersect).images
+                    use_intersect_mask=False, use_cross_attn_mask=False).images
 
     return pipe.unet, run
 
@@ -160,9 +162,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--size", type=int, default=128, help="frame side")
-    p.add_argument("--ledits-masking", choices=["noise", "intersect"], default="noise",
-                   help="LEDITS++ masks on both sides: 'intersect' (its default) needs cross-attention at 1/4 of "
-                        "the latent side, which tiny-random has from --size 256 on")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
@@ -179,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = save_tiny_random(Path(tmp) / "tiny-random")
         model = load_model(directory, device="cpu")
-        concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": args.ledits_masking}
+        concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": "noise"}
         pairs = [
             ("LEDITS++ invert+edit", diffusers_ledits,
              videdit_run(model, frames, args, guidance=1.0, inversion="ddpm",
@@ -207,7 +206,7 @@ def main() -> None:
             rows.append((task, ours_name, peer_s, peer_evals, our_s, our_evals))
     n = args.frames
     print(f"tiny-random, {n} frames of wolf.mp4 at {args.size}x{args.size}, {args.steps} steps, "
-          f"{torch.get_num_threads()} CPU thread(s), best of {args.repeats}, LEDITS++ masking {args.ledits_masking}")
+          f"{torch.get_num_threads()} CPU thread(s), best of {args.repeats}")
     print(f"{'task':<28}{'videdit':<24}{'diffusers s/f':>14}{'videdit s/f':>13}{'ratio':>7}"
           f"{'evals/f d':>11}{'evals/f v':>11}")
     for task, name, ps, pe, vs, ve in rows:
