@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videdit import io
-from videdit.attention import attention_processors, module_hooks
+from videdit.attention import attention_processors, merge, module_hooks
 from videdit.core.loop import denoise
 from videdit.core.schedule import make_schedule
 from videdit.editing import EditContext, get_editor
@@ -29,6 +29,7 @@ from videdit.io.options import resized_size
 from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
                                make_config)
 from videdit.models import Model, load_model, unet_dtype
+from videdit.video import TemporalContext, get_temporal
 
 log = logging.getLogger("videdit")
 
@@ -49,6 +50,7 @@ class EditSettings:
     editor: str = "plain"
     editor_params: Mapping[str, Any] = field(default_factory=dict)
     inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
+    temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
 
     def __post_init__(self):
         if self.steps < 1 or self.steps > 1000:
@@ -63,6 +65,8 @@ class EditSettings:
         # Fail on unknown names and options before any work is done.
         make_config(get_inversion(self.inversion).config, self.inversion_params, f"inversion {self.inversion!r}")
         make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
+        for name, params in self.temporal.items():
+            make_config(get_temporal(name).config, params, f"temporal module {name!r}")
 
 
 @dataclass
@@ -139,9 +143,12 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 
 @torch.no_grad()
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
-                 frame_size: tuple[int, int] | None = None) -> torch.Tensor:
+                 frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
+                 frame_offset: int = 0, clip_state: dict | None = None) -> torch.Tensor:
     """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
-    (H, W) is the frames' size before rounding to a model size (masks are checked against it)."""
+    (H, W) is the frames' size before rounding to a model size (masks are checked against it).
+    Temporal modules get the window's source ``frames`` at the model size, the window's
+    ``frame_offset`` in the clip and ``clip_state``, a dict that lives for the whole clip."""
     spec = get_editor(settings.editor)
     config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
@@ -163,9 +170,23 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, plan.x.shape[0]))
-    with attention_processors(model.unet, plan.processors), module_hooks(model.unet, plan.hooks):
+    processors, hooks, callbacks = plan.processors, dict(plan.hooks or {}), [*replay.callbacks, *plan.callbacks]
+    for name, params in settings.temporal.items():
+        spec = get_temporal(name)
+        tplan = spec.build(TemporalContext(
+            model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=plan.x.shape[0],
+            output_branch=plan.output_branch % plan.x.shape[0], source_branch=plan.source_branch, frames=frames,
+            frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {}),
+            make_config(spec.config, params, f"temporal module {name!r}"))
+        processors = merge(model.unet, processors, tplan.modules, plan.info)
+        clash = sorted(set(hooks) & set(tplan.hooks))
+        if clash:
+            raise VideditError(f"temporal module {name!r} hooks {clash} that the editor hooks too")
+        hooks.update(tplan.hooks)
+        callbacks += tplan.callbacks
+    with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
-                    callbacks=[*replay.callbacks, *plan.callbacks], sampler=replay.sampler,
+                    callbacks=callbacks, sampler=replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=inversion.start_step,
                     progress=progress)
     return x[plan.output_branch]
@@ -189,16 +210,20 @@ def _broadcast_uncond(uncond, n_branches: int):
 
 
 def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,
-                stats: EditStats | None = None, progress: bool = False) -> np.ndarray:
-    """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size."""
+                stats: EditStats | None = None, progress: bool = False, frame_offset: int = 0,
+                clip_state: dict | None = None) -> np.ndarray:
+    """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size.
+    A clip edited window by window passes each window's ``frame_offset`` and one
+    ``clip_state`` dict for all its windows (temporal modules carry state in it)."""
     stats = stats if stats is not None else EditStats()
     height, width = frames.shape[1:3]
     work = _resize(frames, model_size(width, height, model.vae_scale_factor))
     t0 = time.perf_counter()
     inv = invert_frames(model, work, settings, cache=cache, progress=progress)
     t1 = time.perf_counter()
-    edited = model.decode_latents(edit_latents(model, inv, settings, progress=progress, frame_size=(height, width)),
-                                  settings.batch_size)
+    z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
+                     frame_offset=frame_offset, clip_state=clip_state)
+    edited = model.decode_latents(z, settings.batch_size)
     stats.seconds["invert"] += t1 - t0
     stats.seconds["edit"] += time.perf_counter() - t1
     stats.frames += len(frames)
@@ -211,6 +236,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
 def _settings(**kw) -> EditSettings:
     kw["inversion_params"] = dict(kw.get("inversion_params") or {})
     kw["editor_params"] = dict(kw.get("editor_params") or {})
+    kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
     return EditSettings(**kw)
 
 
@@ -224,7 +250,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                target_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
                guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
-               read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8,
+               temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
+               batch_size: int = 8,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                progress: bool = False) -> EditResult:
@@ -237,7 +264,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
-                         inversion_params=inversion_params, editor=editor, editor_params=editor_params)
+                         inversion_params=inversion_params, editor=editor, editor_params=editor_params,
+                         temporal=temporal)
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)
@@ -250,10 +278,13 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     keep_source, keep_edit = [], []
     bar = tqdm(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
 
+    clip_state: dict = {}  # what temporal modules carry from one window to the next
+
     def edited_chunks() -> Iterator[np.ndarray]:
         for chunk in io.read_frames(input, read):
-            out = _resize(edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress),
-                          info.source_size)
+            out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
+                              frame_offset=stats.frames, clip_state=clip_state)
+            out = _resize(out, info.source_size)
             if preview is not None:
                 keep_source.append(_thumb(_resize(chunk, info.source_size)))
                 keep_edit.append(_thumb(out))

@@ -127,6 +127,21 @@ class ComposedProcessor:
         return out / attn.rescale_output_factor
 
 
+def merge(unet, processors: dict | None, modules: Sequence[AttentionModule], info: CallInfo) -> dict:
+    """Add ``modules`` to an existing plan: layers both touch get one processor running the
+    plan's modules, then the new ones."""
+    merged = dict(processors or {})
+    for layer, proc in compose(unet, modules, info).items():
+        old = merged.get(layer)
+        if old is None:
+            merged[layer] = proc
+        elif isinstance(old, ComposedProcessor):
+            merged[layer] = ComposedProcessor(layer, [*old.modules, *proc.modules], info)
+        else:
+            raise ValueError(f"{layer} has a processor that cannot take more modules ({type(old).__name__})")
+    return merged
+
+
 def compose(unet, modules: Sequence[AttentionModule], info: CallInfo) -> dict[str, ComposedProcessor]:
     """{layer name: processor} for every attention layer at least one module applies to.
     Cross-attention layers are the ``attn2`` processors of diffusers' transformer blocks."""

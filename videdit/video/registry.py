@@ -1,0 +1,70 @@
+"""Registry of temporal modules: name -> (config dataclass, build function).
+
+A module's build function turns a :class:`TemporalContext` into a :class:`TemporalPlan`:
+attention modules (composed per layer with the editor's), step callbacks (run after the
+inversion's and the editor's) and forward hooks. ``TemporalContext.clip_state`` is one dict
+per clip that survives from window to window, for what a window hands the next (the last
+edited frame, keyframe features, flow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from videdit.attention.processor import AttentionModule
+from videdit.core.loop import CallInfo, StepCallback
+from videdit.core.schedule import Schedule
+from videdit.errors import VideditError
+from videdit.inversion.record import Inversion
+
+
+@dataclass(frozen=True)
+class TemporalContext:
+    model: Any
+    inversion: Inversion
+    schedule: Schedule
+    info: CallInfo                   # the CallInfo the loop updates (shared with the editor's processors)
+    n_branches: int
+    output_branch: int
+    source_branch: int | None
+    frames: np.ndarray | None        # (F, H, W, 3) uint8 source frames of this window at the model size
+    frame_offset: int = 0            # index in the clip of this window's first frame
+    clip_state: dict = field(default_factory=dict)
+
+
+@dataclass
+class TemporalPlan:
+    modules: list[AttentionModule] = field(default_factory=list)
+    callbacks: list[StepCallback] = field(default_factory=list)
+    hooks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TemporalSpec:
+    name: str
+    config: type
+    build: Callable[[TemporalContext, Any], TemporalPlan]
+    summary: str
+
+
+TEMPORAL: dict[str, TemporalSpec] = {}
+
+
+def register_temporal(name: str, config: type):
+    """Decorator: register ``fn(ctx, config) -> TemporalPlan`` under ``name``."""
+
+    def wrap(fn):
+        summary = (fn.__doc__ or name).strip().splitlines()[0]
+        TEMPORAL[name] = TemporalSpec(name=name, config=config, build=fn, summary=summary)
+        return fn
+
+    return wrap
+
+
+def get_temporal(name: str) -> TemporalSpec:
+    if name not in TEMPORAL:
+        raise VideditError(f"unknown temporal module {name!r}; choose from {sorted(TEMPORAL)}")
+    return TEMPORAL[name]
