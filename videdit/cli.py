@@ -62,6 +62,23 @@ def _reweight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected WORD=SCALE, e.g. watercolor=10, got {text!r}") from None
 
 
+def _temporal(text: str) -> tuple[str, dict]:
+    """"NAME" or "NAME:k=v,k=v" -> (name, options), values read as YAML."""
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
+    return name.strip(), dict(_param(item) for item in rest.split(",") if item.strip())
+
+
+def temporal_modules(a) -> dict:
+    """--temporal entries (a config file's first) -> {name: options}; a later entry for the
+    same module adds to, and overrides, the options of an earlier one."""
+    out: dict[str, dict] = {}
+    for name, params in a.temporal:
+        out.setdefault(name, {}).update(params)
+    return out
+
+
 def editor_params(a) -> dict:
     """-E options, then the shortcut flags --mask, --concept/--remove-concept, --replace, --reweight
     and --blend-words (which replace a config file's value of their option).
@@ -157,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt_to_prompt: scale the attention to a word of the target prompt (repeatable)")
     p.add_argument("--blend-words", nargs="+", metavar="WORD",
                    help="prompt_to_prompt: local blend, keeping the frames outside these words' attention")
+    p.add_argument("--temporal", type=_temporal, action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="a temporal module with its options, e.g. flow_propagation:strength=0.6 (repeatable; "
+                   "see `videdit methods`)")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="also write temporal scores of the result (flow warp error, flicker) as JSON")
     _add_model_args(p)
     _add_read_args(p)
 
@@ -175,26 +197,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fps", type=float, default=12)
     p.add_argument("--max-frames", type=int, default=48)
 
-    add("methods", help="list the inversions and editors with their options")
+    p = add("eval", help="score the temporal consistency of an edited clip",
+            description="Flow warp error of EDITED along ORIGINAL's optical flow (and of ORIGINAL itself), "
+                        "their ratio, and flicker. The read options select ORIGINAL's frames as the edit did.")
+    p.add_argument("original", type=Path, help="the source clip")
+    p.add_argument("edited", type=Path, help="the edited clip (resized to the original's frames)")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the scores as JSON")
+    p.add_argument("--flow", default="dis", help="flow method: dis (default), farneback, raft")
+    p.add_argument("--flow-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="a FlowConfig option, e.g. preset=fast or raft_weights=PATH (repeatable)")
+    _add_read_args(p)
+
+    add("methods", help="list the inversions, editors and temporal modules with their options")
     return parser
 
 
 def _edit(a) -> None:
+    from videdit.io import is_image
     from videdit.pipeline import edit_video
 
+    if a.report and is_image(a.output):
+        raise VideditError(f"--report scores a clip; {a.output} is a single image (write a video or a folder)")
     result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=a.model,
                         steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
                         inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                         editor_params=editor_params(a), read=_read_options(a), window=a.window,
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
-                        progress=not a.quiet)
+                        progress=not a.quiet, temporal=temporal_modules(a))
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
     if a.preview:
         msg += f" and {a.preview}"
     print(msg)
+    if a.report:
+        from videdit.metrics import evaluate_clips
+
+        _print_scores(_write_report(a.report, evaluate_clips(a.input, result.output, read=_read_options(a))))
 
 
 def _invert(a) -> None:
@@ -222,20 +262,50 @@ def _preview(a) -> None:
     print(f"wrote {a.output}")
 
 
+def _write_report(path: Path, scores: dict) -> dict:
+    import json
+
+    from videdit.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def _print_scores(s: dict) -> None:
+    print(f"warp error {s['warp_error']:.3f} (source {s['source_warp_error']:.3f}, ratio "
+          f"{s['warp_error_ratio']:.2f}), flicker {s['flicker']:.3f} over {s['frames']} frames at "
+          f"{s['size'][0]}x{s['size'][1]} ([0, 255] units)")
+
+
+def _eval(a) -> None:
+    from videdit.inversion import make_config
+    from videdit.metrics import evaluate_clips
+    from videdit.video.flow import FlowConfig
+
+    config = make_config(FlowConfig, {"method": a.flow, **dict(a.flow_param)}, "--flow-param")
+    scores = evaluate_clips(a.original, a.edited, read=_read_options(a), config=config)
+    _print_scores(scores)
+    if a.report:
+        _write_report(a.report, scores)
+        print(f"wrote {a.report}")
+
+
 def _methods(a) -> None:
     import dataclasses
 
     from videdit.editing import EDITORS
     from videdit.inversion import INVERSIONS
+    from videdit.video import TEMPORAL
 
-    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS)):
+    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS), ("temporal modules", TEMPORAL)):
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
             opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config))
             print(f"  {name:<16} {spec.summary}" + (f"  [{opts}]" if opts else ""))
 
 
-COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "methods": _methods}
+COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}
 
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -265,6 +335,11 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
             if not isinstance(defaults[k], dict):
                 raise VideditError(f"config {args.config}: {k}s must be a mapping")
             defaults[k] = list(defaults[k].items())
+    if "temporal" in defaults:  # {name: {options} or null} -> [(name, options)], as --temporal gives
+        t = defaults["temporal"] or {}
+        if not isinstance(t, dict) or not all(isinstance(v, dict) or v is None for v in t.values()):
+            raise VideditError(f"config {args.config}: temporal must map module names to their options")
+        defaults["temporal"] = [(name, dict(v or {})) for name, v in t.items()]
     sub.set_defaults(**defaults)
     return parser.parse_args(argv)  # -I/-E append to the file's options; later entries win in dict()
 

@@ -144,11 +144,13 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 @torch.no_grad()
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
-                 frame_offset: int = 0, clip_state: dict | None = None) -> torch.Tensor:
+                 frame_offset: int = 0, clip_state: dict | None = None,
+                 cache: InversionCache | None = None) -> torch.Tensor:
     """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
     Temporal modules get the window's source ``frames`` at the model size, the window's
-    ``frame_offset`` in the clip and ``clip_state``, a dict that lives for the whole clip."""
+    ``frame_offset`` in the clip, ``clip_state``, a dict that lives for the whole clip, and
+    the ``cache``'s folder (for what they cache beside the inversions, e.g. flow)."""
     spec = get_editor(settings.editor)
     config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
@@ -176,7 +178,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         tplan = spec.build(TemporalContext(
             model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=plan.x.shape[0],
             output_branch=plan.output_branch % plan.x.shape[0], source_branch=plan.source_branch, frames=frames,
-            frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {}),
+            frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {},
+            cache_dir=cache.directory if cache is not None else None),
             make_config(spec.config, params, f"temporal module {name!r}"))
         processors = merge(model.unet, processors, tplan.modules, plan.info)
         clash = sorted(set(hooks) & set(tplan.hooks))
@@ -184,6 +187,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
             raise VideditError(f"temporal module {name!r} hooks {clash} that the editor hooks too")
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
+        plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=replay.sampler,
@@ -222,7 +226,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     inv = invert_frames(model, work, settings, cache=cache, progress=progress)
     t1 = time.perf_counter()
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
-                     frame_offset=frame_offset, clip_state=clip_state)
+                     frame_offset=frame_offset, clip_state=clip_state, cache=cache)
     edited = model.decode_latents(z, settings.batch_size)
     stats.seconds["invert"] += t1 - t0
     stats.seconds["edit"] += time.perf_counter() - t1

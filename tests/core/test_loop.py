@@ -1,6 +1,8 @@
 import torch
 
-from videdit.core.loop import Branches, CallInfo, StepCallback, denoise, predict_noise
+import pytest
+
+from videdit.core.loop import Branches, CallInfo, StepCallback, denoise, frame_batches, predict_noise
 from videdit.core.schedule import make_schedule
 
 
@@ -27,6 +29,26 @@ def test_frames_go_through_the_unet_in_batches():
     unet.calls.clear()
     predict_noise(unet, x, 10, cond, uncond, (1.0,), batch_size=4)
     assert unet.calls == [4, 4, 2]  # guidance 1: no unconditional half
+
+
+def test_lead_frames_go_first_together():
+    assert frame_batches(7, 3) == [(0, 1, 2), (3, 4, 5), (6,)]
+    assert frame_batches(7, 2, lead=(6, 0, 3)) == [(0, 3, 6), (1, 2), (4, 5)]   # the lead batch may exceed 2
+    with pytest.raises(ValueError, match="not frames of a 7-frame batch"):
+        frame_batches(7, 2, lead=(7,))
+    seen = []
+
+    class Recorder(CountingUNet):
+        def forward(self, x, t, encoder_hidden_states):
+            seen.append((info.batch, info.frames))
+            return super().forward(x, t, encoder_hidden_states)
+
+    info = CallInfo(lead_frames=(4, 1))
+    x = torch.randn(1, 5, 4, 8, 8)
+    cond = torch.arange(5.0).view(1, 5, 1, 1).expand(1, 5, 3, 5)   # per-frame text: frame f's is f
+    out = predict_noise(Recorder(), x, 10, cond, None, (1.0,), batch_size=2, info=info)
+    assert seen == [(0, (1, 4)), (1, (0, 2)), (2, (3,))]
+    torch.testing.assert_close(out, 0.1 * x + torch.arange(5.0).view(1, 5, 1, 1, 1))   # each frame in its place
 
 
 def test_batching_does_not_change_the_result(tiny):

@@ -5,6 +5,8 @@ Latents are laid out ``(n_branches, F, C, h, w)``: a *branch* is one prompt deno
 all frames (an attention editor runs the source and the target branch side by side). The
 UNet sees frames in batches; within one call the batch is ordered
 ``(guidance half, branch, frame)``, which :class:`CallInfo` tells the attention processors.
+Frames go through in order, except that ``CallInfo.lead_frames`` (anchors other frames attend
+to, such as video keyframes) go first, together in one batch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class CallInfo:
     guided: bool = False           # batch holds an unconditional half first
     inverting: bool = False
     latent_size: tuple[int, int] = (0, 0)   # (h, w) of the latents in this call
+    batch: int = 0                 # index of this batch within the model call (0: its first)
+    lead_frames: tuple[int, ...] = ()  # frames the UNet sees first, together in one batch
 
     @property
     def halves(self) -> int:
@@ -93,6 +97,17 @@ def _per_frame(e: torch.Tensor, nb: int, frames: Sequence[int]) -> torch.Tensor:
     return e[:, list(frames)]
 
 
+def frame_batches(n_frames: int, batch_size: int, lead: Sequence[int] = ()) -> list[tuple[int, ...]]:
+    """The frame index batches of one model call, in order: ``lead`` first, all in one batch
+    (it may hold more than ``batch_size`` frames), then the other frames in order, in batches
+    of ``batch_size``."""
+    lead = tuple(sorted(set(lead)))
+    if lead and not 0 <= lead[0] <= lead[-1] < n_frames:
+        raise ValueError(f"lead frames {lead} are not frames of a {n_frames}-frame batch")
+    rest = [f for f in range(n_frames) if f not in lead]
+    return ([lead] if lead else []) + [tuple(rest[i:i + batch_size]) for i in range(0, len(rest), batch_size)]
+
+
 # (uncond, cond, frames) -> (uncond, cond): a change to the unguided outputs before CFG.
 BeforeCFG = Callable[[torch.Tensor, torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -101,7 +116,8 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
                   guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None,
                   before_cfg: BeforeCFG | None = None) -> torch.Tensor:
     """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep, frames in
-    batches of ``batch_size``. ``uncond`` is skipped when every guidance scale is 1;
+    batches of ``batch_size`` (``info.lead_frames`` first: :func:`frame_batches`).
+    ``uncond`` is skipped when every guidance scale is 1;
     ``before_cfg`` may change each batch's unguided outputs before they are combined."""
     nb, n_frames = x.shape[:2]
     guided = uncond is not None and any(g != 1 for g in guidance)
@@ -111,10 +127,10 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
     dtype = unet.dtype
     out = torch.empty_like(x, dtype=torch.float32)
     scale = torch.tensor(guidance, dtype=torch.float32, device=x.device).view(nb, 1, 1, 1, 1)
-    for start in range(0, n_frames, batch_size):
-        frames = tuple(range(start, min(start + batch_size, n_frames)))
-        info.frames = frames
-        xb = x[:, start:start + len(frames)]                      # (nb, fb, C, h, w)
+    for i, frames in enumerate(frame_batches(n_frames, batch_size, info.lead_frames)):
+        info.frames, info.batch = frames, i
+        index = list(frames)
+        xb = x[:, index]                                          # (nb, fb, C, h, w)
         text = _per_frame(cond, nb, frames)                       # (nb, fb, L, D)
         if guided:
             xb = torch.cat([xb, xb])                              # (2*nb, fb, C, h, w)
@@ -127,7 +143,7 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
             if before_cfg is not None:
                 u, c = before_cfg(u, c, frames)
             y = cfg(u, c, scale)
-        out[:, start:start + len(frames)] = y
+        out[:, index] = y
     return out
 
 

@@ -2,14 +2,16 @@
 
 A module's build function turns a :class:`TemporalContext` into a :class:`TemporalPlan`:
 attention modules (composed per layer with the editor's), step callbacks (run after the
-inversion's and the editor's) and forward hooks. ``TemporalContext.clip_state`` is one dict
-per clip that survives from window to window, for what a window hands the next (the last
-edited frame, keyframe features, flow).
+inversion's and the editor's), forward hooks, and lead frames (window indices the UNet must
+see first, together in one batch, because other frames attend to them).
+``TemporalContext.clip_state`` is one dict per clip that survives from window to window, for
+what a window hands the next (the last edited frame, keyframe features, flow).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -33,6 +35,7 @@ class TemporalContext:
     frames: np.ndarray | None        # (F, H, W, 3) uint8 source frames of this window at the model size
     frame_offset: int = 0            # index in the clip of this window's first frame
     clip_state: dict = field(default_factory=dict)
+    cache_dir: Path | None = None    # the inversion cache's folder (None: no cache); flow is kept there too
 
 
 @dataclass
@@ -40,6 +43,7 @@ class TemporalPlan:
     modules: list[AttentionModule] = field(default_factory=list)
     callbacks: list[StepCallback] = field(default_factory=list)
     hooks: dict[str, Any] = field(default_factory=dict)
+    lead_frames: tuple[int, ...] = ()   # window frame indices the loop runs first (CallInfo.lead_frames)
 
 
 @dataclass(frozen=True)

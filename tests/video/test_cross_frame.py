@@ -1,0 +1,226 @@
+"""Cross-frame attention on tiny-random: what each frame attends to, no seams at UNet-batch
+or window borders, composition with prompt_to_prompt on the same layers, bounded state."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import videdit
+from videdit import io
+from videdit.attention import AttentionModule
+from videdit.editing import EDITORS
+from videdit.inversion import INVERSIONS
+from videdit.errors import VideditError
+from videdit.pipeline import EditSettings, edit_latents, invert_frames
+from videdit.video import TEMPORAL, TemporalPlan
+from videdit.video.cross_frame import CrossFrameConfig
+from videdit.video.registry import TemporalSpec
+
+SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
+STEPS = 3
+ATOL = 1e-4   # batch composition alone moves these latents (|x| < 10) by ~3e-5
+LAYER = "up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor"
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def clip(shared_data):
+    frames, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(64, 64), max_frames=8))
+    return frames
+
+
+def settings(mode, **kw):
+    kw.setdefault("temporal", {"cross_frame": {"mode": mode}})
+    kw.setdefault("steps", STEPS)
+    return EditSettings(source_prompt=SOURCE, target_prompt=TARGET, **kw)
+
+
+class Probe(AttentionModule):
+    """Records (step, frames, k, v) on one layer, each (halves, nb, fb, heads, T, d)."""
+
+    cross = False
+
+    def __init__(self):
+        self.seen = []
+
+    def applies(self, layer, cross):
+        return layer == LAYER
+
+    def qkv(self, call, q, k, v):
+        if not call.info.inverting:
+            self.seen.append((call.info.step, call.info.frames, call.split(k).clone(), call.split(v).clone()))
+        return q, k, v
+
+    def frames(self, step):
+        """{frame: (k, v)} at ``step``, each (halves, nb, heads, T, d)."""
+        out = {}
+        for s, frames, k, v in self.seen:
+            if s == step:
+                out.update({f: (k[:, :, j], v[:, :, j]) for j, f in enumerate(frames)})
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """Temporal modules 'before' and 'after' that record k/v around the others (settings.temporal order)."""
+    made = {}
+    for name in ("before", "after"):
+        made[name] = Probe()
+        spec = TemporalSpec(name, NoOptions, lambda ctx, cfg, p=made[name]: TemporalPlan(modules=[p]), "probe")
+        monkeypatch.setitem(TEMPORAL, name, spec)
+    return made
+
+
+@pytest.mark.parametrize("mode", ["first", "sparse_causal", "keyframes"])
+def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, probes, mode):
+    s = settings(mode, editor="prompt_to_prompt", batch_size=3,
+                 temporal={"before": {}, "cross_frame": {"mode": mode, "every": 3}, "after": {}})
+    edit_latents(tiny, invert_frames(tiny, clip, s), s)
+    before, after = probes["before"].frames(1), probes["after"].frames(1)
+    assert sorted(after) == list(range(8))
+    k0 = before[0][0]
+    assert k0.shape[:2] == (2, 2)   # (guidance halves, branches): each keeps its own anchors
+    assert not torch.allclose(k0[:, 0], k0[:, 1])
+    for f in range(8):
+        anchors = {"first": [0], "sparse_causal": [0, max(f - 1, 0)], "keyframes": [0, 3, 6]}[mode]
+        for i in (0, 1):   # keys, values
+            want = torch.cat([before[a][i] for a in anchors], dim=-2)   # (halves, nb, heads, m*T, d)
+            torch.testing.assert_close(after[f][i], want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["first", "sparse_causal", "keyframes"])
+def test_batch_size_does_not_change_the_edit(tiny, clip, mode):
+    s = settings(mode)
+    inv = invert_frames(tiny, clip, s)
+    one, three, eight = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b)) for b in (1, 3, 8))
+    torch.testing.assert_close(one, eight, rtol=0, atol=ATOL)
+    torch.testing.assert_close(three, eight, rtol=0, atol=ATOL)
+    alone = edit_latents(tiny, inv, dataclasses.replace(s, temporal={}))
+    assert rel(eight, alone) > 0.05   # it does act
+
+
+@pytest.mark.parametrize("mode,inversion", [("first", "ddim"), ("first", "edict"), ("sparse_causal", "ddim")])
+def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion):
+    """Anchors from earlier windows come from the clip's state, per (layer, step, model call):
+    EDICT calls the model twice a step."""
+    s = settings(mode, inversion=inversion, batch_size=3)
+    whole = edit_latents(tiny, invert_frames(tiny, clip, s), s)
+    state = {}
+    parts = [edit_latents(tiny, invert_frames(tiny, clip[i:i + 4], s), s, frame_offset=i, clip_state=state)
+             for i in (0, 4)]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("editor", sorted(EDITORS))
+def test_every_editor_composes_without_seams(tiny, clip, editor):
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor,
+                     temporal={"cross_frame": {"mode": "sparse_causal"}})
+    inv = invert_frames(tiny, clip[:4], s)
+    one, four = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b)) for b in (1, 4))
+    torch.testing.assert_close(one, four, rtol=0, atol=ATOL)
+
+
+# DDPM inversion draws its noise maps for the window's shape, so its windows differ without any
+# temporal module; every other inversion replays frame by frame.
+@pytest.mark.parametrize("inversion", sorted(set(INVERSIONS) - {"ddpm"}))
+def test_every_inversion_keeps_windows_seamless(tiny, clip, inversion):
+    """Samplers that call the model more than once a step (EDICT, BDIA) find their own call's
+    anchors in the clip's state."""
+    s = settings("first", inversion=inversion, batch_size=1, steps=2)
+    whole = edit_latents(tiny, invert_frames(tiny, clip[:4], s), s)
+    state = {}
+    parts = [edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, frame_offset=i, clip_state=state)
+             for i in (0, 2)]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=ATOL)
+
+
+def test_edit_video_windows_have_no_seams(shared_data):
+    """End to end, first-frame anchor: windows of 4 give one window of 8's frames."""
+    kw = dict(model="tiny-random", steps=STEPS, use_cache=False, source_prompt=SOURCE, target_prompt=TARGET,
+              read=io.ReadOptions(max_frames=8, size=64), temporal={"cross_frame": {"mode": "first"}})
+    clip = shared_data / "videos" / "dog.mp4"
+    a = videdit.edit_video(clip, window=4, batch_size=3, **kw)
+    b = videdit.edit_video(clip, window=8, batch_size=8, **kw)
+    assert a.stats.windows == 2 and b.stats.windows == 1 and a.frames.shape == (8, 512, 512, 3)
+    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
+    plain = videdit.edit_video(clip, window=8, **{**kw, "temporal": {}})
+    assert np.abs(plain.frames.astype(int) - b.frames.astype(int)).mean() > 1
+
+
+@pytest.mark.parametrize("target", [SOURCE, TARGET])
+def test_with_prompt_to_prompt_on_identical_frames_is_the_per_frame_edit(tiny, clip, target, monkeypatch):
+    """Both act on the small self-attention layers (one processor running both); on a clip of
+    one frame repeated every anchor is the frame itself, so the edit is prompt_to_prompt's."""
+    import videdit.pipeline
+
+    installed = {}
+    real = videdit.pipeline.attention_processors
+
+    def spy(unet, plan):
+        installed.update(plan or {})
+        return real(unet, plan)
+
+    monkeypatch.setattr(videdit.pipeline, "attention_processors", spy)
+    same = np.repeat(clip[:1], 4, axis=0)
+    s = EditSettings(source_prompt=SOURCE, target_prompt=target, steps=STEPS, editor="prompt_to_prompt",
+                     editor_params={"self_replace": 1.0}, temporal={"cross_frame": {"mode": "first"}}, batch_size=3)
+    inv = invert_frames(tiny, same, s)
+    z = edit_latents(tiny, inv, s)
+    names = {type(m).__name__ for m in installed["mid_block.attentions.0.transformer_blocks.0.attn1.processor"].modules}
+    assert names == {"InjectQKV", "CrossFrameAttention"}
+    per_frame = edit_latents(tiny, invert_frames(tiny, same[:1], s), dataclasses.replace(s, temporal={}))
+    torch.testing.assert_close(z, per_frame.expand_as(z), rtol=0, atol=ATOL)
+
+
+def test_clip_state_is_bounded(tiny, clip):
+    """sparse_causal keeps frame 0 and the windows' borders only: the state stops growing."""
+    s = settings("sparse_causal", batch_size=2)
+    state, kept = {}, []
+    for i in range(0, 8, 2):
+        edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, frame_offset=i, clip_state=state)
+        kept.append(sorted({key[-1] for key in state["cross_frame"]["anchors"]}))
+    assert kept == [[0, 1], [0, 1, 3], [0, 3, 5], [0, 5, 7]]
+    per_frame = len(state["cross_frame"]["anchors"]) // 3
+    assert per_frame == 7 * STEPS   # one entry per self-attention layer and step
+
+
+def test_offload_keeps_the_result(tiny, clip):
+    s = settings("first")
+    inv = invert_frames(tiny, clip[:4], s)
+    state = {}
+    a = edit_latents(tiny, inv, s)
+    b = edit_latents(tiny, inv, dataclasses.replace(s, temporal={"cross_frame": {"mode": "first", "offload": True}}),
+                     clip_state=state)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(t.device.type == "cpu" for v in state["cross_frame"]["anchors"].values() for t in v)
+
+
+def test_layers_choose_where_it_acts(tiny, clip):
+    s = settings("first", temporal={"cross_frame": {"mode": "first", "layers": "up_blocks.*attn1*"}})
+    inv = invert_frames(tiny, clip[:4], s)
+    z = edit_latents(tiny, inv, s)
+    everywhere = edit_latents(tiny, inv, settings("first"))
+    alone = edit_latents(tiny, inv, dataclasses.replace(s, temporal={}))
+    assert rel(z, everywhere) > 1e-3 and rel(z, alone) > 1e-3
+
+
+def test_bad_options_are_errors(tiny, clip):
+    with pytest.raises(VideditError, match="mode must be one of"):
+        CrossFrameConfig(mode="last")
+    with pytest.raises(VideditError, match="every must be"):
+        CrossFrameConfig(every=0)
+    with pytest.raises(VideditError, match="does not take"):
+        settings("first", temporal={"cross_frame": {"frames": 3}})
+    s = settings("first", temporal={"cross_frame": {"layers": "*attn2*"}})
+    with pytest.raises(VideditError, match="match no attn1 layer"):
+        edit_latents(tiny, invert_frames(tiny, clip[:1], s), s)

@@ -1,0 +1,288 @@
+"""Keyframes: selection numbers, TokenFlow's nearest-neighbour propagation on a hand-made case,
+flow propagation's occlusion-aware blend, seams, windows, presets end to end on tiny-random."""
+
+import dataclasses
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import videdit
+from videdit import io
+from videdit.attention import AttnCall
+from videdit.cli import main
+from videdit.core import CallInfo, StepContext, make_schedule
+from videdit.editing import EDITORS, EditContext, get_editor
+from videdit.errors import VideditError
+from videdit.inversion import Inversion, make_config
+from videdit.pipeline import EditSettings, edit_latents, invert_frames
+from videdit.video import TemporalContext, get_temporal
+from videdit.video.keyframes import (SOURCE_BRANCH_EDITORS, KeyframesConfig, TokenFlowPropagation, frame_changes,
+                                     nearest_tokens, neighbours, select_keyframes)
+
+SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def clip(shared_data):
+    frames, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(64, 64), max_frames=8))
+    return frames
+
+
+def cut_clip(n=8, cut=5, size=16):
+    """A gradient drifting one grey level a frame, then another picture from frame ``cut``."""
+    ramp = np.linspace(0, 200, size, dtype=np.float32)[None, :, None].repeat(size, 0).repeat(3, 2)
+    frames = np.stack([ramp + i for i in range(n)])
+    frames[cut:] = 255 - frames[cut:]
+    return frames.astype(np.uint8)
+
+
+# --- choosing keyframes ------------------------------------------------------------------------
+
+def test_every_k():
+    assert select_keyframes(10, every=4) == [0, 4, 8]
+    assert select_keyframes(16, every=4, offset=16) == [16, 20, 24, 28]
+    assert select_keyframes(3, every=4, offset=5) == []   # a short window between keyframes
+
+
+def test_frame_changes_are_mean_absolute_differences():
+    frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (10, 13, 13, 3)])
+    d = frame_changes(frames)
+    assert np.isnan(d[0]) and d[1:].tolist() == [3, 0, 10]
+    assert frame_changes(frames, previous=np.full((4, 4, 3), 0, np.uint8))[0] == 10
+
+
+def test_change_finds_the_cut():
+    frames = cut_clip()
+    d = frame_changes(frames)
+    assert d[5] > 50 and np.nanmax(np.delete(d, 5)) == 1
+    assert select_keyframes(8, every=100, select="change", frames=frames, quantile=0.8) == [0, 5]
+    # at most `every` apart
+    assert select_keyframes(8, every=3, select="change", frames=frames, quantile=0.8) == [0, 3, 5]
+    # a window starting at the cut sees it through the frame before it
+    assert select_keyframes(3, every=100, select="change", frames=frames[5:], quantile=0.8, offset=5,
+                            previous=frames[4], last_keyframe=0) == [5]
+    still = np.repeat(frames[:1], 6, axis=0)
+    assert select_keyframes(6, every=100, select="change", frames=still, quantile=0.5) == [0]
+    with pytest.raises(VideditError, match="needs the window's 8 source frames"):
+        select_keyframes(8, every=4, select="change")
+
+
+def test_neighbours_blend_by_temporal_distance():
+    assert neighbours(5, [0, 4, 8]) == ((4, 0.75), (8, 0.25))
+    assert neighbours(9, [0, 4, 8]) == ((8, 1.0),)
+    assert neighbours(2, []) == ()
+
+
+# --- TokenFlow ---------------------------------------------------------------------------------
+
+def test_nearest_tokens_use_cosine_similarity():
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.eye(6)[torch.randperm(6, generator=gen)] * torch.rand(6, 1, generator=gen).add(0.5)
+    perm = torch.randperm(6, generator=gen)
+    feats = keys[perm] * 7.0 + 0.01 * torch.rand(6, 6, generator=gen)   # scaled, slightly perturbed rows
+    assert torch.equal(nearest_tokens(feats, keys), perm)
+
+
+def test_tokenflow_propagation_on_a_hand_made_case():
+    """Window of 5 frames, keyframes 0 and 4, one head, T = 4 tokens, two branches (0 = source).
+    Frame 1's source tokens are keyframe 0's in order p, frame 3's keyframe 4's in order r;
+    each must take 3/4 of its nearer keyframe's outputs at those tokens and 1/4 of the other's
+    at the matching tokens, in the edit branch only."""
+    layer, T = "up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor", 4
+    tf = TokenFlowPropagation([layer], [0, 4], [0, 4], range(0, 5), source=0, persistent={})
+    info = CallInfo(n_branches=2, guided=False, latent_size=(2, 2))
+    call = AttnCall(layer=layer, cross=False, info=info, heads=1, tokens=T)
+    eye = torch.eye(T)
+    kf_feats = torch.stack([eye, eye[[2, 0, 3, 1]]])               # (2 keyframes, T, d): tokens e_s, e_q(s)
+    kf_out = torch.randn(2, 2, T, 3)                                # (nb, keyframes, T, C)
+
+    def run(frames, feats, out):
+        info.frames, info.batch = frames, 0 if frames == (0, 4) else 1
+        k = torch.stack([feats, feats]).flatten(0, 1)[:, None]      # (nb * fb, 1 head, T, d)
+        tf.qkv(call, None, k, k)
+        return tf.output(call, out.flatten(0, 1)).view_as(out)
+
+    kept = run((0, 4), kf_feats, kf_out)
+    assert torch.equal(kept, kf_out)                                # keyframes are left alone
+    p, r = torch.tensor([3, 1, 0, 2]), torch.tensor([1, 2, 0, 3])
+    feats = torch.stack([eye[p], eye[[2, 0, 3, 1]][r]])             # frames 1 and 3
+    mine = torch.randn(2, 2, T, 3)
+    got = run((1, 3), feats, mine)
+    q = torch.tensor([2, 0, 3, 1])                                  # keyframe 4's token s is e_q(s)
+    qinv = torch.argsort(q)
+    torch.testing.assert_close(got[1, 0], 0.75 * kf_out[1, 0, p] + 0.25 * kf_out[1, 1, qinv[p]])
+    torch.testing.assert_close(got[1, 1], 0.25 * kf_out[1, 0, q[r]] + 0.75 * kf_out[1, 1, r])
+    assert torch.equal(got[0], mine[0])                             # the source branch keeps its own
+
+
+@pytest.mark.parametrize("editor", sorted(EDITORS))
+def test_source_branch_editors_are_listed(tiny, clip, editor):
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor)
+    inv = invert_frames(tiny, clip[:1], s)
+    src, tgt, unc = tiny.encode_text([SOURCE, TARGET, ""]).chunk(3)
+    ctx = EditContext(model=tiny, inversion=inv, schedule=make_schedule(tiny.scheduler_config, 2), source_cond=src,
+                      target_cond=tgt, uncond=unc, guidance=7.5, source_prompt=SOURCE, target_prompt=TARGET)
+    spec = get_editor(editor)
+    plan = spec.plan(ctx, make_config(spec.config, {}, editor))
+    assert (plan.source_branch is not None) == (editor in SOURCE_BRANCH_EDITORS)
+
+
+def test_tokenflow_needs_a_source_branch(tiny, clip):
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, temporal={"keyframes": {}})
+    with pytest.raises(VideditError, match="prompt_to_prompt.*or propagation 'flow'"):
+        edit_latents(tiny, invert_frames(tiny, clip[:2], s), s)
+
+
+@pytest.mark.parametrize("propagation,atol", [("tokenflow", ATOL), ("flow", 2e-2)])
+def test_batch_size_does_not_change_the_edit(tiny, clip, propagation, atol):
+    """Keyframes run first, together; the frames between read them from the store. (Flow
+    propagation rounds to uint8 pixels, so float noise may flip a level.)"""
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, editor="prompt_to_prompt",
+                     temporal={"keyframes": {"every": 3, "propagation": propagation}})
+    inv = invert_frames(tiny, clip, s)
+    one, eight = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b), frames=clip) for b in (1, 8))
+    torch.testing.assert_close(one, eight, rtol=0, atol=atol)
+    alone = edit_latents(tiny, inv, dataclasses.replace(s, temporal={}))
+    changed = (eight - alone).flatten(1).norm(dim=1) / alone.flatten(1).norm(dim=1)   # per frame
+    assert (changed > 0.01).all()
+
+
+def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
+                     batch_size=2, temporal={"keyframes": {"every": 3}})
+    state, leads = {}, []
+    for i in (0, 4):
+        inv = invert_frames(tiny, clip[i:i + 4], s)
+        z = edit_latents(tiny, inv, s, frame_offset=i, frames=clip[i:i + 4], clip_state=state)
+        assert z.shape == (4, 4, 8, 8) and torch.isfinite(z).all()
+        kept = {key[-1] for part in ("anchors", "tokenflow") for key in state["keyframes"][part]}
+        leads.append((state["keyframes"]["last_keyframe"], sorted(kept)))
+    assert leads == [(3, [3]), (6, [3, 6])]   # window 2 attends to 3 (window 1's last keyframe) and keeps 6
+
+
+def test_change_selection_sets_the_lead_frames(tiny):
+    frames = np.repeat(np.repeat(cut_clip(8, 5, 16), 4, axis=1), 4, axis=2)   # (8, 64, 64, 3)
+    inv = Inversion(method="ddim", trajectory=torch.zeros(3, 8, 4, 8, 8))
+    ctx = TemporalContext(model=tiny, inversion=inv, schedule=make_schedule(tiny.scheduler_config, 2), info=CallInfo(),
+                          n_branches=2, output_branch=1, source_branch=0, frames=frames)
+    spec = get_temporal("keyframes")
+    plan = spec.build(ctx, KeyframesConfig(select="change", every=100))
+    assert plan.lead_frames == (0, 5)
+
+
+# --- flow --------------------------------------------------------------------------------------
+
+class Recording:
+    """The model, recording the frames flow propagation encodes."""
+
+    def __init__(self, model):
+        self.model, self.encoded = model, None
+
+    def decode_latents(self, z, batch_size=8):
+        return self.model.decode_latents(z, batch_size)
+
+    def encode_images(self, frames, batch_size=8):
+        self.encoded = frames.copy()
+        return self.model.encode_images(frames, batch_size)
+
+
+def flow_callback(tiny, frames, every):
+    n = len(frames)
+    inv = Inversion(method="ddim", trajectory=torch.zeros(3, n, 4, 8, 8))
+    ctx = TemporalContext(model=tiny, inversion=inv, schedule=make_schedule(tiny.scheduler_config, 2), info=CallInfo(),
+                          n_branches=1, output_branch=0, source_branch=None, frames=frames)
+    cb = get_temporal("keyframes").build(ctx, KeyframesConfig(every=every, propagation="flow")).callbacks[0]
+    cb.model = Recording(tiny)
+    return cb
+
+
+def texture(shape, lo, hi, seed=0):
+    import cv2
+
+    noise = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    smooth = cv2.GaussianBlur(noise, (7, 7), 2).astype(np.float32)
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    return (lo + (hi - lo) * smooth).astype(np.uint8)
+
+
+LAST = dict(timestep=0, alpha=1.0, alpha_prev=1.0, n_steps=2)
+
+
+def test_flow_blends_keyframes_where_they_see_and_keeps_the_frame_where_they_do_not(tiny):
+
+    base = texture((64, 64, 3), 150, 250)
+    frames = np.repeat(base[None], 5, axis=0)
+    frames[2] = base - 150                      # no keyframe sees it (photometric occlusion everywhere)
+    cb = flow_callback(tiny, frames, every=4)
+    x = torch.randn(1, 5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert cb.on_step_end(StepContext(step=0, **LAST), x) is x     # only after the last step
+    out = cb.on_step_end(StepContext(step=1, **LAST), x)
+    edit = tiny.decode_latents(x[0]).astype(np.float32)            # (5, 64, 64, 3)
+    assert torch.equal(out[0, [0, 4]], x[0, [0, 4]])                # keyframes stay
+    made = cb.model.encoded.astype(np.float32)                      # frames 1, 2, 3
+    assert np.abs(made[0] - (0.75 * edit[0] + 0.25 * edit[4])).max() <= 1   # still: blend by distance
+    assert np.abs(made[2] - (0.25 * edit[0] + 0.75 * edit[4])).max() <= 1
+    assert np.array_equal(made[1], edit[2])                         # occluded: its own edit
+    torch.testing.assert_close(out[0, [1, 2, 3]], tiny.encode_images(cb.model.encoded), rtol=0, atol=1e-5)
+
+
+def test_flow_warps_the_keyframes_onto_a_moving_frame(tiny):
+    """A texture sliding 2 px left a frame: frame 1 is (e0 shifted 2 px left + e2 shifted 2 px
+    right) / 2, e0 and e2 the edited keyframes."""
+
+    base = texture((64, 96, 3), 0, 255, seed=1)
+    frames = np.stack([base[:, 2 * i:2 * i + 64] for i in range(3)])  # frame1(x) = frame0(x + 2) = frame2(x - 2)
+    cb = flow_callback(tiny, frames, every=2)
+    x = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cb.on_step_end(StepContext(step=1, **LAST), x)
+    e = tiny.decode_latents(x[0]).astype(np.float32)
+    made = cb.model.encoded[0].astype(np.float32)[8:-8, 8:-8]
+    want = (0.5 * (e[0][:, 4:] + e[2][:, :-4]))[8:-8, 6:-6]          # interior, away from the borders
+    unwarped = (0.5 * (e[0] + e[2]))[8:-8, 8:-8]
+    err = np.abs(made - want).mean()
+    assert err < 0.1 * np.abs(made - unwarped).mean() and err < 1
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
+    res = videdit.edit_video(shared_data / "videos" / "ballet-portrait.mp4", source_prompt="a dancer",
+                             target_prompt="a golden sculpture of a dancer", model="tiny-random", steps=2,
+                             use_cache=False, editor="prompt_to_prompt", read=io.ReadOptions(max_frames=10, size=64),
+                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}})
+    assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
+
+
+@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero"])
+def test_presets_edit_the_ballet_portrait(tmp_path, shared_data, capsys, preset):
+    out = tmp_path / "out.mp4"
+    code = main(["edit", str(shared_data / "videos" / "ballet-portrait.mp4"), "-s", "a dancer", "-t",
+                 "a golden dancer", "-o", str(out), "--config", str(CONFIGS / f"{preset}.yaml"), "--model",
+                 "tiny-random", "--steps", "2", "--no-cache", "-q", "--size", "64", "--max-frames", "6",
+                 "--window", "4"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert (s.width, s.height, s.average_rate) == (288, 512, Fraction(8))
+        assert sum(1 for _ in c.decode(s)) == 6
+
+
+def test_options_are_checked():
+    with pytest.raises(VideditError, match="select must be one of"):
+        KeyframesConfig(select="random")
+    with pytest.raises(VideditError, match="propagation must be one of"):
+        KeyframesConfig(propagation="copy")
+    with pytest.raises(VideditError, match="quantile must be in"):
+        KeyframesConfig(quantile=2)
+    with pytest.raises(VideditError, match="flow options apply to propagation 'flow' only"):
+        KeyframesConfig(flow={"method": "dis"})
+    with pytest.raises(VideditError, match="does not take"):
+        KeyframesConfig(propagation="flow", flow={"speed": 1})
+    assert KeyframesConfig(propagation="flow", flow={"preset": "fast"}).flow == {"preset": "fast"}

@@ -1,0 +1,227 @@
+"""Cross-frame attention: a frame's self-attention takes its keys and values from other frames
+of the clip (its *anchors*), so that the frames share one appearance.
+
+Anchors of clip frame i, by ``mode``:
+
+- ``first``: frame 0 (Text2Video-Zero, Khachatryan et al. 2023, Sec. 3.3).
+- ``sparse_causal``: frames 0 and i - 1, keys and values concatenated (Tune-A-Video, Wu et al.
+  2023; FateZero, Qi et al. 2023). Frame 0 attends to [0, 0], as the references index it
+  (duplicated keys with their values change nothing).
+- ``keyframes``: every keyframe of the window (clip frames that are multiples of ``every``)
+  and the previous window's last keyframe, concatenated: TokenFlow's extended attention
+  (Geyer et al. 2023, Sec. 4.1), here for every frame of the window.
+
+It acts per branch and per guidance half: frames of branch b in half h attend to the anchors'
+keys and values in branch b and half h, as the modules before it on the layer (an editor's
+injections) left them.
+
+No seams. Frames go through the UNet in batches and the clip in windows, so an anchor may sit
+in an earlier batch of the step or in an earlier window. :class:`AnchorStore` keeps each
+anchor's keys and values at every (layer, step, model call of the step) from the call that
+computed them: while frames of the window still need them, and, for the few frames later
+windows need (frame 0; the window's last frame for ``sparse_causal``; its last keyframe for
+``keyframes``), in the clip's state across windows. Anchors that come later in a window
+(keyframes) are run first (the loop's ``lead_frames``). So the edit does not depend on
+``batch_size``, and in modes ``first`` and ``sparse_causal`` not on the windows either (for
+inversions that treat frames independently; DDPM inversion draws its noise per window).
+
+Memory: a frame kept across windows (one for ``first`` and ``keyframes``, two for
+``sparse_causal``) costs its keys and values at every selected layer and step,
+``2 * halves * branches * steps * sum over layers (tokens * channels)`` numbers. For SD 1.5 at
+512x512 (11.6M tokens x channels over its 16 self-attention layers) with guidance and one
+branch that is 92 MB a step in fp16, 4.6 GB over 50 steps (twice that for two-branch editors
+such as prompt_to_prompt); tiny-random at 64x64 needs 152 kB a step. ``offload`` keeps them in
+CPU memory; fewer ``layers`` cost proportionally less. Anchors within the window are held for
+the current step only, while frames still need them (``sparse_causal``: the previous batch's
+last frame; ``keyframes``: the keyframes, until the window's last batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Collection, Iterable
+
+import torch
+
+from videdit.attention import AttentionModule, AttnCall
+from videdit.editing.control import choose_layers, patterns
+from videdit.errors import VideditError
+from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
+
+NAME = "cross_frame"
+MODES = ("first", "sparse_causal", "keyframes")
+
+# clip frame index -> the clip frames it attends to
+Anchors = Callable[[int], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class CrossFrameConfig:
+    mode: str = "first"                     # first | sparse_causal | keyframes
+    layers: str | tuple[str, ...] = "*attn1.processor"   # glob(s) over self-attention processor names
+    every: int = 4                          # keyframes: a keyframe each `every` frames of the clip
+    offload: bool = False                   # keep the anchors later windows need in CPU memory
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise VideditError(f"{NAME} mode must be one of {list(MODES)}, got {self.mode!r}")
+        patterns(NAME, "layers", self.layers)
+        if not isinstance(self.every, int) or self.every < 1:
+            raise VideditError(f"{NAME} every must be a whole number of frames >= 1, got {self.every!r}")
+
+
+class AnchorStore:
+    """Per-frame tensors of anchor frames, at (layer, step, model call within the step).
+
+    ``window`` holds the clip indices of the frames being denoised, ``anchors`` maps each to
+    the frames it attends to, ``carry`` names the window's frames later windows attend to:
+    those are kept in ``persistent`` (a dict in the clip's state) for every step; other frames
+    only while a frame of the window that has not run yet at this (layer, step, call) needs
+    them. Entries of ``persistent`` no frame of this window needs are dropped on creation, so
+    the clip's state holds only what the next windows read."""
+
+    def __init__(self, window: range, anchors: Anchors, carry: Collection[int], persistent: dict,
+                 offload: bool = False):
+        self.window, self.anchors = window, anchors
+        self.needed_by: dict[int, set[int]] = {}
+        for g in window:
+            for a in anchors(g):
+                self.needed_by.setdefault(a, set()).add(g)
+        self.carry, self.persistent, self.offload = set(carry), persistent, offload
+        earlier = {a for a in self.needed_by if a not in window}
+        for key in [k for k in persistent if k[-1] not in earlier]:
+            del persistent[key]
+        self._call: dict[str, tuple[int, int]] = {}        # layer -> (step, call within the step)
+        self._done: dict[str, set[int]] = {}                # layer -> frames run in this call
+        self._transient: dict[str, dict[int, tuple]] = {}   # layer -> {frame: tensors}
+
+    def begin(self, call: AttnCall) -> None:
+        """Mark a UNet call reaching ``call.layer``: the first batch of a model call starts a
+        new (step, call) key there (a sampler or editor may call the model twice a step)."""
+        step, last = call.info.step, self._call.get(call.layer)
+        same_step = last is not None and last[0] == step
+        if call.info.batch == 0 or not same_step:
+            self._call[call.layer] = (step, last[1] + 1 if same_step else 0)
+            self._done[call.layer], self._transient[call.layer] = set(), {}
+
+    def _key(self, layer: str, frame: int) -> tuple:
+        return (layer, *self._call[layer], frame)
+
+    def put(self, layer: str, frame: int, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Keep ``frame`` 's tensors if a frame yet to run, or a later window, needs them."""
+        if frame in self.carry:
+            self.persistent[self._key(layer, frame)] = tuple(
+                t.to("cpu", copy=True) if self.offload else t.clone() for t in tensors)
+        elif self.needed_by.get(frame, set()) - self._done[layer]:
+            self._transient[layer][frame] = tuple(t.clone() for t in tensors)
+
+    def get(self, layer: str, frame: int, like: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        found = self._transient[layer].get(frame)
+        if found is None:
+            found = self.persistent.get(self._key(layer, frame))
+        return None if found is None else tuple(t.to(like.device) for t in found)
+
+    def done(self, layer: str, frames: Iterable[int]) -> None:
+        """``frames`` have run at this (layer, step, call): drop what no later frame needs."""
+        done = self._done[layer]
+        done.update(frames)
+        keep = self._transient[layer]
+        for f in [f for f in keep if not self.needed_by.get(f, set()) - done]:
+            del keep[f]
+
+
+def gather_anchors(store: AnchorStore, call: AttnCall, clip_frames: list[int], tensors: tuple[torch.Tensor, ...],
+                   anchors: Anchors, what: str) -> list[list[tuple[torch.Tensor, ...]]]:
+    """For each frame of the batch, its anchors' tensors (each (halves, nb, ...)) from the
+    batch ``tensors`` (each (halves, nb, fb, ...)) or the store; an anchor not run yet is an
+    error naming the ordering problem."""
+    in_batch = {g: j for j, g in enumerate(clip_frames)}
+    out = []
+    for g in clip_frames:
+        got = []
+        for a in anchors(g):
+            if a in in_batch:
+                got.append(tuple(t[:, :, in_batch[a]] for t in tensors))
+                continue
+            found = store.get(call.layer, a, tensors[0])
+            if found is None:
+                raise VideditError(
+                    f"{what}: frame {g} attends to frame {a}, which has not run at {call.layer}, step "
+                    f"{call.info.step}: pass one clip_state from window to window (frame {a} ran in an earlier "
+                    f"one), and use one temporal module that orders frames (lead frames) per edit")
+            if found[0].shape[:2] != tensors[0].shape[:2]:
+                raise VideditError(f"{what}: frame {a} was stored with {tuple(found[0].shape[:2])} (halves, branches)"
+                                   f" but this call has {tuple(tensors[0].shape[:2])}")
+            got.append(found)
+        out.append(got)
+    return out
+
+
+def concat_anchors(per_frame: list[list[tuple[torch.Tensor, ...]]], index: int) -> torch.Tensor:
+    """Tensor ``index`` of each frame's anchors concatenated over tokens -> (halves, nb, fb,
+    heads, m*T, d). Frames with fewer anchors repeat theirs to the common count (keys repeated
+    with their values leave attention unchanged)."""
+    m = math.lcm(*(len(a) for a in per_frame))
+    rows = [torch.cat([t[index] for t in anchors] * (m // len(anchors)), dim=-2) for anchors in per_frame]
+    return torch.stack(rows, dim=2)
+
+
+class CrossFrameAttention(AttentionModule):
+    """On the named self-attention layers, each frame's keys and values become its anchors'
+    (``anchors``: clip frame -> clip frames; clip frame = ``offset`` + window index)."""
+
+    cross = False
+
+    def __init__(self, layers: Collection[str], anchors: Anchors, offset: int, store: AnchorStore, what: str = NAME):
+        self.names, self.anchors, self.offset, self.store, self.what = frozenset(layers), anchors, offset, store, what
+
+    def applies(self, layer: str, cross: bool) -> bool:
+        return not cross and layer in self.names
+
+    def qkv(self, call, q, k, v):
+        if call.info.inverting:
+            return q, k, v
+        self.store.begin(call)
+        frames = [self.offset + f for f in call.info.frames]
+        ks, vs = call.split(k), call.split(v)                     # each (halves, nb, fb, heads, T, d)
+        for j, g in enumerate(frames):
+            self.store.put(call.layer, g, (ks[:, :, j], vs[:, :, j]))
+        per_frame = gather_anchors(self.store, call, frames, (ks, vs), self.anchors, self.what)
+        self.store.done(call.layer, frames)
+        k = concat_anchors(per_frame, 0).flatten(0, 2)             # (B, heads, m*T, d)
+        v = concat_anchors(per_frame, 1).flatten(0, 2)
+        return q, k, v
+
+
+def keyframe_anchors(keyframes: Collection[int], carried: int | None) -> tuple[int, ...]:
+    """The frames extended attention spans: the window's keyframes and the one carried over."""
+    return tuple(sorted({*keyframes, *(() if carried is None else (carried,))}))
+
+
+def every_keyframes(window: range, every: int) -> list[int]:
+    """The clip frames of ``window`` that are multiples of ``every``."""
+    return [g for g in window if g % every == 0]
+
+
+@register_temporal(NAME, CrossFrameConfig)
+def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
+    """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), first + previous, or keyframes."""
+    n = ctx.inversion.noise.shape[0]
+    window = range(ctx.frame_offset, ctx.frame_offset + n)
+    layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
+    state = ctx.clip_state.setdefault(NAME, {})
+    lead: tuple[int, ...] = ()
+    if config.mode == "first":
+        anchors, carry = (lambda g: (0,)), {0}
+    elif config.mode == "sparse_causal":
+        anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window[-1]}
+    else:
+        keys = every_keyframes(window, config.every)
+        spans = keyframe_anchors(keys, state.get("last_keyframe"))
+        anchors, carry = (lambda g: spans), set(keys[-1:])
+        lead = tuple(g - ctx.frame_offset for g in keys)
+    store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload)
+    if config.mode == "keyframes" and carry:
+        state["last_keyframe"] = max(carry)   # read by the next window's build
+    return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, ctx.frame_offset, store)], lead_frames=lead)

@@ -1,0 +1,293 @@
+"""Keyframes and the frames between: edit a few keyframes jointly, carry the edit to the rest.
+
+Keyframes (:func:`select_keyframes`): every ``every`` frames of the clip, or (``select="change"``)
+where the content changes: frames whose mean absolute difference to the previous frame is
+above the ``quantile`` of the window's differences, at most ``every`` frames apart; the clip's
+first frame always is one. They run first in each step, together in one UNet batch, and
+attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.1; see
+:mod:`videdit.video.cross_frame`, mode ``keyframes``). The other frames get the edit by
+
+- ``propagation="tokenflow"`` (Geyer et al. 2023, Sec. 4.2): during denoising, on the
+  chosen self-attention layers, a frame's attention output becomes the keyframes' outputs at
+  its tokens' nearest neighbours among theirs, the two nearest keyframes (before and after)
+  blended linearly by temporal distance (TokenFlow squashes the weights with a sigmoid; the
+  linear blend reaches each keyframe exactly). Neighbours are found by cosine similarity of
+  the *source* branch's features at the same layer and step: the keys of its conditional half
+  (a linear map of the block's normalised hidden states, which TokenFlow compares). The source
+  branch itself is left alone, so the correspondences stay the source's. This needs an
+  editor that replays the source beside the edit (one with a source branch, listed in
+  ``SOURCE_BRANCH_EDITORS``); with the plain editor it is an error. A source pass of our own
+  from the inversion's trajectory would be one more branch of UNet work per frame and step
+  (+100% over the plain editor), and it must run inside the same UNet call as the edit,
+  layer by layer; an editor with a source branch already computes exactly these features
+  (for exact inversions its source branch replays the trajectory), so we require one.
+- ``propagation="flow"``: the frames are denoised with their attention on the keyframes
+  (cross-frame attention), and after the last step each is replaced by the two nearest edited
+  keyframes warped onto it along optical flow of the *source* frames
+  (:func:`videdit.video.flow.compute_flows`, :func:`videdit.video.warp.warp`), blended by
+  temporal distance where the keyframe sees the pixel (forward-backward occlusion check) and
+  falling back to the frame's own edit where neither does. Cost: decoding the window and
+  re-encoding its non-keyframes (one VAE round trip on those), and the flow of each
+  (frame, keyframe) pair.
+
+Windows share keyframes: each window's last keyframe is kept in the clip's state (its keys
+and values, attention outputs and source keys at every layer, step and call; for ``flow`` its
+source and edited pixels), and the next window's keyframes attend to it and its first frames
+take it as their earlier keyframe. Memory does not grow with the clip: one window plus one
+carried keyframe (see :mod:`videdit.video.cross_frame` for the bytes per frame).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any, Collection, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videdit.attention import AttentionModule
+from videdit.core.loop import StepCallback, StepContext
+from videdit.editing.control import choose_layers, patterns
+from videdit.errors import VideditError
+from videdit.inversion.registry import make_config
+from videdit.video.cross_frame import (AnchorStore, CrossFrameAttention, every_keyframes, gather_anchors,
+                                       keyframe_anchors)
+from videdit.video.flow import FlowConfig, compute_flows
+from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
+from videdit.video.warp import warp
+
+NAME = "keyframes"
+SELECT = ("every", "change")
+PROPAGATION = ("tokenflow", "flow")
+# Editors whose plan replays the source beside the edit (tests/video/test_keyframes.py checks this list).
+SOURCE_BRANCH_EDITORS = ("cross_image", "masactrl", "plug_and_play", "prompt_to_prompt")
+
+
+@dataclass(frozen=True)
+class KeyframesConfig:
+    select: str = "every"                # every | change
+    every: int = 4                       # every: a keyframe each `every` frames; change: at most `every` apart
+    quantile: float = 0.8                # change: keyframes where the frame difference is above this quantile
+    propagation: str = "tokenflow"       # tokenflow | flow
+    layers: str | tuple[str, ...] = "*attn1.processor"   # self-attention layers (globs) for both
+    flow: Mapping[str, Any] | None = None   # flow: options of videdit.video.flow.FlowConfig
+    offload: bool = False                # keep the carried keyframe's tensors in CPU memory
+
+    def __post_init__(self):
+        if self.select not in SELECT:
+            raise VideditError(f"{NAME} select must be one of {list(SELECT)}, got {self.select!r}")
+        if self.propagation not in PROPAGATION:
+            raise VideditError(f"{NAME} propagation must be one of {list(PROPAGATION)}, got {self.propagation!r}")
+        if not isinstance(self.every, int) or self.every < 1:
+            raise VideditError(f"{NAME} every must be a whole number of frames >= 1, got {self.every!r}")
+        if not 0 <= self.quantile <= 1:
+            raise VideditError(f"{NAME} quantile must be in [0, 1], got {self.quantile}")
+        patterns(NAME, "layers", self.layers)
+        if self.flow is not None and not isinstance(self.flow, Mapping):
+            raise VideditError(f"{NAME} flow must be a mapping of flow options, got {self.flow!r}")
+        if self.propagation == "flow":
+            flow_config(self.flow)
+        elif self.flow:
+            raise VideditError(f"{NAME} flow options apply to propagation 'flow' only")
+
+
+def flow_config(options: Mapping[str, Any] | None) -> FlowConfig:
+    return make_config(FlowConfig, dict(options or {}), f"{NAME} flow")
+
+
+# ---- choosing keyframes ----
+
+def frame_changes(frames: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """(F,) float: each frame's mean absolute difference to the frame before, uint8 frames
+    (F, H, W, 3); the first is NaN unless ``previous`` (the frame before them) is given."""
+    x = frames.astype(np.float32)
+    before = np.concatenate([x[:1] if previous is None else previous[None].astype(np.float32), x[:-1]])
+    d = np.abs(x - before).mean(axis=(1, 2, 3))
+    if previous is None:
+        d[0] = np.nan
+    return d
+
+
+def select_keyframes(n_frames: int, *, every: int, select: str = "every", frames: np.ndarray | None = None,
+                     quantile: float = 0.8, offset: int = 0, previous: np.ndarray | None = None,
+                     last_keyframe: int | None = None) -> list[int]:
+    """Clip indices of the keyframes among clip frames ``offset`` .. ``offset + n_frames - 1``.
+
+    ``every``: the multiples of ``every``. ``change``: the clip's first frame, frames whose
+    :func:`frame_changes` exceed the ``quantile`` of the window's, and any frame ``every``
+    after the last keyframe (``last_keyframe``: the previous window's; ``previous``: the frame
+    before the window, so that a cut at the border counts)."""
+    if select == "every":
+        return every_keyframes(range(offset, offset + n_frames), every)
+    if frames is None or len(frames) != n_frames:
+        raise VideditError(f"{NAME} select='change' needs the window's {n_frames} source frames")
+    d = frame_changes(frames, previous)
+    valid = d[~np.isnan(d)]
+    threshold = np.quantile(valid, quantile) if len(valid) else np.inf
+    keys, last = [], last_keyframe
+    for i, di in enumerate(d):
+        g = offset + i
+        if last is None or di > threshold or g - last >= every:
+            keys.append(g)
+            last = g
+    return keys
+
+
+def neighbours(frame: int, keyframes: list[int]) -> tuple[tuple[int, float], ...]:
+    """The nearest keyframes before and after ``frame`` (sorted ``keyframes``, clip indices)
+    with linear weights by temporal distance; one with weight 1 where only one side has one."""
+    i = bisect.bisect_left(keyframes, frame)
+    before = keyframes[i - 1] if i > 0 else None
+    after = keyframes[i] if i < len(keyframes) else None
+    if before is None or after is None:
+        only = after if before is None else before
+        return () if only is None else ((only, 1.0),)
+    span = after - before
+    return (before, (after - frame) / span), (after, (frame - before) / span)
+
+
+def nearest_tokens(features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """For each of ``features`` (T, C), the index of its most cosine-similar row of ``keys``
+    (T', C) -> (T,) int64."""
+    sim = F.normalize(features.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T   # (T, T')
+    return sim.argmax(-1)
+
+
+# ---- TokenFlow ----
+
+class TokenFlowPropagation(AttentionModule):
+    """On the named self-attention layers, non-keyframes' attention outputs become their
+    keyframes' at nearest-neighbour tokens (every branch but ``source``)."""
+
+    cross = False
+
+    def __init__(self, layers: Collection[str], spans: list[int], keyframes: list[int], window: range, source: int,
+                 persistent: dict, offload: bool = False):
+        self.names, self.offset, self.source = frozenset(layers), window.start, source
+        self.keys, self.keyset = spans, set(keyframes)   # keyframes to draw from (the carried one too); own
+        # keyframes' outputs and source features; the last keyframe's kept for the next window
+        self.store = AnchorStore(window, self._anchors, set(keyframes[-1:]), persistent, offload)
+        self._features: torch.Tensor | None = None
+
+    def applies(self, layer: str, cross: bool) -> bool:
+        return not cross and layer in self.names
+
+    def qkv(self, call, q, k, v):
+        if not call.info.inverting:
+            self.store.begin(call)
+            ks = call.split(k)[-1, self.source]                      # (fb, heads, T, d): source, conditional half
+            self._features = ks.transpose(1, 2).flatten(2)         # (fb, T, heads * d)
+        return q, k, v
+
+    def output(self, call, out):
+        if call.info.inverting:
+            return out
+        frames = [self.offset + f for f in call.info.frames]
+        outs = call.split(out)                                     # (halves, nb, fb, T, C)
+        feats = self._features[None, None]                         # (1, 1, fb, T, C')
+        for j, g in enumerate(frames):
+            self.store.put(call.layer, g, (outs[:, :, j], feats[:, :, j]))
+        found = gather_anchors(self.store, call, frames, (outs, feats), self._anchors, NAME)
+        self.store.done(call.layer, frames)
+        others = [j for j, g in enumerate(frames) if g not in self.keyset]
+        if not others:
+            return out
+        new = outs.clone()
+        edit = [b for b in range(outs.shape[1]) if b != self.source]
+        for j in others:
+            if not found[j]:
+                continue   # no keyframe yet (a later window edited without the clip's state)
+            prop = 0
+            for (a, w), (out_a, feat_a) in zip(neighbours(frames[j], self.keys), found[j]):
+                idx = nearest_tokens(self._features[j], feat_a[0, 0])     # (T,)
+                prop = prop + w * out_a[:, edit][:, :, idx]                  # (halves, nb - 1, T, C)
+            new[:, edit, j] = prop.to(new.dtype)
+        return new.flatten(0, 2)
+
+    def _anchors(self, g: int) -> tuple[int, ...]:
+        return () if g in self.keyset else tuple(a for a, _ in neighbours(g, self.keys))
+
+
+# ---- flow ----
+
+class FlowPropagation(StepCallback):
+    """After the last step: each non-keyframe of the output branch becomes its nearest edited
+    keyframes warped onto it along the source frames' flow, occlusion-aware (module doc)."""
+
+    def __init__(self, ctx: TemporalContext, keyframes: list[int], carried: dict | None, flow_options, state: dict):
+        self.model, self.frames, self.offset = ctx.model, ctx.frames, ctx.frame_offset
+        self.branch, self.cache_dir = ctx.output_branch, ctx.cache_dir
+        self.window = range(self.offset, self.offset + len(self.frames))
+        self.keys = keyframes                                      # clip indices, carried one included
+        self.carried, self.config, self.state = carried, flow_config(flow_options), state
+
+    def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+        if ctx.step != ctx.n_steps - 1:
+            return x
+        own_keys = [g for g in self.keys if g in self.window]
+        others = [g for g in self.window if g not in set(self.keys)]
+        decoded = self.model.decode_latents(x[self.branch, [g - self.offset for g in self.window]])  # (F, H, W, 3)
+        source = {g: self.frames[g - self.offset] for g in self.window}
+        edited = {g: decoded[g - self.offset] for g in self.window}
+        if self.carried is not None:
+            source[self.carried["frame"]], edited[self.carried["frame"]] = self.carried["source"], self.carried["edit"]
+        if own_keys:  # the next window's earlier keyframe
+            g = own_keys[-1]
+            self.state["carried"] = {"frame": g, "source": source[g].copy(), "edit": edited[g].copy()}
+        if not others:
+            return x
+        blended = []
+        for g in others:
+            num = np.zeros(edited[g].shape, np.float32)
+            den = np.zeros((*edited[g].shape[:2], 1), np.float32)
+            for a, w in neighbours(g, self.keys):
+                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
+                seen = w * (~flows.occlusion[0]).astype(np.float32)[..., None]   # (H, W, 1): a sees g's pixel
+                num += seen * warp(edited[a].astype(np.float32), flows.forward[0])  # a brought onto g
+                den += seen
+            out = np.where(den > 0, num / np.maximum(den, 1e-8), edited[g].astype(np.float32))
+            blended.append(np.clip(np.round(out), 0, 255).astype(np.uint8))
+        z = self.model.encode_images(np.stack(blended)).to(x)                 # (len(others), C, h, w)
+        x = x.clone()
+        x[self.branch, [g - self.offset for g in others]] = z
+        return x
+
+
+@register_temporal(NAME, KeyframesConfig)
+def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
+    """Keyframes edited jointly (extended attention), others by TokenFlow or flow propagation (Geyer et al. 2023)."""
+    n = ctx.inversion.noise.shape[0]
+    window = range(ctx.frame_offset, ctx.frame_offset + n)
+    if config.propagation == "tokenflow" and ctx.source_branch is None:
+        raise VideditError(f"{NAME} propagation 'tokenflow' matches tokens by the source branch's features, and this "
+                           f"editor runs none; use an editor with a source branch ({', '.join(SOURCE_BRANCH_EDITORS)})"
+                           f", e.g. prompt_to_prompt, or propagation 'flow'")
+    if ctx.frames is None and (config.select == "change" or config.propagation == "flow"):
+        raise VideditError(f"{NAME} select='change' and propagation 'flow' need the window's source frames "
+                           f"(edit_latents(..., frames=...))")
+    layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
+    state = ctx.clip_state.setdefault(NAME, {})
+    keys = select_keyframes(n, every=config.every, select=config.select, frames=ctx.frames, quantile=config.quantile,
+                            offset=ctx.frame_offset, previous=state.get("previous"),
+                            last_keyframe=state.get("last_keyframe"))
+    carried = state.get("last_keyframe")
+    spans = keyframe_anchors(keys, carried)                          # keyframes the window attends to
+    keyset = set(keys)
+    modules: list[AttentionModule] = []
+    callbacks: list[StepCallback] = []
+    if config.propagation == "tokenflow":
+        modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
+                                            state.setdefault("tokenflow", {}), config.offload))
+        attend = lambda g: spans if g in keyset else (g,)           # noqa: E731: non-keyframes are replaced
+    else:
+        callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), config.flow, state))
+        attend = lambda g: spans                                     # noqa: E731: their own edit fills occlusions
+    kv = AnchorStore(window, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload)
+    modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME))
+    if keys:
+        state["last_keyframe"] = keys[-1]
+    if ctx.frames is not None:
+        state["previous"] = ctx.frames[-1].copy()
+    return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=tuple(g - ctx.frame_offset for g in keys))
