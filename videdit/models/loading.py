@@ -170,8 +170,9 @@ def _load_directory(path: Path, name: str) -> Model:
         raise VideditError(f"{path} is an SDXL-style model (two text encoders), not supported yet; "
                            "use an SD 1.x/2.x model")
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
-        vae = AutoencoderKL.from_pretrained(path / "vae")
+        # low_cpu_mem_usage=False: the default asks for `accelerate` and warns without it
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
         scheduler_config = dict(DDIMScheduler.load_config(path / "scheduler"))

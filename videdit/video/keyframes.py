@@ -22,19 +22,25 @@ attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.
   layer by layer; an editor with a source branch already computes exactly these features
   (for exact inversions its source branch replays the trajectory), so we require one.
 - ``propagation="flow"``: the frames are denoised with their attention on the keyframes
-  (cross-frame attention), and after the last step each is replaced by the two nearest edited
-  keyframes warped onto it along optical flow of the *source* frames
-  (:func:`videdit.video.flow.compute_flows`, :func:`videdit.video.warp.warp`), blended by
-  temporal distance where the keyframe sees the pixel (forward-backward occlusion check) and
-  falling back to the frame's own edit where neither does. Cost: decoding the window and
-  re-encoding its non-keyframes (one VAE round trip on those), and the flow of each
-  (frame, keyframe) pair.
+  (cross-frame attention), and at each step each is replaced, on the latent grid, by the two
+  nearest keyframes' latents warped onto it along optical flow of the *source* frames
+  (:func:`videdit.video.flow.compute_flows`, brought to the latents' resolution by
+  :func:`videdit.video.warp.downsample_flow` and ``downsample_mask``), blended by temporal
+  distance where the keyframe sees the cell (forward-backward occlusion check; the fraction
+  of the cell's pixels it sees) and keeping the frame's own latent where neither does. On
+  the steps before the last (from ``FLOW_X0_FROM`` of them on) this fuses the predicted clean
+  latent x0 and re-noises it with the step's noise, as :mod:`videdit.video.propagation` does
+  with ``target="x0"``; after the last step, the final latents. No VAE round trip: decoding,
+  warping pixels and re-encoding is far from identity for a VAE that is not a good
+  autoencoder (tiny-random's: warp error above independent editing) and blurs with any.
+  Cost: the flow of each (frame, keyframe) pair, once per window, and a latent warp per pair
+  and step.
 
 Windows share keyframes: each window's last keyframe is kept in the clip's state (its keys
 and values, attention outputs and source keys at every layer, step and call; for ``flow`` its
-source and edited pixels), and the next window's keyframes attend to it and its first frames
-take it as their earlier keyframe. Memory does not grow with the clip: one window plus one
-carried keyframe (see :mod:`videdit.video.cross_frame` for the bytes per frame).
+source frame and its fused latent at each step), and the next window's keyframes attend to it
+and its first frames take it as their earlier keyframe. Memory does not grow with the clip:
+one window plus one carried keyframe (see :mod:`videdit.video.cross_frame` for the bytes per frame).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from videdit.attention import AttentionModule
+from videdit.core.ddim import predict_x0_eps
 from videdit.core.loop import StepCallback, StepContext
 from videdit.editing.control import choose_layers, patterns
 from videdit.errors import VideditError
@@ -56,7 +63,8 @@ from videdit.video.cross_frame import (AnchorStore, CrossFrameAttention, every_k
                                        keyframe_anchors)
 from videdit.video.flow import FlowConfig, compute_flows
 from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
-from videdit.video.warp import warp
+from videdit.video.propagation import clean_latent, latent_factor, renoise
+from videdit.video.warp import downsample_flow, downsample_mask, warp
 
 NAME = "keyframes"
 SELECT = ("every", "change")
@@ -212,9 +220,17 @@ class TokenFlowPropagation(AttentionModule):
 
 # ---- flow ----
 
+# Flow propagation fuses the predicted clean latent x0 from this fraction of the steps on, and the
+# final latent after the last step (1.0: the final latent only). Chosen by the warp error of
+# tools/temporal_table.py (tiny-random, wolf and dog).
+FLOW_X0_FROM = 0.0
+
+
 class FlowPropagation(StepCallback):
-    """After the last step: each non-keyframe of the output branch becomes its nearest edited
-    keyframes warped onto it along the source frames' flow, occlusion-aware (module doc)."""
+    """Each non-keyframe of the output branch becomes its nearest keyframes' latents warped onto
+    it along the source frames' flow brought to the latent grid, occlusion-aware (module doc):
+    the predicted clean latent x0 on the steps from ``FLOW_X0_FROM`` on, the final latent after
+    the last step."""
 
     def __init__(self, ctx: TemporalContext, keyframes: list[int], carried: dict | None, flow_options, state: dict):
         self.model, self.frames, self.offset = ctx.model, ctx.frames, ctx.frame_offset
@@ -222,37 +238,75 @@ class FlowPropagation(StepCallback):
         self.window = range(self.offset, self.offset + len(self.frames))
         self.keys = keyframes                                      # clip indices, carried one included
         self.carried, self.config, self.state = carried, flow_config(flow_options), state
+        own = [g for g in keyframes if g in self.window]
+        self.others = [g for g in self.window if g not in set(keyframes)]
+        # the next window's earlier keyframe: its source frame now, its latents step by step
+        self.handover = None if not own else {"frame": own[-1], "source": self.frames[own[-1] - self.offset].copy(),
+                                              "latent": {}}
+        if self.handover is not None:
+            state["carried"] = self.handover
+        self.eps: torch.Tensor | None = None
+        self.pairs: dict | None = None   # (frame, keyframe) -> (latent flow (h, w, 2), visible fraction (1, h, w))
+
+    def fused(self, ctx: StepContext) -> bool:
+        return ctx.step == ctx.n_steps - 1 or ctx.step >= FLOW_X0_FROM * ctx.n_steps
+
+    def x0(self, ctx: StepContext) -> bool:
+        """Whether this step fuses the predicted clean latent (rather than the latent itself)."""
+        return ctx.step < ctx.n_steps - 1
+
+    def on_noise(self, ctx: StepContext, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.fused(ctx) and self.x0(ctx):
+            self.eps = predict_x0_eps(z[self.branch], out[self.branch], ctx.alpha, self.model.prediction_type)[1]
+        return out
 
     def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
-        if ctx.step != ctx.n_steps - 1:
+        if not self.fused(ctx):
             return x
-        own_keys = [g for g in self.keys if g in self.window]
-        others = [g for g in self.window if g not in set(self.keys)]
-        decoded = self.model.decode_latents(x[self.branch, [g - self.offset for g in self.window]])  # (F, H, W, 3)
-        source = {g: self.frames[g - self.offset] for g in self.window}
-        edited = {g: decoded[g - self.offset] for g in self.window}
-        if self.carried is not None:
-            source[self.carried["frame"]], edited[self.carried["frame"]] = self.carried["source"], self.carried["edit"]
-        if own_keys:  # the next window's earlier keyframe
-            g = own_keys[-1]
-            self.state["carried"] = {"frame": g, "source": source[g].copy(), "edit": edited[g].copy()}
-        if not others:
+        y = x[self.branch].float()                                   # (F, C, h, w)
+        if self.x0(ctx):
+            y = clean_latent(y, self.eps, ctx.alpha_prev)
+        latent = {g: y[g - self.offset] for g in self.window}
+        if self.carried is not None and ctx.step in self.carried["latent"]:
+            latent[self.carried["frame"]] = self.carried["latent"][ctx.step].to(y)
+        if self.handover is not None:
+            self.handover["latent"][ctx.step] = latent[self.handover["frame"]].detach().cpu().clone()
+        if not self.others:
             return x
-        blended = []
-        for g in others:
-            num = np.zeros(edited[g].shape, np.float32)
-            den = np.zeros((*edited[g].shape[:2], 1), np.float32)
+        self._prepare(y)
+        new = y.clone()
+        for g in self.others:
+            num, den, seen = 0, 0, torch.zeros_like(y[0, :1])      # seen: visible to at least one, (1, h, w)
             for a, w in neighbours(g, self.keys):
-                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
-                seen = w * (~flows.occlusion[0]).astype(np.float32)[..., None]   # (H, W, 1): a sees g's pixel
-                num += seen * warp(edited[a].astype(np.float32), flows.forward[0])  # a brought onto g
-                den += seen
-            out = np.where(den > 0, num / np.maximum(den, 1e-8), edited[g].astype(np.float32))
-            blended.append(np.clip(np.round(out), 0, 255).astype(np.uint8))
-        z = self.model.encode_images(np.stack(blended)).to(x)                 # (len(others), C, h, w)
+                if a not in latent:
+                    continue   # a carried keyframe without this step's latent (another window's settings)
+                flow, visible = self.pairs[g, a]
+                num = num + w * visible * warp(latent[a][None], flow[None])[0]   # a brought onto g
+                den = den + w * visible
+                seen = torch.maximum(seen, visible)
+            if isinstance(den, torch.Tensor):
+                new[g - self.offset] = seen * num / den.clamp_min(1e-8) + (1 - seen) * latent[g]
+        if self.x0(ctx):
+            new = renoise(new, self.eps, ctx.alpha_prev)
         x = x.clone()
-        x[self.branch, [g - self.offset for g in others]] = z
+        x[self.branch] = new.to(x.dtype)
         return x
+
+    def _prepare(self, y: torch.Tensor) -> None:
+        """Each (frame, keyframe) pair's source flow and visibility on the latent grid, once per window."""
+        if self.pairs is not None:
+            return
+        factor = latent_factor(self.frames.shape[1:3], y.shape[-2:], NAME)
+        source = {g: self.frames[g - self.offset] for g in self.window}
+        if self.carried is not None:
+            source[self.carried["frame"]] = self.carried["source"]
+        self.pairs = {}
+        for g in self.others:
+            for a, _ in neighbours(g, self.keys):
+                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
+                flow = torch.from_numpy(downsample_flow(flows.forward[0], factor)).to(y)          # g -> a
+                visible = torch.from_numpy(downsample_mask(~flows.occlusion[0], factor)).to(y)[None]
+                self.pairs[g, a] = flow, visible
 
 
 @register_temporal(NAME, KeyframesConfig)

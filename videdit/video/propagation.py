@@ -64,6 +64,26 @@ class FlowPropagationConfig:
         return FlowConfig(method=self.method, preset=self.preset, raft_weights=self.raft_weights)
 
 
+def clean_latent(y: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
+    """The clean latent a DDIM step moved towards: the step's output ``y`` at noise level
+    ``alpha_prev`` less the step's noise ``eps`` (from :func:`predict_x0_eps`)."""
+    return (y - (1 - alpha_prev) ** 0.5 * eps) / alpha_prev ** 0.5
+
+
+def renoise(y0: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
+    """The inverse of :func:`clean_latent`: a clean latent back at noise level ``alpha_prev``."""
+    return alpha_prev ** 0.5 * y0 + (1 - alpha_prev) ** 0.5 * eps
+
+
+def latent_factor(frame_size: tuple[int, int], latent_size: tuple[int, int], what: str) -> int:
+    """How many pixels of the frames (H, W) one latent cell (h, w) covers (the VAE's 8)."""
+    (H, W), (h, w) = frame_size, latent_size
+    factor = H // h
+    if factor * h != H or factor * w != W:
+        raise VideditError(f"{what}: frames {W}x{H} are not a whole multiple of the latents {w}x{h}")
+    return factor
+
+
 @register_temporal(NAME, FlowPropagationConfig)
 def flow_propagation(ctx: TemporalContext, config: FlowPropagationConfig) -> TemporalPlan:
     """Fuse each frame with its predecessor warped along the source's flow (Rerender-A-Video)."""
@@ -106,8 +126,7 @@ class FlowPropagation(StepCallback):
         b = self.ctx.output_branch
         y = x[b].float()                                              # (F, C, h, w)
         if self.config.target == "x0":
-            a = sctx.alpha_prev
-            y = (y - (1 - a) ** 0.5 * self.eps) / a ** 0.5              # the clean latent the step moved towards
+            y = clean_latent(y, self.eps, sctx.alpha_prev)             # the clean latent the step moved towards
         if len(self.frames) > 1:
             self._prepare(y)
         last = None                                                   # the previous window's last frame
@@ -125,8 +144,7 @@ class FlowPropagation(StepCallback):
         y = torch.stack(fused)                                        # (F, C, h, w)
         self.state["fused"][sctx.step] = y[-1].detach().cpu().clone()
         if self.config.target == "x0":
-            a = sctx.alpha_prev
-            y = a ** 0.5 * y + (1 - a) ** 0.5 * self.eps
+            y = renoise(y, self.eps, sctx.alpha_prev)
         x = x.clone()
         x[b] = y.to(x.dtype)
         return x
@@ -135,11 +153,7 @@ class FlowPropagation(StepCallback):
         """The source flow at the latents' resolution, once per window."""
         if self.flow is not None:
             return
-        h = y.shape[-2]
-        factor = self.frames.shape[1] // h
-        if factor * h != self.frames.shape[1] or factor * y.shape[-1] != self.frames.shape[2]:
-            raise VideditError(f"{NAME}: frames {self.frames.shape[2]}x{self.frames.shape[1]} are not a whole "
-                               f"multiple of the latents {y.shape[-1]}x{h}")
+        factor = latent_factor(self.frames.shape[1:3], y.shape[-2:], NAME)
         flows = compute_flows(self.frames, self.config.flow_config(), cache_dir=self.ctx.cache_dir,
                               memo=self.ctx.clip_state.setdefault("flow_memo", {}), device=y.device)
         self.flow = torch.from_numpy(downsample_flow(flows.backward, factor)).to(y)           # (F', h, w, 2)
