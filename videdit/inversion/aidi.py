@@ -30,7 +30,7 @@ class AIDIConfig:
     iterations: int = 5     # evaluations of g per step (1 = plain DDIM inversion)
     tol: float = 1e-5       # stop once every frame's relative residual is below this
     memory: int = 3         # m: past differences the Anderson mixing uses
-    guidance: float = 1.0   # classifier-free guidance while inverting (1 = conditional only)
+    guidance: float | None = None  # CFG while inverting; None: the edit's guidance (the sampler it inverts)
 
     def __post_init__(self):
         if not 1 <= self.iterations <= 100:
@@ -39,7 +39,7 @@ class AIDIConfig:
             raise VideditError(f"aidi tol must be >= 0 (0 = always run every iteration), got {self.tol}")
         if not 1 <= self.memory <= 20:
             raise VideditError(f"aidi memory must be in [1, 20] past iterates, got {self.memory}")
-        if not 0 <= self.guidance <= 50:
+        if self.guidance is not None and not 0 <= self.guidance <= 50:
             raise VideditError(f"aidi guidance must be in [0, 50], got {self.guidance}")
 
 

@@ -39,7 +39,7 @@ class FixedPointConfig:
     iterations: int = 5     # evaluations of g per step (1 = plain DDIM inversion)
     tol: float = 1e-5       # stop once every frame's relative residual is below this
     average_last: int = 0   # > 1: end at the mean of the last k iterates (ReNoise)
-    guidance: float = 1.0   # classifier-free guidance while inverting (1 = conditional only)
+    guidance: float | None = None  # CFG while inverting; None: the edit's guidance (the sampler it inverts)
 
     def __post_init__(self):
         if not 1 <= self.iterations <= 100:
@@ -49,7 +49,7 @@ class FixedPointConfig:
         if not 0 <= self.average_last <= self.iterations:
             raise VideditError(f"fixed_point average_last must be in [0, iterations={self.iterations}], "
                                f"got {self.average_last}")
-        if not 0 <= self.guidance <= 50:
+        if self.guidance is not None and not 0 <= self.guidance <= 50:
             raise VideditError(f"fixed_point guidance must be in [0, 50], got {self.guidance}")
 
 

@@ -1,0 +1,32 @@
+"""The README's run command works as written (on the shipped sample and model)."""
+
+import shlex
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_command() -> list[str]:
+    lines = [l.strip() for l in (ROOT / "README.md").read_text().splitlines() if l.strip().startswith("videdit edit ")]
+    assert lines, "the README shows no `videdit edit` command"
+    return shlex.split(lines[0])
+
+
+def test_readme_run_command(tmp_path):
+    argv = readme_command()
+    out, preview = tmp_path / "edit.mp4", tmp_path / "edit.gif"
+    argv[argv.index("-o") + 1] = str(out)
+    argv[argv.index("--preview") + 1] = str(preview)
+    res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv[1:], "-q", "--cache-dir", str(tmp_path / "c")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.width, v.height, v.average_rate) == (64, 64, Fraction(8))
+        assert sum(1 for _ in c.decode(v)) == 24
+    assert preview.stat().st_size > 1000
