@@ -14,7 +14,8 @@ The VAE loss weights pixels on and near objects up (they are ~10% of the image).
 Data come from the world generator, seeded per step, so a resumed run sees
 exactly the batches an uninterrupted one would. Checkpoints are written
 atomically every ``--ckpt-every`` steps and on SIGTERM/SIGINT; ``--resume``
-continues from ``OUT/ckpt_latest.pt``. The EMA weights are exported as a
+continues from ``OUT/ckpt_latest.pt``; on a machine without that checkpoint,
+``--init-from samples/toy-model`` continues from the committed export. The EMA weights are exported as a
 standard diffusers StableDiffusion directory (``--export``) every
 ``--export-minutes`` and at the end.
 
@@ -300,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--export", default="samples/toy-model")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", help="start from an exported model directory (e.g. samples/toy-model) "
+                   "when there is no checkpoint to resume: skips the VAE phase, keeps the step count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument(
@@ -381,6 +384,21 @@ def main(argv=None) -> int:
         print(f"resumed from {ckpt_path}: {state}", flush=True)
     elif args.resume:
         print(f"--resume: no {ckpt_path}, starting fresh", flush=True)
+    if ckpt is None and args.init_from:
+        # Continue from an exported model (a checkpoint in runs/ does not travel between machines):
+        # its VAE and scale as they are, its EMA text encoder and UNet as the starting weights; the
+        # optimiser starts afresh (the warm-up covers it).
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        init = Path(args.init_from)
+        vae.load_state_dict(AutoencoderKL.from_pretrained(init / "vae", low_cpu_mem_usage=False).state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet", low_cpu_mem_usage=False).state_dict())
+        prev = json.loads((init / "training_state.json").read_text())
+        state = {"phase": "unet", "vae_step": prev["vae_steps"], "step": prev["step"], "wall": 60 * prev["wall_minutes"],
+                 "scaling_factor": AutoencoderKL.load_config(init / "vae")["scaling_factor"]}
+        print(f"initialised from {init} at step {state['step']}", flush=True)
     t_start = time.time() - state["wall"]
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes > 0 else float("inf")
 
