@@ -207,11 +207,14 @@ class GroundingProcessor:
 
     For tokens with a target mask m (pooled to the layer's resolution), the loss is
     1 - sum_q A[q, j] m[q] / sum_q A[q, j] (the token loss of TokenCompose, Wang et al. 2024):
-    the fraction of the token's attention that falls outside its object.
+    the fraction of the token's attention that falls outside its object; plus ``fill`` times
+    sum_q m[q] (1 - A[q, j] / max_q A[q, j]) / sum_q m[q], which asks the map to be flat over the
+    whole object rather than peaked at its centre (so a thresholded map covers the object).
     """
 
-    def __init__(self, losses: list):
+    def __init__(self, losses: list, fill: float = 0.0):
         self.losses = losses
+        self.fill = fill
         self.target = None  # (B, K, H, W) set per step
         self.has = None  # (B, K)
 
@@ -227,7 +230,11 @@ class GroundingProcessor:
             m = F.adaptive_avg_pool2d(self.target, side).flatten(2)  # (B, K, Q)
             a = probs.view(b, attn.heads, q_len, -1).mean(1).transpose(1, 2)  # (B, K, Q)
             inside = (a * m).sum(-1) / a.sum(-1).clamp_min(1e-8)  # (B, K)
-            self.losses.append((1.0 - inside)[self.has].mean())
+            loss = 1.0 - inside
+            if self.fill > 0:
+                flat = a / a.amax(-1, keepdim=True).clamp_min(1e-8)  # (B, K, Q), peak = 1
+                loss = loss + self.fill * (m * (1.0 - flat)).sum(-1) / m.sum(-1).clamp_min(1e-6)
+            self.losses.append(loss[self.has].mean())
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -331,6 +338,7 @@ def main(argv=None) -> int:
     p.add_argument("--offset-noise", type=float, default=0.1)
     p.add_argument("--min-snr", type=float, default=5.0)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--attn-fill", type=float, default=1.0, help="weight of the flat-over-the-object term in the grounding loss")
     p.add_argument(
         "--attn-loss", type=float, default=0.01,
         help="weight of the cross-attention grounding loss (object words attend inside their masks); 0 = off",
@@ -529,7 +537,7 @@ def main(argv=None) -> int:
 
     attn_losses: list = []
     running_attn: list = []
-    grounding = GroundingProcessor(attn_losses)
+    grounding = GroundingProcessor(attn_losses, fill=args.attn_fill)
     if args.attn_loss > 0:  # supervise every cross-attention layer at 16x16 and 8x8
         res = args.size // 4
         unet.set_attn_processor(
@@ -538,7 +546,7 @@ def main(argv=None) -> int:
                 for name, proc in unet.attn_processors.items()
             }
         )
-        print(f"grounding loss (weight {args.attn_loss}) on attn2 layers at {res}x{res} and {res // 2}x{res // 2}", flush=True)
+        print(f"grounding loss (weight {args.attn_loss}, fill {args.attn_fill}) on attn2 layers at {res}x{res} and {res // 2}x{res // 2}", flush=True)
     unet.train()
     text_encoder.train()
     last_export = time.time()
