@@ -8,7 +8,7 @@ from typing import Collection, Sequence
 
 import torch
 
-from videdit.attention import AttentionModule, AttnCall, CrossAttentionStore, select_layers
+from videdit.attention import AttentionModule, AttnCall, CrossAttentionStore, layer_grids, layers_at, select_layers
 from videdit.core.loop import Branches
 from videdit.errors import VideditError
 
@@ -102,3 +102,14 @@ class LayerStore(CrossAttentionStore):
 
     def applies(self, layer: str, cross: bool) -> bool:
         return cross and layer in self.names
+
+
+def cross_layers_at(unet, latent: tuple[int, int], factor: int, editor: str, option: str) -> list[str]:
+    """Cross-attention layers whose token grid is 1/``factor`` of the latents; a VideditError
+    naming the grids there are (and ``option`` to change) when none is."""
+    layers = layers_at(unet, latent, factor, cross=True)
+    if not layers:
+        grids = sorted({g for n, g in layer_grids(unet, latent).items() if n.endswith("attn2.processor")})
+        raise VideditError(f"{editor}: no cross-attention layer runs at 1/{factor} of the "
+                           f"{latent[0]}x{latent[1]} latents; its grids are {grids}: choose {option} accordingly")
+    return layers

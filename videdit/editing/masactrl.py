@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videdit.attention import AttentionModule, compose, layer_grids, layers_at
+from videdit.attention import AttentionModule, compose, layers_at
 from videdit.core.loop import CallInfo
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, check_fraction, choose_layers, patterns,
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, choose_layers, patterns,
                                      step_index, two_branches)
 from videdit.editing.masks import frames_shape, load_mask, validate_mask_source
 from videdit.editing.registry import EditContext, EditPlan, register_editor
@@ -140,11 +140,7 @@ def _word_masks(ctx: EditContext, config: MasaCtrlConfig, n_frames: int, latent)
     src = word_positions(ctx.model.tokens(ctx.source_prompt), config.mask_word, ctx.source_prompt)
     tgt_word = config.target_mask_word or config.mask_word
     tgt = word_positions(ctx.model.tokens(ctx.target_prompt), tgt_word, ctx.target_prompt)
-    layers = layers_at(ctx.model.unet, latent, config.mask_factor, cross=True)
-    if not layers:
-        grids = sorted({g for n, g in layer_grids(ctx.model.unet, latent).items() if n.endswith("attn2.processor")})
-        raise VideditError(f"{EDITOR}: no cross-attention layer runs at 1/{config.mask_factor} of the "
-                           f"{latent[0]}x{latent[1]} latents; its grids are {grids}: choose mask_factor accordingly")
+    layers = cross_layers_at(ctx.model.unet, latent, config.mask_factor, EDITOR, "mask_factor")
     store = LayerStore(src + tgt, n_frames, layers)
 
     def masks():

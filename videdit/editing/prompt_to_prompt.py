@@ -41,7 +41,7 @@ import torch
 
 from videdit.attention import AttentionModule, compose, layer_grids, layers_at
 from videdit.core.loop import CallInfo, StepCallback, StepContext
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, check_fraction, step_index, step_window,
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, step_index, step_window,
                                      two_branches)
 from videdit.editing.masks import mask_from_attention
 from videdit.editing.registry import EditContext, EditPlan, register_editor
@@ -258,11 +258,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
         tgt_pos += t
     src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
     latent = tuple(ctx.inversion.noise.shape[-2:])
-    layers = layers_at(ctx.model.unet, latent, config.blend_factor, cross=True)
-    if not layers:
-        grids = sorted({g for n, g in layer_grids(ctx.model.unet, latent).items() if n.endswith("attn2.processor")})
-        raise VideditError(f"{EDITOR}: no cross-attention layer runs at 1/{config.blend_factor} of the "
-                           f"{latent[0]}x{latent[1]} latents; its grids are {grids}: choose blend_factor accordingly")
+    layers = cross_layers_at(ctx.model.unet, latent, config.blend_factor, EDITOR, "blend_factor")
     store = LayerStore(src_pos + tgt_pos, n_frames, layers)
     n = len(ctx.schedule)
     blend = LocalBlend(store, len(src_pos), range(step_index(config.blend_start, n), n), config.blend_threshold,
