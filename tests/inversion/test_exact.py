@@ -70,12 +70,11 @@ def test_configs_reject_bad_values(method):
 # --- EDICT: low precision and the fp32 fallback ---------------------------------------------
 
 def test_edict_fp32_inversion_fallback(wolf_frames):
-    """bf16 tiny-random, 10 steps, guidance 7.5 (measured: bf16 inversion 1.4e-2; fp32
-    inversion sampled in bf16 0.53; fp32 inversion sampled with an fp32 UNet 3.8e-5).
-
-    The fallback only pays when the edit's UNet runs in fp32 too: an fp32 inversion replayed
-    by a bf16 UNet sees bf16-rounded model outputs at every step and drifts further than a
-    bf16 inversion, whose replay mostly recomputes the very same bf16 outputs."""
+    """bf16 tiny-random, 10 steps, guidance 7.5. With the latent algebra in float64 the bf16
+    UNet sees the very same inputs in both directions, so a bf16 inversion replayed in bf16 is
+    exact (measured 0.0; 1.4e-2 when the algebra was fp32), as is fp32 both ways. An fp32
+    inversion replayed by a bf16 UNet is not (0.45): the fallback pays only when the edit's
+    UNet runs in fp32 too."""
     model = load_model("tiny-random", dtype="bf16")
     s = settings_for("edict")
     inv_bf16 = invert_frames(model, wolf_frames, s)
@@ -85,9 +84,8 @@ def test_edict_fp32_inversion_fallback(wolf_frames):
     err_mixed = rel_error(reconstruct(model, inv_fp32, s), inv_fp32.source)
     with unet_dtype(model.unet, torch.float32):
         err_fp32 = rel_error(reconstruct(model, inv_fp32, s), inv_fp32.source)
-    assert err_fp32 <= 1e-4, err_fp32
-    assert err_bf16 > 10 * err_fp32
-    assert err_mixed > err_bf16 and err_mixed > 0.1, (err_mixed, err_bf16)
+    assert err_fp32 <= 1e-4 and err_bf16 <= 1e-4, (err_fp32, err_bf16)
+    assert err_mixed > 0.1, err_mixed
 
 
 def test_inversion_dtype_is_part_of_the_cache_key(wolf_frames, tmp_path):
@@ -228,6 +226,6 @@ def test_bdia_callback_change_moves_the_kept_latent(tiny, wolf_frames):
     state = (x_prev, 0.5, x)
     moved = ZeroCorner().on_step_end(None, x)
     new = sampler.with_latents(state, moved)
-    torch.testing.assert_close(new[0] - new[2], x_prev - x)
+    torch.testing.assert_close(new[0] - new[2], x_prev - x, check_dtype=False)
     assert sampler.with_latents(sampler.start(x), moved)[0] is None  # first step: nothing kept yet
 

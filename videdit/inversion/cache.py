@@ -21,7 +21,7 @@ from safetensors import safe_open
 from videdit.inversion.record import Inversion
 
 log = logging.getLogger("videdit.cache")
-FORMAT = "videdit-inversion-2"
+FORMAT = "videdit-inversion-3"  # 3: edict and bdia keep float64 starts (extras "residual")
 
 
 def default_cache_dir() -> Path:

@@ -20,14 +20,23 @@ too, so the pair stays coupled. The paper's order of Eqs. 14-16 is kept every st
 code can alternate which latent moves first; that is not used here).
 
 Exactness needs the same guidance when inverting and sampling (``guidance``, 7.5 like the
-default edit; the replay warns otherwise). The latent algebra runs in fp32 whatever the
-model's dtype. Low precision loses exactness (known; the paper runs in double precision):
-with an fp16/bf16 UNet the two directions round the UNet's inputs differently now and then,
-and the step amplifies each such difference. ``EditSettings(inversion_dtype="fp32")``
-inverts with the UNet in fp32, which restores exactness only if the edit's UNet runs in fp32
-too: an fp32 inversion replayed by a bf16 UNet is further off than a bf16 one (tiny-random,
-10 steps, guidance 7.5: bf16 both ways 1.4e-2, fp32 inversion + bf16 edit 0.53, fp32 both
-4e-5).
+default edit; the replay warns otherwise). The latent algebra runs in float64 whatever the
+model's dtype (the paper runs in double precision), and sampling starts from the float64
+noise: the trajectory is fp32 like every record's, so ``extras["residual"]`` keeps what fp32
+rounding took off it, and ``extras["coupled"]`` stays float64. Guided sampling amplifies
+even a rounding of its start (toy model, 20 steps, guidance 7.5: starting from the fp32-rounded
+noise reconstructs to 1e-4, from the float64 one to 2e-15).
+
+Low precision: EDICT is known to lose exactness when the algebra runs in the UNet's dtype (the two
+directions round the UNet's inputs differently now and then, and the step amplifies each
+difference). With the float64 algebra both directions hand an fp16/bf16 UNet the same
+inputs, so the replay is exact as long as the UNet computes the same outputs for the same
+inputs (CPU; on a GPU, kernels chosen per batch shape can differ between the inversion's and
+an editor's batches, which a GPU run has to measure). Inverting with
+``EditSettings(inversion_dtype="fp32")`` helps only if the edit's UNet runs in fp32 too: an
+fp32 inversion replayed by a bf16 UNet is far off (tiny-random, 10 steps, guidance 7.5: bf16
+both ways 0.0, fp32 both ways 0.0, fp32 inversion + bf16 edit 0.45; 1.4e-2 for bf16 both ways
+when the algebra was fp32).
 """
 
 from __future__ import annotations
@@ -73,11 +82,13 @@ class EDICTSampler(Sampler):
 
     evals_per_step = 2
 
-    def __init__(self, p: float, coupling: torch.Tensor):
+    def __init__(self, p: float, coupling: torch.Tensor, residual: torch.Tensor):
         self.p = p
-        self.coupling = coupling  # (F, C, h, w): y - x at the start step
+        self.coupling = coupling  # (F, C, h, w) float64: y - x at the start step
+        self.residual = residual  # (F, C, h, w): float64 start minus its fp32 rounding
 
     def start(self, x: torch.Tensor):
+        x = x.double() + self.residual.to(x.device, torch.float64)
         return x, x + self.coupling.to(x)
 
     def step(self, ctx: StepContext, state, predict: Callable[[torch.Tensor], torch.Tensor], prediction_type: str):
@@ -90,18 +101,21 @@ class EDICTSampler(Sampler):
         return x, y
 
     def latents(self, state) -> torch.Tensor:
-        return state[0]
+        return state[0].float()
 
     def with_latents(self, state, x: torch.Tensor):
         old_x, y = state
-        return x, y + (x - old_x)  # the callback's change moves both latents: they stay coupled
+        kept = x == old_x.float()                  # where no callback changed x, keep its float64 value
+        change = torch.where(kept, torch.zeros_like(old_x), x.double() - old_x)
+        return old_x + change, y + change  # the callback's change moves both latents: they stay coupled
 
 
 def edict_replay(inv: Inversion, ctx: ReplayContext, config: EDICTConfig) -> Replay:
     """Sample with the coupled EDICT step from (noise, coupled noise)."""
     warn_if_guidance_differs("edict", config.guidance, ctx)
-    coupling = inv.extras["coupled"][inv.start_step] - inv.noise  # (F, C, h, w)
-    return Replay(sampler=EDICTSampler(config.p, coupling))
+    residual = inv.extras["residual"][inv.start_step].double()                   # (F, C, h, w)
+    coupling = inv.extras["coupled"][inv.start_step].double() - (inv.noise.double() + residual)
+    return Replay(sampler=EDICTSampler(config.p, coupling, residual))
 
 
 @register_inversion("edict", EDICTConfig, replay=edict_replay)
@@ -109,7 +123,7 @@ def edict_replay(inv: Inversion, ctx: ReplayContext, config: EDICTConfig) -> Rep
 def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
     """EDICT, exact inversion with two coupled latents (Wallace et al. 2023, Eqs. 14-16); 2 UNet evals a step."""
     s, p, pt = inp.schedule, config.p, inp.prediction_type
-    x = inp.latents.float()[None]  # (1, F, C, h, w)
+    x = inp.latents.double()[None]  # (1, F, C, h, w)
     y = x.clone()
     info = CallInfo(inverting=True)
     xs, ys = [x[0]], [y[0]]
@@ -130,5 +144,7 @@ def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
         xs.append(x[0])
         ys.append(y[0])
     evals = 2 * len(s) * (2 if config.guidance != 1 else 1)
-    return Inversion(method="edict", trajectory=torch.stack(xs[::-1]), extras={"coupled": torch.stack(ys[::-1])},
+    path = torch.stack(xs[::-1])                                   # (N+1, F, C, h, w) float64
+    return Inversion(method="edict", trajectory=path.float(),
+                     extras={"coupled": torch.stack(ys[::-1]), "residual": (path - path.float().double()).float()},
                      unet_evals=evals, evals_per_step=1)
