@@ -132,6 +132,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inversion-param", "-I", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
     g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")
+    g.add_argument("--inversion-dtype", default="model", choices=["model", "fp32"],
+                   help="fp32: invert with the UNet in fp32 while the edit runs in --dtype (helps an exact "
+                   "inversion only when the edit runs in fp32 too)")
     g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
@@ -174,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt_to_prompt: scale the attention to a word of the target prompt (repeatable)")
     p.add_argument("--blend-words", nargs="+", metavar="WORD",
                    help="prompt_to_prompt: local blend, keeping the frames outside these words' attention")
+    p.add_argument("--keep-background", type=float, nargs="?", const=True, metavar="THRESHOLD",
+                   help="after decoding, keep the input's own pixels wherever the edit changed the latents by less "
+                   "than THRESHOLD (default 0.3) of the largest change: no VAE loss or flicker "
+                   "outside the edit")
     p.add_argument("--temporal", type=_temporal, action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="a temporal module with its options, e.g. flow_propagation:strength=0.6 (repeatable; "
                    "see `videdit methods`)")
@@ -212,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_background(value) -> dict | None:
+    """--keep-background [THRESHOLD] (or a config file's true / number) -> KeepBackground options."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, dict):
+        return value
+    return {"threshold": float(value)}
+
+
 def _edit(a) -> None:
     from videdit.io import is_image
     from videdit.pipeline import edit_video
@@ -224,7 +242,8 @@ def _edit(a) -> None:
                         editor_params=editor_params(a), read=_read_options(a), window=a.window,
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
-                        progress=not a.quiet, temporal=temporal_modules(a))
+                        progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
+                        keep_background=_keep_background(a.keep_background))
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
@@ -245,7 +264,7 @@ def _invert(a) -> None:
                          negative_prompt=a.negative, inversion=a.inversion,
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
-                         progress=not a.quiet)
+                         inversion_dtype=a.inversion_dtype, progress=not a.quiet)
     print(f"inverted {stats.frames} frames in {stats.windows} windows ({stats.cache_hits} already cached)")
 
 

@@ -24,6 +24,7 @@ from videdit.attention import attention_processors, merge, module_hooks
 from videdit.core.loop import denoise
 from videdit.core.schedule import make_schedule
 from videdit.editing import EditContext, get_editor
+from videdit.editing.composite import KeepBackground, keep_background
 from videdit.errors import VideditError
 from videdit.io.options import resized_size
 from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
@@ -51,6 +52,7 @@ class EditSettings:
     editor_params: Mapping[str, Any] = field(default_factory=dict)
     inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
     temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
+    keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
 
     def __post_init__(self):
         if self.steps < 1 or self.steps > 1000:
@@ -67,6 +69,8 @@ class EditSettings:
         make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
         for name, params in self.temporal.items():
             make_config(get_temporal(name).config, params, f"temporal module {name!r}")
+        if self.keep_background is not None:
+            make_config(KeepBackground, self.keep_background, "keep_background")
 
 
 @dataclass
@@ -228,6 +232,9 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
                      frame_offset=frame_offset, clip_state=clip_state, cache=cache)
     edited = model.decode_latents(z, settings.batch_size)
+    if settings.keep_background is not None:
+        config = make_config(KeepBackground, settings.keep_background, "keep_background")
+        edited = keep_background(work, edited, inv.source, z, config)
     stats.seconds["invert"] += t1 - t0
     stats.seconds["edit"] += time.perf_counter() - t1
     stats.frames += len(frames)
@@ -241,6 +248,8 @@ def _settings(**kw) -> EditSettings:
     kw["inversion_params"] = dict(kw.get("inversion_params") or {})
     kw["editor_params"] = dict(kw.get("editor_params") or {})
     kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
+    keep = kw.get("keep_background")
+    kw["keep_background"] = {} if keep is True else (None if keep in (None, False) else dict(keep))
     return EditSettings(**kw)
 
 
@@ -255,7 +264,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
-               batch_size: int = 8,
+               batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                progress: bool = False) -> EditResult:
@@ -269,7 +278,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
                          inversion_params=inversion_params, editor=editor, editor_params=editor_params,
-                         temporal=temporal)
+                         temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background)
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)
@@ -311,11 +320,12 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
                  guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                  inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
-                 batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 batch_size: int = 8, device: str | None = None, dtype: str | None = None, inversion_dtype: str = "model",
                  cache_dir: str | Path | None = None, progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it."""
     settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                         seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params)
+                         seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params,
+                         inversion_dtype=inversion_dtype)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, device, dtype)
