@@ -95,6 +95,8 @@ def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, probe
         anchors = {"first": [0], "sparse_causal": [0, max(f - 1, 0)], "keyframes": [0, 3, 6]}[mode]
         for i in (0, 1):   # keys, values
             want = torch.cat([before[a][i] for a in anchors], dim=-2)   # (halves, nb, heads, m*T, d)
+            # branch 0 replays the source: it keeps its own keys and values (repeated to the anchors' count)
+            want[:, 0] = before[f][i][:, 0].repeat_interleave(len(anchors), dim=-2)
             torch.testing.assert_close(after[f][i], want, rtol=0, atol=1e-5)
 
 

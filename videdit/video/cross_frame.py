@@ -13,7 +13,11 @@ Anchors of clip frame i, by ``mode``:
 
 It acts per branch and per guidance half: frames of branch b in half h attend to the anchors'
 keys and values in branch b and half h, as the modules before it on the layer (an editor's
-injections) left them.
+injections) left them. The editor's source branch is left alone: it replays the source
+trajectory, which the inversion computed without cross-frame attention, so changing its
+attention would undo an exact inversion's replay (and the source features editors inject).
+Measured on the toy model's moving-shape clips (direct inversion + prompt-to-prompt), cross-frame
+attention on the source branch too raised the warp error 3-4x over independent frames.
 
 No seams. Frames go through the UNet in batches and the clip in windows, so an anchor may sit
 in an earlier batch of the step or in an earlier window. :class:`AnchorStore` keeps each
@@ -173,8 +177,10 @@ class CrossFrameAttention(AttentionModule):
 
     cross = False
 
-    def __init__(self, layers: Collection[str], anchors: Anchors, offset: int, store: AnchorStore, what: str = NAME):
+    def __init__(self, layers: Collection[str], anchors: Anchors, offset: int, store: AnchorStore, what: str = NAME,
+                 source_branch: int | None = None):
         self.names, self.anchors, self.offset, self.store, self.what = frozenset(layers), anchors, offset, store, what
+        self.source_branch = source_branch   # left attending to itself
 
     def applies(self, layer: str, cross: bool) -> bool:
         return not cross and layer in self.names
@@ -189,9 +195,11 @@ class CrossFrameAttention(AttentionModule):
             self.store.put(call.layer, g, (ks[:, :, j], vs[:, :, j]))
         per_frame = gather_anchors(self.store, call, frames, (ks, vs), self.anchors, self.what)
         self.store.done(call.layer, frames)
-        k = concat_anchors(per_frame, 0).flatten(0, 2)             # (B, heads, m*T, d)
-        v = concat_anchors(per_frame, 1).flatten(0, 2)
-        return q, k, v
+        k, v = concat_anchors(per_frame, 0), concat_anchors(per_frame, 1)   # each (halves, nb, fb, heads, m*T, d)
+        if self.source_branch is not None:
+            b, m = self.source_branch % ks.shape[1], k.shape[-2] // ks.shape[-2]
+            k[:, b], v[:, b] = ks[:, b].repeat_interleave(m, dim=-2), vs[:, b].repeat_interleave(m, dim=-2)
+        return q, k.flatten(0, 2), v.flatten(0, 2)                 # k, v (B, heads, m*T, d)
 
 
 def keyframe_anchors(keyframes: Collection[int], carried: int | None) -> tuple[int, ...]:
@@ -224,4 +232,5 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
     store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload)
     if config.mode == "keyframes" and carry:
         state["last_keyframe"] = max(carry)   # read by the next window's build
-    return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, ctx.frame_offset, store)], lead_frames=lead)
+    module = CrossFrameAttention(layers, anchors, ctx.frame_offset, store, source_branch=ctx.source_branch)
+    return TemporalPlan(modules=[module], lead_frames=lead)

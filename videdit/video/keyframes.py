@@ -339,7 +339,7 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
         callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), config.flow, state))
         attend = lambda g: spans                                     # noqa: E731: their own edit fills occlusions
     kv = AnchorStore(window, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload)
-    modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME))
+    modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME, source_branch=ctx.source_branch))
     if keys:
         state["last_keyframe"] = keys[-1]
     if ctx.frames is not None:
