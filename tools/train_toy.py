@@ -77,7 +77,13 @@ def build_tokenizer(max_length: int):
     bpe.train_from_iterator([" ".join(CAPTION_WORDS)] * 4, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tok = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=max_length)
+    # The trainer breaks ties between equally frequent pairs in a different order every run (the
+    # token set is the same): number the tokens and order the merges canonically, so the same
+    # seed gives the same tokenizer and a text encoder's embeddings fit any rebuild of it.
+    merges.sort(key=lambda m: (len(m[0] + m[1]), m))
+    rest = sorted((t for t in model["vocab"] if t not in specials), key=lambda t: (len(t.removesuffix("</w>")), t))
+    vocab = {t: i for i, t in enumerate(specials + rest)}
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
     for w in CAPTION_WORDS:
         if len(tok.tokenize(w)) != 1:
             raise RuntimeError(f"tokenizer splits world word {w!r}: {tok.tokenize(w)}")
@@ -397,9 +403,12 @@ def main(argv=None) -> int:
         # its VAE and scale as they are, its EMA text encoder and UNet as the starting weights; the
         # optimiser starts afresh (the warm-up covers it).
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
         init = Path(args.init_from)
+        if build_tokenizer(args.max_length).get_vocab() != CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab():
+            raise SystemExit(f"{init}/tokenizer numbers its tokens differently from build_tokenizer(); its text "
+                             f"encoder's embeddings would not fit (exports before the canonical numbering)")
         vae.load_state_dict(AutoencoderKL.from_pretrained(init / "vae", low_cpu_mem_usage=False).state_dict())
         text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict())
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet", low_cpu_mem_usage=False).state_dict())
