@@ -30,3 +30,13 @@ def test_readme_run_command(tmp_path):
         assert (v.width, v.height, v.average_rate) == (64, 64, Fraction(8))
         assert sum(1 for _ in c.decode(v)) == 24
     assert preview.stat().st_size > 1000
+    # the edit did what the prompts say: a blue circle in every frame, where the red one was
+    from videdit import io
+    from videdit.toy.scores import detect_objects, mask_iou
+
+    source, _ = io.read_clip(ROOT / "samples" / "red-circle.mp4")
+    edited, _ = io.read_clip(out)
+    for s, e in zip(source, edited):
+        was, now = detect_objects(s), detect_objects(e)
+        assert now and (now[0].colour, now[0].shape) == ("blue", "circle")
+        assert mask_iou(now[0].mask, was[0].mask) > 0.5
