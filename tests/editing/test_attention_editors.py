@@ -356,3 +356,11 @@ def test_frame_batches_do_not_change_the_edit(tiny, wolf_frames, editor, params)
     inv = invert_frames(tiny, wolf_frames, s)   # two frames: per-frame maps and masks, one or two per UNet call
     one, two = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b)) for b in (1, 2))
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
+
+
+def test_local_blend_factor_auto_picks_about_16x16_maps():
+    from videdit.editing.prompt_to_prompt import auto_blend_factor
+
+    assert [auto_blend_factor(s) for s in [(64, 64), (96, 96), (16, 16), (32, 48), (8, 8), (64, 40)]] == [4, 4, 1, 2, 1, 2]
+    with pytest.raises(VideditError, match="blend_factor"):
+        get_editor("prompt_to_prompt").config(blend_factor=-1)

@@ -62,7 +62,7 @@ class PromptToPromptConfig:
     blend_words: tuple[str, ...] = ()  # local blend: words of the source and/or target prompt
     blend_threshold: float = 0.3       # mask = max-normalised attention > this
     blend_start: float = 0.2           # blend after each step from this fraction of the steps
-    blend_factor: int = 4              # maps from the layers at 1/factor of the latent size (SD's 16x16)
+    blend_factor: int = 0              # maps from the layers at 1/factor of the latents; 0: auto (about 16x16)
     blend_dilate: int = 1              # the mask grows by this many cells of that grid
 
     def __post_init__(self):
@@ -88,8 +88,9 @@ class PromptToPromptConfig:
         if not 0 <= self.blend_threshold <= 1:
             raise VideditError(f"{EDITOR} blend_threshold must be in [0, 1], got {self.blend_threshold}")
         f = self.blend_factor
-        if not isinstance(f, int) or f < 1 or f & (f - 1):
-            raise VideditError(f"{EDITOR} blend_factor must be a power of two >= 1 (4: SD's 16x16 maps), got {f!r}")
+        if not isinstance(f, int) or f < 0 or (f and f & (f - 1)):
+            raise VideditError(f"{EDITOR} blend_factor must be 0 (auto) or a power of two >= 1 (4: SD's 16x16 maps "
+                               f"at 512 px), got {f!r}")
         if not isinstance(self.blend_dilate, int) or self.blend_dilate < 0:
             raise VideditError(f"{EDITOR} blend_dilate must be an int >= 0, got {self.blend_dilate!r}")
 
@@ -258,12 +259,23 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
         tgt_pos += t
     src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
     latent = tuple(ctx.inversion.noise.shape[-2:])
-    layers = cross_layers_at(ctx.model.unet, latent, config.blend_factor, EDITOR, "blend_factor")
+    factor = config.blend_factor or auto_blend_factor(latent)
+    layers = cross_layers_at(ctx.model.unet, latent, factor, EDITOR, "blend_factor")
     store = LayerStore(src_pos + tgt_pos, n_frames, layers)
     n = len(ctx.schedule)
     blend = LocalBlend(store, len(src_pos), range(step_index(config.blend_start, n), n), config.blend_threshold,
-                       config.blend_dilate * config.blend_factor)
+                       config.blend_dilate * factor)
     return store, blend
+
+
+def auto_blend_factor(latent: tuple[int, int], cells: int = 16) -> int:
+    """The largest power of two f with latents / f still >= ``cells`` on the short side (1 at
+    least): SD's 64x64 latents -> 4 (the reference code's 16x16 maps), the toy model's 16x16
+    -> 1. A fixed 4 on the toy model read the 4x4 mid block, whose dilated mask covered the frame."""
+    f = 1
+    while min(latent) // (2 * f) >= cells:
+        f *= 2
+    return f
 
 
 @register_editor(EDITOR, PromptToPromptConfig)
