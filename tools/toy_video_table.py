@@ -23,14 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-MECHANISMS = {
-    "independent": {},
-    "cross-frame (first)": {"cross_frame": {"mode": "first"}},
-    "cross-frame (sparse-causal)": {"cross_frame": {"mode": "sparse_causal"}},
-    "flow propagation": {"flow_propagation": {"strength": 0.5, "start": 0.2, "end": 0.8}},
-    "keyframes + flow": {"keyframes": {"every": 4, "propagation": "flow"}},
-    "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}},
-}
+from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sys.path when run as a script
+
+# The real-clip table's mechanisms, plus TokenFlow propagation (it needs an editor with a source branch).
+MECHANISMS = {**REAL_CLIP_MECHANISMS, "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}}}
 
 
 def recoloured(clip):
