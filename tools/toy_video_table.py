@@ -25,8 +25,11 @@ import numpy as np
 
 from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sys.path when run as a script
 
-# The real-clip table's mechanisms, plus TokenFlow propagation (it needs an editor with a source branch).
-MECHANISMS = {**REAL_CLIP_MECHANISMS, "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}}}
+# The real-clip table's mechanisms, plus pixel propagation of keyframes and TokenFlow propagation (it needs an
+# editor with a source branch).
+MECHANISMS = {**REAL_CLIP_MECHANISMS,
+              "keyframes + flow + pixels": {"keyframes": {"every": 4, "propagation": "flow", "pixels": True}},
+              "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}}}
 
 
 def recoloured(clip):
@@ -97,7 +100,7 @@ def main() -> None:
           f"guidance={a.guidance} inversion={a.inversion} editor={a.editor} window={a.window} "
           f"keep_background={a.keep_background}")
     print(f"{'mechanism':<30}{'warp err':>9}{'source':>8}{'ratio':>7}{'vs indep.':>10}{'frames ok':>10}"
-          f"{'worst clip':>11}  {'frames ok per clip':<28}{'s':>6}")
+          f"{'worst clip':>11}  {'per clip: warp err x source, frames ok':<44}{'s':>6}")
     independent = None
     for name in a.mechanisms:
         t0, errs, srcs, ok, per_clip = time.perf_counter(), [], [], [], []
@@ -121,7 +124,8 @@ def main() -> None:
         err, src = float(np.mean(errs)), float(np.mean(srcs))
         independent = independent or err
         print(f"{name:<30}{err:>9.2f}{src:>8.2f}{err / src:>7.2f}{err / independent:>10.2f}{np.mean(ok):>10.0%}"
-              f"{min(per_clip):>11.0%}  {' '.join(f'{c.kind[:5]} {r:.0%}' for (c, _, _), r in zip(clips, per_clip)):<28}"
+              f"{min(per_clip):>11.0%}  "
+              f"{' '.join(f'{c.kind[:5]} {e / s:.1f} {r:.0%}' for (c, _, _), e, s, r in zip(clips, errs, srcs, per_clip)):<44}"
               f"{time.perf_counter() - t0:>6.1f}", flush=True)
 
 

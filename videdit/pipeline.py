@@ -149,8 +149,9 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
                  frame_offset: int = 0, clip_state: dict | None = None,
-                 cache: InversionCache | None = None) -> torch.Tensor:
-    """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
+                 cache: InversionCache | None = None, finishers: list | None = None) -> torch.Tensor:
+    """Run the editor on an inversion: -> edited clean latents (F, C, h, w). Temporal modules'
+    ``finish`` steps (for the decoded frames) are appended to ``finishers`` when it is given. ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
     Temporal modules get the window's source ``frames`` at the model size, the window's
     ``frame_offset`` in the clip, ``clip_state``, a dict that lives for the whole clip, and
@@ -191,6 +192,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
             raise VideditError(f"temporal module {name!r} hooks {clash} that the editor hooks too")
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
+        if tplan.finish is not None and finishers is not None:
+            finishers.append(tplan.finish)
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
@@ -229,9 +232,12 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     t0 = time.perf_counter()
     inv = invert_frames(model, work, settings, cache=cache, progress=progress)
     t1 = time.perf_counter()
+    finishers: list = []
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
-                     frame_offset=frame_offset, clip_state=clip_state, cache=cache)
+                     frame_offset=frame_offset, clip_state=clip_state, cache=cache, finishers=finishers)
     edited = model.decode_latents(z, settings.batch_size)
+    for finish in finishers:
+        edited = finish(edited)
     if settings.keep_background is not None:
         config = make_config(KeepBackground, settings.keep_background, "keep_background")
         edited = keep_background(work, edited, inv.source, z, config)

@@ -237,6 +237,35 @@ def test_flow_warps_the_keyframes_onto_a_moving_frame(tiny):
     assert err < 0.1 * (made - 0.5 * (x[0, 0] + x[0, 2]))[inner].abs().mean() and err < 0.02
 
 
+def test_pixels_make_the_frames_between_from_the_edited_keyframes(tiny):
+    """A texture sliding 2 px left a frame: with pixels=True each frame between keyframes 0 and 4
+    is their decoded edits brought onto it along the flow (2 px per frame of distance) and
+    blended by temporal distance; frame 5 (no later keyframe in the window) is keyframe 4's.
+    Without it, the frames between are their own edits, far from that."""
+    from videdit.pipeline import edit_frames
+
+    base = texture((64, 96, 3), 0, 255, seed=1)
+    frames = np.stack([base[:, 2 * i:2 * i + 64] for i in range(6)])  # frame g(x) = frame a(x + 2 (g - a))
+    temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": True}}
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal=temporal)
+
+    def expected(out, g):
+        total = 0
+        for a, w in neighbours(g, [0, 4]):
+            shift = np.zeros((64, 64, 2), np.float32)
+            shift[..., 0] = 2 * (g - a)
+            total = total + w * warp(out[a].astype(np.float32), shift)
+        return total
+
+    inner = (slice(8, -8), slice(16, -16))                      # away from what slides in or out
+    out = edit_frames(tiny, frames, s)
+    errs = [np.abs(out[g].astype(np.float32) - expected(out, g))[inner].mean() for g in (1, 2, 3, 5)]
+    own = edit_frames(tiny, frames, dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}}))
+    own_errs = [np.abs(own[g].astype(np.float32) - expected(own, g))[inner].mean() for g in (1, 2, 3, 5)]
+    assert max(errs) < 0.5 and min(own_errs) > 20 * max(errs), (errs, own_errs)   # measured 0.25 and 32-35
+    assert np.array_equal(out[[0, 4]], own[[0, 4]])           # keyframes are left as decoded
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
@@ -269,8 +298,9 @@ def test_options_are_checked():
         KeyframesConfig(propagation="copy")
     with pytest.raises(VideditError, match="quantile must be in"):
         KeyframesConfig(quantile=2)
-    with pytest.raises(VideditError, match="flow options apply to propagation 'flow' only"):
+    with pytest.raises(VideditError, match="flow options apply to propagation 'flow' or pixels=true only"):
         KeyframesConfig(flow={"method": "dis"})
+    assert KeyframesConfig(pixels=True, flow={"preset": "fast"}).pixels
     with pytest.raises(VideditError, match="does not take"):
         KeyframesConfig(propagation="flow", flow={"speed": 1})
     assert KeyframesConfig(propagation="flow", flow={"preset": "fast"}).flow == {"preset": "fast"}

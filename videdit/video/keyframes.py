@@ -36,6 +36,15 @@ attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.
   Cost: the flow of each (frame, keyframe) pair, once per window, and a latent warp per pair
   and step.
 
+``pixels=True`` (with either propagation) adds Rerender-A-Video's last stage (Yang et al.
+2023, Sec. 4.3, which propagates edited keyframes to the other frames with Ebsynth's
+patch-based synthesis; here by warping along the same flow): after decoding, each
+non-keyframe's pixels become its two nearest edited keyframes' pixels warped onto it along the
+source frames' flow, blended by temporal distance where the keyframe sees the pixel, with the
+frame's own decoded edit kept where neither does. Every frame between two keyframes then moves
+exactly as the source does, wherever the flow is right; what the keyframes disagree on fades
+across the span instead of flickering.
+
 Windows share keyframes: each window's last keyframe is kept in the clip's state (its keys
 and values, attention outputs and source keys at every layer, step and call; for ``flow`` its
 source frame and its fused latent at each step), and the next window's keyframes attend to it
@@ -82,6 +91,7 @@ class KeyframesConfig:
     layers: str | tuple[str, ...] = "*attn1.processor"   # self-attention layers (globs) for both
     flow: Mapping[str, Any] | None = None   # flow: options of videdit.video.flow.FlowConfig
     offload: bool = False                # keep the carried keyframe's tensors in CPU memory
+    pixels: bool = False                 # after decoding, non-keyframes from the keyframes' warped pixels
 
     def __post_init__(self):
         if self.select not in SELECT:
@@ -95,10 +105,10 @@ class KeyframesConfig:
         patterns(NAME, "layers", self.layers)
         if self.flow is not None and not isinstance(self.flow, Mapping):
             raise VideditError(f"{NAME} flow must be a mapping of flow options, got {self.flow!r}")
-        if self.propagation == "flow":
+        if self.propagation == "flow" or self.pixels:
             flow_config(self.flow)
         elif self.flow:
-            raise VideditError(f"{NAME} flow options apply to propagation 'flow' only")
+            raise VideditError(f"{NAME} flow options apply to propagation 'flow' or pixels=true only")
 
 
 def flow_config(options: Mapping[str, Any] | None) -> FlowConfig:
@@ -309,6 +319,44 @@ class FlowPropagation(StepCallback):
                 self.pairs[g, a] = flow, visible
 
 
+class PixelPropagation:
+    """After decoding (``TemporalPlan.finish``): each non-keyframe's pixels from its nearest
+    edited keyframes, warped along the source frames' flow and blended by temporal distance
+    where they see the pixel; its own decoded edit where none does (module doc). The window's
+    last keyframe (its source and edited pixels) is handed to the next window."""
+
+    def __init__(self, ctx: TemporalContext, keyframes: list[int], own: list[int], flow_options, state: dict):
+        self.frames, self.offset, self.cache_dir = ctx.frames, ctx.frame_offset, ctx.cache_dir
+        self.window = range(self.offset, self.offset + len(self.frames))
+        self.keys, self.own, self.config, self.state = keyframes, own, flow_config(flow_options), state
+        self.carried = state.get("pixels")          # {"frame", "source", "edited"} of an earlier window
+
+    def __call__(self, edited: np.ndarray) -> np.ndarray:
+        """uint8 frames (F, H, W, 3) of the window at the model size -> the same, propagated."""
+        source = {g: self.frames[g - self.offset] for g in self.window}
+        image = {g: edited[g - self.offset] for g in self.window}
+        if self.carried is not None and self.carried["edited"].shape == edited.shape[1:]:
+            source[self.carried["frame"]], image[self.carried["frame"]] = self.carried["source"], self.carried["edited"]
+        out = edited.copy()
+        for g in (g for g in self.window if g not in set(self.keys)):
+            num, den = np.zeros(edited.shape[1:], np.float32), np.zeros(edited.shape[1:3], np.float32)
+            for a, w in neighbours(g, self.keys):
+                if a not in image:
+                    continue
+                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
+                visible = (~flows.occlusion[0]).astype(np.float32)                         # (H, W)
+                warped = warp(image[a].astype(np.float32), flows.forward[0])                 # a brought onto g
+                num += w * visible[..., None] * warped
+                den += w * visible
+            seen = den[..., None] > 0
+            blend = num / np.maximum(den, 1e-8)[..., None]
+            out[g - self.offset] = np.where(seen, np.clip(np.rint(blend), 0, 255), edited[g - self.offset])
+        if self.own:
+            k = self.own[-1]
+            self.state["pixels"] = {"frame": k, "source": source[k].copy(), "edited": out[k - self.offset].copy()}
+        return out
+
+
 @register_temporal(NAME, KeyframesConfig)
 def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
     """Keyframes edited jointly (extended attention), others by TokenFlow or flow propagation (Geyer et al. 2023)."""
@@ -318,8 +366,8 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
         raise VideditError(f"{NAME} propagation 'tokenflow' matches tokens by the source branch's features, and this "
                            f"editor runs none; use an editor with a source branch ({', '.join(SOURCE_BRANCH_EDITORS)})"
                            f", e.g. prompt_to_prompt, or propagation 'flow'")
-    if ctx.frames is None and (config.select == "change" or config.propagation == "flow"):
-        raise VideditError(f"{NAME} select='change' and propagation 'flow' need the window's source frames "
+    if ctx.frames is None and (config.select == "change" or config.propagation == "flow" or config.pixels):
+        raise VideditError(f"{NAME} select='change', propagation 'flow' and pixels need the window's source frames "
                            f"(edit_latents(..., frames=...))")
     layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
     state = ctx.clip_state.setdefault(NAME, {})
@@ -342,6 +390,8 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
     modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME, source_branch=ctx.source_branch))
     if keys:
         state["last_keyframe"] = keys[-1]
+    finish = PixelPropagation(ctx, list(spans), keys, config.flow, state) if config.pixels else None
     if ctx.frames is not None:
         state["previous"] = ctx.frames[-1].copy()
-    return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=tuple(g - ctx.frame_offset for g in keys))
+    return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=tuple(g - ctx.frame_offset for g in keys),
+                        finish=finish)

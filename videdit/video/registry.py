@@ -2,7 +2,8 @@
 
 A module's build function turns a :class:`TemporalContext` into a :class:`TemporalPlan`:
 attention modules (composed per layer with the editor's), step callbacks (run after the
-inversion's and the editor's), forward hooks, and lead frames (window indices the UNet must
+inversion's and the editor's), forward hooks, a ``finish`` step on the decoded frames (before
+``keep_background``), and lead frames (window indices the UNet must
 see first, together in one batch, because other frames attend to them).
 ``TemporalContext.clip_state`` is one dict per clip that survives from window to window, for
 what a window hands the next (the last edited frame, keyframe features, flow).
@@ -44,6 +45,7 @@ class TemporalPlan:
     callbacks: list[StepCallback] = field(default_factory=list)
     hooks: dict[str, Any] = field(default_factory=dict)
     lead_frames: tuple[int, ...] = ()   # window frame indices the loop runs first (CallInfo.lead_frames)
+    finish: Callable[[np.ndarray], np.ndarray] | None = None   # decoded uint8 window frames -> frames
 
 
 @dataclass(frozen=True)
