@@ -43,7 +43,8 @@ def main() -> None:
     a = p.parse_args()
 
     from videdit import edit_video, io, load_model
-    from videdit.metrics.temporal import temporal_report
+    from videdit.metrics.temporal import flicker, warp_error
+    from videdit.video.flow import compute_flows
 
     cases = {Path(c["clip"]).stem: c for c in json.loads((DATA / "cases.json").read_text())["cases"]}
     model = load_model(a.model)
@@ -54,6 +55,8 @@ def main() -> None:
         path = DATA / case["clip"]
         read = io.ReadOptions(max_frames=a.frames, size=a.size)
         source, _ = io.read_clip(path, read)
+        flows = compute_flows(source)                  # the source's flow, once for every mechanism
+        source_error = warp_error(source, flows)
         independent = None
         for name, temporal in MECHANISMS.items():
             t = time.perf_counter()
@@ -62,10 +65,12 @@ def main() -> None:
                              use_cache=False)
             seconds = time.perf_counter() - t
             edited = np.stack([cv2.resize(f, source.shape[2:0:-1], interpolation=cv2.INTER_AREA) for f in res.frames])
-            r = temporal_report(source, edited)
-            independent = independent or r["warp_error"]
-            print(f"{clip:<6}{name:<30}{r['warp_error']:>10.2f}{r['source_warp_error']:>9.2f}"
-                  f"{r['warp_error_ratio']:>8.2f}{r['warp_error'] / independent:>11.2f}{r['flicker']:>9.2f}{seconds:>7.1f}")
+            err = warp_error(edited, flows)
+            if name == "independent":
+                independent = err
+            versus = f"{err / independent:>11.2f}" if independent else f"{'-':>11}"
+            print(f"{clip:<6}{name:<30}{err:>10.2f}{source_error:>9.2f}{err / source_error:>8.2f}{versus}"
+                  f"{flicker(edited, source):>9.2f}{seconds:>7.1f}")
 
 
 if __name__ == "__main__":

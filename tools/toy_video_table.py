@@ -94,7 +94,7 @@ def main() -> None:
             cv2.imwrite(str(folder / f"{t:04d}.png"), f[..., ::-1])
         gt = Flows(forward=clip.flows, backward=np.zeros_like(clip.flows), occlusion=clip.occlusions,
                    occlusion_backward=np.zeros_like(clip.occlusions))
-        clips.append((clip, folder, gt))
+        clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
     print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "
           f"guidance={a.guidance} inversion={a.inversion} editor={a.editor} window={a.window} "
@@ -104,7 +104,7 @@ def main() -> None:
     independent = None
     for name in a.mechanisms:
         t0, errs, srcs, ok, per_clip = time.perf_counter(), [], [], [], []
-        for clip, folder, gt in clips:
+        for clip, folder, gt, source_error in clips:
             prompt, colour = recoloured(clip)
             try:
                 res = edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=model,
@@ -115,17 +115,19 @@ def main() -> None:
                 print(f"{name:<30}not available: {e}".splitlines()[0][:160], flush=True)
                 break
             errs.append(warp_error(res.frames, gt))
-            srcs.append(warp_error(clip.frames, gt))
+            srcs.append(source_error)
             hits = [frame_success(f, clip, t, colour) for t, f in enumerate(res.frames)]
             ok += hits
             per_clip.append(float(np.mean(hits)))
         if len(errs) < len(clips):
             continue
         err, src = float(np.mean(errs)), float(np.mean(srcs))
-        independent = independent or err
-        print(f"{name:<30}{err:>9.2f}{src:>8.2f}{err / src:>7.2f}{err / independent:>10.2f}{np.mean(ok):>10.0%}"
+        if name == "independent":
+            independent = err
+        versus = f"{err / independent:>10.2f}" if independent else f"{'-':>10}"
+        print(f"{name:<30}{err:>9.2f}{src:>8.2f}{err / src:>7.2f}{versus}{np.mean(ok):>10.0%}"
               f"{min(per_clip):>11.0%}  "
-              f"{' '.join(f'{c.kind[:5]} {e / s:.1f} {r:.0%}' for (c, _, _), e, s, r in zip(clips, errs, srcs, per_clip)):<44}"
+              f"{' '.join(f'{c.kind[:5]} {e / s:.1f} {r:.0%}' for (c, *_), e, s, r in zip(clips, errs, srcs, per_clip)):<44}"
               f"{time.perf_counter() - t0:>6.1f}", flush=True)
 
 

@@ -406,7 +406,7 @@ def main(argv=None) -> int:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         init = Path(args.init_from)
-        if build_tokenizer(args.max_length).get_vocab() != CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab():
+        if tok.get_vocab() != CLIPTokenizer.from_pretrained(init / "tokenizer").get_vocab():
             raise SystemExit(f"{init}/tokenizer numbers its tokens differently from build_tokenizer(); its text "
                              f"encoder's embeddings would not fit (exports before the canonical numbering)")
         vae.load_state_dict(AutoencoderKL.from_pretrained(init / "vae", low_cpu_mem_usage=False).state_dict())

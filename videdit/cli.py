@@ -219,18 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keep_background(value) -> dict | None:
-    """--keep-background [THRESHOLD] (or a config file's true / number) -> KeepBackground options."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return {}
-    if isinstance(value, dict):
-        return value
-    return {"threshold": float(value)}
-
-
 def _edit(a) -> None:
+    from videdit.editing.composite import keep_background_options
     from videdit.io import is_image
     from videdit.pipeline import edit_video
 
@@ -243,7 +233,7 @@ def _edit(a) -> None:
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
                         progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
-                        keep_background=_keep_background(a.keep_background))
+                        keep_background=keep_background_options(a.keep_background))
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")

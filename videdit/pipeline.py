@@ -24,7 +24,7 @@ from videdit.attention import attention_processors, merge, module_hooks
 from videdit.core.loop import denoise
 from videdit.core.schedule import make_schedule
 from videdit.editing import EditContext, get_editor
-from videdit.editing.composite import KeepBackground, keep_background
+from videdit.editing.composite import KeepBackground, keep_background, keep_background_options
 from videdit.errors import VideditError
 from videdit.io.options import resized_size
 from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
@@ -254,8 +254,7 @@ def _settings(**kw) -> EditSettings:
     kw["inversion_params"] = dict(kw.get("inversion_params") or {})
     kw["editor_params"] = dict(kw.get("editor_params") or {})
     kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
-    keep = kw.get("keep_background")
-    kw["keep_background"] = {} if keep is True else (None if keep in (None, False) else dict(keep))
+    kw["keep_background"] = keep_background_options(kw.get("keep_background"))
     return EditSettings(**kw)
 
 
@@ -270,7 +269,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
-               batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | None = None,
+               batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                progress: bool = False) -> EditResult:

@@ -20,6 +20,7 @@ a restyle) keeps nothing of the source.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,18 @@ class KeepBackground:
             raise VideditError(f"keep-background dilate must be a whole number of latent cells >= 0, got {self.dilate}")
         if not 0 <= self.feather <= 4:
             raise VideditError(f"keep-background feather must be in [0, 4] latent cells, got {self.feather}")
+
+
+def keep_background_options(value) -> dict | None:
+    """What users pass for keep_background -> KeepBackground options: None/False = off,
+    True = the defaults, a number = the threshold, a mapping = the options themselves."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {"threshold": float(value)}
 
 
 def change_mask(source: torch.Tensor, edited: torch.Tensor, config: KeepBackground = KeepBackground()) -> torch.Tensor:
@@ -80,4 +93,4 @@ def keep_background(source_frames: np.ndarray, edited_frames: np.ndarray, source
     return composite(source_frames, edited_frames, mask, config.feather)
 
 
-__all__ = ["KeepBackground", "change_mask", "composite", "keep_background", "soft_mask"]
+__all__ = ["KeepBackground", "change_mask", "composite", "keep_background", "keep_background_options", "soft_mask"]

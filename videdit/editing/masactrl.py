@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videdit.attention import AttentionModule, compose, layers_at
+from videdit.attention import AttentionModule, compose
 from videdit.core.loop import CallInfo
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, choose_layers, patterns,
                                      step_index, two_branches)

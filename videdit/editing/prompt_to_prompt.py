@@ -39,7 +39,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from videdit.attention import AttentionModule, compose, layer_grids, layers_at
+from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.core.loop import CallInfo, StepCallback, StepContext
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, step_index, step_window,
                                      two_branches)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from videdit.core.ddim import ddim_inverse_step, ddim_step
 from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
 from videdit.errors import VideditError
+from videdit.inversion import _float64
 from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
@@ -83,7 +84,7 @@ class BDIASampler(Sampler):
         self.residual = residual          # (F, C, h, w): float64 start minus its fp32 rounding
 
     def start(self, x: torch.Tensor):
-        return None, None, x.double() + self.residual.to(x.device, torch.float64)
+        return None, None, _float64.start(x, self.residual)
 
     def step(self, ctx: StepContext, state, predict: Callable[[torch.Tensor], torch.Tensor], prediction_type: str):
         x_prev, alpha_prev_level, x = state
@@ -100,15 +101,14 @@ class BDIASampler(Sampler):
 
     def with_latents(self, state, x: torch.Tensor):
         x_prev, alpha_prev_level, old = state
-        kept = x == old.float()                  # where no callback changed x, keep its float64 value
-        change = torch.where(kept, torch.zeros_like(old), x.double() - old)
+        change = _float64.change(old, x)
         return (None if x_prev is None else x_prev + change), alpha_prev_level, old + change
 
 
 def bdia_replay(inv: Inversion, ctx: ReplayContext, config: BDIAConfig) -> Replay:
     """Sample with BDIA-DDIM from the inverted noise."""
     warn_if_guidance_differs("bdia", config.guidance, ctx)
-    residual = inv.extras["residual"][inv.start_step]
+    residual = inv.extras["residual"]
     return Replay(sampler=BDIASampler(config.gamma, inv.extras["first_offset"].double(), residual))
 
 
@@ -142,6 +142,6 @@ def bdia_inversion(inp: InversionInputs, config: BDIAConfig) -> Inversion:
     bar.update()
     bar.close()
     evals = (n + 1) * (2 if config.guidance != 1 else 1)
-    full = torch.cat(path)                                          # (N+1, F, C, h, w) float64
-    return Inversion(method="bdia", trajectory=full.float(), unet_evals=evals,
-                     extras={"first_offset": first_offset[0], "residual": (full - full.float().double()).float()})
+    full, residual = _float64.split(torch.cat(path))               # (N+1, F, C, h, w), (F, C, h, w)
+    return Inversion(method="bdia", trajectory=full, unet_evals=evals,
+                     extras={"first_offset": first_offset[0], "residual": residual})

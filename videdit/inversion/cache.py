@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from videdit.inversion.record import Inversion
+from videdit.io.atomic import atomic_path
 
 log = logging.getLogger("videdit.cache")
 FORMAT = "videdit-inversion-3"  # 3: edict and bdia keep float64 starts (extras "residual")
@@ -74,12 +74,6 @@ class InversionCache:
         meta = {"key": key, "format": FORMAT, "method": inv.method, "unet_evals": str(inv.unet_evals),
                 "evals_per_step": str(inv.evals_per_step), "start_step": str(inv.start_step)}
         path = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path

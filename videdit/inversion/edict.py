@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from videdit.core.ddim import predict_x0_eps
 from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
 from videdit.errors import VideditError
+from videdit.inversion import _float64
 from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
@@ -88,7 +89,7 @@ class EDICTSampler(Sampler):
         self.residual = residual  # (F, C, h, w): float64 start minus its fp32 rounding
 
     def start(self, x: torch.Tensor):
-        x = x.double() + self.residual.to(x.device, torch.float64)
+        x = _float64.start(x, self.residual)
         return x, x + self.coupling.to(x)
 
     def step(self, ctx: StepContext, state, predict: Callable[[torch.Tensor], torch.Tensor], prediction_type: str):
@@ -105,15 +106,14 @@ class EDICTSampler(Sampler):
 
     def with_latents(self, state, x: torch.Tensor):
         old_x, y = state
-        kept = x == old_x.float()                  # where no callback changed x, keep its float64 value
-        change = torch.where(kept, torch.zeros_like(old_x), x.double() - old_x)
+        change = _float64.change(old_x, x)
         return old_x + change, y + change  # the callback's change moves both latents: they stay coupled
 
 
 def edict_replay(inv: Inversion, ctx: ReplayContext, config: EDICTConfig) -> Replay:
     """Sample with the coupled EDICT step from (noise, coupled noise)."""
     warn_if_guidance_differs("edict", config.guidance, ctx)
-    residual = inv.extras["residual"][inv.start_step].double()                   # (F, C, h, w)
+    residual = inv.extras["residual"].double()                                   # (F, C, h, w)
     coupling = inv.extras["coupled"][inv.start_step].double() - (inv.noise.double() + residual)
     return Replay(sampler=EDICTSampler(config.p, coupling, residual))
 
@@ -144,7 +144,6 @@ def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
         xs.append(x[0])
         ys.append(y[0])
     evals = 2 * len(s) * (2 if config.guidance != 1 else 1)
-    path = torch.stack(xs[::-1])                                   # (N+1, F, C, h, w) float64
-    return Inversion(method="edict", trajectory=path.float(),
-                     extras={"coupled": torch.stack(ys[::-1]), "residual": (path - path.float().double()).float()},
+    path, residual = _float64.split(torch.stack(xs[::-1]))       # (N+1, F, C, h, w), (F, C, h, w)
+    return Inversion(method="edict", trajectory=path, extras={"coupled": torch.stack(ys[::-1]), "residual": residual},
                      unet_evals=evals, evals_per_step=1)

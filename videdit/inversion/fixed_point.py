@@ -88,9 +88,7 @@ def fixed_point_solve(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
         z = torch.stack(values[-average_last:]).mean(0)
     else:
         best = torch.stack(per_frame).argmin(0)                      # (..., F): iterate index per frame
-        stacked = torch.stack(values)                                # (K, ..., F, C, h, w)
-        index = best[None, ..., None, None, None].expand(1, *stacked.shape[1:])
-        z = stacked.gather(0, index)[0]
+        z = torch.take_along_dim(torch.stack(values), best[None, ..., None, None, None], dim=0)[0]
     return z, [float(r.max()) for r in per_frame]
 
 

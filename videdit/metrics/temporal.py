@@ -34,6 +34,11 @@ def _check(frames: np.ndarray, what: str) -> None:
         raise VideditError(f"{what} must be uint8 RGB frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
 
 
+def mean_luma(frames: np.ndarray) -> np.ndarray:
+    """Each frame's mean brightness (Rec. 601 luma) -> (T,)."""
+    return frames.reshape(len(frames), -1, 3).mean(1) @ _LUMA
+
+
 def warp_errors(frames: np.ndarray, flows: Flows) -> np.ndarray:
     """Per pair (T-1,): mean |frames[t] - warp(frames[t+1], forward[t])| over the pixels not
     occluded in ``flows`` (the source's), in [0, 255]; NaN for a pair with no such pixel."""
@@ -64,12 +69,12 @@ def flicker(frames: np.ndarray, source: np.ndarray | None = None) -> float:
     _check(frames, "frames")
     if len(frames) < 2:
         raise VideditError("flicker needs at least 2 frames")
-    d = np.diff(frames.reshape(len(frames), -1, 3).mean(1) @ _LUMA)
+    d = np.diff(mean_luma(frames))
     if source is not None:
         _check(source, "source")
         if len(source) != len(frames):
             raise VideditError(f"the source has {len(source)} frames but the edit has {len(frames)}")
-        d = d - np.diff(source.reshape(len(source), -1, 3).mean(1) @ _LUMA)
+        d = d - np.diff(mean_luma(source))
     return float(np.abs(d).mean())
 
 
@@ -95,8 +100,8 @@ class TemporalMeter:
                                "compare clips of the same frames and size")
         self.size = self.size or (int(source.shape[2]), int(source.shape[1]))
         self.frames += len(source)
-        self.luma_source += list(source.reshape(len(source), -1, 3).mean(1) @ _LUMA)
-        self.luma_edit += list(edited.reshape(len(edited), -1, 3).mean(1) @ _LUMA)
+        self.luma_source += list(mean_luma(source))
+        self.luma_edit += list(mean_luma(edited))
         if self._last is not None:
             source, edited = np.concatenate([self._last[0], source]), np.concatenate([self._last[1], edited])
         self._last = source[-1:].copy(), edited[-1:].copy()

@@ -25,7 +25,6 @@ import dataclasses
 import importlib.util
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 
 from videdit.errors import VideditError
 from videdit.inversion.cache import cache_key
+from videdit.io.atomic import atomic_path
 
 log = logging.getLogger("videdit.flow")
 
@@ -237,15 +237,9 @@ def _save(directory: Path, key: str, flows: Flows) -> Path:
     tensors = {"forward": flows.forward, "backward": flows.backward, "occlusion": flows.occlusion.astype(np.uint8),
                "occlusion_backward": flows.occlusion_backward.astype(np.uint8)}
     path = flow_cache_path(directory, key)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
                   metadata={"key": key, "format": FLOW_FORMAT})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -28,7 +28,8 @@ attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.
   :func:`videdit.video.warp.downsample_flow` and ``downsample_mask``), blended by temporal
   distance where the keyframe sees the cell (forward-backward occlusion check; the fraction
   of the cell's pixels it sees) and keeping the frame's own latent where neither does. On
-  the steps before the last (from ``FLOW_X0_FROM`` of them on) this fuses the predicted clean
+  every step before the last (chosen by the warp error of tools/temporal_table.py on
+  tiny-random's wolf and dog, against fusing from later steps on) this fuses the predicted clean
   latent x0 and re-noises it with the step's noise, as :mod:`videdit.video.propagation` does
   with ``target="x0"``; after the last step, the final latents. No VAE round trip: decoding,
   warping pixels and re-encoding is far from identity for a VAE that is not a good
@@ -230,24 +231,32 @@ class TokenFlowPropagation(AttentionModule):
 
 # ---- flow ----
 
-# Flow propagation fuses the predicted clean latent x0 from this fraction of the steps on, and the
-# final latent after the last step (1.0: the final latent only). Chosen by the warp error of
-# tools/temporal_table.py (tiny-random, wolf and dog).
-FLOW_X0_FROM = 0.0
+
+class PairFlows:
+    """The source flow of each (frame, keyframe) pair of a window, estimated once and shared by
+    the latent propagation and the pixel one (``compute_flows`` of the two frames)."""
+
+    def __init__(self, config: FlowConfig, cache_dir):
+        self.config, self.cache_dir, self.flows = config, cache_dir, {}
+
+    def __call__(self, g: int, a: int, source_g: np.ndarray, source_a: np.ndarray):
+        if (g, a) not in self.flows:
+            self.flows[g, a] = compute_flows(np.stack([source_g, source_a]), self.config, cache_dir=self.cache_dir)
+        return self.flows[g, a]
 
 
 class FlowPropagation(StepCallback):
     """Each non-keyframe of the output branch becomes its nearest keyframes' latents warped onto
     it along the source frames' flow brought to the latent grid, occlusion-aware (module doc):
-    the predicted clean latent x0 on the steps from ``FLOW_X0_FROM`` on, the final latent after
-    the last step."""
+    the predicted clean latent x0 on every step before the last, the final latent after it."""
 
-    def __init__(self, ctx: TemporalContext, keyframes: list[int], carried: dict | None, flow_options, state: dict):
+    def __init__(self, ctx: TemporalContext, keyframes: list[int], carried: dict | None, pair_flows: PairFlows,
+                 state: dict):
         self.model, self.frames, self.offset = ctx.model, ctx.frames, ctx.frame_offset
-        self.branch, self.cache_dir = ctx.output_branch, ctx.cache_dir
+        self.branch = ctx.output_branch
         self.window = range(self.offset, self.offset + len(self.frames))
         self.keys = keyframes                                      # clip indices, carried one included
-        self.carried, self.config, self.state = carried, flow_config(flow_options), state
+        self.carried, self.pair_flows, self.state = carried, pair_flows, state
         own = [g for g in keyframes if g in self.window]
         self.others = [g for g in self.window if g not in set(keyframes)]
         # the next window's earlier keyframe: its source frame now, its latents step by step
@@ -258,21 +267,16 @@ class FlowPropagation(StepCallback):
         self.eps: torch.Tensor | None = None
         self.pairs: dict | None = None   # (frame, keyframe) -> (latent flow (h, w, 2), visible fraction (1, h, w))
 
-    def fused(self, ctx: StepContext) -> bool:
-        return ctx.step == ctx.n_steps - 1 or ctx.step >= FLOW_X0_FROM * ctx.n_steps
-
     def x0(self, ctx: StepContext) -> bool:
         """Whether this step fuses the predicted clean latent (rather than the latent itself)."""
         return ctx.step < ctx.n_steps - 1
 
     def on_noise(self, ctx: StepContext, z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.fused(ctx) and self.x0(ctx):
+        if self.x0(ctx):
             self.eps = predict_x0_eps(z[self.branch], out[self.branch], ctx.alpha, self.model.prediction_type)[1]
         return out
 
     def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused(ctx):
-            return x
         y = x[self.branch].float()                                   # (F, C, h, w)
         if self.x0(ctx):
             y = clean_latent(y, self.eps, ctx.alpha_prev)
@@ -313,7 +317,7 @@ class FlowPropagation(StepCallback):
         self.pairs = {}
         for g in self.others:
             for a, _ in neighbours(g, self.keys):
-                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
+                flows = self.pair_flows(g, a, source[g], source[a])
                 flow = torch.from_numpy(downsample_flow(flows.forward[0], factor)).to(y)          # g -> a
                 visible = torch.from_numpy(downsample_mask(~flows.occlusion[0], factor)).to(y)[None]
                 self.pairs[g, a] = flow, visible
@@ -325,10 +329,10 @@ class PixelPropagation:
     where they see the pixel; its own decoded edit where none does (module doc). The window's
     last keyframe (its source and edited pixels) is handed to the next window."""
 
-    def __init__(self, ctx: TemporalContext, keyframes: list[int], own: list[int], flow_options, state: dict):
-        self.frames, self.offset, self.cache_dir = ctx.frames, ctx.frame_offset, ctx.cache_dir
+    def __init__(self, ctx: TemporalContext, keyframes: list[int], own: list[int], pair_flows: PairFlows, state: dict):
+        self.frames, self.offset = ctx.frames, ctx.frame_offset
         self.window = range(self.offset, self.offset + len(self.frames))
-        self.keys, self.own, self.config, self.state = keyframes, own, flow_config(flow_options), state
+        self.keys, self.own, self.pair_flows, self.state = keyframes, own, pair_flows, state
         self.carried = state.get("pixels")          # {"frame", "source", "edited"} of an earlier window
 
     def __call__(self, edited: np.ndarray) -> np.ndarray:
@@ -343,7 +347,7 @@ class PixelPropagation:
             for a, w in neighbours(g, self.keys):
                 if a not in image:
                     continue
-                flows = compute_flows(np.stack([source[g], source[a]]), self.config, cache_dir=self.cache_dir)
+                flows = self.pair_flows(g, a, source[g], source[a])
                 visible = (~flows.occlusion[0]).astype(np.float32)                         # (H, W)
                 warped = warp(image[a].astype(np.float32), flows.forward[0])                 # a brought onto g
                 num += w * visible[..., None] * warped
@@ -379,18 +383,19 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
     keyset = set(keys)
     modules: list[AttentionModule] = []
     callbacks: list[StepCallback] = []
+    pair_flows = PairFlows(flow_config(config.flow), ctx.cache_dir)   # one estimate per pair for both propagations
     if config.propagation == "tokenflow":
         modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
                                             state.setdefault("tokenflow", {}), config.offload))
         attend = lambda g: spans if g in keyset else (g,)           # noqa: E731: non-keyframes are replaced
     else:
-        callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), config.flow, state))
+        callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), pair_flows, state))
         attend = lambda g: spans                                     # noqa: E731: their own edit fills occlusions
     kv = AnchorStore(window, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload)
     modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME, source_branch=ctx.source_branch))
     if keys:
         state["last_keyframe"] = keys[-1]
-    finish = PixelPropagation(ctx, list(spans), keys, config.flow, state) if config.pixels else None
+    finish = PixelPropagation(ctx, list(spans), keys, pair_flows, state) if config.pixels else None
     if ctx.frames is not None:
         state["previous"] = ctx.frames[-1].copy()
     return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=tuple(g - ctx.frame_offset for g in keys),

@@ -67,7 +67,7 @@ class FlowPropagationConfig:
 def clean_latent(y: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
     """The clean latent a DDIM step moved towards: the step's output ``y`` at noise level
     ``alpha_prev`` less the step's noise ``eps`` (from :func:`predict_x0_eps`)."""
-    return (y - (1 - alpha_prev) ** 0.5 * eps) / alpha_prev ** 0.5
+    return predict_x0_eps(y, eps, alpha_prev)[0]
 
 
 def renoise(y0: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
