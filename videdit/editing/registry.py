@@ -12,7 +12,7 @@ import torch
 
 from videdit.core.loop import Branches, CallInfo, StepCallback
 from videdit.core.schedule import Schedule
-from videdit.errors import VideditError
+from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
 
 
@@ -62,7 +62,7 @@ def register_editor(name: str, config: type):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``."""
 
     def wrap(fn):
-        summary = (fn.__doc__ or name).strip().splitlines()[0]
+        summary = summary_of(fn, name)
         EDITORS[name] = EditorSpec(name=name, config=config, plan=fn, summary=summary)
         return fn
 
@@ -70,6 +70,4 @@ def register_editor(name: str, config: type):
 
 
 def get_editor(name: str) -> EditorSpec:
-    if name not in EDITORS:
-        raise VideditError(f"unknown editor {name!r}; choose from {sorted(EDITORS)}")
-    return EDITORS[name]
+    return lookup(EDITORS, name, "editor")

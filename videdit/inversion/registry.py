@@ -11,6 +11,7 @@ import torch
 from videdit.core.loop import Embeds, Sampler, StepCallback
 from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
+from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
 
 
@@ -76,7 +77,7 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     tells editing how to sample it back (default: plain DDIM)."""
 
     def wrap(fn):
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+        summary = summary_of(fn, name)
         INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, replay=replay, summary=summary)
         return fn
 
@@ -84,9 +85,7 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
 
 
 def get_inversion(name: str) -> InversionMethod:
-    if name not in INVERSIONS:
-        raise VideditError(f"unknown inversion {name!r}; choose from {sorted(INVERSIONS)}")
-    return INVERSIONS[name]
+    return lookup(INVERSIONS, name, "inversion")
 
 
 def make_config(config_cls: type, params: dict | None, what: str):

@@ -20,7 +20,7 @@ import numpy as np
 from videdit.attention.processor import AttentionModule
 from videdit.core.loop import CallInfo, StepCallback
 from videdit.core.schedule import Schedule
-from videdit.errors import VideditError
+from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
 
 
@@ -63,7 +63,7 @@ def register_temporal(name: str, config: type):
     """Decorator: register ``fn(ctx, config) -> TemporalPlan`` under ``name``."""
 
     def wrap(fn):
-        summary = (fn.__doc__ or name).strip().splitlines()[0]
+        summary = summary_of(fn, name)
         TEMPORAL[name] = TemporalSpec(name=name, config=config, build=fn, summary=summary)
         return fn
 
@@ -71,6 +71,4 @@ def register_temporal(name: str, config: type):
 
 
 def get_temporal(name: str) -> TemporalSpec:
-    if name not in TEMPORAL:
-        raise VideditError(f"unknown temporal module {name!r}; choose from {sorted(TEMPORAL)}")
-    return TEMPORAL[name]
+    return lookup(TEMPORAL, name, "temporal module")
