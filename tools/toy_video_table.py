@@ -16,7 +16,6 @@ the source's own error is only the resampling floor of anti-aliased edges.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -29,32 +28,8 @@ from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sy
 # editor with a source branch).
 MECHANISMS = {**REAL_CLIP_MECHANISMS,
               "keyframes + flow + pixels": {"keyframes": {"every": 4, "propagation": "flow", "pixels": True}},
+              "keyframes + flow + guided": {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}},
               "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}}}
-
-
-def recoloured(clip):
-    """The clip's caption with its front (last) object in the next palette colour, and that colour."""
-    from videdit.toy import OBJECT_COLOURS, caption_for
-
-    colours = list(OBJECT_COLOURS)
-    front = clip.objects[-1]
-    new = dataclasses.replace(front, colour=colours[(colours.index(front.colour) + 1) % len(colours)])
-    return caption_for((*clip.objects[:-1], new), clip.background), new.colour
-
-
-def frame_success(frame: np.ndarray, clip, t: int, colour: str) -> bool:
-    """The front object's visible pixels (ground truth) have the asked colour; a one-object
-    clip's detected object keeps the source's shape and covers its mask (IoU >= 0.5); in a
-    two-object clip the back object's visible pixels keep their colour."""
-    from videdit.toy.scores import classify_colour, detect_objects, mask_iou
-
-    if classify_colour(frame, clip.masks[t, -1]) != colour:
-        return False
-    if len(clip.objects) == 1:
-        found = detect_objects(frame)
-        return bool(found) and found[0].shape == clip.objects[0].shape and mask_iou(found[0].mask, clip.masks[t, 0]) >= 0.5
-    back = clip.masks[t, 0]
-    return back.sum() < 12 or classify_colour(frame, back) == clip.objects[0].colour
 
 
 def main() -> None:
@@ -80,6 +55,7 @@ def main() -> None:
     from videdit.errors import VideditError
     from videdit.metrics.temporal import warp_error
     from videdit.toy import sample_clip
+    from videdit.toy.scores import clip_frame_success, recoloured
     from videdit.video.flow import Flows
 
     model = load_model(a.model)
@@ -116,7 +92,7 @@ def main() -> None:
                 break
             errs.append(warp_error(res.frames, gt))
             srcs.append(source_error)
-            hits = [frame_success(f, clip, t, colour) for t, f in enumerate(res.frames)]
+            hits = [clip_frame_success(f, clip, t, colour) for t, f in enumerate(res.frames)]
             ok += hits
             per_clip.append(float(np.mean(hits)))
         if len(errs) < len(clips):

@@ -45,10 +45,18 @@ def cut_clip(n=8, cut=5, size=16):
 
 # --- choosing keyframes ------------------------------------------------------------------------
 
-def test_every_k():
-    assert select_keyframes(10, every=4) == [0, 4, 8]
-    assert select_keyframes(16, every=4, offset=16) == [16, 20, 24, 28]
-    assert select_keyframes(3, every=4, offset=5) == []   # a short window between keyframes
+def test_every_k_spreads_keyframes_to_the_window_end():
+    """At most `every` apart, evenly, and each window ends on a keyframe, so no frame is left
+    without a keyframe after it (the next window would start from one of its own: a jump)."""
+    assert select_keyframes(10, every=4) == [0, 3, 6, 9]
+    assert select_keyframes(8, every=4) == [0, 4, 7]
+    assert select_keyframes(8, every=4, offset=8, last_keyframe=7) == [11, 15]
+    assert select_keyframes(16, every=4, offset=16, last_keyframe=15) == [19, 23, 27, 31]
+    assert select_keyframes(3, every=4, offset=5, last_keyframe=4) == [7]   # a short window: its last frame
+    assert select_keyframes(1, every=4) == [0]
+    for n, every in [(7, 2), (16, 5), (9, 1)]:
+        keys = select_keyframes(n, every=every)
+        assert keys[0] == 0 and keys[-1] == n - 1 and max(np.diff(keys)) <= every
 
 
 def test_frame_changes_are_mean_absolute_differences():
@@ -62,14 +70,14 @@ def test_change_finds_the_cut():
     frames = cut_clip()
     d = frame_changes(frames)
     assert d[5] > 50 and np.nanmax(np.delete(d, 5)) == 1
-    assert select_keyframes(8, every=100, select="change", frames=frames, quantile=0.8) == [0, 5]
+    assert select_keyframes(8, every=100, select="change", frames=frames, quantile=0.8) == [0, 5, 7]   # 7: the end
     # at most `every` apart
-    assert select_keyframes(8, every=3, select="change", frames=frames, quantile=0.8) == [0, 3, 5]
+    assert select_keyframes(8, every=3, select="change", frames=frames, quantile=0.8) == [0, 3, 5, 7]
     # a window starting at the cut sees it through the frame before it
     assert select_keyframes(3, every=100, select="change", frames=frames[5:], quantile=0.8, offset=5,
-                            previous=frames[4], last_keyframe=0) == [5]
+                            previous=frames[4], last_keyframe=0) == [5, 7]
     still = np.repeat(frames[:1], 6, axis=0)
-    assert select_keyframes(6, every=100, select="change", frames=still, quantile=0.5) == [0]
+    assert select_keyframes(6, every=100, select="change", frames=still, quantile=0.5) == [0, 5]
     with pytest.raises(VideditError, match="needs the window's 8 source frames"):
         select_keyframes(8, every=4, select="change")
 
@@ -163,7 +171,7 @@ def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
         assert z.shape == (4, 4, 8, 8) and torch.isfinite(z).all()
         kept = {key[-1] for part in ("anchors", "tokenflow") for key in state["keyframes"][part]}
         leads.append((state["keyframes"]["last_keyframe"], sorted(kept)))
-    assert leads == [(3, [3]), (6, [3, 6])]   # window 2 attends to 3 (window 1's last keyframe) and keeps 6
+    assert leads == [(3, [3]), (7, [3, 7])]   # window 2 attends to 3 (window 1's last keyframe) and keeps 7
 
 
 def test_change_selection_sets_the_lead_frames(tiny):
@@ -173,7 +181,7 @@ def test_change_selection_sets_the_lead_frames(tiny):
                           n_branches=2, output_branch=1, source_branch=0, frames=frames)
     spec = get_temporal("keyframes")
     plan = spec.build(ctx, KeyframesConfig(select="change", every=100))
-    assert plan.lead_frames == (0, 5)
+    assert plan.lead_frames == (0, 5, 7)
 
 
 # --- flow --------------------------------------------------------------------------------------
@@ -237,33 +245,92 @@ def test_flow_warps_the_keyframes_onto_a_moving_frame(tiny):
     assert err < 0.1 * (made - 0.5 * (x[0, 0] + x[0, 2]))[inner].abs().mean() and err < 0.02
 
 
+def sliding_texture(n):
+    """``n`` frames of a texture sliding 2 px left a frame: frame g(x) = frame a(x + 2 (g - a))."""
+    base = texture((64, 96, 3), 0, 255, seed=1)
+    return np.stack([base[:, 2 * i:2 * i + 64] for i in range(n)])
+
+
+def slid(image, by):
+    """``image`` brought ``by`` frames of the sliding texture later: g(x) = a(x + 2 (g - a))."""
+    shift = np.zeros((*image.shape[:2], 2), np.float32)
+    shift[..., 0] = 2 * by
+    return warp(image.astype(np.float32), shift)
+
+
+INNER = (slice(8, -8), slice(16, -16))                          # away from what slides in or out
+
+
 def test_pixels_make_the_frames_between_from_the_edited_keyframes(tiny):
-    """A texture sliding 2 px left a frame: with pixels=True each frame between keyframes 0 and 4
-    is their decoded edits brought onto it along the flow (2 px per frame of distance) and
-    blended by temporal distance; frame 5 (no later keyframe in the window) is keyframe 4's.
+    """With pixels=True each frame between keyframes 0, 3 and 5 is their decoded edits brought
+    onto it along the flow (2 px per frame of distance) and blended by temporal distance.
     Without it, the frames between are their own edits, far from that."""
     from videdit.pipeline import edit_frames
 
-    base = texture((64, 96, 3), 0, 255, seed=1)
-    frames = np.stack([base[:, 2 * i:2 * i + 64] for i in range(6)])  # frame g(x) = frame a(x + 2 (g - a))
+    frames = sliding_texture(6)
+    keys = select_keyframes(6, every=4)
+    assert keys == [0, 3, 5]
     temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": True}}
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal=temporal)
 
     def expected(out, g):
-        total = 0
-        for a, w in neighbours(g, [0, 4]):
-            shift = np.zeros((64, 64, 2), np.float32)
-            shift[..., 0] = 2 * (g - a)
-            total = total + w * warp(out[a].astype(np.float32), shift)
-        return total
+        return sum(w * slid(out[a], g - a) for a, w in neighbours(g, keys))
 
-    inner = (slice(8, -8), slice(16, -16))                      # away from what slides in or out
     out = edit_frames(tiny, frames, s)
-    errs = [np.abs(out[g].astype(np.float32) - expected(out, g))[inner].mean() for g in (1, 2, 3, 5)]
+    errs = [np.abs(out[g].astype(np.float32) - expected(out, g))[INNER].mean() for g in (1, 2, 4)]
     own = edit_frames(tiny, frames, dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}}))
-    own_errs = [np.abs(own[g].astype(np.float32) - expected(own, g))[inner].mean() for g in (1, 2, 3, 5)]
+    own_errs = [np.abs(own[g].astype(np.float32) - expected(own, g))[INNER].mean() for g in (1, 2, 4)]
     assert max(errs) < 0.5 and min(own_errs) > 20 * max(errs), (errs, own_errs)   # measured 0.25 and 32-35
-    assert np.array_equal(out[[0, 4]], own[[0, 4]])           # keyframes are left as decoded
+    assert np.array_equal(out[keys], own[keys])           # keyframes are left as decoded
+
+
+def test_guided_fit_recovers_a_colour_map_and_follows_the_guide():
+    from videdit.video import guided
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    M, b = np.array([[0.5, 0.2, 0], [0, 1, 0], [0.1, 0, 0.7]]), 0.1
+    edit = np.rint(np.clip(src / 255 @ M.T + b, 0, 1) * 255).astype(np.uint8)
+    t = guided.fit(src, edit, radius=2, eps=1e-4)
+    assert np.abs(guided.apply(t, src).astype(int) - edit).mean() < 1 and np.abs(t.A - M).max() < 0.1
+    # a green disc on white recoloured blue, with the edit's outline a pixel too wide: the
+    # guided result takes the blue and keeps the guide's outline
+    yy, xx = np.mgrid[:32, :32]
+    r2 = (yy - 16) ** 2 + (xx - 16) ** 2
+    disc, wide, far = r2 < 64, r2 < 81, r2 > (8 + 2 * 4 + 1) ** 2       # far: no window reaches the disc
+    src = np.where(disc[..., None], [30, 160, 50], [240, 240, 240]).astype(np.uint8)
+    edit = np.where(wide[..., None], [30, 50, 200], [240, 240, 240]).astype(np.uint8)
+    out = guided.apply(guided.fit(src, edit, radius=4, eps=1e-3), src).astype(int)
+    assert np.abs(out[disc] - [30, 50, 200]).mean() < 2 and np.abs(out[far] - 240).mean() < 1
+    ring = wide & ~disc                                         # the edit's extra pixel: mostly background again
+    assert np.abs(out[ring] - 240).mean() < 0.35 * np.abs(edit[ring].astype(int) - 240).mean()   # measured 0.26
+    with pytest.raises(VideditError, match="radius >= 1 and eps > 0"):
+        guided.fit(src, edit, radius=0, eps=1e-3)
+
+
+def test_guided_pixels_carry_the_keyframes_colour_maps(tiny):
+    """pixels='guided': every frame is its own source frame under a colour map; between
+    keyframes the maps are the keyframes' brought along the flow. So a frame between equals
+    its source under the map warped from the keyframes, computed here by hand."""
+    from videdit.pipeline import edit_frames
+    from videdit.video import guided
+
+    frames = sliding_texture(6)
+    keys = select_keyframes(6, every=4)
+    temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided", "guided_radius": 3}}
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal=temporal)
+    out = edit_frames(tiny, frames, s)
+    plain = edit_frames(tiny, frames, dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}}))
+    maps = {a: guided.fit(frames[a], plain[a], 3, 1e-3) for a in keys}
+    for a in keys:                                              # keyframes: their source under their own map
+        assert np.array_equal(out[a], guided.apply(maps[a], frames[a]))
+    for g in (1, 2, 4):
+        stacked = sum(w * slid(maps[a].stacked(), g - a) for a, w in neighbours(g, keys))
+        want = guided.apply(guided.ColourTransform.unstack(stacked), frames[g]).astype(np.float32)
+        err = np.abs(out[g] - want)[INNER].mean()
+        assert err < 1.0, (g, err)
+    # tiny-random's edit is no colour map of the source: the result differs from the decoded edit
+    assert np.abs(out.astype(np.float32) - plain).mean() > 5
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -298,6 +365,12 @@ def test_options_are_checked():
         KeyframesConfig(propagation="copy")
     with pytest.raises(VideditError, match="quantile must be in"):
         KeyframesConfig(quantile=2)
+    with pytest.raises(VideditError, match="pixels must be one of"):
+        KeyframesConfig(pixels="ebsynth")
+    with pytest.raises(VideditError, match="guided_radius must be"):
+        KeyframesConfig(pixels="guided", guided_radius=-1)
+    with pytest.raises(VideditError, match="guided_eps must be in"):
+        KeyframesConfig(pixels="guided", guided_eps=0)
     with pytest.raises(VideditError, match="flow options apply to propagation 'flow' or pixels=true only"):
         KeyframesConfig(flow={"method": "dis"})
     assert KeyframesConfig(pixels=True, flow={"preset": "fast"}).pixels

@@ -10,6 +10,7 @@ and return plain numbers, strings or boolean masks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from videdit.errors import VideditError
-from videdit.toy.world import BACKGROUND_COLOURS, OBJECT_COLOURS
+from videdit.toy.world import BACKGROUND_COLOURS, OBJECT_COLOURS, Clip, caption_for
 
 _OBJ_NAMES = tuple(OBJECT_COLOURS)
 _OBJ_RGB = np.array([OBJECT_COLOURS[n] for n in _OBJ_NAMES], np.float32)  # (K, 3)
@@ -208,3 +209,26 @@ def score_multi(image: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, 
         sum(c in found_colours for c in colours) / n,
         sum((c, s) in found for c, s in zip(colours, shapes)) / n,
     )
+
+
+# ---- clips ----
+
+def recoloured(clip: Clip) -> tuple[str, str]:
+    """The clip's caption with its front (last) object in the next palette colour, and that colour."""
+    colours = list(OBJECT_COLOURS)
+    front = clip.objects[-1]
+    new = dataclasses.replace(front, colour=colours[(colours.index(front.colour) + 1) % len(colours)])
+    return caption_for((*clip.objects[:-1], new), clip.background), new.colour
+
+
+def clip_frame_success(frame: np.ndarray, clip: Clip, t: int, colour: str) -> bool:
+    """The front object's visible pixels (ground truth) have the asked colour; a one-object
+    clip's detected object keeps the source's shape and covers its mask (IoU >= 0.5); in a
+    two-object clip the back object's visible pixels keep their colour."""
+    if classify_colour(frame, clip.masks[t, -1]) != colour:
+        return False
+    if len(clip.objects) == 1:
+        found = detect_objects(frame)
+        return bool(found) and found[0].shape == clip.objects[0].shape and mask_iou(found[0].mask, clip.masks[t, 0]) >= 0.5
+    back = clip.masks[t, 0]
+    return back.sum() < 12 or classify_colour(frame, back) == clip.objects[0].colour
