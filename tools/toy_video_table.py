@@ -55,9 +55,8 @@ def main() -> None:
     from videdit.errors import VideditError
     from videdit.metrics.temporal import warp_error
     from videdit.toy import sample_clip
-    from videdit.toy.scores import clip_frame_success, recoloured
-    from videdit.video.flow import Flows
-
+    from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
+    
     model = load_model(a.model)
     tmp = Path(tempfile.mkdtemp(prefix="videdit-toy-video-"))
     clips = []
@@ -68,8 +67,7 @@ def main() -> None:
         folder.mkdir()
         for t, f in enumerate(clip.frames):
             cv2.imwrite(str(folder / f"{t:04d}.png"), f[..., ::-1])
-        gt = Flows(forward=clip.flows, backward=np.zeros_like(clip.flows), occlusion=clip.occlusions,
-                   occlusion_backward=np.zeros_like(clip.occlusions))
+        gt = clip_flows(clip)
         clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
     print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "

@@ -213,6 +213,15 @@ def score_multi(image: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, 
 
 # ---- clips ----
 
+def clip_flows(clip: Clip):
+    """The clip's exact forward flow and occlusions as :class:`videdit.video.flow.Flows`, for
+    ``videdit.metrics.temporal.warp_error`` (which reads the forward ones; backward are zero)."""
+    from videdit.video.flow import Flows
+
+    return Flows(forward=clip.flows, backward=np.zeros_like(clip.flows), occlusion=clip.occlusions,
+                 occlusion_backward=np.zeros_like(clip.occlusions))
+
+
 def recoloured(clip: Clip) -> tuple[str, str]:
     """The clip's caption with its front (last) object in the next palette colour, and that colour."""
     colours = list(OBJECT_COLOURS)

@@ -384,32 +384,47 @@ class PixelPropagation:
         image = {g: edited[g - self.offset] for g in self.window}
         if self.carried is not None and self.carried["edited"].shape == edited.shape[1:]:
             source[self.carried["frame"]], image[self.carried["frame"]] = self.carried["source"], self.carried["edited"]
-        if self.guided is not None:
-            radius, eps = self.guided
-            radius = radius or guided.auto_radius(edited.shape[1:3])
-            carried = {g: guided.fit(source[g], image[g], radius, eps).stacked() for g in image}   # (H, W, 12) each
-        else:
-            carried = {g: im.astype(np.float32) for g, im in image.items()}
+        fields: dict[int, np.ndarray] = {}   # what moves along the flow, per frame, made when first needed
+
+        def field(g: int) -> np.ndarray:
+            """Frame g's pixels (H, W, 3), or with ``guided`` its colour transform stacked (H, W, 12)."""
+            if g not in fields:
+                if self.guided is None:
+                    fields[g] = image[g].astype(np.float32)
+                else:
+                    radius, eps = self.guided
+                    radius = radius or guided.auto_radius(edited.shape[1:3])
+                    fields[g] = guided.fit(source[g], image[g], radius, eps).stacked()
+            return fields[g]
+
+        def render(g: int, f: np.ndarray) -> np.ndarray:
+            if self.guided is None:
+                return np.clip(np.rint(f), 0, 255)
+            return guided.apply(guided.ColourTransform.unstack(f), source[g])
+
+        keyset = set(self.keys)
         out = edited.copy()
         for g in self.window:
-            mine = carried[g]
-            if g not in set(self.keys):
-                num, den = np.zeros_like(mine), np.zeros(mine.shape[:2], np.float32)
-                for a, w in neighbours(g, self.keys):
-                    if a not in carried:
-                        continue
-                    flows = self.pair_flows(g, a, source[g], source[a])
-                    visible = (~flows.occlusion[0]).astype(np.float32)                     # (H, W)
-                    num += w * visible[..., None] * warp(carried[a], flows.forward[0])       # a brought onto g
-                    den += w * visible
-                seen = den[..., None] > 0
-                mine = np.where(seen, num / np.maximum(den, 1e-8)[..., None], mine)
-            elif self.guided is None:
-                continue                                                                      # keyframes as decoded
-            if self.guided is not None:
-                out[g - self.offset] = guided.apply(guided.ColourTransform.unstack(mine), source[g])
-            else:
-                out[g - self.offset] = np.clip(np.rint(mine), 0, 255)
+            if g in keyset:
+                if self.guided is not None:                                  # keyframes: their source under their map
+                    out[g - self.offset] = render(g, field(g))
+                continue                                                     # else as decoded
+            num, den = 0, np.zeros(edited.shape[1:3], np.float32)
+            for a, w in neighbours(g, self.keys):
+                if a not in image:
+                    continue
+                flows = self.pair_flows(g, a, source[g], source[a])
+                visible = (~flows.occlusion[0]).astype(np.float32)                     # (H, W)
+                num = num + w * visible[..., None] * warp(field(a), flows.forward[0])  # a brought onto g
+                den += w * visible
+            seen = den > 0                                                   # elsewhere: the frame's own field
+            if seen.all():
+                out[g - self.offset] = render(g, num / den[..., None])
+            elif seen.any():
+                out[g - self.offset] = render(g, np.where(seen[..., None], num / np.maximum(den, 1e-8)[..., None],
+                                                          field(g)))
+            elif self.guided is not None:
+                out[g - self.offset] = render(g, field(g))
         if self.own:
             k = self.own[-1]
             self.state["pixels"] = {"frame": k, "source": source[k].copy(), "edited": image[k].copy()}
