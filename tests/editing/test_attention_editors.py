@@ -318,6 +318,11 @@ def test_masactrl_masks(tiny, inverted):
     assert rel(masked, unmasked) > 1e-4
     worded = edit_latents(tiny, inv, settings(s, "masactrl", start=0.2, mask_word="wolf", mask_factor=2))
     assert torch.isfinite(worded).all() and rel(worded, unmasked) > 1e-4
+    # the default, 0, reads the maps at about 16x16 cells: here (8x8 latents) the full-size layers
+    auto = edit_latents(tiny, inv, settings(s, "masactrl", start=0.2, mask_word="wolf"))
+    torch.testing.assert_close(auto, edit_latents(tiny, inv, settings(s, "masactrl", start=0.2, mask_word="wolf",
+                                                                       mask_factor=1)), rtol=0, atol=0)
+    assert rel(auto, worded) > 1e-4
     with pytest.raises(VideditError, match="aspect ratio"):
         edit_latents(tiny, inv, settings(s, "masactrl", mask=torch.ones(4, 8)))
     with pytest.raises(VideditError, match="not a word"):
@@ -358,9 +363,14 @@ def test_frame_batches_do_not_change_the_edit(tiny, wolf_frames, editor, params)
     torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
 
 
-def test_local_blend_factor_auto_picks_about_16x16_maps():
-    from videdit.editing.prompt_to_prompt import auto_blend_factor
+def test_word_map_factor_auto_picks_about_16x16_maps():
+    """prompt_to_prompt's blend_factor and masactrl's mask_factor: 0 picks the layers with maps of
+    about 16x16 cells (SD's 64x64 latents -> 4, as the reference codes; the toy model's -> 1)."""
+    from videdit.editing.control import auto_map_factor
 
-    assert [auto_blend_factor(s) for s in [(64, 64), (96, 96), (16, 16), (32, 48), (8, 8), (64, 40)]] == [4, 4, 1, 2, 1, 2]
-    with pytest.raises(VideditError, match="blend_factor"):
-        get_editor("prompt_to_prompt").config(blend_factor=-1)
+    assert [auto_map_factor(s) for s in [(64, 64), (96, 96), (16, 16), (32, 48), (8, 8), (64, 40)]] == [4, 4, 1, 2, 1, 2]
+    for editor, option in (("prompt_to_prompt", "blend_factor"), ("masactrl", "mask_factor")):
+        assert getattr(get_editor(editor).config(), option) == 0
+        for bad in (-1, 3):
+            with pytest.raises(VideditError, match=f"{option} must be 0 \\(auto\\) or a power of two"):
+                get_editor(editor).config(**{option: bad})

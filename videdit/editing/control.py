@@ -104,6 +104,24 @@ class LayerStore(CrossAttentionStore):
         return cross and layer in self.names
 
 
+def auto_map_factor(latent: tuple[int, int], cells: int = 16) -> int:
+    """The largest power of two f with latents / f still >= ``cells`` on the short side (1 at
+    least), for word masks read from cross-attention maps: SD's 64x64 latents -> 4 (the
+    reference codes' 16x16 maps), the toy model's 16x16 -> 1. A fixed 4 on the toy model read
+    the 4x4 mid block, whose dilated mask covered the frame."""
+    f = 1
+    while min(latent) // (2 * f) >= cells:
+        f *= 2
+    return f
+
+
+def check_map_factor(value, editor: str, option: str) -> None:
+    """``option`` is 0 (auto, :func:`auto_map_factor`) or a power of two >= 1."""
+    if not isinstance(value, int) or value < 0 or (value and value & (value - 1)):
+        raise VideditError(f"{editor} {option} must be 0 (auto) or a power of two >= 1 (4: SD's 16x16 maps "
+                           f"at 512 px), got {value!r}")
+
+
 def cross_layers_at(unet, latent: tuple[int, int], factor: int, editor: str, option: str) -> list[str]:
     """Cross-attention layers whose token grid is 1/``factor`` of the latents; a VideditError
     naming the grids there are (and ``option`` to change) when none is."""

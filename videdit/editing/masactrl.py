@@ -15,7 +15,8 @@ queries attend only to the source's foreground keys and background queries to it
 out = M_t * Attn(Q_t, K_s, V_s; M_s) + (1 - M_t) * Attn(Q_t, K_s, V_s; 1 - M_s). Masks can
 instead come from the cross-attention of a word (``mask_word`` in the source prompt,
 ``target_mask_word`` in the target prompt), as the reference's ``MutualSelfAttentionControl
-MaskAuto``: maps of the layers at 1/``mask_factor`` of the latent size, min-max normalised
+MaskAuto``: maps of the layers at 1/``mask_factor`` of the latent size (0: about 16x16 maps,
+:func:`~videdit.editing.control.auto_map_factor`, the reference's 4 on SD), min-max normalised
 per frame, thresholded at ``mask_threshold``. Deviations: word masks average the maps of
 all steps so far (the reference uses the current step's only); a word mask is used once any
 map is recorded, before that the attention is unmasked mutual attention as in the reference;
@@ -33,8 +34,9 @@ import torch.nn.functional as F
 
 from videdit.attention import AttentionModule, compose
 from videdit.core.loop import CallInfo
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, choose_layers, patterns,
-                                     step_index, two_branches)
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto_map_factor, check_fraction,
+                                     check_map_factor, choose_layers, cross_layers_at, patterns, step_index,
+                                     two_branches)
 from videdit.editing.masks import frames_shape, load_mask, validate_mask_source
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import word_positions
@@ -52,7 +54,7 @@ class MasaCtrlConfig:
     mask_word: str = ""                # or: the source mask from this word's cross-attention ...
     target_mask_word: str = ""         # ... and the target's from this word of the target prompt (default: mask_word)
     mask_threshold: float = 0.1        # word masks: min-max normalised attention > this
-    mask_factor: int = 4               # word masks: maps of the layers at 1/factor of the latent size
+    mask_factor: int = 0               # word masks: maps of the layers at 1/factor of the latents; 0: auto (about 16x16)
 
     def __post_init__(self):
         check_fraction(EDITOR, "start", self.start)
@@ -67,9 +69,7 @@ class MasaCtrlConfig:
             raise VideditError(f"{EDITOR} target_mask_word needs mask_word (the source prompt's word) as well")
         if not 0 <= self.mask_threshold <= 1:
             raise VideditError(f"{EDITOR} mask_threshold must be in [0, 1], got {self.mask_threshold}")
-        f = self.mask_factor
-        if not isinstance(f, int) or f < 1 or f & (f - 1):
-            raise VideditError(f"{EDITOR} mask_factor must be a power of two >= 1 (4: SD's 16x16 maps), got {f!r}")
+        check_map_factor(self.mask_factor, EDITOR, "mask_factor")
 
 
 def _per_frame(value, x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -140,7 +140,8 @@ def _word_masks(ctx: EditContext, config: MasaCtrlConfig, n_frames: int, latent)
     src = word_positions(ctx.model.tokens(ctx.source_prompt), config.mask_word, ctx.source_prompt)
     tgt_word = config.target_mask_word or config.mask_word
     tgt = word_positions(ctx.model.tokens(ctx.target_prompt), tgt_word, ctx.target_prompt)
-    layers = cross_layers_at(ctx.model.unet, latent, config.mask_factor, EDITOR, "mask_factor")
+    layers = cross_layers_at(ctx.model.unet, latent, config.mask_factor or auto_map_factor(latent), EDITOR,
+                             "mask_factor")
     store = LayerStore(src + tgt, n_frames, layers)
 
     def masks():

@@ -41,8 +41,8 @@ import torch
 
 from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.core.loop import CallInfo, StepCallback, StepContext
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, cross_layers_at, check_fraction, step_index, step_window,
-                                     two_branches)
+from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto_map_factor, check_fraction,
+                                     check_map_factor, cross_layers_at, step_index, step_window, two_branches)
 from videdit.editing.masks import mask_from_attention
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
@@ -87,10 +87,7 @@ class PromptToPromptConfig:
         object.__setattr__(self, "blend_words", words)
         if not 0 <= self.blend_threshold <= 1:
             raise VideditError(f"{EDITOR} blend_threshold must be in [0, 1], got {self.blend_threshold}")
-        f = self.blend_factor
-        if not isinstance(f, int) or f < 0 or (f and f & (f - 1)):
-            raise VideditError(f"{EDITOR} blend_factor must be 0 (auto) or a power of two >= 1 (4: SD's 16x16 maps "
-                               f"at 512 px), got {f!r}")
+        check_map_factor(self.blend_factor, EDITOR, "blend_factor")
         if not isinstance(self.blend_dilate, int) or self.blend_dilate < 0:
             raise VideditError(f"{EDITOR} blend_dilate must be an int >= 0, got {self.blend_dilate!r}")
 
@@ -259,23 +256,13 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
         tgt_pos += t
     src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
     latent = tuple(ctx.inversion.noise.shape[-2:])
-    factor = config.blend_factor or auto_blend_factor(latent)
+    factor = config.blend_factor or auto_map_factor(latent)
     layers = cross_layers_at(ctx.model.unet, latent, factor, EDITOR, "blend_factor")
     store = LayerStore(src_pos + tgt_pos, n_frames, layers)
     n = len(ctx.schedule)
     blend = LocalBlend(store, len(src_pos), range(step_index(config.blend_start, n), n), config.blend_threshold,
                        config.blend_dilate * factor)
     return store, blend
-
-
-def auto_blend_factor(latent: tuple[int, int], cells: int = 16) -> int:
-    """The largest power of two f with latents / f still >= ``cells`` on the short side (1 at
-    least): SD's 64x64 latents -> 4 (the reference code's 16x16 maps), the toy model's 16x16
-    -> 1. A fixed 4 on the toy model read the 4x4 mid block, whose dilated mask covered the frame."""
-    f = 1
-    while min(latent) // (2 * f) >= cells:
-        f *= 2
-    return f
 
 
 @register_editor(EDITOR, PromptToPromptConfig)
