@@ -1,0 +1,189 @@
+"""The GPU check, in one run: correctness in fp16/bf16 and a timing table at SD1.5 size.
+
+    python tools/gpu_check.py                      # on a GPU machine (tools/gpu_check.sh sets it up)
+    python tools/gpu_check.py --arch tiny --size 64 --device cpu --steps 4 --frames 2   # smoke test here
+
+The model is Stable Diffusion 1.5's *architecture* with random weights (``--arch sd15``: its
+UNet, VAE and CLIP text encoder configs, a character tokenizer), saved as a diffusers
+directory and loaded through ``load_model`` like any local model: no hub, and its images mean
+nothing. What it measures is numerics and speed, which do not depend on trained weights.
+
+Correctness, per dtype, on the shipped sample's frames at ``--size`` (10 steps, guidance 7.5):
+relative latent reconstruction error of DDIM (guidance 1), EDICT, BDIA and direct inversion
+(the exact ones should stay at 0: on a GPU, kernels may differ between the inversion's batch
+and the editor's), and the UNet's output against fp32 on the same input.
+
+Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerate per frame
+(videdit at 8 frames per UNet call against the same loop written with diffusers' own
+DDIMInverseScheduler/DDIMScheduler, tools/bench.py's); prompt-to-prompt; a clip edited
+with keyframes (flow, guided pixels). Ratios are side by side in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "red-circle.mp4"
+PROMPT, TARGET = "a red circle", "a blue circle"
+
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, sample_size=512, scaling_factor=0.18215)
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def make_model(arch: str, directory: Path) -> Path:
+    """A diffusers Stable Diffusion directory: tiny-random's, or SD1.5's architecture, random weights (fp16)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from videdit.models import tiny
+
+    if arch == "tiny":
+        return tiny.save_tiny_random(directory)
+    tokenizer = tiny.tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe = StableDiffusionPipeline(
+            unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
+            text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **SD15_TEXT)), tokenizer=tokenizer,
+            scheduler=DDIMScheduler.from_config(tiny.SD_SCHEDULER_CONFIG), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(directory)
+    return directory
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def correctness(model_dir: Path, args, frames: np.ndarray) -> dict:
+    from videdit.models import load_model
+    from videdit.pipeline import EditSettings, invert_frames, reconstruct
+
+    out, reference = {}, None
+    for dtype in ("fp32", "fp16", "bf16"):
+        model = load_model(model_dir, device=args.device, dtype=dtype)
+        row = {}
+        for name in ("ddim", "edict", "bdia", "direct"):
+            g = 1.0 if name == "ddim" else 7.5
+            s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=10, guidance=g, inversion=name)
+            inv = invert_frames(model, frames, s)
+            z = reconstruct(model, inv, s)
+            row[name] = float((z.float() - inv.source.float()).norm() / inv.source.float().norm())
+        with torch.no_grad():                      # one UNet call on the same input, against fp32's
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(2, 4, args.size // 8, args.size // 8, generator=gen).to(args.device, model.dtype)
+            text = model.encode_text([PROMPT, ""])
+            eps = model.unet(x, 500, encoder_hidden_states=text).sample.float().cpu()
+        reference = eps if reference is None else reference
+        row["unet vs fp32"] = float((eps - reference).norm() / reference.norm())
+        out[dtype] = row
+    return out
+
+
+def seconds(fn, device, repeat: int = 1) -> float:
+    """Median wall seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def timing(model_dir: Path, args) -> dict:
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+
+    from videdit import edit_video, io
+    from videdit.models import load_model
+    from videdit.pipeline import EditSettings, edit_frames
+
+    out = {}
+    for dtype in args.dtypes:
+        model = load_model(model_dir, device=args.device, dtype=dtype)
+        row = {}
+        with torch.no_grad():
+            x = torch.randn(2, 4, args.size // 8, args.size // 8, device=args.device, dtype=model.dtype)
+            text = model.encode_text([PROMPT, ""])
+            row["unet batch 2 (ms)"] = 1e3 * seconds(lambda: model.unet(x, 500, encoder_hidden_states=text), args.device,
+                                                      repeat=10)
+        opts = argparse.Namespace(model=str(model_dir), device=args.device, dtype=dtype, frames=args.frames,
+                                  size=args.size, steps=args.steps, guidance=7.5)
+        row["diffusers loop (s/frame)"] = bench.run_diffusers(opts, 8) / args.frames
+        row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8) / args.frames
+        frames = bench.load_frames(args.frames, args.size)
+        s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt")
+        row["videdit p2p (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device) / args.frames
+        temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
+        t = time.perf_counter()
+        res = edit_video(SAMPLE, source_prompt=PROMPT, target_prompt=TARGET, model=model, steps=args.steps,
+                         editor="prompt_to_prompt", temporal=temporal, use_cache=False, window=8,
+                         read=io.ReadOptions(size=args.size))
+        sync(args.device)
+        row["video keyframes+guided (s/frame)"] = (time.perf_counter() - t) / len(res.frames)
+        if torch.device(args.device).type == "cuda":
+            row["peak GPU memory (GB)"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            torch.cuda.reset_peak_memory_stats()
+        out[dtype] = row
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=["sd15", "tiny"], default="sd15")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--frames", type=int, default=8, help="frames per timing run")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"])
+    p.add_argument("--out", type=Path, help="also write the results here as JSON")
+    args = p.parse_args()
+
+    from videdit import io
+
+    info = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else args.device
+    print(f"device={info} torch={torch.__version__} arch={args.arch} size={args.size} steps={args.steps} "
+          f"frames={args.frames}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="videdit-gpu-check-") as tmp:
+        model_dir = make_model(args.arch, Path(tmp) / args.arch)
+        frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=args.size))
+        check = correctness(model_dir, args, frames)
+        print("\ncorrectness: relative latent reconstruction error (10 steps) and UNet output vs fp32")
+        names = list(next(iter(check.values())))
+        print(f"{'dtype':<8}" + "".join(f"{n:>14}" for n in names))
+        for dtype, row in check.items():
+            print(f"{dtype:<8}" + "".join(f"{row[n]:>14.2e}" for n in names), flush=True)
+        times = timing(model_dir, args)
+    print(f"\ntiming ({args.steps} steps, guidance 7.5, {args.size}x{args.size}; ratios side by side)")
+    names = list(next(iter(times.values())))
+    print(f"{'':<36}" + "".join(f"{d:>12}" for d in times))
+    for n in names:
+        print(f"{n:<36}" + "".join(f"{times[d][n]:>12.3f}" for d in times))
+    for d, row in times.items():
+        print(f"{d}: videdit plain / diffusers loop = {row['videdit plain (s/frame)'] / row['diffusers loop (s/frame)']:.2f}")
+    if args.out:
+        args.out.write_text(json.dumps({"correctness": check, "timing": times}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
