@@ -35,11 +35,12 @@ def load_frames(n: int, size: int):
     return np.ascontiguousarray(np.resize(frames, (n, *frames.shape[1:])))
 
 
-def run_videdit(args, batch: int) -> float:
+def run_videdit(args, batch: int, model=None) -> float:
+    """Seconds for invert + regenerate of ``args.frames`` frames (``model``: already loaded, or ``args.model``)."""
     from videdit.models import load_model
     from videdit.pipeline import EditSettings, edit_frames
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = model or load_model(args.model, device=args.device, dtype=args.dtype)
     frames = load_frames(args.frames, args.size)
     s = EditSettings(source_prompt="a wolf", target_prompt="a robot wolf", steps=args.steps,
                      guidance=args.guidance, batch_size=batch)
@@ -49,14 +50,14 @@ def run_videdit(args, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def run_diffusers(args, batch: int) -> float:
-    import numpy as np
+def run_diffusers(args, batch: int, model=None) -> float:
+    """The same with diffusers' DDIMInverseScheduler / DDIMScheduler loop."""
     import torch
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     from videdit.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = model or load_model(args.model, device=args.device, dtype=args.dtype)
     frames = load_frames(args.frames, args.size)
     model.decode_latents(model.encode_images(frames[:1]))  # warm-up
     unet = model.unet

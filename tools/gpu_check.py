@@ -129,8 +129,8 @@ def timing(model_dir: Path, args) -> dict:
                                                       repeat=10)
         opts = argparse.Namespace(model=str(model_dir), device=args.device, dtype=dtype, frames=args.frames,
                                   size=args.size, steps=args.steps, guidance=7.5)
-        row["diffusers loop (s/frame)"] = bench.run_diffusers(opts, 8) / args.frames
-        row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8) / args.frames
+        row["diffusers loop (s/frame)"] = bench.run_diffusers(opts, 8, model) / args.frames
+        row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8, model) / args.frames
         frames = bench.load_frames(args.frames, args.size)
         s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt")
         row["videdit p2p (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device) / args.frames
