@@ -318,6 +318,11 @@ def main(argv=None) -> int:
                    "when there is no checkpoint to resume: skips the VAE phase, keeps the step count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--two-object-prob", type=float, default=WorldConfig.two_object_prob, help="share of two-object scenes")
+    p.add_argument(
+        "--overlap-prob", type=float, default=WorldConfig.overlap_prob,
+        help="of two-object scenes, the share where the second object partly hides the first (occlusion)",
+    )
     p.add_argument(
         "--threads", default="auto",
         help="torch CPU threads: a number, or 'auto' = all cores while the machine is otherwise idle, "
@@ -372,7 +377,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     torch.manual_seed(args.seed)
-    world = WorldConfig(size=args.size)
+    world = WorldConfig(size=args.size, two_object_prob=args.two_object_prob, overlap_prob=args.overlap_prob)
 
     tok = build_tokenizer(args.max_length)
     vae = build_vae(args).to(device)

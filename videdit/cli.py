@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the scores as JSON")
     p.add_argument("--flow", default="dis", help="flow method: dis (default), farneback, raft")
     p.add_argument("--flow-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="a FlowConfig option, e.g. preset=fast or raft_weights=PATH (repeatable)")
+                   help="a FlowConfig option, e.g. preset=fast, colour=gray or raft_weights=PATH (repeatable)")
     _add_read_args(p)
 
     add("methods", help="list the inversions, editors and temporal modules with their options")

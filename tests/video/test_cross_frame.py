@@ -15,7 +15,8 @@ from videdit.inversion import INVERSIONS
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
 from videdit.video import TEMPORAL, TemporalPlan
-from videdit.video.cross_frame import CrossFrameConfig
+from videdit.video.cross_frame import CrossFrameConfig, window_keyframes
+from videdit.video.keyframes import select_keyframes
 from videdit.video.registry import TemporalSpec
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
@@ -92,7 +93,7 @@ def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, probe
     assert k0.shape[:2] == (2, 2)   # (guidance halves, branches): each keeps its own anchors
     assert not torch.allclose(k0[:, 0], k0[:, 1])
     for f in range(8):
-        anchors = {"first": [0], "sparse_causal": [0, max(f - 1, 0)], "keyframes": [0, 3, 6]}[mode]
+        anchors = {"first": [0], "sparse_causal": [0, max(f - 1, 0)], "keyframes": [0, 2, 5, 7]}[mode]
         for i in (0, 1):   # keys, values
             want = torch.cat([before[a][i] for a in anchors], dim=-2)   # (halves, nb, heads, m*T, d)
             # branch 0 replays the source: it keeps its own keys and values (repeated to the anchors' count)
@@ -226,3 +227,15 @@ def test_bad_options_are_errors(tiny, clip):
     s = settings("first", temporal={"cross_frame": {"layers": "*attn2*"}})
     with pytest.raises(VideditError, match="match no attn1 layer"):
         edit_latents(tiny, invert_frames(tiny, clip[:1], s), s)
+
+
+def test_keyframes_mode_picks_the_keyframes_modules_frames():
+    """Mode ``keyframes`` attends to the frames the ``keyframes`` module edits as keyframes:
+    each window ends on one, and the next window spreads its own from there."""
+    assert window_keyframes(range(0, 8), 4, None) == [0, 4, 7]
+    assert window_keyframes(range(8, 16), 4, 7) == [11, 15]
+    carried = None
+    for start in range(0, 40, 8):
+        keys = window_keyframes(range(start, start + 8), 3, carried)
+        assert keys == select_keyframes(8, every=3, offset=start, last_keyframe=carried)
+        carried = keys[-1]

@@ -111,6 +111,7 @@ class WorldConfig:
 
     size: int = 64
     two_object_prob: float = 0.35
+    overlap_prob: float = 0.0  # of two-object scenes, the share where the second object partly hides the first
     two_tone_prob: float = 0.25
     min_scale: float = 0.12  # scale as a fraction of size
     max_scale: float = 0.22
@@ -120,7 +121,7 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 2:
             raise VideditError(f"size must be an even number >= 16, got {self.size}")
-        for name in ("two_object_prob", "two_tone_prob"):
+        for name in ("two_object_prob", "overlap_prob", "two_tone_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise VideditError(f"{name} must be in [0, 1], got {v}")
@@ -287,6 +288,8 @@ def _sample_objects(rng: np.random.Generator, n: int, config: WorldConfig) -> tu
     size = config.size
     colours = list(OBJECT_COLOURS)
     colour_idx = rng.choice(len(colours), size=n, replace=False)  # distinct colours
+    # Drawn only when asked for, so that scenes from a config without overlap keep their seeds.
+    overlap = n == 2 and config.overlap_prob > 0 and rng.random() < config.overlap_prob
     for _ in range(1000):
         objs = []
         for c in colour_idx:
@@ -296,7 +299,12 @@ def _sample_objects(rng: np.random.Generator, n: int, config: WorldConfig) -> tu
             margin = scale * shape_extent(shape) + 1.0
             center = (float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin)))
             objs.append(WorldObject(shape, colours[c], center, float(scale), angle))
-        if all(
+        if overlap:  # apart by 0.45-0.85 of their summed extents: the front one hides part of the back one
+            a, b = objs
+            reach = a.scale * shape_extent(a.shape) + b.scale * shape_extent(b.shape)
+            if 0.45 * reach < math.dist(a.center, b.center) < 0.85 * reach:
+                return tuple(objs)
+        elif all(
             math.dist(a.center, b.center)
             > a.scale * shape_extent(a.shape) + b.scale * shape_extent(b.shape) + 2.0
             for i, a in enumerate(objs)

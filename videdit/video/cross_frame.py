@@ -7,9 +7,10 @@ Anchors of clip frame i, by ``mode``:
 - ``sparse_causal``: frames 0 and i - 1, keys and values concatenated (Tune-A-Video, Wu et al.
   2023; FateZero, Qi et al. 2023). Frame 0 attends to [0, 0], as the references index it
   (duplicated keys with their values change nothing).
-- ``keyframes``: every keyframe of the window (clip frames that are multiples of ``every``)
-  and the previous window's last keyframe, concatenated: TokenFlow's extended attention
-  (Geyer et al. 2023, Sec. 4.1), here for every frame of the window.
+- ``keyframes``: every keyframe of the window (spread evenly up to the window's last frame, at
+  most ``every`` apart, as the ``keyframes`` module picks them) and the previous window's last
+  keyframe, concatenated: TokenFlow's extended attention (Geyer et al. 2023, Sec. 4.1), here
+  for every frame of the window.
 
 It acts per branch and per guidance half: frames of branch b in half h attend to the anchors'
 keys and values in branch b and half h, as the modules before it on the layer (an editor's
@@ -64,7 +65,7 @@ Anchors = Callable[[int], tuple[int, ...]]
 class CrossFrameConfig:
     mode: str = "first"                     # first | sparse_causal | keyframes
     layers: str | tuple[str, ...] = "*attn1.processor"   # glob(s) over self-attention processor names
-    every: int = 4                          # keyframes: a keyframe each `every` frames of the clip
+    every: int = 4                          # keyframes: at most `every` frames apart
     offload: bool = False                   # keep the anchors later windows need in CPU memory
 
     def __post_init__(self):
@@ -207,9 +208,22 @@ def keyframe_anchors(keyframes: Collection[int], carried: int | None) -> tuple[i
     return tuple(sorted({*keyframes, *(() if carried is None else (carried,))}))
 
 
-def every_keyframes(window: range, every: int) -> list[int]:
-    """The clip frames of ``window`` that are multiples of ``every``."""
-    return [g for g in window if g % every == 0]
+def spread_keyframes(start: int, end: int, every: int, include_start: bool) -> list[int]:
+    """Keyframes from clip frame ``start`` to ``end`` (both keyframes; ``start`` listed only
+    when ``include_start``): as few as keep them at most ``every`` apart, spread evenly."""
+    if end <= start:
+        return [start] if include_start else []
+    spans = -(-(end - start) // every)
+    return [start + int(j * (end - start) / spans + 0.5) for j in range(0 if include_start else 1, spans + 1)]
+
+
+def window_keyframes(window: range, every: int, carried: int | None) -> list[int]:
+    """The window's keyframes, as the ``keyframes`` module picks them with ``select="every"``:
+    spread evenly from the earlier keyframe (``carried``, or the window's first frame) to
+    the window's last frame, at most ``every`` apart."""
+    if carried is None:
+        return spread_keyframes(window[0], window[-1], every, include_start=True)
+    return spread_keyframes(carried, window[-1], every, include_start=False)
 
 
 @register_temporal(NAME, CrossFrameConfig)
@@ -225,7 +239,7 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
     elif config.mode == "sparse_causal":
         anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window[-1]}
     else:
-        keys = every_keyframes(window, config.every)
+        keys = window_keyframes(window, config.every, state.get("last_keyframe"))
         spans = keyframe_anchors(keys, state.get("last_keyframe"))
         anchors, carry = (lambda g: spans), set(keys[-1:])
         lead = tuple(g - ctx.frame_offset for g in keys)

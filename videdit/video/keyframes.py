@@ -79,7 +79,8 @@ from videdit.core.loop import StepCallback, StepContext
 from videdit.editing.control import choose_layers, patterns
 from videdit.errors import VideditError
 from videdit.inversion.registry import make_config
-from videdit.video.cross_frame import AnchorStore, CrossFrameAttention, gather_anchors, keyframe_anchors
+from videdit.video.cross_frame import (AnchorStore, CrossFrameAttention, gather_anchors, keyframe_anchors,
+                                       spread_keyframes)
 from videdit.video import guided
 from videdit.video.flow import FlowConfig, compute_flows
 from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
@@ -147,15 +148,6 @@ def frame_changes(frames: np.ndarray, previous: np.ndarray | None = None) -> np.
     if previous is None:
         d[0] = np.nan
     return d
-
-
-def spread_keyframes(start: int, end: int, every: int, include_start: bool) -> list[int]:
-    """Keyframes from clip frame ``start`` to ``end`` (both keyframes; ``start`` listed only
-    when ``include_start``): as few as keep them at most ``every`` apart, spread evenly."""
-    if end <= start:
-        return [start] if include_start else []
-    spans = -(-(end - start) // every)
-    return [start + int(j * (end - start) / spans + 0.5) for j in range(0 if include_start else 1, spans + 1)]
 
 
 def select_keyframes(n_frames: int, *, every: int, select: str = "every", frames: np.ndarray | None = None,

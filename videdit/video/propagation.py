@@ -47,6 +47,7 @@ class FlowPropagationConfig:
     target: str = "x0"             # "x0": fuse the predicted clean latent; "latent": the noisy latent
     method: str = "dis"            # flow: dis, farneback or raft
     preset: str = "medium"         # DIS preset: ultrafast, fast, medium
+    colour: str = "lab"            # DIS/Farneback on grey and Lab channels, best per pixel; or "gray"
     raft_weights: str | None = None
 
     def __post_init__(self):
@@ -61,7 +62,8 @@ class FlowPropagationConfig:
         self.flow_config()  # the flow options are checked now, not when the first window runs
 
     def flow_config(self) -> FlowConfig:
-        return FlowConfig(method=self.method, preset=self.preset, raft_weights=self.raft_weights)
+        return FlowConfig(method=self.method, preset=self.preset, colour=self.colour,
+                          raft_weights=self.raft_weights)
 
 
 def clean_latent(y: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
