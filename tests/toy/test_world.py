@@ -50,6 +50,27 @@ def test_size_is_a_parameter():
         WorldConfig(size=31)
 
 
+def test_overlap_prob_hides_part_of_the_back_object():
+    """With ``overlap_prob`` the second object covers part of the first (the toy occlusion
+    clips' situation); without it objects never touch, and scenes keep their seeds."""
+    from videdit.toy.world import object_coverage
+
+    overlapping = WorldConfig(two_object_prob=1.0, overlap_prob=1.0)
+    hidden = []
+    for seed in range(100):
+        s = sample_scene(seed, overlapping)
+        back = s.objects[0]
+        hidden.append(1 - s.coverage[0].sum() / object_coverage(back, 64).sum())
+        assert s.masks[0].sum() > 30 and s.masks[1].sum() > 30            # both still visible
+    assert np.median(hidden) > 0.05 and max(hidden) < 0.65   # measured: median 0.10, max 0.52
+    for seed in range(100):
+        s = sample_scene(seed, WorldConfig(two_object_prob=1.0))
+        assert not ((s.coverage[0] > 0) & (s.coverage[1] > 0)).any()
+    assert sample_scene(7, WorldConfig(overlap_prob=0.0)).caption == sample_scene(7).caption
+    with pytest.raises(VideditError, match="overlap_prob"):
+        WorldConfig(overlap_prob=1.5)
+
+
 def test_masks_match_pixels(scenes):
     for s in scenes:
         assert s.image.dtype == np.uint8 and s.masks.dtype == bool
