@@ -5,7 +5,7 @@ and to independent per-frame editing) and the share of frames where the edit suc
     python tools/toy_video_table.py --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3]
 
 Each clip (kinds translate, scale, rotate, occlude; seeded) is a 64x64 world clip; the edit
-recolours its front object to the next palette colour in the caption. A frame succeeds when the
+recolours its front object to the next palette colour no object of the clip has. A frame succeeds when the
 front object's ground-truth visible pixels have the asked colour and, in one-object clips, the
 detected object keeps the source's shape and covers its mask (IoU >= 0.5), or, in occlusion
 clips, the back object's visible pixels keep their colour. The warp error is

@@ -26,6 +26,7 @@ from videdit.toy.scores import (
     detect_objects,
     mask_iou,
     psnr,
+    recoloured,
     score_image,
 )
 
@@ -69,6 +70,20 @@ def test_overlap_prob_hides_part_of_the_back_object():
     assert sample_scene(7, WorldConfig(overlap_prob=0.0)).caption == sample_scene(7).caption
     with pytest.raises(VideditError, match="overlap_prob"):
         WorldConfig(overlap_prob=1.5)
+
+
+def test_recoloured_never_asks_for_the_back_objects_colour():
+    """A toy-clip colour edit takes the front object to the next palette colour that no object
+    has: seed 7's purple triangle over an orange circle becomes red, not orange (which would
+    merge it into the circle); one-object clips take the plain next colour."""
+    prompt, colour = recoloured(sample_clip(np.random.default_rng(7), "occlude", 4))
+    assert colour == "red" and prompt == "a orange circle and a red triangle on a black background"
+    for seed in range(12):
+        clip = sample_clip(np.random.default_rng(seed), "occlude", 4)
+        assert recoloured(clip)[1] not in {o.colour for o in clip.objects}
+    one = sample_clip(0, "translate", 4)
+    palette = list(OBJECT_COLOURS)
+    assert recoloured(one)[1] == palette[(palette.index(one.objects[0].colour) + 1) % len(palette)]
 
 
 def test_masks_match_pixels(scenes):

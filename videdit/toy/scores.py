@@ -223,10 +223,13 @@ def clip_flows(clip: Clip):
 
 
 def recoloured(clip: Clip) -> tuple[str, str]:
-    """The clip's caption with its front (last) object in the next palette colour, and that colour."""
+    """The clip's caption with its front (last) object in the next palette colour that no object
+    of the clip has (so that the edit cannot merge it into the back object), and that colour."""
     colours = list(OBJECT_COLOURS)
-    front = clip.objects[-1]
-    new = dataclasses.replace(front, colour=colours[(colours.index(front.colour) + 1) % len(colours)])
+    front, taken = clip.objects[-1], {o.colour for o in clip.objects}
+    i = colours.index(front.colour)
+    colour = next(c for c in colours[i + 1:] + colours[:i] if c not in taken)
+    new = dataclasses.replace(front, colour=colour)
     return caption_for((*clip.objects[:-1], new), clip.background), new.colour
 
 
