@@ -51,9 +51,9 @@ class FlowConfig:
     """How to estimate flow and occlusions. ``preset`` is DIS's; ``levels``/``window`` are
     Farneback's pyramid depth and averaging window; ``alpha``/``beta`` the consistency test's,
     ``photometric`` (None: off) and ``dilate`` the additions to it (see the module doc).
-    ``colour``: ``"lab"`` (the default) estimates DIS/Farneback flow on grey and on each CIELAB
-    channel and keeps, per pixel, the flow whose warp matches best (see :func:`flow_pair`);
-    ``"gray"`` on luminance only, 4-7x faster."""
+    ``colour``: ``"lab"`` (the default) estimates DIS/Farneback flow on grey and on CIELAB's
+    a and b channels and keeps, per pixel, the flow whose warp matches best (see
+    :func:`flow_pair`); ``"gray"`` on luminance only, about 5x faster."""
 
     method: str = "dis"
     preset: str = "medium"
@@ -117,12 +117,12 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
 def flow_pair(a: np.ndarray, b: np.ndarray, config: FlowConfig = FlowConfig()) -> np.ndarray:
     """Flow (H, W, 2) float32 from uint8 RGB frame ``a`` (H, W, 3) to ``b``, by DIS or Farneback.
 
-    With ``config.colour == "lab"``, flow is estimated on each channel of CIELAB (L, a, b,
-    each stretched to 0-255) besides grey, and each pixel keeps the candidate whose warp of
+    With ``config.colour == "lab"``, flow is estimated on CIELAB's a and b channels (each
+    stretched to 0-255) besides grey, and each pixel keeps the candidate whose warp of
     ``b`` matches ``a`` best in Lab, the residual averaged over a 5x5 window. Grey-level flow
     cannot see an edge between two colours of the same luminance: on the toy occlusion clips
-    (red over purple, both grey ~87) the moving object's end-point error is 1.2 px one frame
-    apart and 3.7 px three apart with grey, 0.95 and 2.25 with Lab."""
+    (red over purple, both grey ~87) the moving objects' end-point error over three clips is
+    0.98 px with grey, 0.70 with Lab."""
     if config.colour == "lab":
         return _lab_flow(a, b, config)
     ga, gb = (cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in (a, b))
@@ -154,7 +154,7 @@ def _lab_flow(a: np.ndarray, b: np.ndarray, config: FlowConfig) -> np.ndarray:
     la, lb = _lab_channels(a), _lab_channels(b)
     grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in (a, b)]
     candidates = [_channel_flow(*grey, config)]
-    for c in range(3):
+    for c in (1, 2):  # a and b: L adds nothing to grey (measured: the same errors, 4/3 the time)
         pa, pb = _stretch(np.stack([la[..., c], lb[..., c]]))
         candidates.append(_channel_flow(pa, pb, config))
     h, w = a.shape[:2]
