@@ -9,14 +9,14 @@ absolute error (0-255) over pixels the flow finds visible in both. Prompts from
 how much each mechanism holds frames together.
 
 Cross-frame attention comes out at 0.99-1.00x of independent editing on tiny-random, and no
-choice of anchors can do better there: its random self-attention is uniform to 1-2% (attn1
-entropy 0.983-0.995 of log T), so each frame's attention output is the mean of its values,
-nearly the same from frame to frame, and taking the keys and values from an anchor changes
-that one mean (on wolf, 8 frames: the edit moves by 3.2 levels against 65 from the source).
-Scaling its query and key weights 4x or 8x (sharper, trained-like maps) still leaves
-0.96-0.99x: the flicker of a random UNet's edit comes from its convolutions, not its
-attention. The toy model's trained attention (0.80-0.98 of log T) is where it can be measured
-(tools/toy_video_table.py --mechanisms "cross-frame (first)").
+choice of anchors can do better there (tools/cross_frame_probe.py, wolf, 8 frames): its random
+self-attention is uniform (attn1 entropy 0.991 of log T), so each frame's attention output is
+the mean of its values, nearly the same from frame to frame; taking the keys and values from
+an anchor moves the edit by 3.2 levels (of 255), against 65 between the edit and the source,
+though zeroing attn1 moves it by 26.5. Scaling attn1's query and key weights 4x / 8x (entropy
+0.35 / 0.07, sharper than a trained model's) makes cross-frame attention move the edit by 21 /
+26 levels, and still leaves the warp error at 0.98 / 0.96x: a random UNet's flicker comes from
+its convolutions, not its attention. Measuring it needs trained attention on real clips.
 """
 
 from __future__ import annotations
