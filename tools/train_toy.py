@@ -318,7 +318,8 @@ def main(argv=None) -> int:
                    "when there is no checkpoint to resume: skips the VAE phase, keeps the step count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--two-object-prob", type=float, default=WorldConfig.two_object_prob, help="share of two-object scenes")
+    p.add_argument("--two-object-prob", type=float, default=WorldConfig.two_object_prob,
+                   help="share of two-object scenes")
     p.add_argument(
         "--overlap-prob", type=float, default=WorldConfig.overlap_prob,
         help="of two-object scenes, the share where the second object partly hides the first (occlusion)",
