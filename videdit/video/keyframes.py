@@ -80,7 +80,7 @@ from videdit.editing.control import choose_layers, patterns
 from videdit.errors import VideditError
 from videdit.inversion.registry import make_config
 from videdit.video.cross_frame import (AnchorStore, CrossFrameAttention, gather_anchors, keyframe_anchors,
-                                       spread_keyframes)
+                                       window_keyframes)
 from videdit.video import guided
 from videdit.video.flow import FlowConfig, compute_flows
 from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
@@ -160,17 +160,15 @@ def select_keyframes(n_frames: int, *, every: int, select: str = "every", frames
     ``last_keyframe``, or the window's first frame): a frame after the last keyframe would
     have only the one before, and the next window would start from a keyframe of its own, a
     jump at the window border. ``every``: evenly spread from the earlier keyframe to the
-    window's last frame, at most ``every`` apart (:func:`spread_keyframes`). ``change``: the
-    clip's first frame, frames whose :func:`frame_changes` exceed the ``quantile`` of the
+    window's last frame, at most ``every`` apart (``cross_frame.window_keyframes``, which
+    cross-frame attention's ``keyframes`` mode shares). ``change``: the clip's first frame, frames whose :func:`frame_changes` exceed the ``quantile`` of the
     window's, any frame ``every`` after the last keyframe (``previous``: the frame before the
     window, so that a cut at the border counts), and the window's last frame."""
     end = offset + n_frames - 1
     if n_frames < 1:
         return []
     if select == "every":
-        if last_keyframe is None:
-            return spread_keyframes(offset, end, every, include_start=True)
-        return spread_keyframes(last_keyframe, end, every, include_start=False)
+        return window_keyframes(range(offset, end + 1), every, last_keyframe)
     if frames is None or len(frames) != n_frames:
         raise VideditError(f"{NAME} select='change' needs the window's {n_frames} source frames")
     d = frame_changes(frames, previous)
