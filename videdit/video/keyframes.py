@@ -161,9 +161,10 @@ def select_keyframes(n_frames: int, *, every: int, select: str = "every", frames
     have only the one before, and the next window would start from a keyframe of its own, a
     jump at the window border. ``every``: evenly spread from the earlier keyframe to the
     window's last frame, at most ``every`` apart (``cross_frame.window_keyframes``, which
-    cross-frame attention's ``keyframes`` mode shares). ``change``: the clip's first frame, frames whose :func:`frame_changes` exceed the ``quantile`` of the
-    window's, any frame ``every`` after the last keyframe (``previous``: the frame before the
-    window, so that a cut at the border counts), and the window's last frame."""
+    cross-frame attention's ``keyframes`` mode shares). ``change``: the clip's first frame,
+    frames whose :func:`frame_changes` exceed the ``quantile`` of the window's, any frame
+    ``every`` after the last keyframe (``previous``: the frame before the window, so that a cut
+    at the border counts), and the window's last frame."""
     end = offset + n_frames - 1
     if n_frames < 1:
         return []
