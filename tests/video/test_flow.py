@@ -217,3 +217,12 @@ def test_lab_flow_sees_isoluminant_edges():
             flows = compute_flows(clip.frames, FlowConfig(colour=colour))
             out.append(np.linalg.norm(flows.forward - clip.flows, axis=-1)[moving].mean())
     assert np.mean(lab) < 0.8 * np.mean(grey)
+
+
+def test_lab_flow_of_grey_frames_is_grey_flow():
+    """Frames without colour have no a/b channels worth a flow (stretched, their rounding noise
+    would be all there is): Lab flow is then exactly grey flow."""
+    clip = sample_clip(0, "translate", 3)
+    grey = np.repeat(clip.frames.mean(-1, keepdims=True).round().astype(np.uint8), 3, axis=-1)
+    lab, gray = (flow_pair(grey[0], grey[1], FlowConfig(colour=c)) for c in ("lab", "gray"))
+    np.testing.assert_array_equal(lab, gray)

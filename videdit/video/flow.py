@@ -41,6 +41,7 @@ log = logging.getLogger("videdit.flow")
 FLOW_FORMAT = "videdit-flow-1"
 FLOW_METHODS = ("dis", "farneback", "raft")
 FLOW_COLOURS = ("gray", "lab")
+MIN_CHROMA_RANGE = 2.0  # Lab a/b units: a channel that varies less over a pair gets no flow of its own
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 FLO_MAGIC = 202021.25  # the bytes "PIEH"
@@ -155,8 +156,9 @@ def _lab_flow(a: np.ndarray, b: np.ndarray, config: FlowConfig) -> np.ndarray:
     grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in (a, b)]
     candidates = [_channel_flow(*grey, config)]
     for c in (1, 2):  # a and b: L adds nothing to grey (measured: the same errors, 4/3 the time)
-        pa, pb = _stretch(np.stack([la[..., c], lb[..., c]]))
-        candidates.append(_channel_flow(pa, pb, config))
+        pair = np.stack([la[..., c], lb[..., c]])                   # (2, H, W)
+        if np.ptp(pair) >= MIN_CHROMA_RANGE:  # a grey clip's chroma is noise, stretched it would be all noise
+            candidates.append(_channel_flow(*_stretch(pair), config))
     h, w = a.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     residuals = []
