@@ -5,10 +5,10 @@ and to independent per-frame editing) and the share of frames where the edit suc
     python tools/toy_video_table.py --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3]
 
 Each clip (kinds translate, scale, rotate, occlude; seeded) is a 64x64 world clip; the edit
-recolours its front object to the next palette colour no object of the clip has. A frame succeeds when the
-front object's ground-truth visible pixels have the asked colour and, in one-object clips, the
-detected object keeps the source's shape and covers its mask (IoU >= 0.5), or, in occlusion
-clips, the back object's visible pixels keep their colour. The warp error is
+recolours its front object to the next palette colour no object of the clip has. A frame
+succeeds when the front object's ground-truth visible pixels have the asked colour and, in
+one-object clips, the detected object keeps the source's shape and covers its mask (IoU >=
+0.5), or, in occlusion clips, the back object's visible pixels keep their colour. The warp error is
 ``videdit.metrics.temporal.warp_error`` with the clip's exact flow and occlusion masks, so
 the source's own error is only the resampling floor of anti-aliased edges.
 """
@@ -56,7 +56,7 @@ def main() -> None:
     from videdit.metrics.temporal import warp_error
     from videdit.toy import sample_clip
     from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
-    
+
     model = load_model(a.model)
     tmp = Path(tempfile.mkdtemp(prefix="videdit-toy-video-"))
     clips = []

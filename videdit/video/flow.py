@@ -124,10 +124,7 @@ def flow_pair(a: np.ndarray, b: np.ndarray, config: FlowConfig = FlowConfig()) -
     cannot see an edge between two colours of the same luminance: on the toy occlusion clips
     (red over purple, both grey ~87) the moving objects' end-point error over three clips is
     0.98 px with grey, 0.70 with Lab."""
-    if config.colour == "lab":
-        return _lab_flow(a, b, config)
-    ga, gb = (cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in (a, b))
-    return _channel_flow(ga, gb, config)
+    return _planes_flow(_planes(a, config), _planes(b, config), config)
 
 
 def _channel_flow(ga: np.ndarray, gb: np.ndarray, config: FlowConfig) -> np.ndarray:
@@ -151,15 +148,23 @@ def _stretch(channel: np.ndarray) -> np.ndarray:
     return np.round((channel - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
 
 
-def _lab_flow(a: np.ndarray, b: np.ndarray, config: FlowConfig) -> np.ndarray:
-    la, lb = _lab_channels(a), _lab_channels(b)
-    grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in (a, b)]
-    candidates = [_channel_flow(*grey, config)]
+def _planes(frame: np.ndarray, config: FlowConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """What flow is estimated on: grey (H, W) uint8 and, with ``colour="lab"``, Lab (H, W, 3) float32."""
+    grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    return grey, (_lab_channels(frame) if config.colour == "lab" else None)
+
+
+def _planes_flow(first, second, config: FlowConfig) -> np.ndarray:
+    """Flow between two frames' :func:`_planes`: grey's, or the best per pixel of grey's, a's and b's."""
+    (ga, la), (gb, lb) = first, second
+    if la is None:
+        return _channel_flow(ga, gb, config)
+    candidates = [_channel_flow(ga, gb, config)]
     for c in (1, 2):  # a and b: L adds nothing to grey (measured: the same errors, 4/3 the time)
         pair = np.stack([la[..., c], lb[..., c]])                   # (2, H, W)
         if np.ptp(pair) >= MIN_CHROMA_RANGE:  # a grey clip's chroma is noise, stretched it would be all noise
             candidates.append(_channel_flow(*_stretch(pair), config))
-    h, w = a.shape[:2]
+    h, w = ga.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     residuals = []
     for f in candidates:
@@ -244,8 +249,9 @@ def _estimate(frames: np.ndarray, config: FlowConfig, device) -> Flows:
     if config.method == "raft":
         fwd, bwd = _raft(frames, config.raft_weights, device)
     else:
-        fwd = np.stack([flow_pair(a, b, config) for a, b in zip(frames[:-1], frames[1:])])
-        bwd = np.stack([flow_pair(b, a, config) for a, b in zip(frames[:-1], frames[1:])])
+        planes = [_planes(f, config) for f in frames]   # each frame converted once, not in each of its pairs
+        fwd = np.stack([_planes_flow(a, b, config) for a, b in zip(planes[:-1], planes[1:])])
+        bwd = np.stack([_planes_flow(b, a, config) for a, b in zip(planes[:-1], planes[1:])])
     fwd, bwd = fwd.astype(np.float32), bwd.astype(np.float32)
     return Flows(fwd, bwd, _occlusions(frames, fwd, bwd, config, backward=False),
                  _occlusions(frames, fwd, bwd, config, backward=True))
