@@ -10,13 +10,22 @@ nothing. What it measures is numerics and speed, which do not depend on trained 
 
 Correctness, per dtype, on the shipped sample's frames at ``--size`` (10 steps, guidance 7.5):
 relative latent reconstruction error of DDIM (guidance 1), EDICT, BDIA and direct inversion
-(the exact ones should stay at 0: on a GPU, kernels may differ between the inversion's batch
-and the editor's), and the UNet's output against fp32 on the same input.
+(the exact ones must stay at 0), and the UNet's output against fp32 on the same input.
 
 Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerate per frame
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
 DDIMInverseScheduler/DDIMScheduler, tools/bench.py's); prompt-to-prompt; a clip edited
-with keyframes (flow, guided pixels). Ratios are side by side in the same run.
+with keyframes (flow, guided pixels); the four presets in configs/. Ratios are side by side in
+the same run.
+
+Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
+shipped toy model, 64x64), on the CPU and on the device, in fp32, fp32 without TF32
+("fp32-strict"), fp16 and bf16; with whether the UNet gives the same output for the same
+input twice, and for a frame alone against the same frame inside a batch of 4. Random
+SD-size weights make a chaotic sampler (DDIM's own reconstruction error is above 10 there),
+so any difference in the last bits of a UNet input shows up: that is how the first H200 run
+found the source prompt embedded in batches of different sizes while inverting and editing
+(EDICT 5.6, direct 17.5 instead of 0; ``Model.encode_text`` now embeds each prompt alone).
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
+PRESETS = ("text2video-zero", "fatezero", "tokenflow", "rerender")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -97,9 +108,10 @@ def correctness(model_dir: Path, args, frames: np.ndarray) -> dict:
     return out
 
 
-def seconds(fn, device, repeat: int = 1) -> float:
-    """Median wall seconds of ``fn()`` after one warm-up call."""
-    fn()
+def seconds(fn, device, repeat: int = 1, warm: bool = True) -> float:
+    """Median wall seconds of ``fn()`` (after one warm-up call unless ``warm`` is False)."""
+    if warm:
+        fn()
     times = []
     for _ in range(repeat):
         sync(device)
@@ -114,7 +126,6 @@ def timing(model_dir: Path, args) -> dict:
     sys.path.insert(0, str(ROOT / "tools"))
     import bench
 
-    from videdit import edit_video, io
     from videdit.models import load_model
     from videdit.pipeline import EditSettings, edit_frames
 
@@ -133,18 +144,92 @@ def timing(model_dir: Path, args) -> dict:
         row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8, model) / args.frames
         frames = bench.load_frames(args.frames, args.size)
         s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt")
-        row["videdit p2p (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device) / args.frames
+        row["videdit p2p (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device, warm=False) / args.frames
         temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
-        t = time.perf_counter()
-        res = edit_video(SAMPLE, source_prompt=PROMPT, target_prompt=TARGET, model=model, steps=args.steps,
-                         editor="prompt_to_prompt", temporal=temporal, use_cache=False, window=8,
-                         read=io.ReadOptions(size=args.size))
-        sync(args.device)
-        row["video keyframes+guided (s/frame)"] = (time.perf_counter() - t) / len(res.frames)
-        if torch.device(args.device).type == "cuda":
-            row["peak GPU memory (GB)"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            torch.cuda.reset_peak_memory_stats()
+        row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal))
+        print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
         out[dtype] = row
+    for dtype in args.dtypes[:1] if args.presets else ():  # the shipped presets, as `--config` runs them
+        model = load_model(model_dir, device=args.device, dtype=dtype)
+        for name in PRESETS:
+            values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+            row = video_run(f"preset {name}", model, args, **values)
+            print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            out[dtype].update(row)
+    return out
+
+
+def video_run(label: str, model, args, **settings) -> dict:
+    """Seconds per frame (and peak GPU memory) of ``edit_video`` on the sample's first ``--frames`` frames."""
+    from videdit import edit_video, io
+
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(args.device)
+    t = time.perf_counter()
+    res = edit_video(SAMPLE, source_prompt=PROMPT, target_prompt=TARGET, model=model, use_cache=False,
+                     window=args.frames, read=io.ReadOptions(size=args.size, max_frames=args.frames), **settings)
+    sync(args.device)
+    row = {f"{label} (s/frame)": (time.perf_counter() - t) / len(res.frames)}
+    if torch.device(args.device).type == "cuda":
+        row[f"{label} peak GPU (GB)"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    return row
+
+
+ROW_NAMES = ("ddim", "edict", "bdia", "direct")
+
+
+def reconstruction_errors(model, frames: np.ndarray, steps: int) -> dict:
+    """Relative latent reconstruction error of each inversion (DDIM at guidance 1, the rest at 7.5)."""
+    from videdit.pipeline import EditSettings, invert_frames, reconstruct
+
+    row = {}
+    for name in ROW_NAMES:
+        g = 1.0 if name == "ddim" else 7.5
+        s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=steps, guidance=g, inversion=name)
+        inv = invert_frames(model, frames, s)
+        z = reconstruct(model, inv, s)
+        row[f"{name} {steps}"] = float((z.float() - inv.source.float()).norm() / inv.source.float().norm())
+    return row
+
+
+def unet_determinism(model, size: int) -> dict:
+    """Max |difference| of the UNet's output: the same input twice, and frame 0 alone against inside a batch of 4."""
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(4, 4, size // 8, size // 8, generator=gen).to(model.device, model.dtype)
+        text = model.encode_text([PROMPT]).expand(4, -1, -1)
+        a = model.unet(x, 500, encoder_hidden_states=text).sample.float()
+        b = model.unet(x, 500, encoder_hidden_states=text).sample.float()
+        c = model.unet(x[:1], 500, encoder_hidden_states=text[:1]).sample.float()
+    return {"repeat diff": float((a - b).abs().max()), "batch diff": float((a[:1] - c).abs().max()),
+            "|eps|/|x|": float(a.norm() / x.float().norm())}
+
+
+def exactness(sd_dir: Path, args) -> dict:
+    from videdit import io
+    from videdit.models import load_model
+
+    toy = ROOT / "samples" / "toy-model"
+    dtypes = ("fp32", "fp32-strict", "fp16", "bf16") if torch.device(args.device).type == "cuda" else ("fp32",)
+    cases = [("toy 64", toy, 64, "cpu", "fp32")] if torch.device(args.device).type != "cpu" else []
+    cases += [("toy 64", toy, 64, args.device, d) for d in dtypes]
+    cases += [(f"{args.arch} {args.size}", sd_dir, args.size, args.device, d) for d in dtypes]
+    out = {}
+    for label, model_dir, size, device, dtype in cases:
+        strict = dtype == "fp32-strict"
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not strict and tf32[0]
+        try:
+            model = load_model(model_dir, device=device, dtype="fp32" if strict else dtype)
+            frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=size))
+            row = {**reconstruction_errors(model, frames, 10), **reconstruction_errors(model, frames, 50),
+                   **unet_determinism(model, size)}
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        key = f"{label} {device} {dtype}"
+        out[key] = row
+        print(f"{key:<28}" + "".join(f"{n} {v:.2e}  " for n, v in row.items()), flush=True)
     return out
 
 
@@ -156,6 +241,10 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8, help="frames per timing run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"])
+    p.add_argument("--presets", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time configs/{%s}.yaml (first dtype only)" % ",".join(PRESETS))
+    p.add_argument("--sections", nargs="+", choices=["correctness", "timing", "exactness"],
+                   default=["correctness", "timing", "exactness"])
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
     args = p.parse_args()
 
@@ -164,26 +253,32 @@ def main() -> None:
     info = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else args.device
     print(f"device={info} torch={torch.__version__} arch={args.arch} size={args.size} steps={args.steps} "
           f"frames={args.frames}", flush=True)
+    results = {}
     with tempfile.TemporaryDirectory(prefix="videdit-gpu-check-") as tmp:
         model_dir = make_model(args.arch, Path(tmp) / args.arch)
-        frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=args.size))
-        check = correctness(model_dir, args, frames)
-        print("\ncorrectness: relative latent reconstruction error (10 steps) and UNet output vs fp32")
-        names = list(next(iter(check.values())))
-        print(f"{'dtype':<8}" + "".join(f"{n:>14}" for n in names))
-        for dtype, row in check.items():
-            print(f"{dtype:<8}" + "".join(f"{row[n]:>14.2e}" for n in names), flush=True)
-        times = timing(model_dir, args)
-    print(f"\ntiming ({args.steps} steps, guidance 7.5, {args.size}x{args.size}; ratios side by side)")
-    names = list(next(iter(times.values())))
-    print(f"{'':<36}" + "".join(f"{d:>12}" for d in times))
-    for n in names:
-        print(f"{n:<36}" + "".join(f"{times[d][n]:>12.3f}" for d in times))
-    for d, row in times.items():
-        print(f"{d}: videdit plain / diffusers loop = {row['videdit plain (s/frame)'] / row['diffusers loop (s/frame)']:.2f}")
+        if "correctness" in args.sections:
+            frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=args.size))
+            check = results["correctness"] = correctness(model_dir, args, frames)
+            print("\ncorrectness: relative latent reconstruction error (10 steps) and UNet output vs fp32")
+            names = list(next(iter(check.values())))
+            print(f"{'dtype':<8}" + "".join(f"{n:>14}" for n in names))
+            for dtype, row in check.items():
+                print(f"{dtype:<8}" + "".join(f"{row[n]:>14.2e}" for n in names), flush=True)
+        if "exactness" in args.sections:
+            print("\nexactness: relative latent reconstruction error at 10 and 50 steps; UNet determinism", flush=True)
+            results["exactness"] = exactness(model_dir, args)
+        if "timing" in args.sections:
+            times = results["timing"] = timing(model_dir, args)
+            print(f"\ntiming ({args.steps} steps, guidance 7.5, {args.size}x{args.size}; ratios side by side)")
+            names = list(next(iter(times.values())))
+            print(f"{'':<48}" + "".join(f"{d:>12}" for d in times))
+            for n in names:
+                print(f"{n:<48}" + "".join(f"{times[d][n]:>12.3f}" if n in times[d] else f"{'':>12}" for d in times))
+            for d, row in times.items():
+                ratio = row["videdit plain (s/frame)"] / row["diffusers loop (s/frame)"]
+                print(f"{d}: videdit plain / diffusers loop = {ratio:.2f}")
     if args.out:
-        args.out.write_text(json.dumps({"correctness": check, "timing": times}, indent=1))
-
+        args.out.write_text(json.dumps(results, indent=1))
 
 if __name__ == "__main__":
     main()

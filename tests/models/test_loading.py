@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videdit.errors import VideditError
-from videdit.models import load_model
+from videdit.models import load_model, loading
 from videdit.models.tiny import save_tiny_random
 
 
@@ -18,16 +18,28 @@ def test_tiny_random_is_the_same_every_time(tiny):
     assert 1_000_000 < n < 5_000_000
 
 
-def test_text_and_vae_in_batches(tiny):
-    emb = tiny.encode_text(["a", "b", "c"], batch_size=2)
-    assert emb.shape == (3, 77, 32)
-    torch.testing.assert_close(emb[2:], tiny.encode_text(["c"]))
+def test_text_per_prompt_and_vae_in_batches(tiny):
+    emb = tiny.encode_text(["a", "b", "c", "a"])
+    assert emb.shape == (4, 77, 32)
+    assert torch.equal(emb[0], emb[3]) and torch.equal(emb[2:3], tiny.encode_text(["c"]))
+    assert (emb[0] - emb[1]).abs().max() > 0.1
     frames = np.random.default_rng(0).integers(0, 255, (5, 48, 40, 3), dtype=np.uint8)
     z = tiny.encode_images(frames, batch_size=2)
     assert z.shape == (5, 4, 6, 5)
     torch.testing.assert_close(z[4:], tiny.encode_images(frames[4:]))
     out = tiny.decode_latents(z, batch_size=3)
     assert out.shape == (5, 48, 40, 3) and out.dtype == np.uint8
+
+
+def test_text_cache_keeps_the_recently_used_prompts(tiny, monkeypatch):
+    monkeypatch.setattr(loading, "TEXT_CACHE_SIZE", 2)
+    tiny._text_cache.clear()
+    first = tiny.encode_text(["a", "b", "c"])
+    assert list(tiny._text_cache) == ["b", "c"]
+    assert torch.equal(tiny.encode_text(["a"])[0], first[0])  # encoded again, the same bits
+    tiny.encode_text(["c"])
+    tiny.encode_text(["d"])
+    assert list(tiny._text_cache) == ["c", "d"]
 
 
 def test_local_directory_loads_like_the_builtin(tiny, tmp_path):
