@@ -19,18 +19,20 @@ with keyframes (flow, guided pixels); the four presets in configs/. Ratios are s
 the same run.
 
 Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
-shipped toy model, 64x64), on the CPU and on the device, in fp32, fp32 without TF32
-("fp32-strict"), fp16 and bf16; with whether the UNet gives the same output for the same
-input twice, and for a frame alone against the same frame inside a batch of 4. Random
-SD-size weights make a chaotic sampler (DDIM's own reconstruction error is above 10 there),
-so any difference in the last bits of a UNet input shows up: that is how the first H200 run
-found the source prompt embedded in batches of different sizes while inverting and editing
-(EDICT 5.6, direct 17.5 instead of 0; ``Model.encode_text`` now embeds each prompt alone).
+shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:
+cuDNN on, matmuls off), fp32 without TF32 ("fp32-strict"), fp16 and bf16; with whether the
+UNet gives the same output for the same input twice, and for a frame alone against the same
+frame inside a batch of 4. Random SD-size weights make a chaotic sampler (DDIM's own
+reconstruction error is above 10 there), so any difference in the last bits of a UNet input
+shows up: that is how the first H200 run found the source prompt embedded in batches of
+different sizes while inverting and editing (EDICT 5.6, direct 17.5 instead of 0;
+``Model.encode_text`` now embeds each prompt alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -85,18 +87,11 @@ def sync(device) -> None:
 
 def correctness(model_dir: Path, args, frames: np.ndarray) -> dict:
     from videdit.models import load_model
-    from videdit.pipeline import EditSettings, invert_frames, reconstruct
 
     out, reference = {}, None
     for dtype in ("fp32", "fp16", "bf16"):
         model = load_model(model_dir, device=args.device, dtype=dtype)
-        row = {}
-        for name in ("ddim", "edict", "bdia", "direct"):
-            g = 1.0 if name == "ddim" else 7.5
-            s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=10, guidance=g, inversion=name)
-            inv = invert_frames(model, frames, s)
-            z = reconstruct(model, inv, s)
-            row[name] = float((z.float() - inv.source.float()).norm() / inv.source.float().norm())
+        row = reconstruction_errors(model, frames, 10)
         with torch.no_grad():                      # one UNet call on the same input, against fp32's
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(2, 4, args.size // 8, args.size // 8, generator=gen).to(args.device, model.dtype)
@@ -144,9 +139,11 @@ def timing(model_dir: Path, args) -> dict:
         row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8, model) / args.frames
         frames = bench.load_frames(args.frames, args.size)
         s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt")
-        row["videdit p2p (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device, warm=False) / args.frames
+        p2p = seconds(lambda: edit_frames(model, frames, s), args.device, warm=False)  # the model is warm by now
+        row["videdit p2p (s/frame)"] = p2p / args.frames
         temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
-        row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal))
+        row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal,
+                             steps=args.steps))
         print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
         out[dtype] = row
     for dtype in args.dtypes[:1] if args.presets else ():  # the shipped presets, as `--config` runs them
@@ -206,6 +203,18 @@ def unet_determinism(model, size: int) -> dict:
             "|eps|/|x|": float(a.norm() / x.float().norm())}
 
 
+@contextlib.contextmanager
+def no_tf32(enabled: bool):
+    """TF32 off for cuDNN and matmuls while ``enabled`` (else PyTorch's settings as they are), restored after."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def exactness(sd_dir: Path, args) -> dict:
     from videdit import io
     from videdit.models import load_model
@@ -218,15 +227,11 @@ def exactness(sd_dir: Path, args) -> dict:
     out = {}
     for label, model_dir, size, device, dtype in cases:
         strict = dtype == "fp32-strict"
-        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not strict and tf32[0]
-        try:
+        with no_tf32(strict):
             model = load_model(model_dir, device=device, dtype="fp32" if strict else dtype)
             frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=size))
             row = {**reconstruction_errors(model, frames, 10), **reconstruction_errors(model, frames, 50),
                    **unet_determinism(model, size)}
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         key = f"{label} {device} {dtype}"
         out[key] = row
         print(f"{key:<28}" + "".join(f"{n} {v:.2e}  " for n, v in row.items()), flush=True)

@@ -27,7 +27,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 TOY_DIR = Path(__file__).resolve().parents[2] / "samples" / "toy-model"
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
-TEXT_CACHE_SIZE = 256  # prompts whose embeddings a model remembers
+TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
