@@ -148,14 +148,16 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 @torch.no_grad()
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
-                 frame_offset: int = 0, clip_state: dict | None = None,
+                 frame_offset: int = 0, clip_state: dict | None = None, final_window: bool = False,
                  cache: InversionCache | None = None, finishers: list | None = None) -> torch.Tensor:
     """Run the editor on an inversion: -> edited clean latents (F, C, h, w). Temporal modules'
     ``finish`` steps (for the decoded frames) are appended to ``finishers`` when it is given. ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
     Temporal modules get the window's source ``frames`` at the model size, the window's
     ``frame_offset`` in the clip, ``clip_state``, a dict that lives for the whole clip, and
-    the ``cache``'s folder (for what they cache beside the inversions, e.g. flow)."""
+    the ``cache``'s folder (for what they cache beside the inversions, e.g. flow). With
+    ``final_window`` (or without ``clip_state``) no later window follows, so they keep nothing
+    for one (cross-frame anchors: gigabytes at SD size)."""
     spec = get_editor(settings.editor)
     config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
@@ -184,7 +186,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
             model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=plan.x.shape[0],
             output_branch=plan.output_branch % plan.x.shape[0], source_branch=plan.source_branch, frames=frames,
             frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {},
-            cache_dir=cache.directory if cache is not None else None),
+            final_window=final_window or clip_state is None, cache_dir=cache.directory if cache is not None else None),
             make_config(spec.config, params, f"temporal module {name!r}"))
         processors = merge(model.unet, processors, tplan.modules, plan.info)
         clash = sorted(set(hooks) & set(tplan.hooks))
@@ -222,10 +224,11 @@ def _broadcast_uncond(uncond, n_branches: int):
 
 def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,
                 stats: EditStats | None = None, progress: bool = False, frame_offset: int = 0,
-                clip_state: dict | None = None) -> np.ndarray:
+                clip_state: dict | None = None, final_window: bool = False) -> np.ndarray:
     """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size.
     A clip edited window by window passes each window's ``frame_offset`` and one
-    ``clip_state`` dict for all its windows (temporal modules carry state in it)."""
+    ``clip_state`` dict for all its windows (temporal modules carry state in it), and
+    ``final_window`` for its last."""
     stats = stats if stats is not None else EditStats()
     height, width = frames.shape[1:3]
     work = _resize(frames, model_size(width, height, model.vae_scale_factor))
@@ -234,7 +237,8 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     t1 = time.perf_counter()
     finishers: list = []
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
-                     frame_offset=frame_offset, clip_state=clip_state, cache=cache, finishers=finishers)
+                     frame_offset=frame_offset, clip_state=clip_state, final_window=final_window, cache=cache,
+                     finishers=finishers)
     edited = model.decode_latents(z, settings.batch_size)
     for finish in finishers:
         edited = finish(edited)
@@ -299,9 +303,12 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     clip_state: dict = {}  # what temporal modules carry from one window to the next
 
     def edited_chunks() -> Iterator[np.ndarray]:
-        for chunk in io.read_frames(input, read):
+        chunks = io.read_frames(input, read)
+        following = next(chunks, None)
+        while following is not None:
+            chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
             out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
-                              frame_offset=stats.frames, clip_state=clip_state)
+                              frame_offset=stats.frames, clip_state=clip_state, final_window=following is None)
             out = _resize(out, info.source_size)
             if preview is not None:
                 keep_source.append(_thumb(_resize(chunk, info.source_size)))

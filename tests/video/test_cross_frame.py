@@ -197,6 +197,34 @@ def test_clip_state_is_bounded(tiny, clip):
     assert per_frame == 7 * STEPS   # one entry per self-attention layer and step
 
 
+@pytest.mark.parametrize("mode", ["first", "sparse_causal", "keyframes"])
+def test_the_last_window_keeps_nothing_for_a_next(tiny, clip, mode):
+    """A clip's last window (or a call without clip_state) carries no anchors, and edits the same:
+    at SD size and 50 steps a carried frame would hold 4.6 GB per branch until the clip ends."""
+    s = settings(mode, batch_size=3)
+    inv = invert_frames(tiny, clip[:4], s)
+    carried, final = {}, {}
+    a = edit_latents(tiny, inv, s, clip_state=carried)
+    b = edit_latents(tiny, inv, s, clip_state=final, final_window=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(carried["cross_frame"]["anchors"]) >= 7 * STEPS and final["cross_frame"]["anchors"] == {}
+
+
+def test_edit_video_tells_its_last_window(shared_data, monkeypatch):
+    import videdit.pipeline
+
+    seen, real = [], videdit.pipeline.edit_frames
+
+    def spy(model, frames, settings, **kw):
+        seen.append((len(frames), kw["final_window"]))
+        return real(model, frames, settings, **kw)
+
+    monkeypatch.setattr(videdit.pipeline, "edit_frames", spy)
+    videdit.edit_video(shared_data / "videos" / "dog.mp4", model="tiny-random", steps=2, use_cache=False, window=4,
+                       read=io.ReadOptions(max_frames=10, size=64))
+    assert seen == [(4, False), (4, False), (2, True)]
+
+
 def test_offload_keeps_the_result(tiny, clip):
     s = settings("first")
     inv = invert_frames(tiny, clip[:4], s)

@@ -174,6 +174,19 @@ def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
     assert leads == [(3, [3]), (7, [3, 7])]   # window 2 attends to 3 (window 1's last keyframe) and keeps 7
 
 
+@pytest.mark.parametrize("propagation", ["tokenflow", "flow"])
+def test_the_last_window_carries_no_keyframe(tiny, clip, propagation):
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
+                     batch_size=2, temporal={"keyframes": {"every": 3, "propagation": propagation}})
+    inv = invert_frames(tiny, clip[:4], s)
+    carried, final = {}, {}
+    a = edit_latents(tiny, inv, s, frames=clip[:4], clip_state=carried)
+    b = edit_latents(tiny, inv, s, frames=clip[:4], clip_state=final, final_window=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    kept = lambda state: {key[-1] for part in ("anchors", "tokenflow") for key in state["keyframes"].get(part, {})}  # noqa: E731
+    assert kept(carried) == {3} and kept(final) == set()
+
+
 def test_change_selection_sets_the_lead_frames(tiny):
     frames = np.repeat(np.repeat(cut_clip(8, 5, 16), 4, axis=1), 4, axis=2)   # (8, 64, 64, 3)
     inv = Inversion(method="ddim", trajectory=torch.zeros(3, 8, 4, 8, 8))

@@ -35,10 +35,12 @@ Memory: a frame kept across windows (one for ``first`` and ``keyframes``, two fo
 ``2 * halves * branches * steps * sum over layers (tokens * channels)`` numbers. For SD 1.5 at
 512x512 (11.6M tokens x channels over its 16 self-attention layers) with guidance and one
 branch that is 92 MB a step in fp16, 4.6 GB over 50 steps (twice that for two-branch editors
-such as prompt_to_prompt); tiny-random at 64x64 needs 152 kB a step. ``offload`` keeps them in
-CPU memory; fewer ``layers`` cost proportionally less. Anchors within the window are held for
-the current step only, while frames still need them (``sparse_causal``: the previous batch's
-last frame; ``keyframes``: the keyframes, until the window's last batch).
+such as prompt_to_prompt); tiny-random at 64x64 needs 152 kB a step. The clip's last window
+keeps none (``TemporalContext.final_window``), so a clip that fits in one window pays nothing
+for them. ``offload`` keeps them in CPU memory; fewer ``layers`` cost proportionally less.
+Anchors within the window are held for the current step only, while frames still need them
+(``sparse_causal``: the previous batch's last frame; ``keyframes``: the keyframes, until the
+window's last batch).
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
         spans = keyframe_anchors(keys, state.get("last_keyframe"))
         anchors, carry = (lambda g: spans), set(keys[-1:])
         lead = tuple(g - ctx.frame_offset for g in keys)
+    carry = set() if ctx.final_window else carry
     store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload)
     if config.mode == "keyframes" and carry:
         state["last_keyframe"] = max(carry)   # read by the next window's build

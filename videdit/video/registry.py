@@ -36,6 +36,7 @@ class TemporalContext:
     frames: np.ndarray | None        # (F, H, W, 3) uint8 source frames of this window at the model size
     frame_offset: int = 0            # index in the clip of this window's first frame
     clip_state: dict = field(default_factory=dict)
+    final_window: bool = False       # no later window reads clip_state: keep nothing across windows for one
     cache_dir: Path | None = None    # the inversion cache's folder (None: no cache); flow is kept there too
 
 
