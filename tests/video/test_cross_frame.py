@@ -210,6 +210,14 @@ def test_the_last_window_keeps_nothing_for_a_next(tiny, clip, mode):
     assert len(carried["cross_frame"]["anchors"]) >= 7 * STEPS and final["cross_frame"]["anchors"] == {}
 
 
+def test_only_the_branches_that_take_anchors_are_kept(tiny, clip):
+    """prompt_to_prompt's source branch attends to itself: its keys and values are not stored."""
+    s = settings("sparse_causal", editor="prompt_to_prompt", batch_size=2)
+    state = {}
+    edit_latents(tiny, invert_frames(tiny, clip[:4], s), s, clip_state=state)
+    assert {t.shape[:2] for v in state["cross_frame"]["anchors"].values() for t in v} == {(2, 1)}  # (halves, nb)
+
+
 def test_edit_video_tells_its_last_window(shared_data, monkeypatch):
     import videdit.pipeline
 

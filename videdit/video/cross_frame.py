@@ -32,15 +32,15 @@ inversions that treat frames independently; DDPM inversion draws its noise per w
 
 Memory: a frame kept across windows (one for ``first`` and ``keyframes``, two for
 ``sparse_causal``) costs its keys and values at every selected layer and step,
-``2 * halves * branches * steps * sum over layers (tokens * channels)`` numbers. For SD 1.5 at
-512x512 (11.6M tokens x channels over its 16 self-attention layers) with guidance and one
-branch that is 92 MB a step in fp16, 4.6 GB over 50 steps (twice that for two-branch editors
-such as prompt_to_prompt); tiny-random at 64x64 needs 152 kB a step. The clip's last window
-keeps none (``TemporalContext.final_window``), so a clip that fits in one window pays nothing
-for them. ``offload`` keeps them in CPU memory; fewer ``layers`` cost proportionally less.
-Anchors within the window are held for the current step only, while frames still need them
-(``sparse_causal``: the previous batch's last frame; ``keyframes``: the keyframes, until the
-window's last batch).
+``2 * halves * branches * steps * sum over layers (tokens * channels)`` numbers, counting the
+branches that take anchors (an editor's source branch attends to itself and is not kept).
+For SD 1.5 at 512x512 (11.6M tokens x channels over its 16 self-attention layers) with
+guidance that is 92 MB a step in fp16, 4.6 GB over 50 steps; tiny-random at 64x64 needs
+152 kB a step. The clip's last window keeps none (``TemporalContext.final_window``), so a
+clip that fits in one window pays nothing for them. ``offload`` keeps them in CPU memory;
+fewer ``layers`` cost proportionally less. Anchors within the window are held for the
+current step only, while frames still need them (``sparse_causal``: the previous batch's
+last frame; ``keyframes``: the keyframes, until the window's last batch).
 """
 
 from __future__ import annotations
@@ -194,14 +194,21 @@ class CrossFrameAttention(AttentionModule):
         self.store.begin(call)
         frames = [self.offset + f for f in call.info.frames]
         ks, vs = call.split(k), call.split(v)                     # each (halves, nb, fb, heads, T, d)
-        for j, g in enumerate(frames):
-            self.store.put(call.layer, g, (ks[:, :, j], vs[:, :, j]))
-        per_frame = gather_anchors(self.store, call, frames, (ks, vs), self.anchors, self.what)
+        nb = ks.shape[1]
+        own = None if self.source_branch is None else self.source_branch % nb
+        attend = [b for b in range(nb) if b != own]               # the branches that take anchors
+        ka, va = ks[:, attend], vs[:, attend]                     # only theirs are stored: a two-branch editor's
+        for j, g in enumerate(frames):                            # source branch would double the memory
+            self.store.put(call.layer, g, (ka[:, :, j], va[:, :, j]))
+        per_frame = gather_anchors(self.store, call, frames, (ka, va), self.anchors, self.what)
         self.store.done(call.layer, frames)
-        k, v = concat_anchors(per_frame, 0), concat_anchors(per_frame, 1)   # each (halves, nb, fb, heads, m*T, d)
-        if self.source_branch is not None:
-            b, m = self.source_branch % ks.shape[1], k.shape[-2] // ks.shape[-2]
-            k[:, b], v[:, b] = ks[:, b].repeat_interleave(m, dim=-2), vs[:, b].repeat_interleave(m, dim=-2)
+        k_a, v_a = concat_anchors(per_frame, 0), concat_anchors(per_frame, 1)   # each (halves, nb', fb, heads, m*T, d)
+        if own is None:
+            k, v = k_a, v_a
+        else:
+            m = k_a.shape[-2] // ks.shape[-2]
+            k, v = ks.repeat_interleave(m, dim=-2), vs.repeat_interleave(m, dim=-2)   # the source attends to itself
+            k[:, attend], v[:, attend] = k_a, v_a
         return q, k.flatten(0, 2), v.flatten(0, 2)                 # k, v (B, heads, m*T, d)
 
 
