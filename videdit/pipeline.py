@@ -309,6 +309,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
             chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
             out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
                               frame_offset=stats.frames, clip_state=clip_state, final_window=following is None)
+            if following is None:
+                clip_state.clear()   # what earlier windows handed on: nothing reads it now
             out = _resize(out, info.source_size)
             if preview is not None:
                 keep_source.append(_thumb(_resize(chunk, info.source_size)))

@@ -13,7 +13,7 @@ from videdit.core.schedule import make_schedule
 from videdit.editing import EDITORS, EditPlan, register_editor
 from videdit.errors import VideditError
 from videdit.inversion import INVERSIONS, InversionCache, ReplayContext
-from videdit.models import load_model, unet_dtype
+from videdit.models import load_model, loading, unet_dtype
 from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
 
 EXACT = ("bdia", "ddpm", "direct", "edict")
@@ -243,10 +243,12 @@ class BatchSensitive(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", ["edict", "direct"])
-def test_exact_whatever_batch_the_prompts_are_encoded_in(method, wolf_frames):
+def test_exact_whatever_batch_the_prompts_are_encoded_in(method, wolf_frames, monkeypatch):
     """Inverting embeds [source, negative], editing [source, target, negative]: on an H200 at SD1.5
     size the source prompt's two embeddings differed in their last bits and EDICT / direct
-    reconstructed to 5.6 / 17.5 relative error. encode_text embeds each prompt on its own."""
+    reconstructed to 5.6 / 17.5 relative error. encode_text embeds each prompt on its own
+    (checked here with its cache off, so every call encodes afresh)."""
+    monkeypatch.setattr(loading, "TEXT_CACHE_SIZE", 0)
     model = load_model("tiny-random", device="cpu")
     model.text_encoder = BatchSensitive(model.text_encoder)
     assert torch.equal(model.encode_text(["a wolf", "a fox", ""])[0], model.encode_text(["a wolf"])[0])

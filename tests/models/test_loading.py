@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -21,8 +22,9 @@ def test_tiny_random_is_the_same_every_time(tiny):
 def test_text_per_prompt_and_vae_in_batches(tiny):
     emb = tiny.encode_text(["a", "b", "c", "a"])
     assert emb.shape == (4, 77, 32)
-    assert torch.equal(emb[0], emb[3]) and torch.equal(emb[2:3], tiny.encode_text(["c"]))
-    assert (emb[0] - emb[1]).abs().max() > 0.1
+    assert torch.equal(emb[0], emb[3]) and (emb[0] - emb[1]).abs().max() > 0.1
+    tiny._text_cache.clear()
+    assert torch.equal(emb[2:3], tiny.encode_text(["c"]))   # encoded afresh, alone: the same bits
     frames = np.random.default_rng(0).integers(0, 255, (5, 48, 40, 3), dtype=np.uint8)
     z = tiny.encode_images(frames, batch_size=2)
     assert z.shape == (5, 4, 6, 5)
@@ -40,6 +42,18 @@ def test_text_cache_keeps_the_recently_used_prompts(tiny, monkeypatch):
     tiny.encode_text(["c"])
     tiny.encode_text(["d"])
     assert list(tiny._text_cache) == ["c", "d"]
+
+
+def test_text_cache_follows_the_encoder_and_dtype():
+    model = load_model("tiny-random", device="cpu")
+    before = model.encode_text(["a"])
+    with torch.no_grad():
+        dict(model.text_encoder.named_parameters())["final_layer_norm.bias"].add_(1.0)   # same module: cached
+    assert torch.equal(model.encode_text(["a"]), before)
+    model.text_encoder = copy.deepcopy(model.text_encoder)                # another module: encoded afresh
+    assert (model.encode_text(["a"]) - before).abs().min() > 0.5
+    model.dtype = torch.bfloat16
+    assert model.encode_text(["a"]).dtype == torch.bfloat16
 
 
 def test_local_directory_loads_like_the_builtin(tiny, tmp_path):

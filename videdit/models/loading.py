@@ -68,6 +68,7 @@ class Model:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _text_cache_for: tuple = field(default=(), repr=False, compare=False)   # the encoder, device and dtype it holds
 
     @property
     def prediction_type(self) -> str:
@@ -99,6 +100,10 @@ class Model:
         SD1.5-size UNet: embedded in batches of 2 and of 3, EDICT and direct inversion
         reconstructed to 5.6 and 17.5 relative error instead of 0; tools/gpu_check.py).
         """
+        made_by = (id(self.text_encoder), id(self.tokenizer), self.device, self.dtype)
+        if self._text_cache_for != made_by:   # another encoder, tokenizer, device or dtype: start afresh
+            self._text_cache.clear()
+            self._text_cache_for = made_by
         found = {}
         for prompt in dict.fromkeys(prompts):
             if prompt not in self._text_cache:
@@ -216,7 +221,6 @@ def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
     for part in (model.unet, model.vae, model.text_encoder):
         part.eval().requires_grad_(False)
     model.device, model.dtype = device, dtype
-    model._text_cache.clear()
     return model
 
 

@@ -197,8 +197,8 @@ class CrossFrameAttention(AttentionModule):
         nb = ks.shape[1]
         own = None if self.source_branch is None else self.source_branch % nb
         attend = [b for b in range(nb) if b != own]               # the branches that take anchors
-        ka, va = ks[:, attend], vs[:, attend]                     # only theirs are stored: a two-branch editor's
-        for j, g in enumerate(frames):                            # source branch would double the memory
+        ka, va = (ks, vs) if own is None else (ks[:, attend], vs[:, attend])   # only theirs are stored: a
+        for j, g in enumerate(frames):                            # two-branch editor's source would double it
             self.store.put(call.layer, g, (ka[:, :, j], va[:, :, j]))
         per_frame = gather_anchors(self.store, call, frames, (ka, va), self.anchors, self.what)
         self.store.done(call.layer, frames)
@@ -252,9 +252,9 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
         spans = keyframe_anchors(keys, state.get("last_keyframe"))
         anchors, carry = (lambda g: spans), set(keys[-1:])
         lead = tuple(g - ctx.frame_offset for g in keys)
+        if keys:
+            state["last_keyframe"] = keys[-1]   # read by the next window's build
     carry = set() if ctx.final_window else carry
     store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload)
-    if config.mode == "keyframes" and carry:
-        state["last_keyframe"] = max(carry)   # read by the next window's build
     module = CrossFrameAttention(layers, anchors, ctx.frame_offset, store, source_branch=ctx.source_branch)
     return TemporalPlan(modules=[module], lead_frames=lead)

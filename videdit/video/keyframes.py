@@ -56,11 +56,12 @@ motion boundaries. For appearance edits (colour, tone, material) only: a changed
 out as a recolouring of the source's. On the toy clips' colour edits
 (``tools/toy_video_table.py``) it halves the warp error of ``pixels=True``.
 
-Windows share keyframes: each window's last keyframe is kept in the clip's state (its keys
-and values, attention outputs and source keys at every layer, step and call; for ``flow`` its
-source frame and its fused latent at each step), and the next window's keyframes attend to it
-and its first frames take it as their earlier keyframe. Memory does not grow with the clip:
-one window plus one carried keyframe (see :mod:`videdit.video.cross_frame` for the bytes per frame).
+Windows share keyframes: each window keeps its last keyframe in the clip's state (its keys
+and values, attention outputs and source keys at every layer, step and call, except in the
+clip's last window; for ``flow`` its source frame and its fused latent at each step), and
+the next window's keyframes attend to it and its first frames take it as their earlier
+keyframe. Memory does not grow with the clip: one window plus one carried keyframe (see
+:mod:`videdit.video.cross_frame` for the bytes per frame).
 """
 
 from __future__ import annotations
