@@ -22,7 +22,9 @@ Exactness: the same reconstruction errors at 10 and 50 steps on trained weights 
 shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:
 cuDNN on, matmuls off), fp32 without TF32 ("fp32-strict"), fp16 and bf16; with whether the
 UNet gives the same output for the same input twice, and for a frame alone against the same
-frame inside a batch of 4. Random SD-size weights make a chaotic sampler (DDIM's own
+frame inside a batch of 4; and, for direct inversion at 10 steps, how many of the replay's
+UNet calls get an input (latents, timestep, text) the inversion gave the UNet, and how many
+of those the same output. Random SD-size weights make a chaotic sampler (DDIM's own
 reconstruction error is above 10 there), so any difference in the last bits of a UNet input
 shows up: that is how the first H200 run found the source prompt embedded in batches of
 different sizes while inverting and editing (EDICT 5.6, direct 17.5 instead of 0;
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import sys
 import tempfile
@@ -190,6 +193,36 @@ def reconstruction_errors(model, frames: np.ndarray, steps: int) -> dict:
     return row
 
 
+def replay_trace(model, frames: np.ndarray, name: str = "direct", steps: int = 10) -> dict:
+    """Of the UNet calls that replay inversion ``name``, how many get an input (latents, timestep, text)
+    the inversion gave it, and how many of those give the same output: an exact replay needs all."""
+    from videdit.pipeline import EditSettings, invert_frames, reconstruct
+
+    digest = lambda t: hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()  # noqa: E731
+    seen, counts, replaying = {}, {"replay calls": 0, "same input": 0, "same output": 0}, [False]
+
+    def record(module, args, kwargs, output):
+        x, t = args[0], args[1] if len(args) > 1 else kwargs["timestep"]
+        key = (digest(x), int(torch.as_tensor(t).flatten()[0]), digest(kwargs["encoder_hidden_states"]))
+        if not replaying[0]:
+            seen[key] = digest(output.sample)
+            return
+        counts["replay calls"] += 1
+        if key in seen:
+            counts["same input"] += 1
+            counts["same output"] += seen[key] == digest(output.sample)
+
+    s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=steps, guidance=7.5, inversion=name)
+    handle = model.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        inv = invert_frames(model, frames, s)
+        replaying[0] = True
+        reconstruct(model, inv, s)
+    finally:
+        handle.remove()
+    return counts
+
+
 def unet_determinism(model, size: int) -> dict:
     """Max |difference| of the UNet's output: the same input twice, and frame 0 alone against inside a batch of 4."""
     with torch.no_grad():
@@ -231,10 +264,10 @@ def exactness(sd_dir: Path, args) -> dict:
             model = load_model(model_dir, device=device, dtype="fp32" if strict else dtype)
             frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=size))
             row = {**reconstruction_errors(model, frames, 10), **reconstruction_errors(model, frames, 50),
-                   **unet_determinism(model, size)}
+                   **unet_determinism(model, size), **replay_trace(model, frames)}
         key = f"{label} {device} {dtype}"
         out[key] = row
-        print(f"{key:<28}" + "".join(f"{n} {v:.2e}  " for n, v in row.items()), flush=True)
+        print(f"{key:<28}" + "".join(f"{n} {v:.3g}  " for n, v in row.items()), flush=True)
     return out
 
 
