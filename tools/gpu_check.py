@@ -179,48 +179,56 @@ def video_run(label: str, model, args, **settings) -> dict:
 ROW_NAMES = ("ddim", "edict", "bdia", "direct")
 
 
-def reconstruction_errors(model, frames: np.ndarray, steps: int) -> dict:
-    """Relative latent reconstruction error of each inversion (DDIM at guidance 1, the rest at 7.5)."""
+def reconstruction_errors(model, frames: np.ndarray, steps: int, trace: str | None = None) -> dict:
+    """Relative latent reconstruction error of each inversion (DDIM at guidance 1, the rest at 7.5);
+    for inversion ``trace`` also its :class:`ReplayTrace` counts."""
     from videdit.pipeline import EditSettings, invert_frames, reconstruct
 
     row = {}
     for name in ROW_NAMES:
         g = 1.0 if name == "ddim" else 7.5
         s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=steps, guidance=g, inversion=name)
-        inv = invert_frames(model, frames, s)
-        z = reconstruct(model, inv, s)
+        with ReplayTrace(model.unet) if name == trace else contextlib.nullcontext() as tracer:
+            inv = invert_frames(model, frames, s)
+            if tracer is not None:
+                tracer.replaying = True
+            z = reconstruct(model, inv, s)
         row[f"{name} {steps}"] = float((z.float() - inv.source.float()).norm() / inv.source.float().norm())
+        if tracer is not None:
+            row.update(tracer.counts)
     return row
 
 
-def replay_trace(model, frames: np.ndarray, name: str = "direct", steps: int = 10) -> dict:
-    """Of the UNet calls that replay inversion ``name``, how many get an input (latents, timestep, text)
-    the inversion gave it, and how many of those give the same output: an exact replay needs all."""
-    from videdit.pipeline import EditSettings, invert_frames, reconstruct
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
-    digest = lambda t: hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()  # noqa: E731
-    seen, counts, replaying = {}, {"replay calls": 0, "same input": 0, "same output": 0}, [False]
 
-    def record(module, args, kwargs, output):
-        x, t = args[0], args[1] if len(args) > 1 else kwargs["timestep"]
-        key = (digest(x), int(torch.as_tensor(t).flatten()[0]), digest(kwargs["encoder_hidden_states"]))
-        if not replaying[0]:
-            seen[key] = digest(output.sample)
+class ReplayTrace(contextlib.AbstractContextManager):
+    """A UNet forward hook: of the calls after ``replaying`` is set, how many get an input (latents,
+    timestep, text) a call before it got, and how many of those give the same output; an exact
+    replay needs all."""
+
+    def __init__(self, unet):
+        self.unet, self.replaying, self.seen = unet, False, {}
+        self.counts = {"replay calls": 0, "same input": 0, "same output": 0}
+
+    def __enter__(self):
+        self.handle = self.unet.register_forward_hook(self.record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def record(self, module, args, kwargs, output) -> None:
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        key = (_digest(args[0]), int(torch.as_tensor(t).flatten()[0]), _digest(kwargs["encoder_hidden_states"]))
+        if not self.replaying:
+            self.seen[key] = _digest(output.sample)
             return
-        counts["replay calls"] += 1
-        if key in seen:
-            counts["same input"] += 1
-            counts["same output"] += seen[key] == digest(output.sample)
-
-    s = EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=steps, guidance=7.5, inversion=name)
-    handle = model.unet.register_forward_hook(record, with_kwargs=True)
-    try:
-        inv = invert_frames(model, frames, s)
-        replaying[0] = True
-        reconstruct(model, inv, s)
-    finally:
-        handle.remove()
-    return counts
+        self.counts["replay calls"] += 1
+        if key in self.seen:
+            self.counts["same input"] += 1
+            self.counts["same output"] += self.seen[key] == _digest(output.sample)
 
 
 def unet_determinism(model, size: int) -> dict:
@@ -263,8 +271,8 @@ def exactness(sd_dir: Path, args) -> dict:
         with no_tf32(strict):
             model = load_model(model_dir, device=device, dtype="fp32" if strict else dtype)
             frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=size))
-            row = {**reconstruction_errors(model, frames, 10), **reconstruction_errors(model, frames, 50),
-                   **unet_determinism(model, size), **replay_trace(model, frames)}
+            row = {**reconstruction_errors(model, frames, 10, trace="direct"),
+                   **reconstruction_errors(model, frames, 50), **unet_determinism(model, size)}
         key = f"{label} {device} {dtype}"
         out[key] = row
         print(f"{key:<28}" + "".join(f"{n} {v:.3g}  " for n, v in row.items()), flush=True)
@@ -317,6 +325,7 @@ def main() -> None:
                 print(f"{d}: videdit plain / diffusers loop = {ratio:.2f}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
+
 
 if __name__ == "__main__":
     main()

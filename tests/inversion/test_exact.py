@@ -230,7 +230,6 @@ def test_bdia_callback_change_moves_the_kept_latent(tiny, wolf_frames):
     assert sampler.with_latents(sampler.start(x), moved)[0] is None  # first step: nothing kept yet
 
 
-
 class BatchSensitive(torch.nn.Module):
     """A text encoder whose last bits depend on the batch's size, as a GPU's kernels' can."""
 

@@ -86,16 +86,18 @@ class AnchorStore:
     those are kept in ``persistent`` (a dict in the clip's state) for every step; other frames
     only while a frame of the window that has not run yet at this (layer, step, call) needs
     them. Entries of ``persistent`` no frame of this window needs are dropped on creation, so
-    the clip's state holds only what the next windows read."""
+    the clip's state holds only what the next windows read; in the clip's ``final`` window
+    nothing is carried."""
 
     def __init__(self, window: range, anchors: Anchors, carry: Collection[int], persistent: dict,
-                 offload: bool = False):
+                 offload: bool = False, final: bool = False):
         self.window, self.anchors = window, anchors
         self.needed_by: dict[int, set[int]] = {}
         for g in window:
             for a in anchors(g):
                 self.needed_by.setdefault(a, set()).add(g)
-        self.carry, self.persistent, self.offload = set(carry), persistent, offload
+        self.carry = set() if final else set(carry)   # the clip's last window: no later one reads them
+        self.persistent, self.offload = persistent, offload
         earlier = {a for a in self.needed_by if a not in window}
         for key in [k for k in persistent if k[-1] not in earlier]:
             del persistent[key]
@@ -207,8 +209,9 @@ class CrossFrameAttention(AttentionModule):
             k, v = k_a, v_a
         else:
             m = k_a.shape[-2] // ks.shape[-2]
-            k, v = ks.repeat_interleave(m, dim=-2), vs.repeat_interleave(m, dim=-2)   # the source attends to itself
+            k, v = ks.new_empty(*ks.shape[:-2], *k_a.shape[-2:]), vs.new_empty(*vs.shape[:-2], *v_a.shape[-2:])
             k[:, attend], v[:, attend] = k_a, v_a
+            k[:, own], v[:, own] = ks[:, own].repeat_interleave(m, dim=-2), vs[:, own].repeat_interleave(m, dim=-2)
         return q, k.flatten(0, 2), v.flatten(0, 2)                 # k, v (B, heads, m*T, d)
 
 
@@ -254,7 +257,6 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
         lead = tuple(g - ctx.frame_offset for g in keys)
         if keys:
             state["last_keyframe"] = keys[-1]   # read by the next window's build
-    carry = set() if ctx.final_window else carry
-    store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload)
+    store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload, ctx.final_window)
     module = CrossFrameAttention(layers, anchors, ctx.frame_offset, store, source_branch=ctx.source_branch)
     return TemporalPlan(modules=[module], lead_frames=lead)

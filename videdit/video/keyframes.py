@@ -214,11 +214,11 @@ class TokenFlowPropagation(AttentionModule):
     cross = False
 
     def __init__(self, layers: Collection[str], spans: list[int], keyframes: list[int], window: range, source: int,
-                 persistent: dict, offload: bool = False, carry: bool = True):
+                 persistent: dict, offload: bool = False, final: bool = False):
         self.names, self.offset, self.source = frozenset(layers), window.start, source
         self.keys, self.keyset = spans, set(keyframes)   # keyframes to draw from (the carried one too); own
         # keyframes' outputs and source features; the last keyframe's kept for the next window
-        self.store = AnchorStore(window, self._anchors, set(keyframes[-1:] if carry else ()), persistent, offload)
+        self.store = AnchorStore(window, self._anchors, set(keyframes[-1:]), persistent, offload, final)
         self._features: torch.Tensor | None = None
 
     def applies(self, layer: str, cross: bool) -> bool:
@@ -448,13 +448,12 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
     pair_flows = PairFlows(flow_config(config.flow), ctx.cache_dir)   # one estimate per pair for both propagations
     if config.propagation == "tokenflow":
         modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
-                                            state.setdefault("tokenflow", {}), config.offload, not ctx.final_window))
+                                            state.setdefault("tokenflow", {}), config.offload, ctx.final_window))
         attend = lambda g: spans if g in keyset else (g,)           # noqa: E731: non-keyframes are replaced
     else:
         callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), pair_flows, state))
         attend = lambda g: spans                                     # noqa: E731: their own edit fills occlusions
-    carry = set() if ctx.final_window else set(keys[-1:])   # the last keyframe, for the next window
-    kv = AnchorStore(window, attend, carry, state.setdefault("anchors", {}), config.offload)
+    kv = AnchorStore(window, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload, ctx.final_window)
     modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME, source_branch=ctx.source_branch))
     if keys:
         state["last_keyframe"] = keys[-1]
