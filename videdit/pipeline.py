@@ -31,6 +31,7 @@ from videdit.inversion import (Inversion, InversionCache, InversionInputs, Repla
                                make_config)
 from videdit.models import Model, load_model, unet_dtype
 from videdit.video import TemporalContext, get_temporal
+from videdit.video.registry import CLIP_FINISH
 
 log = logging.getLogger("videdit")
 
@@ -228,7 +229,9 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size.
     A clip edited window by window passes each window's ``frame_offset`` and one
     ``clip_state`` dict for all its windows (temporal modules carry state in it), and
-    ``final_window`` for its last."""
+    ``final_window`` for its last. Where a module leaves ``clip_state[CLIP_FINISH]``, the
+    windows come back as decoded and that callable makes the clip's frames from its source
+    (``edit_video`` runs it in a second pass; :mod:`videdit.video.registry`)."""
     stats = stats if stats is not None else EditStats()
     height, width = frames.shape[1:3]
     work = _resize(frames, model_size(width, height, model.vae_scale_factor))
@@ -302,21 +305,44 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
     clip_state: dict = {}  # what temporal modules carry from one window to the next
 
+    def finished(chunk: np.ndarray, out: np.ndarray) -> np.ndarray:
+        out = _resize(out, info.source_size)
+        if preview is not None:
+            keep_source.append(_thumb(_resize(chunk, info.source_size)))
+            keep_edit.append(_thumb(out))
+        return out
+
     def edited_chunks() -> Iterator[np.ndarray]:
         chunks = io.read_frames(input, read)
         following = next(chunks, None)
+        second_pass = None
         while following is not None:
             chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
+            first = stats.frames == 0
             out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
                               frame_offset=stats.frames, clip_state=clip_state, final_window=following is None)
+            if CLIP_FINISH in clip_state:
+                if second_pass is None and not first:
+                    raise VideditError(f"a temporal module asked for a second pass after the clip's first window "
+                                       f"(clip_state[{CLIP_FINISH!r}]); it must ask in the first")
+                second_pass = clip_state[CLIP_FINISH]
             if following is None:
                 clip_state.clear()   # what earlier windows handed on: nothing reads it now
-            out = _resize(out, info.source_size)
-            if preview is not None:
-                keep_source.append(_thumb(_resize(chunk, info.source_size)))
-                keep_edit.append(_thumb(out))
             bar.update(len(chunk))
-            yield out
+            if second_pass is None:
+                yield finished(chunk, out)
+        if second_pass is None:
+            return
+        # a module made its maps from the whole clip (videdit.video.registry): the frames come now
+        if settings.keep_background is not None:
+            log.warning("keep_background is not applied to frames a temporal module makes from the source in a "
+                        "second pass (keyframes pixels='bilateral')")
+        offset = 0
+        for chunk in io.read_frames(input, read):
+            height, width = chunk.shape[1:3]
+            work = _resize(chunk, model_size(width, height, model.vae_scale_factor))
+            yield finished(chunk, second_pass(work, offset))
+            offset += len(chunk)
 
     try:
         if output is None:

@@ -346,14 +346,89 @@ def test_guided_pixels_carry_the_keyframes_colour_maps(tiny):
     assert np.abs(out.astype(np.float32) - plain).mean() > 5
 
 
-# --- end to end --------------------------------------------------------------------------------
+def test_bilateral_pixels_window_scope(tiny):
+    """pixels='bilateral', bilateral_scope='window': every frame of a window is its own source under one grid of colour
+    maps fitted from the window's decoded keyframes, plus the earlier windows' at
+    ``bilateral_memory`` times their weight; across a later window the maps go linearly from
+    the earlier window's to its own. Computed here by hand over two windows."""
+    from videdit.pipeline import edit_frames
+    from videdit.video import bilateral
 
-def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
+    frames = sliding_texture(10)
+    kf = {"every": 4, "propagation": "flow", "pixels": "bilateral", "bilateral_scope": "window", "bilateral_memory": 0.5}
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal={"keyframes": kf})
+    plain = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
+    config = KeyframesConfig(**kf)
+    shape = bilateral.grid_shape((64, 64), config.bilateral_cell, config.bilateral_bins)
+    state, plain_state, grid, last = {}, {}, None, None
+    for offset, final in ((0, False), (5, True)):
+        window = frames[offset:offset + 5]
+        out = edit_frames(tiny, window, s, frame_offset=offset, clip_state=state, final_window=final)
+        decoded = edit_frames(tiny, window, plain, frame_offset=offset, clip_state=plain_state, final_window=final)
+        keys = select_keyframes(5, every=4, offset=offset, last_keyframe=last)
+        last = keys[-1]
+        before = grid
+        grid = before.scaled(0.5) if before is not None else bilateral.ColourGrid(shape, (64, 64))
+        for g in keys:
+            grid.add(frames[g], decoded[g - offset])
+        maps = grid.solve()
+        ramp = [maps] * 5 if before is None else [before.solve() + (i + 1) / 5 * (maps - before.solve())
+                                                  for i in range(5)]
+        want = np.stack([bilateral.apply(m, shape, f) for m, f in zip(ramp, window)])
+        assert np.abs(out.astype(int) - want).max() <= 1, offset   # float sums in another order: a level at most
+        assert np.abs(out.astype(np.float32) - decoded).mean() > 5       # tiny-random's edit is no colour map
+    assert keys == [7, 9]
+
+
+def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp_path):
+    """pixels='bilateral' (scope 'clip', the default): one grid from all the clip's keyframes.
+    ``edit_video`` edits every window, then makes each frame as its source under that grid; the
+    windows' own results (``edit_frames`` with a clip state) are the decoded edits."""
+    import cv2
+
+    from videdit.pipeline import edit_frames
+    from videdit.video import bilateral
+    from videdit.video.registry import CLIP_FINISH
+
+    frames = sliding_texture(10)
+    for t, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"{t:04d}.png"), f[..., ::-1])
+    kf = {"every": 4, "propagation": "flow", "pixels": "bilateral"}
+    res = videdit.edit_video(tmp_path, source_prompt=SOURCE, target_prompt=TARGET, model=tiny, steps=3, guidance=7.5,
+                             window=5, use_cache=False, temporal={"keyframes": kf})
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal={"keyframes": kf})
+    plain = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
+    config, state, last = KeyframesConfig(**kf), {}, None
+    grid = bilateral.ColourGrid(bilateral.grid_shape((64, 64), config.bilateral_cell, config.bilateral_bins), (64, 64))
+    for offset, final in ((0, False), (5, True)):
+        window = frames[offset:offset + 5]
+        decoded = edit_frames(tiny, window, plain, frame_offset=offset, clip_state=state, final_window=final)
+        keys = select_keyframes(5, every=4, offset=offset, last_keyframe=last)
+        last = keys[-1]
+        for g in keys:
+            grid.add(frames[g], decoded[g - offset])
+        own_state = {} if offset == 0 else own_state
+        out = edit_frames(tiny, window, s, frame_offset=offset, clip_state=own_state, final_window=final)
+        assert np.array_equal(out, decoded) and CLIP_FINISH in own_state
+    want = np.stack([bilateral.apply(grid.solve(), grid.shape, f) for f in frames])
+    assert np.abs(res.frames.astype(int) - want).max() <= 1
+    # one window: made at once, the same as the second pass would
+    one = edit_frames(tiny, frames[:5], s)
+    grid1 = bilateral.ColourGrid(grid.shape, (64, 64))
+    plain1 = edit_frames(tiny, frames[:5], plain)
+    for g in select_keyframes(5, every=4):
+        grid1.add(frames[g], plain1[g])
+    assert np.abs(one.astype(int) - np.stack([bilateral.apply(grid1.solve(), grid.shape, f) for f in frames[:5]])).max() <= 1
+
+
+def test_ballet_portrait_bilateral_pixels_keep_size_and_frames(shared_data):
+    """The grid is fitted and applied at the model's size (64 wide here), before the frames go
+    back to the clip's 288x512; across windows its earlier maps carry over."""
     res = videdit.edit_video(shared_data / "videos" / "ballet-portrait.mp4", source_prompt="a dancer",
-                             target_prompt="a golden sculpture of a dancer", model="tiny-random", steps=2,
-                             use_cache=False, editor="prompt_to_prompt", read=io.ReadOptions(max_frames=10, size=64),
-                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}})
-    assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
+                             target_prompt="a golden dancer", model="tiny-random", steps=2, use_cache=False,
+                             read=io.ReadOptions(max_frames=6, size=64), window=4,
+                             temporal={"keyframes": {"every": 2, "propagation": "flow", "pixels": "bilateral"}})
+    assert res.frames.shape == (6, 512, 288, 3) and res.stats.windows == 2
 
 
 @pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero"])
@@ -384,8 +459,16 @@ def test_options_are_checked():
         KeyframesConfig(pixels="guided", guided_radius=-1)
     with pytest.raises(VideditError, match="guided_eps must be in"):
         KeyframesConfig(pixels="guided", guided_eps=0)
-    with pytest.raises(VideditError, match="flow options apply to propagation 'flow' or pixels=true only"):
+    with pytest.raises(VideditError, match="flow options apply to propagation 'flow' or pixels true"):
         KeyframesConfig(flow={"method": "dis"})
+    with pytest.raises(VideditError, match="flow options apply"):
+        KeyframesConfig(pixels="bilateral", flow={"method": "dis"})     # the grid moves nothing along a flow
+    for bad, message in (({"bilateral_cell": 0}, "bilateral_cell must be"), ({"bilateral_bins": 0}, "bilateral_bins"),
+                         ({"bilateral_memory": 1.5}, "bilateral_memory must be"),
+                         ({"bilateral_scope": "shot"}, "bilateral_scope must be one of"),
+                         ({"bilateral_memory": 0.5}, "with 'clip' every keyframe")):
+        with pytest.raises(VideditError, match=message):
+            KeyframesConfig(pixels="bilateral", **bad)
     assert KeyframesConfig(pixels=True, flow={"preset": "fast"}).pixels
     with pytest.raises(VideditError, match="does not take"):
         KeyframesConfig(propagation="flow", flow={"speed": 1})

@@ -7,6 +7,12 @@ inversion's and the editor's), forward hooks, a ``finish`` step on the decoded f
 see first, together in one batch, because other frames attend to them).
 ``TemporalContext.clip_state`` is one dict per clip that survives from window to window, for
 what a window hands the next (the last edited frame, keyframe features, flow).
+
+A module that can make no frame before it has seen the whole clip puts, in the clip's *first*
+window, a callable under ``clip_state[CLIP_FINISH]``: ``(source frames of a window at the model
+size, the window's first frame index) -> its output frames``. ``edit_video`` then edits every
+window first, keeps none of their frames, and makes the output in a second pass over the
+source with that callable (updated in place by the later windows).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from videdit.core.loop import CallInfo, StepCallback
 from videdit.core.schedule import Schedule
 from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
+
+
+CLIP_FINISH = "finish_clip"   # clip_state key: the second pass over the source (module doc)
 
 
 @dataclass(frozen=True)
