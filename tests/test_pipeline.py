@@ -69,3 +69,11 @@ def test_refuses_to_overwrite_the_input(tmp_path, shared_data):
     with pytest.raises(VideditError, match="overwrite the input"):
         videdit.edit_video(clip, clip, target_prompt="x", **FAST)
     assert clip.read_bytes() == before
+
+
+def test_a_prompt_is_one_string(shared_data):
+    """cases.json lists several target prompts per clip; passing the list is an error that says so,
+    before any model work."""
+    with pytest.raises(VideditError, match="target_prompt must be one string, got list .* edit once per prompt"):
+        videdit.edit_video(shared_data / "videos" / "truck.mp4", source_prompt="a truck",
+                           target_prompt=["a red truck", "a blue truck"], **FAST)

@@ -20,7 +20,7 @@ its convolutions, not its attention. Measuring it needs trained attention on rea
 
 Keyframes with ``pixels=bilateral`` come out far below the source's own warp error here
 (0.23x on wolf, 0.20x on dog): the best affine colour map from a source frame to
-tiny-random's edit nearly flattens it (the frames' standard deviation falls from 69 to 8
+tiny-random's edit nearly flattens it (the frames' standard deviation falls from 69 to 9
 levels on wolf), and a flat clip is steady. The row shows the mechanism runs on real clips,
 not that it edits them well; tools/toy_video_table.py measures that.
 """

@@ -56,6 +56,10 @@ class EditSettings:
     keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
 
     def __post_init__(self):
+        for name in ("source_prompt", "target_prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise VideditError(f"{name} must be one string, got {type(getattr(self, name)).__name__} "
+                                   f"{getattr(self, name)!r}; edit once per prompt")
         if self.steps < 1 or self.steps > 1000:
             raise VideditError(f"steps must be in [1, 1000], got {self.steps}")
         if not 0 <= self.guidance <= 50:
