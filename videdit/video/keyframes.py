@@ -71,10 +71,11 @@ from its keyframes and the earlier windows' (at ``bilateral_memory`` times their
 maps going linearly across the window from the earlier window's to its own, for a clip whose
 look changes along it; it is less steady (toy clips of seeds 1, 5, 3: 0.9x, 1.1x and 1.5x the
 source's warp error, against 0.8x, 0.9x and 0.8x with one grid for the clip). The default
-cell, 1, is one map per luma band for the whole frame: the steadiest (the toy occlusion clips
-0.8x and 0.6x, against 1.5x and 0.7x with cells of half the side, which also left two frames
-unedited), but an edit that treats two regions of one colour differently needs cells (e.g.
-0.25). Same scope as ``guided``: appearance edits.
+cell, 1, is as large as the frame's shorter side: one map per luma band for a square frame,
+varying a little across a wide one. It is the steadiest (the toy occlusion clips 0.8x and
+0.6x, against 1.5x and 0.7x with cells of half the side, which also left two frames
+unedited), but an edit that treats two regions of one colour differently needs smaller cells
+(e.g. 0.25). Same scope as ``guided``: appearance edits.
 
 Windows share keyframes: each window keeps its last keyframe in the clip's state (its keys
 and values, attention outputs and source keys at every layer, step and call, except in the
@@ -130,7 +131,7 @@ class KeyframesConfig:
     pixels: bool | str = False           # after decoding: False, "warp" (True), "guided" or "bilateral" (module doc)
     guided_radius: int = 0               # pixels="guided": window radius in pixels (0: 1/8 of the shorter side)
     guided_eps: float = 1e-3             # pixels="guided": regularisation (colours in [0, 1])
-    bilateral_cell: float = 1.0          # pixels="bilateral": grid cell, a fraction of the shorter side (1: one)
+    bilateral_cell: float = 1.0          # pixels="bilateral": grid cell, a fraction of the shorter side
     bilateral_bins: int = 4              # pixels="bilateral": luma cells
     bilateral_scope: str = "clip"        # pixels="bilateral": one grid for the clip, or one a window (module doc)
     bilateral_memory: float = 1.0        # bilateral_scope="window": weight of the earlier windows' keyframes (0: none)
