@@ -27,34 +27,34 @@ def toy():
     return load_model("toy")
 
 
-@pytest.mark.parametrize("seed, kind", [(0, "translate"), (2, "rotate")])
-def test_guided_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_path, seed, kind):
+def check(toy, folder, seed, kind, temporal, **settings):
+    """The issue's check on toy clip ``seed`` of ``kind`` (16 frames): the edit made with
+    ``temporal`` has warp error, along the clip's exact flow, within 1.5x of the source's and
+    at least 2x below independent editing with the same ``settings``, on every frame edited."""
     clip = sample_clip(np.random.default_rng(seed), kind, 16)
     for t, f in enumerate(clip.frames):
-        cv2.imwrite(str(tmp_path / f"{t:04d}.png"), f[..., ::-1])
+        cv2.imwrite(str(folder / f"{t:04d}.png"), f[..., ::-1])
     prompt, colour = recoloured(clip)
     gt = clip_flows(clip)
-    edited = {name: edit_video(tmp_path, source_prompt=clip.caption, target_prompt=prompt, model=toy, steps=25,
-                               guidance=4.0, inversion="ddim", editor="diffedit", window=8, temporal=temporal,
-                               keep_background={"threshold": 0.3}, cache_dir=tmp_path / "cache").frames
-              for name, temporal in (("independent", {}), ("guided", GUIDED))}
+    edited = {name: edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=toy, steps=25,
+                               guidance=4.0, window=8, temporal=t, cache_dir=folder / "cache", **settings).frames
+              for name, t in (("independent", {}), ("temporal", temporal))}
     errors = {name: warp_error(frames, gt) for name, frames in edited.items()}
     source = warp_error(clip.frames, gt)
-    # measured: translate 0.420 against source 0.376 (1.12x) and independent 0.883;
-    #           rotate 0.373 against 0.254 (1.47x) and independent 1.192
-    assert errors["guided"] <= 1.5 * source, (errors, source)
-    assert errors["guided"] * 2 <= errors["independent"], errors
-    hits = [clip_frame_success(f, clip, t, colour) for t, f in enumerate(edited["guided"])]
+    assert errors["temporal"] <= 1.5 * source, (errors, source)
+    assert errors["temporal"] * 2 <= errors["independent"], errors
+    hits = [clip_frame_success(f, clip, t, colour) for t, f in enumerate(edited["temporal"])]
     assert all(hits), hits
 
 
+@pytest.mark.parametrize("seed, kind", [(0, "translate"), (2, "rotate")])
+def test_guided_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_path, seed, kind):
+    """Measured: translate 0.420 against source 0.376 (1.12x) and independent 0.883; rotate
+    0.373 against 0.254 (1.47x) and independent 1.192."""
+    check(toy, tmp_path, seed, kind, GUIDED, inversion="ddim", editor="diffedit", keep_background={"threshold": 0.3})
+
+
 BILATERAL = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "bilateral"}}
-
-
-def _edit(toy, folder, clip, prompt, temporal):
-    return edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=toy, steps=25, guidance=4.0,
-                      inversion="direct", editor="prompt_to_prompt", window=8, temporal=temporal,
-                      cache_dir=folder / "cache").frames
 
 
 @pytest.mark.parametrize("seed, kind", [(1, "scale"), (3, "occlude")] + [
@@ -67,16 +67,4 @@ def test_bilateral_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_pa
     the other six. Measured, warp error x the source's / x below independent: translate 1.1 /
     7.5, scale 0.8 / 2.1, rotate 0.8 / 18.2, occlude 0.8 / 34.1, translate 0.8 / 3.7, scale
     0.9 / 7.8, rotate 0.5 / 5.5, occlude 0.6 / 33.3 (seeds 0-7), every frame edited."""
-    clip = sample_clip(np.random.default_rng(seed), kind, 16)
-    for t, f in enumerate(clip.frames):
-        cv2.imwrite(str(tmp_path / f"{t:04d}.png"), f[..., ::-1])
-    prompt, colour = recoloured(clip)
-    gt = clip_flows(clip)
-    edited = {name: _edit(toy, tmp_path, clip, prompt, temporal)
-              for name, temporal in (("independent", {}), ("bilateral", BILATERAL))}
-    errors = {name: warp_error(frames, gt) for name, frames in edited.items()}
-    source = warp_error(clip.frames, gt)
-    assert errors["bilateral"] <= 1.5 * source, (errors, source)
-    assert errors["bilateral"] * 2 <= errors["independent"], errors
-    hits = [clip_frame_success(f, clip, t, colour) for t, f in enumerate(edited["bilateral"])]
-    assert all(hits), hits
+    check(toy, tmp_path, seed, kind, BILATERAL, inversion="direct", editor="prompt_to_prompt")
