@@ -72,10 +72,15 @@ class EditSettings:
         # Fail on unknown names and options before any work is done.
         make_config(get_inversion(self.inversion).config, self.inversion_params, f"inversion {self.inversion!r}")
         make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
-        for name, params in self.temporal.items():
-            make_config(get_temporal(name).config, params, f"temporal module {name!r}")
+        configs = {name: make_config(get_temporal(name).config, params, f"temporal module {name!r}")
+                   for name, params in self.temporal.items()}
         if self.keep_background is not None:
             make_config(KeepBackground, self.keep_background, "keep_background")
+            for name, config in configs.items():
+                if getattr(config, "frames_from_source", False):   # every output pixel is already the source's
+                    raise VideditError(f"keep_background does not combine with temporal module {name!r} as set: it "
+                                       f"makes every frame from the source under the edit's colour maps, so nothing "
+                                       f"of the source is left to put back; drop keep_background")
 
 
 @dataclass
@@ -338,15 +343,17 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         if second_pass is None:
             return
         # a module made its maps from the whole clip (videdit.video.registry): the frames come now
-        if settings.keep_background is not None:
-            log.warning("keep_background is not applied to frames a temporal module makes from the source in a "
-                        "second pass (keyframes pixels='bilateral')")
-        offset = 0
-        for chunk in io.read_frames(input, read):
+        offset, t0 = 0, time.perf_counter()
+        for chunk in tqdm(io.read_frames(input, read), total=-(-stats.frames // read.chunk_size), desc="second pass",
+                          unit="window", disable=not progress, leave=False):
             height, width = chunk.shape[1:3]
             work = _resize(chunk, model_size(width, height, model.vae_scale_factor))
             yield finished(chunk, second_pass(work, offset))
             offset += len(chunk)
+        stats.seconds["edit"] += time.perf_counter() - t0
+        if offset != stats.frames:
+            raise VideditError(f"{input} gave {offset} frames on its second read and {stats.frames} on its first; "
+                               f"the output would not match the edit (is the file being written to?)")
 
     try:
         if output is None:

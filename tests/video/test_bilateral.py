@@ -85,3 +85,10 @@ def test_sums_add_and_scale():
         one += bilateral.ColourGrid(bilateral.grid_shape((64, 64), 0.5, 8), (64, 64))
     with pytest.raises(VideditError, match="frames of its size"):
         one.add(clip.frames[0][:32], clip.frames[1][:32])
+
+
+def test_ridge_must_be_positive():
+    clip = sample_clip(np.random.default_rng(1), "scale", 2)
+    grid = bilateral.ColourGrid(bilateral.grid_shape((64, 64), 0.25, 8), (64, 64)).add(clip.frames[0], clip.frames[1])
+    with pytest.raises(VideditError, match="ridge must be > 0"):
+        grid.solve(ridge=0)

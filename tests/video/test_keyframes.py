@@ -421,17 +421,33 @@ def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp
     assert np.abs(one.astype(int) - np.stack([bilateral.apply(grid1.solve(), grid.shape, f) for f in frames[:5]])).max() <= 1
 
 
-def test_ballet_portrait_bilateral_pixels_keep_size_and_frames(shared_data):
-    """The grid is fitted and applied at the model's size (64 wide here), before the frames go
-    back to the clip's 288x512; across windows its earlier maps carry over."""
+# --- end to end --------------------------------------------------------------------------------
+
+def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
     res = videdit.edit_video(shared_data / "videos" / "ballet-portrait.mp4", source_prompt="a dancer",
-                             target_prompt="a golden dancer", model="tiny-random", steps=2, use_cache=False,
-                             read=io.ReadOptions(max_frames=6, size=64), window=4,
-                             temporal={"keyframes": {"every": 2, "propagation": "flow", "pixels": "bilateral"}})
+                             target_prompt="a golden sculpture of a dancer", model="tiny-random", steps=2,
+                             use_cache=False, editor="prompt_to_prompt", read=io.ReadOptions(max_frames=10, size=64),
+                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}})
+    assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
+
+
+def test_ballet_portrait_bilateral_pixels_write_the_second_pass(shared_data, tmp_path):
+    """The grid is fitted at the model's size (64 wide here) and its frames go back to the clip's
+    288x512: to an mp4 (frame count and fps kept) and the preview, the same frames as returned."""
+    kw = dict(source_prompt="a dancer", target_prompt="a golden dancer", model="tiny-random", steps=2, use_cache=False,
+              read=io.ReadOptions(max_frames=6, size=64), window=4,
+              temporal={"keyframes": {"every": 2, "propagation": "flow", "pixels": "bilateral"}})
+    clip = shared_data / "videos" / "ballet-portrait.mp4"
+    res = videdit.edit_video(clip, **kw)
     assert res.frames.shape == (6, 512, 288, 3) and res.stats.windows == 2
+    folder = tmp_path / "frames"
+    videdit.edit_video(clip, folder, preview=tmp_path / "p.gif", **kw)
+    written = sorted(folder.glob("*.png"))
+    assert len(written) == 6 and (tmp_path / "p.gif").stat().st_size > 0
+    assert np.array_equal(io.read_clip(folder, io.ReadOptions())[0], res.frames)
 
 
-@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero"])
+@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero", "recolour"])
 def test_presets_edit_the_ballet_portrait(tmp_path, shared_data, capsys, preset):
     out = tmp_path / "out.mp4"
     code = main(["edit", str(shared_data / "videos" / "ballet-portrait.mp4"), "-s", "a dancer", "-t",
@@ -469,6 +485,9 @@ def test_options_are_checked():
                          ({"bilateral_memory": 0.5}, "with 'clip' every keyframe")):
         with pytest.raises(VideditError, match=message):
             KeyframesConfig(pixels="bilateral", **bad)
+    with pytest.raises(VideditError, match="keep_background does not combine with temporal module 'keyframes'"):
+        EditSettings(temporal={"keyframes": {"pixels": "bilateral"}}, keep_background={"threshold": 0.3})
+    assert EditSettings(temporal={"keyframes": {"pixels": "guided"}}, keep_background={"threshold": 0.3}).keep_background
     assert KeyframesConfig(pixels=True, flow={"preset": "fast"}).pixels
     with pytest.raises(VideditError, match="does not take"):
         KeyframesConfig(propagation="flow", flow={"speed": 1})

@@ -133,6 +133,8 @@ class ColourGrid:
     def solve(self, ridge: float = 1.0) -> np.ndarray:
         """(nodes, 3, 4) affine maps: each node's fit, pulled towards the whole grid's one map by
         ``ridge`` pixels' worth of weight (Chen et al. 2016 use a smoothness term instead)."""
+        if not ridge > 0:
+            raise VideditError(f"bilateral grid ridge must be > 0 (a node that saw no pixel needs it), got {ridge}")
         xx, yx = self.xx.sum(0), self.yx.sum(0)
         if xx[3, 3] <= 0:
             raise VideditError("bilateral grid has no keyframe pixels to fit; add a keyframe first")

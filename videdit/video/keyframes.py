@@ -136,6 +136,12 @@ class KeyframesConfig:
     bilateral_scope: str = "clip"        # pixels="bilateral": one grid for the clip, or one a window (module doc)
     bilateral_memory: float = 1.0        # bilateral_scope="window": weight of the earlier windows' keyframes (0: none)
 
+    @property
+    def frames_from_source(self) -> bool:
+        """Whether every output frame is its source frame under colour maps (pixels='bilateral'),
+        so that keep_background has nothing to put back (EditSettings checks)."""
+        return self.pixels == "bilateral"
+
     def __post_init__(self):
         if self.select not in SELECT:
             raise VideditError(f"{NAME} select must be one of {list(SELECT)}, got {self.select!r}")
@@ -495,6 +501,8 @@ class BilateralPixels:
             for g in self.own:
                 grid.add(self.frames[g - self.offset], edited[g - self.offset])
             self.state["bilateral"] = grid
+            if self.final:
+                del self.state["bilateral"]                           # the clip ends here: nothing carries over
             if earlier is None and self.final:                        # the whole clip is this window
                 return ClipRecolour(grid)(self.frames)
             self.clip_state.setdefault(CLIP_FINISH, ClipRecolour(grid))
@@ -505,6 +513,8 @@ class BilateralPixels:
         for g in self.own:
             grid.add(self.frames[g - self.offset], edited[g - self.offset])
         self.state["bilateral"] = grid
+        if self.final:
+            del self.state["bilateral"]                               # the clip ends here: nothing carries over
         maps = grid.solve()
         if earlier is None:
             return np.stack([bilateral.apply(maps, shape, f) for f in self.frames])
