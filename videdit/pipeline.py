@@ -106,6 +106,12 @@ def model_size(width: int, height: int, multiple: int) -> tuple[int, int]:
             max(multiple, int(round(height / multiple)) * multiple))
 
 
+def _at_model_size(model: Model, frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 frames resized to the size the model works at (:func:`model_size`)."""
+    height, width = frames.shape[1:3]
+    return _resize(frames, model_size(width, height, model.vae_scale_factor))
+
+
 def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (F, size[1], size[0], 3)."""
     if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
@@ -243,7 +249,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     (``edit_video`` runs it in a second pass; :mod:`videdit.video.registry`)."""
     stats = stats if stats is not None else EditStats()
     height, width = frames.shape[1:3]
-    work = _resize(frames, model_size(width, height, model.vae_scale_factor))
+    work = _at_model_size(model, frames)
     t0 = time.perf_counter()
     inv = invert_frames(model, work, settings, cache=cache, progress=progress)
     t1 = time.perf_counter()
@@ -346,9 +352,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         offset, t0 = 0, time.perf_counter()
         for chunk in tqdm(io.read_frames(input, read), total=-(-stats.frames // read.chunk_size), desc="second pass",
                           unit="window", disable=not progress, leave=False):
-            height, width = chunk.shape[1:3]
-            work = _resize(chunk, model_size(width, height, model.vae_scale_factor))
-            yield finished(chunk, second_pass(work, offset))
+            yield finished(chunk, second_pass(_at_model_size(model, chunk), offset))
             offset += len(chunk)
         stats.seconds["edit"] += time.perf_counter() - t0
         if offset != stats.frames:
@@ -383,9 +387,7 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
     cache, stats = InversionCache(cache_dir), EditStats()
     for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
                       disable=not progress):
-        height, width = chunk.shape[1:3]
-        inv = invert_frames(model, _resize(chunk, model_size(width, height, model.vae_scale_factor)), settings,
-                            cache=cache, progress=progress)
+        inv = invert_frames(model, _at_model_size(model, chunk), settings, cache=cache, progress=progress)
         stats.frames += len(chunk)
         stats.windows += 1
         stats.cache_hits += int(inv.cached)

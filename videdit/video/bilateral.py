@@ -62,12 +62,18 @@ def grid_shape(size: tuple[int, int], cell: float, bins: int) -> GridShape:
     return GridShape(ny, nx, bins + 1)
 
 
-def _corners(frame: np.ndarray, shape: GridShape) -> tuple[np.ndarray, np.ndarray]:
-    """Each pixel's 8 surrounding nodes and trilinear weights: (8, H*W) int64 and float32."""
-    h, w, _ = frame.shape
+def _homogeneous(frame: np.ndarray) -> np.ndarray:
+    """(H*W, 4): colours in [0, 1] and a 1."""
     colour = frame.reshape(-1, 3).astype(np.float32) / 255
+    return np.concatenate([colour, np.ones_like(colour[:, :1])], axis=1)
+
+
+def _corners(x: np.ndarray, size: tuple[int, int], shape: GridShape) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's 8 surrounding nodes and trilinear weights, for a frame of ``size`` (H, W)
+    whose colours ``x`` (H*W, 4) :func:`_homogeneous` gives: (8, H*W) int64 and float32."""
+    h, w = size
     ys, xs = np.divmod(np.arange(h * w), w)
-    coords = (((ys + 0.5) / h * (shape.ny - 1)), ((xs + 0.5) / w * (shape.nx - 1)), colour @ LUMA * (shape.nl - 1))
+    coords = (((ys + 0.5) / h * (shape.ny - 1)), ((xs + 0.5) / w * (shape.nx - 1)), x[:, :3] @ LUMA * (shape.nl - 1))
     lows, fracs = [], []
     for c, n in zip(coords, (shape.ny, shape.nx, shape.nl)):
         low = np.clip(np.floor(c), 0, max(n - 2, 0)).astype(np.int64)
@@ -85,12 +91,6 @@ def _corners(frame: np.ndarray, shape: GridShape) -> tuple[np.ndarray, np.ndarra
     return np.stack(index), np.stack(weight)
 
 
-def _homogeneous(frame: np.ndarray) -> np.ndarray:
-    """(H*W, 4): colours in [0, 1] and a 1."""
-    colour = frame.reshape(-1, 3).astype(np.float32) / 255
-    return np.concatenate([colour, np.ones_like(colour[:, :1])], axis=1)
-
-
 class ColourGrid:
     """Least-squares sums of an affine colour map per node, added up over (source, edit) pairs."""
 
@@ -99,19 +99,18 @@ class ColourGrid:
         self.xx = np.zeros((shape.nodes, 4, 4), np.float64)     # sum of w [I;1][I;1]^T
         self.yx = np.zeros((shape.nodes, 3, 4), np.float64)     # sum of w edit [I;1]^T
 
-    def add(self, source: np.ndarray, edited: np.ndarray, weight: float = 1.0) -> "ColourGrid":
+    def add(self, source: np.ndarray, edited: np.ndarray) -> "ColourGrid":
         """Add one keyframe: uint8 ``source`` and ``edited`` (H, W, 3) of the grid's size."""
         if source.shape != edited.shape or source.shape[:2] != self.size or source.shape[-1] != 3:
             raise VideditError(f"bilateral grid of {self.size[1]}x{self.size[0]} needs two (H, W, 3) frames of its size, "
                                f"got {source.shape} and {edited.shape}")
-        index, w = _corners(source, self.shape)                  # (8, P) each
         x = _homogeneous(source)                                 # (P, 4)
+        index, w = _corners(x, self.size, self.shape)            # (8, P) each
         y = edited.reshape(-1, 3).astype(np.float32) / 255       # (P, 3)
         xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 16)     # (P, 16)
         yx = (y[:, :, None] * x[:, None, :]).reshape(-1, 12)     # (P, 12)
         n = self.shape.nodes
         for i, wi in zip(index, w):
-            wi = wi * weight
             self.xx += np.stack([np.bincount(i, wi * xx[:, k], n) for k in range(16)], -1).reshape(n, 4, 4)
             self.yx += np.stack([np.bincount(i, wi * yx[:, k], n) for k in range(12)], -1).reshape(n, 3, 4)
         return self
@@ -146,8 +145,8 @@ class ColourGrid:
 
 def apply(maps: np.ndarray, shape: GridShape, source: np.ndarray) -> np.ndarray:
     """uint8 ``source`` (H, W, 3) under the grid's maps (:meth:`ColourGrid.solve`) -> uint8 (H, W, 3)."""
-    index, w = _corners(source, shape)                           # (8, P) each
     x = _homogeneous(source)                                     # (P, 4)
+    index, w = _corners(x, source.shape[:2], shape)              # (8, P) each
     out = np.zeros((x.shape[0], 3), np.float32)
     for i, wi in zip(index, w):                                  # the trilinear slice, a corner at a time
         out += wi[:, None] * np.einsum("pij,pj->pi", maps[i], x)   # (P, 3)
