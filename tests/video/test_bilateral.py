@@ -29,7 +29,8 @@ def test_grid_shape():
 
 def test_a_recolouring_fitted_on_one_frame_carries_to_the_others():
     """A clip's shape recoloured in its first frame: the grid fitted there recolours the later
-    frames, where the shape has moved, to within 2 levels of the same recolouring done exactly."""
+    frames, where the shape has moved, as the same recolouring done exactly does: under half a
+    level apart on average, under 6 at the 99th percentile, and the shape's inside within a level."""
     clip = sample_clip(np.random.default_rng(0), "translate", 8)          # a green shape on white
     old, new = clip.objects[0].rgb, (30, 60, 220)
     grid = bilateral.ColourGrid(bilateral.grid_shape((64, 64), 0.25, 8), (64, 64))
