@@ -44,7 +44,7 @@ MECHANISMS = {
     "cross-frame (sparse-causal)": {"cross_frame": {"mode": "sparse_causal"}},
     "flow propagation": {"flow_propagation": {"strength": 0.5, "start": 0.2, "end": 0.8}},
     "keyframes + flow": {"keyframes": {"every": 4, "propagation": "flow"}},
-    "keyframes + flow + bilateral": {"keyframes": {"every": 4, "propagation": "flow", "pixels": "bilateral"}},
+    "keyframes + bilateral": {"keyframes": {"every": 4, "pixels": "bilateral"}},
 }
 
 

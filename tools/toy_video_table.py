@@ -36,8 +36,8 @@ from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sy
 MECHANISMS = {**REAL_CLIP_MECHANISMS,
               "keyframes + flow + pixels": {"keyframes": {"every": 4, "propagation": "flow", "pixels": True}},
               "keyframes + flow + guided": {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}},
-              "keyframes + flow + bilateral, cell 0.5": {"keyframes": {"every": 4, "propagation": "flow",
-                                                                     "pixels": "bilateral", "bilateral_cell": 0.5}},
+              "keyframes + bilateral, cell 0.5": {"keyframes": {"every": 4, "pixels": "bilateral",
+                                                                "bilateral_cell": 0.5}},
               "keyframes + tokenflow": {"keyframes": {"every": 4, "propagation": "tokenflow"}}}
 
 

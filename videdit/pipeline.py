@@ -165,7 +165,8 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
                  frame_offset: int = 0, clip_state: dict | None = None, final_window: bool = False,
-                 cache: InversionCache | None = None, finishers: list | None = None) -> torch.Tensor:
+                 cache: InversionCache | None = None, finishers: list | None = None,
+                 edited: tuple[int, ...] | None = None) -> torch.Tensor:
     """Run the editor on an inversion: -> edited clean latents (F, C, h, w). Temporal modules'
     ``finish`` steps (for the decoded frames) are appended to ``finishers`` when it is given. ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
@@ -173,7 +174,9 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     ``frame_offset`` in the clip, ``clip_state``, a dict that lives for the whole clip, and
     the ``cache``'s folder (for what they cache beside the inversions, e.g. flow). With
     ``final_window`` (or without ``clip_state``) no later window follows, so they keep nothing
-    for one (cross-frame anchors: gigabytes at SD size)."""
+    for one (cross-frame anchors: gigabytes at SD size). ``edited``: the window indices of the
+    frames the inversion holds, where the temporal modules asked for a subset (``edit_frames``
+    does; ``frames`` is then the whole window)."""
     spec = get_editor(settings.editor)
     config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
@@ -202,7 +205,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
             model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=plan.x.shape[0],
             output_branch=plan.output_branch % plan.x.shape[0], source_branch=plan.source_branch, frames=frames,
             frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {},
-            final_window=final_window or clip_state is None, cache_dir=cache.directory if cache is not None else None),
+            final_window=final_window or clip_state is None, cache_dir=cache.directory if cache is not None else None,
+            edited=edited),
             make_config(spec.config, params, f"temporal module {name!r}"))
         processors = merge(model.unet, processors, tplan.modules, plan.info)
         clash = sorted(set(hooks) & set(tplan.hooks))
@@ -250,17 +254,25 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     stats = stats if stats is not None else EditStats()
     height, width = frames.shape[1:3]
     work = _at_model_size(model, frames)
+    subset = _edited_subset(settings, work, frame_offset, clip_state)
     t0 = time.perf_counter()
-    inv = invert_frames(model, work, settings, cache=cache, progress=progress)
+    inv = invert_frames(model, work if subset is None else work[list(subset)], settings, cache=cache,
+                        progress=progress)
     t1 = time.perf_counter()
     finishers: list = []
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
                      frame_offset=frame_offset, clip_state=clip_state, final_window=final_window, cache=cache,
-                     finishers=finishers)
+                     finishers=finishers, edited=subset)
     edited = model.decode_latents(z, settings.batch_size)
+    if subset is not None:   # the other frames are made from their source by the modules' finish
+        edited, decoded = work.copy(), edited
+        edited[list(subset)] = decoded
     for finish in finishers:
         edited = finish(edited)
     if settings.keep_background is not None:
+        if subset is not None:
+            raise VideditError("keep_background needs every frame edited by the model, and the temporal modules "
+                               "edit only some; drop keep_background")
         config = make_config(KeepBackground, settings.keep_background, "keep_background")
         edited = keep_background(work, edited, inv.source, z, config)
     stats.seconds["invert"] += t1 - t0
@@ -270,6 +282,23 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     stats.cache_hits += int(inv.cached)
     stats.inversion_unet_evals += 0 if inv.cached else inv.unet_evals
     return _resize(edited, (width, height))
+
+
+def _edited_subset(settings: EditSettings, frames: np.ndarray, frame_offset: int,
+                   clip_state: dict | None) -> tuple[int, ...] | None:
+    """The window indices of the frames the model must edit, where every temporal module names
+    a subset (``TemporalSpec.edited_frames``, :mod:`videdit.video.registry`); None: all."""
+    chosen: set[int] = set()
+    for name, params in settings.temporal.items():
+        spec = get_temporal(name)
+        if spec.edited_frames is None:
+            return None
+        subset = spec.edited_frames(make_config(spec.config, params, f"temporal module {name!r}"), frames,
+                                    frame_offset, (clip_state or {}).get(name, {}))
+        if subset is None:
+            return None
+        chosen.update(subset)
+    return tuple(sorted(chosen)) if settings.temporal else None
 
 
 def _settings(**kw) -> EditSettings:

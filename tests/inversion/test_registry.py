@@ -2,6 +2,7 @@
 reconstruction through the plain editor, low precision."""
 
 import dataclasses
+import typing
 
 import pytest
 import torch
@@ -72,3 +73,37 @@ def test_low_precision_runs(wolf_frames, method, dtype):
     inv = invert_frames(model, wolf_frames[:1], s)
     z = reconstruct(model, inv, s)
     assert torch.isfinite(z).all() and z.shape == (1, 4, 8, 8)
+
+
+def test_make_config_names_an_option_of_the_wrong_type():
+    """Every stage's options go through make_config: a value not of the field's type is an
+    error naming the option and what it takes, before the config's own range checks (which
+    would fail on it with a bare TypeError); a number YAML left as a string (1e-3) is read."""
+    from videdit.errors import VideditError
+    from videdit.inversion import make_config
+    from videdit.video.keyframes import KeyframesConfig
+
+    what = "temporal module 'keyframes'"
+    for bad, message in (({"guided_eps": "small"}, "guided_eps must be a number, got 'small'"),
+                         ({"every": 2.5}, "every must be a whole number, got 2.5"),
+                         ({"bilateral_cell": True}, "bilateral_cell must be a number, got True"),
+                         ({"pixels": 3}, "pixels must be true or false or a string, got 3"),
+                         ({"flow": "dis"}, "flow must be a mapping of options or none, got 'dis'"),
+                         ({"layers": 5}, "layers must be a string or a list, got 5")):
+        with pytest.raises(VideditError, match=f"^{what} {message}$"):
+            make_config(KeyframesConfig, bad, what)
+    config = make_config(KeyframesConfig, {"pixels": "guided", "guided_eps": "1e-3", "every": 3,
+                                           "layers": ["*attn1.processor"]}, what)
+    assert config.guided_eps == 1e-3 and config.every == 3
+    # every registered stage's config: its hints resolve (else nothing would be checked), its defaults fit them
+    from videdit.editing import EDITORS
+    from videdit.editing.composite import KeepBackground
+    from videdit.video import TEMPORAL
+    from videdit.video.flow import FlowConfig
+
+    configs = [s.config for r in (INVERSIONS, EDITORS, TEMPORAL) for s in r.values()] + [FlowConfig, KeepBackground]
+    assert len(configs) > 20
+    for cls in configs:
+        assert set(typing.get_type_hints(cls)) >= {f.name for f in dataclasses.fields(cls)}, cls
+        config = make_config(cls, {}, cls.__name__)
+        make_config(cls, {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}, cls.__name__)

@@ -54,7 +54,7 @@ def test_guided_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_path,
     check(toy, tmp_path, seed, kind, GUIDED, inversion="ddim", editor="diffedit", keep_background={"threshold": 0.3})
 
 
-BILATERAL = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "bilateral"}}
+BILATERAL = {"keyframes": {"every": 4, "pixels": "bilateral"}}
 
 
 @pytest.mark.parametrize("seed, kind", [(1, "scale"), (3, "occlude")] + [

@@ -355,7 +355,7 @@ def test_bilateral_pixels_window_scope(tiny):
     from videdit.video import bilateral
 
     frames = sliding_texture(10)
-    kf = {"every": 4, "propagation": "flow", "pixels": "bilateral", "bilateral_scope": "window", "bilateral_memory": 0.5}
+    kf = {"every": 4, "pixels": "bilateral", "bilateral_scope": "window", "bilateral_memory": 0.5}
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal={"keyframes": kf})
     plain = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
     config = KeyframesConfig(**kf)
@@ -382,8 +382,9 @@ def test_bilateral_pixels_window_scope(tiny):
 
 def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp_path):
     """pixels='bilateral' (scope 'clip', the default): one grid from all the clip's keyframes.
-    ``edit_video`` edits every window, then makes each frame as its source under that grid; the
-    windows' own results (``edit_frames`` with a clip state) are the decoded edits."""
+    ``edit_video`` edits every window's keyframes, then makes each frame as its source under
+    that grid; the windows' own results (``edit_frames`` with a clip state) are the decoded
+    keyframes, the same as where every frame is edited, and the source between them."""
     import cv2
 
     from videdit.pipeline import edit_frames
@@ -393,7 +394,7 @@ def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp
     frames = sliding_texture(10)
     for t, f in enumerate(frames):
         cv2.imwrite(str(tmp_path / f"{t:04d}.png"), f[..., ::-1])
-    kf = {"every": 4, "propagation": "flow", "pixels": "bilateral"}
+    kf = {"every": 4, "pixels": "bilateral"}
     res = videdit.edit_video(tmp_path, source_prompt=SOURCE, target_prompt=TARGET, model=tiny, steps=3, guidance=7.5,
                              window=5, use_cache=False, temporal={"keyframes": kf})
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal={"keyframes": kf})
@@ -409,7 +410,10 @@ def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp
             grid.add(frames[g], decoded[g - offset])
         own_state = {} if offset == 0 else own_state
         out = edit_frames(tiny, window, s, frame_offset=offset, clip_state=own_state, final_window=final)
-        assert np.array_equal(out, decoded) and CLIP_FINISH in own_state
+        at = [g - offset for g in keys]
+        others = [i for i in range(5) if i not in at]
+        assert np.abs(out[at].astype(int) - decoded[at]).max() <= 1 and CLIP_FINISH in own_state
+        assert np.array_equal(out[others], window[others])
     want = np.stack([bilateral.apply(grid.solve(), grid.shape, f) for f in frames])
     assert np.abs(res.frames.astype(int) - want).max() <= 1
     # one window: made at once, the same as the second pass would
@@ -419,6 +423,40 @@ def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp
     for g in select_keyframes(5, every=4):
         grid1.add(frames[g], plain1[g])
     assert np.abs(one.astype(int) - np.stack([bilateral.apply(grid1.solve(), grid.shape, f) for f in frames[:5]])).max() <= 1
+
+
+def frames_through(model, module, run) -> int:
+    """How many frames (summed over calls) reach ``module``'s forward while ``run()`` runs."""
+    seen = []
+
+    def count(mod, args, kwargs):
+        seen.append((args[0] if args else next(iter(kwargs.values()))).shape[0])
+
+    handle = module.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sum(seen)
+
+
+def test_bilateral_pixels_edit_only_the_keyframes(tiny):
+    """With pixels='bilateral' the UNet and the VAE's encoder and decoder see the keyframes
+    alone (0, 4 and 7 of 8 frames): 3/8 of what they see when every frame is edited. Where
+    another temporal module needs every frame (flow_propagation), every frame is edited."""
+    from videdit.pipeline import edit_frames
+
+    frames = sliding_texture(8)
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, editor="prompt_to_prompt",
+                     temporal={"keyframes": {"every": 4, "pixels": "bilateral"}})
+    every = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
+    both = dataclasses.replace(s, temporal={**s.temporal, "flow_propagation": {}})
+    counts = {}
+    for name, settings in (("keyframes", s), ("every", every), ("both", both)):
+        run = lambda: edit_frames(tiny, frames, settings)   # noqa: E731
+        counts[name] = [frames_through(tiny, m, run) for m in (tiny.unet, tiny.vae.encoder, tiny.vae.decoder)]
+    assert counts["every"][1:] == [8, 8] and counts["keyframes"][1:] == [3, 3] and counts["both"][1:] == [8, 8]
+    assert counts["keyframes"][0] * 8 == counts["every"][0] * 3 and counts["both"][0] == counts["every"][0]
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -436,7 +474,7 @@ def test_ballet_portrait_bilateral_pixels_write_the_second_pass(shared_data, tmp
     288x512: to an mp4 (frame count and fps kept) and the preview, the same frames as returned."""
     kw = dict(source_prompt="a dancer", target_prompt="a golden dancer", model="tiny-random", steps=2, use_cache=False,
               read=io.ReadOptions(max_frames=6, size=64), window=4,
-              temporal={"keyframes": {"every": 2, "propagation": "flow", "pixels": "bilateral"}})
+              temporal={"keyframes": {"every": 2, "pixels": "bilateral"}})
     clip = shared_data / "videos" / "ballet-portrait.mp4"
     res = videdit.edit_video(clip, **kw)
     assert res.frames.shape == (6, 512, 288, 3) and res.stats.windows == 2
@@ -479,6 +517,9 @@ def test_options_are_checked():
         KeyframesConfig(flow={"method": "dis"})
     with pytest.raises(VideditError, match="flow options apply"):
         KeyframesConfig(pixels="bilateral", flow={"method": "dis"})     # the grid moves nothing along a flow
+    with pytest.raises(VideditError, match="only the keyframes are edited: no propagation applies; drop propagation"):
+        KeyframesConfig(pixels="bilateral", propagation="flow")
+    assert KeyframesConfig().propagation == "tokenflow" and KeyframesConfig(pixels="bilateral").propagation is None
     for bad, message in (({"bilateral_cell": 0}, "bilateral_cell must be"), ({"bilateral_bins": 0}, "bilateral_bins"),
                          ({"bilateral_memory": 1.5}, "bilateral_memory must be"),
                          ({"bilateral_scope": "shot"}, "bilateral_scope must be one of"),

@@ -27,6 +27,7 @@ out as a recolouring of the source's shape. :mod:`videdit.video.keyframes` (``pi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,25 +70,25 @@ def _homogeneous(frame: np.ndarray) -> np.ndarray:
 
 
 def _corners(x: np.ndarray, size: tuple[int, int], shape: GridShape) -> tuple[np.ndarray, np.ndarray]:
-    """Each pixel's 8 surrounding nodes and trilinear weights, for a frame of ``size`` (H, W)
-    whose colours ``x`` (H*W, 4) :func:`_homogeneous` gives: (8, H*W) int64 and float32."""
+    """Each pixel's surrounding nodes and trilinear weights, for a frame of ``size`` (H, W)
+    whose colours ``x`` (H*W, 4) :func:`_homogeneous` gives: (K, H*W) int64 and float32, K = 8
+    corners, halved for each axis with one node (where the second corner would weigh 0: the
+    default grid of a square frame has nodes along luma only, K = 2)."""
     h, w = size
     ys, xs = np.divmod(np.arange(h * w), w)
     coords = (((ys + 0.5) / h * (shape.ny - 1)), ((xs + 0.5) / w * (shape.nx - 1)), x[:, :3] @ LUMA * (shape.nl - 1))
-    lows, fracs = [], []
+    axes = []   # per axis: [(node index along it, weight)] for its one or two corners
     for c, n in zip(coords, (shape.ny, shape.nx, shape.nl)):
-        low = np.clip(np.floor(c), 0, max(n - 2, 0)).astype(np.int64)
-        lows.append(low)
-        fracs.append((c - low).astype(np.float32) if n > 1 else np.zeros_like(c, np.float32))
+        if n == 1:
+            axes.append([(np.zeros(len(c), np.int64), np.ones(len(c), np.float32))])
+            continue
+        low = np.clip(np.floor(c), 0, n - 2).astype(np.int64)
+        frac = (c - low).astype(np.float32)
+        axes.append([(low, 1 - frac), (low + 1, frac)])
     index, weight = [], []
-    for dy in (0, 1):
-        for dx in (0, 1):
-            for dl in (0, 1):
-                node = ((np.minimum(lows[0] + dy, shape.ny - 1) * shape.nx + np.minimum(lows[1] + dx, shape.nx - 1))
-                        * shape.nl + np.minimum(lows[2] + dl, shape.nl - 1))
-                index.append(node)
-                weight.append((fracs[0] if dy else 1 - fracs[0]) * (fracs[1] if dx else 1 - fracs[1])
-                              * (fracs[2] if dl else 1 - fracs[2]))
+    for (iy, wy), (ix, wx), (il, wl) in itertools.product(*axes):
+        index.append((iy * shape.nx + ix) * shape.nl + il)
+        weight.append(wy * wx * wl)
     return np.stack(index), np.stack(weight)
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Sequence
 
 import torch
 
@@ -89,7 +89,7 @@ class AnchorStore:
     the clip's state holds only what the next windows read; in the clip's ``final`` window
     nothing is carried."""
 
-    def __init__(self, window: range, anchors: Anchors, carry: Collection[int], persistent: dict,
+    def __init__(self, window: Collection[int], anchors: Anchors, carry: Collection[int], persistent: dict,
                  offload: bool = False, final: bool = False):
         self.window, self.anchors = window, anchors
         self.needed_by: dict[int, set[int]] = {}
@@ -178,13 +178,15 @@ def concat_anchors(per_frame: list[list[tuple[torch.Tensor, ...]]], index: int) 
 
 class CrossFrameAttention(AttentionModule):
     """On the named self-attention layers, each frame's keys and values become its anchors'
-    (``anchors``: clip frame -> clip frames; clip frame = ``offset`` + window index)."""
+    (``anchors``: clip frame -> clip frames; ``clip_frames``: the clip frame of each of the
+    denoised frames, the window's ``range`` or the subset a module edits)."""
 
     cross = False
 
-    def __init__(self, layers: Collection[str], anchors: Anchors, offset: int, store: AnchorStore, what: str = NAME,
-                 source_branch: int | None = None):
-        self.names, self.anchors, self.offset, self.store, self.what = frozenset(layers), anchors, offset, store, what
+    def __init__(self, layers: Collection[str], anchors: Anchors, clip_frames: Sequence[int], store: AnchorStore,
+                 what: str = NAME, source_branch: int | None = None):
+        self.names, self.anchors, self.clip_frames = frozenset(layers), anchors, clip_frames
+        self.store, self.what = store, what
         self.source_branch = source_branch   # left attending to itself
 
     def applies(self, layer: str, cross: bool) -> bool:
@@ -194,7 +196,7 @@ class CrossFrameAttention(AttentionModule):
         if call.info.inverting:
             return q, k, v
         self.store.begin(call)
-        frames = [self.offset + f for f in call.info.frames]
+        frames = [self.clip_frames[f] for f in call.info.frames]
         ks, vs = call.split(k), call.split(v)                     # each (halves, nb, fb, heads, T, d)
         nb = ks.shape[1]
         own = None if self.source_branch is None else self.source_branch % nb
@@ -258,5 +260,5 @@ def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
         if keys:
             state["last_keyframe"] = keys[-1]   # read by the next window's build
     store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload, ctx.final_window)
-    module = CrossFrameAttention(layers, anchors, ctx.frame_offset, store, source_branch=ctx.source_branch)
+    module = CrossFrameAttention(layers, anchors, window, store, source_branch=ctx.source_branch)
     return TemporalPlan(modules=[module], lead_frames=lead)

@@ -62,11 +62,14 @@ upsampling) is fitted from all of the clip's keyframes at once, their source to 
 edit, and every frame becomes its own source under it. A surface's colour then depends on its
 source colour and (in cells of ``bilateral_cell`` of the shorter side) on where it is, not on
 the frame, so it neither drifts between keyframes nor carries a flow's mistakes; keyframes
-that disagree (one edited half-way) are averaged. ``edit_video`` makes the frames in a second
-pass over the source once every window is edited (``bilateral_scope="clip"``, the default;
-the windows' decoded frames are dropped: the frames between keyframes are denoised for
-nothing, as keyframes attend only to keyframes; editing the keyframes alone would save that
-work, which is not done yet). ``bilateral_scope="window"`` makes each window at once
+that disagree (one edited half-way) are averaged. Only the keyframes are inverted, denoised
+and decoded (``edited_frames``, :mod:`videdit.video.registry`): they attend only to each
+other, so their edit is the same as when every frame runs (to a level of rounding), and no
+other frame's edit is used (so no ``propagation`` is set). With keyframes every 4 frames
+and windows of 16 that is about a quarter of the UNet, VAE and inversion work, unless another
+temporal module of the edit needs every frame. ``edit_video`` makes the frames in a second
+pass over the source once every window is edited (``bilateral_scope="clip"``, the default).
+``bilateral_scope="window"`` makes each window at once
 from its keyframes and the earlier windows' (at ``bilateral_memory`` times their weight), the
 maps going linearly across the window from the earlier window's to its own, for a clip whose
 look changes along it; it is less steady (toy clips of seeds 1, 5, 3: 1.0x, 1.1x and 1.5x the
@@ -124,7 +127,7 @@ class KeyframesConfig:
     select: str = "every"                # every | change
     every: int = 4                       # keyframes at most `every` frames apart (each window ends on one)
     quantile: float = 0.8                # change: keyframes where the frame difference is above this quantile
-    propagation: str = "tokenflow"       # tokenflow | flow
+    propagation: str | None = None       # tokenflow (None: the default) | flow; none with pixels="bilateral"
     layers: str | tuple[str, ...] = "*attn1.processor"   # self-attention layers (globs) for both
     flow: Mapping[str, Any] | None = None   # flow: options of videdit.video.flow.FlowConfig
     offload: bool = False                # keep the carried keyframe's tensors in CPU memory
@@ -145,7 +148,13 @@ class KeyframesConfig:
     def __post_init__(self):
         if self.select not in SELECT:
             raise VideditError(f"{NAME} select must be one of {list(SELECT)}, got {self.select!r}")
-        if self.propagation not in PROPAGATION:
+        if self.pixels == "bilateral" and self.propagation is not None:
+            raise VideditError(f"{NAME} pixels 'bilateral' makes every frame from the keyframes' colour maps, and only "
+                               f"the keyframes are edited: no propagation applies; drop propagation "
+                               f"{self.propagation!r}")
+        if self.propagation is None and self.pixels != "bilateral":
+            object.__setattr__(self, "propagation", PROPAGATION[0])
+        if self.propagation not in (*PROPAGATION, None):
             raise VideditError(f"{NAME} propagation must be one of {list(PROPAGATION)}, got {self.propagation!r}")
         if not isinstance(self.every, int) or self.every < 1:
             raise VideditError(f"{NAME} every must be a whole number of frames >= 1, got {self.every!r}")
@@ -539,10 +548,25 @@ class ClipRecolour:
         return np.stack([bilateral.apply(self.maps, self.grid.shape, f) for f in frames])
 
 
-@register_temporal(NAME, KeyframesConfig)
+def window_keys(config: KeyframesConfig, frames: np.ndarray | None, n: int, offset: int, state: dict) -> list[int]:
+    """The keyframes (clip indices) of the window of ``n`` frames from clip frame ``offset``,
+    given the module's clip ``state`` as the earlier windows left it."""
+    return select_keyframes(n, every=config.every, select=config.select, frames=frames, quantile=config.quantile,
+                            offset=offset, previous=state.get("previous"), last_keyframe=state.get("last_keyframe"))
+
+
+def edited_frames(config: KeyframesConfig, frames: np.ndarray, offset: int, state: dict) -> list[int] | None:
+    """With ``pixels='bilateral'`` every output frame is its source under maps fitted from the
+    keyframes alone, and keyframes attend only to keyframes: the model edits just them."""
+    if config.pixels != "bilateral":
+        return None
+    return [g - offset for g in window_keys(config, frames, len(frames), offset, state)]
+
+
+@register_temporal(NAME, KeyframesConfig, edited_frames=edited_frames)
 def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
     """Keyframes edited jointly (extended attention), others by TokenFlow or flow propagation (Geyer et al. 2023)."""
-    n = ctx.inversion.noise.shape[0]
+    n = ctx.inversion.noise.shape[0] if ctx.edited is None else len(ctx.frames)
     window = range(ctx.frame_offset, ctx.frame_offset + n)
     if config.propagation == "tokenflow" and ctx.source_branch is None:
         raise VideditError(f"{NAME} propagation 'tokenflow' matches tokens by the source branch's features, and this "
@@ -553,24 +577,33 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
                            f"(edit_latents(..., frames=...))")
     layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
     state = ctx.clip_state.setdefault(NAME, {})
-    keys = select_keyframes(n, every=config.every, select=config.select, frames=ctx.frames, quantile=config.quantile,
-                            offset=ctx.frame_offset, previous=state.get("previous"),
-                            last_keyframe=state.get("last_keyframe"))
+    keys = window_keys(config, ctx.frames, n, ctx.frame_offset, state)
     carried = state.get("last_keyframe")
     spans = keyframe_anchors(keys, carried)                          # keyframes the window attends to
     keyset = set(keys)
     modules: list[AttentionModule] = []
     callbacks: list[StepCallback] = []
-    pair_flows = PairFlows(flow_config(config.flow), ctx.cache_dir)   # one estimate per pair for both propagations
-    if config.propagation == "tokenflow":
-        modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
-                                            state.setdefault("tokenflow", {}), config.offload, ctx.final_window))
-        attend = lambda g: spans if g in keyset else (g,)           # noqa: E731: non-keyframes are replaced
+    denoised: list[int] | range = window                             # clip indices of the frames the model edits
+    if ctx.edited is not None:                                       # the keyframes alone (edited_frames)
+        denoised = [ctx.frame_offset + i for i in ctx.edited]
+        if config.pixels != "bilateral" or denoised != keys:
+            raise VideditError(f"{NAME}: the model was given frames {denoised} of the clip to edit, and this window's "
+                               f"keyframes are {keys} (pixels={config.pixels!r}); pass one clip_state from window "
+                               f"to window, and the subset edited_frames names")
+    if config.pixels == "bilateral":                                 # every frame comes from the grid, fitted on
+        attend = lambda g: spans                                     # noqa: E731: keyframes: nothing to propagate
     else:
-        callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), pair_flows, state))
-        attend = lambda g: spans                                     # noqa: E731: their own edit fills occlusions
-    kv = AnchorStore(window, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload, ctx.final_window)
-    modules.append(CrossFrameAttention(layers, attend, ctx.frame_offset, kv, what=NAME, source_branch=ctx.source_branch))
+        pair_flows = PairFlows(flow_config(config.flow), ctx.cache_dir)   # one estimate per pair for both stages
+        if config.propagation == "tokenflow":
+            modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
+                                                state.setdefault("tokenflow", {}), config.offload, ctx.final_window))
+            attend = lambda g: spans if g in keyset else (g,)       # noqa: E731: non-keyframes are replaced
+        else:
+            callbacks.append(FlowPropagation(ctx, list(spans), state.get("carried"), pair_flows, state))
+            attend = lambda g: spans                                 # noqa: E731: their own edit fills occlusions
+    kv = AnchorStore(denoised, attend, set(keys[-1:]), state.setdefault("anchors", {}), config.offload,
+                     ctx.final_window)
+    modules.append(CrossFrameAttention(layers, attend, denoised, kv, what=NAME, source_branch=ctx.source_branch))
     if keys:
         state["last_keyframe"] = keys[-1]
     finish = None
@@ -581,5 +614,5 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
                                   (config.guided_radius, config.guided_eps) if config.pixels == "guided" else None)
     if ctx.frames is not None:
         state["previous"] = ctx.frames[-1].copy()
-    return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=tuple(g - ctx.frame_offset for g in keys),
-                        finish=finish)
+    lead = () if ctx.edited is not None else tuple(g - ctx.frame_offset for g in keys)   # all are keyframes
+    return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=lead, finish=finish)

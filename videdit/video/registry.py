@@ -13,13 +13,22 @@ window, a callable under ``clip_state[CLIP_FINISH]``: ``(source frames of a wind
 size, the window's first frame index) -> its output frames``. ``edit_video`` then edits every
 window first, keeps none of their frames, and makes the output in a second pass over the
 source with that callable (updated in place by the later windows).
+
+A module whose ``finish`` makes some frames from their source alone may say, before the
+window is inverted, which frames the model must edit (``edited_frames``: ``(config, the
+window's source frames at the model size, its first frame index, the module's entry of
+``clip_state``) -> window indices, or None for all``, without changing the state). Where every module of
+the edit names such a subset, only those frames are inverted, denoised and decoded: the
+module's build sees their window indices as ``TemporalContext.edited`` (the inversion holds
+those frames, ``frames`` the whole window), and its ``finish`` gets the whole window with the
+decoded edits at those indices and the source frames elsewhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,6 +56,7 @@ class TemporalContext:
     clip_state: dict = field(default_factory=dict)
     final_window: bool = False       # no later window reads clip_state: keep nothing across windows for one
     cache_dir: Path | None = None    # the inversion cache's folder (None: no cache); flow is kept there too
+    edited: tuple[int, ...] | None = None   # window indices of the frames the inversion holds (None: all; module doc)
 
 
 @dataclass
@@ -58,23 +68,29 @@ class TemporalPlan:
     finish: Callable[[np.ndarray], np.ndarray] | None = None   # decoded uint8 window frames -> frames
 
 
+# (config, the window's source frames at the model size, its first frame index, the module's clip state)
+#   -> window indices of the frames the model must edit, or None: all
+EditedFrames = Callable[[Any, np.ndarray, int, dict], Sequence[int] | None]
+
+
 @dataclass(frozen=True)
 class TemporalSpec:
     name: str
     config: type
     build: Callable[[TemporalContext, Any], TemporalPlan]
     summary: str
+    edited_frames: EditedFrames | None = None   # which frames the model must edit (module doc); None: all, always
 
 
 TEMPORAL: dict[str, TemporalSpec] = {}
 
 
-def register_temporal(name: str, config: type):
+def register_temporal(name: str, config: type, edited_frames: EditedFrames | None = None):
     """Decorator: register ``fn(ctx, config) -> TemporalPlan`` under ``name``."""
 
     def wrap(fn):
         summary = summary_of(fn, name)
-        TEMPORAL[name] = TemporalSpec(name=name, config=config, build=fn, summary=summary)
+        TEMPORAL[name] = TemporalSpec(name=name, config=config, build=fn, summary=summary, edited_frames=edited_frames)
         return fn
 
     return wrap
