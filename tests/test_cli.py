@@ -128,3 +128,21 @@ def test_shipped_configs_parse(capsys):
     for cfg in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         args = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(cfg)])
         assert args.inversion and args.editor, cfg
+
+
+def test_invert_with_a_preset_fills_the_cache_its_edit_reads(tmp_path, shared_data, capsys):
+    """`videdit invert --config PRESET` takes the preset's inversion (direct for recolour) and
+    leaves out what only the edit reads (editor, temporal); the edit with the same preset then
+    takes every window from the cache, its keyframes cut out of the windows' inversions."""
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "recolour.yaml"
+    clip = shared_data / "videos" / "dog.mp4"
+    kw = ["--model", "tiny-random", "--steps", "2", "--cache-dir", tmp_path / "cache", "-q", "--max-frames", "6",
+          "--size", "64", "--window", "4", "--config", preset]
+    code, out, _ = run(capsys, "invert", clip, "-s", "a dog", *kw)
+    assert code == 0 and "inverted 6 frames in 2 windows (0 already cached)" in out
+    code, out, _ = run(capsys, "edit", clip, "-s", "a dog", "-t", "a red dog", "-o", tmp_path / "o.mp4", *kw)
+    assert code == 0 and "2/2 windows from cache" in out
+    code, _, err = run(capsys, "invert", clip, "--config", tmp_path / "missing.yaml")
+    assert code == 2 and "cannot read config" in err

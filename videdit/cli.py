@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_args(p)
 
     p = add("invert", help="invert a clip and fill the cache",
-                       description="Run the inversion stage only, so later edits of INPUT start at once.")
+                       description="Run the inversion stage only, so later edits of INPUT start at once. "
+                       "--config takes an edit's preset: its inversion options count, the rest is the edit's.")
     p.add_argument("input", type=Path)
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
     _add_model_args(p)
@@ -333,8 +334,12 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
         raise VideditError(f"config {args.config} must be a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     renamed = {"inversion_params": "inversion_param", "editor_params": "editor_param"}
-    sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser
+    choices = parser._subparsers._group_actions[0].choices
+    sub = choices[args.command]  # the subcommand's parser
     known = {a.dest for a in sub._actions}
+    if args.command == "invert":   # a preset describes an edit: invert takes its inversion's options
+        edit_only = {a.dest for a in choices["edit"]._actions} - known
+        values = {k: v for k, v in values.items() if renamed.get(k, k) not in edit_only}
     unknown = sorted(k for k in values if renamed.get(k, k) not in known)
     if unknown:
         raise VideditError(f"config {args.config}: unknown option(s) {', '.join(unknown)}")

@@ -136,15 +136,30 @@ def inversion_config(settings: EditSettings):
 
 
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
-                  cache: InversionCache | None = None, progress: bool = False) -> Inversion:
-    """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given."""
+                  cache: InversionCache | None = None, progress: bool = False,
+                  subset: tuple[int, ...] | None = None) -> Inversion:
+    """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given.
+    ``subset`` (indices into F): the inversion of those frames only, cut from a cached
+    inversion of all of them where there is one and the method inverts frames independently
+    (:meth:`Inversion.select`), else made alone."""
     method = get_inversion(settings.inversion)
     config = inversion_config(settings)
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
-    key = cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
-                    source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
-                    config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
-                    seed=settings.seed)
+
+    def key_of(frames: np.ndarray) -> str:
+        return cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
+                         source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
+                         config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
+                         seed=settings.seed)
+
+    if subset is not None:
+        window = key_of(frames)
+        if cache is not None and method.independent_frames and (whole := cache.load(window, settings.steps)):
+            log.info("inversion cache hit: %d of %d frames of %s (%s)", len(subset), len(frames),
+                     cache.path(window).name, method.name)
+            return whole.select(subset)
+        frames = frames[list(subset)]
+    key = key_of(frames)
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
         log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
         return hit
@@ -256,8 +271,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     work = _at_model_size(model, frames)
     subset = _edited_subset(settings, work, frame_offset, clip_state)
     t0 = time.perf_counter()
-    inv = invert_frames(model, work if subset is None else work[list(subset)], settings, cache=cache,
-                        progress=progress)
+    inv = invert_frames(model, work, settings, cache=cache, progress=progress, subset=subset)
     t1 = time.perf_counter()
     finishers: list = []
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,

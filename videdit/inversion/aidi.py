@@ -71,7 +71,8 @@ def anderson_solve(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *
     return z, residuals
 
 
-@register_inversion("aidi", AIDIConfig)
+# independent_frames=False: the iteration stops on the batch's largest residual
+@register_inversion("aidi", AIDIConfig, independent_frames=False)
 def aidi_inversion(inp: InversionInputs, config: AIDIConfig) -> Inversion:
     """AIDI (Pan et al. 2023): fixed-point DDIM inversion solved with Anderson acceleration."""
 

@@ -21,7 +21,7 @@ from videdit.inversion.record import Inversion
 from videdit.io.atomic import atomic_path
 
 log = logging.getLogger("videdit.cache")
-FORMAT = "videdit-inversion-3"  # 3: edict and bdia keep float64 starts (extras "residual")
+FORMAT = "videdit-inversion-4"  # 3: edict and bdia keep float64 starts (extras "residual"); 4: frame_axes
 
 
 def default_cache_dir() -> Path:
@@ -62,7 +62,8 @@ class InversionCache:
             extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
             return Inversion(method=meta["method"], trajectory=traj, extras=extras,
                              unet_evals=int(meta["unet_evals"]), evals_per_step=int(meta["evals_per_step"]),
-                             start_step=int(meta["start_step"]), cached=True)
+                             start_step=int(meta["start_step"]), cached=True,
+                             frame_axes=json.loads(meta["frame_axes"]))
         except Exception as e:  # corrupt file, truncated write by another tool, old format ...
             log.warning("ignoring bad inversion cache entry %s (%s); recomputing", path.name, e)
             return None
@@ -72,7 +73,8 @@ class InversionCache:
         tensors = {"trajectory": inv.trajectory.detach().cpu().contiguous()}
         tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in inv.extras.items()})
         meta = {"key": key, "format": FORMAT, "method": inv.method, "unet_evals": str(inv.unet_evals),
-                "evals_per_step": str(inv.evals_per_step), "start_step": str(inv.start_step)}
+                "evals_per_step": str(inv.evals_per_step), "start_step": str(inv.start_step),
+                "frame_axes": json.dumps(inv.frame_axes)}
         path = self.path(key)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)

@@ -86,7 +86,8 @@ def ddpm_replay(inv: Inversion, ctx: ReplayContext, config: DDPMInversionConfig)
     return Replay(sampler=DDPMSampler(inv.extras["noise_maps"]))
 
 
-@register_inversion("ddpm", DDPMInversionConfig, replay=ddpm_replay)
+# independent_frames=False: the noise is drawn for the batch
+@register_inversion("ddpm", DDPMInversionConfig, replay=ddpm_replay, independent_frames=False)
 @torch.no_grad()
 def ddpm_inversion(inp: InversionInputs, config: DDPMInversionConfig) -> Inversion:
     """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024, Alg. 1): noise maps, eta = 1."""
@@ -110,4 +111,5 @@ def ddpm_inversion(inp: InversionInputs, config: DDPMInversionConfig) -> Inversi
         mean = ddpm_mean(x, out, alpha, alpha_next, inp.prediction_type)[0]
         maps[i] = (float64(traj[i + 1]) - float64(mean)) / _noise_scale(alpha, alpha_next)  # Eq. 7
     evals = (n - skip) * (2 if config.guidance != 1 else 1)
-    return Inversion(method="ddpm", trajectory=traj, extras={"noise_maps": maps}, unet_evals=evals, start_step=skip)
+    return Inversion(method="ddpm", trajectory=traj, extras={"noise_maps": maps}, unet_evals=evals, start_step=skip,
+                     frame_axes={"noise_maps": 1})

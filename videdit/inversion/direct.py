@@ -99,4 +99,4 @@ def direct_inversion(inp: InversionInputs, config: DirectInversionConfig) -> Inv
         offsets.append(float64(traj[i + 1]) - float64(step))
     evals = ddim.unet_evals + len(s) * (2 if config.guidance != 1 else 1)
     return Inversion(method="direct", trajectory=traj, extras={"offsets": torch.stack(offsets)},  # (N, F, C, h, w)
-                     unet_evals=evals)
+                     unet_evals=evals, frame_axes={"offsets": 1})

@@ -146,4 +146,4 @@ def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
     evals = 2 * len(s) * (2 if config.guidance != 1 else 1)
     path, residual = _float64.split(torch.stack(xs[::-1]))       # (N+1, F, C, h, w), (F, C, h, w)
     return Inversion(method="edict", trajectory=path, extras={"coupled": torch.stack(ys[::-1]), "residual": residual},
-                     unet_evals=evals, evals_per_step=1)
+                     unet_evals=evals, evals_per_step=1, frame_axes={"coupled": 1})

@@ -123,7 +123,8 @@ def iterative_inversion(inp: InversionInputs, method: str, solve: Solver, guidan
                      unet_evals=evals * (2 if guidance != 1 else 1))
 
 
-@register_inversion("fixed_point", FixedPointConfig)
+# independent_frames=False: the iteration stops on the batch's largest residual
+@register_inversion("fixed_point", FixedPointConfig, independent_frames=False)
 def fixed_point_inversion(inp: InversionInputs, config: FixedPointConfig) -> Inversion:
     """Fixed-point DDIM inversion (Pan et al. 2023; ReNoise averaging as an option): each step solved implicitly."""
 

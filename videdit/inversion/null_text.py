@@ -70,7 +70,8 @@ def null_text_replay(inv: Inversion, ctx: ReplayContext, config: NullTextConfig)
     return Replay(uncond=[e[None] for e in null])
 
 
-@register_inversion("null_text", NullTextConfig, replay=null_text_replay)
+# independent_frames=False: the inner loop stops on the batch's largest loss
+@register_inversion("null_text", NullTextConfig, replay=null_text_replay, independent_frames=False)
 def null_text_inversion(inp: InversionInputs, config: NullTextConfig) -> Inversion:
     """Null-text inversion (Mokady et al. 2023): DDIM pivot, per-step null embeddings fitted to it."""
     pivot = ddim_inversion(inp, DDIMInversionConfig(guidance=1.0))
@@ -87,7 +88,7 @@ def null_text_inversion(inp: InversionInputs, config: NullTextConfig) -> Inversi
         evals += n * e.shape[1]
     bar.close()
     return Inversion(method="null_text", trajectory=traj, extras={"null_embeds": torch.cat(embeds, dim=1)},
-                     unet_evals=pivot.unet_evals + math.ceil(evals / n_frames))
+                     unet_evals=pivot.unet_evals + math.ceil(evals / n_frames), frame_axes={"null_embeds": 1})
 
 
 def _fit_batch(inp: InversionInputs, config: NullTextConfig, pivot: torch.Tensor, null: torch.Tensor,

@@ -110,7 +110,8 @@ def regularise(out: torch.Tensor, x: torch.Tensor, alpha: float, prediction_type
     return out
 
 
-@register_inversion("pix2pix_zero", Pix2PixZeroConfig)
+# independent_frames=False: the noise regularisation draws its shifts for the batch
+@register_inversion("pix2pix_zero", Pix2PixZeroConfig, independent_frames=False)
 @torch.no_grad()
 def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> Inversion:
     """pix2pix-zero inversion (Parmar et al. 2023): DDIM inversion with auto-correlation and KL regularised noise."""

@@ -71,18 +71,23 @@ class InversionMethod:
     run: Callable[[InversionInputs, Any], Inversion]
     replay: Callable[[Inversion, ReplayContext, Any], Replay]
     summary: str
+    independent_frames: bool = True   # a frame's inversion does not depend on the frames inverted with it
 
 
 INVERSIONS: dict[str, InversionMethod] = {}
 
 
-def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay):
+def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
+                       independent_frames: bool = True):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
-    tells editing how to sample it back (default: plain DDIM)."""
+    tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
+    for a method whose frames share something (noise drawn for the batch, a stopping test
+    over the batch): then an inversion of some frames is not cut from a cached one of more."""
 
     def wrap(fn):
         summary = summary_of(fn, name)
-        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, replay=replay, summary=summary)
+        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, replay=replay, summary=summary,
+                                           independent_frames=independent_frames)
         return fn
 
     return wrap

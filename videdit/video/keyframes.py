@@ -64,10 +64,12 @@ source colour and (in cells of ``bilateral_cell`` of the shorter side) on where 
 the frame, so it neither drifts between keyframes nor carries a flow's mistakes; keyframes
 that disagree (one edited half-way) are averaged. Only the keyframes are inverted, denoised
 and decoded (``edited_frames``, :mod:`videdit.video.registry`): they attend only to each
-other, so their edit is the same as when every frame runs (to a level of rounding), and no
-other frame's edit is used (so no ``propagation`` is set). With keyframes every 4 frames
-and windows of 16 that is about a quarter of the UNet, VAE and inversion work, unless another
-temporal module of the edit needs every frame. ``edit_video`` makes the frames in a second
+other, so their edit is the same as when every frame runs (to a level of rounding, for an
+inversion that inverts frames independently, ``independent_frames``), and no other frame's
+edit is used (so no ``propagation`` is set). With keyframes every 4 frames and windows of 16
+that is about a quarter of the UNet, VAE and inversion work, unless another temporal module
+of the edit needs every frame; a cached inversion of the whole window (an earlier edit's, or
+``videdit invert``'s) serves the keyframes too. ``edit_video`` makes the frames in a second
 pass over the source once every window is edited (``bilateral_scope="clip"``, the default).
 ``bilateral_scope="window"`` makes each window at once
 from its keyframes and the earlier windows' (at ``bilateral_memory`` times their weight), the
