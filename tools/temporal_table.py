@@ -8,7 +8,7 @@ absolute error (0-255) over pixels the flow finds visible in both. Prompts from
 ../shared/data/cases.json. With tiny-random the edits mean nothing; the table measures only
 how much each mechanism holds frames together.
 
-Cross-frame attention comes out at 0.99-1.00x of independent editing on tiny-random, and no
+Cross-frame attention comes out at 0.995-1.001x of independent editing on tiny-random, and no
 choice of anchors can do better there (tools/cross_frame_probe.py, wolf, 8 frames): its random
 self-attention is uniform (attn1 entropy 0.991 of log T), so each frame's attention output is
 the mean of its values, nearly the same from frame to frame; taking the keys and values from
@@ -85,7 +85,7 @@ def main() -> None:
             err = warp_error(edited, flows)
             if name == "independent":
                 independent = err
-            versus = f"{err / independent:>11.2f}" if independent else f"{'-':>11}"
+            versus = f"{err / independent:>11.3f}" if independent else f"{'-':>11}"
             print(f"{clip:<6}{name:<30}{err:>10.2f}{source_error:>9.2f}{err / source_error:>8.2f}{versus}"
                   f"{flicker(edited, source):>9.2f}{seconds:>7.1f}")
 
