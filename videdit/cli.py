@@ -312,7 +312,9 @@ def _methods(a) -> None:
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
             opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config))
-            print(f"  {name:<16} {spec.summary}" + (f"  [{opts}]" if opts else ""))
+            shared = " (frames inverted together: a frame's inversion depends on its batch)" if not getattr(
+                spec, "independent_frames", True) else ""
+            print(f"  {name:<16} {spec.summary}{shared}" + (f"  [{opts}]" if opts else ""))
 
 
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}

@@ -193,7 +193,10 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     frames the inversion holds, where the temporal modules asked for a subset (``edit_frames``
     does; ``frames`` is then the whole window)."""
     spec = get_editor(settings.editor)
-    config = make_config(spec.config, settings.editor_params, f"editor {settings.editor!r}")
+    params = settings.editor_params
+    if edited is not None and frames is not None:   # a per-frame option (a mask per window frame): the edited ones
+        params = {k: v[list(edited)] if _per_window_frame(v, len(frames)) else v for k, v in params.items()}
+    config = make_config(spec.config, params, f"editor {settings.editor!r}")
     source_cond, target_cond, uncond = model.encode_text(
         [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
     schedule = make_schedule(model.scheduler_config, settings.steps)
@@ -240,6 +243,12 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     return x[plan.output_branch]
 
 
+def _per_window_frame(value: Any, n_frames: int) -> bool:
+    """Whether an editor option is an array with one entry per frame of a window of ``n_frames``
+    (a mask (F, h, w) or (F, 1, h, w)); one mask (h, w) or (1, h, w) is every frame's."""
+    return isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 3 and value.shape[0] == n_frames > 1
+
+
 def reconstruct(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False) -> torch.Tensor:
     """The inversion's own reconstruction: the plain editor with target prompt = source prompt,
     at ``settings.guidance``. -> clean latents (F, C, h, w)."""
@@ -270,6 +279,9 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     height, width = frames.shape[1:3]
     work = _at_model_size(model, frames)
     subset = _edited_subset(settings, work, frame_offset, clip_state)
+    if subset is not None and settings.keep_background is not None:
+        raise VideditError("keep_background needs every frame edited by the model, and the temporal modules edit "
+                           "only some; drop keep_background")
     t0 = time.perf_counter()
     inv = invert_frames(model, work, settings, cache=cache, progress=progress, subset=subset)
     t1 = time.perf_counter()
@@ -284,9 +296,6 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     for finish in finishers:
         edited = finish(edited)
     if settings.keep_background is not None:
-        if subset is not None:
-            raise VideditError("keep_background needs every frame edited by the model, and the temporal modules "
-                               "edit only some; drop keep_background")
         config = make_config(KeepBackground, settings.keep_background, "keep_background")
         edited = keep_background(work, edited, inv.source, z, config)
     stats.seconds["invert"] += t1 - t0

@@ -117,6 +117,20 @@ def test_make_config_names_an_option_of_the_wrong_type():
     config = make_config(KeyframesConfig, {"pixels": "guided", "guided_eps": "1e-3", "every": 3,
                                            "layers": ["*attn1.processor"]}, what)
     assert config.guided_eps == 1e-3 and config.every == 3
+    # what the configs took before the check stays taken: a Fraction or numpy number for a number, a Path for a
+    # file name, one string for a list the config makes of it, 1 for true
+    from fractions import Fraction
+    from pathlib import Path
+
+    import numpy as np
+
+    from videdit.editing import EDITORS
+    from videdit.video.flow import FlowConfig
+
+    assert make_config(KeyframesConfig, {"quantile": Fraction(1, 2), "guided_eps": np.float32(0.01), "offload": 1}, what)
+    assert make_config(EDITORS["prompt_to_prompt"].config, {"blend_words": "wolf"}, "p2p").blend_words == ("wolf",)
+    with pytest.raises(VideditError, match="raft_weights"):   # taken as a file name, then found missing
+        make_config(FlowConfig, {"method": "raft", "raft_weights": Path("/nonexistent/raft.pth")}, "flow")
     # every registered stage's config: its hints resolve (else nothing would be checked), its defaults fit them
     from videdit.editing import EDITORS
     from videdit.editing.composite import KeepBackground

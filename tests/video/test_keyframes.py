@@ -459,6 +459,45 @@ def test_bilateral_pixels_edit_only_the_keyframes(tiny):
     assert counts["keyframes"][0] * 8 == counts["every"][0] * 3 and counts["both"][0] == counts["every"][0]
 
 
+def decoded_keyframes(tiny, frames, settings, keys):
+    """The decoded edits of the keyframes ``keys`` of a one-window clip, as ``edit_frames`` returns
+    them when a later window follows (with pixels='bilateral' the frames come in a second pass)."""
+    from videdit.pipeline import edit_frames
+
+    return edit_frames(tiny, frames, settings, clip_state={}, final_window=False)[keys]
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_bilateral_keyframes_more_than_a_batch(tiny, batch_size):
+    """Keyframes at most 2 frames apart of 8 (0, 2, 4, 5, 7): more than a UNet batch of 2. They run
+    first and together, in batches, and come out as where every frame is edited (within a level)."""
+    frames = sliding_texture(8)
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, batch_size=batch_size,
+                     temporal={"keyframes": {"every": 2, "pixels": "bilateral"}})
+    every = dataclasses.replace(s, temporal={"keyframes": {"every": 2, "propagation": "flow"}})
+    keys = select_keyframes(8, every=2)
+    assert keys == [0, 2, 4, 5, 7]
+    got, want = decoded_keyframes(tiny, frames, s, keys), decoded_keyframes(tiny, frames, every, keys)
+    assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_bilateral_cuts_a_per_frame_mask_to_the_keyframes(tiny):
+    """An editor option with one mask per window frame (blended, (8, 64, 64)) is cut to the
+    keyframes the model edits: they come out as where every frame is edited with the whole mask."""
+    frames = sliding_texture(8)
+    mask = np.zeros((8, 64, 64), np.float32)
+    for i in range(8):
+        mask[i, :, 4 * i:4 * i + 32] = 1                     # a band moving right, a different mask each frame
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, editor="blended",
+                     editor_params={"mask": mask}, temporal={"keyframes": {"every": 4, "pixels": "bilateral"}})
+    every = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
+    keys = select_keyframes(8, every=4)
+    got, want = decoded_keyframes(tiny, frames, s, keys), decoded_keyframes(tiny, frames, every, keys)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    one = dataclasses.replace(s, editor_params={"mask": mask[:1]})    # one mask for all: left whole
+    assert np.abs(decoded_keyframes(tiny, frames, one, keys).astype(int) - got).max() > 5
+
+
 @pytest.mark.parametrize("inversion", ["ddim", "ddpm"])
 def test_bilateral_keyframes_come_from_the_cached_inversion_of_their_window(tiny, tmp_path, inversion):
     """An edit of every frame caches the window's inversion; a later pixels='bilateral' edit
@@ -548,7 +587,8 @@ def test_options_are_checked():
         KeyframesConfig(pixels="bilateral", flow={"method": "dis"})     # the grid moves nothing along a flow
     with pytest.raises(VideditError, match="only the keyframes are edited: no propagation applies; drop propagation"):
         KeyframesConfig(pixels="bilateral", propagation="flow")
-    assert KeyframesConfig().propagation == "tokenflow" and KeyframesConfig(pixels="bilateral").propagation is None
+    assert KeyframesConfig().propagates == "tokenflow" and KeyframesConfig(pixels="bilateral").propagates is None
+    assert dataclasses.replace(KeyframesConfig(every=2), pixels="bilateral").propagates is None
     for bad, message in (({"bilateral_cell": 0}, "bilateral_cell must be"), ({"bilateral_bins": 0}, "bilateral_bins"),
                          ({"bilateral_memory": 1.5}, "bilateral_memory must be"),
                          ({"bilateral_scope": "shot"}, "bilateral_scope must be one of"),

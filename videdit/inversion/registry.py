@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -133,14 +135,17 @@ def _fits(hint, value) -> bool | None:
         found = [_fits(h, value) for h in typing.get_args(hint)]
         return True if True in found else None if None in found else False
     if hint is bool:
-        return isinstance(value, (bool, np.bool_))
+        return isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))
     if hint in (int, float):
-        numbers = (int, np.integer) if hint is int else (int, float, np.integer, np.floating)
-        return isinstance(value, numbers) and not isinstance(value, (bool, np.bool_))
-    if hint in (str, type(None)):
-        return isinstance(value, hint)
+        kind = numbers.Integral if hint is int else numbers.Real
+        return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))      # a path where a file name goes
+    if hint is type(None):
+        return value is None
     if hint in (tuple, list) or origin in (tuple, list):
-        return isinstance(value, (tuple, list))
+        # a lone string may stand for a list of one: the config's own checks say (e.g. layer patterns)
+        return None if isinstance(value, str) else isinstance(value, (tuple, list))
     if hint is dict or origin in (dict, collections.abc.Mapping):
         return isinstance(value, collections.abc.Mapping)
     return None

@@ -68,8 +68,9 @@ other, so their edit is the same as when every frame runs (to a level of roundin
 inversion that inverts frames independently, ``independent_frames``), and no other frame's
 edit is used (so no ``propagation`` is set). With keyframes every 4 frames and windows of 16
 that is about a quarter of the UNet, VAE and inversion work, unless another temporal module
-of the edit needs every frame; a cached inversion of the whole window (an earlier edit's, or
-``videdit invert``'s) serves the keyframes too. ``edit_video`` makes the frames in a second
+of the edit needs every frame. A cached inversion of the whole window (an earlier edit's, or
+``videdit invert``'s) serves the keyframes too, where the method inverts frames independently
+(ddim, npi, proxedit, direct, edict, bdia); the others invert the keyframes again. ``edit_video`` makes the frames in a second
 pass over the source once every window is edited (``bilateral_scope="clip"``, the default).
 ``bilateral_scope="window"`` makes each window at once
 from its keyframes and the earlier windows' (at ``bilateral_memory`` times their weight), the
@@ -142,6 +143,14 @@ class KeyframesConfig:
     bilateral_memory: float = 1.0        # bilateral_scope="window": weight of the earlier windows' keyframes (0: none)
 
     @property
+    def propagates(self) -> str | None:
+        """How the frames between keyframes get the edit: 'tokenflow' (the default) or 'flow';
+        None with pixels='bilateral', which edits the keyframes alone."""
+        if self.pixels == "bilateral":
+            return None
+        return self.propagation or PROPAGATION[0]
+
+    @property
     def frames_from_source(self) -> bool:
         """Whether every output frame is its source frame under colour maps (pixels='bilateral'),
         so that keep_background has nothing to put back (EditSettings checks)."""
@@ -154,8 +163,6 @@ class KeyframesConfig:
             raise VideditError(f"{NAME} pixels 'bilateral' makes every frame from the keyframes' colour maps, and only "
                                f"the keyframes are edited: no propagation applies; drop propagation "
                                f"{self.propagation!r}")
-        if self.propagation is None and self.pixels != "bilateral":
-            object.__setattr__(self, "propagation", PROPAGATION[0])
         if self.propagation not in (*PROPAGATION, None):
             raise VideditError(f"{NAME} propagation must be one of {list(PROPAGATION)}, got {self.propagation!r}")
         if not isinstance(self.every, int) or self.every < 1:
@@ -186,7 +193,7 @@ class KeyframesConfig:
                                f"'clip' every keyframe of the clip counts the same")
         if self.flow is not None and not isinstance(self.flow, Mapping):
             raise VideditError(f"{NAME} flow must be a mapping of flow options, got {self.flow!r}")
-        if self.propagation == "flow" or self.pixels in FLOW_PIXELS:
+        if self.propagates == "flow" or self.pixels in FLOW_PIXELS:
             flow_config(self.flow)
         elif self.flow:
             raise VideditError(f"{NAME} flow options apply to propagation 'flow' or pixels true, 'warp' or 'guided' "
@@ -567,16 +574,16 @@ def edited_frames(config: KeyframesConfig, frames: np.ndarray, offset: int, stat
 
 @register_temporal(NAME, KeyframesConfig, edited_frames=edited_frames)
 def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
-    """Keyframes edited jointly (extended attention), others by TokenFlow or flow propagation (Geyer et al. 2023)."""
-    n = ctx.inversion.noise.shape[0] if ctx.edited is None else len(ctx.frames)
-    window = range(ctx.frame_offset, ctx.frame_offset + n)
-    if config.propagation == "tokenflow" and ctx.source_branch is None:
+    """Keyframes edited jointly, the rest by TokenFlow (default) or flow, or by colour maps (pixels='bilateral')."""
+    if config.propagates == "tokenflow" and ctx.source_branch is None:
         raise VideditError(f"{NAME} propagation 'tokenflow' matches tokens by the source branch's features, and this "
                            f"editor runs none; use an editor with a source branch ({', '.join(SOURCE_BRANCH_EDITORS)})"
                            f", e.g. prompt_to_prompt, or propagation 'flow'")
-    if ctx.frames is None and (config.select == "change" or config.propagation == "flow" or config.pixels):
+    if ctx.frames is None and (config.select == "change" or config.propagates == "flow" or config.pixels):
         raise VideditError(f"{NAME} select='change', propagation 'flow' and pixels need the window's source frames "
                            f"(edit_latents(..., frames=...))")
+    n = ctx.inversion.noise.shape[0] if ctx.edited is None else len(ctx.frames)
+    window = range(ctx.frame_offset, ctx.frame_offset + n)
     layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
     state = ctx.clip_state.setdefault(NAME, {})
     keys = window_keys(config, ctx.frames, n, ctx.frame_offset, state)
@@ -596,7 +603,7 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
         attend = lambda g: spans                                     # noqa: E731: keyframes: nothing to propagate
     else:
         pair_flows = PairFlows(flow_config(config.flow), ctx.cache_dir)   # one estimate per pair for both stages
-        if config.propagation == "tokenflow":
+        if config.propagates == "tokenflow":
             modules.append(TokenFlowPropagation(layers, list(spans), keys, window, ctx.source_branch,
                                                 state.setdefault("tokenflow", {}), config.offload, ctx.final_window))
             attend = lambda g: spans if g in keyset else (g,)       # noqa: E731: non-keyframes are replaced
@@ -616,5 +623,6 @@ def keyframes(ctx: TemporalContext, config: KeyframesConfig) -> TemporalPlan:
                                   (config.guided_radius, config.guided_eps) if config.pixels == "guided" else None)
     if ctx.frames is not None:
         state["previous"] = ctx.frames[-1].copy()
-    lead = () if ctx.edited is not None else tuple(g - ctx.frame_offset for g in keys)   # all are keyframes
+    # keyframes run first, together (else a batch would attend to keyframes not run yet); a subset is all keyframes
+    lead = tuple(range(len(keys))) if ctx.edited is not None else tuple(g - ctx.frame_offset for g in keys)
     return TemporalPlan(modules=modules, callbacks=callbacks, lead_frames=lead, finish=finish)
