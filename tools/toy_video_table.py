@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sys.path when run as a script
 
@@ -51,6 +52,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--inversion", default="direct")
+    p.add_argument("--inversion-param", "-I", action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of the inversion, e.g. -I noise=frame (repeatable)")
     p.add_argument("--editor", default="prompt_to_prompt")
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--keep-background", type=float, metavar="THRESHOLD",
@@ -67,6 +70,7 @@ def main() -> None:
     from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
 
     model = load_model(a.model)
+    inversion_params = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in a.inversion_param)}
     tmp = Path(tempfile.mkdtemp(prefix="videdit-toy-video-"))
     clips = []
     for i in range(a.clips):
@@ -80,7 +84,7 @@ def main() -> None:
         clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
     print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "
-          f"guidance={a.guidance} inversion={a.inversion} editor={a.editor} window={a.window} "
+          f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} window={a.window} "
           f"keep_background={a.keep_background}")
     print(f"{'mechanism':<36}{'warp err':>9}{'source':>8}{'ratio':>7}{'vs indep.':>10}{'frames ok':>10}"
           f"{'worst clip':>11}{'check':>7}  {'per clip: warp err x source, x below independent, frames ok':<60}{'s':>6}")
@@ -95,7 +99,8 @@ def main() -> None:
             else:
                 try:
                     frames = edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=model,
-                                        steps=a.steps, guidance=a.guidance, inversion=a.inversion, editor=a.editor,
+                                        steps=a.steps, guidance=a.guidance, inversion=a.inversion,
+                                        inversion_params=inversion_params, editor=a.editor,
                                         window=a.window, temporal=temporal, cache_dir=tmp / "cache",
                                         keep_background=None if a.keep_background is None
                                         else {"threshold": a.keep_background}).frames

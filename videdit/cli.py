@@ -312,8 +312,9 @@ def _methods(a) -> None:
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
             opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config))
-            shared = " (frames inverted together: a frame's inversion depends on its batch)" if not getattr(
-                spec, "independent_frames", True) else ""
+            together = getattr(spec, "independent_frames", True)
+            shared = "" if together is True else " (frames inverted together: a frame's inversion depends on its " \
+                "batch" + (", with some options)" if callable(together) else ")")
             print(f"  {name:<16} {spec.summary}{shared}" + (f"  [{opts}]" if opts else ""))
 
 

@@ -154,7 +154,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 
     if subset is not None:
         window = key_of(frames)
-        if cache is not None and method.independent_frames and (whole := cache.load(window, settings.steps)):
+        if cache is not None and method.inverts_frames_apart(config) and (whole := cache.load(window, settings.steps)):
             log.info("inversion cache hit: %d of %d frames of %s (%s)", len(subset), len(frames),
                      cache.path(window).name, method.name)
             return whole.select(subset)

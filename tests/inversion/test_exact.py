@@ -192,6 +192,32 @@ def test_ddpm_noise_follows_the_seed(tiny, wolf_frames):
     assert not torch.equal(a.noise, b.noise)
 
 
+def test_ddpm_noise_is_shared_by_the_frames_unless_asked_per_frame(tiny, wolf_frames):
+    """noise='shared' (the default): x_i - sqrt(a_i) x_0 is the same draw for both frames, and
+    a frame's trajectory is the one it gets inverted alone; noise='frame': a draw per frame. One
+    frame alone gets the same noise either way."""
+    from videdit.pipeline import inversion_config
+
+    def drawn(inv):   # (N, F, C, h, w): the noise of each step's latent
+        a = make_schedule(tiny.scheduler_config, inv.n_steps).alphas.view(-1, 1, 1, 1, 1)
+        return (inv.trajectory[:-1] - a.sqrt() * inv.source) / (1 - a).sqrt()
+
+    shared_s = settings_for("ddpm", steps=3)
+    frame_s = settings_for("ddpm", steps=3, inversion_params={"noise": "frame"})
+    shared, frame = invert_frames(tiny, wolf_frames, shared_s), invert_frames(tiny, wolf_frames, frame_s)
+    assert float((drawn(shared)[:, 0] - drawn(shared)[:, 1]).abs().max()) < 1e-4
+    assert float((drawn(frame)[:, 0] - drawn(frame)[:, 1]).abs().mean()) > 0.5
+    alone = invert_frames(tiny, wolf_frames[1:], shared_s)
+    assert float((alone.trajectory[:, 0] - shared.trajectory[:, 1]).abs().max()) < 1e-4
+    one_frame = invert_frames(tiny, wolf_frames[:1], frame_s)
+    assert torch.equal(invert_frames(tiny, wolf_frames[:1], shared_s).trajectory, one_frame.trajectory)
+    ddpm = INVERSIONS["ddpm"]
+    assert ddpm.inverts_frames_apart(inversion_config(shared_s))
+    assert not ddpm.inverts_frames_apart(inversion_config(frame_s))
+    with pytest.raises(VideditError, match="ddpm noise must be one of"):
+        invert_frames(tiny, wolf_frames, settings_for("ddpm", inversion_params={"noise": "per-frame"}))
+
+
 # --- EDICT and BDIA: a callback's change keeps their extra state consistent ---------------------
 
 class ZeroCorner(StepCallback):

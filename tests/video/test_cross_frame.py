@@ -133,9 +133,10 @@ def test_every_editor_composes_without_seams(tiny, clip, editor):
     torch.testing.assert_close(one, four, rtol=0, atol=ATOL)
 
 
-# DDPM inversion draws its noise maps for the window's shape, so its windows differ without any
-# temporal module; every other inversion replays frame by frame.
-@pytest.mark.parametrize("inversion", sorted(set(INVERSIONS) - {"ddpm"}))
+# Every inversion replays frame by frame; DDPM inversion's noise is one draw for every frame by
+# default (noise="shared"), the same in every window. With noise="frame" it is drawn for the
+# window's shape, so its windows differ without any temporal module.
+@pytest.mark.parametrize("inversion", sorted(INVERSIONS))
 def test_every_inversion_keeps_windows_seamless(tiny, clip, inversion):
     """Samplers that call the model more than once a step (EDICT, BDIA) find their own call's
     anchors in the clip's state."""

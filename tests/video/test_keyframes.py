@@ -498,19 +498,19 @@ def test_bilateral_cuts_a_per_frame_mask_to_the_keyframes(tiny):
     assert np.abs(decoded_keyframes(tiny, frames, one, keys).astype(int) - got).max() > 5
 
 
-@pytest.mark.parametrize("inversion", ["ddim", "ddpm"])
-def test_bilateral_keyframes_come_from_the_cached_inversion_of_their_window(tiny, tmp_path, inversion):
+@pytest.mark.parametrize("inversion, params", [("ddim", {}), ("ddpm", {}), ("ddpm", {"noise": "frame"})])
+def test_bilateral_keyframes_come_from_the_cached_inversion_of_their_window(tiny, tmp_path, inversion, params):
     """An edit of every frame caches the window's inversion; a later pixels='bilateral' edit
     cuts its keyframes out of it (Inversion.select) instead of inverting them again, and edits
-    them as it does without a cache (within a level). DDPM inversion draws its noise for the
-    batch, so its keyframes are inverted alone (a second cache entry): the same command then
-    gives the same edit whatever the cache holds."""
+    them as it does without a cache (within a level). DDPM inversion with a noise draw per frame
+    draws it for the batch, so its keyframes are inverted alone (a second cache entry): the same
+    command then gives the same edit whatever the cache holds."""
     from videdit.inversion import InversionCache
     from videdit.pipeline import EditStats, edit_frames
 
     frames = sliding_texture(8)
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, inversion=inversion,
-                     temporal={"keyframes": {"every": 4, "pixels": "bilateral"}})
+                     inversion_params=params, temporal={"keyframes": {"every": 4, "pixels": "bilateral"}})
     every = dataclasses.replace(s, temporal={"keyframes": {"every": 4, "propagation": "flow"}})
     cache = InversionCache(tmp_path)
     edit_frames(tiny, frames, every, cache=cache)
@@ -519,7 +519,7 @@ def test_bilateral_keyframes_come_from_the_cached_inversion_of_their_window(tiny
     cut = edit_frames(tiny, frames, s, cache=cache, stats=stats)
     alone = edit_frames(tiny, frames, s)
     new = set(tmp_path.iterdir()) - before
-    if inversion == "ddim":
+    if not params:
         assert stats.cache_hits == 1 and stats.inversion_unet_evals == 0 and not new
         assert np.abs(cut.astype(int) - alone).max() <= 1
     else:

@@ -73,18 +73,24 @@ class InversionMethod:
     run: Callable[[InversionInputs, Any], Inversion]
     replay: Callable[[Inversion, ReplayContext, Any], Replay]
     summary: str
-    independent_frames: bool = True   # a frame's inversion does not depend on the frames inverted with it
+    # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
+    independent_frames: bool | Callable[[Any], bool] = True
+
+    def inverts_frames_apart(self, config: Any) -> bool:
+        """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
+        return self.independent_frames(config) if callable(self.independent_frames) else self.independent_frames
 
 
 INVERSIONS: dict[str, InversionMethod] = {}
 
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
-                       independent_frames: bool = True):
+                       independent_frames: bool | Callable[[Any], bool] = True):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
-    over the batch): then an inversion of some frames is not cut from a cached one of more."""
+    over the batch), or a test of its config saying when: then an inversion of some frames is
+    not cut from a cached one of more."""
 
     def wrap(fn):
         summary = summary_of(fn, name)

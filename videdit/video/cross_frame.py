@@ -28,7 +28,8 @@ windows need (frame 0; the window's last frame for ``sparse_causal``; its last k
 ``keyframes``), in the clip's state across windows. Anchors that come later in a window
 (keyframes) are run first (the loop's ``lead_frames``). So the edit does not depend on
 ``batch_size``, and in modes ``first`` and ``sparse_causal`` not on the windows either (for
-inversions that treat frames independently; DDPM inversion draws its noise per window).
+inversions that treat frames independently; not DDPM inversion with ``noise="frame"``, which
+draws its noise per window).
 
 Memory: a frame kept across windows (one for ``first`` and ``keyframes``, two for
 ``sparse_causal``) costs its keys and values at every selected layer and step,

@@ -70,12 +70,12 @@ edit is used (so no ``propagation`` is set). With keyframes every 4 frames and w
 that is about a quarter of the UNet, VAE and inversion work, unless another temporal module
 of the edit needs every frame. A cached inversion of the whole window (an earlier edit's, or
 ``videdit invert``'s) serves the keyframes too, where the method inverts frames independently
-(ddim, npi, proxedit, direct, edict, bdia); the others invert the keyframes again. ``edit_video`` makes the frames in a second
-pass over the source once every window is edited (``bilateral_scope="clip"``, the default).
-``bilateral_scope="window"`` makes each window at once
-from its keyframes and the earlier windows' (at ``bilateral_memory`` times their weight), the
-maps going linearly across the window from the earlier window's to its own, for a clip whose
-look changes along it; it is less steady (toy clips of seeds 1, 5, 3: 1.0x, 1.1x and 1.5x the
+(ddim, npi, proxedit, direct, edict, bdia, ddpm with its default shared noise); the others
+invert the keyframes again. ``edit_video`` makes the frames in a second pass over the source
+once every window is edited (``bilateral_scope="clip"``, the default).
+``bilateral_scope="window"`` makes each window at once from its keyframes and the earlier
+windows' (at ``bilateral_memory`` times their weight), the maps going linearly across the
+window from the earlier window's to its own, for a clip whose look changes along it; it is less steady (toy clips of seeds 1, 5, 3: 1.0x, 1.1x and 1.5x the
 source's warp error, against 0.8x, 0.9x and 0.8x with one grid for the clip). The default
 cell, 1, is as large as the frame's shorter side: one map per luma band for a square frame,
 varying a little across a wide one. It is the steadiest (the toy occlusion clips 0.8x and
