@@ -15,8 +15,8 @@ relative latent reconstruction error of DDIM (guidance 1), EDICT, BDIA and direc
 Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerate per frame
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
 DDIMInverseScheduler/DDIMScheduler, tools/bench.py's); prompt-to-prompt; a clip edited
-with keyframes (flow, guided pixels); the four presets in configs/. Ratios are side by side in
-the same run.
+with keyframes (flow, guided pixels; and bilateral pixels, only the keyframes through the
+model); the five presets in configs/. Ratios are side by side in the same run.
 
 Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
 shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:
@@ -49,7 +49,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
-PRESETS = ("text2video-zero", "fatezero", "tokenflow", "rerender")
+PRESETS = ("text2video-zero", "fatezero", "tokenflow", "rerender", "recolour")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -146,6 +146,9 @@ def timing(model_dir: Path, args) -> dict:
         row["videdit p2p (s/frame)"] = p2p / args.frames
         temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
         row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal,
+                             steps=args.steps))
+        temporal = {"keyframes": {"every": 4, "pixels": "bilateral"}}   # the keyframes alone through the model
+        row.update(video_run("video keyframes+bilateral", model, args, editor="prompt_to_prompt", temporal=temporal,
                              steps=args.steps))
         print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
         out[dtype] = row
