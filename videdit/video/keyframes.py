@@ -4,8 +4,8 @@ Keyframes (:func:`select_keyframes`): at most ``every`` frames apart, spread eve
 (``select="change"``) where the content changes: frames whose mean absolute difference to the
 previous frame is above the ``quantile`` of the window's differences, at most ``every`` frames
 apart. The clip's first frame and each window's last frame always are keyframes, so every
-other frame lies between two. They run first in each step, together in one UNet batch, and
-attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.1; see
+other frame lies between two. They run first in each step, together (in as few UNet batches
+as ``batch_size`` allows), and attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.1; see
 :mod:`videdit.video.cross_frame`, mode ``keyframes``). The other frames get the edit by
 
 - ``propagation="tokenflow"`` (Geyer et al. 2023, Sec. 4.2): during denoising, on the
