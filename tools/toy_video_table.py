@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from temporal_table import MECHANISMS as REAL_CLIP_MECHANISMS  # tools/ is on sys.path when run as a script
+from videdit.cli import _param   # NAME=VALUE with a YAML value, as videdit's -I reads it
 
 # The real-clip table's mechanisms, plus the other pixel stages of keyframes, a finer bilateral grid, and TokenFlow
 # propagation (it needs an editor with a source branch).
@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--inversion", default="direct")
-    p.add_argument("--inversion-param", "-I", action="append", default=[], metavar="NAME=VALUE",
+    p.add_argument("--inversion-param", "-I", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I noise=frame (repeatable)")
     p.add_argument("--editor", default="prompt_to_prompt")
     p.add_argument("--window", type=int, default=8)
@@ -70,7 +70,7 @@ def main() -> None:
     from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
 
     model = load_model(a.model)
-    inversion_params = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in a.inversion_param)}
+    inversion_params = dict(a.inversion_param)
     tmp = Path(tempfile.mkdtemp(prefix="videdit-toy-video-"))
     clips = []
     for i in range(a.clips):
@@ -87,7 +87,8 @@ def main() -> None:
           f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} window={a.window} "
           f"keep_background={a.keep_background}")
     print(f"{'mechanism':<36}{'warp err':>9}{'source':>8}{'ratio':>7}{'vs indep.':>10}{'frames ok':>10}"
-          f"{'worst clip':>11}{'check':>7}  {'per clip: warp err x source, x below independent, frames ok':<60}{'s':>6}")
+          f"{'worst clip':>11}{'check':>7}  {'per clip: warp err x source, x below independent, frames ok':<60}"
+          f"{'s':>6}")
     independent = None
     rows = [("ground-truth recolouring", None)] + [(name, MECHANISMS[name]) for name in a.mechanisms]
     for name, temporal in rows:
@@ -119,13 +120,14 @@ def main() -> None:
         below = [i / e for i, e in zip(independent, errs)] if independent else [float("nan")] * len(errs)
         # the check, per clip: within 1.5x the source's warp error, 2x below independent editing, every
         # frame edited
+        clip_rows = list(zip(clips, errs, srcs, below, per_clip))
         check = "-" if not independent or name == "independent" else \
-            f"{sum(e / s <= 1.5 and b >= 2 and r == 1 for e, s, b, r in zip(errs, srcs, below, per_clip))}/{len(errs)}"
+            f"{sum(e / s <= 1.5 and b >= 2 and r == 1 for _, e, s, b, r in clip_rows)}/{len(errs)}"
         err, src = float(np.mean(errs)), float(np.mean(srcs))
         versus = f"{err / np.mean(independent):>10.2f}" if independent else f"{'-':>10}"
         print(f"{name:<36}{err:>9.2f}{src:>8.2f}{err / src:>7.2f}{versus}{np.mean(ok):>10.0%}"
               f"{min(per_clip):>11.0%}{check:>7}  "
-              f"{' '.join(f'{c.kind[:5]} {e / s:.1f} {b:.1f} {r:.0%}' for (c, *_), e, s, b, r in zip(clips, errs, srcs, below, per_clip)):<60}"
+              f"{' '.join(f'{c.kind[:5]} {e / s:.1f} {b:.1f} {r:.0%}' for (c, *_), e, s, b, r in clip_rows):<60}"
               f"{time.perf_counter() - t0:>6.1f}", flush=True)
 
 

@@ -153,11 +153,12 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                          seed=settings.seed)
 
     if subset is not None:
-        window = key_of(frames)
-        if cache is not None and method.inverts_frames_apart(config) and (whole := cache.load(window, settings.steps)):
-            log.info("inversion cache hit: %d of %d frames of %s (%s)", len(subset), len(frames),
-                     cache.path(window).name, method.name)
-            return whole.select(subset)
+        if cache is not None and method.inverts_frames_apart(config):   # a cached inversion of the whole window
+            window = key_of(frames)
+            if (whole := cache.load(window, settings.steps)) is not None:
+                log.info("inversion cache hit: %d of %d frames of %s (%s)", len(subset), len(frames),
+                         cache.path(window).name, method.name)
+                return whole.select(subset)
         frames = frames[list(subset)]
     key = key_of(frames)
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:

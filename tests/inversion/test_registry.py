@@ -127,7 +127,9 @@ def test_make_config_names_an_option_of_the_wrong_type():
     from videdit.editing import EDITORS
     from videdit.video.flow import FlowConfig
 
-    assert make_config(KeyframesConfig, {"quantile": Fraction(1, 2), "guided_eps": np.float32(0.01), "offload": 1}, what)
+    taken = make_config(KeyframesConfig, {"quantile": Fraction(1, 2), "guided_eps": np.float32(0.01), "offload": 1},
+                        what)
+    assert taken.quantile == 0.5 and abs(taken.guided_eps - 0.01) < 1e-9 and taken.offload == 1
     assert make_config(EDITORS["prompt_to_prompt"].config, {"blend_words": "wolf"}, "p2p").blend_words == ("wolf",)
     with pytest.raises(VideditError, match="raft_weights"):   # taken as a file name, then found missing
         make_config(FlowConfig, {"method": "raft", "raft_weights": Path("/nonexistent/raft.pth")}, "flow")

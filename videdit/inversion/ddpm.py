@@ -25,8 +25,8 @@ gives 0.55x the warp error of a draw per frame (``noise="frame"``, drawn for the
 against 3.62, every clip lower, with as many frames edited (73%). One frame alone gets the same
 noise either way. The maps are kept in float64, so that the replay lands on the trajectory to
 the last bit and stays exact with an fp16/bf16 UNet too (it recomputes the same mu_i from the
-same x_i). Where sigma_i = 0 (a final alpha-bar of 1) the map
-holds the residual itself so that the last step stays exact. Unlike diffusers' LEDITS++
+same x_i). Where sigma_i = 0 (a final alpha-bar of 1) the map holds the residual itself so that
+the last step stays exact. Unlike diffusers' LEDITS++
 inversion (the same scheme), the mean here is our own pure ``ddpm_mean`` on videdit's
 schedule, and frames go through the UNet in batches.
 """

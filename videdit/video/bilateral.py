@@ -103,10 +103,10 @@ class ColourGrid:
     def add(self, source: np.ndarray, edited: np.ndarray) -> "ColourGrid":
         """Add one keyframe: uint8 ``source`` and ``edited`` (H, W, 3) of the grid's size."""
         if source.shape != edited.shape or source.shape[:2] != self.size or source.shape[-1] != 3:
-            raise VideditError(f"bilateral grid of {self.size[1]}x{self.size[0]} needs two (H, W, 3) frames of its size, "
-                               f"got {source.shape} and {edited.shape}")
+            raise VideditError(f"bilateral grid of {self.size[1]}x{self.size[0]} needs two (H, W, 3) frames of its "
+                               f"size, got {source.shape} and {edited.shape}")
         x = _homogeneous(source)                                 # (P, 4)
-        index, w = _corners(x, self.size, self.shape)            # (8, P) each
+        index, w = _corners(x, self.size, self.shape)            # (K, P) each
         y = edited.reshape(-1, 3).astype(np.float32) / 255       # (P, 3)
         xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 16)     # (P, 16)
         yx = (y[:, :, None] * x[:, None, :]).reshape(-1, 12)     # (P, 12)
@@ -147,7 +147,7 @@ class ColourGrid:
 def apply(maps: np.ndarray, shape: GridShape, source: np.ndarray) -> np.ndarray:
     """uint8 ``source`` (H, W, 3) under the grid's maps (:meth:`ColourGrid.solve`) -> uint8 (H, W, 3)."""
     x = _homogeneous(source)                                     # (P, 4)
-    index, w = _corners(x, source.shape[:2], shape)              # (8, P) each
+    index, w = _corners(x, source.shape[:2], shape)              # (K, P) each
     out = np.zeros((x.shape[0], 3), np.float32)
     for i, wi in zip(index, w):                                  # the trilinear slice, a corner at a time
         out += wi[:, None] * np.einsum("pij,pj->pi", maps[i], x)   # (P, 3)

@@ -5,8 +5,8 @@ Keyframes (:func:`select_keyframes`): at most ``every`` frames apart, spread eve
 previous frame is above the ``quantile`` of the window's differences, at most ``every`` frames
 apart. The clip's first frame and each window's last frame always are keyframes, so every
 other frame lies between two. They run first in each step, together (in as few UNet batches
-as ``batch_size`` allows), and attend to each other (TokenFlow's extended attention, Geyer et al. 2023, Sec. 4.1; see
-:mod:`videdit.video.cross_frame`, mode ``keyframes``). The other frames get the edit by
+as ``batch_size`` allows), and attend to each other (TokenFlow's extended attention, Geyer et
+al. 2023, Sec. 4.1; see :mod:`videdit.video.cross_frame`, mode ``keyframes``). The other frames get the edit by
 
 - ``propagation="tokenflow"`` (Geyer et al. 2023, Sec. 4.2): during denoising, on the
   chosen self-attention layers, a frame's attention output becomes the keyframes' outputs at
@@ -75,8 +75,9 @@ invert the keyframes again. ``edit_video`` makes the frames in a second pass ove
 once every window is edited (``bilateral_scope="clip"``, the default).
 ``bilateral_scope="window"`` makes each window at once from its keyframes and the earlier
 windows' (at ``bilateral_memory`` times their weight), the maps going linearly across the
-window from the earlier window's to its own, for a clip whose look changes along it; it is less steady (toy clips of seeds 1, 5, 3: 1.0x, 1.1x and 1.5x the
-source's warp error, against 0.8x, 0.9x and 0.8x with one grid for the clip). The default
+window from the earlier window's to its own, for a clip whose look changes along it; it is
+less steady (toy clips of seeds 1, 5, 3: 1.0x, 1.1x and 1.5x the source's warp error, against
+0.8x, 0.9x and 0.8x with one grid for the clip). The default
 cell, 1, is as large as the frame's shorter side: one map per luma band for a square frame,
 varying a little across a wide one. It is the steadiest (the toy occlusion clips 0.8x and
 0.6x, against 1.5x and 0.7x with cells of half the side, which also left two frames

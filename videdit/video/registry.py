@@ -17,8 +17,8 @@ source with that callable (updated in place by the later windows).
 A module whose ``finish`` makes some frames from their source alone may say, before the
 window is inverted, which frames the model must edit (``edited_frames``: ``(config, the
 window's source frames at the model size, its first frame index, the module's entry of
-``clip_state``) -> window indices, or None for all``, without changing the state). Where every module of
-the edit names such a subset, only those frames are inverted, denoised and decoded: the
+``clip_state``) -> window indices, or None for all``, without changing the state). Where
+every module of the edit names such a subset, only those frames are inverted, denoised and decoded: the
 module's build sees their window indices as ``TemporalContext.edited`` (the inversion holds
 those frames, ``frames`` the whole window), and its ``finish`` gets the whole window with the
 decoded edits at those indices and the source frames elsewhere.
