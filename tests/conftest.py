@@ -1,17 +1,19 @@
 """Shared fixtures: the real test clips in ../shared/data (never copied into the repo) and
 the built-in tiny-random model."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the project root; VIDEDIT_SHARED_DATA names another place (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("VIDEDIT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data relative to the repo root; skips the test when it is missing."""
+    """../shared/data relative to the repo root (or $VIDEDIT_SHARED_DATA); skips the test when it is missing."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"test data not found at {SHARED_DATA}")
     return SHARED_DATA

@@ -263,7 +263,7 @@ def exactness(sd_dir: Path, args) -> dict:
     from videdit import io
     from videdit.models import load_model
 
-    toy = ROOT / "samples" / "toy-model"
+    toy = ROOT / "videdit" / "toy" / "model"
     dtypes = ("fp32", "fp32-strict", "fp16", "bf16") if torch.device(args.device).type == "cuda" else ("fp32",)
     cases = [("toy 64", toy, 64, "cpu", "fp32")] if torch.device(args.device).type != "cpu" else []
     cases += [("toy 64", toy, 64, args.device, d) for d in dtypes]

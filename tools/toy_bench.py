@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "samples" / "toy-model"
+MODEL = ROOT / "videdit" / "toy" / "model"
 
 CHILD = r"""
 import json, sys, time

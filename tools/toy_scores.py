@@ -14,7 +14,7 @@ averaged over heads, layers and timesteps, is upsampled, normalised by its
 maximum, thresholded at 0.5 and compared with the mask (IoU). The same is
 done during generation against the detected object.
 
-    python tools/toy_scores.py samples/toy-model
+    python tools/toy_scores.py videdit/toy/model
     python tools/toy_scores.py runs/toy/ckpt_latest.pt --n 64 --json runs/toy/scores.json
 """
 
@@ -157,7 +157,7 @@ def to_uint8(vae, z) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default="samples/toy-model")
+    ap.add_argument("model", nargs="?", default="videdit/toy/model")
     ap.add_argument("--n", type=int, default=48, help="single-object prompts (and scenes for localisation)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, nargs="+", default=[4.0])

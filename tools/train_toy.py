@@ -15,7 +15,7 @@ Data come from the world generator, seeded per step, so a resumed run sees
 exactly the batches an uninterrupted one would. Checkpoints are written
 atomically every ``--ckpt-every`` steps and on SIGTERM/SIGINT; ``--resume``
 continues from ``OUT/ckpt_latest.pt``; on a machine without that checkpoint,
-``--init-from samples/toy-model`` continues from the committed export. The EMA weights are exported as a
+``--init-from videdit/toy/model`` continues from the committed export. The EMA weights are exported as a
 standard diffusers StableDiffusion directory (``--export``) every
 ``--export-minutes`` and at the end.
 
@@ -312,9 +312,9 @@ def export_pipeline(args, tok, vae, text_encoder, unet, info: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/toy")
-    p.add_argument("--export", default="samples/toy-model")
+    p.add_argument("--export", default="videdit/toy/model")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--init-from", help="start from an exported model directory (e.g. samples/toy-model) "
+    p.add_argument("--init-from", help="start from an exported model directory (e.g. videdit/toy/model) "
                    "when there is no checkpoint to resume: skips the VAE phase, keeps the step count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _edit(a) -> None:
-    from videdit.editing.composite import keep_background_options
+    from videdit.video.keep_background import keep_background_options
     from videdit.io import is_image
     from videdit.pipeline import edit_video
 
@@ -302,20 +302,21 @@ def _eval(a) -> None:
 
 
 def _methods(a) -> None:
-    import dataclasses
-
     from videdit.editing import EDITORS
     from videdit.inversion import INVERSIONS
     from videdit.video import TEMPORAL
 
-    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS), ("temporal modules", TEMPORAL)):
+    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS),
+                            ("temporal modules and frame stages", TEMPORAL)):
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
-            opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(spec.config))
-            together = getattr(spec, "independent_frames", True)
-            shared = "" if together is True else " (frames inverted together: a frame's inversion depends on its " \
-                "batch" + (", with some options)" if callable(together) else ")")
-            print(f"  {name:<16} {spec.summary}{shared}" + (f"  [{opts}]" if opts else ""))
+            print(f"  {name:<18} {spec.summary}")
+            declared = spec.capabilities()
+            if declared:
+                print(f"  {'':<18} declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")
+            options = ", ".join(f"{k}={v!r}" for k, v in spec.options())
+            if options:
+                print(f"  {'':<18} options: {options}")
 
 
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}

@@ -21,24 +21,26 @@ from tqdm.auto import tqdm
 
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
+from videdit.config import make_config
 from videdit.core.loop import denoise
 from videdit.core.schedule import make_schedule
-from videdit.editing import EditContext, get_editor
-from videdit.editing.composite import KeepBackground, keep_background, keep_background_options
+from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
+from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
+from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
-from videdit.inversion import (Inversion, InversionCache, InversionInputs, ReplayContext, cache_key, get_inversion,
-                               make_config)
 from videdit.models import Model, load_model, unet_dtype
-from videdit.video import TemporalContext, get_temporal
-from videdit.video.registry import CLIP_FINISH
+from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
+from videdit.video.keep_background import KeepBackground, keep_background_options
 
 log = logging.getLogger("videdit")
 
 
 @dataclass(frozen=True)
 class EditSettings:
-    """One edit: prompts, sampler, and the inversion and editor with their options."""
+    """One edit: prompts, sampler, and the inversion, editor and temporal modules with their
+    options. Built once per edit (CLI, YAML and Python alike) and validated then: the
+    methods' configs are resolved here and read from here, never rebuilt."""
 
     source_prompt: str = ""
     target_prompt: str = ""
@@ -54,6 +56,12 @@ class EditSettings:
     inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
     temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
     keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
+    # resolved from the fields above in __post_init__
+    inversion_method: InversionMethod = field(init=False, repr=False, compare=False)
+    inversion_config: Any = field(init=False, repr=False, compare=False)
+    editor_spec: EditorSpec = field(init=False, repr=False, compare=False)
+    editor_config: Any = field(init=False, repr=False, compare=False)
+    temporal_configs: tuple[tuple[TemporalSpec, Any], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("source_prompt", "target_prompt", "negative_prompt"):
@@ -69,18 +77,39 @@ class EditSettings:
         if self.inversion_dtype not in ("model", "fp32"):
             raise VideditError(f"inversion_dtype must be 'model' (the model's dtype) or 'fp32', "
                                f"got {self.inversion_dtype!r}")
-        # Fail on unknown names and options before any work is done.
-        make_config(get_inversion(self.inversion).config, self.inversion_params, f"inversion {self.inversion!r}")
-        make_config(get_editor(self.editor).config, self.editor_params, f"editor {self.editor!r}")
-        configs = {name: make_config(get_temporal(name).config, params, f"temporal module {name!r}")
-                   for name, params in self.temporal.items()}
+        method = get_inversion(self.inversion)
+        config = make_config(method.config, self.inversion_params, f"inversion {self.inversion!r}")
+        if getattr(config, "guidance", 0) is None:   # exact at the guidance it inverted at: the edit's
+            config = dataclasses.replace(config, guidance=self.guidance)
+        editor = get_editor(self.editor)
+        resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
+                    "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
+                    "temporal_configs": self._temporal_configs(editor)}
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+        self.temporal_stack()   # the modules find the ones they build on, or say which is missing
+
+    def _temporal_configs(self, editor: EditorSpec) -> tuple[tuple[TemporalSpec, Any], ...]:
+        entries = [(n, p) for name, params in self.temporal.items()
+                   for n, p in get_temporal(name).module_class.expand(params or {})]
         if self.keep_background is not None:
-            make_config(KeepBackground, self.keep_background, "keep_background")
-            for name, config in configs.items():
-                if getattr(config, "frames_from_source", False):   # every output pixel is already the source's
-                    raise VideditError(f"keep_background does not combine with temporal module {name!r} as set: it "
-                                       f"makes every frame from the source under the edit's colour maps, so nothing "
-                                       f"of the source is left to put back; drop keep_background")
+            entries.append(("keep_background", self.keep_background))
+        names = [n for n, _ in entries]
+        if len(set(names)) != len(names):
+            raise VideditError(f"temporal modules {sorted({n for n in names if names.count(n) > 1})} are given twice; "
+                               f"give each once with all its options")
+        out = []
+        for name, params in entries:
+            spec = get_temporal(name)
+            if spec.module_class.needs_source_branch and not editor.has_source_branch:
+                raise VideditError(f"temporal module {name!r} reads the editor's source branch, and editor "
+                                   f"{editor.name!r} runs none; use one of {EDITORS.having('has_source_branch')}")
+            out.append((spec, make_config(spec.config, params, f"temporal module {name!r}")))
+        return tuple(out)
+
+    def temporal_stack(self) -> TemporalStack:
+        """New instances of the temporal modules, for one edit of one clip."""
+        return TemporalStack([spec.module_class(config) for spec, config in self.temporal_configs])
 
 
 @dataclass
@@ -125,16 +154,6 @@ def _resolve_model(model: Model | str, device, dtype) -> Model:
     return model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
 
 
-def inversion_config(settings: EditSettings):
-    """The inversion's frozen config; a ``guidance`` left at None (methods whose replay is
-    exact only at the guidance they inverted at) becomes the edit's guidance."""
-    method = get_inversion(settings.inversion)
-    config = make_config(method.config, settings.inversion_params, f"inversion {settings.inversion!r}")
-    if getattr(config, "guidance", 0) is None:
-        config = dataclasses.replace(config, guidance=settings.guidance)
-    return config
-
-
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                   cache: InversionCache | None = None, progress: bool = False,
                   subset: tuple[int, ...] | None = None) -> Inversion:
@@ -142,8 +161,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     ``subset`` (indices into F): the inversion of those frames only, cut from a cached
     inversion of all of them where there is one and the method inverts frames independently
     (:meth:`Inversion.select`), else made alone."""
-    method = get_inversion(settings.inversion)
-    config = inversion_config(settings)
+    method, config = settings.inversion_method, settings.inversion_config
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
 
     def key_of(frames: np.ndarray) -> str:
@@ -177,64 +195,79 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     return inv
 
 
+def invert_reference(model: Model, image: str | Path | np.ndarray, prompt: str, settings: EditSettings,
+                     latent_size: tuple[int, int], *, cache: InversionCache | None = None,
+                     progress: bool = False) -> Inversion:
+    """An editor's reference image (a path or an (H, W, 3) uint8 array) at the edit's latent
+    size, DDIM-inverted under ``prompt`` with the edit's steps, through the cache."""
+    size = (latent_size[1] * model.vae_scale_factor, latent_size[0] * model.vae_scale_factor)   # (W, H)
+    if isinstance(image, np.ndarray):
+        frame = cv2.resize(image, size, interpolation=cv2.INTER_AREA)[None]
+    else:
+        frame, _ = io.read_clip(Path(image), io.ReadOptions(max_frames=1, size=size))
+    reference = dataclasses.replace(settings, source_prompt=prompt, inversion="ddim", inversion_params={},
+                                    editor="plain", editor_params={}, temporal={}, keep_background=None)
+    return invert_frames(model, frame, reference, cache=cache, progress=progress)
+
+
 @torch.no_grad()
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
-                 frame_size: tuple[int, int] | None = None, frames: np.ndarray | None = None,
-                 frame_offset: int = 0, clip_state: dict | None = None, final_window: bool = False,
-                 cache: InversionCache | None = None, finishers: list | None = None,
+                 frame_size: tuple[int, int] | None = None, window: Window | None = None,
+                 temporal: TemporalStack | None = None, cache: InversionCache | None = None,
                  edited: tuple[int, ...] | None = None) -> torch.Tensor:
-    """Run the editor on an inversion: -> edited clean latents (F, C, h, w). Temporal modules'
-    ``finish`` steps (for the decoded frames) are appended to ``finishers`` when it is given. ``frame_size``
+    """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
-    Temporal modules get the window's source ``frames`` at the model size, the window's
-    ``frame_offset`` in the clip, ``clip_state``, a dict that lives for the whole clip, and
-    the ``cache``'s folder (for what they cache beside the inversions, e.g. flow). With
-    ``final_window`` (or without ``clip_state``) no later window follows, so they keep nothing
-    for one (cross-frame anchors: gigabytes at SD size). ``edited``: the window indices of the
-    frames the inversion holds, where the temporal modules asked for a subset (``edit_frames``
-    does; ``frames`` is then the whole window)."""
-    spec = get_editor(settings.editor)
-    params = settings.editor_params
-    if edited is not None and frames is not None:   # a per-frame option (a mask per window frame): the edited ones
-        params = {k: v[list(edited)] if _per_window_frame(v, len(frames)) else v for k, v in params.items()}
-    config = make_config(spec.config, params, f"editor {settings.editor!r}")
+    A clip's windows pass their :class:`Window` (its place in the clip and source frames at the
+    model size) and one :class:`TemporalStack` for the whole clip (its modules carry their
+    state from window to window); without them the inversion is a clip of one window.
+    ``edited``: the window indices of the frames the inversion holds, where the temporal
+    modules asked for a subset (``edit_frames`` does)."""
+    n_frames = inversion.noise.shape[0]
+    window = window if window is not None else Window(0, n_frames)
+    temporal = temporal if temporal is not None else settings.temporal_stack()
+    if inversion.method != settings.inversion:
+        raise VideditError(f"the inversion was made by {inversion.method!r} and the settings name "
+                           f"{settings.inversion!r}; edit with the settings it was made with")
+    config = settings.editor_config
+    if edited is not None:   # a per-frame option (a mask per window frame): the edited frames'
+        cut = {f.name: getattr(config, f.name)[list(edited)] for f in dataclasses.fields(config)
+               if _per_window_frame(getattr(config, f.name), window.size)}
+        config = dataclasses.replace(config, **cut) if cut else config
     source_cond, target_cond, uncond = model.encode_text(
         [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
     schedule = make_schedule(model.scheduler_config, settings.steps)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
+    references = {option: invert_reference(model, getattr(config, option), getattr(config, prompt), settings,
+                                           inversion.noise.shape[-2:], cache=cache, progress=progress)
+                  for option, prompt in settings.editor_spec.references.items() if getattr(config, option) is not None}
     ctx = EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
                       target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
                       source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed,
-                      batch_size=settings.batch_size, frame_size=frame_size)
-    plan = spec.plan(ctx, config)
-    method = get_inversion(inversion.method)
-    replay = method.replay(inversion, ReplayContext(
-        schedule=schedule, n_branches=plan.x.shape[0], source_branch=plan.source_branch,
-        output_branch=plan.output_branch % plan.x.shape[0], source_cond=source_cond, uncond=uncond,
-        prediction_type=model.prediction_type, guidance=settings.guidance),
-        inversion_config(settings))
+                      batch_size=settings.batch_size, frame_size=frame_size, references=references)
+    plan = settings.editor_spec.plan(ctx, config)
+    if (plan.source_branch is not None) != settings.editor_spec.has_source_branch:
+        raise VideditError(f"editor {settings.editor!r} declares has_source_branch="
+                           f"{settings.editor_spec.has_source_branch} and its plan says otherwise")
+    n_branches = plan.x.shape[0]
+    replay = settings.inversion_method.replay(inversion, ReplayContext(
+        schedule=schedule, n_branches=n_branches, source_branch=plan.source_branch,
+        output_branch=plan.output_branch % n_branches, source_cond=source_cond, uncond=uncond,
+        prediction_type=model.prediction_type, guidance=settings.guidance), settings.inversion_config)
     branches = plan.branches
     if replay.uncond is not None:
-        branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, plan.x.shape[0]))
+        branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))
     processors, hooks, callbacks = plan.processors, dict(plan.hooks or {}), [*replay.callbacks, *plan.callbacks]
-    for name, params in settings.temporal.items():
-        spec = get_temporal(name)
-        tplan = spec.build(TemporalContext(
-            model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=plan.x.shape[0],
-            output_branch=plan.output_branch % plan.x.shape[0], source_branch=plan.source_branch, frames=frames,
-            frame_offset=frame_offset, clip_state=clip_state if clip_state is not None else {},
-            final_window=final_window or clip_state is None, cache_dir=cache.directory if cache is not None else None,
-            edited=edited),
-            make_config(spec.config, params, f"temporal module {name!r}"))
+    tctx = TemporalContext(model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=n_branches,
+                           output_branch=plan.output_branch % n_branches, source_branch=plan.source_branch,
+                           edited=edited, cache_dir=cache.directory if cache is not None else None)
+    for name, tplan in temporal.plans(window, tctx):
         processors = merge(model.unet, processors, tplan.modules, plan.info)
         clash = sorted(set(hooks) & set(tplan.hooks))
         if clash:
             raise VideditError(f"temporal module {name!r} hooks {clash} that the editor hooks too")
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
-        if tplan.finish is not None and finishers is not None:
-            finishers.append(tplan.finish)
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
@@ -268,61 +301,44 @@ def _broadcast_uncond(uncond, n_branches: int):
 
 
 def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,
-                stats: EditStats | None = None, progress: bool = False, frame_offset: int = 0,
-                clip_state: dict | None = None, final_window: bool = False) -> np.ndarray:
+                stats: EditStats | None = None, progress: bool = False, start: int = 0,
+                temporal: TemporalStack | None = None, last: bool = True) -> np.ndarray:
     """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size.
-    A clip edited window by window passes each window's ``frame_offset`` and one
-    ``clip_state`` dict for all its windows (temporal modules carry state in it), and
-    ``final_window`` for its last. Where a module leaves ``clip_state[CLIP_FINISH]``, the
-    windows come back as decoded and that callable makes the clip's frames from its source
-    (``edit_video`` runs it in a second pass; :mod:`videdit.video.registry`)."""
+
+    A clip edited window by window passes each window's ``start`` (its first frame's index in
+    the clip), one :class:`TemporalStack` for all its windows (``settings.temporal_stack()``)
+    and ``last`` for its last window. Where a module of the stack makes the frames in a second
+    pass (``TemporalStack.second_pass``), the windows come back as decoded and the caller
+    makes the clip's frames with ``temporal.finish_clip`` (``edit_video`` does); a call
+    without a stack is a whole clip and comes back finished."""
     stats = stats if stats is not None else EditStats()
+    whole_clip = temporal is None
+    temporal = temporal if temporal is not None else settings.temporal_stack()
     height, width = frames.shape[1:3]
-    work = _at_model_size(model, frames)
-    subset = _edited_subset(settings, work, frame_offset, clip_state)
-    if subset is not None and settings.keep_background is not None:
-        raise VideditError("keep_background needs every frame edited by the model, and the temporal modules edit "
-                           "only some; drop keep_background")
+    window = Window(start, len(frames), _at_model_size(model, frames), first=start == 0, last=last or whole_clip)
+    subset = temporal.frames_to_edit(window)
     t0 = time.perf_counter()
-    inv = invert_frames(model, work, settings, cache=cache, progress=progress, subset=subset)
+    inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset)
     t1 = time.perf_counter()
-    finishers: list = []
-    z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), frames=work,
-                     frame_offset=frame_offset, clip_state=clip_state, final_window=final_window, cache=cache,
-                     finishers=finishers, edited=subset)
-    edited = model.decode_latents(z, settings.batch_size)
-    if subset is not None:   # the other frames are made from their source by the modules' finish
-        edited, decoded = work.copy(), edited
-        edited[list(subset)] = decoded
-    for finish in finishers:
-        edited = finish(edited)
-    if settings.keep_background is not None:
-        config = make_config(KeepBackground, settings.keep_background, "keep_background")
-        edited = keep_background(work, edited, inv.source, z, config)
+    z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), window=window,
+                     temporal=temporal, cache=cache, edited=subset)
+    decoded = model.decode_latents(z, settings.batch_size)
+    edited = tuple(range(len(frames))) if subset is None else subset
+    if subset is None:
+        out = decoded
+    else:   # the other frames are the source: a module makes them (frames_to_edit)
+        out = window.frames.copy()
+        out[list(subset)] = decoded
+    out = temporal.finish_window(window, out, WindowLatents(edited=edited, source=inv.source, result=z))
+    if whole_clip and temporal.second_pass:
+        out = temporal.finish_clip(window)
     stats.seconds["invert"] += t1 - t0
     stats.seconds["edit"] += time.perf_counter() - t1
     stats.frames += len(frames)
     stats.windows += 1
     stats.cache_hits += int(inv.cached)
     stats.inversion_unet_evals += 0 if inv.cached else inv.unet_evals
-    return _resize(edited, (width, height))
-
-
-def _edited_subset(settings: EditSettings, frames: np.ndarray, frame_offset: int,
-                   clip_state: dict | None) -> tuple[int, ...] | None:
-    """The window indices of the frames the model must edit, where every temporal module names
-    a subset (``TemporalSpec.edited_frames``, :mod:`videdit.video.registry`); None: all."""
-    chosen: set[int] = set()
-    for name, params in settings.temporal.items():
-        spec = get_temporal(name)
-        if spec.edited_frames is None:
-            return None
-        subset = spec.edited_frames(make_config(spec.config, params, f"temporal module {name!r}"), frames,
-                                    frame_offset, (clip_state or {}).get(name, {}))
-        if subset is None:
-            return None
-        chosen.update(subset)
-    return tuple(sorted(chosen)) if settings.temporal else None
+    return _resize(out, (width, height))
 
 
 def _settings(**kw) -> EditSettings:
@@ -371,7 +387,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     keep_source, keep_edit = [], []
     bar = tqdm(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
 
-    clip_state: dict = {}  # what temporal modules carry from one window to the next
+    stack = settings.temporal_stack()   # the clip's modules: their state lives from window to window
 
     def finished(chunk: np.ndarray, out: np.ndarray) -> np.ndarray:
         out = _resize(out, info.source_size)
@@ -383,33 +399,34 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     def edited_chunks() -> Iterator[np.ndarray]:
         chunks = io.read_frames(input, read)
         following = next(chunks, None)
-        second_pass = None
+        only = None   # a clip of one window: its source, for the second pass
         while following is not None:
             chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
             first = stats.frames == 0
-            out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
-                              frame_offset=stats.frames, clip_state=clip_state, final_window=following is None)
-            if CLIP_FINISH in clip_state:
-                if second_pass is None and not first:
-                    raise VideditError(f"a temporal module asked for a second pass after the clip's first window "
-                                       f"(clip_state[{CLIP_FINISH!r}]); it must ask in the first")
-                second_pass = clip_state[CLIP_FINISH]
-            if following is None:
-                clip_state.clear()   # what earlier windows handed on: nothing reads it now
+            out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress, start=stats.frames,
+                              temporal=stack, last=following is None)
             bar.update(len(chunk))
-            if second_pass is None:
+            if not stack.second_pass:
                 yield finished(chunk, out)
-        if second_pass is None:
-            return
-        # a module made its maps from the whole clip (videdit.video.registry): the frames come now
-        offset, t0 = 0, time.perf_counter()
-        for chunk in tqdm(io.read_frames(input, read), total=-(-stats.frames // read.chunk_size), desc="second pass",
-                          unit="window", disable=not progress, leave=False):
-            yield finished(chunk, second_pass(_at_model_size(model, chunk), offset))
-            offset += len(chunk)
+            elif first and following is None:
+                only = chunk
+        if stack.second_pass:
+            yield from second_pass(only)
+
+    def second_pass(only: np.ndarray | None) -> Iterator[np.ndarray]:
+        """The frames of a module that makes them once it has seen the whole clip: the source
+        again, window by window, through ``TemporalStack.finish_clip``."""
+        t0, start = time.perf_counter(), 0
+        chunks = [only] if only is not None else io.read_frames(input, read)
+        for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
+                          disable=not progress, leave=False):
+            window = Window(start, len(chunk), _at_model_size(model, chunk), first=start == 0,
+                            last=start + len(chunk) >= stats.frames)
+            yield finished(chunk, stack.finish_clip(window))
+            start += len(chunk)
         stats.seconds["edit"] += time.perf_counter() - t0
-        if offset != stats.frames:
-            raise VideditError(f"{input} gave {offset} frames on its second read and {stats.frames} on its first; "
+        if start != stats.frames:
+            raise VideditError(f"{input} gave {start} frames on its second read and {stats.frames} on its first; "
                                f"the output would not match the edit (is the file being written to?)")
 
     try:

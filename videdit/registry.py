@@ -1,13 +1,44 @@
-"""What the registries of inversions, editors and temporal modules share: the one-line
-summary ``videdit methods`` prints, and the lookup whose error lists the registered names."""
+"""One registry kind for inversions, editors and temporal modules.
+
+A :class:`Registry` maps unique names to specs (:class:`Entry` and its subclasses: the
+name, the typed config dataclass, a one-line summary and the declared capabilities). It
+finds its entries itself: the first lookup imports every public module of its package, and
+each module registers what it defines with a decorator. A name registered twice is an
+error, never a silent overwrite.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, TypeVar
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
 from videdit.errors import VideditError
 
-Spec = TypeVar("Spec")
+
+@dataclass(frozen=True)
+class Entry:
+    """What every registered method declares."""
+
+    name: str
+    config: type            # a frozen dataclass of the method's options
+    summary: str            # one line, for ``videdit methods``
+    module: str = ""        # where it was defined
+
+    def capabilities(self) -> dict[str, object]:
+        """Declared capabilities, by name, for listings and for other stages to read."""
+        return {}
+
+    def options(self) -> list[tuple[str, object]]:
+        """(option, default) of the config, in order."""
+        return [(f.name, f.default if f.default is not dataclasses.MISSING else None)
+                for f in dataclasses.fields(self.config)]
+
+
+Spec = TypeVar("Spec", bound=Entry)
 
 
 def summary_of(fn: Callable, name: str) -> str:
@@ -15,8 +46,50 @@ def summary_of(fn: Callable, name: str) -> str:
     return (fn.__doc__ or name).strip().splitlines()[0]
 
 
-def lookup(table: Mapping[str, Spec], name: str, kind: str) -> Spec:
-    """``table[name]``, or a VideditError naming the ``kind`` and every registered name."""
-    if name not in table:
-        raise VideditError(f"unknown {kind} {name!r}; choose from {sorted(table)}")
-    return table[name]
+class Registry(Mapping[str, Spec], Generic[Spec]):
+    """Unique name -> spec; discovers its entries by importing the modules of ``package``."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind, self.package = kind, package
+        self._entries: dict[str, Spec] = {}
+        self._discovered = False
+
+    def add(self, spec: Spec) -> Spec:
+        """Register ``spec``; a second entry under its name is an error."""
+        if spec.name in self._entries:
+            first = self._entries[spec.name].module
+            raise VideditError(f"{self.kind} {spec.name!r} is registered twice ({first} and {spec.module}); "
+                               f"rename one")
+        self._entries[spec.name] = spec
+        return spec
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True   # before importing: a module may look an entry up as it loads
+        package = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+
+    def __getitem__(self, name: str) -> Spec:
+        self._discover()
+        if name not in self._entries:
+            raise VideditError(f"unknown {self.kind} {name!r}; choose from {sorted(self._entries)}")
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._discover()
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        self._discover()
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._discover()
+        return name in self._entries
+
+    def having(self, capability: str) -> list[str]:
+        """Sorted names of the entries that declare ``capability`` true."""
+        return sorted(n for n, spec in self.items() if spec.capabilities().get(capability))

@@ -13,7 +13,8 @@ from videdit.editing.masks import (load_mask, mask_from_attention, mask_from_fil
                                    mask_from_tensor, upsample_mask)
 from videdit.editing.sega import SegaConfig
 from videdit.errors import VideditError
-from videdit.inversion import INVERSIONS, make_config
+from videdit.config import make_config
+from videdit.inversion import INVERSIONS
 from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
 
 STEPS = 4

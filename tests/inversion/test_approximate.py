@@ -11,7 +11,8 @@ import torch
 from videdit.core.loop import CallInfo
 from videdit.core.schedule import make_schedule
 from videdit.errors import VideditError
-from videdit.inversion import InversionInputs, ReplayContext, get_inversion, make_config
+from videdit.config import make_config
+from videdit.inversion import InversionInputs, ReplayContext, get_inversion
 from videdit.inversion.aidi import anderson_solve
 from videdit.inversion.fixed_point import fixed_point_solve, inverse_step_map, relative_residual
 from videdit.inversion.pix2pix_zero import Pix2PixZeroConfig, kl_divergence, regularise

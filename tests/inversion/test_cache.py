@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from videdit.inversion import Inversion, InversionCache, cache_key
+from videdit.inversion import Inversion, InversionCache
+from videdit.inversion.cache import cache_key
 from videdit.pipeline import EditSettings, invert_frames
 
 

@@ -196,7 +196,6 @@ def test_ddpm_noise_is_shared_by_the_frames_unless_asked_per_frame(tiny, wolf_fr
     """noise='shared' (the default): x_i - sqrt(a_i) x_0 is the same draw for both frames, and
     a frame's trajectory is the one it gets inverted alone; noise='frame': a draw per frame. One
     frame alone gets the same noise either way."""
-    from videdit.pipeline import inversion_config
 
     def drawn(inv):   # (N, F, C, h, w): the noise of each step's latent
         a = make_schedule(tiny.scheduler_config, inv.n_steps).alphas.view(-1, 1, 1, 1, 1)
@@ -212,8 +211,8 @@ def test_ddpm_noise_is_shared_by_the_frames_unless_asked_per_frame(tiny, wolf_fr
     one_frame = invert_frames(tiny, wolf_frames[:1], frame_s)
     assert torch.equal(invert_frames(tiny, wolf_frames[:1], shared_s).trajectory, one_frame.trajectory)
     ddpm = INVERSIONS["ddpm"]
-    assert ddpm.inverts_frames_apart(inversion_config(shared_s))
-    assert not ddpm.inverts_frames_apart(inversion_config(frame_s))
+    assert ddpm.inverts_frames_apart(shared_s.inversion_config)
+    assert not ddpm.inverts_frames_apart(frame_s.inversion_config)
     with pytest.raises(VideditError, match="ddpm noise must be one of"):
         invert_frames(tiny, wolf_frames, settings_for("ddpm", inversion_params={"noise": "per-frame"}))
 

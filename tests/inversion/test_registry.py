@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from videdit.inversion import INVERSIONS, InversionCache
-from videdit.pipeline import EditSettings, inversion_config, invert_frames, reconstruct
+from videdit.pipeline import EditSettings, invert_frames, reconstruct
 
 STEPS = 10
 # Exact inversions reconstruct to this relative error in fp32 at guidance 7.5 (issue 4).
@@ -69,7 +69,7 @@ def test_select_cuts_out_frames_that_replay_as_in_the_whole(tiny, wolf_frames, m
     # a batch of one frame rounds differently from one of two, and guided sampling amplifies it
     # (latents of unit std; a wrong frame axis is off by about 1)
     assert float((reconstruct(tiny, one, s) - reconstruct(tiny, inv, s)[1:]).abs().max()) < 1e-3
-    if INVERSIONS[method].inverts_frames_apart(inversion_config(s)):
+    if INVERSIONS[method].inverts_frames_apart(s.inversion_config):
         alone = invert_frames(tiny, wolf_frames[1:], s)
         assert float((one.trajectory - alone.trajectory).abs().max()) < 1e-3
         for k, v in alone.extras.items():
@@ -102,7 +102,7 @@ def test_make_config_names_an_option_of_the_wrong_type():
     error naming the option and what it takes, before the config's own range checks (which
     would fail on it with a bare TypeError); a number YAML left as a string (1e-3) is read."""
     from videdit.errors import VideditError
-    from videdit.inversion import make_config
+    from videdit.config import make_config
     from videdit.video.keyframes import KeyframesConfig
 
     what = "temporal module 'keyframes'"
@@ -135,7 +135,7 @@ def test_make_config_names_an_option_of_the_wrong_type():
         make_config(FlowConfig, {"method": "raft", "raft_weights": Path("/nonexistent/raft.pth")}, "flow")
     # every registered stage's config: its hints resolve (else nothing would be checked), its defaults fit them
     from videdit.editing import EDITORS
-    from videdit.editing.composite import KeepBackground
+    from videdit.video.keep_background import KeepBackground
     from videdit.video import TEMPORAL
     from videdit.video.flow import FlowConfig
 

@@ -1,4 +1,4 @@
-"""The shipped toy model (samples/toy-model): loading paths, and the reconstruction bounds of
+"""The shipped toy model (videdit/toy/model): loading paths, and the reconstruction bounds of
 issues 2 and 4 measured on it. Numbers are for the committed weights; retraining the model
 means re-measuring them (tools/inversion_table.py --model toy)."""
 
@@ -12,7 +12,7 @@ from videdit.models import load_model
 from videdit.pipeline import EditSettings, invert_frames, reconstruct
 from videdit.toy.world import sample_scenes
 
-TOY = Path(__file__).resolve().parents[2] / "samples" / "toy-model"
+TOY = Path(__file__).resolve().parents[2] / "videdit" / "toy" / "model"
 pytestmark = pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy model not exported")
 
 

@@ -17,7 +17,7 @@ from videdit.pipeline import edit_video
 from videdit.toy import sample_clip
 from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
 
-TOY = Path(__file__).resolve().parents[2] / "samples" / "toy-model"
+TOY = Path(__file__).resolve().parents[2] / "videdit" / "toy" / "model"
 pytestmark = pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy model not exported")
 GUIDED = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
 

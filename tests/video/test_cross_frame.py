@@ -14,10 +14,9 @@ from videdit.editing import EDITORS
 from videdit.inversion import INVERSIONS
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-from videdit.video import TEMPORAL, TemporalPlan
-from videdit.video.cross_frame import CrossFrameConfig, window_keyframes
-from videdit.video.keyframes import select_keyframes
-from videdit.video.registry import TemporalSpec
+from videdit.video import TemporalModule, TemporalPlan, TemporalStack, Window
+from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
+from videdit.video.keyframes import Keyframes, KeyframesConfig
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 STEPS = 3
@@ -35,10 +34,26 @@ def clip(shared_data):
     return frames
 
 
+def temporal_of(mode):
+    """Attention to the first frame, to the first and previous, or to the keyframes (every 3)."""
+    return {"keyframes": {"every": 3}} if mode == "keyframes" else {"cross_frame": {"mode": mode}}
+
+
 def settings(mode, **kw):
-    kw.setdefault("temporal", {"cross_frame": {"mode": mode}})
+    kw.setdefault("temporal", temporal_of(mode))
     kw.setdefault("steps", STEPS)
     return EditSettings(source_prompt=SOURCE, target_prompt=TARGET, **kw)
+
+
+def by_windows(tiny, s, clip, size, stack=None):
+    """Edit ``clip`` window by window (``size`` frames) with one temporal stack -> latents."""
+    stack = stack if stack is not None else s.temporal_stack()
+    parts = []
+    for i in range(0, len(clip), size):
+        frames = clip[i:i + size]
+        window = Window(i, len(frames), frames, first=i == 0, last=i + size >= len(clip))
+        parts.append(edit_latents(tiny, invert_frames(tiny, frames, s), s, window=window, temporal=stack))
+    return torch.cat(parts)
 
 
 class Probe(AttentionModule):
@@ -66,28 +81,26 @@ class Probe(AttentionModule):
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class NoOptions:
-    pass
+class ProbeModule(TemporalModule):
+    """A temporal module whose plan is one :class:`Probe`."""
 
+    name = "probe"
 
-@pytest.fixture
-def probes(monkeypatch):
-    """Temporal modules 'before' and 'after' that record k/v around the others (settings.temporal order)."""
-    made = {}
-    for name in ("before", "after"):
-        made[name] = Probe()
-        spec = TemporalSpec(name, NoOptions, lambda ctx, cfg, p=made[name]: TemporalPlan(modules=[p]), "probe")
-        monkeypatch.setitem(TEMPORAL, name, spec)
-    return made
+    def __init__(self):
+        super().__init__(None)
+        self.probe = Probe()
+
+    def plan(self, window, ctx):
+        return TemporalPlan(modules=[self.probe])
 
 
 @pytest.mark.parametrize("mode", ["first", "sparse_causal", "keyframes"])
-def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, probes, mode):
-    s = settings(mode, editor="prompt_to_prompt", batch_size=3,
-                 temporal={"before": {}, "cross_frame": {"mode": mode, "every": 3}, "after": {}})
-    edit_latents(tiny, invert_frames(tiny, clip, s), s)
-    before, after = probes["before"].frames(1), probes["after"].frames(1)
+def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, mode):
+    s = settings(mode, editor="prompt_to_prompt", batch_size=3)
+    module = Keyframes(KeyframesConfig(every=3)) if mode == "keyframes" else CrossFrame(CrossFrameConfig(mode=mode))
+    probes = ProbeModule(), ProbeModule()
+    edit_latents(tiny, invert_frames(tiny, clip, s), s, temporal=TemporalStack([probes[0], module, probes[1]]))
+    before, after = probes[0].probe.frames(1), probes[1].probe.frames(1)
     assert sorted(after) == list(range(8))
     k0 = before[0][0]
     assert k0.shape[:2] == (2, 2)   # (guidance halves, branches): each keeps its own anchors
@@ -118,10 +131,7 @@ def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion):
     EDICT calls the model twice a step."""
     s = settings(mode, inversion=inversion, batch_size=3)
     whole = edit_latents(tiny, invert_frames(tiny, clip, s), s)
-    state = {}
-    parts = [edit_latents(tiny, invert_frames(tiny, clip[i:i + 4], s), s, frame_offset=i, clip_state=state)
-             for i in (0, 4)]
-    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=ATOL)
+    torch.testing.assert_close(by_windows(tiny, s, clip, 4), whole, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
@@ -142,10 +152,7 @@ def test_every_inversion_keeps_windows_seamless(tiny, clip, inversion):
     anchors in the clip's state."""
     s = settings("first", inversion=inversion, batch_size=1, steps=2)
     whole = edit_latents(tiny, invert_frames(tiny, clip[:4], s), s)
-    state = {}
-    parts = [edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, frame_offset=i, clip_state=state)
-             for i in (0, 2)]
-    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=ATOL)
+    torch.testing.assert_close(by_windows(tiny, s, clip[:4], 2), whole, rtol=0, atol=ATOL)
 
 
 def test_edit_video_windows_have_no_seams(shared_data):
@@ -189,12 +196,14 @@ def test_with_prompt_to_prompt_on_identical_frames_is_the_per_frame_edit(tiny, c
 def test_clip_state_is_bounded(tiny, clip):
     """sparse_causal keeps frame 0 and the windows' borders only: the state stops growing."""
     s = settings("sparse_causal", batch_size=2)
-    state, kept = {}, []
+    stack, kept = s.temporal_stack(), []
+    (module,) = stack.modules
     for i in range(0, 8, 2):
-        edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, frame_offset=i, clip_state=state)
-        kept.append(sorted({key[-1] for key in state["cross_frame"]["anchors"]}))
+        window = Window(i, 2, clip[i:i + 2], first=i == 0, last=False)
+        edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, window=window, temporal=stack)
+        kept.append(sorted({key[-1] for key in module.anchors}))
     assert kept == [[0, 1], [0, 1, 3], [0, 3, 5], [0, 5, 7]]
-    per_frame = len(state["cross_frame"]["anchors"]) // 3
+    per_frame = len(module.anchors) // 3
     assert per_frame == 7 * STEPS   # one entry per self-attention layer and step
 
 
@@ -204,19 +213,20 @@ def test_the_last_window_keeps_nothing_for_a_next(tiny, clip, mode):
     at SD size and 50 steps a carried frame would hold 4.6 GB per branch until the clip ends."""
     s = settings(mode, batch_size=3)
     inv = invert_frames(tiny, clip[:4], s)
-    carried, final = {}, {}
-    a = edit_latents(tiny, inv, s, clip_state=carried)
-    b = edit_latents(tiny, inv, s, clip_state=final, final_window=True)
+    carried, final = s.temporal_stack(), s.temporal_stack()
+    a = edit_latents(tiny, inv, s, window=Window(0, 4, clip[:4], last=False), temporal=carried)
+    b = edit_latents(tiny, inv, s, window=Window(0, 4, clip[:4], last=True), temporal=final)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert len(carried["cross_frame"]["anchors"]) >= 7 * STEPS and final["cross_frame"]["anchors"] == {}
+    assert len(carried.modules[0].anchors) >= 7 * STEPS and final.modules[0].anchors == {}
 
 
 def test_only_the_branches_that_take_anchors_are_kept(tiny, clip):
     """prompt_to_prompt's source branch attends to itself: its keys and values are not stored."""
     s = settings("sparse_causal", editor="prompt_to_prompt", batch_size=2)
-    state = {}
-    edit_latents(tiny, invert_frames(tiny, clip[:4], s), s, clip_state=state)
-    assert {t.shape[:2] for v in state["cross_frame"]["anchors"].values() for t in v} == {(2, 1)}  # (halves, nb)
+    stack = s.temporal_stack()
+    edit_latents(tiny, invert_frames(tiny, clip[:4], s), s, window=Window(0, 4, last=False), temporal=stack)
+    kept = stack.modules[0].anchors
+    assert kept and {t.shape[:2] for v in kept.values() for t in v} == {(2, 1)}  # (halves, nb)
 
 
 def test_edit_video_tells_its_last_window(shared_data, monkeypatch):
@@ -225,7 +235,7 @@ def test_edit_video_tells_its_last_window(shared_data, monkeypatch):
     seen, real = [], videdit.pipeline.edit_frames
 
     def spy(model, frames, settings, **kw):
-        seen.append((len(frames), kw["final_window"]))
+        seen.append((len(frames), kw["last"]))
         return real(model, frames, settings, **kw)
 
     monkeypatch.setattr(videdit.pipeline, "edit_frames", spy)
@@ -237,12 +247,13 @@ def test_edit_video_tells_its_last_window(shared_data, monkeypatch):
 def test_offload_keeps_the_result(tiny, clip):
     s = settings("first")
     inv = invert_frames(tiny, clip[:4], s)
-    state = {}
     a = edit_latents(tiny, inv, s)
-    b = edit_latents(tiny, inv, dataclasses.replace(s, temporal={"cross_frame": {"mode": "first", "offload": True}}),
-                     clip_state=state)
+    offload = dataclasses.replace(s, temporal={"cross_frame": {"mode": "first", "offload": True}})
+    stack = offload.temporal_stack()
+    b = edit_latents(tiny, inv, offload, window=Window(0, 4, last=False), temporal=stack)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert all(t.device.type == "cpu" for v in state["cross_frame"]["anchors"].values() for t in v)
+    kept = stack.modules[0].anchors
+    assert kept and all(t.device.type == "cpu" for v in kept.values() for t in v)
 
 
 def test_layers_choose_where_it_acts(tiny, clip):
@@ -257,22 +268,10 @@ def test_layers_choose_where_it_acts(tiny, clip):
 def test_bad_options_are_errors(tiny, clip):
     with pytest.raises(VideditError, match="mode must be one of"):
         CrossFrameConfig(mode="last")
-    with pytest.raises(VideditError, match="every must be"):
-        CrossFrameConfig(every=0)
+    with pytest.raises(VideditError, match="mode 'keyframes' is the keyframes module"):
+        CrossFrameConfig(mode="keyframes")
     with pytest.raises(VideditError, match="does not take"):
         settings("first", temporal={"cross_frame": {"frames": 3}})
     s = settings("first", temporal={"cross_frame": {"layers": "*attn2*"}})
     with pytest.raises(VideditError, match="match no attn1 layer"):
         edit_latents(tiny, invert_frames(tiny, clip[:1], s), s)
-
-
-def test_keyframes_mode_picks_the_keyframes_modules_frames():
-    """Mode ``keyframes`` attends to the frames the ``keyframes`` module edits as keyframes:
-    each window ends on one, and the next window spreads its own from there."""
-    assert window_keyframes(range(0, 8), 4, None) == [0, 4, 7]
-    assert window_keyframes(range(8, 16), 4, 7) == [11, 15]
-    carried = None
-    for start in range(0, 40, 8):
-        keys = window_keyframes(range(start, start + 8), 3, carried)
-        assert keys == select_keyframes(8, every=3, offset=start, last_keyframe=carried)
-        carried = keys[-1]

@@ -3,9 +3,9 @@ modules that intervene in attention, composed one processor per layer."""
 
 from videdit.attention.hooks import match_modules, module_hooks
 from videdit.attention.install import attention_processors, match_layers
-from videdit.attention.layers import layer_grids, layers_at, select_layers
+from videdit.attention.layers import choose_layers, layer_grids, layers_at, patterns, select_layers
 from videdit.attention.processor import AttentionModule, AttnCall, ComposedProcessor, compose, merge
 from videdit.attention.store import CrossAttentionStore
 
 __all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors", "compose", "merge",
-           "layer_grids", "layers_at", "match_layers", "match_modules", "module_hooks", "select_layers"]
+           "choose_layers", "layer_grids", "layers_at", "patterns", "match_layers", "match_modules", "module_hooks", "select_layers"]

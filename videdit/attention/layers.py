@@ -1,4 +1,4 @@
-"""Which attention layers an editor acts on: glob patterns over processor names, and the
+"""Which attention layers an editor or temporal module acts on: glob patterns over processor names, and the
 token grid each layer sees at a given latent size (so that an editor can ask for "the
 self-attention layers of at most 256 tokens" before the first UNet call)."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 from typing import Iterable, Sequence
+
+from videdit.errors import VideditError
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
 
@@ -60,3 +62,23 @@ def layers_at(unet, latent_size: tuple[int, int], factor: int, *, cross: bool | 
         size, f = _halve(size), f * 2
     return [n for n, g in layer_grids(unet, latent_size).items()
             if g == size and (cross is None or n.endswith("attn2.processor") == cross)]
+
+
+def patterns(owner: str, name: str, value) -> tuple[str, ...]:
+    """A glob or a list of globs (YAML gives lists) -> a tuple of globs."""
+    globs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not globs or not all(isinstance(p, str) and p for p in globs):
+        raise VideditError(f"{owner} {name} must be a glob or a list of globs over layer names, "
+                           f"e.g. 'up_blocks.*attn1*', got {value!r}")
+    return globs
+
+
+def choose_layers(unet, globs: Sequence[str], owner: str, name: str, *, cross: bool) -> list[str]:
+    """The self- (``cross=False``) or cross-attention layers matching ``globs``; none is an error."""
+    kind = "attn2" if cross else "attn1"
+    found = [n for n in select_layers(unet.attn_processors, globs) if n.endswith(f"{kind}.processor")]
+    if not found:
+        some = [n for n in unet.attn_processors if n.endswith(f"{kind}.processor")]
+        raise VideditError(f"{owner} {name} {list(globs)} match no {kind} layer of this model; "
+                           f"its {kind} layers are {some}")
+    return found

@@ -31,3 +31,14 @@ def ddim_inverse_step(x: torch.Tensor, model_output: torch.Tensor, alpha: float,
     noise, ``alpha_next < alpha``, with ``model_output`` evaluated at the *target* timestep
     (the approximation every DDIM inversion makes)."""
     return ddim_step(x, model_output, alpha, alpha_next, prediction_type)
+
+
+def clean_latent(y: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
+    """The clean latent a DDIM step moved towards: the step's output ``y`` at noise level
+    ``alpha_prev`` less the step's noise ``eps`` (from :func:`predict_x0_eps`)."""
+    return predict_x0_eps(y, eps, alpha_prev)[0]
+
+
+def renoise(y0: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
+    """The inverse of :func:`clean_latent`: a clean latent back at noise level ``alpha_prev``."""
+    return alpha_prev ** 0.5 * y0 + (1 - alpha_prev) ** 0.5 * eps

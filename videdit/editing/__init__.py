@@ -1,9 +1,6 @@
-"""Editors: interventions in the reverse process. Importing this package registers them."""
+"""Editors: interventions in the reverse process. One editor per module; the registry
+imports every module of this package on its first lookup, which registers them."""
 
-from videdit.editing import plain  # noqa: F401  (registers "plain")
-from videdit.editing import blended, diffedit, differential, sega  # noqa: F401  (register themselves)
-from videdit.editing import prompt_to_prompt  # noqa: F401  (registers "prompt_to_prompt")
-from videdit.editing import cross_image, masactrl, plug_and_play  # noqa: F401  (attention editors)
-from videdit.editing.registry import EDITORS, EditContext, EditPlan, get_editor, register_editor
+from videdit.editing.registry import EDITORS, EditContext, EditorSpec, EditPlan, get_editor, register_editor
 
-__all__ = ["EDITORS", "EditContext", "EditPlan", "get_editor", "register_editor"]
+__all__ = ["EDITORS", "EditContext", "EditPlan", "EditorSpec", "get_editor", "register_editor"]

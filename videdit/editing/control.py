@@ -8,7 +8,8 @@ from typing import Collection, Sequence
 
 import torch
 
-from videdit.attention import AttentionModule, AttnCall, CrossAttentionStore, layer_grids, layers_at, select_layers
+from videdit.attention import (AttentionModule, AttnCall, CrossAttentionStore, choose_layers, layer_grids, layers_at,
+                               patterns)
 from videdit.core.loop import Branches
 from videdit.errors import VideditError
 
@@ -29,26 +30,6 @@ def step_window(start: float, end: float, n_steps: int) -> range:
 def check_fraction(editor: str, name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise VideditError(f"{editor} {name} must be a fraction of the steps in [0, 1], got {value!r}")
-
-
-def patterns(editor: str, name: str, value) -> tuple[str, ...]:
-    """A glob or a list of globs (YAML gives lists) -> a tuple of globs."""
-    globs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
-    if not globs or not all(isinstance(p, str) and p for p in globs):
-        raise VideditError(f"{editor} {name} must be a glob or a list of globs over layer names, "
-                           f"e.g. 'up_blocks.*attn1*', got {value!r}")
-    return globs
-
-
-def choose_layers(unet, globs: Sequence[str], editor: str, name: str, *, cross: bool) -> list[str]:
-    """The self- (``cross=False``) or cross-attention layers matching ``globs``; none is an error."""
-    kind = "attn2" if cross else "attn1"
-    found = [n for n in select_layers(unet.attn_processors, globs) if n.endswith(f"{kind}.processor")]
-    if not found:
-        some = [n for n in unet.attn_processors if n.endswith(f"{kind}.processor")]
-        raise VideditError(f"{editor} {name} {list(globs)} match no {kind} layer of this model; "
-                           f"its {kind} layers are {some}")
-    return found
 
 
 def two_branches(ctx) -> tuple[torch.Tensor, Branches]:

@@ -15,10 +15,10 @@ takes the output's own queries instead, as the released code does. From ``adain_
 the output latents are AdaIN-normalised to the appearance latents' per-channel statistics
 after each step (the reference's ``adain_range``).
 
-Cost: the appearance image is inverted inside the plan with plain DDIM (the schedule's N
-steps on one frame, under ``appearance_prompt``) -- the one place an editor runs an
-inversion, because the pipeline inverts only its input; and editing runs a third branch over
-all frames (1.5x the UNet work of a two-branch editor). Without an appearance image (the
+Cost: the pipeline inverts the appearance image with plain DDIM (the schedule's N steps on
+one frame, under ``appearance_prompt``, through the inversion cache: the editor declares it
+as a reference image) and hands it over in ``EditContext.references``; editing runs a third
+branch over all frames (1.5x the UNet work of a two-branch editor). Without an appearance image (the
 default) structure = appearance = the input: two branches, and the output's self-attention
 at the chosen layers is the input's own, so an identity edit is the reconstruction.
 
@@ -33,11 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from videdit import io
 from videdit.attention import compose
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, check_fraction, choose_layers, patterns, step_index,
@@ -98,24 +96,7 @@ class FollowAppearance(StepCallback):
         return x
 
 
-def _invert_appearance(ctx: EditContext, config: CrossImageConfig, cond: torch.Tensor) -> torch.Tensor:
-    """The appearance image at the input's working size, DDIM-inverted: (N+1, 1, C, h, w)."""
-    from videdit.inversion import InversionInputs, get_inversion, make_config
-
-    h, w = ctx.inversion.noise.shape[-2:]
-    s = ctx.model.vae_scale_factor
-    if isinstance(config.appearance, np.ndarray):
-        frame = cv2.resize(config.appearance, (w * s, h * s), interpolation=cv2.INTER_AREA)[None]
-    else:
-        frame, _ = io.read_clip(Path(config.appearance), io.ReadOptions(max_frames=1, size=(w * s, h * s)))
-    ddim = get_inversion("ddim")
-    inputs = InversionInputs(unet=ctx.model.unet, prediction_type=ctx.model.prediction_type,
-                             latents=ctx.model.encode_images(frame), schedule=ctx.schedule, cond=cond,
-                             uncond=ctx.uncond, seed=ctx.seed)
-    return ddim.run(inputs, make_config(ddim.config, {}, "inversion 'ddim'")).trajectory
-
-
-@register_editor(EDITOR, CrossImageConfig)
+@register_editor(EDITOR, CrossImageConfig, source_branch=True, references={"appearance": "appearance_prompt"})
 def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
     """Cross-image attention (Alaluf et al. 2024): structure's queries on an appearance image's keys and values."""
     unet, n = ctx.model.unet, len(ctx.schedule)
@@ -130,7 +111,7 @@ def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
     else:
         structure, appearance, output = 0, 1, 2
         app_cond = ctx.model.encode_text([config.appearance_prompt])  # (1, L, D)
-        trajectory = _invert_appearance(ctx, config, app_cond)       # (N+1, 1, C, h, w)
+        trajectory = ctx.references["appearance"].trajectory         # (N+1, 1, C, h, w)
         start = ctx.inversion.start_step
         x = torch.stack([noise, trajectory[start, 0].expand_as(noise).to(noise), noise])  # (3, F, C, h, w)
         cond = torch.cat([ctx.source_cond, app_cond.to(ctx.source_cond), ctx.target_cond])

@@ -154,7 +154,7 @@ def _word_masks(ctx: EditContext, config: MasaCtrlConfig, n_frames: int, latent)
     return store, masks
 
 
-@register_editor(EDITOR, MasaCtrlConfig)
+@register_editor(EDITOR, MasaCtrlConfig, source_branch=True)
 def masactrl(ctx: EditContext, config: MasaCtrlConfig) -> EditPlan:
     """MasaCtrl (Cao et al. 2023): mutual self-attention, target queries on the source's keys and values."""
     unet, n = ctx.model.unet, len(ctx.schedule)

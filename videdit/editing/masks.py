@@ -25,28 +25,13 @@ from videdit.core.ddim import predict_x0_eps
 from videdit.core.loop import CallInfo, predict_noise
 from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
+from videdit.masks import dilate_mask, gaussian_blur, upsample_mask  # noqa: F401  (editors import them here)
 
 ASPECT_TOLERANCE = 0.01   # relative difference of aspect ratios a mask may have from the frames'
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".npy")
 
 # What editor configs accept as a mask: a file path, or a tensor/array given programmatically.
 MaskSource = str | os.PathLike | torch.Tensor | np.ndarray
-
-
-def upsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a mask (F, 1, h, w) to ``size`` = (H, W): bilinear when enlarging (latents to
-    frames), area-averaged when shrinking (a file to latents), so a binary mask gets soft
-    edges rather than aliased ones. The one resize for masks in videdit."""
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise VideditError(f"a mask is (F, 1, h, w), got {tuple(mask.shape)}")
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    m = mask.float()
-    if size[0] * size[1] < m.shape[-2] * m.shape[-1]:
-        m = F.interpolate(m, size=size, mode="area")
-    else:
-        m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return m.clamp(0, 1)
 
 
 def _check_aspect(what: str, mask_hw: tuple[int, int], frame_size: tuple[int, int]) -> None:
@@ -144,13 +129,6 @@ def load_mask(value: MaskSource | None, latent_size: tuple[int, int], *, frame_s
     return mask_from_file(value, latent_size, frame_size=frame_size)
 
 
-def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grow a mask (F, 1, h, w) by ``radius`` latent pixels (a max filter)."""
-    if radius <= 0:
-        return mask
-    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
-
-
 def mask_from_attention(maps: torch.Tensor, threshold: float | None = 0.5, *, dilate: int = 0) -> torch.Tensor:
     """Cross-attention maps of the chosen tokens, (F, k, h, w) or (nb, F, k, h, w) as
     :meth:`CrossAttentionStore.maps` gives them (the last branch is used), -> (F, 1, h, w):
@@ -220,16 +198,6 @@ def mask_from_noise_difference(unet, latents: torch.Tensor, source_cond: torch.T
     if threshold is not None:
         m = (m > threshold).float()
     return torch.where(agree.view(-1, 1, 1, 1), torch.zeros_like(m), m)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float = 0.5, size: int = 3) -> torch.Tensor:
-    """Blur (B, 1, h, w) maps with a normalised Gaussian (reflect padding), to soften masks."""
-    coords = torch.arange(size, dtype=torch.float32, device=maps.device) - (size - 1) / 2
-    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
-    kernel = (g[:, None] * g[None, :])
-    kernel = (kernel / kernel.sum()).view(1, 1, size, size).to(maps.dtype)
-    pad = size // 2
-    return F.conv2d(F.pad(maps, (pad, pad, pad, pad), mode="reflect"), kernel)
 
 
 def frames_shape(latents: torch.Tensor, vae_scale_factor: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -67,7 +67,7 @@ class InjectFeatures:
         return out.flatten(0, 2)
 
 
-@register_editor(EDITOR, PlugAndPlayConfig)
+@register_editor(EDITOR, PlugAndPlayConfig, source_branch=True)
 def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:
     """Plug-and-Play (Tumanyan et al. 2023): source decoder features and self-attention injected into the target."""
     unet, n = ctx.model.unet, len(ctx.schedule)

@@ -265,7 +265,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
     return store, blend
 
 
-@register_editor(EDITOR, PromptToPromptConfig)
+@register_editor(EDITOR, PromptToPromptConfig, source_branch=True)
 def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan:
     """Prompt-to-Prompt (Hertz et al. 2023): word swap, refinement or re-weighting of cross-attention, local blend."""
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)

@@ -1,7 +1,7 @@
 """Registry of editors. An editor turns an :class:`EditContext` into an :class:`EditPlan`
 (initial latents per branch, text branches, step callbacks, attention processors, forward
 hooks); the one loop in ``videdit.core`` runs the plan. Editors never know which inversion
-ran."""
+ran. Every module of this package is imported on the registry's first lookup."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 from videdit.core.loop import Branches, CallInfo, StepCallback
 from videdit.core.schedule import Schedule
-from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
+from videdit.registry import Entry, Registry, summary_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class EditContext:
     seed: int = 0
     batch_size: int = 8   # frames per UNet call, for editors that call the UNet themselves
     frame_size: tuple[int, int] | None = None  # (H, W) of the input frames; None: the latents' x VAE factor
+    references: Mapping[str, Inversion] = field(default_factory=dict)   # option -> its image's DDIM inversion
 
 
 @dataclass
@@ -48,26 +49,33 @@ class EditPlan:
 
 
 @dataclass(frozen=True)
-class EditorSpec:
-    name: str
-    config: type
-    plan: Callable[[EditContext, Any], EditPlan]
-    summary: str
+class EditorSpec(Entry):
+    plan: Callable[[EditContext, Any], EditPlan] = None
+    has_source_branch: bool = False   # its plan replays the source beside the edit (EditPlan.source_branch)
+    # options naming a reference image -> the option with its prompt: the pipeline reads and inverts the
+    # image (DDIM, through the cache) and hands the inversion over in EditContext.references
+    references: Mapping[str, str] = field(default_factory=dict)
+
+    def capabilities(self) -> dict[str, object]:
+        return {"has_source_branch": self.has_source_branch,
+                **({"reference_images": ", ".join(self.references)} if self.references else {})}
 
 
-EDITORS: dict[str, EditorSpec] = {}
+EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 
 
-def register_editor(name: str, config: type):
-    """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``."""
+def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {}):
+    """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
+    declares that its plans replay the source beside the edit, ``references`` the options
+    that name a reference image (with the option holding its prompt)."""
 
     def wrap(fn):
-        summary = summary_of(fn, name)
-        EDITORS[name] = EditorSpec(name=name, config=config, plan=fn, summary=summary)
+        EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
+                               has_source_branch=source_branch, references=dict(references)))
         return fn
 
     return wrap
 
 
 def get_editor(name: str) -> EditorSpec:
-    return lookup(EDITORS, name, "editor")
+    return EDITORS[name]

@@ -6,7 +6,6 @@ load, does not repeat the key, or has inconsistent shapes is reported and recomp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
+from videdit.hashing import content_key
 from videdit.inversion.record import Inversion
 from videdit.io.atomic import atomic_path
 
@@ -29,13 +29,8 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(frames: np.ndarray, **parts) -> str:
-    """sha256 over the frames' bytes and shape and every named part (JSON, sorted keys)."""
-    h = hashlib.sha256()
-    h.update(FORMAT.encode())
-    h.update(str(frames.shape).encode() + str(frames.dtype).encode())
-    h.update(np.ascontiguousarray(frames).data)
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    """The key of the inversion of ``frames`` with ``parts`` (model, prompts, method, options)."""
+    return content_key(frames, FORMAT, **parts)
 
 
 class InversionCache:

@@ -1,24 +1,16 @@
-"""Registry of inversion methods: name -> (config dataclass, function)."""
+"""Registry of inversion methods: name -> (config dataclass, run, replay), and what they read."""
 
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
-import numbers
-import os
-import types
-import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from videdit.core.loop import Embeds, Sampler, StepCallback
 from videdit.core.schedule import Schedule
-from videdit.errors import VideditError
-from videdit.registry import lookup, summary_of
 from videdit.inversion.record import Inversion
+from videdit.registry import Entry, Registry, summary_of
 
 
 @dataclass(frozen=True)
@@ -67,12 +59,9 @@ def ddim_replay(inv: Inversion, ctx: ReplayContext, config: Any) -> Replay:
 
 
 @dataclass(frozen=True)
-class InversionMethod:
-    name: str
-    config: type
-    run: Callable[[InversionInputs, Any], Inversion]
-    replay: Callable[[Inversion, ReplayContext, Any], Replay]
-    summary: str
+class InversionMethod(Entry):
+    run: Callable[[InversionInputs, Any], Inversion] = None
+    replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay
     # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
     independent_frames: bool | Callable[[Any], bool] = True
 
@@ -80,8 +69,12 @@ class InversionMethod:
         """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
         return self.independent_frames(config) if callable(self.independent_frames) else self.independent_frames
 
+    def capabilities(self) -> dict[str, object]:
+        apart = self.independent_frames
+        return {"inverts_frames_apart": "with some options" if callable(apart) else apart}
 
-INVERSIONS: dict[str, InversionMethod] = {}
+
+INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion")
 
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
@@ -93,75 +86,12 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     not cut from a cached one of more."""
 
     def wrap(fn):
-        summary = summary_of(fn, name)
-        INVERSIONS[name] = InversionMethod(name=name, config=config, run=fn, replay=replay, summary=summary,
-                                           independent_frames=independent_frames)
+        INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
+                                       run=fn, replay=replay, independent_frames=independent_frames))
         return fn
 
     return wrap
 
 
 def get_inversion(name: str) -> InversionMethod:
-    return lookup(INVERSIONS, name, "inversion")
-
-
-def make_config(config_cls: type, params: dict | None, what: str):
-    """Build a frozen config from a dict, naming the unknown keys and the accepted ones, and
-    the options whose value is not of the field's type (a string where a number goes)."""
-    params = dict(params or {})
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise VideditError(f"{what} does not take {', '.join(unknown)}; it takes {sorted(fields) or 'no options'}")
-    try:
-        hints = typing.get_type_hints(config_cls)
-    except (NameError, TypeError):   # a hint that does not resolve here: the config's own checks stand
-        hints = {}
-    for name, value in params.items():
-        if name not in hints or _fits(hints[name], value) is not False:
-            continue
-        if isinstance(value, str) and _fits(hints[name], 0.5):   # YAML reads 1e-3 as a string
-            try:
-                params[name] = float(value)
-                continue
-            except ValueError:
-                pass
-        raise VideditError(f"{what} {name} must be {_describe(hints[name])}, got {value!r}")
-    return config_cls(**params)
-
-
-_PLAIN = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "none"}
-
-
-def _fits(hint, value) -> bool | None:
-    """Whether ``value`` is of type ``hint``, for plain hints (numbers, strings, flags, lists,
-    mappings, their unions); None where the hint is none of those."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        found = [_fits(h, value) for h in typing.get_args(hint)]
-        return True if True in found else None if None in found else False
-    if hint is bool:
-        return isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1))
-    if hint in (int, float):
-        kind = numbers.Integral if hint is int else numbers.Real
-        return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
-    if hint is str:
-        return isinstance(value, (str, os.PathLike))      # a path where a file name goes
-    if hint is type(None):
-        return value is None
-    if hint in (tuple, list) or origin in (tuple, list):
-        # a lone string may stand for a list of one: the config's own checks say (e.g. layer patterns)
-        return None if isinstance(value, str) else isinstance(value, (tuple, list))
-    if hint is dict or origin in (dict, collections.abc.Mapping):
-        return isinstance(value, collections.abc.Mapping)
-    return None
-
-
-def _describe(hint) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if hint in (tuple, list) or typing.get_origin(hint) in (tuple, list):
-        return "a list"
-    if hint is dict or typing.get_origin(hint) in (dict, collections.abc.Mapping):
-        return "a mapping of options"
-    return _PLAIN.get(hint, getattr(hint, "__name__", str(hint)))
+    return INVERSIONS[name]

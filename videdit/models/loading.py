@@ -25,7 +25,7 @@ from videdit.models import tiny
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
-TOY_DIR = Path(__file__).resolve().parents[2] / "samples" / "toy-model"
+TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
 
@@ -154,7 +154,8 @@ def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.d
         model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
     elif spec == "toy":
         if not (TOY_DIR / "model_index.json").exists():
-            raise VideditError(f"the toy model is not in {TOY_DIR}; train it with tools/train_toy.py")
+            raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with tools/train_toy.py "
+                               f"and pass its directory to --model")
         model = _load_directory(TOY_DIR, name="toy")
     elif Path(spec).exists():
         model = _load_directory(Path(spec), name=spec)

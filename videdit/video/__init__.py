@@ -1,14 +1,9 @@
-"""Temporal modules: what keeps an edited clip consistent from frame to frame. Each stacks on
-any editor and any inversion; importing this package registers them."""
+"""Temporal modules and frame stages: what keeps an edited clip consistent from frame to frame,
+behind one contract (:mod:`videdit.video.module`). Each stacks on any editor and any inversion;
+the registry imports every module of this package on its first lookup, which registers them."""
 
-import importlib
-import pkgutil
+from videdit.video.module import (TEMPORAL, TemporalContext, TemporalModule, TemporalPlan, TemporalSpec, TemporalStack,
+                                  Window, WindowLatents, get_temporal, register_temporal)
 
-from videdit.video.registry import TEMPORAL, TemporalContext, TemporalPlan, get_temporal, register_temporal
-
-_INFRASTRUCTURE = {"registry"}
-for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in _INFRASTRUCTURE and not _m.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_m.name}")
-
-__all__ = ["TEMPORAL", "TemporalContext", "TemporalPlan", "get_temporal", "register_temporal"]
+__all__ = ["TEMPORAL", "TemporalContext", "TemporalModule", "TemporalPlan", "TemporalSpec", "TemporalStack", "Window",
+           "WindowLatents", "get_temporal", "register_temporal"]

@@ -7,10 +7,9 @@ Anchors of clip frame i, by ``mode``:
 - ``sparse_causal``: frames 0 and i - 1, keys and values concatenated (Tune-A-Video, Wu et al.
   2023; FateZero, Qi et al. 2023). Frame 0 attends to [0, 0], as the references index it
   (duplicated keys with their values change nothing).
-- ``keyframes``: every keyframe of the window (spread evenly up to the window's last frame, at
-  most ``every`` apart, as the ``keyframes`` module picks them) and the previous window's last
-  keyframe, concatenated: TokenFlow's extended attention (Geyer et al. 2023, Sec. 4.1), here
-  for every frame of the window.
+
+Attention to keyframes (TokenFlow's extended attention) is the ``keyframes`` module, which
+uses the same :class:`CrossFrameAttention` and :class:`AnchorStore`.
 
 It acts per branch and per guidance half: frames of branch b in half h attend to the anchors'
 keys and values in branch b and half h, as the modules before it on the layer (an editor's
@@ -52,13 +51,12 @@ from typing import Callable, Collection, Iterable, Sequence
 
 import torch
 
-from videdit.attention import AttentionModule, AttnCall
-from videdit.editing.control import choose_layers, patterns
+from videdit.attention import AttentionModule, AttnCall, choose_layers, patterns
 from videdit.errors import VideditError
-from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
+from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 
 NAME = "cross_frame"
-MODES = ("first", "sparse_causal", "keyframes")
+MODES = ("first", "sparse_causal")
 
 # clip frame index -> the clip frames it attends to
 Anchors = Callable[[int], tuple[int, ...]]
@@ -66,17 +64,16 @@ Anchors = Callable[[int], tuple[int, ...]]
 
 @dataclass(frozen=True)
 class CrossFrameConfig:
-    mode: str = "first"                     # first | sparse_causal | keyframes
+    mode: str = "first"                     # first | sparse_causal
     layers: str | tuple[str, ...] = "*attn1.processor"   # glob(s) over self-attention processor names
-    every: int = 4                          # keyframes: at most `every` frames apart
     offload: bool = False                   # keep the anchors later windows need in CPU memory
 
     def __post_init__(self):
+        if self.mode == "keyframes":
+            raise VideditError(f"{NAME} mode 'keyframes' is the keyframes module: use --temporal keyframes:every=N")
         if self.mode not in MODES:
             raise VideditError(f"{NAME} mode must be one of {list(MODES)}, got {self.mode!r}")
         patterns(NAME, "layers", self.layers)
-        if not isinstance(self.every, int) or self.every < 1:
-            raise VideditError(f"{NAME} every must be a whole number of frames >= 1, got {self.every!r}")
 
 
 class AnchorStore:
@@ -218,48 +215,25 @@ class CrossFrameAttention(AttentionModule):
         return q, k.flatten(0, 2), v.flatten(0, 2)                 # k, v (B, heads, m*T, d)
 
 
-def keyframe_anchors(keyframes: Collection[int], carried: int | None) -> tuple[int, ...]:
-    """The frames extended attention spans: the window's keyframes and the one carried over."""
-    return tuple(sorted({*keyframes, *(() if carried is None else (carried,))}))
+@register_temporal
+class CrossFrame(TemporalModule):
+    """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), or first + previous (sparse-causal)."""
 
+    name = NAME
+    config_class = CrossFrameConfig
 
-def spread_keyframes(start: int, end: int, every: int, include_start: bool) -> list[int]:
-    """Keyframes from clip frame ``start`` to ``end`` (both keyframes; ``start`` listed only
-    when ``include_start``): as few as keep them at most ``every`` apart, spread evenly."""
-    if end <= start:
-        return [start] if include_start else []
-    spans = -(-(end - start) // every)
-    return [start + int(j * (end - start) / spans + 0.5) for j in range(0 if include_start else 1, spans + 1)]
+    def __init__(self, config: CrossFrameConfig):
+        super().__init__(config)
+        self.anchors: dict = {}   # keys and values of the frames later windows attend to (AnchorStore)
 
-
-def window_keyframes(window: range, every: int, carried: int | None) -> list[int]:
-    """The window's keyframes, as the ``keyframes`` module picks them with ``select="every"``:
-    spread evenly from the earlier keyframe (``carried``, or the window's first frame) to
-    the window's last frame, at most ``every`` apart."""
-    if carried is None:
-        return spread_keyframes(window[0], window[-1], every, include_start=True)
-    return spread_keyframes(carried, window[-1], every, include_start=False)
-
-
-@register_temporal(NAME, CrossFrameConfig)
-def cross_frame(ctx: TemporalContext, config: CrossFrameConfig) -> TemporalPlan:
-    """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), first + previous, or keyframes."""
-    n = ctx.inversion.noise.shape[0]
-    window = range(ctx.frame_offset, ctx.frame_offset + n)
-    layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", config.layers), NAME, "layers", cross=False)
-    state = ctx.clip_state.setdefault(NAME, {})
-    lead: tuple[int, ...] = ()
-    if config.mode == "first":
-        anchors, carry = (lambda g: (0,)), {0}
-    elif config.mode == "sparse_causal":
-        anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window[-1]}
-    else:
-        keys = window_keyframes(window, config.every, state.get("last_keyframe"))
-        spans = keyframe_anchors(keys, state.get("last_keyframe"))
-        anchors, carry = (lambda g: spans), set(keys[-1:])
-        lead = tuple(g - ctx.frame_offset for g in keys)
-        if keys:
-            state["last_keyframe"] = keys[-1]   # read by the next window's build
-    store = AnchorStore(window, anchors, carry, state.setdefault("anchors", {}), config.offload, ctx.final_window)
-    module = CrossFrameAttention(layers, anchors, window, store, source_branch=ctx.source_branch)
-    return TemporalPlan(modules=[module], lead_frames=lead)
+    def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
+        layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
+                               cross=False)
+        if self.config.mode == "first":
+            anchors, carry = (lambda g: (0,)), {0}
+        else:
+            anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window.indices[-1]}
+        denoised = ctx.denoised(window)
+        store = AnchorStore(denoised, anchors, carry, self.anchors, self.config.offload, window.last)
+        return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, denoised, store,
+                                                         source_branch=ctx.source_branch)])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from videdit.errors import VideditError
-from videdit.inversion.cache import cache_key
+from videdit.hashing import content_key
 from videdit.io.atomic import atomic_path
 
 log = logging.getLogger("videdit.flow")
@@ -231,7 +231,7 @@ def compute_flows(frames: np.ndarray, config: FlowConfig = FlowConfig(), *, cach
     modules that ask for the same window's flow. RAFT runs on ``device`` (CPU when None)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
         raise VideditError(f"flow needs uint8 RGB frames (T >= 2, H, W, 3), got {frames.dtype} {frames.shape}")
-    key = cache_key(frames, kind=FLOW_FORMAT, config=dataclasses.asdict(config))
+    key = content_key(frames, FLOW_FORMAT, config=dataclasses.asdict(config))
     if memo is not None and key in memo:
         return memo[key]
     flows = _load(Path(cache_dir), key, frames.shape) if cache_dir is not None else None

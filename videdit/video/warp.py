@@ -94,3 +94,12 @@ def _block_mean(a: Array, factor: int, channels_last: bool) -> Array:
     else:
         t = t.reshape(*lead, h // factor, factor, w // factor, factor).mean(dim=(-3, -1))
     return t.numpy() if numpy_in else t
+
+
+def latent_factor(frame_size: tuple[int, int], latent_size: tuple[int, int], what: str) -> int:
+    """How many pixels of the frames (H, W) one latent cell (h, w) covers (the VAE's 8)."""
+    (H, W), (h, w) = frame_size, latent_size
+    factor = H // h
+    if factor * h != H or factor * w != W:
+        raise VideditError(f"{what}: frames {W}x{H} are not a whole multiple of the latents {w}x{h}")
+    return factor

@@ -15,10 +15,9 @@ re-noises it; ``target="x0"`` does that here: the step's latent is split into th
 latent x0 and noise eps that the model predicted, x0 is fused and the same eps added back,
 so the noise of each frame is left alone. ``target="latent"`` fuses the noisy latent itself.
 
-What a window hands the next (in ``clip_state``): its last source frame (for the flow across
-the window border) and its last frame's fused value at each active step, so memory is one
-frame's worth per step however long the clip; ``clip_state["flow_memo"]`` holds the current
-window's flow for other modules that want it.
+What a window hands the next: its last source frame (for the flow across the window border)
+and its last frame's fused value at each active step, so memory is one frame's worth per step
+however long the clip.
 """
 
 from __future__ import annotations
@@ -28,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videdit.core.ddim import predict_x0_eps
+from videdit.core.ddim import clean_latent, predict_x0_eps, renoise
 from videdit.core.loop import StepCallback, StepContext
 from videdit.errors import VideditError
 from videdit.video.flow import FLOW_METHODS, FlowConfig, compute_flows
-from videdit.video.registry import TemporalContext, TemporalPlan, register_temporal
-from videdit.video.warp import downsample_flow, downsample_mask, warp
+from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
+from videdit.video.warp import downsample_flow, downsample_mask, latent_factor, warp
 
 NAME = "flow_propagation"
 TARGETS = ("x0", "latent")
@@ -66,48 +65,19 @@ class FlowPropagationConfig:
                           raft_weights=self.raft_weights)
 
 
-def clean_latent(y: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
-    """The clean latent a DDIM step moved towards: the step's output ``y`` at noise level
-    ``alpha_prev`` less the step's noise ``eps`` (from :func:`predict_x0_eps`)."""
-    return predict_x0_eps(y, eps, alpha_prev)[0]
-
-
-def renoise(y0: torch.Tensor, eps: torch.Tensor, alpha_prev: float) -> torch.Tensor:
-    """The inverse of :func:`clean_latent`: a clean latent back at noise level ``alpha_prev``."""
-    return alpha_prev ** 0.5 * y0 + (1 - alpha_prev) ** 0.5 * eps
-
-
-def latent_factor(frame_size: tuple[int, int], latent_size: tuple[int, int], what: str) -> int:
-    """How many pixels of the frames (H, W) one latent cell (h, w) covers (the VAE's 8)."""
-    (H, W), (h, w) = frame_size, latent_size
-    factor = H // h
-    if factor * h != H or factor * w != W:
-        raise VideditError(f"{what}: frames {W}x{H} are not a whole multiple of the latents {w}x{h}")
-    return factor
-
-
-@register_temporal(NAME, FlowPropagationConfig)
-def flow_propagation(ctx: TemporalContext, config: FlowPropagationConfig) -> TemporalPlan:
-    """Fuse each frame with its predecessor warped along the source's flow (Rerender-A-Video)."""
-    if ctx.frames is None:
-        raise VideditError(f"{NAME} needs the window's source frames; edit through edit_frames or edit_video")
-    return TemporalPlan(callbacks=[FlowPropagation(ctx, config)])
-
-
 class FlowPropagation(StepCallback):
     """The fusion of :mod:`videdit.video.propagation` as a step callback."""
 
-    def __init__(self, ctx: TemporalContext, config: FlowPropagationConfig):
-        self.ctx, self.config = ctx, config
-        frames = ctx.frames                                           # (F, H, W, 3)
-        prev = ctx.clip_state.get(NAME)
+    def __init__(self, ctx: TemporalContext, config: FlowPropagationConfig, window: Window, prev: dict | None,
+                 memo: dict):
+        self.ctx, self.config, self.memo = ctx, config, memo
+        frames = window.source(NAME)                                  # (F, H, W, 3)
         # The previous window's hand-over, if it is the window just before this one.
-        if prev is None or prev["next_offset"] != ctx.frame_offset or prev["source"].shape != frames.shape[1:]:
+        if prev is None or prev["next_offset"] != window.start or prev["source"].shape != frames.shape[1:]:
             prev = None
         self.prev = prev
         self.frames = frames if prev is None else np.concatenate([prev["source"][None], frames])
-        self.state = {"next_offset": ctx.frame_offset + len(frames), "source": frames[-1].copy(), "fused": {}}
-        ctx.clip_state[NAME] = self.state  # the next window reads it; self.prev keeps ours
+        self.state = {"next_offset": window.start + len(frames), "source": frames[-1].copy(), "fused": {}}
         self.eps: torch.Tensor | None = None
         self.flow: torch.Tensor | None = None   # (F', h, w, 2) latent-resolution flow, frame k+1 -> k
         self.mask: torch.Tensor | None = None   # (F', 1, h, w) visible fraction of frame k+1 in k
@@ -157,6 +127,24 @@ class FlowPropagation(StepCallback):
             return
         factor = latent_factor(self.frames.shape[1:3], y.shape[-2:], NAME)
         flows = compute_flows(self.frames, self.config.flow_config(), cache_dir=self.ctx.cache_dir,
-                              memo=self.ctx.clip_state.setdefault("flow_memo", {}), device=y.device)
+                              memo=self.memo, device=y.device)
         self.flow = torch.from_numpy(downsample_flow(flows.backward, factor)).to(y)           # (F', h, w, 2)
         self.mask = torch.from_numpy(downsample_mask(~flows.occlusion_backward, factor)).to(y)[:, None]
+
+
+@register_temporal
+class FlowPropagationModule(TemporalModule):
+    """Fuse each frame with its predecessor warped along the source's flow (Rerender-A-Video)."""
+
+    name = NAME
+    config_class = FlowPropagationConfig
+
+    def __init__(self, config: FlowPropagationConfig):
+        super().__init__(config)
+        self.handover: dict | None = None   # the window before's last source frame and fused latents
+        self.memo: dict = {}                # compute_flows' memo of the current window's flow
+
+    def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
+        callback = FlowPropagation(ctx, self.config, window, self.handover, self.memo)
+        self.handover = callback.state
+        return TemporalPlan(callbacks=[callback])

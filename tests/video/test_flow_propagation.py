@@ -14,7 +14,7 @@ from videdit.metrics import temporal_report
 from videdit.pipeline import EditSettings, edit_frames, edit_latents, edit_video, invert_frames
 from videdit.toy import sample_clip
 from videdit.video import TEMPORAL
-from videdit.video.propagation import FlowPropagationConfig
+from videdit.video.flow_propagation import FlowPropagationConfig
 
 REPO = Path(__file__).resolve().parents[2]
 EDIT = dict(source_prompt="a", target_prompt="a red square", steps=10, guidance=3.0, use_cache=False)
@@ -58,8 +58,8 @@ def test_propagation_lowers_the_warp_error(tiny, toy_mp4):
 
 def test_windows_hand_over_exactly(tiny, toy_mp4):
     """The plain editor treats frames independently, so an edit in windows of 3 frames with
-    the hand-over in clip_state equals the edit in one window; dropping the hand-over (a fresh
-    clip_state per window) does not, and scores worse."""
+    the hand-over (one temporal stack for the clip) equals the edit in one window; dropping the
+    hand-over (a fresh stack per window) does not, and scores worse."""
     path, source = toy_mp4
     temporal = {"flow_propagation": {"strength": 0.7}}
     one = edit_video(path, model=tiny, temporal=temporal, window=8, **EDIT)
@@ -67,7 +67,7 @@ def test_windows_hand_over_exactly(tiny, toy_mp4):
     assert three.stats.windows == 3 and one.stats.windows == 1
     assert np.abs(one.frames.astype(int) - three.frames).max() <= 1
     settings = EditSettings(**{k: v for k, v in EDIT.items() if k != "use_cache"}, temporal=temporal)
-    cut = np.concatenate([edit_frames(tiny, source[i:i + 3], settings, frame_offset=i, clip_state={})
+    cut = np.concatenate([edit_frames(tiny, source[i:i + 3], settings, start=i, temporal=settings.temporal_stack())
                           for i in range(0, 8, 3)])
     assert np.abs(one.frames.astype(int) - cut).max() > 10
     assert temporal_report(source, cut)["warp_error"] > temporal_report(source, one.frames)["warp_error"]

@@ -12,9 +12,10 @@ Sec. 3.2, names the loss and blends the source back in pixel space; diffusers'
 where ``m`` is where the edit changed the latents: the norm over channels of
 ``edited - source`` latents, at or above ``threshold`` times its peak over the window's
 frames, grown by ``dilate`` latent cells, then softened by a Gaussian of ``feather`` latent
-cells and upsampled to frame size (:func:`~videdit.editing.masks.upsample_mask`). It knows
+cells and upsampled to frame size (:func:`~videdit.masks.upsample_mask`). It knows
 nothing about the editor or the inversion; an edit that changes everything (random weights,
-a restyle) keeps nothing of the source.
+a restyle) keeps nothing of the source. A frame stage, last after decoding; ``--keep-background``
+and ``edit_video(keep_background=...)`` add it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videdit.editing.masks import dilate_mask, gaussian_blur, upsample_mask
 from videdit.errors import VideditError
+from videdit.masks import dilate_mask, gaussian_blur, upsample_mask
+from videdit.video.module import TemporalModule, Window, WindowLatents, register_temporal
 
 
 @dataclass(frozen=True)
@@ -93,4 +95,23 @@ def keep_background(source_frames: np.ndarray, edited_frames: np.ndarray, source
     return composite(source_frames, edited_frames, mask, config.feather)
 
 
-__all__ = ["KeepBackground", "change_mask", "composite", "keep_background", "keep_background_options", "soft_mask"]
+NAME = "keep_background"
+
+
+@register_temporal
+class KeepBackgroundStage(TemporalModule):
+    """Put the source's own pixels back wherever the edit did not change the latents."""
+
+    name = NAME
+    config_class = KeepBackground
+    order = 100                         # the last stage after decoding
+
+    def bind(self, modules) -> None:
+        makers = [m.name for m in modules if m.makes_frames]
+        if makers:
+            raise VideditError(f"keep_background does not combine with {', '.join(makers)}: it makes every frame from "
+                               f"the source under the edit's colour maps, so nothing of the source is left to put "
+                               f"back; drop keep_background")
+
+    def finish_window(self, window: Window, frames: np.ndarray, latents: WindowLatents) -> np.ndarray:
+        return keep_background(window.source(NAME), frames, latents.source, latents.result, self.config)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videdit.cli import main
-from videdit.editing.composite import KeepBackground, change_mask, composite, keep_background
+from videdit.video.keep_background import KeepBackground, change_mask, composite, keep_background
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings
 
