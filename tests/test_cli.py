@@ -1,12 +1,14 @@
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import pytest
 
 from videdit.cli import main
 
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"
 BASE = ["--model", "tiny-random", "--steps", "2", "--no-cache", "-q"]
 
 
@@ -120,9 +122,23 @@ def test_bad_config_is_one_line(tmp_path, shared_data, capsys):
     assert code == 2 and "unknown option(s) stepz" in err and len(err.strip().splitlines()) == 1
 
 
-def test_shipped_configs_parse(capsys):
-    from pathlib import Path
+def one_error_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("videdit: error: "), err
+    return lines[0]
 
+
+def test_malformed_yaml_config_is_one_line_naming_the_file_and_the_place(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("inversion: [ddim\n")
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", "-o", tmp_path / "o.mp4", "--config", cfg)
+    assert code == 2
+    assert one_error_line(err) == (f"videdit: error: config {cfg} is not valid YAML: line 2, column 1: expected ',' "
+                                   "or ']', but got '<stream end>' (while parsing a flow sequence started at line 1, "
+                                   "column 12)")
+
+
+def test_shipped_configs_parse(capsys):
     from videdit.cli import _with_config, build_parser
 
     for cfg in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
@@ -134,8 +150,6 @@ def test_invert_with_a_preset_fills_the_cache_its_edit_reads(tmp_path, shared_da
     """`videdit invert --config PRESET` takes the preset's inversion (direct for recolour) and
     leaves out what only the edit reads (editor, temporal); the edit with the same preset then
     takes every window from the cache, its keyframes cut out of the windows' inversions."""
-    from pathlib import Path
-
     preset = Path(__file__).resolve().parents[1] / "configs" / "recolour.yaml"
     clip = shared_data / "videos" / "dog.mp4"
     kw = ["--model", "tiny-random", "--steps", "2", "--cache-dir", tmp_path / "cache", "-q", "--max-frames", "6",

@@ -21,6 +21,18 @@ def _size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
 
 
+def _yaml_problem(e: Exception) -> str:
+    """PyYAML's several-line message in one line: what is wrong, where (1-based), and in what."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(e).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" started at line {start.line + 1}, column {start.column + 1})" if start else ")")
+    return text
+
+
 def _param(text: str) -> tuple[str, object]:
     """"name=value" with the value read as YAML (numbers, booleans, lists)."""
     import yaml
@@ -331,8 +343,10 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
 
     try:
         values = yaml.safe_load(args.config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise VideditError(f"cannot read config {args.config}: {e}".splitlines()[0]) from e
+    except OSError as e:
+        raise VideditError(f"cannot read config {args.config}: {e}") from e
+    except yaml.YAMLError as e:
+        raise VideditError(f"config {args.config} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(values, dict):
         raise VideditError(f"config {args.config} must be a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
