@@ -128,6 +128,46 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+def run_exit(capsys, *argv):
+    """main's exit code and stderr, whether main returns the code or argparse exits with it."""
+    try:
+        code = main(list(map(str, argv)))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+NOT_YAML = "the value is not valid YAML"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "-E", "mask=[1,"],
+     f"argument --editor-param/-E: mask=[1,: {NOT_YAML} (expected the node content, but found '<stream end>'); "
+     "quote strings, close brackets"),
+    (["invert", SAMPLE, "-I", "guidance={a"],
+     f"argument --inversion-param/-I: guidance={{a: {NOT_YAML} (expected ',' or '}}', but got '<stream end>')"),
+    (["eval", SAMPLE, SAMPLE, "--flow-param", "preset='fast"],
+     f"argument --flow-param: preset='fast: {NOT_YAML} (found unexpected end of stream)"),
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "--temporal", "keyframes:every=[1"],
+     f"argument --temporal: every=[1: {NOT_YAML} (expected ',' or ']', but got '<stream end>')"),
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "-E", "mask"], "argument --editor-param/-E: expected NAME=VALUE"),
+    (["edit", SAMPLE, "-o", "o.mp4"], "the following arguments are required: -t/--target"),
+])
+def test_a_malformed_flag_is_one_line_and_exit_2(argv, message, capsys):
+    code, err = run_exit(capsys, *argv)
+    assert code == 2 and message in one_error_line(err)
+
+
+def test_a_config_value_is_not_read_as_yaml_again(tmp_path):
+    """-E mask=[1, is malformed YAML; the same text as a config file's (quoted) value is a string."""
+    from videdit.cli import _with_config, build_parser
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("editor_params: {mask: '[1,'}\n")
+    args = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(cfg)])
+    assert dict(args.editor_param) == {"mask": "[1,"}
+
+
 def test_malformed_yaml_config_is_one_line_naming_the_file_and_the_place(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("inversion: [ddim\n")

@@ -21,11 +21,14 @@ def _size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
 
 
-def _yaml_problem(e: Exception) -> str:
-    """PyYAML's several-line message in one line: what is wrong, where (1-based), and in what."""
+def _yaml_problem(e: Exception, where: bool = True) -> str:
+    """PyYAML's several-line message in one line: what is wrong and, with ``where``, at which line and
+    column (1-based) in what; a one-line flag value needs only the what."""
     problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
     if problem is None:
         return " ".join(str(e).split())
+    if not where:
+        return problem
     text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
     context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
     if context:
@@ -40,7 +43,11 @@ def _param(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip().replace("-", "_"), yaml.safe_load(value)
+    try:
+        return name.strip().replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{text}: the value is not valid YAML ({_yaml_problem(e, where=False)}); "
+                                         "quote strings, close brackets") from None
 
 
 def _concept(remove: bool):
@@ -159,8 +166,16 @@ def _read_options(a):
                        stride=a.stride, fps=a.fps, max_frames=a.max_frames, size=a.size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (a malformed or unknown flag, a missing argument) in one line, as
+    main prints every videdit error, instead of the usage block first; --help still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"videdit: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videdit", description="Text-guided image and video editing with diffusion models.")
+    parser = _Parser(prog="videdit", description="Text-guided image and video editing with diffusion models.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     sub = parser.add_subparsers(dest="command", required=True)
