@@ -158,6 +158,21 @@ def test_a_malformed_flag_is_one_line_and_exit_2(argv, message, capsys):
     assert code == 2 and message in one_error_line(err)
 
 
+@pytest.mark.parametrize("text, parsed", [
+    ("keyframes:flow={colour: gray, method: dis}", ("keyframes", {"flow": {"colour": "gray", "method": "dis"}})),
+    ("keyframes:flow={colour: gray, method: dis},every=2",
+     ("keyframes", {"flow": {"colour": "gray", "method": "dis"}, "every": 2})),
+    ("cross_frame:mode=first,every=3", ("cross_frame", {"mode": "first", "every": 3})),
+    ("x:a=[1, 2],b='p, q',c=\"{r, s}\"", ("x", {"a": [1, 2], "b": "p, q", "c": "{r, s}"})),
+    ("flow_propagation", ("flow_propagation", {})),
+])
+def test_temporal_splits_options_at_top_level_commas_only(text, parsed):
+    from videdit.cli import build_parser
+
+    args = build_parser().parse_args(["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--temporal", text])
+    assert args.temporal == [parsed]
+
+
 def test_a_config_value_is_not_read_as_yaml_again(tmp_path):
     """-E mask=[1, is malformed YAML; the same text as a config file's (quoted) value is a string."""
     from videdit.cli import _with_config, build_parser

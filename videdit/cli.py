@@ -81,12 +81,31 @@ def _reweight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected WORD=SCALE, e.g. watercolor=10, got {text!r}") from None
 
 
+def _top_level_split(text: str, sep: str = ",") -> list[str]:
+    """Split at the ``sep`` outside brackets, braces and quotes: "a=[1, 2],b=c" -> ["a=[1, 2]", "b=c"]."""
+    parts, start, depth, quote = [], 0, 0, ""
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def _temporal(text: str) -> tuple[str, dict]:
-    """"NAME" or "NAME:k=v,k=v" -> (name, options), values read as YAML."""
+    """"NAME" or "NAME:k=v,k=v" -> (name, options), values read as YAML; a comma inside a value's
+    brackets, braces or quotes (flow={colour: gray, method: dis}) stays in the value."""
     name, _, rest = text.partition(":")
     if not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
-    return name.strip(), dict(_param(item) for item in rest.split(",") if item.strip())
+    return name.strip(), dict(_param(item) for item in _top_level_split(rest) if item.strip())
 
 
 def temporal_modules(a) -> dict:
