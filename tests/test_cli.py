@@ -129,12 +129,13 @@ def one_error_line(err: str) -> str:
 
 
 def run_exit(capsys, *argv):
-    """main's exit code and stderr, whether main returns the code or argparse exits with it."""
+    """As run, whether main returns the exit code or argparse exits with it."""
     try:
         code = main(list(map(str, argv)))
     except SystemExit as e:
         code = e.code
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 NOT_YAML = "the value is not valid YAML"
@@ -154,8 +155,16 @@ NOT_YAML = "the value is not valid YAML"
     (["edit", SAMPLE, "-o", "o.mp4"], "the following arguments are required: -t/--target"),
 ])
 def test_a_malformed_flag_is_one_line_and_exit_2(argv, message, capsys):
-    code, err = run_exit(capsys, *argv)
+    code, _, err = run_exit(capsys, *argv)
     assert code == 2 and message in one_error_line(err)
+
+
+def test_invert_refuses_no_cache(capsys):
+    code, _, err = run_exit(capsys, "invert", SAMPLE, "--no-cache", "--steps", "1", "--size", "64")
+    assert code == 2
+    assert one_error_line(err) == "videdit: error: invert fills the inversion cache; --no-cache would throw its work away"
+    code, out, _ = run_exit(capsys, "invert", "--help")
+    assert code == 0 and "--cache-dir" in out and "--no-cache" not in out
 
 
 @pytest.mark.parametrize("text, parsed", [

@@ -154,7 +154,21 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=_size, help="working size: N (short side) or WxH; output keeps the source size")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+class _Refused(argparse.Action):
+    """A flag a command refuses, saying why in one line (argparse alone would call it unrecognized);
+    left out of the command's --help."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.reason)
+
+
+def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> None:
+    """The model, sampler and inversion flags; ``fills_cache``: the command exists to fill the
+    inversion cache, so it refuses --no-cache."""
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", default="tiny-random",
                    help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
@@ -175,7 +189,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "inversion only when the edit runs in fp32 too)")
     g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    if fills_cache:
+        g.add_argument("--no-cache", action=_Refused,
+                       reason="invert fills the inversion cache; --no-cache would throw its work away")
+    else:
+        g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
 
 
 def _read_options(a):
@@ -240,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config takes an edit's preset: its inversion options count, the rest is the edit's.")
     p.add_argument("input", type=Path)
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
-    _add_model_args(p)
+    _add_model_args(p, fills_cache=True)
     _add_read_args(p)
 
     p = add("preview", help="write a GIF preview of any clip")
