@@ -89,6 +89,22 @@ def test_preview_and_methods(tmp_path, shared_data, capsys):
     assert code == 0 and "ddim" in out and "plain" in out and "guidance=1.0" in out
 
 
+@pytest.mark.parametrize("argv, n_frames, width", [
+    ([], 24, 64),                                       # the sample's 24 frames at 8 fps, all kept
+    (["--gif-frames", "6"], 6, 64),                     # 6 of the 24, picked evenly
+    (["--max-frames", "4"], 4, 64),                     # only 4 read
+    (["--max-frames", "10", "--gif-frames", "5", "--compare", SAMPLE], 5, 128),  # 10 of each read, 5 shown
+])
+def test_preview_gif_frames_and_max_frames(argv, n_frames, width, tmp_path, capsys):
+    from PIL import Image
+
+    gif = tmp_path / "p.gif"
+    code, _, err = run(capsys, "preview", SAMPLE, "-o", gif, *argv)
+    assert code == 0, err
+    with Image.open(gif) as im:
+        assert (im.n_frames, im.size) == (n_frames, (width, 64))
+
+
 def test_console_script_help():
     for argv in ([], ["edit"], ["invert"], ["preview"]):
         res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)

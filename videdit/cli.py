@@ -265,9 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="the .gif to write")
     p.add_argument("--compare", type=Path, help="a second clip shown on the left, side by side")
-    p.add_argument("--max-side", type=int, default=256)
-    p.add_argument("--max-fps", type=float, default=12)
-    p.add_argument("--max-frames", type=int, default=48)
+    p.add_argument("--max-side", type=int, default=256, help="longer side of each panel in pixels (default 256)")
+    p.add_argument("--max-fps", type=float, default=12,
+                   help="above this frame rate every k-th frame is kept (default 12)")
+    p.add_argument("--gif-frames", type=int, default=48,
+                   help="at most this many frames in the GIF, picked evenly so it lasts as long as the clip "
+                   "(default 48)")
+    p.add_argument("--max-frames", type=int, help="at most this many frames read from INPUT and --compare")
 
     p = add("eval", help="score the temporal consistency of an edited clip",
             description="Flow warp error of EDITED along ORIGINAL's optical flow (and of ORIGINAL itself), "
@@ -327,12 +331,13 @@ def _preview(a) -> None:
     from videdit import io
 
     io.check_output_path(a.output, a.input)
-    frames, info = io.read_clip(a.input, io.ReadOptions(max_frames=None))
-    source = io.read_clip(a.compare)[0] if a.compare else None
+    read = io.ReadOptions(max_frames=a.max_frames)
+    frames, info = io.read_clip(a.input, read)
+    source = io.read_clip(a.compare, read)[0] if a.compare else None
     if source is not None and len(source) != len(frames):
         raise VideditError(f"--compare has {len(source)} frames but {a.input} has {len(frames)}")
     io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
-                 max_fps=a.max_fps, max_frames=a.max_frames)
+                 max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
 
 
