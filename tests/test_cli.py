@@ -178,7 +178,8 @@ def test_a_malformed_flag_is_one_line_and_exit_2(argv, message, capsys):
 def test_invert_refuses_no_cache(capsys):
     code, _, err = run_exit(capsys, "invert", SAMPLE, "--no-cache", "--steps", "1", "--size", "64")
     assert code == 2
-    assert one_error_line(err) == "videdit: error: invert fills the inversion cache; --no-cache would throw its work away"
+    assert one_error_line(err) == ("videdit: error: invert fills the inversion cache; "
+                                   "--no-cache would throw its work away")
     code, out, _ = run_exit(capsys, "invert", "--help")
     assert code == 0 and "--cache-dir" in out and "--no-cache" not in out
 
