@@ -1,12 +1,14 @@
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import pytest
 
 from videdit.cli import main
 
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"
 BASE = ["--model", "tiny-random", "--steps", "2", "--no-cache", "-q"]
 
 
@@ -87,6 +89,22 @@ def test_preview_and_methods(tmp_path, shared_data, capsys):
     assert code == 0 and "ddim" in out and "plain" in out and "guidance=1.0" in out
 
 
+@pytest.mark.parametrize("argv, n_frames, width", [
+    ([], 24, 64),                                       # the sample's 24 frames at 8 fps, all kept
+    (["--gif-frames", "6"], 6, 64),                     # 6 of the 24, picked evenly
+    (["--max-frames", "4"], 4, 64),                     # only 4 read
+    (["--max-frames", "10", "--gif-frames", "5", "--compare", SAMPLE], 5, 128),  # 10 of each read, 5 shown
+])
+def test_preview_gif_frames_and_max_frames(argv, n_frames, width, tmp_path, capsys):
+    from PIL import Image
+
+    gif = tmp_path / "p.gif"
+    code, _, err = run(capsys, "preview", SAMPLE, "-o", gif, *argv)
+    assert code == 0, err
+    with Image.open(gif) as im:
+        assert (im.n_frames, im.size) == (n_frames, (width, 64))
+
+
 def test_console_script_help():
     for argv in ([], ["edit"], ["invert"], ["preview"]):
         res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)
@@ -120,9 +138,88 @@ def test_bad_config_is_one_line(tmp_path, shared_data, capsys):
     assert code == 2 and "unknown option(s) stepz" in err and len(err.strip().splitlines()) == 1
 
 
-def test_shipped_configs_parse(capsys):
-    from pathlib import Path
+def one_error_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("videdit: error: "), err
+    return lines[0]
 
+
+def run_exit(capsys, *argv):
+    """As run, whether main returns the exit code or argparse exits with it."""
+    try:
+        code = main(list(map(str, argv)))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+NOT_YAML = "the value is not valid YAML"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "-E", "mask=[1,"],
+     f"argument --editor-param/-E: mask=[1,: {NOT_YAML} (expected the node content, but found '<stream end>'); "
+     "quote strings, close brackets"),
+    (["invert", SAMPLE, "-I", "guidance={a"],
+     f"argument --inversion-param/-I: guidance={{a: {NOT_YAML} (expected ',' or '}}', but got '<stream end>')"),
+    (["eval", SAMPLE, SAMPLE, "--flow-param", "preset='fast"],
+     f"argument --flow-param: preset='fast: {NOT_YAML} (found unexpected end of stream)"),
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "--temporal", "keyframes:every=[1"],
+     f"argument --temporal: every=[1: {NOT_YAML} (expected ',' or ']', but got '<stream end>')"),
+    (["edit", SAMPLE, "-t", "x", "-o", "o.mp4", "-E", "mask"], "argument --editor-param/-E: expected NAME=VALUE"),
+    (["edit", SAMPLE, "-o", "o.mp4"], "the following arguments are required: -t/--target"),
+])
+def test_a_malformed_flag_is_one_line_and_exit_2(argv, message, capsys):
+    code, _, err = run_exit(capsys, *argv)
+    assert code == 2 and message in one_error_line(err)
+
+
+def test_invert_refuses_no_cache(capsys):
+    code, _, err = run_exit(capsys, "invert", SAMPLE, "--no-cache", "--steps", "1", "--size", "64")
+    assert code == 2
+    assert one_error_line(err) == ("videdit: error: invert fills the inversion cache; "
+                                   "--no-cache would throw its work away")
+    code, out, _ = run_exit(capsys, "invert", "--help")
+    assert code == 0 and "--cache-dir" in out and "--no-cache" not in out
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("keyframes:flow={colour: gray, method: dis}", ("keyframes", {"flow": {"colour": "gray", "method": "dis"}})),
+    ("keyframes:flow={colour: gray, method: dis},every=2",
+     ("keyframes", {"flow": {"colour": "gray", "method": "dis"}, "every": 2})),
+    ("cross_frame:mode=first,every=3", ("cross_frame", {"mode": "first", "every": 3})),
+    ("x:a=[1, 2],b='p, q',c=\"{r, s}\"", ("x", {"a": [1, 2], "b": "p, q", "c": "{r, s}"})),
+    ("flow_propagation", ("flow_propagation", {})),
+])
+def test_temporal_splits_options_at_top_level_commas_only(text, parsed):
+    from videdit.cli import build_parser
+
+    args = build_parser().parse_args(["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--temporal", text])
+    assert args.temporal == [parsed]
+
+
+def test_a_config_value_is_not_read_as_yaml_again(tmp_path):
+    """-E mask=[1, is malformed YAML; the same text as a config file's (quoted) value is a string."""
+    from videdit.cli import _with_config, build_parser
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("editor_params: {mask: '[1,'}\n")
+    args = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(cfg)])
+    assert dict(args.editor_param) == {"mask": "[1,"}
+
+
+def test_malformed_yaml_config_is_one_line_naming_the_file_and_the_place(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("inversion: [ddim\n")
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", "-o", tmp_path / "o.mp4", "--config", cfg)
+    assert code == 2
+    assert one_error_line(err) == (f"videdit: error: config {cfg} is not valid YAML: line 2, column 1: expected ',' "
+                                   "or ']', but got '<stream end>' (while parsing a flow sequence started at line 1, "
+                                   "column 12)")
+
+
+def test_shipped_configs_parse(capsys):
     from videdit.cli import _with_config, build_parser
 
     for cfg in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
@@ -134,8 +231,6 @@ def test_invert_with_a_preset_fills_the_cache_its_edit_reads(tmp_path, shared_da
     """`videdit invert --config PRESET` takes the preset's inversion (direct for recolour) and
     leaves out what only the edit reads (editor, temporal); the edit with the same preset then
     takes every window from the cache, its keyframes cut out of the windows' inversions."""
-    from pathlib import Path
-
     preset = Path(__file__).resolve().parents[1] / "configs" / "recolour.yaml"
     clip = shared_data / "videos" / "dog.mp4"
     kw = ["--model", "tiny-random", "--steps", "2", "--cache-dir", tmp_path / "cache", "-q", "--max-frames", "6",

@@ -21,6 +21,21 @@ def _size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
 
 
+def _yaml_problem(e: Exception, where: bool = True) -> str:
+    """PyYAML's several-line message in one line: what is wrong and, with ``where``, at which line and
+    column (1-based) in what; a one-line flag value needs only the what."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(e).split())
+    if not where:
+        return problem
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+    context, start = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" started at line {start.line + 1}, column {start.column + 1})" if start else ")")
+    return text
+
+
 def _param(text: str) -> tuple[str, object]:
     """"name=value" with the value read as YAML (numbers, booleans, lists)."""
     import yaml
@@ -28,7 +43,11 @@ def _param(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip().replace("-", "_"), yaml.safe_load(value)
+    try:
+        return name.strip().replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{text}: the value is not valid YAML ({_yaml_problem(e, where=False)}); "
+                                         "quote strings, close brackets") from None
 
 
 def _concept(remove: bool):
@@ -62,12 +81,31 @@ def _reweight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected WORD=SCALE, e.g. watercolor=10, got {text!r}") from None
 
 
+def _top_level_split(text: str, sep: str = ",") -> list[str]:
+    """Split at the ``sep`` outside brackets, braces and quotes: "a=[1, 2],b=c" -> ["a=[1, 2]", "b=c"]."""
+    parts, start, depth, quote = [], 0, 0, ""
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def _temporal(text: str) -> tuple[str, dict]:
-    """"NAME" or "NAME:k=v,k=v" -> (name, options), values read as YAML."""
+    """"NAME" or "NAME:k=v,k=v" -> (name, options), values read as YAML; a comma inside a value's
+    brackets, braces or quotes (flow={colour: gray, method: dis}) stays in the value."""
     name, _, rest = text.partition(":")
     if not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
-    return name.strip(), dict(_param(item) for item in rest.split(",") if item.strip())
+    return name.strip(), dict(_param(item) for item in _top_level_split(rest) if item.strip())
 
 
 def temporal_modules(a) -> dict:
@@ -116,7 +154,21 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=_size, help="working size: N (short side) or WxH; output keeps the source size")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+class _Refused(argparse.Action):
+    """A flag a command refuses, saying why in one line (argparse alone would call it unrecognized);
+    left out of the command's --help."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS, **kwargs)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(self.reason)
+
+
+def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> None:
+    """The model, sampler and inversion flags; ``fills_cache``: the command exists to fill the
+    inversion cache, so it refuses --no-cache."""
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", default="tiny-random",
                    help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
@@ -137,7 +189,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "inversion only when the edit runs in fp32 too)")
     g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+    if fills_cache:
+        g.add_argument("--no-cache", action=_Refused,
+                       reason="invert fills the inversion cache; --no-cache would throw its work away")
+    else:
+        g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
 
 
 def _read_options(a):
@@ -147,8 +203,16 @@ def _read_options(a):
                        stride=a.stride, fps=a.fps, max_frames=a.max_frames, size=a.size)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (a malformed or unknown flag, a missing argument) in one line, as
+    main prints every videdit error, instead of the usage block first; --help still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"videdit: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videdit", description="Text-guided image and video editing with diffusion models.")
+    parser = _Parser(prog="videdit", description="Text-guided image and video editing with diffusion models.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,16 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config takes an edit's preset: its inversion options count, the rest is the edit's.")
     p.add_argument("input", type=Path)
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
-    _add_model_args(p)
+    _add_model_args(p, fills_cache=True)
     _add_read_args(p)
 
     p = add("preview", help="write a GIF preview of any clip")
     p.add_argument("input", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="the .gif to write")
     p.add_argument("--compare", type=Path, help="a second clip shown on the left, side by side")
-    p.add_argument("--max-side", type=int, default=256)
-    p.add_argument("--max-fps", type=float, default=12)
-    p.add_argument("--max-frames", type=int, default=48)
+    p.add_argument("--max-side", type=int, default=256, help="longer side of each panel in pixels (default 256)")
+    p.add_argument("--max-fps", type=float, default=12,
+                   help="above this frame rate every k-th frame is kept (default 12)")
+    p.add_argument("--gif-frames", type=int, default=48,
+                   help="at most this many frames in the GIF, picked evenly so it lasts as long as the clip "
+                   "(default 48)")
+    p.add_argument("--max-frames", type=int, help="at most this many frames read from INPUT and --compare")
 
     p = add("eval", help="score the temporal consistency of an edited clip",
             description="Flow warp error of EDITED along ORIGINAL's optical flow (and of ORIGINAL itself), "
@@ -263,12 +331,13 @@ def _preview(a) -> None:
     from videdit import io
 
     io.check_output_path(a.output, a.input)
-    frames, info = io.read_clip(a.input, io.ReadOptions(max_frames=None))
-    source = io.read_clip(a.compare)[0] if a.compare else None
+    read = io.ReadOptions(max_frames=a.max_frames)
+    frames, info = io.read_clip(a.input, read)
+    source = io.read_clip(a.compare, read)[0] if a.compare else None
     if source is not None and len(source) != len(frames):
         raise VideditError(f"--compare has {len(source)} frames but {a.input} has {len(frames)}")
     io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
-                 max_fps=a.max_fps, max_frames=a.max_frames)
+                 max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
 
 
@@ -332,8 +401,10 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
 
     try:
         values = yaml.safe_load(args.config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise VideditError(f"cannot read config {args.config}: {e}".splitlines()[0]) from e
+    except OSError as e:
+        raise VideditError(f"cannot read config {args.config}: {e}") from e
+    except yaml.YAMLError as e:
+        raise VideditError(f"config {args.config} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(values, dict):
         raise VideditError(f"config {args.config} must be a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
