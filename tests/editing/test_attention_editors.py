@@ -11,7 +11,7 @@ from videdit.attention import AttentionModule, attention_processors, compose, la
 from videdit.core import make_schedule
 from videdit.editing import EditContext, get_editor
 from videdit.editing.prompt_to_prompt import (LocalBlend, refine_cross_attention, refinement_mapper,
-                                              replace_cross_attention, reweight_cross_attention)
+                                              reweight_cross_attention)
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
 
@@ -28,21 +28,6 @@ def rel(a, b):
 
 BASE = torch.tensor([[[0.4, 0.3, 0.2, 0.1],
                       [0.1, 0.2, 0.3, 0.4]]])  # (h=1, p=2, w=4): the source's maps
-
-
-def test_replace_carries_the_source_maps_through_the_mapper():
-    # word swap as AttentionReplace: einsum('hpw,bwn->bhpn'); token 3 of the source split
-    # over target tokens 2 and 3 (a word of one token replaced by one of two), token 2 dropped
-    mapper = torch.tensor([[[1, 0, 0, 0],
-                            [0, 1, 0, 0],
-                            [0, 0, 0, 0],
-                            [0, 0, .5, .5]]])  # (b=1, w, n)
-    out = replace_cross_attention(BASE, mapper)
-    expected = torch.tensor([[[[0.4, 0.3, 0.05, 0.05],
-                               [0.1, 0.2, 0.2, 0.2]]]])
-    assert out.shape == (1, 1, 2, 4)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(replace_cross_attention(BASE, torch.eye(4)[None]), BASE[None])
 
 
 def test_refine_takes_aligned_tokens_from_the_source_and_keeps_new_ones():

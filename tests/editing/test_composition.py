@@ -47,10 +47,31 @@ def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor
     assert err <= IDENTITY_TOL, f"{inversion} x {editor}: {err:.2e}"
 
 
+# Options that make an editor more than the plain one: without them blended and differential
+# edit everywhere and sega adds no concept, i.e. each is the plain editor (measured: the same
+# 0.3405 change as plain). With them the editor's own mechanism runs in the test below.
+_HALF = torch.zeros(8, 8)
+_HALF[:, :4] = 1                                               # edit the left half of the 8x8 latent
+EDIT_PARAMS = {"blended": {"mask": _HALF}, "differential": {"mask": 0.25 + 0.5 * _HALF},
+               "sega": {"concepts": ["glasses"]}}
+# How far the edit under "a robot wolf in a forest" is from the same editor's edit under the
+# source prompt, relative (ddim inversion, 4 steps, guidance 7.5), measured: blended 0.329,
+# cross_image 0.327, diffedit 1.007, differential 0.225, masactrl 0.328, plain 0.341,
+# plug_and_play 0.327, prompt_to_prompt 0.346, sega 0.338. Half the smallest; float noise
+# (reordered sums) is ~1e-6, so an editor that ignores the target prompt fails.
+PROMPT_CHANGE = 0.1
+
+
 @pytest.mark.parametrize("editor", sorted(EDITORS))
 def test_edit_is_deterministic_and_changes_with_the_prompt(tiny, inversions, editor):
     s, inv, rec = inversions("ddim")
-    s = EditSettings(**{**s.__dict__, "editor": editor, "target_prompt": "a robot wolf in a forest"})
+    same = EditSettings(**{**s.__dict__, "editor": editor, "editor_params": EDIT_PARAMS.get(editor, {})})
+    s = EditSettings(**{**same.__dict__, "target_prompt": "a robot wolf in a forest"})
     a, b = edit_latents(tiny, inv, s), edit_latents(tiny, inv, s)
     assert torch.equal(a, b)
     assert a.shape == rec.shape and torch.isfinite(a).all()
+    # Without options the source-prompt edit is rec (the identity test above); with a mask the
+    # background follows ddim's inversion trajectory, not its reconstruction, so it is not.
+    base = edit_latents(tiny, inv, same) if editor in EDIT_PARAMS else rec
+    change = float((a - base).norm() / base.norm())
+    assert change > PROMPT_CHANGE, f"{editor}: the edit moved only {change:.2e} from its source-prompt edit"

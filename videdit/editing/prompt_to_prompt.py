@@ -94,12 +94,6 @@ class PromptToPromptConfig:
 
 # ---- the attention math, in the reference code's shapes: h heads (x frames), p pixels, w / n tokens ----
 
-def replace_cross_attention(attn_base: torch.Tensor, mapper: torch.Tensor) -> torch.Tensor:
-    """Word swap, ``AttentionReplace.replace_cross_attention``: the source's maps
-    (h, p, w) carried to the target's tokens by ``mapper`` (b, w, n) -> (b, h, p, n)."""
-    return torch.einsum("hpw,bwn->bhpn", attn_base, mapper)
-
-
 def refine_cross_attention(attn_base: torch.Tensor, attn_replace: torch.Tensor, mapper: torch.Tensor,
                            alphas: torch.Tensor) -> torch.Tensor:
     """Refinement, ``AttentionRefine.replace_cross_attention``: target token n takes the
@@ -168,15 +162,15 @@ MapEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def map_edit(mode: str, mapper: torch.Tensor | None, alphas: torch.Tensor | None,
              equalizer: torch.Tensor | None) -> MapEdit:
-    """The controller of ``mode`` (``mapper`` None: the identity swap), then re-weighting."""
+    """The controller of ``mode`` (refinement with ``mapper`` and ``alphas``, else the word
+    swap), then re-weighting. A word swap needs prompts of as many tokens, so its mapper is
+    the identity and ``AttentionReplace``'s einsum('hpw,bwn->bhpn') is the source's maps."""
 
     def edit(base: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
         if mode == "refine":
             new = refine_cross_attention(base, mine, mapper.to(base.device)[None], alphas.to(base)[None])
-        elif mapper is not None:
-            new = replace_cross_attention(base, mapper.to(base)[None])
         else:
-            new = base[None]   # identity swap, exactly what the einsum with an identity mapper gives
+            new = base[None]   # word swap: the source's maps (h, p, w) as the target's (1, h, p, n), w == n
         if equalizer is not None:
             new = reweight_cross_attention(new[0], equalizer.to(base)[None])
         return new
