@@ -31,7 +31,7 @@ from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
 from videdit.models import Model, load_model, unet_dtype
 from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
-from videdit.video.keep_background import KeepBackground, keep_background_options
+from videdit.video.keep_background import keep_background_options
 
 log = logging.getLogger("videdit")
 
@@ -210,6 +210,26 @@ def invert_reference(model: Model, image: str | Path | np.ndarray, prompt: str, 
     return invert_frames(model, frame, reference, cache=cache, progress=progress)
 
 
+def edit_context(model: Model, inversion: Inversion, settings: EditSettings, config: Any = None, *,
+                 frame_size: tuple[int, int] | None = None, cache: InversionCache | None = None,
+                 progress: bool = False) -> EditContext:
+    """What the editor reads (:class:`EditContext`): text embeddings, the schedule, and the
+    inversions of the reference images its ``config`` (default: the settings') names."""
+    config = settings.editor_config if config is None else config
+    source_cond, target_cond, uncond = model.encode_text(
+        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
+    schedule = make_schedule(model.scheduler_config, settings.steps)
+    if inversion.n_steps != len(schedule):
+        raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
+    references = {option: invert_reference(model, getattr(config, option), getattr(config, prompt), settings,
+                                           inversion.noise.shape[-2:], cache=cache, progress=progress)
+                  for option, prompt in settings.editor_spec.references.items() if getattr(config, option) is not None}
+    return EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
+                       target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
+                       source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed,
+                       batch_size=settings.batch_size, frame_size=frame_size, references=references)
+
+
 @torch.no_grad()
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, window: Window | None = None,
@@ -233,18 +253,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         cut = {f.name: getattr(config, f.name)[list(edited)] for f in dataclasses.fields(config)
                if _per_window_frame(getattr(config, f.name), window.size)}
         config = dataclasses.replace(config, **cut) if cut else config
-    source_cond, target_cond, uncond = model.encode_text(
-        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
-    schedule = make_schedule(model.scheduler_config, settings.steps)
-    if inversion.n_steps != len(schedule):
-        raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
-    references = {option: invert_reference(model, getattr(config, option), getattr(config, prompt), settings,
-                                           inversion.noise.shape[-2:], cache=cache, progress=progress)
-                  for option, prompt in settings.editor_spec.references.items() if getattr(config, option) is not None}
-    ctx = EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
-                      target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
-                      source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed,
-                      batch_size=settings.batch_size, frame_size=frame_size, references=references)
+    ctx = edit_context(model, inversion, settings, config, frame_size=frame_size, cache=cache, progress=progress)
+    schedule, source_cond, uncond = ctx.schedule, ctx.source_cond, ctx.uncond
     plan = settings.editor_spec.plan(ctx, config)
     if (plan.source_branch is not None) != settings.editor_spec.has_source_branch:
         raise VideditError(f"editor {settings.editor!r} declares has_source_branch="

@@ -9,11 +9,11 @@ import torch
 
 from videdit.attention import AttentionModule, attention_processors, compose, layer_grids, module_hooks
 from videdit.core import make_schedule
-from videdit.editing import EditContext, get_editor
+from videdit.editing import get_editor
 from videdit.editing.prompt_to_prompt import (LocalBlend, refine_cross_attention, refinement_mapper,
                                               reweight_cross_attention)
 from videdit.errors import VideditError
-from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
+from videdit.pipeline import EditSettings, edit_context, edit_latents, invert_frames, reconstruct
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 SAME_LENGTH = "a bear in a forest"   # as many (character) tokens as SOURCE on tiny-random
@@ -73,12 +73,7 @@ def settings(s, editor, target=TARGET, **params):
 
 def plan_of(tiny, inv, s):
     """The editor's plan, built as edit_latents builds it."""
-    spec = get_editor(s.editor)
-    src, tgt, unc = tiny.encode_text([s.source_prompt, s.target_prompt, s.negative_prompt]).chunk(3)
-    ctx = EditContext(model=tiny, inversion=inv, schedule=make_schedule(tiny.scheduler_config, s.steps),
-                      source_cond=src, target_cond=tgt, uncond=unc, guidance=s.guidance,
-                      source_prompt=s.source_prompt, target_prompt=s.target_prompt)
-    return spec.plan(ctx, spec.config(**s.editor_params))
+    return s.editor_spec.plan(edit_context(tiny, inv, s), s.editor_config)
 
 
 class Probe(AttentionModule):

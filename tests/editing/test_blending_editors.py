@@ -1,6 +1,8 @@
 """Masks and the blending/score editors (blended, diffedit, differential, sega) on tiny-random
 with real frames: what they keep, where they edit, and how they schedule it."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -41,7 +43,7 @@ def inverted(tiny, wolf_frames):
 
 
 def edit(tiny, s, inv, editor, **params):
-    return edit_latents(tiny, inv, EditSettings(**{**s.__dict__, "editor": editor, "editor_params": params}))
+    return edit_latents(tiny, inv, dataclasses.replace(s, editor=editor, editor_params=params))
 
 
 def left_half() -> torch.Tensor:

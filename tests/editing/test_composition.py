@@ -2,6 +2,8 @@
 invariant (target prompt = source prompt, no masks or concepts -> the inversion's own
 reconstruction)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def inversions(tiny, wolf_frames):
 @pytest.mark.parametrize("inversion", sorted(INVERSIONS))
 def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor):
     s, inv, rec = inversions(inversion)
-    s = EditSettings(**{**s.__dict__, "editor": editor})
+    s = dataclasses.replace(s, editor=editor)
     z = edit_latents(tiny, inv, s)
     assert z.shape == rec.shape == (1, 4, 8, 8)
     err = float((z - rec).norm() / rec.norm())
@@ -65,8 +67,8 @@ PROMPT_CHANGE = 0.1
 @pytest.mark.parametrize("editor", sorted(EDITORS))
 def test_edit_is_deterministic_and_changes_with_the_prompt(tiny, inversions, editor):
     s, inv, rec = inversions("ddim")
-    same = EditSettings(**{**s.__dict__, "editor": editor, "editor_params": EDIT_PARAMS.get(editor, {})})
-    s = EditSettings(**{**same.__dict__, "target_prompt": "a robot wolf in a forest"})
+    same = dataclasses.replace(s, editor=editor, editor_params=EDIT_PARAMS.get(editor, {}))
+    s = dataclasses.replace(same, target_prompt="a robot wolf in a forest")
     a, b = edit_latents(tiny, inv, s), edit_latents(tiny, inv, s)
     assert torch.equal(a, b)
     assert a.shape == rec.shape and torch.isfinite(a).all()

@@ -20,18 +20,27 @@ from videdit.video.keyframes import Keyframes, KeyframesConfig
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 STEPS = 3
-ATOL = 1e-4   # batch composition alone moves these latents (|x| < 10) by ~3e-5
+
+
+def reorder_atol(model_calls: int) -> float:
+    """What fp32 rounding alone lets these latents (|x| < 10) differ by when the same frames go
+    through the UNet in other batches (other windows, other batch sizes): one tiny-random call's
+    output moves by up to 1e-6 of its largest value when its batch is split otherwise (9.2e-7,
+    summation order in the convolutions and matmuls), guidance 7.5 mixes two such outputs
+    (sqrt(7.5^2 + 6.5^2) = 10), and independent roundings add in quadrature over the guided
+    ``model_calls`` a frame's path makes (inversion and edit). Measured maxima on this file's
+    3-step settings, torch 2.13 CPU build and 2.14 CUDA build alike: batch size 1 against 3
+    8.5e-5 (DDIM) and 9.3e-5 (EDICT); windows of 4 against one of 8 6.6e-5 and 7.7e-5, and
+    1.13e-4 for EDICT on another machine. Turning cross-frame attention off moves them by over 5%."""
+    return 10 * 10 * 1e-6 * model_calls ** 0.5
+
+
+ATOL = reorder_atol(2 * STEPS)   # one model call a step, inverting and editing: 2.4e-4
 LAYER = "up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor"
 
 
 def rel(a, b):
     return float((a - b).norm() / b.norm())
-
-
-@pytest.fixture(scope="module")
-def clip(shared_data):
-    frames, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(64, 64), max_frames=8))
-    return frames
 
 
 def temporal_of(mode):
@@ -125,13 +134,15 @@ def test_batch_size_does_not_change_the_edit(tiny, clip, mode):
     assert rel(eight, alone) > 0.05   # it does act
 
 
-@pytest.mark.parametrize("mode,inversion", [("first", "ddim"), ("first", "edict"), ("sparse_causal", "ddim")])
-def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion):
+# the last value: model calls a step (EDICT makes two)
+@pytest.mark.parametrize("mode,inversion,calls",
+                         [("first", "ddim", 1), ("first", "edict", 2), ("sparse_causal", "ddim", 1)])
+def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion, calls):
     """Anchors from earlier windows come from the clip's state, per (layer, step, model call):
     EDICT calls the model twice a step."""
     s = settings(mode, inversion=inversion, batch_size=3)
     whole = edit_latents(tiny, invert_frames(tiny, clip, s), s)
-    torch.testing.assert_close(by_windows(tiny, s, clip, 4), whole, rtol=0, atol=ATOL)
+    torch.testing.assert_close(by_windows(tiny, s, clip, 4), whole, rtol=0, atol=reorder_atol(2 * STEPS * calls))
 
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))

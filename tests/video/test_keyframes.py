@@ -17,7 +17,7 @@ from videdit.core import CallInfo, make_schedule
 from videdit.errors import VideditError
 from videdit.inversion import Inversion
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-from videdit.video import TemporalContext, TemporalStack, Window
+from videdit.video import TemporalContext, Window
 from videdit.video.keyframes import Keyframes, KeyframesConfig, frame_changes, neighbours, select_keyframes
 
 from tests.video.clips import SOURCE, TARGET, cut_clip
@@ -148,8 +148,7 @@ def test_change_selection_sets_the_lead_frames(tiny):
 def test_the_old_spelling_names_the_modules():
     expand = Keyframes.expand
     assert expand({"every": 4}) == [("keyframes", {"every": 4})]
-    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}),
-                                                               ("tokenflow", {"layers": "*attn1.processor"})]
+    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}), ("tokenflow", {})]
     assert expand({"propagation": "flow", "pixels": True, "flow": {"colour": "gray"}}) == [
         ("keyframes", {}), ("keyframe_flow", {"flow": {"colour": "gray"}}), ("pixels_warp", {"flow": {"colour": "gray"}})]
     assert expand({"pixels": "guided", "guided_radius": 3}) == [("keyframes", {}), ("pixels_guided", {"radius": 3})]
@@ -158,13 +157,13 @@ def test_the_old_spelling_names_the_modules():
     old = EditSettings(temporal={"keyframes": {"every": 4, "pixels": "bilateral"}})
     new = EditSettings(temporal={"keyframes": {"every": 4}, "pixels_bilateral": {}})
     assert old.temporal_configs == new.temporal_configs
-    for bad, message in (({"propagation": "copy"}, "propagation must be 'tokenflow' or 'flow'"),
+    for bad, message in (({"propagation": "copy"}, "propagation must be one of"),
                          ({"pixels": "ebsynth"}, "pixels must be one of"),
                          ({"flow": {"method": "dis"}}, "flow options apply to propagation 'flow' or pixels true"),
                          ({"pixels": "bilateral", "flow": {"method": "dis"}}, "flow options apply"),
                          ({"pixels": "bilateral", "propagation": "flow"}, "no propagation applies; drop propagation"),
-                         ({"pixels": "warp", "guided_radius": 2}, "apply to pixels guided only"),
-                         ({"bilateral_cell": 0.5}, "apply with pixels 'guided' or 'bilateral'")):
+                         ({"pixels": "warp", "guided_radius": 2}, "guided_radius apply with pixels 'guided' only"),
+                         ({"bilateral_cell": 0.5}, "bilateral_cell apply with pixels 'bilateral' only")):
         with pytest.raises(VideditError, match=message):
             expand(bad)
 

@@ -8,8 +8,7 @@ from typing import Collection, Sequence
 
 import torch
 
-from videdit.attention import (AttentionModule, AttnCall, CrossAttentionStore, choose_layers, layer_grids, layers_at,
-                               patterns)
+from videdit.attention import AttentionModule, AttnCall, CrossAttentionStore, layer_grids, layers_at
 from videdit.core.loop import Branches
 from videdit.errors import VideditError
 

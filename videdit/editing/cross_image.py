@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from videdit.attention import compose
+from videdit.attention import choose_layers, compose, patterns
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, check_fraction, choose_layers, patterns, step_index,
-                                     step_window)
+from videdit.editing.control import SOURCE, TARGET, InjectQKV, check_fraction, step_index, step_window
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.errors import VideditError
 

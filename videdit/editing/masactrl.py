@@ -32,10 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from videdit.attention import AttentionModule, compose
+from videdit.attention import AttentionModule, choose_layers, compose, patterns
 from videdit.core.loop import CallInfo
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto_map_factor, check_fraction,
-                                     check_map_factor, choose_layers, cross_layers_at, patterns, step_index,
+                                     check_map_factor, cross_layers_at, step_index,
                                      two_branches)
 from videdit.editing.masks import frames_shape, load_mask, validate_mask_source
 from videdit.editing.registry import EditContext, EditPlan, register_editor

@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from videdit.core.ddim import predict_x0_eps
 from videdit.core.loop import CallInfo, predict_noise

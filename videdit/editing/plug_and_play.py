@@ -26,10 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from videdit.attention import compose, match_modules
+from videdit.attention import choose_layers, compose, match_modules, patterns
 from videdit.core.loop import CallInfo
-from videdit.editing.control import (SOURCE, TARGET, InjectQKV, check_fraction, choose_layers, patterns, step_window,
-                                     two_branches)
+from videdit.editing.control import SOURCE, TARGET, InjectQKV, check_fraction, step_window, two_branches
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.errors import VideditError
 

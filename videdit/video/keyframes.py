@@ -35,6 +35,9 @@ from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, 
 
 NAME = "keyframes"
 SELECT = ("every", "change")
+# the old spelling's options -> the modules they now name (Keyframes.expand)
+PROPAGATION = {"tokenflow": "tokenflow", "flow": "keyframe_flow"}
+PIXELS = {"warp": "pixels_warp", "guided": "pixels_guided", "bilateral": "pixels_bilateral"}
 
 
 @dataclass(frozen=True)
@@ -165,49 +168,39 @@ class Keyframes(TemporalModule):
 
     @classmethod
     def expand(cls, options: Mapping[str, Any]) -> list[tuple[str, dict]]:
-        """The old spelling ``keyframes:propagation=P,pixels=X,flow=...`` -> this module plus
-        ``tokenflow`` / ``keyframe_flow`` and ``pixels_warp`` / ``pixels_guided`` /
-        ``pixels_bilateral`` with their options (``guided_radius`` -> ``radius``, ...)."""
+        """The old spelling ``keyframes:propagation=P,pixels=X,flow={...},guided_radius=..`` ->
+        this module, ``tokenflow`` or ``keyframe_flow``, and ``pixels_warp`` (``pixels=true``),
+        ``pixels_guided`` or ``pixels_bilateral`` with their options (``guided_radius`` ->
+        ``radius``, ``bilateral_cell`` -> ``cell``, ``flow`` to each stage that reads a flow)."""
         options = dict(options)
         propagation, pixels, flow = options.pop("propagation", None), options.pop("pixels", False), options.pop("flow", None)
-        stage_options = {k: options.pop(k) for k in list(options) if k.startswith(("guided_", "bilateral_"))}
-        if pixels is True:
-            pixels = "warp"
-        if propagation not in (None, "tokenflow", "flow"):
-            raise VideditError(f"{NAME} propagation must be 'tokenflow' or 'flow', got {propagation!r}")
-        if pixels not in (False, None, "warp", "guided", "bilateral"):
+        prefixed = {k: options.pop(k) for k in list(options) if k.startswith(("guided_", "bilateral_"))}
+        pixels = "warp" if pixels is True else pixels or None
+        if propagation not in (None, *PROPAGATION):
+            raise VideditError(f"{NAME} propagation must be one of {sorted(PROPAGATION)}, got {propagation!r}")
+        if pixels not in (None, *PIXELS):
             raise VideditError(f"{NAME} pixels must be one of false, true, 'warp', 'guided' or 'bilateral', "
                                f"got {pixels!r}")
         if pixels == "bilateral" and propagation is not None:
             raise VideditError(f"{NAME} pixels 'bilateral' makes every frame from the keyframes' colour maps, and only "
                                f"the keyframes are edited: no propagation applies; drop propagation {propagation!r}")
-        out = [(NAME, options)]
-        flow_stages = []
+        stray = sorted(k for k in prefixed if not k.startswith(f"{pixels}_"))
+        if stray:
+            raise VideditError(f"{NAME} {', '.join(stray)} apply with pixels {stray[0].split('_')[0]!r} only")
+        out: list[tuple[str, dict]] = [(NAME, options)]
         if propagation == "tokenflow":
-            out.append(("tokenflow", {"layers": options.get("layers", KeyframesConfig.layers),
-                                      **({"offload": options["offload"]} if "offload" in options else {})}))
+            out.append(("tokenflow", {k: options[k] for k in ("layers", "offload") if k in options}))
         elif propagation == "flow":
             out.append(("keyframe_flow", {}))
-            flow_stages.append(len(out) - 1)
-        if pixels:
-            prefix = f"{pixels}_"
-            unknown = sorted(k for k in stage_options if not k.startswith(("guided_" if pixels == "guided" else
-                                                                          "bilateral_" if pixels == "bilateral" else
-                                                                          "-")))
-            if unknown:
-                raise VideditError(f"{NAME} {', '.join(unknown)} apply to pixels "
-                                   f"{'guided' if unknown[0].startswith('guided_') else 'bilateral'} only")
-            out.append((f"pixels_{pixels}", {k.removeprefix(prefix): v for k, v in stage_options.items()}))
-            if pixels != "bilateral":
-                flow_stages.append(len(out) - 1)
-        elif stage_options:
-            raise VideditError(f"{NAME} {', '.join(sorted(stage_options))} apply with pixels 'guided' or 'bilateral'")
+        if pixels is not None:
+            out.append((PIXELS[pixels], {k.removeprefix(f"{pixels}_"): v for k, v in prefixed.items()}))
         if flow is not None:
-            if not flow_stages:
+            readers = [stage for name, stage in out if name in ("keyframe_flow", "pixels_warp", "pixels_guided")]
+            if not readers:
                 raise VideditError(f"{NAME} flow options apply to propagation 'flow' or pixels true, 'warp' or "
                                    f"'guided' only")
-            for i in flow_stages:
-                out[i][1]["flow"] = flow
+            for stage in readers:
+                stage["flow"] = flow
         return out
 
     def bind(self, modules: Sequence[TemporalModule]) -> None:
