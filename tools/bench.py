@@ -145,8 +145,8 @@ class Table:
         print("".join(f"{name:{_width(spec)}}" for name, spec in columns), flush=True)
 
     def row(self, *cells) -> None:
-        print("".join(f"{v:{_width(spec) if isinstance(v, str) else spec}}" for v, (_, spec) in zip(cells, self.columns)),
-              flush=True)
+        specs = [_width(spec) if isinstance(v, str) else spec for v, (_, spec) in zip(cells, self.columns)]
+        print("".join(f"{v:{spec}}" for v, spec in zip(cells, specs)), flush=True)
 
 
 # -- loop: invert + regenerate against diffusers' scheduler loop -------------------------------
@@ -370,7 +370,8 @@ def toy(a) -> None:
             out["edit_s"] = time.perf_counter() - t
         print(json.dumps(out))
         return
-    runs = {what: [in_fresh_process(what) for _ in range(a.repeats)] for what in ("diffusers", "plain", "prompt_to_prompt")}
+    runs = {what: [in_fresh_process(what) for _ in range(a.repeats)]
+            for what in ("diffusers", "plain", "prompt_to_prompt")}
     med = {w: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for w, rows in runs.items()}
     base = med["diffusers"]["load_s"]
     print(f"toy model ({TOY_MODEL.relative_to(ROOT)}), {a.threads} torch threads, "

@@ -248,7 +248,8 @@ def toy_video(a) -> None:
             f"{sum(e / s <= 1.5 and b >= 2 and r == 1 for _, e, s, b, r in clip_rows)}/{len(errs)}"
         err, src = float(np.mean(errs)), float(np.mean(srcs))
         detail = " ".join(f"{c.kind[:5]} {e / s:.1f} {b:.1f} {r:.0%}" for (c, *_), e, s, b, r in clip_rows)
-        table.row(name, err, src, err / src, versus(err, independent and float(np.mean(independent)), 2), float(np.mean(ok)), min(per_clip), check, f"  {detail}",
+        vs = versus(err, independent and float(np.mean(independent)), digits=2)
+        table.row(name, err, src, err / src, vs, float(np.mean(ok)), min(per_clip), check, f"  {detail}",
                   time.perf_counter() - t0)
 
 
