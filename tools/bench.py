@@ -1,66 +1,178 @@
-"""Seconds per frame and peak memory of invert + regenerate, side by side in one run:
+"""Speed and memory of videdit, side by side in one run; one subcommand per question:
 
-- videdit with UNet batch size 1 and 8 (frames per UNet call);
-- the same DDIM inversion + regeneration written with diffusers' own DDIMInverseScheduler
-  and DDIMScheduler loop, on the same model, frames and batch.
+    python tools/bench.py loop --model tiny-random --frames 16 --size 256 --steps 20
+    python tools/bench.py editors --frames 4 --size 128 --steps 20
+    python tools/bench.py keyframes --model tiny-random --frames 32 --size 128 --steps 10
+    python tools/bench.py memory --size 64 --steps 10 [--synthetic]
+    python tools/bench.py toy --repeats 3
+    python tools/bench.py peers --frames 4 --size 128 --steps 20
 
-Each configuration runs in a fresh subprocess so its peak RSS is its own. Ratios are to the
-diffusers loop. On a CPU compare ratios only; absolute speed belongs to a GPU run.
+- loop: seconds per frame and peak memory of invert + regenerate, videdit at 1 and 8 frames
+  per UNet call against the same DDIM inversion + regeneration written with diffusers' own
+  DDIMInverseScheduler and DDIMScheduler loop (same model, frames and batch);
+- editors: time and peak memory of the attention editors' edit against the plain editor's
+  (inversion excluded; on CUDA the edit's peak allocated GPU memory too);
+- keyframes: what editing the keyframes alone saves: seconds, frames through the UNet and the
+  VAE decoder, for keyframes (every 4) + flow propagation, + guided pixels, bilateral pixels
+  (only the keyframes go through the model), and bilateral pixels again after an every-frame
+  edit filled the inversion cache (its keyframes are cut out of the cached windows);
+- memory: peak memory of a video edit at 16, 64 and 256 frames (it must not grow with the
+  clip): cross-frame attention anchored on the first frame, windows of ``--window`` frames,
+  streamed to an mp4, on the long portrait clip at working size ``--size`` or on a synthetic
+  clip (``--synthetic``: a texture sliding across a 64x64 frame);
+- toy: load time of the toy model and seconds of a 25-step single-frame edit (invert +
+  regenerate, 64x64), against diffusers' ``StableDiffusionPipeline.from_pretrained`` of the
+  same directory; the median of ``--repeats`` fresh processes, imports reported apart (a CLI
+  run pays them once). Issue 3's targets on this CPU: load under 2 s, edit under 5 s;
+- peers: seconds per frame of videdit's blending/score editors next to diffusers' own
+  pipelines on the same model (tiny-random saved as a diffusers directory), frames and UNet
+  evaluations (counted, per frame): LEDITS++ (``LEditsPPPipelineStableDiffusion``, vs ``ddpm``
+  inversion + ``sega``, no prompts, one concept, noise masks on both sides: LEDITS++'s
+  cross-attention masks read layers at 1/4 of the latent side, which tiny-random lacks),
+  DiffEdit (``StableDiffusionDiffEditPipeline`` vs ``ddim`` + ``diffedit``) and pix2pix-zero's
+  regularised inversion (inversion only: the edits differ). Best of ``--repeats``.
 
-    python tools/bench.py --model tiny-random --frames 16 --size 256 --steps 20
+Runs whose peak memory is reported run each configuration in a fresh process (this script
+again, with a hidden ``--child``), so its peak RSS is its own. Ratios are to the table's first
+row (or the diffusers side). On a CPU compare ratios only; absolute speed belongs to a GPU
+run. The clips are in ../shared/data (or $VIDEDIT_SHARED_DATA); tiny-random's edits mean
+nothing, these tables measure work, not quality (tools/tables.py measures that).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT.parent / "shared" / "data" / "videos" / "wolf.mp4"
+SHARED = Path(os.environ.get("VIDEDIT_SHARED_DATA") or ROOT.parent / "shared" / "data")
+WOLF = SHARED / "videos" / "wolf.mp4"
+PORTRAIT = SHARED / "videos" / "man-talking-portrait-long.mp4"
+SAMPLE = ROOT / "samples" / "red-circle.mp4"
+TOY_MODEL = ROOT / "videdit" / "toy" / "model"
 
 
-def load_frames(n: int, size: int):
+# -- shared helpers ----------------------------------------------------------------------------
+
+def load_frames(n: int, size: int, clip: Path = WOLF):
+    """The first ``n`` frames of ``clip`` at ``size`` x ``size``, uint8 (n, size, size, 3); the
+    shipped sample where ../shared is not at hand (a GPU machine), its frames repeated up to n."""
     import numpy as np
 
     from videdit import io
 
-    # the shipped sample where ../shared is not at hand (a GPU machine), its frames repeated up to n
-    frames, _ = io.read_clip(CLIP if CLIP.exists() else ROOT / "samples" / "red-circle.mp4",
-                             io.ReadOptions(max_frames=n, size=(size, size)))
+    frames, _ = io.read_clip(clip if clip.exists() else SAMPLE, io.ReadOptions(max_frames=n, size=(size, size)))
     return np.ascontiguousarray(np.resize(frames, (n, *frames.shape[1:])))
 
 
-def run_videdit(args, batch: int, model=None) -> float:
-    """Seconds for invert + regenerate of ``args.frames`` frames (``model``: already loaded, or ``args.model``)."""
-    from videdit.models import load_model
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(spec: str) -> dict:
+    """This command line run again with ``--child spec``; the JSON its last line prints."""
+    res = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", spec], capture_output=True, text=True,
+                         cwd=ROOT)
+    if res.returncode != 0:
+        sys.exit(f"{spec} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def rows_through(module):
+    """A list that collects the batch size of each call of ``module`` (frames through the UNet,
+    the decoder), by a forward pre-hook removed on exit."""
+    rows: list[int] = []
+
+    def hook(mod, args, kwargs):
+        rows.append(int((args[0] if args else next(iter(kwargs.values()))).shape[0]))
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        handle.remove()
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_of(fn: Callable[[], object], repeats: int, *, module=None, device="cpu", warm: bool = True
+            ) -> tuple[float, int]:
+    """(fastest seconds of ``repeats`` calls of ``fn``, batch rows through ``module`` in one call);
+    one untimed warm-up call first unless ``warm`` is False."""
+    if warm:
+        fn()
+    best, rows = float("inf"), 0
+    with rows_through(module) if module is not None else contextlib.nullcontext([]) as counts:
+        for _ in range(repeats):
+            counts.clear()
+            synchronize(device)
+            t = time.perf_counter()
+            fn()
+            synchronize(device)
+            best = min(best, time.perf_counter() - t)
+        rows = sum(counts)
+    return best, rows
+
+
+def _width(spec: str) -> str:
+    return re.match(r"[<>^]?\d*", spec).group()
+
+
+class Table:
+    """Prints a header of ``(name, format)`` columns (``"<36"``, ``">10.3f"``), then one line per
+    :meth:`row`; a string in a number column (``""``, ``"-"``) is only aligned."""
+
+    def __init__(self, *columns: tuple[str, str]):
+        self.columns = columns
+        print("".join(f"{name:{_width(spec)}}" for name, spec in columns), flush=True)
+
+    def row(self, *cells) -> None:
+        specs = [_width(spec) if isinstance(v, str) else spec for v, (_, spec) in zip(cells, self.columns)]
+        print("".join(f"{v:{spec}}" for v, spec in zip(cells, specs)), flush=True)
+
+
+# -- loop: invert + regenerate against diffusers' scheduler loop -------------------------------
+
+def videdit_loop(model, frames, batch: int, steps: int, guidance: float) -> float:
+    """Seconds of videdit's invert + regenerate of ``frames``, ``batch`` frames per UNet call."""
     from videdit.pipeline import EditSettings, edit_frames
 
-    model = model or load_model(args.model, device=args.device, dtype=args.dtype)
-    frames = load_frames(args.frames, args.size)
-    s = EditSettings(source_prompt="a wolf", target_prompt="a robot wolf", steps=args.steps,
-                     guidance=args.guidance, batch_size=batch)
+    s = EditSettings(source_prompt="a wolf", target_prompt="a robot wolf", steps=steps, guidance=guidance,
+                     batch_size=batch)
     edit_frames(model, frames[:1], EditSettings(steps=2, batch_size=1))  # warm-up
+    synchronize(model.device)
     t = time.perf_counter()
     edit_frames(model, frames, s)
+    synchronize(model.device)
     return time.perf_counter() - t
 
 
-def run_diffusers(args, batch: int, model=None) -> float:
+def diffusers_loop(model, frames, batch: int, steps: int, guidance: float) -> float:
     """The same with diffusers' DDIMInverseScheduler / DDIMScheduler loop."""
     import torch
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-    from videdit.models import load_model
-
-    model = model or load_model(args.model, device=args.device, dtype=args.dtype)
-    frames = load_frames(args.frames, args.size)
     model.decode_latents(model.encode_images(frames[:1]))  # warm-up
     unet = model.unet
+    synchronize(model.device)
     t0 = time.perf_counter()
     with torch.no_grad():
         latents = model.encode_images(frames, batch)
@@ -70,54 +182,379 @@ def run_diffusers(args, batch: int, model=None) -> float:
             x = latents[i:i + batch]
             n = len(x)
             inv = DDIMInverseScheduler.from_config(model.scheduler_config)
-            inv.set_timesteps(args.steps)
+            inv.set_timesteps(steps)
             for t in inv.timesteps:
                 x = inv.step(unet(x, t, encoder_hidden_states=src.expand(n, -1, -1)).sample, t, x).prev_sample
             sched = DDIMScheduler.from_config(model.scheduler_config)
-            sched.set_timesteps(args.steps)
+            sched.set_timesteps(steps)
             text = torch.cat([unc.expand(n, -1, -1), tgt.expand(n, -1, -1)])
             for t in sched.timesteps:
                 u, c = unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
-                x = sched.step(u + args.guidance * (c - u), t, x).prev_sample
+                x = sched.step(u + guidance * (c - u), t, x).prev_sample
             out.append(x)
         model.decode_latents(torch.cat(out), batch)
+    synchronize(model.device)
     return time.perf_counter() - t0
 
 
-def child(args) -> None:
-    runner, batch = args.child.split(":")
-    seconds = (run_videdit if runner == "videdit" else run_diffusers)(args, int(batch))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"s_per_frame": seconds / args.frames, "peak_mb": peak_mb}))
+def loop(a) -> None:
+    if a.child:
+        from videdit.models import load_model
 
+        runner, batch = a.child.split(":")
+        model = load_model(a.model, device=a.device, dtype=a.dtype)
+        fn = videdit_loop if runner == "videdit" else diffusers_loop
+        seconds = fn(model, load_frames(a.frames, a.size), int(batch), a.steps, a.guidance)
+        print(json.dumps({"s_per_frame": seconds / a.frames, "peak_mb": peak_rss_mib()}))
+        return
+    rows = [(name, in_fresh_process(name)) for name in ("diffusers:8", "videdit:1", "videdit:8")]
+    base = rows[0][1]["s_per_frame"]
+    print(f"model={a.model} frames={a.frames} size={a.size} steps={a.steps} "
+          f"guidance={a.guidance} device={a.device} dtype={a.dtype}")
+    table = Table(("run (runner:frames per UNet call)", "<36"), ("s/frame", ">10.3f"), ("peak MB", ">10.0f"),
+                  ("time vs diffusers", ">20.2f"))
+    for name, r in rows:
+        table.row(name, r["s_per_frame"], r["peak_mb"], r["s_per_frame"] / base)
+
+
+# -- editors: attention editors against the plain editor ---------------------------------------
+
+EDITORS = ("plain", "prompt_to_prompt", "plug_and_play", "masactrl", "cross_image")
+
+
+def editors(a) -> None:
+    if a.child:
+        import torch
+
+        from videdit.models import load_model
+        from videdit.pipeline import EditSettings, edit_latents, invert_frames
+
+        model = load_model(a.model, device=a.device, dtype=a.dtype)
+        s = EditSettings(source_prompt="a wolf in a forest", target_prompt="a robot wolf in a forest", steps=a.steps,
+                         guidance=7.5, batch_size=a.batch_size, editor=a.child)
+        inv = invert_frames(model, load_frames(a.frames, a.size), s)
+        cuda = model.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        before = peak_rss_mib()
+        seconds, _ = best_of(lambda: edit_latents(model, inv, s), a.repeat, device=model.device, warm=False)
+        out = {"editor": a.child, "seconds": seconds, "rss_after_inversion_mib": before, "rss_peak_mib": peak_rss_mib()}
+        if cuda:
+            out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        print(json.dumps(out))
+        return
+    rows = [in_fresh_process(editor) for editor in a.editors]
+    base = next((r for r in rows if r["editor"] == "plain"), rows[0])
+    print(f"{a.model}, {a.frames} frames at {a.size}x{a.size}, {a.steps} steps, device {a.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; edit only (inversion excluded)")
+    gpu = "gpu_peak_mib" in base
+    table = Table(("editor", "<18"), ("edit s", ">8.2f"), ("x plain", ">9.2f"), ("RSS peak MiB", ">14.0f"),
+                  ("edit rise MiB", ">15.0f"), *([("GPU peak MiB", ">14.0f")] if gpu else []))
+    for r in rows:
+        table.row(r["editor"], r["seconds"], r["seconds"] / base["seconds"], r["rss_peak_mib"],
+                  r["rss_peak_mib"] - r["rss_after_inversion_mib"], *([r["gpu_peak_mib"]] if gpu else []))
+
+
+# -- keyframes: what editing the keyframes alone saves -----------------------------------------
+
+KEYFRAME_ROWS = {
+    "keyframes + flow": {"keyframes": {"every": 4}, "keyframe_flow": {}},
+    "keyframes + flow + guided": {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_guided": {}},
+    "keyframes + bilateral": {"keyframes": {"every": 4}, "pixels_bilateral": {}},
+}
+
+
+def keyframes(a) -> None:
+    import videdit
+    from videdit import io
+
+    model = videdit.load_model(a.model)
+    kw = dict(source_prompt="a wolf", target_prompt="a red wolf", model=model, steps=a.steps, guidance=7.5,
+              inversion="direct", editor="prompt_to_prompt", window=a.window,
+              read=io.ReadOptions(max_frames=a.frames, size=a.size))
+    print(f"model={a.model} clip={a.clip.name} frames={a.frames} size={a.size} steps={a.steps} window={a.window} "
+          f"inversion=direct editor=prompt_to_prompt")
+    table = Table(("edit", "<40"), ("s", ">8.1f"), ("x", ">7.2f"), ("UNet frames", ">13d"), ("x", ">7.2f"),
+                  ("decoded", ">9d"), ("cache hits", ">12"))
+    base = None
+    runs = [(name, temporal, False) for name, temporal in KEYFRAME_ROWS.items()]
+    runs.append(("keyframes + bilateral, windows cached", KEYFRAME_ROWS["keyframes + bilateral"], True))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, temporal, cached in runs:
+            cache = Path(tmp) / name
+            if cached:   # an every-frame edit first fills the cache with the windows' inversions
+                videdit.edit_video(a.clip, cache_dir=cache, temporal=KEYFRAME_ROWS["keyframes + flow"], **kw)
+            with rows_through(model.unet) as unet, rows_through(model.vae.decoder) as decoder:
+                t = time.perf_counter()
+                res = videdit.edit_video(a.clip, cache_dir=cache, temporal=temporal, **kw)
+                seconds = time.perf_counter() - t
+            base = base or (seconds, sum(unet))
+            table.row(name, seconds, seconds / base[0], sum(unet), sum(unet) / base[1], sum(decoder),
+                      f"{res.stats.cache_hits}/{res.stats.windows}")
+
+
+# -- memory: peak memory against clip length ---------------------------------------------------
+
+LENGTHS = (16, 64, 256)
+
+
+def synthetic_clip(folder: Path, n: int, size: int = 64) -> Path:
+    """``n`` PNG frames of a blurred noise texture sliding one pixel a frame."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (size, size + n, 3), dtype=np.uint8), (7, 7), 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), base[:, i:i + size])
+    return folder
+
+
+def memory(a) -> None:
+    if a.child:
+        import videdit
+        from videdit import io
+
+        n = int(a.child)
+        with tempfile.TemporaryDirectory() as tmp:
+            clip = synthetic_clip(Path(tmp) / "frames", n) if a.synthetic else PORTRAIT
+            t = time.perf_counter()
+            res = videdit.edit_video(clip, Path(tmp) / "out.mp4", source_prompt="a man",
+                                     target_prompt="a man, van gogh", model=a.model, steps=a.steps, use_cache=False,
+                                     window=a.window, batch_size=a.batch_size,
+                                     read=io.ReadOptions(max_frames=n, size=a.size),
+                                     temporal={"cross_frame": {"mode": "first"}}, device=a.device)
+            seconds = time.perf_counter() - t
+        print(json.dumps({"frames": res.stats.frames, "windows": res.stats.windows, "peak_mb": peak_rss_mib(),
+                          "seconds": seconds}))
+        return
+    if not a.synthetic and not PORTRAIT.exists():
+        sys.exit(f"{PORTRAIT} not found; pass --synthetic")
+    print(f"model={a.model} size={a.size} steps={a.steps} window={a.window} "
+          f"batch={a.batch_size} cross_frame=first source={'synthetic' if a.synthetic else PORTRAIT.name}")
+    table = Table(("frames", ">8"), ("windows", ">9"), ("peak MB", ">10.0f"), ("seconds", ">10.1f"))
+    for n in LENGTHS:
+        r = in_fresh_process(str(n))
+        table.row(r["frames"], r["windows"], r["peak_mb"], r["seconds"])
+
+
+# -- toy: load and edit time of the toy model --------------------------------------------------
+
+def toy(a) -> None:
+    if a.child:
+        t0 = time.perf_counter()
+        import torch
+
+        from videdit import edit_image, load_model
+        from videdit.toy import sample_scene
+
+        out = {"import_s": time.perf_counter() - t0}
+        torch.set_num_threads(a.threads)
+        t = time.perf_counter()
+        if a.child == "diffusers":
+            from diffusers import StableDiffusionPipeline
+
+            StableDiffusionPipeline.from_pretrained(TOY_MODEL, safety_checker=None, requires_safety_checker=False)
+            out["load_s"] = time.perf_counter() - t
+        else:
+            model = load_model("toy")
+            out["load_s"] = time.perf_counter() - t
+            scene = sample_scene(3)
+            colour = scene.objects[0].colour
+            target = scene.caption.replace(colour, "blue" if colour != "blue" else "red")
+            t = time.perf_counter()
+            edit_image(scene.image, source_prompt=scene.caption, target_prompt=target, model=model, steps=25,
+                       guidance=4.0, editor=a.child, use_cache=False)
+            out["edit_s"] = time.perf_counter() - t
+        print(json.dumps(out))
+        return
+    runs = {what: [in_fresh_process(what) for _ in range(a.repeats)]
+            for what in ("diffusers", "plain", "prompt_to_prompt")}
+    med = {w: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for w, rows in runs.items()}
+    base = med["diffusers"]["load_s"]
+    print(f"toy model ({TOY_MODEL.relative_to(ROOT)}), {a.threads} torch threads, "
+          f"median of {a.repeats} fresh processes")
+    table = Table(("what", "<52"), ("import s", ">9.2f"), ("load s", ">8.2f"), ("vs diffusers", ">13.2f"),
+                  ("edit s", ">8.2f"))
+    table.row("diffusers StableDiffusionPipeline.from_pretrained", med["diffusers"]["import_s"], base, 1.0, "")
+    for w in ("plain", "prompt_to_prompt"):
+        m = med[w]
+        table.row(f"videdit load_model + 25-step edit, {w}", m["import_s"], m["load_s"], m["load_s"] / base,
+                  m["edit_s"])
+
+
+# -- peers: blending/score editors against diffusers' pipelines --------------------------------
+
+SOURCE, TARGET, CONCEPT = "a wolf in a forest", "a robot wolf in a forest", "sunglasses"
+
+
+def _pil(frames):
+    from PIL import Image
+
+    return [Image.fromarray(f) for f in frames]
+
+
+def _pipeline(cls, directory: Path, **kw):
+    pipe = cls.from_pretrained(directory, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                               **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_ledits(directory: Path, frames, steps: int):
+    import torch
+    from diffusers import DDIMScheduler, LEditsPPPipelineStableDiffusion
+
+    class IntTimestepDDIM(DDIMScheduler):
+        """LEDITS++'s invert passes float timesteps to DDIMScheduler.add_noise, which indexes
+        with them (an IndexError in diffusers 0.42); cast them. The math is unchanged."""
+
+        def add_noise(self, original_samples, noise, timesteps):
+            return super().add_noise(original_samples, noise, timesteps.long())
+
+    pipe = _pipeline(LEditsPPPipelineStableDiffusion, directory)
+    pipe.scheduler = IntTimestepDDIM.from_config(pipe.scheduler.config)  # DDIM: edit-friendly DDPM, as ours
+    images = _pil(frames)
+
+    def run():
+        gen = torch.Generator().manual_seed(0)
+        pipe.invert(image=images, source_prompt="", num_inversion_steps=steps, skip=0.0, generator=gen)
+        return pipe(editing_prompt=[CONCEPT], edit_guidance_scale=5.0, edit_threshold=0.9, output_type="np",
+                    use_intersect_mask=False, use_cross_attn_mask=False).images
+
+    return pipe.unet, run
+
+
+def diffusers_diffedit(directory: Path, frames, steps: int):
+    import torch
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
+    pipe = _pipeline(StableDiffusionDiffEditPipeline, directory)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    images, n = _pil(frames), len(frames)
+
+    def run():
+        gen = torch.Generator().manual_seed(0)
+        mask = pipe.generate_mask(image=images, source_prompt=[SOURCE] * n, target_prompt=[TARGET] * n,
+                                  num_inference_steps=steps, num_maps_per_mask=10, mask_encode_strength=0.5,
+                                  guidance_scale=7.5, generator=gen)
+        latents = pipe.invert(prompt=[SOURCE] * n, image=images, num_inference_steps=steps, inpaint_strength=1.0,
+                              guidance_scale=1.0, generator=gen).latents
+        return pipe(prompt=[TARGET] * n, mask_image=mask, image_latents=latents, inpaint_strength=1.0,
+                    num_inference_steps=steps, guidance_scale=7.5, output_type="np", generator=gen).images
+
+    return pipe.unet, run
+
+
+def diffusers_pix2pix_zero(directory: Path, frames, steps: int):
+    import torch
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPix2PixZeroPipeline
+
+    pipe = _pipeline(StableDiffusionPix2PixZeroPipeline, directory, caption_generator=None, caption_processor=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    images = _pil(frames)
+
+    def run():
+        gen = torch.Generator().manual_seed(0)
+        return pipe.invert(prompt=[SOURCE] * len(images), image=images, num_inference_steps=steps,
+                           guidance_scale=1.0, generator=gen, output_type="latent").latents
+
+    return pipe.unet, run
+
+
+def peers(a) -> None:
+    import warnings
+
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from videdit.inversion import INVERSIONS
+    from videdit.models import load_model
+    from videdit.models.tiny import save_tiny_random
+    from videdit.pipeline import EditSettings, edit_frames, invert_frames
+
+    warnings.filterwarnings("ignore")
+    diffusers_logging.set_verbosity_error()
+    frames = load_frames(a.frames, a.size)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = save_tiny_random(Path(tmp) / "tiny-random")
+        model = load_model(directory, device="cpu")
+
+        def ours(run, **settings):
+            s = EditSettings(steps=a.steps, batch_size=len(frames), **settings)
+            return lambda: run(model, frames, s)
+
+        concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": "noise"}
+        pairs = [
+            ("LEDITS++ invert+edit", diffusers_ledits, "ddpm + sega",
+             ours(edit_frames, guidance=1.0, inversion="ddpm", inversion_params={"skip": 0, "guidance": 1.0},
+                  editor="sega", editor_params=concept)),
+            ("DiffEdit mask+invert+edit", diffusers_diffedit, "ddim + diffedit",
+             ours(edit_frames, source_prompt=SOURCE, target_prompt=TARGET, guidance=7.5, inversion="ddim",
+                  inversion_params={"guidance": 1.0}, editor="diffedit",
+                  editor_params={"n_samples": 10, "encode_ratio": 0.5})),
+        ]
+        if "pix2pix_zero" in INVERSIONS:
+            pairs.append(("pix2pix-zero inversion", diffusers_pix2pix_zero, "pix2pix_zero inversion",
+                          ours(invert_frames, source_prompt=SOURCE, inversion="pix2pix_zero",
+                               inversion_params={"reference_size": 0})))
+        for task, make_peer, ours_name, our_run in pairs:
+            try:
+                unet, peer = make_peer(directory, frames, a.steps)
+                peer_s, peer_evals = best_of(peer, a.repeats, module=unet)
+            except Exception as e:  # a pipeline missing from this diffusers version
+                print(f"{task}: diffusers side failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                peer_s, peer_evals = float("nan"), 0
+            our_s, our_evals = best_of(our_run, a.repeats, module=model.unet)
+            rows.append((task, ours_name, peer_s, peer_evals, our_s, our_evals))
+    n = a.frames
+    print(f"tiny-random, {n} frames of wolf.mp4 at {a.size}x{a.size}, {a.steps} steps, "
+          f"{torch.get_num_threads()} CPU thread(s), best of {a.repeats}")
+    table = Table(("task", "<28"), ("videdit", "<24"), ("diffusers s/f", ">14.3f"), ("videdit s/f", ">13.3f"),
+                  ("ratio", ">7.2f"), ("evals/f d", ">11.0f"), ("evals/f v", ">11.0f"))
+    for task, name, ps, pe, vs, ve in rows:
+        table.row(task, name, ps / n, vs / n, vs / ps, pe / n, ve / n)
+    print("ratio = videdit time / diffusers time (< 1: videdit faster)")
+
+
+# -- command line ------------------------------------------------------------------------------
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-random")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        return child(args)
-    rows = []
-    for name in ("diffusers:8", "videdit:1", "videdit:8"):
-        cmd = [sys.executable, __file__, "--child", name] + [f"--{k}={v}" for k, v in vars(args).items()
-                                                              if k != "child" and v is not None]
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if res.returncode != 0:
-            sys.exit(f"{name} failed:\n{res.stderr[-2000:]}")
-        rows.append((name, json.loads(res.stdout.strip().splitlines()[-1])))
-    base = rows[0][1]["s_per_frame"]
-    print(f"model={args.model} frames={args.frames} size={args.size} steps={args.steps} "
-          f"guidance={args.guidance} device={args.device} dtype={args.dtype}")
-    print(f"{'run (runner:frames per UNet call)':<36}{'s/frame':>10}{'peak MB':>10}{'time vs diffusers':>20}")
-    for name, r in rows:
-        print(f"{name:<36}{r['s_per_frame']:>10.3f}{r['peak_mb']:>10.0f}{r['s_per_frame'] / base:>20.2f}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, run, help: str, **defaults) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(run=run)
+        c.add_argument("--child", help=argparse.SUPPRESS)   # set in the fresh process
+        for option, default in defaults.items():
+            c.add_argument(f"--{option.replace('_', '-')}", type=type(default), default=default)
+        return c
+
+    command("loop", loop, "invert + regenerate: videdit at 1 and 8 frames per UNet call against diffusers' loop",
+            model="tiny-random", frames=16, size=256, steps=20, guidance=7.5, device="auto", dtype="fp32")
+    c = command("editors", editors, "time and peak memory of the attention editors against the plain editor",
+                model="tiny-random", frames=4, size=128, steps=20, batch_size=8, repeat=3, device="cpu", dtype="fp32")
+    c.add_argument("--editors", nargs="+", default=list(EDITORS))
+    c = command("keyframes", keyframes, "seconds and frames through UNet and decoder when only keyframes are edited",
+                model="tiny-random", frames=32, size=128, steps=10, window=16)
+    c.add_argument("--clip", type=Path, default=WOLF)
+    c = command("memory", memory, "peak memory of a video edit at 16, 64 and 256 frames",
+                model="tiny-random", steps=10, window=16, batch_size=8, device="cpu")
+    c.add_argument("--size", type=int, default=64, help="working size, short side")
+    c.add_argument("--synthetic", action="store_true", help="a generated 64x64 clip instead of the long portrait")
+    command("toy", toy, "load and 25-step edit time of the toy model against diffusers' from_pretrained",
+            repeats=3, threads=2)
+    c = command("peers", peers, "blending/score editors against diffusers' LEDITS++, DiffEdit and pix2pix-zero",
+                frames=4, steps=20, repeats=2)
+    c.add_argument("--size", type=int, default=128, help="frame side")
+    a = p.parse_args()
+    a.run(a)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ relative latent reconstruction error of DDIM (guidance 1), EDICT, BDIA and direc
 
 Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerate per frame
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
-DDIMInverseScheduler/DDIMScheduler, tools/bench.py's); prompt-to-prompt; a clip edited
+DDIMInverseScheduler/DDIMScheduler, ``tools/bench.py loop``'s); prompt-to-prompt; a clip edited
 with keyframes (flow, guided pixels; and bilateral pixels, only the keyframes through the
 model); the five presets in configs/. Ratios are side by side in the same run.
 
@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,8 +120,7 @@ def seconds(fn, device, repeat: int = 1, warm: bool = True) -> float:
 
 
 def timing(model_dir: Path, args) -> dict:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import bench
+    import bench   # tools/bench.py, beside this script (its folder is on sys.path when run as a script)
 
     from videdit.models import load_model
     from videdit.pipeline import EditSettings, edit_frames
@@ -136,18 +134,16 @@ def timing(model_dir: Path, args) -> dict:
             text = model.encode_text([PROMPT, ""])
             row["unet batch 2 (ms)"] = 1e3 * seconds(lambda: model.unet(x, 500, encoder_hidden_states=text), args.device,
                                                       repeat=10)
-        opts = argparse.Namespace(model=str(model_dir), device=args.device, dtype=dtype, frames=args.frames,
-                                  size=args.size, steps=args.steps, guidance=7.5)
-        row["diffusers loop (s/frame)"] = bench.run_diffusers(opts, 8, model) / args.frames
-        row["videdit plain (s/frame)"] = bench.run_videdit(opts, 8, model) / args.frames
         frames = bench.load_frames(args.frames, args.size)
+        row["diffusers loop (s/frame)"] = bench.diffusers_loop(model, frames, 8, args.steps, 7.5) / args.frames
+        row["videdit plain (s/frame)"] = bench.videdit_loop(model, frames, 8, args.steps, 7.5) / args.frames
         s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt")
         p2p = seconds(lambda: edit_frames(model, frames, s), args.device, warm=False)  # the model is warm by now
         row["videdit p2p (s/frame)"] = p2p / args.frames
-        temporal = {"keyframes": {"every": 4, "propagation": "flow", "pixels": "guided"}}
+        temporal = {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_guided": {}}
         row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal,
                              steps=args.steps))
-        temporal = {"keyframes": {"every": 4, "pixels": "bilateral"}}   # the keyframes alone through the model
+        temporal = {"keyframes": {"every": 4}, "pixels_bilateral": {}}   # the keyframes alone through the model
         row.update(video_run("video keyframes+bilateral", model, args, editor="prompt_to_prompt", temporal=temporal,
                              steps=args.steps))
         print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,10 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from videdit.toy.scores import detect_objects, mask_iou, score_image, score_multi  # noqa: E402
-from videdit.toy.world import WorldConfig, sample_scene  # noqa: E402
+from videdit.toy.scores import detect_objects, mask_iou, score_image, score_multi
+from videdit.toy.world import WorldConfig, sample_scene
 
 
 class CrossAttentionRecorder:
@@ -89,13 +86,13 @@ def load(path: str, device: torch.device):
         unet = UNet2DConditionModel.from_pretrained(p / "unet")
         sched = DDIMScheduler.from_pretrained(p / "scheduler")
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import train_toy as T
+        from videdit.toy import architecture
 
         ck = torch.load(p, map_location="cpu", weights_only=False)
         a = argparse.Namespace(**ck["args"])
-        tok = T.build_tokenizer(a.max_length)
-        te, vae, unet, sched = T.build_text_encoder(a, tok), T.build_vae(a), T.build_unet(a), T.build_scheduler()
+        tok = architecture.build_tokenizer(a.max_length)
+        te, vae = architecture.build_text_encoder(a, tok), architecture.build_vae(a)
+        unet, sched = architecture.build_unet(a), architecture.build_scheduler()
         vae.load_state_dict(ck["vae"])
         vae.register_to_config(scaling_factor=ck["state"]["scaling_factor"])
         if "ema_unet" not in ck:

@@ -36,8 +36,9 @@ def _yaml_problem(e: Exception, where: bool = True) -> str:
     return text
 
 
-def _param(text: str) -> tuple[str, object]:
-    """"name=value" with the value read as YAML (numbers, booleans, lists)."""
+def parse_param(text: str) -> tuple[str, object]:
+    """"name=value" -> (name, value), the value read as YAML (numbers, booleans, lists), as ``-I``/``-E`` read it;
+    an argparse ``type=`` for tools that take the same options."""
     import yaml
 
     name, sep, value = text.partition("=")
@@ -105,7 +106,7 @@ def _temporal(text: str) -> tuple[str, dict]:
     name, _, rest = text.partition(":")
     if not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}")
-    return name.strip(), dict(_param(item) for item in _top_level_split(rest) if item.strip())
+    return name.strip(), dict(parse_param(item) for item in _top_level_split(rest) if item.strip())
 
 
 def temporal_modules(a) -> dict:
@@ -181,7 +182,7 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--inversion", default="ddim", help="inversion method (see `videdit methods`)")
-    g.add_argument("--inversion-param", "-I", type=_param, action="append", default=[], metavar="NAME=VALUE",
+    g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
     g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")
     g.add_argument("--inversion-dtype", default="model", choices=["model", "fp32"],
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
-    p.add_argument("--editor-param", "-E", type=_param, action="append", default=[], metavar="NAME=VALUE",
+    p.add_argument("--editor-param", "-E", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the editor (repeatable)")
     p.add_argument("--mask", type=Path, help="mask image (white = edit, black = keep; grey = partial) or .npy "
                    "map, any size with the frames' aspect ratio: the editor's `mask` option")
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("edited", type=Path, help="the edited clip (resized to the original's frames)")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="also write the scores as JSON")
     p.add_argument("--flow", default="dis", help="flow method: dis (default), farneback, raft")
-    p.add_argument("--flow-param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+    p.add_argument("--flow-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="a FlowConfig option, e.g. preset=fast, colour=gray or raft_weights=PATH (repeatable)")
     _add_read_args(p)
 

@@ -1,6 +1,6 @@
 """The shipped toy model (videdit/toy/model): loading paths, and the reconstruction bounds of
 issues 2 and 4 measured on it. Numbers are for the committed weights; retraining the model
-means re-measuring them (tools/inversion_table.py --model toy)."""
+means re-measuring them (tools/tables.py inversions --model toy)."""
 
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 flow warp error, along the clip's ground-truth flow, within 1.5x of the source clip's own and
 at least 2x below independent per-frame editing, and succeeds on every frame. Two ways: flow
 propagation and guided pixels (DiffEdit on DDIM inversion, keep_background; the settings of
-``tools/toy_video_table.py --keep-background 0.3 --inversion ddim --editor diffedit``, its
+``tools/tables.py toy-video --keep-background 0.3 --inversion ddim --editor diffedit``, its
 clips 0 and 2), and the bilateral grid of colour maps (that table's defaults)."""
 
 from pathlib import Path
@@ -61,7 +61,7 @@ BILATERAL = {"keyframes": {"every": 4, "pixels": "bilateral"}}
     pytest.param(seed, kind, marks=pytest.mark.slow)
     for seed, kind in ((0, "translate"), (2, "rotate"), (4, "translate"), (5, "scale"), (6, "rotate"), (7, "occlude"))])
 def test_bilateral_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_path, seed, kind):
-    """The check with ``tools/toy_video_table.py --clips 8``'s defaults (direct inversion,
+    """The check with ``tools/tables.py toy-video --clips 8``'s defaults (direct inversion,
     prompt-to-prompt, guidance 4, window 8) and pixels='bilateral': by default its clip 1 (the
     closest to the bound: 2.1x below independent editing) and the occlusion clip 3, with -m slow
     the other six. Measured, warp error x the source's / x below independent: translate 1.1 /

@@ -20,7 +20,7 @@ edit); reconstruction is exact when the edit uses the same (the replay warns oth
 The noise is seeded by the edit's seed. A clip's frames share it (``noise="shared"``, the
 default): eps_i is one draw for every frame, the same in every batch and window, so frames
 that look alike stay alike through the trajectory and the edit. On the toy model's moving-shape
-clips (tools/toy_video_table.py --clips 8 --inversion ddpm, independent per-frame editing) this
+clips (tools/tables.py toy-video --clips 8 --inversion ddpm, independent per-frame editing) this
 gives 0.55x the warp error of a draw per frame (``noise="frame"``, drawn for the batch), 1.99
 against 3.62, every clip lower, with as many frames edited (73%). One frame alone gets the same
 noise either way. The maps are kept in float64, so that the replay lands on the trajectory to
