@@ -359,7 +359,7 @@ def _print_scores(s: dict) -> None:
 
 
 def _eval(a) -> None:
-    from videdit.inversion import make_config
+    from videdit.config import make_config
     from videdit.metrics import evaluate_clips
     from videdit.video.flow import FlowConfig
 

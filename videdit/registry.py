@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
@@ -89,6 +90,15 @@ class Registry(Mapping[str, Spec], Generic[Spec]):
     def __contains__(self, name: object) -> bool:
         self._discover()
         return name in self._entries
+
+    @contextmanager
+    def temporarily(self, spec: Spec) -> Iterator[Spec]:
+        """``spec`` registered inside the ``with`` block only (a method made up by a test)."""
+        self.add(spec)
+        try:
+            yield spec
+        finally:
+            del self._entries[spec.name]
 
     def having(self, capability: str) -> list[str]:
         """Sorted names of the entries that declare ``capability`` true."""

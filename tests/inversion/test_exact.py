@@ -10,7 +10,7 @@ import torch
 
 from videdit.core.loop import Branches, StepCallback, denoise
 from videdit.core.schedule import make_schedule
-from videdit.editing import EDITORS, EditPlan, register_editor
+from videdit.editing import EDITORS, EditorSpec, EditPlan
 from videdit.errors import VideditError
 from videdit.inversion import INVERSIONS, InversionCache, ReplayContext
 from videdit.models import load_model, loading, unet_dtype
@@ -133,11 +133,9 @@ def two_branch():
                                                guidance=(ctx.guidance, ctx.guidance)),
                         callbacks=[Record()], output_branch=1, source_branch=0)
 
-    register_editor("_two_branch_test", NoOptions)(plan)
-    try:
+    spec = EditorSpec(name="_two_branch_test", config=NoOptions, summary="a test", plan=plan, has_source_branch=True)
+    with EDITORS.temporarily(spec):
         yield "_two_branch_test", seen
-    finally:
-        EDITORS.pop("_two_branch_test")
 
 
 def test_direct_offsets_go_to_the_source_branch_only(tiny, wolf_frames, two_branch):
