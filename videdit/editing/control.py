@@ -87,8 +87,8 @@ class LayerStore(CrossAttentionStore):
 def auto_map_factor(latent: tuple[int, int], cells: int = 16) -> int:
     """The largest power of two f with latents / f still >= ``cells`` on the short side (1 at
     least), for word masks read from cross-attention maps: SD's 64x64 latents -> 4 (the
-    reference codes' 16x16 maps), the toy model's 16x16 -> 1. A fixed 4 on the toy model read
-    the 4x4 mid block, whose dilated mask covered the frame."""
+    reference codes' 16x16 maps), the toy model's 16x16 -> 1 (a fixed 4 would read its 4x4 mid
+    block, whose dilated mask covers the frame)."""
     f = 1
     while min(latent) // (2 * f) >= cells:
         f *= 2

@@ -25,7 +25,7 @@ Exact when the edit samples at the inversion's guidance (``guidance``, 7.5 like 
 default edit; the replay warns otherwise). As in :mod:`videdit.inversion.edict`, the latent
 algebra runs in float64 and sampling starts from the float64 noise (the fp32 trajectory plus
 ``extras["residual"]``): the inverse step divides by gamma, and guided sampling amplifies a
-rounding of its start (toy model, 20 steps, guidance 7.5: 9e-5 with fp32 algebra, 0 now).
+rounding of its start (docs/methods.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from videdit.inversion.record import Inversion
 from videdit.io.atomic import atomic_path
 
 log = logging.getLogger("videdit.cache")
-FORMAT = "videdit-inversion-4"  # 3: edict and bdia keep float64 starts (extras "residual"); 4: frame_axes
+FORMAT = "videdit-inversion-4"  # salts every key and is checked on load: bump it when what an entry holds changes
 
 
 def default_cache_dir() -> Path:

@@ -19,10 +19,9 @@ The maps absorb the guidance they were extracted at (``guidance``, 7.5 like the 
 edit); reconstruction is exact when the edit uses the same (the replay warns otherwise).
 The noise is seeded by the edit's seed. A clip's frames share it (``noise="shared"``, the
 default): eps_i is one draw for every frame, the same in every batch and window, so frames
-that look alike stay alike through the trajectory and the edit. On the toy model's moving-shape
-clips (tools/tables.py toy-video --clips 8 --inversion ddpm, independent per-frame editing) this
-gives 0.55x the warp error of a draw per frame (``noise="frame"``, drawn for the batch), 1.99
-against 3.62, every clip lower, with as many frames edited (73%). One frame alone gets the same
+that look alike stay alike through the trajectory and the edit: on the toy clips this lowers
+the warp error of independent per-frame editing below a draw per frame's (``noise="frame"``,
+drawn for the batch), with as many frames edited (docs/video.md). One frame alone gets the same
 noise either way. The maps are kept in float64, so that the replay lands on the trajectory to
 the last bit and stays exact with an fp16/bf16 UNet too (it recomputes the same mu_i from the
 same x_i). Where sigma_i = 0 (a final alpha-bar of 1) the map holds the residual itself so that

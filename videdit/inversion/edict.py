@@ -24,8 +24,7 @@ default edit; the replay warns otherwise). The latent algebra runs in float64 wh
 model's dtype (the paper runs in double precision), and sampling starts from the float64
 noise: the trajectory is fp32 like every record's, so ``extras["residual"]`` keeps what fp32
 rounding took off it, and ``extras["coupled"]`` stays float64. Guided sampling amplifies
-even a rounding of its start (toy model, 20 steps, guidance 7.5: starting from the fp32-rounded
-noise reconstructs to 1e-4, from the float64 one to 2e-15).
+even a rounding of its start (docs/methods.md).
 
 Low precision: EDICT is known to lose exactness when the algebra runs in the UNet's dtype (the two
 directions round the UNet's inputs differently now and then, and the step amplifies each
@@ -34,9 +33,8 @@ inputs, so the replay is exact as long as the UNet computes the same outputs for
 inputs (CPU; on a GPU, kernels chosen per batch shape can differ between the inversion's and
 an editor's batches, which a GPU run has to measure). Inverting with
 ``EditSettings(inversion_dtype="fp32")`` helps only if the edit's UNet runs in fp32 too: an
-fp32 inversion replayed by a bf16 UNet is far off (tiny-random, 10 steps, guidance 7.5: bf16
-both ways 0.0, fp32 both ways 0.0, fp32 inversion + bf16 edit 0.45; 1.4e-2 for bf16 both ways
-when the algebra was fp32).
+fp32 inversion replayed by a bf16 UNet is far off, while bf16 both ways is exact
+(docs/methods.md).
 """
 
 from __future__ import annotations

@@ -71,11 +71,9 @@ def fixed_point_solve(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
     or the mean of the last ``average_last`` values of g, and each evaluated point's residual.
 
     Keeping the best iterate matters because g need not be a contraction when steps are long
-    and guidance high: on the toy model at guidance 7.5 with 20 steps, the second step of one
-    scene never gets below a residual of 0.13, and the scene reconstructs worse than with DDIM
-    inversion (1.07 against 0.61; 1.13 when that step ended at its last iterate); with 50 steps
-    every step converges and the error is 0.08 against DDIM's 0.59. AIDI's Anderson
-    acceleration converges at 20 steps too (0.19)."""
+    and guidance high: a step whose iteration does not converge then ends at its least bad
+    iterate, not its last (docs/methods.md). :mod:`~videdit.inversion.aidi` solves the same
+    equation with Anderson acceleration."""
     values, per_frame = [], []
     for _ in range(iterations):
         gz = g(z)

@@ -96,9 +96,8 @@ class Model:
         Each distinct prompt is encoded on its own and remembered, so a prompt's embedding
         is the same to the last bit whichever prompts share the call. A GPU's kernels round
         differently at different batch sizes, and an exact inversion replays only if the
-        source prompt's embedding while editing is the one it was inverted with (H200,
-        SD1.5-size UNet: embedded in batches of 2 and of 3, EDICT and direct inversion
-        reconstructed to 5.6 and 17.5 relative error instead of 0; tools/gpu_check.py).
+        source prompt's embedding while editing is the one it was inverted with
+        (docs/methods.md).
         """
         made_by = (id(self.text_encoder), id(self.tokenizer), self.device, self.dtype)
         if self._text_cache_for != made_by:   # another encoder, tokenizer, device or dtype: start afresh

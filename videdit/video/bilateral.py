@@ -21,8 +21,8 @@ disagree on (one edited half-way) is averaged, not blended across the span. The 
 coarse in space (cells of ``cell`` of the frame's shorter side), so an object moving between
 cells meets maps fitted where the keyframes had it or, where they had nothing of its colour,
 the ridge's whole-frame map. For appearance edits (colour, tone) only: a changed shape comes
-out as a recolouring of the source's shape. :mod:`videdit.video.keyframes` (``pixels=
-"bilateral"``) uses it.
+out as a recolouring of the source's shape. The ``pixels_bilateral`` stage
+(:mod:`videdit.video.pixels_bilateral`) uses it.
 """
 
 from __future__ import annotations

@@ -16,15 +16,13 @@ keys and values in branch b and half h, as the modules before it on the layer (a
 injections) left them. The editor's source branch is left alone: it replays the source
 trajectory, which the inversion computed without cross-frame attention, so changing its
 attention would undo an exact inversion's replay (and the source features editors inject).
-Measured on the toy model's moving-shape clips (direct inversion + prompt-to-prompt), cross-frame
-attention on the source branch too raised the warp error 3-4x over independent frames.
 
 No seams. Frames go through the UNet in batches and the clip in windows, so an anchor may sit
 in an earlier batch of the step or in an earlier window. :class:`AnchorStore` keeps each
 anchor's keys and values at every (layer, step, model call of the step) from the call that
 computed them: while frames of the window still need them, and, for the few frames later
 windows need (frame 0; the window's last frame for ``sparse_causal``; its last keyframe for
-``keyframes``), in the clip's state across windows. Anchors that come later in a window
+``keyframes``), in the module's state across windows. Anchors that come later in a window
 (keyframes) are run first (the loop's ``lead_frames``). So the edit does not depend on
 ``batch_size``, and in modes ``first`` and ``sparse_causal`` not on the windows either (for
 inversions that treat frames independently; not DDPM inversion with ``noise="frame"``, which
@@ -81,11 +79,11 @@ class AnchorStore:
 
     ``window`` holds the clip indices of the frames being denoised, ``anchors`` maps each to
     the frames it attends to, ``carry`` names the window's frames later windows attend to:
-    those are kept in ``persistent`` (a dict in the clip's state) for every step; other frames
-    only while a frame of the window that has not run yet at this (layer, step, call) needs
-    them. Entries of ``persistent`` no frame of this window needs are dropped on creation, so
-    the clip's state holds only what the next windows read; in the clip's ``final`` window
-    nothing is carried."""
+    those are kept in ``persistent`` (a dict the temporal module keeps from window to window)
+    for every step; other frames only while a frame of the window that has not run yet at this
+    (layer, step, call) needs them. Entries of ``persistent`` no frame of this window needs are
+    dropped on creation, so it holds only what the next windows read; in the clip's ``final``
+    window nothing is carried."""
 
     def __init__(self, window: Collection[int], anchors: Anchors, carry: Collection[int], persistent: dict,
                  offload: bool = False, final: bool = False):

@@ -14,9 +14,9 @@ or when ``x + f(x)`` leaves the frame. Two additions to the paper's test: a phot
 (the colour at x and at ``x + f(x)`` differ by more than ``photometric``, mean absolute RGB
 in [0, 255]) and a dilation by ``dilate`` pixels. On textureless backgrounds the flow of a
 moving object bleeds a few pixels past its outline, forward and backward alike, so the
-consistency test alone finds few of the pixels it covers (on the toy clips it recovers 12%
-of the true occlusions, with both additions 72%). The paper's second test, on motion
-boundaries, is left out: it marks edges, not occlusions.
+consistency test alone finds few of the pixels it covers; with both additions the masks find
+most true occlusions (docs/video.md). The paper's second test, on motion boundaries, is left
+out: it marks edges, not occlusions.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class FlowConfig:
     ``photometric`` (None: off) and ``dilate`` the additions to it (see the module doc).
     ``colour``: ``"lab"`` (the default) estimates DIS/Farneback flow on grey and on CIELAB's
     a and b channels and keeps, per pixel, the flow whose warp matches best (see
-    :func:`flow_pair`); ``"gray"`` on luminance only, about 6x faster."""
+    :func:`flow_pair`); ``"gray"`` on luminance only, about 6x faster (docs/video.md)."""
 
     method: str = "dis"
     preset: str = "medium"
@@ -121,9 +121,8 @@ def flow_pair(a: np.ndarray, b: np.ndarray, config: FlowConfig = FlowConfig()) -
     With ``config.colour == "lab"``, flow is estimated on CIELAB's a and b channels (each
     stretched to 0-255) besides grey, and each pixel keeps the candidate whose warp of
     ``b`` matches ``a`` best in Lab, the residual averaged over a 5x5 window. Grey-level flow
-    cannot see an edge between two colours of the same luminance: on the toy occlusion clips
-    (red over purple, both grey ~87) the moving objects' end-point error over three clips is
-    0.98 px with grey, 0.70 with Lab."""
+    cannot see an edge between two colours of the same luminance (red over purple, both grey
+    ~87, in a toy occlusion clip); Lab flow finds it (docs/video.md)."""
     return _planes_flow(_planes(a, config), _planes(b, config), config)
 
 
@@ -160,7 +159,7 @@ def _planes_flow(first, second, config: FlowConfig) -> np.ndarray:
     if la is None:
         return _channel_flow(ga, gb, config)
     candidates = [_channel_flow(ga, gb, config)]
-    for c in (1, 2):  # a and b: L adds nothing to grey (measured: the same errors, 4/3 the time)
+    for c in (1, 2):  # a and b: L adds nothing to grey but time
         pair = np.stack([la[..., c], lb[..., c]])                   # (2, H, W)
         if np.ptp(pair) >= MIN_CHROMA_RANGE:  # a grey clip's chroma is noise, stretched it would be all noise
             candidates.append(_channel_flow(*_stretch(pair), config))
@@ -227,8 +226,9 @@ def compute_flows(frames: np.ndarray, config: FlowConfig = FlowConfig(), *, cach
 
     With ``cache_dir`` the result is kept on disk (a safetensors file keyed by a hash of the
     frames and the config, in the inversion cache's folder; a bad entry is recomputed); with
-    ``memo`` (a dict in a clip's state) the latest result is kept in memory too, for other
-    modules that ask for the same window's flow. RAFT runs on ``device`` (CPU when None)."""
+    ``memo`` (a dict a temporal module keeps across windows) the latest result is kept in
+    memory too, for other modules that ask for the same window's flow. RAFT runs on
+    ``device`` (CPU when None)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
         raise VideditError(f"flow needs uint8 RGB frames (T >= 2, H, W, 3), got {frames.dtype} {frames.shape}")
     key = content_key(frames, FLOW_FORMAT, config=dataclasses.asdict(config))

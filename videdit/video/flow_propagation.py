@@ -66,7 +66,7 @@ class FlowPropagationConfig:
 
 
 class FlowPropagation(StepCallback):
-    """The fusion of :mod:`videdit.video.propagation` as a step callback."""
+    """The fusion of :mod:`videdit.video.flow_propagation` (module doc) as a step callback."""
 
     def __init__(self, ctx: TemporalContext, config: FlowPropagationConfig, window: Window, prev: dict | None,
                  memo: dict):

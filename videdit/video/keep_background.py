@@ -1,11 +1,11 @@
 """Keep the source's own pixels where the edit left the latents alone.
 
-Every frame goes through the VAE, and the decoder does not give back the input exactly: on the
-toy model a plain encode/decode already moves pixels by 1.4-4.5 levels (of 255) and, because
-that error differs from frame to frame, triples the flow warp error of a still background.
-So after decoding, the frames are composited (Blended Latent Diffusion, Avrahami et al. 2023,
-Sec. 3.2, names the loss and blends the source back in pixel space; diffusers'
-``VaeImageProcessor.apply_overlay`` does the same for inpainting):
+Every frame goes through the VAE, and the decoder does not give back the input exactly: even a
+plain encode/decode moves pixels by a few levels (of 255) and, because that error differs from
+frame to frame, a still background flickers. So after decoding, the frames are composited
+(Blended Latent Diffusion, Avrahami et al. 2023, Sec. 3.2, names the loss and blends the source
+back in pixel space; diffusers' ``VaeImageProcessor.apply_overlay`` does the same for
+inpainting):
 
     out = m * edited + (1 - m) * source
 

@@ -87,7 +87,7 @@ class TokenFlowPropagation(AttentionModule):
         edit = [b for b in range(outs.shape[1]) if b != self.source]
         for j in others:
             if not found[j]:
-                continue   # no keyframe yet (a later window edited without the clip's state)
+                continue   # no keyframe to draw from: the frame keeps its own output
             prop = 0
             for (a, w), (out_a, feat_a) in zip(neighbours(frames[j], self.keys), found[j]):
                 idx = nearest_tokens(self._features[j], feat_a[0, 0])     # (T,)
