@@ -153,8 +153,8 @@ def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.d
         model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
     elif spec == "toy":
         if not (TOY_DIR / "model_index.json").exists():
-            raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with tools/train_toy.py "
-                               f"and pass its directory to --model")
+            raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with "
+                               f"tools/train_toy.py and pass its directory to --model")
         model = _load_directory(TOY_DIR, name="toy")
     elif Path(spec).exists():
         model = _load_directory(Path(spec), name=spec)

@@ -34,7 +34,7 @@ Memory: a frame kept across windows (one for ``first`` and ``keyframes``, two fo
 branches that take anchors (an editor's source branch attends to itself and is not kept).
 For SD 1.5 at 512x512 (11.6M tokens x channels over its 16 self-attention layers) with
 guidance that is 92 MB a step in fp16, 4.6 GB over 50 steps; tiny-random at 64x64 needs
-152 kB a step. The clip's last window keeps none (``TemporalContext.final_window``), so a
+152 kB a step. The clip's last window keeps none (``Window.last``), so a
 clip that fits in one window pays nothing for them. ``offload`` keeps them in CPU memory;
 fewer ``layers`` cost proportionally less. Anchors within the window are held for the
 current step only, while frames still need them (``sparse_causal``: the previous batch's
@@ -153,8 +153,8 @@ def gather_anchors(store: AnchorStore, call: AttnCall, clip_frames: list[int], t
             if found is None:
                 raise VideditError(
                     f"{what}: frame {g} attends to frame {a}, which has not run at {call.layer}, step "
-                    f"{call.info.step}: pass one clip_state from window to window (frame {a} ran in an earlier "
-                    f"one), and use one temporal module that orders frames (lead frames) per edit")
+                    f"{call.info.step}: edit the clip's windows in order with one TemporalStack (frame {a} ran in an "
+                    f"earlier one), and use one temporal module that orders frames (lead frames) per edit")
             if found[0].shape[:2] != tensors[0].shape[:2]:
                 raise VideditError(f"{what}: frame {a} was stored with {tuple(found[0].shape[:2])} (halves, branches)"
                                    f" but this call has {tuple(tensors[0].shape[:2])}")
