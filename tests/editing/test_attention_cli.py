@@ -1,4 +1,5 @@
-"""The attention editors' CLI shortcuts (--replace, --reweight, --blend-words) and presets."""
+"""The attention editors' CLI shortcuts (--replace, --reweight, --blend-words) and presets.
+Prompt-to-Prompt's car-turn preset is tested in test_prompt_to_prompt.py."""
 
 from pathlib import Path
 
@@ -47,11 +48,3 @@ def test_presets_load_and_validate(preset):
     EditSettings(editor=args.editor, editor_params=editor_params(args), inversion=args.inversion,
                  inversion_params=dict(args.inversion_param), steps=args.steps, guidance=args.guidance)
     assert args.editor in ("prompt_to_prompt", "plug_and_play", "masactrl") and args.steps == 50
-
-
-def test_car_turn_preset_is_the_published_case():
-    args = _with_config(build_parser(), ["edit", "x", "-t", "t", "-o", "o.mp4", "--config",
-                                         str(CONFIGS / "p2p-refine-reweight.yaml"), "--reweight", "jeep=2"])
-    params = editor_params(args)
-    assert params["cross_replace"] == params["self_replace"] == 0.8
-    assert params["reweight"] == {"jeep": 2.0}   # the flag replaces the file's value

@@ -1,5 +1,5 @@
-"""The edit command's --mask / --concept / --remove-concept flags and the YAML presets of the
-blending and score editors."""
+"""The edit command's --mask / --concept / --remove-concept flags across the blending and score
+editors, and their YAML presets. SEGA's own flag and preset tests are in test_sega.py."""
 
 from pathlib import Path
 
@@ -7,19 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from videdit.cli import _with_config, build_parser, editor_params, main
+from tests.editing.edit_command import BASE, ROOT, parse, run
+from videdit.cli import _with_config, build_parser, editor_params
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings
 
-ROOT = Path(__file__).resolve().parents[2]
-BASE = ["--model", "tiny-random", "--steps", "2", "--no-cache", "-q", "--size", "64", "--max-frames", "2"]
 PRESETS = {"blended": "blended", "diffedit": "diffedit", "differential": "differential", "ledits": "sega"}
-
-
-def run(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_mask(path: Path, width: int, height: int) -> Path:
@@ -27,10 +20,6 @@ def write_mask(path: Path, width: int, height: int) -> Path:
     image[:, width // 2:] = 255
     cv2.imwrite(str(path), image)
     return path
-
-
-def parse(*argv):
-    return build_parser().parse_args(["edit", "in.mp4", "-t", "x", "-o", "out.mp4", *map(str, argv)])
 
 
 def test_flags_become_editor_params():
@@ -50,12 +39,6 @@ def test_flags_become_editor_params():
 def test_a_flag_the_editor_does_not_take_is_an_error(argv, match):
     with pytest.raises(VideditError, match=match):
         editor_params(parse(*argv))
-
-
-def test_a_concept_scale_must_be_a_number(capsys):
-    with pytest.raises(SystemExit):
-        parse("--editor", "sega", "--concept", "hat=big")
-    assert "expected TEXT=SCALE with a number" in capsys.readouterr().err
 
 
 def test_mask_flag_end_to_end(tmp_path, shared_data, capsys):
@@ -81,12 +64,3 @@ def test_presets_name_a_registered_editor_and_valid_options(preset):
     assert a.editor == PRESETS[preset]
     EditSettings(inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                  editor_params=editor_params(a), steps=a.steps, guidance=a.guidance)
-
-
-def test_ledits_preset_with_concepts_runs(tmp_path, shared_data, capsys):
-    out = tmp_path / "ledits.mp4"
-    code, stdout, err = run(capsys, "edit", shared_data / "videos" / "wolf.mp4", "-s", "a wolf", "-t", "a wolf",
-                            "-o", out, "--config", ROOT / "configs" / "ledits.yaml", "--concept", "sunglasses=6",
-                            "--remove-concept", "trees", *BASE)
-    assert code == 0, err
-    assert out.stat().st_size > 0

@@ -19,7 +19,7 @@ IDENTITY_TOL = 1e-4
 # Direct inversion corrects only the source branch (Ju et al. 2024); an editor's target branch
 # then samples uncorrected, so its identity edit is the reconstruction only with the
 # offsets added to the target too (the paper's "add target" ablation). Tested separately:
-# tests/inversion/test_exact.py checks the source-only default.
+# tests/inversion/test_direct.py checks the source-only default.
 IDENTITY_PARAMS = {"direct": {"add_target": True}}
 
 

@@ -1,11 +1,15 @@
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 import torch
 
+from tests.inversion.exact_runs import settings_for
+from videdit.errors import VideditError
 from videdit.inversion import Inversion, InversionCache
 from videdit.inversion.cache import cache_key
+from videdit.models import load_model
 from videdit.pipeline import EditSettings, invert_frames
 
 
@@ -86,3 +90,16 @@ def test_corrupt_entry_end_to_end(tiny, wolf_frames, tmp_path):
     assert not again.cached
     torch.testing.assert_close(again.trajectory, first.trajectory)
     assert invert_frames(tiny, wolf_frames, settings, cache=cache).cached  # rewritten good
+
+
+def test_inversion_dtype_is_part_of_the_cache_key(wolf_frames, tmp_path):
+    cache = InversionCache(tmp_path)
+    bf16 = load_model("tiny-random", dtype="bf16")
+    s = dataclasses.replace(settings_for("ddpm"), steps=2)
+    invert_frames(bf16, wolf_frames[:1], s, cache=cache)
+    assert not invert_frames(bf16, wolf_frames[:1], dataclasses.replace(s, inversion_dtype="fp32"), cache=cache).cached
+    fp32 = load_model("tiny-random")  # for an fp32 model both settings are the same inversion
+    invert_frames(fp32, wolf_frames[:1], s, cache=cache)
+    assert invert_frames(fp32, wolf_frames[:1], dataclasses.replace(s, inversion_dtype="fp32"), cache=cache).cached
+    with pytest.raises(VideditError, match="inversion_dtype"):
+        dataclasses.replace(s, inversion_dtype="fp64")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from videdit.errors import VideditError
-from videdit.models import load_model, loading
+from videdit.models import load_model, loading, unet_dtype
 from videdit.models.tiny import save_tiny_random
 
 
@@ -103,3 +103,13 @@ def test_low_precision_runs(tiny, dtype):
     eps = torch.finfo(m.dtype).eps
     err = float((z.float().cpu() - z32).norm() / z32.norm())
     assert err <= 3 * eps, f"{dtype}: {err:.3e} ({err / eps:.2f} eps)"
+
+
+def test_unet_dtype_restores_on_error():
+    model = load_model("tiny-random", dtype="bf16")
+    with pytest.raises(RuntimeError, match="boom"):
+        with unet_dtype(model.unet, torch.float32):
+            assert model.unet.dtype == torch.float32
+            raise RuntimeError("boom")
+    assert model.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.unet.parameters())

@@ -1,0 +1,178 @@
+"""Prompt-to-Prompt (videdit/editing/prompt_to_prompt.py): the attention math on hand-made maps
+against the reference code's semantics, the editor's effect inside the UNet on tiny-random, and
+its preset."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.editing.attention_runs import SAME_LENGTH, SOURCE, STEPS, plan_of, rel, run_plan, settings
+from videdit.attention import AttentionModule, compose
+from videdit.cli import _with_config, build_parser, editor_params
+from videdit.editing.prompt_to_prompt import (LocalBlend, refine_cross_attention, refinement_mapper,
+                                              reweight_cross_attention)
+from videdit.errors import VideditError
+from videdit.pipeline import edit_latents
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="module")
+def inverted(attention_inverted):
+    return attention_inverted
+
+
+# --- the attention math on hand-made maps ------------------------------------------------------
+
+BASE = torch.tensor([[[0.4, 0.3, 0.2, 0.1],
+                      [0.1, 0.2, 0.3, 0.4]]])  # (h=1, p=2, w=4): the source's maps
+
+
+def test_refine_takes_aligned_tokens_from_the_source_and_keeps_new_ones():
+    # AttentionRefine: attn_base[:, :, mapper].permute(2, 0, 1, 3) * alphas + own * (1 - alphas)
+    own = torch.tensor([[[[0.25, 0.25, 0.25, 0.25],
+                          [0.7, 0.1, 0.1, 0.1]]]])  # (b=1, h, p, n)
+    mapper = torch.tensor([[0, -1, 1, 2]])          # target token 1 is new
+    alphas = torch.tensor([[1., 0., 1., 1.]])
+    out = refine_cross_attention(BASE, own, mapper, alphas)
+    expected = torch.tensor([[[[0.4, 0.25, 0.3, 0.2],
+                               [0.1, 0.1, 0.2, 0.3]]]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_reweight_scales_the_chosen_tokens():
+    # AttentionReweight: attn_base[None] * equalizer[:, None, None, :]
+    out = reweight_cross_attention(BASE[0][None], torch.tensor([[1., 10., 1., 0.5]]))
+    torch.testing.assert_close(out, torch.tensor([[[[0.4, 3.0, 0.2, 0.05],
+                                                     [0.1, 2.0, 0.3, 0.2]]]]))
+
+
+def test_refinement_mapper_is_the_reference_alignment():
+    # seq_aligner.get_mapper on token sequences; positions past the target map to themselves
+    mapper, alphas = refinement_mapper(["<s>", "a", "cat", "</s>"], ["<s>", "a", "big", "cat", "</s>"], 8)
+    assert mapper.tolist() == [0, 1, -1, 2, 3, 5, 6, 7]
+    assert alphas.tolist() == [1, 1, 0, 1, 1, 1, 1, 1]
+    mapper, alphas = refinement_mapper(["<s>", "a", "cat", "</s>"], ["<s>", "a", "dog", "</s>"], 6)
+    assert mapper.tolist() == [0, 1, -1, 3, 4, 5] and alphas.tolist() == [1, 1, 0, 1, 1, 1]
+
+
+# --- the editor on tiny-random -----------------------------------------------------------------
+
+def test_word_swap_needs_equal_token_counts(tiny, inverted):
+    s, inv, _ = inverted
+    with pytest.raises(VideditError, match="as many tokens.*source has 16 and the target 21.*refine"):
+        edit_latents(tiny, inv, settings(s, "prompt_to_prompt", mode="replace"))
+    z = edit_latents(tiny, inv, settings(s, "prompt_to_prompt", target=SAME_LENGTH, mode="replace"))
+    assert torch.isfinite(z).all() and rel(z, inverted[2]) > 1e-3
+
+
+def test_unknown_words_and_options_are_errors(tiny, inverted):
+    s, inv, _ = inverted
+    with pytest.raises(VideditError, match=r"'tiger' is in neither prompt.*\['a', 'wolf', 'in', 'a', 'forest'\]"):
+        edit_latents(tiny, inv, settings(s, "prompt_to_prompt", blend_words=["tiger"]))
+    with pytest.raises(VideditError, match=r"'tiger' is not a word of the prompt 'a robot wolf.*'robot'"):
+        edit_latents(tiny, inv, settings(s, "prompt_to_prompt", reweight={"tiger": 2}))
+    with pytest.raises(VideditError, match="does not take colour"):
+        settings(s, "prompt_to_prompt", colour=1)
+    for bad in ({"mode": "swap"}, {"cross_replace": 1.5}, {"reweight": {"wolf": -1}}, {"blend_factor": 3}):
+        with pytest.raises(VideditError):
+            settings(s, "prompt_to_prompt", **bad)
+
+
+def test_cross_attention_of_the_target_is_the_sources_within_the_window(tiny, inverted):
+    s, inv, _ = inverted
+    s = settings(s, "prompt_to_prompt", target=SAME_LENGTH, mode="replace", cross_replace=0.4, self_replace=0.0)
+    layer = "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor"
+
+    class Maps(AttentionModule):
+        needs_probs, cross, seen = True, True, []
+
+        def applies(self, name, cross):
+            return name == layer
+
+        def probs(self, call, p):
+            self.seen.append((call.info.step, call.split(p)[-1].clone()))  # conditional half
+            return p
+
+    plan = plan_of(tiny, inv, s)
+    maps = Maps()
+    procs = dict(plan.processors)
+    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, maps], plan.info))
+    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    for step, p in maps.seen:  # p: (nb, fb, heads, Tq, L)
+        same = torch.equal(p[1], p[0])
+        assert same == (step < 2), step  # int(0.4 * 5) = 2 steps replaced
+
+
+def test_reweight_scales_the_words_maps(tiny, inverted):
+    s, inv, _ = inverted
+    s = settings(s, "prompt_to_prompt", target=SOURCE, mode="reweight", reweight={"wolf": 3.0}, self_replace=0.0)
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"
+    seen = []
+
+    class Maps(AttentionModule):
+        needs_probs, cross = True, True
+
+        def applies(self, name, cross):
+            return name == layer
+
+        def probs(self, call, p):
+            seen.append(call.split(p)[-1].clone())
+            return p
+
+    plan = plan_of(tiny, inv, s)
+    procs = dict(plan.processors)
+    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, Maps()], plan.info))
+    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    wolf = [2, 3, 4, 5]  # w, o, l, f</w> after <|startoftext|> and "a</w>"
+    p = seen[0]          # step 0: within cross_replace
+    torch.testing.assert_close(p[1][..., wolf], 3 * p[0][..., wolf])
+    others = [i for i in range(p.shape[-1]) if i not in wolf]
+    torch.testing.assert_close(p[1][..., others], p[0][..., others])
+
+
+def test_local_blend_keeps_the_source_outside_the_mask(tiny, inverted, monkeypatch):
+    s, inv, rec = inverted
+    masks = []
+    original = LocalBlend.mask
+
+    def recorded(self):
+        m = original(self)
+        masks.append(m)
+        return m
+
+    monkeypatch.setattr(LocalBlend, "mask", recorded)
+    # tiny-random's maps are nearly flat (max-normalised, 0.86..1): a high threshold makes a partial mask
+    s = settings(s, "prompt_to_prompt", blend_words=["wolf", "robot"], blend_threshold=0.95, blend_start=0.0,
+                 blend_factor=1, blend_dilate=0)
+    z = edit_latents(tiny, inv, s)
+    assert len(masks) == STEPS
+    mask = masks[-1][:, 0]                    # (F, h, w), the last step's: what the output keeps
+    outside = mask == 0
+    assert 0 < outside.sum() < outside.numel(), "a partial mask on these maps"
+    inside = ~outside
+    outside, inside = outside[:, None].expand_as(z), inside[:, None].expand_as(z)
+    assert float((z - rec)[outside].abs().max()) <= 1e-4 * float(rec.abs().max())
+    assert float((z - rec)[inside].abs().max()) > 1e-2
+
+
+def test_local_blend_with_a_forced_mask(tiny, inverted, monkeypatch):
+    s, inv, rec = inverted
+    half = torch.zeros(1, 1, 8, 8)
+    half[..., :4] = 1
+    monkeypatch.setattr(LocalBlend, "mask", lambda self: half)
+    z = edit_latents(tiny, inv, settings(s, "prompt_to_prompt", blend_words=["wolf"], blend_start=0.0))
+    assert rel(z[..., 4:], rec[..., 4:]) <= 1e-4
+    assert rel(z[..., :4], rec[..., :4]) > 1e-2
+
+
+# --- preset ------------------------------------------------------------------------------------
+
+def test_car_turn_preset_is_the_published_case():
+    args = _with_config(build_parser(), ["edit", "x", "-t", "t", "-o", "o.mp4", "--config",
+                                         str(CONFIGS / "p2p-refine-reweight.yaml"), "--reweight", "jeep=2"])
+    params = editor_params(args)
+    assert params["cross_replace"] == params["self_replace"] == 0.8
+    assert params["reweight"] == {"jeep": 2.0}   # the flag replaces the file's value

@@ -1,0 +1,29 @@
+"""Negative-prompt inversion (videdit/inversion/negative_prompt.py): replaying the source prompt as
+the unconditional one is guidance-1 DDIM, for NPI and for ProxEdit, which replays it too."""
+
+import pytest
+import torch
+
+from tests.inversion.approximate_runs import settings
+from videdit.config import make_config
+from videdit.core.schedule import make_schedule
+from videdit.inversion import ReplayContext, get_inversion
+from videdit.pipeline import invert_frames, reconstruct
+
+
+@pytest.mark.parametrize("method", ["npi", "proxedit"])
+def test_source_prompt_replay_is_guidance_one_ddim(tiny, wolf_frames, method):
+    """cond == uncond when target = source, so any guidance gives DDIM's guidance-1 result
+    (up to rounding: the guided UNet batch is twice the size; measured 8e-6 at most)."""
+    inv = invert_frames(tiny, wolf_frames, settings(method))
+    ddim = invert_frames(tiny, wolf_frames, settings(scale=1))
+    torch.testing.assert_close(inv.trajectory, ddim.trajectory, atol=0, rtol=0)
+    expected = reconstruct(tiny, ddim, settings(scale=1))
+    for scale in (3.0, 7.5):
+        torch.testing.assert_close(reconstruct(tiny, inv, settings(method, scale=scale)), expected,
+                                   atol=5e-5, rtol=1e-4)
+    cond = tiny.encode_text(["a wolf"])
+    ctx = ReplayContext(schedule=make_schedule(tiny.scheduler_config, 10), n_branches=1, source_branch=None,
+                        output_branch=0, source_cond=cond, uncond=tiny.encode_text([""]),
+                        prediction_type=tiny.prediction_type)
+    assert get_inversion(method).replay(inv, ctx, make_config(get_inversion(method).config, {}, method)).uncond is cond
