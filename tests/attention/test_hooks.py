@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from videdit.attention import AttentionModule, attention_processors, compose, layer_grids, layers_at, module_hooks
-from videdit.core.loop import CallInfo
+from videdit.attention import module_hooks
 
 
 def test_hooks_run_inside_and_are_removed_after_an_exception(tiny):
@@ -32,21 +31,3 @@ def test_bad_hook_patterns_register_nothing(tiny):
                                       "up_blocks.1.resnets.*.conv2": lambda *a: None}):
             pass
     assert not any(m._forward_hooks for m in tiny.unet.modules())
-
-
-@pytest.mark.parametrize("latent", [(8, 8), (6, 10)])
-def test_layer_grids_are_the_grids_the_layers_see(tiny, latent):
-    seen = {}
-
-    class Grid(AttentionModule):
-        def qkv(self, call, q, k, v):
-            seen[call.layer] = call.tokens
-            return q, k, v
-
-    x, e = torch.randn(1, 4, *latent), tiny.encode_text(["a"])
-    with attention_processors(tiny.unet, compose(tiny.unet, [Grid()], CallInfo(frames=(0,)))):
-        tiny.unet(x, torch.tensor([500]), encoder_hidden_states=e)
-    grids = layer_grids(tiny.unet, latent)
-    assert set(grids) == set(seen) and all(h * w == seen[n] for n, (h, w) in grids.items())
-    quarter = layers_at(tiny.unet, latent, 2, cross=True)
-    assert quarter and all(grids[n] == (-(-latent[0] // 2), -(-latent[1] // 2)) for n in quarter)

@@ -2,8 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from videdit.core import cfg, ddim_inverse_step, ddim_step, make_schedule, predict_x0_eps
-from videdit.errors import VideditError
+from videdit.core import ddim_inverse_step, ddim_step, make_schedule, predict_x0_eps
 from videdit.models.tiny import SD_SCHEDULER_CONFIG
 
 
@@ -40,28 +39,3 @@ def test_v_prediction_recovers_x0_and_eps():
     px0, peps = predict_x0_eps(xt, v, a, "v_prediction")
     torch.testing.assert_close(px0, x0)
     torch.testing.assert_close(peps, eps)
-
-
-def test_cfg():
-    u, c = torch.zeros(2), torch.ones(2)
-    assert cfg(u, c, 7.5).tolist() == [7.5, 7.5]
-    assert cfg(u, c, 1.0).tolist() == [1.0, 1.0]
-
-
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-def test_schedule_alphas_follow_diffusers(spacing):
-    config = {**SD_SCHEDULER_CONFIG, "timestep_spacing": spacing}
-    sched = DDIMScheduler.from_config(config)
-    sched.set_timesteps(10)
-    s = make_schedule(config, 10)
-    assert torch.equal(s.timesteps, sched.timesteps)
-    assert torch.all(s.timesteps[:-1] > s.timesteps[1:])
-    torch.testing.assert_close(s.alphas, sched.alphas_cumprod[sched.timesteps].double())
-    assert float(s.alphas_prev[-1]) == pytest.approx(float(sched.final_alpha_cumprod))
-
-
-def test_schedule_rejects_bad_steps():
-    with pytest.raises(VideditError, match="steps must be >= 1"):
-        make_schedule(SD_SCHEDULER_CONFIG, 0)
-    with pytest.raises(VideditError, match="<= 1000"):
-        make_schedule(SD_SCHEDULER_CONFIG, 1001)
