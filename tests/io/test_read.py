@@ -309,32 +309,6 @@ def test_resize_short_side_portrait(videos, backend):
     assert info.size == (100, 40) and frames.shape == (2, 40, 100, 3)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"max_frames": 0}, "max_frames must be an integer >= 1"),
-        ({"max_frames": -3}, "max_frames must be an integer >= 1"),
-        ({"stride": 0}, "stride must be an integer >= 1"),
-        ({"stride": 2, "fps": 10}, "either stride .* or a target fps"),
-        ({"start_frame": 5, "start_s": 1.0}, "either in frames .* or in seconds"),
-        ({"start_frame": 5, "end_frame": 5}, "end_frame must be an integer > start_frame"),
-        ({"start_s": 2.0, "end_s": 1.0}, r"end_s \(1.0\) must be greater than start_s"),
-        ({"size": 0}, "size must be >= 1"),
-        ({"size": (64,)}, "size must be an int"),
-        ({"chunk_size": 0}, "chunk_size must be"),
-        ({"fps": -1}, "fps must be a number > 0"),
-        ({"backend": "opencv"}, "unknown backend 'opencv'"),
-    ],
-)
-def test_invalid_options(kwargs, message):
-    with pytest.raises(VideditError, match=message):
-        ReadOptions(**kwargs)
-
-
-def test_size_list_from_yaml_becomes_tuple():
-    assert ReadOptions(size=[64, 32]).size == (64, 32)
-
-
 # --- errors ------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,6 @@ from PIL import Image
 from videdit.errors import VideditError
 from videdit.io import (
     ReadOptions,
-    atomic_path,
     check_output_path,
     probe,
     read_clip,
@@ -167,19 +166,6 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(RuntimeError):
         write_video(target, failing_after_first(ramp(2, 16, 16)), 10)
     assert target.read_bytes() == b"previous result" and leftovers(tmp_path) == ["out.mp4"]
-
-
-def test_atomic_path(tmp_path):
-    target = tmp_path / "x.txt"
-    with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.suffix == ".txt" and not tmp.exists()
-        tmp.write_text("done")
-    assert target.read_text() == "done" and leftovers(tmp_path) == ["x.txt"]
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise KeyboardInterrupt
-    assert target.read_text() == "done" and leftovers(tmp_path) == ["x.txt"]
 
 
 # --- frame folders and images ------------------------------------------------------------------
