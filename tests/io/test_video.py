@@ -34,4 +34,5 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "x.mp4").write_text("not a video")
     with pytest.raises(VideditError, match="is not a readable video"):
         video.open_container(tmp_path / "x.mp4")
-    assert video._first_line(RuntimeError("\n  \nfirst\nsecond")) == "first" and video._first_line(KeyError()) == "KeyError"
+    assert video._first_line(RuntimeError("\n  \nfirst\nsecond")) == "first"
+    assert video._first_line(KeyError()) == "KeyError"

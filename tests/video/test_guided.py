@@ -31,9 +31,11 @@ def test_guided_fit_recovers_a_colour_map_and_follows_the_guide():
 
 def test_stacked_round_trips_and_auto_radius():
     rng = np.random.default_rng(1)
-    t = guided.ColourTransform(A=rng.random((4, 5, 3, 3)).astype(np.float32), b=rng.random((4, 5, 3)).astype(np.float32))
+    A, b = rng.random((4, 5, 3, 3)).astype(np.float32), rng.random((4, 5, 3)).astype(np.float32)
+    t = guided.ColourTransform(A=A, b=b)
     s = t.stacked()
-    assert s.shape == (4, 5, 12) and np.array_equal(s[1, 2, :3], t.A[1, 2, 0]) and np.array_equal(s[1, 2, 9:], t.b[1, 2])
+    assert s.shape == (4, 5, 12) and np.array_equal(s[1, 2, :3], A[1, 2, 0]) and np.array_equal(s[1, 2, 9:], b[1, 2])
     back = guided.ColourTransform.unstack(s)
     assert np.array_equal(back.A, t.A) and np.array_equal(back.b, t.b)
-    assert guided.auto_radius((512, 288)) == 36 and guided.auto_radius((64, 64)) == 8 and guided.auto_radius((8, 9)) == 2
+    assert guided.auto_radius((512, 288)) == 36 and guided.auto_radius((64, 64)) == 8
+    assert guided.auto_radius((8, 9)) == 2
