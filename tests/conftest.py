@@ -8,7 +8,8 @@ import pytest
 import torch
 
 # ../shared/data beside the project root; VIDEDIT_SHARED_DATA names another place (e.g. from a git worktree)
-SHARED_DATA = Path(os.environ.get("VIDEDIT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("VIDEDIT_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

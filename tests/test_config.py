@@ -28,12 +28,13 @@ def test_an_option_of_the_wrong_type_is_named():
                               (KeyframesConfig, {"every": 2.5}, "every must be a whole number, got 2.5"),
                               (KeyframesConfig, {"quantile": True}, "quantile must be a number, got True"),
                               (KeyframesConfig, {"select": 3}, "select must be a string, got 3"),
-                              (PixelsGuidedConfig, {"flow": "dis"}, "flow must be a mapping of options or none, got 'dis'"),
+                              (PixelsGuidedConfig, {"flow": "dis"},
+                               "flow must be a mapping of options or none, got 'dis'"),
                               (KeyframesConfig, {"layers": 5}, "layers must be a string or a list, got 5")):
         with pytest.raises(VideditError, match=f"^{what} {message}$"):
             make_config(cls, bad, what)
-    with pytest.raises(VideditError, match=r"^x does not take speed; it takes \['every', 'layers', 'offload', 'quantile', "
-                                           r"'select'\]$"):
+    with pytest.raises(VideditError,
+                       match=r"^x does not take speed; it takes \['every', 'layers', 'offload', 'quantile', 'select'\]$"):
         make_config(KeyframesConfig, {"speed": 1}, "x")
     assert make_config(PixelsGuidedConfig, {"eps": "1e-3"}, what).eps == 1e-3
     assert make_config(KeyframesConfig, {"every": 3, "layers": ["*attn1.processor"]}, what).every == 3

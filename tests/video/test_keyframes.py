@@ -150,7 +150,8 @@ def test_the_old_spelling_names_the_modules():
     assert expand({"every": 4}) == [("keyframes", {"every": 4})]
     assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}), ("tokenflow", {})]
     assert expand({"propagation": "flow", "pixels": True, "flow": {"colour": "gray"}}) == [
-        ("keyframes", {}), ("keyframe_flow", {"flow": {"colour": "gray"}}), ("pixels_warp", {"flow": {"colour": "gray"}})]
+        ("keyframes", {}), ("keyframe_flow", {"flow": {"colour": "gray"}}),
+        ("pixels_warp", {"flow": {"colour": "gray"}})]
     assert expand({"pixels": "guided", "guided_radius": 3}) == [("keyframes", {}), ("pixels_guided", {"radius": 3})]
     assert expand({"pixels": "bilateral", "bilateral_cell": 0.5}) == [("keyframes", {}),
                                                                       ("pixels_bilateral", {"cell": 0.5})]

@@ -7,5 +7,6 @@ from videdit.attention.layers import choose_layers, layer_grids, layers_at, patt
 from videdit.attention.processor import AttentionModule, AttnCall, ComposedProcessor, compose, merge
 from videdit.attention.store import CrossAttentionStore
 
-__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors", "compose", "merge",
-           "choose_layers", "layer_grids", "layers_at", "patterns", "match_layers", "match_modules", "module_hooks", "select_layers"]
+__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors",
+           "choose_layers", "compose", "layer_grids", "layers_at", "match_layers", "match_modules", "merge",
+           "module_hooks", "patterns", "select_layers"]

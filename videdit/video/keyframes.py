@@ -173,7 +173,8 @@ class Keyframes(TemporalModule):
         ``pixels_guided`` or ``pixels_bilateral`` with their options (``guided_radius`` ->
         ``radius``, ``bilateral_cell`` -> ``cell``, ``flow`` to each stage that reads a flow)."""
         options = dict(options)
-        propagation, pixels, flow = options.pop("propagation", None), options.pop("pixels", False), options.pop("flow", None)
+        propagation, pixels = options.pop("propagation", None), options.pop("pixels", False)
+        flow = options.pop("flow", None)
         prefixed = {k: options.pop(k) for k in list(options) if k.startswith(("guided_", "bilateral_"))}
         pixels = "warp" if pixels is True else pixels or None
         if propagation not in (None, *PROPAGATION):
