@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from videdit.toy import OBJECT_COLOURS, WorldObject, make_scene, sample_clip, sample_scenes
+from videdit.toy import OBJECT_COLOURS, WorldObject, make_scene, sample_clip
 from videdit.toy.scores import (
     background_psnr,
     classify_background,
@@ -17,11 +17,6 @@ from videdit.toy.scores import (
     score_multi,
     shape_fill_ratio,
 )
-
-
-@pytest.fixture(scope="module")
-def scenes():
-    return sample_scenes(123, 200)
 
 
 def test_recoloured_never_asks_for_the_back_objects_colour():

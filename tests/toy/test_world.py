@@ -23,11 +23,6 @@ from videdit.toy import (
 from videdit.toy.scores import classify_colour
 
 
-@pytest.fixture(scope="module")
-def scenes():
-    return sample_scenes(123, 200)
-
-
 def test_same_seed_same_scene_and_clip():
     a, b = sample_scene(7), sample_scene(7)
     assert a.caption == b.caption and np.array_equal(a.image, b.image) and np.array_equal(a.masks, b.masks)
