@@ -524,17 +524,27 @@ def peers(a) -> None:
 
 # -- command line ------------------------------------------------------------------------------
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def subcommands(description: str, child: bool = False):
+    """A parser with subcommands, and ``command(name, run, help, **defaults)`` adding one whose
+    options are ``defaults`` (``--name`` typed as its default); ``child``: each also takes the
+    hidden ``--child`` a fresh process gets."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, run, help: str, **defaults) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.set_defaults(run=run)
-        c.add_argument("--child", help=argparse.SUPPRESS)   # set in the fresh process
+        if child:
+            c.add_argument("--child", help=argparse.SUPPRESS)   # set in the fresh process
         for option, default in defaults.items():
             c.add_argument(f"--{option.replace('_', '-')}", type=type(default), default=default)
         return c
+
+    return p, command
+
+
+def main() -> None:
+    p, command = subcommands(__doc__, child=True)
 
     command("loop", loop, "invert + regenerate: videdit at 1 and 8 frames per UNet call against diffusers' loop",
             model="tiny-random", frames=16, size=256, steps=20, guidance=7.5, device="auto", dtype="fp32")

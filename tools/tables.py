@@ -51,7 +51,6 @@ independent per-frame editing, each also as a ratio to the source clip's own war
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import tempfile
@@ -60,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import SHARED, WOLF, Table   # tools/bench.py, beside this script
+from bench import SHARED, WOLF, Table, subcommands   # tools/bench.py, beside this script
 from videdit.cli import parse_param     # NAME=VALUE with a YAML value, as videdit's -I reads it
 
 # The temporal table's mechanisms, on real clips; toy-video adds the other pixel stages of keyframes, a finer
@@ -302,15 +301,7 @@ def temporal(a) -> None:
 # -- command line ------------------------------------------------------------------------------
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def command(name: str, run, help: str, **defaults) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        c.set_defaults(run=run)
-        for option, default in defaults.items():
-            c.add_argument(f"--{option.replace('_', '-')}", type=type(default), default=default)
-        return c
+    p, command = subcommands(__doc__)
 
     c = command("inversions", inversions, "reconstruction error, UNet evaluations and seconds of every inversion",
                 model="tiny-random", steps=50, dtype="fp32")

@@ -325,7 +325,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     whole_clip = temporal is None
     temporal = temporal if temporal is not None else settings.temporal_stack()
     height, width = frames.shape[1:3]
-    window = Window(start, len(frames), _at_model_size(model, frames), first=start == 0, last=last or whole_clip)
+    window = Window(start, len(frames), _at_model_size(model, frames), last=last or whole_clip)
     subset = temporal.frames_to_edit(window)
     t0 = time.perf_counter()
     inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset)
@@ -430,7 +430,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         chunks = [only] if only is not None else io.read_frames(input, read)
         for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
                           disable=not progress, leave=False):
-            window = Window(start, len(chunk), _at_model_size(model, chunk), first=start == 0,
+            window = Window(start, len(chunk), _at_model_size(model, chunk),
                             last=start + len(chunk) >= stats.frames)
             yield finished(chunk, stack.finish_clip(window))
             start += len(chunk)

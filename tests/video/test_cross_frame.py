@@ -60,7 +60,7 @@ def by_windows(tiny, s, clip, size, stack=None):
     parts = []
     for i in range(0, len(clip), size):
         frames = clip[i:i + size]
-        window = Window(i, len(frames), frames, first=i == 0, last=i + size >= len(clip))
+        window = Window(i, len(frames), frames, last=i + size >= len(clip))
         parts.append(edit_latents(tiny, invert_frames(tiny, frames, s), s, window=window, temporal=stack))
     return torch.cat(parts)
 
@@ -210,7 +210,7 @@ def test_clip_state_is_bounded(tiny, clip):
     stack, kept = s.temporal_stack(), []
     (module,) = stack.modules
     for i in range(0, 8, 2):
-        window = Window(i, 2, clip[i:i + 2], first=i == 0, last=False)
+        window = Window(i, 2, clip[i:i + 2], last=False)
         edit_latents(tiny, invert_frames(tiny, clip[i:i + 2], s), s, window=window, temporal=stack)
         kept.append(sorted({key[-1] for key in module.anchors}))
     assert kept == [[0, 1], [0, 1, 3], [0, 3, 5], [0, 5, 7]]

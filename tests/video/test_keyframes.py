@@ -76,7 +76,7 @@ def test_keyframes_follow_the_windows_before():
     module = Keyframes(KeyframesConfig(every=3))
     got = []
     for start in range(0, 40, 8):
-        window = Window(start, 8, first=start == 0, last=start == 32)
+        window = Window(start, 8, last=start == 32)
         lay = module.layout(window)
         assert lay.keys == tuple(select_keyframes(8, every=3, offset=start, last_keyframe=module.last_keyframe))
         module.last_keyframe = lay.keys[-1]      # as the window's plan leaves it
@@ -109,7 +109,7 @@ def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
     tokenflow, keyframes = stack.modules      # tokenflow first: it reads the source keys before they are extended
     for i in (0, 4):
         inv = invert_frames(tiny, clip[i:i + 4], s)
-        z = edit_latents(tiny, inv, s, window=Window(i, 4, clip[i:i + 4], first=i == 0, last=False), temporal=stack)
+        z = edit_latents(tiny, inv, s, window=Window(i, 4, clip[i:i + 4], last=False), temporal=stack)
         assert z.shape == (4, 4, 8, 8) and torch.isfinite(z).all()
         kept = {key[-1] for part in (keyframes.anchors, tokenflow.carried) for key in part}
         leads.append((keyframes.last_keyframe, sorted(kept)))

@@ -64,7 +64,7 @@ def test_every_module_with_every_editor(tiny, frames, plain_edits, module, edito
     out = np.concatenate([edit_frames(tiny, frames[i:i + 2], s, start=i, temporal=stack, last=i == 2)
                           for i in (0, 2)])
     if stack.second_pass:
-        out = np.concatenate([stack.finish_clip(Window(i, 2, frames[i:i + 2], first=i == 0, last=i == 2))
+        out = np.concatenate([stack.finish_clip(Window(i, 2, frames[i:i + 2], last=i == 2))
                               for i in (0, 2)])
     assert out.shape == frames.shape and out.dtype == np.uint8
     edit, source, out = plain_edits[editor].astype(int), frames.astype(int), out.astype(int)

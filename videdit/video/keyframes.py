@@ -205,7 +205,7 @@ class Keyframes(TemporalModule):
         return out
 
     def bind(self, modules: Sequence[TemporalModule]) -> None:
-        self.between_attend_self = any(getattr(m, "propagates_attention", False) for m in modules)
+        self.between_attend_self = any(m.propagates_attention for m in modules)
 
     def layout(self, window: Window) -> Layout:
         """This window's keyframes, from the state the windows before left (the same before and

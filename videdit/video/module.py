@@ -47,12 +47,16 @@ class Window:
     start: int                        # clip index of the first frame
     size: int                         # number of frames
     frames: np.ndarray | None = None  # (F, H, W, 3) uint8 source frames at the model size, where known
-    first: bool = True                # the clip's first window
     last: bool = True                 # the clip's last window: nothing is carried past it
 
     def __post_init__(self):
         if self.frames is not None and len(self.frames) != self.size:
             raise VideditError(f"a window of {self.size} frames got {len(self.frames)} source frames")
+
+    @property
+    def first(self) -> bool:
+        """Whether this is the clip's first window."""
+        return self.start == 0
 
     @property
     def indices(self) -> range:
@@ -101,6 +105,7 @@ class TemporalModule:
     order: ClassVar[int] = 0            # modules run in this order (stable)
     makes_frames: ClassVar[bool] = False   # makes every output frame itself: see frames_to_edit
     needs_source_branch: ClassVar[bool] = False   # reads the editor's source branch
+    propagates_attention: ClassVar[bool] = False  # replaces the frames between keyframes' attention outputs
 
     def __init__(self, config: Any):
         self.config = config
