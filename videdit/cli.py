@@ -190,6 +190,10 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                    help="fp32: invert with the UNet in fp32 while the edit runs in --dtype (helps an exact "
                    "inversion only when the edit runs in fp32 too)")
     g.add_argument("--negative", default="", help="negative prompt (the unconditional branch)")
+    g.add_argument("--strength", type=float, help="invert and edit only the last int(steps * STRENGTH) steps "
+                   "(default: the method's reference value, 1 for most; see `videdit methods`)")
+    g.add_argument("--steps-offset", type=int, metavar="N", help="shift every timestep by N (diffusers' "
+                   "steps_offset; default: the model config's, 1 for SD 1.x; the reference codes use 0)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
     if fills_cache:
         g.add_argument("--no-cache", action=_Refused,
@@ -229,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
+    p.add_argument("--source-branch", choices=["replay", "pinned"],
+                   help="editors with a source branch: replay it from the inverted noise, or pin it to the "
+                   "inversion's latents at every step (default: the editor's reference; see `videdit methods`)")
     p.add_argument("--editor-param", "-E", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the editor (repeatable)")
     p.add_argument("--mask", type=Path, help="mask image (white = edit, black = keep; grey = partial) or .npy "
@@ -260,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--config takes an edit's preset: its inversion options count, the rest is the edit's.")
     p.add_argument("input", type=Path)
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
+    p.add_argument("--editor", default="plain", help="the edit's editor, where its reference sets the strength")
     _add_model_args(p, fills_cache=True)
     _add_read_args(p)
 
@@ -304,7 +312,8 @@ def _edit(a) -> None:
                         batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
                         progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
-                        keep_background=keep_background_options(a.keep_background))
+                        keep_background=keep_background_options(a.keep_background), strength=a.strength,
+                        steps_offset=a.steps_offset, source_branch=a.source_branch)
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
@@ -325,7 +334,8 @@ def _invert(a) -> None:
                          negative_prompt=a.negative, inversion=a.inversion,
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
-                         inversion_dtype=a.inversion_dtype, progress=not a.quiet)
+                         inversion_dtype=a.inversion_dtype, strength=a.strength, steps_offset=a.steps_offset,
+                         editor=a.editor, progress=not a.quiet)
     print(f"inverted {stats.frames} frames in {stats.windows} windows ({stats.cache_hits} already cached)")
 
 
@@ -382,12 +392,21 @@ def _methods(a) -> None:
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
             print(f"  {name:<18} {spec.summary}")
+            if spec.reference:
+                print(f"  {'':<18} reference: {spec.reference}")
             declared = spec.capabilities()
             if declared:
                 print(f"  {'':<18} declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")
             options = ", ".join(f"{k}={v!r}" for k, v in spec.options())
             if options:
                 print(f"  {'':<18} options: {options}")
+            for d in spec.departures():
+                if d.kind == "departs":
+                    print(f"  {'':<18} departs from the reference: {d.option}={d.default!r} "
+                          f"(reference: {d.value!r}): {d.why}")
+                else:
+                    print(f"  {'':<18} videdit option: {d.option}={d.value!r} (reference and default: "
+                          f"{d.default!r}): {d.why}")
 
 
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}

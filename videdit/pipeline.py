@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
 from videdit.config import make_config
-from videdit.core.loop import denoise
-from videdit.core.schedule import make_schedule
+from videdit.core.loop import PinnedBranch, denoise
+from videdit.core.schedule import Schedule, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
 from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
@@ -56,12 +56,17 @@ class EditSettings:
     inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
     temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
     keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
+    strength: float | None = None  # invert and edit the last int(steps * strength) steps; None: the method's default
+    steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: the model config's
+    source_branch: str | None = None  # "replay" or "pinned" (to the inversion's latents); None: the editor's default
     # resolved from the fields above in __post_init__
     inversion_method: InversionMethod = field(init=False, repr=False, compare=False)
     inversion_config: Any = field(init=False, repr=False, compare=False)
     editor_spec: EditorSpec = field(init=False, repr=False, compare=False)
     editor_config: Any = field(init=False, repr=False, compare=False)
     temporal_configs: tuple[tuple[TemporalSpec, Any], ...] = field(init=False, repr=False, compare=False)
+    start_step: int = field(init=False, repr=False, compare=False)      # the edit's first schedule step
+    pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
 
     def __post_init__(self):
         for name in ("source_prompt", "target_prompt", "negative_prompt"):
@@ -82,12 +87,37 @@ class EditSettings:
         if getattr(config, "guidance", 0) is None:   # exact at the guidance it inverted at: the edit's
             config = dataclasses.replace(config, guidance=self.guidance)
         editor = get_editor(self.editor)
+        if self.source_branch not in (None, "replay", "pinned"):
+            raise VideditError(f"source_branch must be 'replay' or 'pinned', got {self.source_branch!r}")
+        if self.source_branch is not None and not editor.has_source_branch:
+            raise VideditError(f"source_branch={self.source_branch!r} sets the editor's source branch, and editor "
+                               f"{editor.name!r} runs none; use one of {EDITORS.having('has_source_branch')}")
+        if self.steps_offset is not None and self.steps_offset < 0:
+            raise VideditError(f"steps_offset must be >= 0, got {self.steps_offset}")
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
-                    "temporal_configs": self._temporal_configs(editor)}
+                    "temporal_configs": self._temporal_configs(editor),
+                    "start_step": self._start_step(method, editor),
+                    "pin_source": editor.pinned_source if self.source_branch is None else self.source_branch == "pinned"}
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         self.temporal_stack()   # the modules find the ones they build on, or say which is missing
+
+    def _start_step(self, method: InversionMethod, editor: EditorSpec) -> int:
+        """The schedule step the edit starts at: N - int(N * strength) as diffusers counts it,
+        with the strength given, else the editor's reference strength, else the inversion's."""
+        strength = next(s for s in (self.strength, editor.strength, method.strength) if s is not None)
+        if not 0 < strength <= 1:
+            raise VideditError(f"strength must be in (0, 1], got {strength}")
+        start = self.steps - int(self.steps * strength)
+        if start >= self.steps:
+            raise VideditError(f"strength {strength} of {self.steps} steps leaves no step to run; "
+                               f"raise strength or steps")
+        return start
+
+    def schedule(self, scheduler_config: dict) -> Schedule:
+        """The edit's and the inversion's schedule on a model with ``scheduler_config``."""
+        return make_schedule(scheduler_config, self.steps, self.steps_offset)
 
     def _temporal_configs(self, editor: EditorSpec) -> tuple[tuple[TemporalSpec, Any], ...]:
         entries = [(n, p) for name, params in self.temporal.items()
@@ -168,7 +198,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
         return cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
                          source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
                          config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
-                         seed=settings.seed)
+                         seed=settings.seed, **_schedule_key(settings))
 
     if subset is not None:
         if cache is not None and method.inverts_frames_apart(config):   # a cached inversion of the whole window
@@ -185,14 +215,28 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     cond, uncond = model.encode_text([settings.source_prompt, settings.negative_prompt]).chunk(2)
     inputs = InversionInputs(unet=model.unet, prediction_type=model.prediction_type,
                              latents=model.encode_images(frames, settings.batch_size),
-                             schedule=make_schedule(model.scheduler_config, settings.steps), cond=cond,
-                             uncond=uncond, batch_size=settings.batch_size, progress=progress, seed=settings.seed)
+                             schedule=settings.schedule(model.scheduler_config), cond=cond,
+                             uncond=uncond, batch_size=settings.batch_size, progress=progress, seed=settings.seed,
+                             start_step=settings.start_step)
     with unet_dtype(model.unet, unet_in):  # the model's own dtype is back afterwards
         inv = method.run(inputs, config)
+    if inv.start_step < settings.start_step:   # a method that inverted the whole schedule
+        inv = dataclasses.replace(inv, start_step=settings.start_step)
     if cache is not None:
         cache.save(key, inv)
         log.info("inversion cached: %s", cache.path(key))
     return inv
+
+
+def _schedule_key(settings: EditSettings) -> dict:
+    """The cache-key terms of the schedule options, only where they are set (keys made before
+    they existed stay valid)."""
+    key = {}
+    if settings.start_step:
+        key["start_step"] = settings.start_step
+    if settings.steps_offset is not None:
+        key["steps_offset"] = settings.steps_offset
+    return key
 
 
 def invert_reference(model: Model, image: str | Path | np.ndarray, prompt: str, settings: EditSettings,
@@ -218,7 +262,7 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
     config = settings.editor_config if config is None else config
     source_cond, target_cond, uncond = model.encode_text(
         [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
-    schedule = make_schedule(model.scheduler_config, settings.steps)
+    schedule = settings.schedule(model.scheduler_config)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
     references = {option: invert_reference(model, getattr(config, option), getattr(config, prompt), settings,
@@ -279,10 +323,16 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
+    start = inversion.start_step if plan.start_step is None else plan.start_step
+    x = plan.x
+    if settings.pin_source:   # the source branch's latents are the inversion's at every step
+        x = x.clone()
+        x[plan.source_branch] = inversion.trajectory[start].to(x)
+        callbacks = [PinnedBranch(plan.source_branch, inversion.trajectory), *callbacks]
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
-        x = denoise(model.unet, plan.x, schedule, branches, prediction_type=model.prediction_type,
+        x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=replay.sampler,
-                    batch_size=settings.batch_size, info=plan.info, start_step=inversion.start_step,
+                    batch_size=settings.batch_size, info=plan.info, start_step=start,
                     progress=progress)
     return x[plan.output_branch]
 
@@ -373,6 +423,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
+               strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
                progress: bool = False) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
@@ -384,7 +435,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
                          inversion_params=inversion_params, editor=editor, editor_params=editor_params,
-                         temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background)
+                         temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background,
+                         strength=strength, steps_offset=steps_offset, source_branch=source_branch)
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)
@@ -456,11 +508,13 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
                  guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                  inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
                  batch_size: int = 8, device: str | None = None, dtype: str | None = None, inversion_dtype: str = "model",
-                 cache_dir: str | Path | None = None, progress: bool = False) -> EditStats:
-    """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it."""
+                 cache_dir: str | Path | None = None, strength: float | None = None, steps_offset: int | None = None,
+                 editor: str = "plain", progress: bool = False) -> EditStats:
+    """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
+    (``editor``: the edit's, where it sets the strength)."""
     settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                          seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params,
-                         inversion_dtype=inversion_dtype)
+                         inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, device, dtype)

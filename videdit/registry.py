@@ -14,10 +14,34 @@ import importlib
 import pkgutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from videdit.errors import VideditError
+
+
+def departs(default, *, official, why: str):
+    """A config field whose default is not the reference code's ``official`` value, and why
+    (a video-only extension, an option the reference lacks). ``videdit methods`` marks it."""
+    return field(default=default, metadata={"official": official, "why": why})
+
+
+def improved(default, *, better, why: str):
+    """A config field whose default is the reference's and where ``better`` is videdit's
+    improvement, off by default; ``why`` names the measured figure (the toy-world table of
+    ``tools/tables.py methods``) that justifies it. ``videdit methods`` lists it."""
+    return field(default=default, metadata={"better": better, "why": why})
+
+
+@dataclass(frozen=True)
+class Departure:
+    """One option where videdit's default or an offered value differs from the reference."""
+
+    option: str
+    default: object
+    value: object        # the reference's value (``official``) or videdit's (``better``)
+    kind: str            # "departs": the default is not the reference's; "improves": ``value`` is better
+    why: str
 
 
 @dataclass(frozen=True)
@@ -28,6 +52,7 @@ class Entry:
     config: type            # a frozen dataclass of the method's options
     summary: str            # one line, for ``videdit methods``
     module: str = ""        # where it was defined
+    reference: str = ""     # the paper and the official code its defaults follow
 
     def capabilities(self) -> dict[str, object]:
         """Declared capabilities, by name, for listings and for other stages to read."""
@@ -35,8 +60,22 @@ class Entry:
 
     def options(self) -> list[tuple[str, object]]:
         """(option, default) of the config, in order."""
-        return [(f.name, f.default if f.default is not dataclasses.MISSING else None)
-                for f in dataclasses.fields(self.config)]
+        return [(f.name, _default(f)) for f in dataclasses.fields(self.config)]
+
+    def departures(self) -> list[Departure]:
+        """The options marked with :func:`departs` or :func:`improved`, in order."""
+        out = []
+        for f in dataclasses.fields(self.config):
+            for kind, key in (("departs", "official"), ("improves", "better")):
+                if key in f.metadata:
+                    out.append(Departure(f.name, _default(f), f.metadata[key], kind, f.metadata["why"]))
+        return out
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 Spec = TypeVar("Spec", bound=Entry)

@@ -74,6 +74,21 @@ class StepCallback:
         return uncond, cond
 
 
+class PinnedBranch(StepCallback):
+    """Holds one branch on a stored trajectory (N+1, F, C, h, w): after step i its latents
+    are ``trajectory[i + 1]``, so the UNet computes that branch's features (attention maps,
+    queries, residual features) on the inverted source latents at every step, as
+    plug-and-play's official code does, and the branch cannot drift from the source."""
+
+    def __init__(self, branch: int, trajectory: torch.Tensor):
+        self.branch, self.trajectory = branch, trajectory
+
+    def on_step_end(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[self.branch] = self.trajectory[ctx.step + 1].to(x)
+        return x
+
+
 @dataclass(frozen=True)
 class Branches:
     """The prompts denoised together and their guidance scales (one per branch)."""

@@ -26,6 +26,7 @@ class InversionInputs:
     batch_size: int = 8
     progress: bool = False
     seed: int = 0
+    start_step: int = 0   # the edit starts at this schedule step: trajectory[:start_step] is never read
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class InversionMethod(Entry):
     replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay
     # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
     independent_frames: bool | Callable[[Any], bool] = True
+    strength: float = 1.0   # the reference's default strength (the edit starts at step N - int(N * strength))
 
     def inverts_frames_apart(self, config: Any) -> bool:
         """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
@@ -78,16 +80,22 @@ INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion
 
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
-                       independent_frames: bool | Callable[[Any], bool] = True):
+                       independent_frames: bool | Callable[[Any], bool] = True, *, reference: str = "",
+                       strength: float = 1.0):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
     over the batch), or a test of its config saying when: then an inversion of some frames is
-    not cut from a cached one of more."""
+    not cut from a cached one of more. ``reference``: the paper and official code its defaults
+    follow; ``strength``: the part of the schedule the reference inverts and edits.
+
+    ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the
+    record it returns starts there or later (the pipeline moves an earlier ``start_step`` up)."""
 
     def wrap(fn):
         INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
-                                       run=fn, replay=replay, independent_frames=independent_frames))
+                                       run=fn, replay=replay, independent_frames=independent_frames,
+                                       reference=reference, strength=strength))
         return fn
 
     return wrap

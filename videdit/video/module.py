@@ -106,6 +106,7 @@ class TemporalModule:
     makes_frames: ClassVar[bool] = False   # makes every output frame itself: see frames_to_edit
     needs_source_branch: ClassVar[bool] = False   # reads the editor's source branch
     propagates_attention: ClassVar[bool] = False  # replaces the frames between keyframes' attention outputs
+    reference: ClassVar[str] = ""       # the paper and official code it follows, if any
 
     def __init__(self, config: Any):
         self.config = config
@@ -166,7 +167,7 @@ Module = TypeVar("Module", bound=type)
 def register_temporal(cls: Module) -> Module:
     """Class decorator: register a :class:`TemporalModule` subclass under its ``name``."""
     TEMPORAL.add(TemporalSpec(name=cls.name, config=cls.config_class, summary=summary_of(cls, cls.name),
-                              module=cls.__module__, module_class=cls))
+                              module=cls.__module__, module_class=cls, reference=cls.reference))
     return cls
 
 
