@@ -174,9 +174,9 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", default="tiny-random",
                    help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    g.add_argument("--guidance", type=float, default=7.5,
-                   help="classifier-free guidance scale of the edit (default 7.5); exact inversions invert at it")
+    g.add_argument("--steps", type=int, help="DDIM steps (default: the method's reference value, else 50)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale of the edit (default: the "
+                   "method's reference value, else 7.5); exact inversions invert at it")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=8, help="frames per UNet call (default 8)")
     g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")

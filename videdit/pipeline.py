@@ -26,6 +26,7 @@ from videdit.core.loop import PinnedBranch, denoise
 from videdit.core.schedule import Schedule, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
+from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
@@ -45,8 +46,8 @@ class EditSettings:
     source_prompt: str = ""
     target_prompt: str = ""
     negative_prompt: str = ""
-    steps: int = 50
-    guidance: float = 7.5
+    steps: int | None = None       # None: the editor's reference value, else the inversion's, else 50
+    guidance: float | None = None  # None: likewise, else 7.5
     seed: int = 0
     batch_size: int = 8          # frames per UNet call
     inversion: str = "ddim"
@@ -56,7 +57,7 @@ class EditSettings:
     inversion_dtype: str = "model"  # "fp32": invert with the UNet cast to fp32; the edit keeps the model's dtype
     temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
     keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
-    strength: float | None = None  # invert and edit the last int(steps * strength) steps; None: the method's default
+    strength: float | None = None  # invert and edit the last int(steps * strength) steps; None: as steps, else 1
     steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: the model config's
     source_branch: str | None = None  # "replay" or "pinned" (to the inversion's latents); None: the editor's default
     # resolved from the fields above in __post_init__
@@ -69,6 +70,12 @@ class EditSettings:
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
 
     def __post_init__(self):
+        method, editor = get_inversion(self.inversion), get_editor(self.editor)
+        for name in ("steps", "guidance", "strength"):   # the reference's, where the edit leaves them unset
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, next(
+                    (spec.edit_defaults[name] for spec in (editor, method) if name in spec.edit_defaults),
+                    EDIT_DEFAULTS[name]))
         for name in ("source_prompt", "target_prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise VideditError(f"{name} must be one string, got {type(getattr(self, name)).__name__} "
@@ -82,11 +89,9 @@ class EditSettings:
         if self.inversion_dtype not in ("model", "fp32"):
             raise VideditError(f"inversion_dtype must be 'model' (the model's dtype) or 'fp32', "
                                f"got {self.inversion_dtype!r}")
-        method = get_inversion(self.inversion)
         config = make_config(method.config, self.inversion_params, f"inversion {self.inversion!r}")
         if getattr(config, "guidance", 0) is None:   # exact at the guidance it inverted at: the edit's
             config = dataclasses.replace(config, guidance=self.guidance)
-        editor = get_editor(self.editor)
         if self.source_branch not in (None, "replay", "pinned"):
             raise VideditError(f"source_branch must be 'replay' or 'pinned', got {self.source_branch!r}")
         if self.source_branch is not None and not editor.has_source_branch:
@@ -97,16 +102,15 @@ class EditSettings:
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
                     "temporal_configs": self._temporal_configs(editor),
-                    "start_step": self._start_step(method, editor),
+                    "start_step": self._start_step(),
                     "pin_source": editor.pinned_source if self.source_branch is None else self.source_branch == "pinned"}
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         self.temporal_stack()   # the modules find the ones they build on, or say which is missing
 
-    def _start_step(self, method: InversionMethod, editor: EditorSpec) -> int:
-        """The schedule step the edit starts at: N - int(N * strength) as diffusers counts it,
-        with the strength given, else the editor's reference strength, else the inversion's."""
-        strength = next(s for s in (self.strength, editor.strength, method.strength) if s is not None)
+    def _start_step(self) -> int:
+        """The schedule step the edit starts at: N - int(N * strength), as diffusers counts it."""
+        strength = self.strength
         if not 0 < strength <= 1:
             raise VideditError(f"strength must be in (0, 1], got {strength}")
         start = self.steps - int(self.steps * strength)
@@ -416,8 +420,8 @@ def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
 
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
-               target_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
-               guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+               target_prompt: str = "", model: Model | str = "tiny-random", steps: int | None = None,
+               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
                batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
@@ -504,8 +508,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     return EditResult(output=out_path, frames=frames, info=info, stats=stats)
 
 
-def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int = 50,
-                 guidance: float = 7.5, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                  inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
                  batch_size: int = 8, device: str | None = None, dtype: str | None = None, inversion_dtype: str = "model",
                  cache_dir: str | Path | None = None, strength: float | None = None, steps_offset: int | None = None,

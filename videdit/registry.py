@@ -44,6 +44,10 @@ class Departure:
     why: str
 
 
+# the edit settings a method's reference may fix, and their values where none does
+EDIT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 1.0}
+
+
 @dataclass(frozen=True)
 class Entry:
     """What every registered method declares."""
@@ -53,6 +57,8 @@ class Entry:
     summary: str            # one line, for ``videdit methods``
     module: str = ""        # where it was defined
     reference: str = ""     # the paper and the official code its defaults follow
+    # the reference's values of edit settings it fixes: "steps", "guidance", "strength"
+    edit_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def capabilities(self) -> dict[str, object]:
         """Declared capabilities, by name, for listings and for other stages to read."""
@@ -61,6 +67,11 @@ class Entry:
     def options(self) -> list[tuple[str, object]]:
         """(option, default) of the config, in order."""
         return [(f.name, _default(f)) for f in dataclasses.fields(self.config)]
+
+    def __post_init__(self):
+        unknown = sorted(set(self.edit_defaults) - set(EDIT_DEFAULTS))
+        if unknown:
+            raise ValueError(f"{self.name}: edit_defaults {unknown} are not among {list(EDIT_DEFAULTS)}")
 
     def departures(self) -> list[Departure]:
         """The options marked with :func:`departs` or :func:`improved`, in order."""

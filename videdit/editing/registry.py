@@ -56,7 +56,6 @@ class EditorSpec(Entry):
     # options naming a reference image -> the option with its prompt: the pipeline reads and inverts the
     # image (DDIM, through the cache) and hands the inversion over in EditContext.references
     references: Mapping[str, str] = field(default_factory=dict)
-    strength: float | None = None   # the reference's strength, where the editor has one (None: the inversion's)
     pinned_source: bool = False     # by default the source branch is pinned to the inversion's trajectory
 
     def capabilities(self) -> dict[str, object]:
@@ -68,12 +67,12 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 
 
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
-                    reference: str = "", strength: float | None = None, pinned_source: bool = False):
+                    reference: str = "", pinned_source: bool = False, **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
-    and official code its defaults follow; ``strength``: the part of the schedule the reference
-    edits, where the editor fixes it; ``pinned_source``: the reference computes the source
+    and official code its defaults follow; ``edit_defaults``: the reference's steps, guidance
+    or strength, where the editor fixes them (they win over the inversion's); ``pinned_source``: the reference computes the source
     branch's features on the stored inversion latents (``EditSettings.source_branch``)."""
 
     def wrap(fn):
@@ -81,7 +80,7 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
             raise ValueError(f"editor {name!r}: pinned_source needs a source branch")
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
-                               strength=strength, pinned_source=pinned_source))
+                               edit_defaults=edit_defaults, pinned_source=pinned_source))
         return fn
 
     return wrap

@@ -65,7 +65,6 @@ class InversionMethod(Entry):
     replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay
     # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
     independent_frames: bool | Callable[[Any], bool] = True
-    strength: float = 1.0   # the reference's default strength (the edit starts at step N - int(N * strength))
 
     def inverts_frames_apart(self, config: Any) -> bool:
         """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
@@ -81,13 +80,14 @@ INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
                        independent_frames: bool | Callable[[Any], bool] = True, *, reference: str = "",
-                       strength: float = 1.0):
+                       **edit_defaults: float):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
     over the batch), or a test of its config saying when: then an inversion of some frames is
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
-    follow; ``strength``: the part of the schedule the reference inverts and edits.
+    follow; ``edit_defaults``: the reference's steps, guidance or strength (the part of the
+    schedule it inverts and edits), used where the edit does not set them.
 
     ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the
     record it returns starts there or later (the pipeline moves an earlier ``start_step`` up)."""
@@ -95,7 +95,7 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     def wrap(fn):
         INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
                                        run=fn, replay=replay, independent_frames=independent_frames,
-                                       reference=reference, strength=strength))
+                                       reference=reference, edit_defaults=edit_defaults))
         return fn
 
     return wrap
