@@ -8,7 +8,7 @@ import pytest
 from videdit.editing import EDITORS
 from videdit.errors import VideditError
 from videdit.inversion import INVERSIONS
-from videdit.registry import Entry, Registry
+from videdit.registry import Departure, Entry, Registry, departs, improved
 from videdit.video import TEMPORAL
 
 
@@ -54,3 +54,38 @@ def test_capabilities_are_declared_not_listed_by_hand():
                                                          "proxedit"]
     assert TEMPORAL.having("makes_frames") == ["pixels_bilateral"]
     assert TEMPORAL.having("needs_source_branch") == ["tokenflow"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Marked:
+    plain: int = 1
+    window: int = departs(4, official=1, why="video only: the reference edits one image")
+    iterations: int = improved(5, better=10, why="half the reconstruction error on the toy world")
+
+
+def test_marked_options_are_listed_as_departures():
+    entry = Entry(name="m", config=Marked, summary="marked", reference="Someone et al. 2024, someone/code")
+    assert entry.options() == [("plain", 1), ("window", 4), ("iterations", 5)]
+    assert entry.departures() == [
+        Departure("window", 4, 1, "departs", "video only: the reference edits one image"),
+        Departure("iterations", 5, 10, "improves", "half the reconstruction error on the toy world")]
+
+
+def test_edit_defaults_are_the_three_settings_a_reference_fixes():
+    assert Entry(name="m", config=Options, summary="", edit_defaults={"steps": 100}).edit_defaults == {"steps": 100}
+    with pytest.raises(ValueError, match=r"m: edit_defaults \['eta'\] are not among \['steps', 'guidance', "
+                                         r"'strength'\]"):
+        Entry(name="m", config=Options, summary="", edit_defaults={"eta": 0.0})
+
+
+def test_methods_lists_references_and_marked_options(capsys):
+    from videdit.cli import main
+
+    with INVERSIONS.temporarily(Entry(name="test-marked", config=Marked, summary="a marked method",
+                                      reference="Someone et al. 2024, someone/code")):
+        main(["methods"])
+    out = capsys.readouterr().out
+    lines = out[out.index("test-marked"):].splitlines()
+    assert lines[1].split() == ["reference:", "Someone", "et", "al.", "2024,", "someone/code"]
+    assert "departs from the reference: window=4 (reference: 1): video only" in out
+    assert "videdit option: iterations=10 (reference and default: 5): half the reconstruction error" in out
