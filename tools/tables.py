@@ -5,6 +5,7 @@
     python tools/tables.py toy-edits --scenes 6 --steps 25 --guidance 4
     python tools/tables.py toy-video --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3]
     python tools/tables.py temporal --model tiny-random --frames 16 --size 128 --steps 10
+    python tools/tables.py methods --scenes 4 --steps 25 --guidance 4
 
 inversions: per registered inversion, the relative latent reconstruction error
 ||z0_hat - z0|| / ||z0|| of its own reconstruction (plain editor, target prompt = source
@@ -19,6 +20,14 @@ scenes, scored against ground truth. The colour edit asks for the next palette c
 shape edit for the next shape, in the caption. Success: the largest detected object has the
 asked colour or shape. IoU: the detected object against the source object's mask (layout
 kept). Background PSNR: outside the source object (grown 2 px), edit against source.
+
+methods: every registered inversion (after it, prompt_to_prompt edits) and editor (after ddim)
+on the toy model, at its reference's defaults (its config's defaults and strength; the
+table's steps and guidance, since the toy model is sampled at guidance 4), then once more
+with each videdit improvement (an option marked ``improved``: its ``better`` value). Colour
+and shape edits of one-object scenes, scored as toy-edits does. Editors that need an input
+get the scene's: a mask (the object grown by 2 px), the concept word (sega), the scene
+rendered with the asked object (cross_image's appearance image).
 
 toy-video and temporal: warp error of each temporal mechanism (``MECHANISMS``) against
 independent per-frame editing, each also as a ratio to the source clip's own warp error
@@ -180,6 +189,92 @@ def toy_edits(a) -> None:
             table.row(inv, ed, *cells, time.perf_counter() - t)
 
 
+# -- methods -----------------------------------------------------------------------------------
+
+def _grown(mask: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def editor_inputs(editor: str, scene, obj, prompt: str, kind: str) -> dict:
+    """The options an editor needs from a scene and the asked object: a mask, a concept, an image."""
+    from videdit.editing import EDITORS
+    from videdit.toy import make_scene
+
+    options = {f.name for f in dataclasses.fields(EDITORS[editor].config)}
+    out = {}
+    if "mask" in options and editor != "diffedit":   # diffedit finds its own mask
+        out["mask"] = _grown(scene.masks[0], 2).astype(np.float32)
+    if editor == "sega":
+        out["concepts"] = [obj.colour if kind == "colour" else obj.shape]
+    if "appearance" in options:
+        out["appearance"] = make_scene((obj,), scene.background).image
+        out["appearance_prompt"] = prompt
+    return out
+
+
+def methods_rows(only: list[str] | None) -> list[tuple[str, str, str, dict, dict]]:
+    """(label, inversion, editor, inversion params, editor params): each method at its defaults,
+    then with each of its improvements."""
+    from videdit.editing import EDITORS
+    from videdit.inversion import INVERSIONS
+
+    rows = []
+    for kind, registry in (("inversion", INVERSIONS), ("editor", EDITORS)):
+        for name, spec in sorted(registry.items()):
+            if only and name not in only:
+                continue
+            inversion, editor = (name, "prompt_to_prompt") if kind == "inversion" else ("ddim", name)
+            rows.append((name, inversion, editor, {}, {}))
+            for d in spec.departures():
+                if d.kind == "improves":
+                    params = {d.option: d.value}
+                    rows.append((f"{name} {d.option}={d.value}", inversion, editor,
+                                 params if kind == "inversion" else {}, params if kind == "editor" else {}))
+    return rows
+
+
+def methods(a) -> None:
+    from videdit import edit_image, load_model
+    from videdit.toy import OBJECT_COLOURS, SHAPES, caption_for
+    from videdit.toy.scores import background_psnr, detect_objects, mask_iou
+
+    model = load_model("toy")
+    scenes = one_object_scenes(a.seed, a.scenes)
+    colours, shapes = list(OBJECT_COLOURS), list(SHAPES)
+
+    def target(scene, kind):
+        o = scene.objects[0]
+        if kind == "colour":
+            o = dataclasses.replace(o, colour=colours[(colours.index(o.colour) + 1) % len(colours)])
+        else:
+            o = dataclasses.replace(o, shape=shapes[(shapes.index(o.shape) + 1) % len(shapes)])
+        return o, caption_for((o,), scene.background)
+
+    cache = tempfile.mkdtemp(prefix="videdit-methods-table-")
+    print(f"toy model, {a.scenes} one-object scenes of seed {a.seed}, {a.steps} steps, guidance {a.guidance}")
+    table = Table(("method", "<40"), ("after", "<18"), ("colour ok", ">10.0%"), ("IoU", ">6.2f"),
+                  ("bg PSNR", ">9.1f"), ("shape ok", ">10.0%"), ("IoU", ">6.2f"), ("bg PSNR", ">9.1f"), ("s", ">7.1f"))
+    for label, inversion, editor, inv_params, ed_params in methods_rows(a.only):
+        t, cells = time.perf_counter(), []
+        for kind in ("colour", "shape"):
+            ok, ious, psnrs = [], [], []
+            for scene in scenes:
+                obj, prompt = target(scene, kind)
+                out = edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model,
+                                 steps=a.steps, guidance=a.guidance, inversion=inversion, inversion_params=inv_params,
+                                 editor=editor, editor_params={**editor_inputs(editor, scene, obj, prompt, kind),
+                                                               **ed_params}, cache_dir=cache)
+                found = detect_objects(out)
+                ok.append(bool(found) and (found[0].colour == obj.colour if kind == "colour"
+                                            else found[0].shape == obj.shape))
+                ious.append(mask_iou(found[0].mask, scene.masks[0]) if found else 0.0)
+                psnrs.append(min(background_psnr(out, scene.image, scene.masks, dilate=2), 60.0))
+            cells += [np.mean(ok), np.mean(ious), np.mean(psnrs)]
+        table.row(label, editor if inversion == label.split()[0] else inversion, *cells, time.perf_counter() - t)
+
+
 # -- toy-video ---------------------------------------------------------------------------------
 
 def toy_video(a) -> None:
@@ -312,6 +407,9 @@ def main() -> None:
     c.add_argument("--inversions", nargs="*", default=["ddim", "npi", "direct", "ddpm", "edict"])
     c.add_argument("--editors", nargs="*", default=["plain", "prompt_to_prompt", "plug_and_play", "masactrl",
                                                     "diffedit"])
+    c = command("methods", methods, "every method at its reference's defaults and with each videdit improvement",
+                scenes=4, seed=7, steps=25, guidance=4.0)
+    c.add_argument("--only", nargs="*", help="only these inversions and editors")
     c = command("toy-video", toy_video, "warp error and edit success of temporal mechanisms on toy clips",
                 model="toy", seed=0, frames=16, steps=25, guidance=4.0, inversion="direct",
                 editor="prompt_to_prompt", window=8)
