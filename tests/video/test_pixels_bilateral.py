@@ -156,7 +156,7 @@ def test_bilateral_keyframes_come_from_the_cached_inversion_of_their_window(tiny
     them as it does without a cache (within a level). DDPM inversion with a noise draw per frame
     draws it for the batch, so its keyframes are inverted alone (a second cache entry): the same
     command then gives the same edit whatever the cache holds."""
-    frames = sliding_texture(8)
+    frames = np.ascontiguousarray(sliding_texture(8)[:, ::2, ::2])   # 32x32: the cache is what is tested
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, inversion=inversion,
                      inversion_params=params, temporal=BIL)
     every = dataclasses.replace(s, temporal=FLOW)
