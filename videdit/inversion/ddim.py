@@ -23,7 +23,7 @@ class DDIMInversionConfig:
             raise VideditError(f"ddim inversion guidance must be in [0, 50], got {self.guidance}")
 
 
-@register_inversion("ddim", DDIMInversionConfig)
+@register_inversion("ddim", DDIMInversionConfig, reference="Song et al. 2021, DDIM (ICLR); the inversion loop of google/prompt-to-prompt null_text_w_ptp.ipynb (ddim_loop) and diffusers' DDIMInverseScheduler")
 @torch.no_grad()
 def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversion:
     """DDIM inversion: run the deterministic sampler backwards, eps(z_{t-1}, t) for eps(z_t, t)."""

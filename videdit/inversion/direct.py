@@ -80,7 +80,8 @@ def direct_replay(inv: Inversion, ctx: ReplayContext, config: DirectInversionCon
     return Replay(callbacks=(AddOffsets(inv.extras["offsets"], branches),))
 
 
-@register_inversion("direct", DirectInversionConfig, replay=direct_replay)
+@register_inversion("direct", DirectInversionConfig, replay=direct_replay,
+                    reference="Ju et al. 2024, PnP Inversion / Direct Inversion (ICLR); cure-lab/PnPInversion")
 @torch.no_grad()
 def direct_inversion(inp: InversionInputs, config: DirectInversionConfig) -> Inversion:
     """Direct inversion / PnP Inversion (Ju et al. 2024, Alg. 1): DDIM + recorded per-step offsets."""

@@ -31,7 +31,8 @@ def source_as_uncond(inv: Inversion, ctx: ReplayContext, config) -> Replay:
     return Replay(uncond=ctx.source_cond)
 
 
-@register_inversion("npi", NegativePromptConfig, replay=source_as_uncond)
+@register_inversion("npi", NegativePromptConfig, replay=source_as_uncond,
+                    reference="Miyake et al. 2023, Negative-prompt Inversion (arXiv 2305.16807); no official code")
 def negative_prompt_inversion(inp: InversionInputs, config: NegativePromptConfig) -> Inversion:
     """Negative-prompt inversion (Miyake et al. 2023): DDIM inversion; edit with the source prompt as uncond."""
     return dataclasses.replace(ddim_inversion(inp, DDIMInversionConfig(guidance=1.0)), method="npi")
