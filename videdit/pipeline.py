@@ -103,7 +103,8 @@ class EditSettings:
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
                     "temporal_configs": self._temporal_configs(editor),
                     "start_step": self._start_step(),
-                    "pin_source": editor.pinned_source if self.source_branch is None else self.source_branch == "pinned"}
+                    "pin_source": (editor.pinned_source if self.source_branch is None
+                                   else self.source_branch == "pinned")}
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         self.temporal_stack()   # the modules find the ones they build on, or say which is missing
@@ -508,11 +509,11 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     return EditResult(output=out_path, frames=frames, info=info, stats=stats)
 
 
-def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random", steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random",
+                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                  inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
-                 batch_size: int = 8, device: str | None = None, dtype: str | None = None, inversion_dtype: str = "model",
-                 cache_dir: str | Path | None = None, strength: float | None = None, steps_offset: int | None = None,
+                 batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None, steps_offset: int | None = None,
                  editor: str = "plain", progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
     (``editor``: the edit's, where it sets the strength)."""

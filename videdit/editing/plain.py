@@ -13,7 +13,8 @@ class PlainConfig:
     pass
 
 
-@register_editor("plain", PlainConfig, reference="Song et al. 2021, DDIM (ICLR): sampling from the inverted noise under the target prompt, as diffusers' StableDiffusionPipeline with latents=")
+@register_editor("plain", PlainConfig, reference="Song et al. 2021, DDIM (ICLR): sampling from the inverted noise "
+                 "under the target prompt, as diffusers' StableDiffusionPipeline with latents=")
 def plain(ctx: EditContext, config: PlainConfig) -> EditPlan:
     """Regenerate from the inverted noise under the target prompt (no intervention)."""
     return EditPlan(

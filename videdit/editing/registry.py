@@ -72,8 +72,9 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
     and official code its defaults follow; ``edit_defaults``: the reference's steps, guidance
-    or strength, where the editor fixes them (they win over the inversion's); ``pinned_source``: the reference computes the source
-    branch's features on the stored inversion latents (``EditSettings.source_branch``)."""
+    or strength, where the editor fixes them (they win over the inversion's); ``pinned_source``:
+    the reference computes the source branch's features on the stored inversion latents
+    (``EditSettings.source_branch``)."""
 
     def wrap(fn):
         if pinned_source and not source_branch:
