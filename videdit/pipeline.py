@@ -510,10 +510,11 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
 
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random",
-                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
-                 inversion_params: Mapping | None = None, read: io.ReadOptions | None = None, window: int = 16,
-                 batch_size: int = 8, device: str | None = None, dtype: str | None = None,
-                 inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None, steps_offset: int | None = None,
+                 steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
+                 inversion: str = "ddim", inversion_params: Mapping | None = None, read: io.ReadOptions | None = None,
+                 window: int = 16, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None,
+                 steps_offset: int | None = None,
                  editor: str = "plain", progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
     (``editor``: the edit's, where it sets the strength)."""
