@@ -241,3 +241,32 @@ def test_invert_with_a_preset_fills_the_cache_its_edit_reads(tmp_path, shared_da
     assert code == 0 and "2/2 windows from cache" in out
     code, _, err = run(capsys, "invert", clip, "--config", tmp_path / "missing.yaml")
     assert code == 2 and "cannot read config" in err
+
+
+def test_steps_offset_changes_the_schedule_and_the_cache_key(tmp_path, capsys, monkeypatch):
+    """`--steps-offset 0` (the reference codes' DDIM scheduler) shifts every timestep by -1 from
+    tiny-random's config (steps_offset 1): 3 steps run at 666, 333, 0 instead of 667, 334, 1, and
+    the inversion is cached under its own key, so an edit without the flag does not read it."""
+    import videdit.pipeline
+    from videdit.core.schedule import make_schedule
+
+    runs = []
+
+    def spy(config, steps, steps_offset=None):
+        schedule = make_schedule(config, steps, steps_offset)
+        runs.append(schedule.timesteps.tolist())
+        return schedule
+
+    monkeypatch.setattr(videdit.pipeline, "make_schedule", spy)
+    common = ["--model", "tiny-random", "--steps", "3", "--max-frames", "1", "--size", "64", "-q",
+              "--cache-dir", tmp_path / "c", "-s", "a red circle"]
+    code, out, _ = run(capsys, "invert", SAMPLE, *common, "--steps-offset", "0")
+    assert code == 0 and "(0 already cached)" in out and runs == [[666, 333, 0]]
+    runs.clear()
+    code, out, _ = run(capsys, "edit", SAMPLE, *common, "-t", "a blue circle", "-o", tmp_path / "model.mp4")
+    assert code == 0 and "0/1 windows from cache" in out and {tuple(r) for r in runs} == {(667, 334, 1)}
+    runs.clear()
+    code, out, _ = run(capsys, "edit", SAMPLE, *common, "-t", "a blue circle", "-o", tmp_path / "zero.mp4",
+                       "--steps-offset", "0")
+    assert code == 0 and "1/1 windows from cache" in out and {tuple(r) for r in runs} == {(666, 333, 0)}
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2

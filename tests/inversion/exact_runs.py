@@ -1,5 +1,8 @@
 """Settings, replay contexts and a step callback shared by the exact inversions' tests (EDICT,
-BDIA, direct, DDPM)."""
+BDIA, direct, DDPM), and the official EDICT / BDIA code's scheduler arithmetic."""
+
+import torch
+from diffusers import DDIMScheduler
 
 from videdit.core.loop import StepCallback
 from videdit.core.schedule import make_schedule
@@ -31,3 +34,38 @@ class ZeroCorner(StepCallback):
         x = x.clone()
         x[..., :4, :4] = 0
         return x
+
+
+# -- the official EDICT / BDIA code's scheduler arithmetic, for the tests that transcribe their loops --
+
+def reference_scheduler(tiny, steps):
+    """The DDIM scheduler salesforce/EDICT and guoqiang-zhang-x/BDIA build (scaled-linear betas,
+    no clipping, set_alpha_to_one=False, the default steps_offset 0), on tiny-random's config."""
+    sched = DDIMScheduler.from_config({**tiny.scheduler_config, "steps_offset": 0, "set_alpha_to_one": False})
+    sched.set_timesteps(steps)
+    return sched
+
+
+def alpha_at(sched, t) -> float:
+    """edict_functions.py get_alpha_and_beta: alpha-bar at timestep t, the final one below 0
+    (t is a whole number in these tests, so its interpolation is the table's value)."""
+    t = float(t)
+    return float(sched.final_alpha_cumprod) if t < 0 else float(sched.alphas_cumprod[int(round(t))])
+
+
+def official_step(sched, eps, t, sample, reverse: bool):
+    """edict_functions.py forward_step (DDIM from t down to t - T/N) and reverse_step (its inverse)."""
+    down = sched.config.num_train_timesteps / len(sched.timesteps)
+    a_t, a_prev = alpha_at(sched, t), alpha_at(sched, float(t) - down)
+    q = (a_t / a_prev) ** 0.5
+    if reverse:
+        return q * sample + (1 - a_t) ** 0.5 * eps - q * (1 - a_prev) ** 0.5 * eps
+    return sample / q - (1 - a_t) ** 0.5 * eps / q + (1 - a_prev) ** 0.5 * eps
+
+
+def official_eps(unet, x, t, cond, uncond, guidance):
+    """The official loops' guided noise: two UNet calls (uncond, then cond), float64 latents."""
+    t = torch.as_tensor(t)[None]
+    u = unet(x.float(), t, encoder_hidden_states=uncond).sample.double()
+    c = unet(x.float(), t, encoder_hidden_states=cond).sample.double()
+    return u + guidance * (c - u)

@@ -14,6 +14,13 @@ def split(path: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tenso
     return rounded, (path[start] - rounded[start].double()).float()
 
 
+def from_step(path: torch.Tensor, start: int) -> torch.Tensor:
+    """A path inverted from the clean latent up to schedule step ``start`` only, (N+1-start, F, C, h, w)
+    -> the record's (N+1, F, C, h, w): the skipped entries (an edit at strength < 1 never reads
+    them) hold the start latent, so the record keeps its shape and stays finite for the cache."""
+    return torch.cat([path[:1].expand(start, *path.shape[1:]), path])
+
+
 def start(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """The float64 sampling start: the fp32 latents (any leading branch dims) plus the residual."""
     return x.double() + residual.to(x.device, torch.float64)

@@ -1,0 +1,29 @@
+"""diffusers' own pipelines built from a videdit :class:`~videdit.models.Model`'s parts: the
+peers of the equivalence tests (fp32, CPU, tiny-random, one frame)."""
+
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+
+def stable_diffusion(model, steps_offset: int | None = None) -> StableDiffusionPipeline:
+    """``StableDiffusionPipeline`` on ``model``'s UNet, VAE, text encoder and tokenizer (the same
+    modules, not copies) with a ``DDIMScheduler`` from its scheduler config, ``steps_offset``
+    replaced where given (as ``EditSettings.steps_offset`` does; set after construction, since
+    the pipeline's ``__init__`` rewrites a steps_offset other than 1 to 1). Run it with ``eta=0``
+    (DDIM's default) and ``output_type="latent"``: it returns the scaled latents videdit's edits
+    return; DDIM's ``init_noise_sigma`` is 1, so ``latents=`` is the start noise as given."""
+    config = dict(model.scheduler_config)
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=DDIMScheduler.from_config(config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    if steps_offset is not None:
+        pipe.scheduler = DDIMScheduler.from_config({**config, "steps_offset": steps_offset})
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.init_noise_sigma == 1.0
+    return pipe
+
+
+def latent_edit(pipe, latents, prompt: str, steps: int, guidance: float, **kw):
+    """The pipeline's clean latents (1, C, h, w) from start noise ``latents`` (1, C, h, w)."""
+    size = latents.shape[-1] * pipe.vae_scale_factor
+    return pipe(prompt=prompt, latents=latents, num_inference_steps=steps, guidance_scale=guidance, eta=0.0,
+                height=size, width=size, output_type="latent", **kw).images
