@@ -74,7 +74,7 @@ def test_marked_options_are_listed_as_departures():
 def test_edit_defaults_are_the_three_settings_a_reference_fixes():
     assert Entry(name="m", config=Options, summary="", edit_defaults={"steps": 100}).edit_defaults == {"steps": 100}
     with pytest.raises(ValueError, match=r"m: edit_defaults \['eta'\] are not among \['steps', 'guidance', "
-                                         r"'strength'\]"):
+                                         r"'strength', 'steps_offset'\]"):
         Entry(name="m", config=Options, summary="", edit_defaults={"eta": 0.0})
 
 
@@ -82,10 +82,12 @@ def test_methods_lists_references_and_marked_options(capsys):
     from videdit.cli import main
 
     with INVERSIONS.temporarily(Entry(name="test-marked", config=Marked, summary="a marked method",
-                                      reference="Someone et al. 2024, someone/code")):
+                                      reference="Someone et al. 2024, someone/code",
+                                      edit_defaults={"steps": 100, "guidance": 3.0})):
         main(["methods"])
     out = capsys.readouterr().out
     lines = out[out.index("test-marked"):].splitlines()
     assert lines[1].split() == ["reference:", "Someone", "et", "al.", "2024,", "someone/code"]
+    assert lines[2].split() == ["reference", "settings:", "steps=100,", "guidance=3.0"]
     assert "departs from the reference: window=4 (reference: 1): video only" in out
     assert "videdit option: iterations=10 (reference and default: 5): half the reconstruction error" in out

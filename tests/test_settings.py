@@ -44,7 +44,8 @@ def test_unset_settings_take_the_editors_reference_then_the_inversions_then_the_
         s = EditSettings(inversion="test-inv", editor="test-ed", steps=10, guidance=7.5, strength=0.55)
         assert (s.steps, s.guidance, s.strength, s.start_step) == (10, 7.5, 0.55, 5)   # int(10 * 0.55) = 5 kept
     s = EditSettings()
-    assert (s.steps, s.guidance, s.strength) == tuple(EDIT_DEFAULTS[k] for k in ("steps", "guidance", "strength"))
+    assert (s.steps, s.guidance, s.strength, s.steps_offset) == tuple(EDIT_DEFAULTS.values()) == (50, 7.5, 1.0, None)
+    assert EditSettings(inversion="edict").steps_offset == 0   # the reference's DDIM timesteps
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -193,7 +193,7 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--strength", type=float, help="invert and edit only the last int(steps * STRENGTH) steps "
                    "(default: the method's reference value, 1 for most; see `videdit methods`)")
     g.add_argument("--steps-offset", type=int, metavar="N", help="shift every timestep by N (diffusers' "
-                   "steps_offset; default: the model config's, 1 for SD 1.x; the reference codes use 0)")
+                   "steps_offset; default: the method's reference value, else the model config's, 1 for SD 1.x)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
     if fills_cache:
         g.add_argument("--no-cache", action=_Refused,
@@ -394,6 +394,9 @@ def _methods(a) -> None:
             print(f"  {name:<18} {spec.summary}")
             if spec.reference:
                 print(f"  {'':<18} reference: {spec.reference}")
+            if spec.edit_defaults:
+                print(f"  {'':<18} reference settings: "
+                      f"{', '.join(f'{k}={v}' for k, v in spec.edit_defaults.items())}")
             declared = spec.capabilities()
             if declared:
                 print(f"  {'':<18} declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")

@@ -58,7 +58,7 @@ class EditSettings:
     temporal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # video modules -> their options
     keep_background: Mapping[str, Any] | None = None  # KeepBackground options: source pixels where latents kept
     strength: float | None = None  # invert and edit the last int(steps * strength) steps; None: as steps, else 1
-    steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: the model config's
+    steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: as steps, else the model config's
     source_branch: str | None = None  # "replay" or "pinned" (to the inversion's latents); None: the editor's default
     # resolved from the fields above in __post_init__
     inversion_method: InversionMethod = field(init=False, repr=False, compare=False)
@@ -71,7 +71,7 @@ class EditSettings:
 
     def __post_init__(self):
         method, editor = get_inversion(self.inversion), get_editor(self.editor)
-        for name in ("steps", "guidance", "strength"):   # the reference's, where the edit leaves them unset
+        for name in EDIT_DEFAULTS:   # the reference's, where the edit leaves them unset
             if getattr(self, name) is None:
                 object.__setattr__(self, name, next(
                     (spec.edit_defaults[name] for spec in (editor, method) if name in spec.edit_defaults),

@@ -45,7 +45,8 @@ class Departure:
 
 
 # the edit settings a method's reference may fix, and their values where none does
-EDIT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 1.0}
+# (steps_offset None: the model config's)
+EDIT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 1.0, "steps_offset": None}
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Entry:
     summary: str            # one line, for ``videdit methods``
     module: str = ""        # where it was defined
     reference: str = ""     # the paper and the official code its defaults follow
-    # the reference's values of edit settings it fixes: "steps", "guidance", "strength"
+    # the reference's values of the edit settings it fixes (EDIT_DEFAULTS' keys)
     edit_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def capabilities(self) -> dict[str, object]:

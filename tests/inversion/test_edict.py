@@ -20,8 +20,9 @@ def test_edict_fp32_inversion_fallback(wolf_frames):
     """bf16 tiny-random, 10 steps, guidance 7.5. With the latent algebra in float64 the bf16
     UNet sees the very same inputs in both directions, so a bf16 inversion replayed in bf16 is
     exact (measured 0.0; 1.4e-2 when the algebra was fp32), as is fp32 both ways. An fp32
-    inversion replayed by a bf16 UNet is not (0.45): the fallback pays only when the edit's
-    UNet runs in fp32 too."""
+    inversion replayed by a bf16 UNet is not (0.096 at the reference's strength 0.8 and
+    steps_offset 0; 0.45 over the whole schedule): the fallback pays only when the edit's UNet
+    runs in fp32 too."""
     model = load_model("tiny-random", dtype="bf16")
     s = settings_for("edict")
     inv_bf16 = invert_frames(model, wolf_frames, s)
@@ -32,7 +33,7 @@ def test_edict_fp32_inversion_fallback(wolf_frames):
     with unet_dtype(model.unet, torch.float32):
         err_fp32 = rel_error(reconstruct(model, inv_fp32, s), inv_fp32.source)
     assert err_fp32 <= 1e-4 and err_bf16 <= 1e-4, (err_fp32, err_bf16)
-    assert err_mixed > 0.1, err_mixed
+    assert err_mixed > 0.05, err_mixed
 
 
 def test_edict_callback_change_moves_both_latents(tiny, wolf_frames):

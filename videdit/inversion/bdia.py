@@ -135,7 +135,7 @@ def bdia_replay(inv: Inversion, ctx: ReplayContext, config: BDIAConfig) -> Repla
     return Replay(sampler=BDIASampler(config.gamma, inv.extras["first_offset"].double(), residual, config.first_step))
 
 
-@register_inversion("bdia", BDIAConfig, replay=bdia_replay, steps=50, guidance=3.0, strength=0.8,
+@register_inversion("bdia", BDIAConfig, replay=bdia_replay, steps=50, guidance=3.0, strength=0.8, steps_offset=0,
                     reference="Zhang, Lewis & Kleijn 2024, Exact diffusion inversion via bidirectional integration "
                     "approximation (ECCV); guoqiang-zhang-x/BDIA image-editing/bdia_edict_functions.py "
                     "(BDIA_editing, BDIA_stablediffusion) and BDIA_experiments.ipynb (gamma)")

@@ -147,7 +147,7 @@ def edict_replay(inv: Inversion, ctx: ReplayContext, config: EDICTConfig) -> Rep
     return Replay(sampler=EDICTSampler(config.p, coupling, residual, config.leapfrog, inv.start_step))
 
 
-@register_inversion("edict", EDICTConfig, replay=edict_replay, steps=50, guidance=3.0, strength=0.8,
+@register_inversion("edict", EDICTConfig, replay=edict_replay, steps=50, guidance=3.0, strength=0.8, steps_offset=0,
                     reference="Wallace, Gokul & Naik 2023, EDICT: exact diffusion inversion via coupled "
                     "transformations (CVPR); salesforce/EDICT edict_functions.py (EDICT_editing, "
                     "coupled_stablediffusion)")
