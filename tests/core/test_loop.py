@@ -99,3 +99,26 @@ def test_guidance_hook_sees_each_batch_before_cfg():
     seen.clear()
     denoise(unet, x, s, Branches(cond, uncond, (1.0,)), callbacks=[DropDirection()])
     assert seen == []  # unguided: nothing to combine
+
+
+def test_step_start_hook_changes_what_the_model_sees():
+    """``on_step_start`` runs before each step's model call, and the model sees its latents."""
+    seen = []
+
+    class Shift(StepCallback):
+        def on_step_start(self, ctx, x):
+            seen.append(ctx.step)
+            return x + 1
+
+    class Recorder(CountingUNet):
+        def forward(self, x, t, encoder_hidden_states):
+            inputs.append(x.clone())
+            return super().forward(x, t, encoder_hidden_states)
+
+    inputs = []
+    s = make_schedule({"num_train_timesteps": 1000, "steps_offset": 1}, 3)
+    x = torch.randn(1, 2, 4, 4, 4)
+    denoise(Recorder(), x, s, Branches(torch.zeros(1, 3, 5), torch.zeros(1, 3, 5), (1.0,)), callbacks=[Shift()],
+            start_step=1)
+    assert seen == [1, 2]
+    torch.testing.assert_close(inputs[0], x[0] + 1)   # the first call already sees the shifted latents

@@ -21,6 +21,10 @@ IDENTITY_TOL = 1e-4
 # offsets added to the target too (the paper's "add target" ablation). Tested separately:
 # tests/inversion/test_direct.py checks the source-only default.
 IDENTITY_PARAMS = {"direct": {"add_target": True}}
+# pix2pix-zero guides against the source prompt (edit_real.py's negative prompt), not the
+# negative prompt: with target = source it samples the source prompt unguided, which is the
+# reconstruction at guidance 1.
+IDENTITY_GUIDANCE = {"pix2pix_zero": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,9 @@ def inversions(tiny, wolf_frames):
 @pytest.mark.parametrize("inversion", sorted(INVERSIONS))
 def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor):
     s, inv, rec = inversions(inversion)
-    s = dataclasses.replace(s, editor=editor)
+    s = dataclasses.replace(s, editor=editor, guidance=IDENTITY_GUIDANCE.get(editor, s.guidance))
+    if editor in IDENTITY_GUIDANCE:
+        rec = reconstruct(tiny, inv, s)
     z = edit_latents(tiny, inv, s)
     assert z.shape == rec.shape == (1, 4, 8, 8)
     err = float((z - rec).norm() / rec.norm())
@@ -74,6 +80,6 @@ def test_edit_is_deterministic_and_changes_with_the_prompt(tiny, inversions, edi
     assert a.shape == rec.shape and torch.isfinite(a).all()
     # Without options the source-prompt edit is rec (the identity test above); with a mask the
     # background follows ddim's inversion trajectory, not its reconstruction, so it is not.
-    base = edit_latents(tiny, inv, same) if editor in EDIT_PARAMS else rec
+    base = edit_latents(tiny, inv, same) if editor in EDIT_PARAMS or editor in IDENTITY_GUIDANCE else rec
     change = float((a - base).norm() / base.norm())
     assert change > PROMPT_CHANGE, f"{editor}: the edit moved only {change:.2e} from its source-prompt edit"

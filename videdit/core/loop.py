@@ -59,6 +59,11 @@ class StepContext:
 class StepCallback:
     """Per-step hooks; each returns its (possibly changed) tensor. Shapes (nb, F, C, h, w)."""
 
+    def on_step_start(self, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
+        """Before the model call of step ``ctx.step``: the latents it will see (pix2pix-zero's
+        cross-attention guidance moves them by a gradient step here)."""
+        return x
+
     def on_noise(self, ctx: StepContext, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` is the guided model output (epsilon or v, as the model predicts)."""
         return out
@@ -185,6 +190,11 @@ class Sampler:
         return x
 
 
+def _overrides(callback: StepCallback, hook: str) -> bool:
+    """Whether ``callback``'s class overrides the base class's no-op ``hook``."""
+    return getattr(type(callback), hook, None) is not getattr(StepCallback, hook)
+
+
 @torch.no_grad()
 def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, prediction_type: str = "epsilon",
             callbacks: Sequence[StepCallback] = (), sampler: Sampler | None = None, batch_size: int = 8,
@@ -194,8 +204,8 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
     info = info if info is not None else CallInfo()
     info.inverting = False
     sampler = sampler or Sampler()
-    guiding = [cb for cb in callbacks  # only those that override the pre-CFG hook
-               if getattr(type(cb), "on_guidance", StepCallback.on_guidance) is not StepCallback.on_guidance]
+    guiding = [cb for cb in callbacks if _overrides(cb, "on_guidance")]   # only those that change it
+    starting = [cb for cb in callbacks if _overrides(cb, "on_step_start")]
     state = sampler.start(x.float())
     for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
         t = int(schedule.timesteps[i])
@@ -203,6 +213,11 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
         ctx = StepContext(step=i, timestep=t, alpha=float(schedule.alphas[i]),
                           alpha_prev=float(schedule.alphas_prev[i]), n_steps=len(schedule))
         uncond = branches.uncond_at(i)
+        if starting:
+            z = sampler.latents(state)
+            for cb in starting:
+                z = cb.on_step_start(ctx, z)
+            state = sampler.with_latents(state, z)
 
         def before_cfg(u: torch.Tensor, c: torch.Tensor, frames: tuple[int, ...]):
             for cb in guiding:
