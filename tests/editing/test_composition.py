@@ -21,6 +21,10 @@ IDENTITY_TOL = 1e-4
 # offsets added to the target too (the paper's "add target" ablation). Tested separately:
 # tests/inversion/test_direct.py checks the source-only default.
 IDENTITY_PARAMS = {"direct": {"add_target": True}}
+# Cross-image attention's official attention contrast and FreeU change the output even when it
+# attends to itself (no appearance image, target = source): without them its identity edit is
+# the reconstruction; tests/editing/test_cross_image.py tests both.
+IDENTITY_EDITOR_PARAMS = {"cross_image": {"contrast": 1.0, "freeu": None}}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def inversions(tiny, wolf_frames):
 @pytest.mark.parametrize("inversion", sorted(INVERSIONS))
 def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor):
     s, inv, rec = inversions(inversion)
-    s = dataclasses.replace(s, editor=editor)
+    s = dataclasses.replace(s, editor=editor, editor_params=IDENTITY_EDITOR_PARAMS.get(editor, {}))
     z = edit_latents(tiny, inv, s)
     assert z.shape == rec.shape == (1, 4, 8, 8)
     err = float((z - rec).norm() / rec.norm())
