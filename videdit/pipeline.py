@@ -248,14 +248,15 @@ def invert_reference(model: Model, image: str | Path | np.ndarray, prompt: str, 
                      latent_size: tuple[int, int], *, cache: InversionCache | None = None,
                      progress: bool = False) -> Inversion:
     """An editor's reference image (a path or an (H, W, 3) uint8 array) at the edit's latent
-    size, DDIM-inverted under ``prompt`` with the edit's steps, through the cache."""
+    size, inverted as the input is (the edit's inversion and steps) under ``prompt``, through
+    the cache. Its noise is drawn with the next seed, independent of the input's."""
     size = (latent_size[1] * model.vae_scale_factor, latent_size[0] * model.vae_scale_factor)   # (W, H)
     if isinstance(image, np.ndarray):
         frame = cv2.resize(image, size, interpolation=cv2.INTER_AREA)[None]
     else:
         frame, _ = io.read_clip(Path(image), io.ReadOptions(max_frames=1, size=size))
-    reference = dataclasses.replace(settings, source_prompt=prompt, inversion="ddim", inversion_params={},
-                                    editor="plain", editor_params={}, temporal={}, keep_background=None)
+    reference = dataclasses.replace(settings, source_prompt=prompt, seed=settings.seed + 1, editor="plain",
+                                    editor_params={}, temporal={}, keep_background=None, source_branch=None)
     return invert_frames(model, frame, reference, cache=cache, progress=progress)
 
 
@@ -263,16 +264,21 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
                  frame_size: tuple[int, int] | None = None, cache: InversionCache | None = None,
                  progress: bool = False) -> EditContext:
     """What the editor reads (:class:`EditContext`): text embeddings, the schedule, and the
-    inversions of the reference images its ``config`` (default: the settings') names."""
+    inversions of the reference images its ``config`` (default: the settings') names, under their
+    prompts (None: the source prompt)."""
     config = settings.editor_config if config is None else config
     source_cond, target_cond, uncond = model.encode_text(
         [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
     schedule = settings.schedule(model.scheduler_config)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
-    references = {option: invert_reference(model, getattr(config, option), getattr(config, prompt), settings,
-                                           inversion.noise.shape[-2:], cache=cache, progress=progress)
-                  for option, prompt in settings.editor_spec.references.items() if getattr(config, option) is not None}
+    references = {}
+    for option, prompt_option in settings.editor_spec.references.items():
+        if getattr(config, option) is not None:
+            prompt = getattr(config, prompt_option)
+            references[option] = invert_reference(model, getattr(config, option),
+                                                  settings.source_prompt if prompt is None else prompt, settings,
+                                                  inversion.noise.shape[-2:], cache=cache, progress=progress)
     return EditContext(model=model, inversion=inversion, schedule=schedule, source_cond=source_cond,
                        target_cond=target_cond, uncond=uncond, guidance=settings.guidance,
                        source_prompt=settings.source_prompt, target_prompt=settings.target_prompt, seed=settings.seed,

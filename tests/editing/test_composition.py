@@ -25,6 +25,10 @@ IDENTITY_PARAMS = {"direct": {"add_target": True}}
 # negative prompt: with target = source it samples the source prompt unguided, which is the
 # reconstruction at guidance 1.
 IDENTITY_GUIDANCE = {"pix2pix_zero": 1.0}
+# Cross-image attention's official attention contrast and FreeU change the output even when it
+# attends to itself (no appearance image, target = source): without them its identity edit is
+# the reconstruction; tests/editing/test_cross_image.py tests both.
+IDENTITY_EDITOR_PARAMS = {"cross_image": {"contrast": 1.0, "freeu": None}}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,8 @@ def inversions(tiny, wolf_frames):
 @pytest.mark.parametrize("inversion", sorted(INVERSIONS))
 def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor):
     s, inv, rec = inversions(inversion)
-    s = dataclasses.replace(s, editor=editor, guidance=IDENTITY_GUIDANCE.get(editor, s.guidance))
+    s = dataclasses.replace(s, editor=editor, guidance=IDENTITY_GUIDANCE.get(editor, s.guidance),
+                            editor_params=IDENTITY_EDITOR_PARAMS.get(editor, {}))
     if editor in IDENTITY_GUIDANCE:
         rec = reconstruct(tiny, inv, s)
     z = edit_latents(tiny, inv, s)

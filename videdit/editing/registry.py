@@ -33,7 +33,7 @@ class EditContext:
     seed: int = 0
     batch_size: int = 8   # frames per UNet call, for editors that call the UNet themselves
     frame_size: tuple[int, int] | None = None  # (H, W) of the input frames; None: the latents' x VAE factor
-    references: Mapping[str, Inversion] = field(default_factory=dict)   # option -> its image's DDIM inversion
+    references: Mapping[str, Inversion] = field(default_factory=dict)   # option -> its image's inversion
 
 
 @dataclass
@@ -53,8 +53,8 @@ class EditPlan:
 class EditorSpec(Entry):
     plan: Callable[[EditContext, Any], EditPlan] = None
     has_source_branch: bool = False   # its plan replays the source beside the edit (EditPlan.source_branch)
-    # options naming a reference image -> the option with its prompt: the pipeline reads and inverts the
-    # image (DDIM, through the cache) and hands the inversion over in EditContext.references
+    # options naming a reference image -> the option with its prompt (None: the source prompt): the pipeline
+    # reads and inverts the image (the edit's inversion, through the cache), handing it over in EditContext.references
     references: Mapping[str, str] = field(default_factory=dict)
     pinned_source: bool = False     # by default the source branch is pinned to the inversion's trajectory
 
