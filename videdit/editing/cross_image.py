@@ -300,9 +300,9 @@ class CrossImageSteps(StepCallback):
         x = x.clone()
         if self.trajectory is not None:
             x[self.appearance] = self.trajectory[ctx.step + 1].to(x)  # (F, C, h, w), broadcast from 1 frame
-        if ctx.step in self.adain_steps:
-            if self.masks is not None and self.found is None:
-                self.found = self.masks()
+        if self.masks is not None and self.found is None and ctx.step in self.adain_steps:
+            self.found = self.masks()   # None while no UNet call has recorded the maps (BDIA's first step)
+        if ctx.step in self.adain_steps and (self.masks is None or self.found is not None):
             for f in range(x.shape[1]):
                 masks = () if self.found is None else (self.found.structure[f], self.found.appearance[f])
                 x[self.output, f] = adain(x[self.output, f], x[self.appearance, f], *masks)
@@ -326,7 +326,9 @@ def _mask_finder(ctx: EditContext, config: CrossImageConfig, store: Segmentation
     prompts = {structure: ctx.source_prompt, appearance: app_prompt}
     tokens = {b: word_positions(ctx.model.tokens(p), noun, p) for b, p in prompts.items()}
 
-    def find() -> Masks:
+    def find() -> Masks | None:
+        if any(b not in store.self_maps or b not in store.cross_maps for b in tokens):
+            return None
         out = {}
         for b, positions in tokens.items():
             sa, ca = store.self_maps[b], store.cross_maps[b]           # (F, T, T), (F, T', L)
