@@ -47,3 +47,20 @@ def test_gaussian_blur_conserves_a_constant_and_spreads_a_point():
     kernel = torch.outer(g, g) / torch.outer(g, g).sum()
     torch.testing.assert_close(out[0, 0, 2:5, 2:5], kernel)                  # the normalised kernel itself
     assert float(out.sum()) == pytest.approx(1.0) and out.dtype == torch.float64
+
+
+def test_upsample_mask_modes_match_the_reference_codes_resizes():
+    """``nearest-exact`` is PIL's ``Image.NEAREST`` (blended latent diffusion's ``_read_mask``);
+    ``bilinear`` is torchvision's tensor ``Resize`` without antialiasing (differential diffusion)."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8)
+    mask = torch.from_numpy(image / 255.).float()[None, None]
+    pil = np.array(Image.fromarray(image).resize((8, 6), Image.NEAREST)) / 255.
+    assert torch.equal(upsample_mask(mask, (6, 8), "nearest-exact")[0, 0], torch.from_numpy(pil).float())
+    bilinear = torch.nn.functional.interpolate(mask, size=(6, 8), mode="bilinear", align_corners=False, antialias=False)
+    assert torch.equal(upsample_mask(mask, (6, 8), "bilinear"), bilinear)
+    assert not torch.equal(upsample_mask(mask, (6, 8)), bilinear)            # videdit's own: area averaging
+    with pytest.raises(VideditError, match="resize mode"):
+        upsample_mask(mask, (6, 8), "bicubic")

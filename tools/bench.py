@@ -441,9 +441,9 @@ def diffusers_diffedit(directory: Path, frames, steps: int):
         mask = pipe.generate_mask(image=images, source_prompt=[SOURCE] * n, target_prompt=[TARGET] * n,
                                   num_inference_steps=steps, num_maps_per_mask=10, mask_encode_strength=0.5,
                                   guidance_scale=7.5, generator=gen)
-        latents = pipe.invert(prompt=[SOURCE] * n, image=images, num_inference_steps=steps, inpaint_strength=1.0,
-                              guidance_scale=1.0, generator=gen).latents
-        return pipe(prompt=[TARGET] * n, mask_image=mask, image_latents=latents, inpaint_strength=1.0,
+        latents = pipe.invert(prompt=[SOURCE] * n, image=images, num_inference_steps=steps, inpaint_strength=0.8,
+                              guidance_scale=7.5, generator=gen).latents
+        return pipe(prompt=[TARGET] * n, mask_image=mask, image_latents=latents, inpaint_strength=0.8,
                     num_inference_steps=steps, guidance_scale=7.5, output_type="np", generator=gen).images
 
     return pipe.unet, run
@@ -496,8 +496,8 @@ def peers(a) -> None:
                   editor="sega", editor_params=concept)),
             ("DiffEdit mask+invert+edit", diffusers_diffedit, "ddim + diffedit",
              ours(edit_frames, source_prompt=SOURCE, target_prompt=TARGET, guidance=7.5, inversion="ddim",
-                  inversion_params={"guidance": 1.0}, editor="diffedit",
-                  editor_params={"n_samples": 10, "encode_ratio": 0.5})),
+                  inversion_params={"guidance": 7.5}, editor="diffedit",
+                  editor_params={"n_samples": 10, "mask_encode_strength": 0.5})),
         ]
         if "pix2pix_zero" in INVERSIONS:
             pairs.append(("pix2pix-zero inversion", diffusers_pix2pix_zero, "pix2pix_zero inversion",

@@ -9,17 +9,29 @@ import torch.nn.functional as F
 
 from videdit.errors import VideditError
 
+# the interpolations a reference code resizes its masks with (see upsample_mask)
+RESIZE_MODES = ("nearest-exact", "bilinear")
 
-def upsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+
+def upsample_mask(mask: torch.Tensor, size: tuple[int, int], mode: str | None = None) -> torch.Tensor:
     """Resize a mask (F, 1, h, w) to ``size`` = (H, W): bilinear when enlarging (latents to
     frames), area-averaged when shrinking (a file to latents), so a binary mask gets soft
-    edges rather than aliased ones. The one resize for masks in videdit."""
+    edges rather than aliased ones. The one resize for masks in videdit.
+
+    ``mode`` fixes the interpolation where a method's reference code resizes its mask its own
+    way: ``"nearest-exact"`` (PIL's ``Image.NEAREST``, blended latent diffusion) or
+    ``"bilinear"`` without antialiasing (torchvision's ``Resize`` of a tensor, differential
+    diffusion), either way."""
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise VideditError(f"a mask is (F, 1, h, w), got {tuple(mask.shape)}")
+    if mode not in (None, *RESIZE_MODES):
+        raise VideditError(f"mask resize mode must be one of {RESIZE_MODES} (or None: videdit's), got {mode!r}")
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     m = mask.float()
-    if size[0] * size[1] < m.shape[-2] * m.shape[-1]:
+    if mode is not None:
+        m = F.interpolate(m, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    elif size[0] * size[1] < m.shape[-2] * m.shape[-1]:
         m = F.interpolate(m, size=size, mode="area")
     else:
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)

@@ -64,3 +64,23 @@ def test_presets_name_a_registered_editor_and_valid_options(preset):
     assert a.editor == PRESETS[preset]
     EditSettings(inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                  editor_params=editor_params(a), steps=a.steps, guidance=a.guidance)
+
+
+@pytest.mark.parametrize("preset,expected", [
+    # scripts/text_editing_SD2.py: 50 steps, guidance 7.5, 12 skipped, DDIMScheduler(...) with steps_offset 0
+    ("blended", {"steps": 50, "guidance": 7.5, "start_step": 12, "steps_offset": 0, "inversion_guidance": 1.0}),
+    # SD2/run.py: 100 steps at guidance 7, the whole schedule
+    ("differential", {"steps": 100, "guidance": 7.0, "start_step": 0, "steps_offset": None,
+                      "inversion_guidance": 1.0}),
+    # diffusers' DiffEdit: inpaint_strength 0.8, invert at guidance 7.5 under the source prompt
+    ("diffedit", {"steps": 50, "guidance": 7.5, "start_step": 10, "steps_offset": None, "inversion_guidance": 7.5}),
+])
+def test_presets_use_the_references_settings(preset, expected):
+    path = ROOT / "configs" / f"{preset}.yaml"
+    a = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(path)])
+    s = EditSettings(inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
+                     editor_params=editor_params(a), steps=a.steps, guidance=a.guidance, strength=a.strength,
+                     steps_offset=a.steps_offset)
+    got = {"steps": s.steps, "guidance": s.guidance, "start_step": s.start_step, "steps_offset": s.steps_offset,
+           "inversion_guidance": s.inversion_config.guidance}
+    assert got == expected

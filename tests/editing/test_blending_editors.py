@@ -15,14 +15,22 @@ def inverted(blending_inverted):
     return blending_inverted
 
 
+# the options that blend with the inversion's own trajectory through the last step (videdit's);
+# the references' defaults end one noise level off the source (blended, diffedit) or denoise it
+# once more (differential): their tests compare with the official samplers (test_blended.py, ...)
+ON_THE_TRAJECTORY = {"blended": {"from_inversion": True}, "diffedit": {"aligned_blend": True},
+                     "differential": {"from_inversion": True}}
+
+
 @pytest.mark.parametrize("inversion", ["ddim", "ddpm", "edict"])
-@pytest.mark.parametrize("editor", ["blended", "diffedit", "differential"])
+@pytest.mark.parametrize("editor", sorted(ON_THE_TRAJECTORY))
 def test_outside_the_mask_is_the_source(tiny, inverted, editor, inversion):
-    """A binary mask: outside it, the result is the source latent (trajectory[-1]), which for an
-    exact inversion is its reconstruction; inside, the target prompt changed it."""
+    """A binary mask, blending on the inversion's trajectory: outside it, the result is the source
+    latent (trajectory[-1]), which for an exact inversion is its reconstruction; inside, the target
+    prompt changed it."""
     s, inv, rec = inverted(inversion)
     mask = left_half()
-    z = edit(tiny, s, inv, editor, mask=mask)                  # (F, C, h, w)
+    z = edit(tiny, s, inv, editor, mask=mask, **ON_THE_TRAJECTORY[editor])   # (F, C, h, w)
     out, inside = (mask == 0).expand_as(z), (mask == 1).expand_as(z)
     torch.testing.assert_close(z[out], inv.source[out], atol=1e-6, rtol=0)
     if float((rec - inv.source).norm() / inv.source.norm()) < 1e-4:  # exact inversion
@@ -34,9 +42,10 @@ def test_outside_the_mask_is_the_source(tiny, inverted, editor, inversion):
 @pytest.mark.parametrize("editor,params,match", [
     ("blended", {"mask": "nope.png"}, "does not exist"),
     ("blended", {"blend_until": 2}, "blend_until"),
-    ("diffedit", {"encode_ratio": 0}, "encode_ratio"),
+    ("diffedit", {"mask_encode_strength": 0}, "mask_encode_strength"),
     ("diffedit", {"n_samples": 0}, "n_samples"),
     ("differential", {"mask": 3}, "file path or a tensor"),
+    ("differential", {"map": "nope.png"}, "does not exist"),
     ("sega", {"concepts": [{"txt": "a"}]}, "does not take txt"),
     ("sega", {"concepts": [{"text": "a", "scale": -1}]}, "remove=true"),
     ("sega", {"threshold": 1.0}, "threshold"),

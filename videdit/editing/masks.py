@@ -63,24 +63,27 @@ def _as_nchw(value: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
 
 
 def mask_from_tensor(value: torch.Tensor | np.ndarray, latent_size: tuple[int, int], *,
-                     frame_size: tuple[int, int], n_frames: int | None = None) -> torch.Tensor:
+                     frame_size: tuple[int, int], n_frames: int | None = None,
+                     resize: str | None = None) -> torch.Tensor:
     """A programmatic mask ((h, w), (F, h, w) or (F, 1, h, w), values in [0, 1], any size
     with the frames' aspect ratio) -> (F or 1, 1, h, w) at ``latent_size`` = (h, w).
-    ``frame_size`` = (H, W) of the frames being edited; ``n_frames`` checks a per-frame mask."""
+    ``frame_size`` = (H, W) of the frames being edited; ``n_frames`` checks a per-frame mask;
+    ``resize``: :func:`upsample_mask`'s mode."""
     t = _as_nchw(value, "the mask")
     _check_aspect("the mask", tuple(t.shape[-2:]), frame_size)
     if n_frames is not None and t.shape[0] not in (1, n_frames):
         raise VideditError(f"the mask has {t.shape[0]} frames but {n_frames} frames are edited; "
                            f"give one mask for all frames or one per frame")
-    return upsample_mask(t, latent_size)
+    return upsample_mask(t, latent_size, resize)
 
 
 def mask_from_file(path: str | os.PathLike, latent_size: tuple[int, int], *,
-                   frame_size: tuple[int, int]) -> torch.Tensor:
+                   frame_size: tuple[int, int], resize: str | None = None) -> torch.Tensor:
     """An image (white = edit, black = keep; grey = partial, for soft masks) or a ``.npy``
     array of values in [0, 1] -> (1, 1, h, w) at ``latent_size`` = (h, w), one mask for every
     frame. The file may have any size; if its aspect ratio differs from the frames'
-    (``frame_size`` = (H, W)) by more than 1%, this raises rather than stretch it."""
+    (``frame_size`` = (H, W)) by more than 1%, this raises rather than stretch it.
+    ``resize``: :func:`upsample_mask`'s mode."""
     path = Path(path)
     check_mask_path(path)
     if path.suffix.lower() == ".npy":
@@ -96,7 +99,7 @@ def mask_from_file(path: str | os.PathLike, latent_size: tuple[int, int], *,
         scale = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
         t = _as_nchw(image.astype(np.float32) / scale, f"mask {path}")
     _check_aspect(f"mask {path}", tuple(t.shape[-2:]), frame_size)
-    return upsample_mask(t, latent_size)
+    return upsample_mask(t, latent_size, resize)
 
 
 def check_mask_path(path: str | os.PathLike) -> None:
@@ -119,13 +122,14 @@ def validate_mask_source(value, what: str) -> None:
 
 
 def load_mask(value: MaskSource | None, latent_size: tuple[int, int], *, frame_size: tuple[int, int],
-              n_frames: int | None = None) -> torch.Tensor | None:
-    """An editor's ``mask`` option (path, tensor, array or None) -> (F or 1, 1, h, w) or None."""
+              n_frames: int | None = None, resize: str | None = None) -> torch.Tensor | None:
+    """An editor's ``mask`` option (path, tensor, array or None) -> (F or 1, 1, h, w) or None,
+    resized to ``latent_size`` with :func:`upsample_mask`'s ``resize`` mode."""
     if value is None:
         return None
     if isinstance(value, (torch.Tensor, np.ndarray)):
-        return mask_from_tensor(value, latent_size, frame_size=frame_size, n_frames=n_frames)
-    return mask_from_file(value, latent_size, frame_size=frame_size)
+        return mask_from_tensor(value, latent_size, frame_size=frame_size, n_frames=n_frames, resize=resize)
+    return mask_from_file(value, latent_size, frame_size=frame_size, resize=resize)
 
 
 def mask_from_attention(maps: torch.Tensor, threshold: float | None = 0.5, *, dilate: int = 0) -> torch.Tensor:
@@ -149,8 +153,9 @@ def mask_from_attention(maps: torch.Tensor, threshold: float | None = 0.5, *, di
 
 def encode_step(n_steps: int, encode_ratio: float) -> int:
     """The schedule index at noise level ``encode_ratio`` (0: clean, 1: the first step), as
-    diffusers' ``get_timesteps(n_steps, strength=encode_ratio)`` picks it."""
-    return min(n_steps - 1, max(0, n_steps - round(encode_ratio * n_steps)))
+    diffusers' ``get_timesteps(n_steps, strength=encode_ratio)`` picks it (n - int(n * ratio)),
+    at most the last step."""
+    return min(n_steps - 1, max(0, n_steps - int(encode_ratio * n_steps)))
 
 
 @torch.no_grad()
