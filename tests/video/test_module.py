@@ -25,7 +25,7 @@ STACKS = {
 }
 EDITOR_OPTIONS = {"blended": {"mask": np.ones((32, 32), np.float32)},
                   "differential": {"mask": np.full((32, 32), 0.5, np.float32)},
-                  "sega": {"concepts": ["robot"]}}
+                  "sega": {"concepts": ["robot"], "warmup": 0}, "ledits": {"concepts": ["robot"], "masking": "noise"}}
 
 
 def test_every_module_is_in_the_matrix():
