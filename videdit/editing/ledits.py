@@ -170,14 +170,14 @@ class LeditsGuidance(ConceptGuidance):
                  store: ConceptAttention | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.masking, self.intersect_t, self.n_tokens, self.store = masking, intersect_t, list(n_tokens), store
-        self.maps: torch.Tensor | None = None            # (m, nb, F, T, h, w): this call's attention maps
-        self.needed_now: list[int] = []
+        self.maps: torch.Tensor | None = None            # (k, nb, F, T, h, w): the acting concepts' attention maps
+        self.acting: list[int] = []                      # the concepts of the step in flight, as needed() said
 
     def needed(self, i: int) -> list[int]:
         if self.cooled(i):
             return []
-        self.needed_now = [j for j, c in enumerate(self.concepts) if c.scale != 0 and self.warmed(j, i)]
-        return self.needed_now
+        self.acting = [j for j, c in enumerate(self.concepts) if c.scale != 0 and self.warmed(j, i)]
+        return self.acting
 
     def predict(self, x, timestep, embeds):
         if self.store is None:
@@ -189,14 +189,14 @@ class LeditsGuidance(ConceptGuidance):
         finally:
             self.store.active = False
         m = embeds.shape[0]
-        self.maps = self.store.maps().unflatten(0, (m, x.shape[0]))[-len(self.needed_now):]  # the concepts' calls
+        self.maps = self.store.maps().unflatten(0, (m, x.shape[0]))[-len(self.acting):]  # after eps(uncond), if run
         return out
 
     def guidance(self, ctx, i, psi):
         if not psi:
             return None
         total = 0
-        for k, j in enumerate(self.needed_now):
+        for k, j in enumerate(self.acting):
             total = total + self.concepts[j].weight * psi[j] * self.mask(psi[j], k, j, ctx.timestep)
         return total
 
