@@ -27,7 +27,7 @@
 - peers: seconds per frame of videdit's blending/score editors next to diffusers' own
   pipelines on the same model (tiny-random saved as a diffusers directory), frames and UNet
   evaluations (counted, per frame): LEDITS++ (``LEditsPPPipelineStableDiffusion``, vs ``ddpm``
-  inversion + ``sega``, no prompts, one concept, noise masks on both sides: LEDITS++'s
+  inversion + ``ledits``, no prompts, one concept, noise masks on both sides: LEDITS++'s
   cross-attention masks read layers at 1/4 of the latent side, which tiny-random lacks),
   DiffEdit (``StableDiffusionDiffEditPipeline`` vs ``ddim`` + ``diffedit``) and pix2pix-zero's
   regularised inversion (inversion only: the edits differ). Best of ``--repeats``.
@@ -491,9 +491,9 @@ def peers(a) -> None:
 
         concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": "noise"}
         pairs = [
-            ("LEDITS++ invert+edit", diffusers_ledits, "ddpm + sega",
-             ours(edit_frames, guidance=1.0, inversion="ddpm", inversion_params={"skip": 0, "guidance": 1.0},
-                  editor="sega", editor_params=concept)),
+            ("LEDITS++ invert+edit", diffusers_ledits, "ddpm + ledits",
+             ours(edit_frames, guidance=1.0, strength=1.0, inversion="ddpm",
+                  inversion_params={"guidance": 1.0, "zero_last": False}, editor="ledits", editor_params=concept)),
             ("DiffEdit mask+invert+edit", diffusers_diffedit, "ddim + diffedit",
              ours(edit_frames, source_prompt=SOURCE, target_prompt=TARGET, guidance=7.5, inversion="ddim",
                   inversion_params={"guidance": 7.5}, editor="diffedit",

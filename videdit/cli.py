@@ -241,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", type=Path, help="mask image (white = edit, black = keep; grey = partial) or .npy "
                    "map, any size with the frames' aspect ratio: the editor's `mask` option")
     p.add_argument("--concept", type=_concept(remove=False), action="append", default=[], metavar="TEXT[=SCALE]",
-                   help="a concept to add (sega), with an optional guidance scale (repeatable)")
+                   help="a concept to add (sega, ledits), with an optional guidance scale (repeatable)")
     p.add_argument("--remove-concept", dest="concept", type=_concept(remove=True), action="append",
-                   metavar="TEXT[=SCALE]", help="a concept to remove (sega) (repeatable)")
+                   metavar="TEXT[=SCALE]", help="a concept to remove (sega, ledits) (repeatable)")
     p.add_argument("--replace", type=float, metavar="FRACTION",
                    help="prompt_to_prompt: edit cross-attention for this fraction of the steps (cross_replace)")
     p.add_argument("--reweight", type=_reweight, action="append", default=[], metavar="WORD=SCALE",

@@ -1,5 +1,6 @@
 """The edit command's --mask / --concept / --remove-concept flags across the blending and score
-editors, and their YAML presets. SEGA's own flag and preset tests are in test_sega.py."""
+editors, and their YAML presets. SEGA's and LEDITS++'s own flag and preset tests are in test_sega.py and
+test_ledits.py."""
 
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from videdit.cli import _with_config, build_parser, editor_params
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings
 
-PRESETS = {"blended": "blended", "diffedit": "diffedit", "differential": "differential", "ledits": "sega"}
+PRESETS = {"blended": "blended", "diffedit": "diffedit", "differential": "differential", "ledits": "ledits",
+           "ddpm": "plain"}
 
 
 def write_mask(path: Path, width: int, height: int) -> Path:
@@ -34,7 +36,7 @@ def test_flags_become_editor_params():
     (["--editor", "plain", "--mask", "m.png"], r"--mask: editor 'plain' does not take mask; use --editor with one of "
                                                r"\['blended', 'diffedit', 'differential', .*'sega'"),
     (["--editor", "blended", "--concept", "hat"], r"--concept/--remove-concept: editor 'blended' does not take "
-                                                  r"concepts; use --editor with one of \['sega'\]"),
+                                                  r"concepts; use --editor with one of \['ledits', 'sega'\]"),
 ])
 def test_a_flag_the_editor_does_not_take_is_an_error(argv, match):
     with pytest.raises(VideditError, match=match):

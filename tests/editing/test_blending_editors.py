@@ -1,4 +1,4 @@
-"""What the blending and score editors (blended, diffedit, differential, sega) share, tested across
+"""What the blending and score editors (blended, diffedit, differential, sega, ledits) share, tested across
 them on tiny-random with real frames: outside a mask the result is the source, and bad options are
 errors with the fix. Each editor's own tests are in its file (test_blended.py, ...)."""
 
@@ -49,8 +49,12 @@ def test_outside_the_mask_is_the_source(tiny, inverted, editor, inversion):
     ("sega", {"concepts": [{"txt": "a"}]}, "does not take txt"),
     ("sega", {"concepts": [{"text": "a", "scale": -1}]}, "remove=true"),
     ("sega", {"threshold": 1.0}, "threshold"),
-    ("sega", {"masking": "both"}, "masking"),
+    ("sega", {"masking": "noise"}, "does not take masking"),
     ("sega", {"warmup": 3, "cooldown": 2}, "cooldown"),
+    ("sega", {"concepts": [{"text": "a", "weight": -1}]}, "weight"),
+    ("ledits", {"masking": "both"}, "masking"),
+    ("ledits", {"threshold": 1.0}, "threshold"),
+    ("ledits", {"attention_resolution": 3}, "power of two"),
 ])
 def test_bad_options_are_errors_with_the_fix(editor, params, match):
     with pytest.raises(VideditError, match=match):

@@ -61,12 +61,12 @@ def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor
 
 
 # Options that make an editor more than the plain one: without them blended and differential
-# edit everywhere and sega adds no concept, i.e. each is the plain editor (measured: the same
+# edit everywhere and sega and ledits add no concept, i.e. each is the plain editor (measured: the same
 # 0.3405 change as plain). With them the editor's own mechanism runs in the test below.
 _HALF = torch.zeros(8, 8)
 _HALF[:, :4] = 1                                               # edit the left half of the 8x8 latent
 EDIT_PARAMS = {"blended": {"mask": _HALF}, "differential": {"mask": 0.25 + 0.5 * _HALF},
-               "sega": {"concepts": ["glasses"]}}
+               "sega": {"concepts": ["glasses"], "warmup": 0}, "ledits": {"concepts": ["glasses"], "masking": "noise"}}
 # How far the edit under "a robot wolf in a forest" is from the same editor's edit under the
 # source prompt, relative (ddim inversion, 4 steps, guidance 7.5), measured: blended 0.329,
 # cross_image 0.327, diffedit 1.007, differential 0.225, masactrl 0.328, plain 0.341,

@@ -10,6 +10,9 @@ from videdit.inversion import ReplayContext
 from videdit.pipeline import EditSettings
 
 PROMPT = "a wolf"
+# Options that make an exact inversion give the source back where its reference's defaults do not:
+# ddpm's reference zeroes the last noise map and takes the maps' means at guidance 3.5, not the edit's.
+EXACT_OPTIONS = {"ddpm": {"guidance": None, "zero_last": False}}
 
 
 def rel_error(a, b):
@@ -24,7 +27,7 @@ def replay_context(tiny, **kw):
 
 
 def settings_for(method, guidance=7.5, steps=10, **kw):
-    params = {"guidance": guidance, **kw.pop("inversion_params", {})}
+    params = {**EXACT_OPTIONS.get(method, {}), "guidance": guidance, **kw.pop("inversion_params", {})}
     return EditSettings(source_prompt=PROMPT, target_prompt=PROMPT, steps=steps, guidance=guidance, inversion=method,
                         inversion_params=params, **kw)
 

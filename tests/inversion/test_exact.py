@@ -44,7 +44,7 @@ def test_replay_warns_when_the_edit_guidance_differs(tiny, wolf_frames, caplog):
 @pytest.mark.parametrize("method", EXACT)
 def test_configs_reject_bad_values(method):
     bad = {"edict": {"p": 0.0}, "bdia": {"gamma": 0.0}, "direct": {"inversion_guidance": -1.0},
-           "ddpm": {"skip": 1.5}}[method]
+           "ddpm": {"guidance": 60.0}}[method]
     with pytest.raises(VideditError):
         INVERSIONS[method].config(**bad)
 

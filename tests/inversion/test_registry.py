@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.inversion.exact_runs import EXACT_OPTIONS
 from videdit.inversion import INVERSIONS, InversionCache
 from videdit.pipeline import EditSettings, invert_frames, reconstruct
 
@@ -49,7 +50,7 @@ def method(request):
 
 def settings_for(method, guidance=7.5, **kw):
     return EditSettings(source_prompt="a wolf", target_prompt="a wolf", steps=STEPS, guidance=guidance,
-                        inversion=method, **kw)
+                        inversion=method, inversion_params=EXACT_OPTIONS.get(method, {}), **kw)
 
 
 def test_record_shapes_and_costs(tiny, wolf_frames, method):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.inversion.exact_runs import EXACT_OPTIONS
 from videdit.models import load_model
 from videdit.pipeline import EditSettings, invert_frames, reconstruct
 from videdit.toy.world import sample_scenes
@@ -37,11 +38,11 @@ def test_diffusers_pipeline_loads_and_generates():
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
 
-def errors(toy, scenes, method, guidance, steps=20, **params):
+def errors(toy, scenes, method, guidance, steps=20, params=None):
     total = 0.0
     for s in scenes:
         settings = EditSettings(source_prompt=s.caption, target_prompt=s.caption, steps=steps, guidance=guidance,
-                                inversion=method, inversion_params=params)
+                                inversion=method, inversion_params=params or {})
         inv = invert_frames(toy, s.image[None], settings)
         total += float((reconstruct(toy, inv, settings) - inv.source).norm() / inv.source.norm())
     return total / len(scenes)
@@ -55,7 +56,7 @@ def test_ddim_reconstruction_bound(toy, scenes):
 
 @pytest.mark.parametrize("method", ["edict", "bdia", "direct", "ddpm"])
 def test_exact_inversions_on_the_toy_model(toy, scenes, method):
-    assert errors(toy, scenes, method, 7.5) <= 1e-4
+    assert errors(toy, scenes, method, 7.5, params=EXACT_OPTIONS.get(method)) <= 1e-4
 
 
 def test_null_text_is_ten_times_below_ddim_at_guidance_7_5(toy, scenes):

@@ -27,7 +27,7 @@ STACKS = {
 # the modules next to nothing to change (measured 0.003 of a level): it starts from the inversion here
 EDITOR_OPTIONS = {"blended": {"mask": np.ones((32, 32), np.float32), "from_inversion": True},
                   "differential": {"mask": np.full((32, 32), 0.5, np.float32)},
-                  "sega": {"concepts": ["robot"]}}
+                  "sega": {"concepts": ["robot"], "warmup": 0}, "ledits": {"concepts": ["robot"], "masking": "noise"}}
 
 
 def test_every_module_is_in_the_matrix():
