@@ -13,9 +13,10 @@ an editing-time technique and not part of this inversion.
 
 The authors released no code. The defaults follow the paper's premise, an inversion without
 classifier-free guidance (guidance 1, conditional only; the edit's guidance comes from its
-blended guidance instead), and the third-party reimplementation the method is usually run
-from, github.com/wmchen/diffusion-inversion (``configs/aidi_a.yaml``: Anderson acceleration
-with memory 3, 5 accelerated iterations, guidance 0, i.e. conditional only, 50 steps).
+blended guidance instead), and a third-party reimplementation,
+github.com/wmchen/diffusion-inversion (``configs/aidi_a.yaml``: Anderson acceleration with
+memory 3, 5 accelerated iterations, guidance 0, i.e. conditional only, 50 steps). ``tol``,
+which neither gives, only ends a step that has converged.
 """
 
 from __future__ import annotations
