@@ -6,6 +6,7 @@ import torch
 from tests.inversion.approximate_runs import rel_error, step_map as _step_map
 from videdit.inversion.aidi import anderson_solve
 from videdit.inversion.fixed_point import fixed_point_solve
+from videdit.pipeline import EditSettings
 
 
 @torch.no_grad()
@@ -36,3 +37,12 @@ def test_anderson_accelerates_a_linear_contraction():
     assert len(anderson) < 0.5 * len(plain), (len(anderson), len(plain))
     exact = torch.linalg.solve(torch.eye(256, dtype=torch.float64) - a, b)
     assert rel_error(z.flatten(), exact) < 1e-5
+
+
+def test_aidi_inverts_without_guidance():
+    """The paper inverts without classifier-free guidance (its edits take theirs from blended
+    guidance), as github.com/wmchen/diffusion-inversion's configs/aidi_a.yaml does (guidance 0,
+    conditional only): guidance 1 whatever the edit's; None inverts at the edit's."""
+    assert EditSettings(inversion="aidi", guidance=7.5).inversion_config.guidance == 1.0
+    assert EditSettings(inversion="aidi", guidance=7.5,
+                        inversion_params={"guidance": None}).inversion_config.guidance == 7.5

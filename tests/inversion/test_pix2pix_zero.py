@@ -1,10 +1,11 @@
 """pix2pix-zero's inversion (videdit/inversion/pix2pix_zero.py): its regularisers reduce their
-losses, and without them it is DDIM."""
+losses, without them it is DDIM, and its KL term is diffusers' StableDiffusionPix2PixZeroPipeline's."""
 
 import torch
 
 from tests.inversion.approximate_runs import rel_error, settings
 from videdit.inversion.pix2pix_zero import Pix2PixZeroConfig, kl_divergence, regularise
+from videdit.models import load_model
 from videdit.pipeline import invert_frames
 
 
@@ -31,3 +32,28 @@ def test_pix2pix_zero_without_regularisation_is_ddim(tiny, wolf_frames):
     torch.testing.assert_close(inv.trajectory, invert_frames(tiny, wolf_frames, settings()).trajectory)
     regularised = invert_frames(tiny, wolf_frames, settings("pix2pix_zero"))
     assert rel_error(regularised.noise, inv.noise) > 0.01
+
+
+def test_pix2pix_zero_kl_inversion_matches_diffusers(wolf_frames):
+    """diffusers 0.42 still ships StableDiffusionPix2PixZeroPipeline (deprecated); its ``invert``
+    with the auto-correlation weight 0 (its draws of random shifts are its own) and the KL term
+    at its defaults (lambda 20, 5 rounds), conditional only, gives videdit's inverted noise to
+    1e-5 (fp32, one frame, 10 steps), with videdit's steps at diffusers' own scale
+    (reference_size=0: tiny-random's 8x8 latents would take 64x smaller steps otherwise)."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPix2PixZeroPipeline
+
+    model = load_model("tiny-random")   # invert() installs its own attention processors: a model of its own
+    s = settings("pix2pix_zero", steps=10, scale=1, lambda_ac=0.0, reference_size=0)
+    inv = invert_frames(model, wolf_frames[:1], s)
+    pipe = StableDiffusionPix2PixZeroPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=DDIMScheduler.from_config(model.scheduler_config), feature_extractor=None, safety_checker=None,
+        inverse_scheduler=DDIMInverseScheduler.from_config(model.scheduler_config), caption_generator=None,
+        caption_processor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe.invert(prompt_embeds=model.encode_text(["a wolf"]), image=inv.source, num_inference_steps=10,
+                         guidance_scale=1, lambda_auto_corr=0.0, lambda_kl=20.0, num_reg_steps=5,
+                         output_type="pt").latents
+    torch.testing.assert_close(inv.noise, theirs, atol=1e-5, rtol=1e-5)   # measured 2.4e-6 apart at most
+    ddim = invert_frames(model, wolf_frames[:1], settings(steps=10, scale=1)).noise
+    assert rel_error(theirs, ddim) > 1   # the KL steps moved it (measured 2.5)
