@@ -21,6 +21,10 @@ IDENTITY_TOL = 1e-4
 # offsets added to the target too (the paper's "add target" ablation). Tested separately:
 # tests/inversion/test_direct.py checks the source-only default.
 IDENTITY_PARAMS = {"direct": {"add_target": True}}
+# Plug-and-Play computes its source features under the empty prompt on the inversion's own
+# latents (its official algorithm), not on a replay under the source prompt, so its identity
+# edit is not the reconstruction; tests/editing/test_plug_and_play.py checks it against pnp.py.
+NO_IDENTITY = {"plug_and_play"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,9 @@ def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor
     s, inv, rec = inversions(inversion)
     s = dataclasses.replace(s, editor=editor)
     z = edit_latents(tiny, inv, s)
-    assert z.shape == rec.shape == (1, 4, 8, 8)
+    assert z.shape == rec.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
+    if editor in NO_IDENTITY:
+        return
     err = float((z - rec).norm() / rec.norm())
     assert err <= IDENTITY_TOL, f"{inversion} x {editor}: {err:.2e}"
 
