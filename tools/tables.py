@@ -26,8 +26,8 @@ on the toy model, at its reference's defaults (its config's defaults and strengt
 table's steps and guidance, since the toy model is sampled at guidance 4), then once more
 with each videdit improvement (an option marked ``improved``: its ``better`` value). Colour
 and shape edits of one-object scenes, scored as toy-edits does. Editors that need an input
-get the scene's: a mask (the object grown by 2 px), the concept word (sega), the scene
-rendered with the asked object (cross_image's appearance image).
+get the scene's: a mask (the object grown by 2 px; white = change), the concept word (sega,
+ledits), the scene rendered with the asked object (cross_image's appearance image).
 
 toy-video and temporal: warp error of each temporal mechanism (``MECHANISMS``) against
 independent per-frame editing, each also as a ratio to the source clip's own warp error
@@ -206,7 +206,7 @@ def editor_inputs(editor: str, scene, obj, prompt: str, kind: str) -> dict:
     out = {}
     if "mask" in options and editor != "diffedit":   # diffedit finds its own mask
         out["mask"] = _grown(scene.masks[0], 2).astype(np.float32)
-    if editor == "sega":
+    if "concepts" in options:   # sega, ledits
         out["concepts"] = [obj.colour if kind == "colour" else obj.shape]
     if "appearance" in options:
         out["appearance"] = make_scene((obj,), scene.background).image

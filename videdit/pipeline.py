@@ -339,7 +339,10 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     if settings.pin_source:   # the source branch's latents are the inversion's at every step
         x = x.clone()
         x[plan.source_branch] = inversion.trajectory[start].to(x)
-        callbacks = [PinnedBranch(plan.source_branch, inversion.trajectory), *callbacks]
+        # after the replay's callbacks (direct inversion's offsets would move it off the trajectory), before
+        # the editor's (a local blend reads the source branch)
+        pin = len(replay.callbacks)
+        callbacks = [*callbacks[:pin], PinnedBranch(plan.source_branch, inversion.trajectory), *callbacks[pin:]]
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=replay.sampler,

@@ -29,6 +29,10 @@ IDENTITY_GUIDANCE = {"pix2pix_zero": 1.0}
 # attends to itself (no appearance image, target = source): without them its identity edit is
 # the reconstruction; tests/editing/test_cross_image.py tests both.
 IDENTITY_EDITOR_PARAMS = {"cross_image": {"contrast": 1.0, "freeu": None}}
+# Plug-and-Play computes its source features under the empty prompt on the inversion's own
+# latents (its official algorithm), not on a replay under the source prompt, so its identity
+# edit is not the reconstruction; tests/editing/test_plug_and_play.py checks it against pnp.py.
+NO_IDENTITY = {"plug_and_play"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,9 @@ def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor
     if editor in IDENTITY_GUIDANCE:
         rec = reconstruct(tiny, inv, s)
     z = edit_latents(tiny, inv, s)
-    assert z.shape == rec.shape == (1, 4, 8, 8)
+    assert z.shape == rec.shape == (1, 4, 8, 8) and torch.isfinite(z).all()
+    if editor in NO_IDENTITY:
+        return
     err = float((z - rec).norm() / rec.norm())
     assert err <= IDENTITY_TOL, f"{inversion} x {editor}: {err:.2e}"
 

@@ -58,6 +58,68 @@ def test_refinement_mapper_is_the_reference_alignment():
     assert mapper.tolist() == [0, 1, -1, 3, 4, 5] and alphas.tolist() == [1, 1, 0, 1, 1, 1]
 
 
+# --- the reference codes' defaults (google/prompt-to-prompt, the PIE-Bench code) -----------------
+
+def test_defaults_are_the_reference_codes():
+    """``models/p2p_editor.py`` (PIE-Bench) edits with ``is_replace_controller=False``
+    (refinement) whatever the token counts; ``AttentionControlEdit.replace_self_attention``
+    replaces self-attention in layers of at most ``32 ** 2`` tokens; ``LocalBlend`` takes
+    ``start_blend=0.2``, ``th=(.3, .3)`` and a 3x3 max-pool (k = 1)."""
+    from videdit.editing import EDITORS
+    from videdit.editing.prompt_to_prompt import PromptToPromptConfig, _mode
+
+    c = PromptToPromptConfig()
+    assert (c.mode, c.self_replace_max_tokens) == ("refine", 1024)
+    assert (c.blend_start, c.blend_threshold, c.blend_dilate) == (0.2, 0.3, 1)
+    same = ["<s>", "a", "cat", "</s>"], ["<s>", "a", "dog", "</s>"]
+    assert _mode(c, *same) == "refine" and _mode(PromptToPromptConfig(mode="auto"), *same) == "replace"
+    assert "google/prompt-to-prompt" in EDITORS["prompt_to_prompt"].reference
+
+
+def test_self_attention_is_replaced_up_to_32x32(tiny):
+    """On SD's layout at 512 px (64x64 latents) the source's self-attention maps go to the
+    32x32, 16x16 and 8x8 layers, not to the 64x64 ones (``att_replace.shape[2] <= 32 ** 2``)."""
+    from tests.editing.attention_runs import sd_shaped
+    from videdit.editing.control import InjectQKV
+    from videdit.inversion import Inversion
+    from videdit.pipeline import EditSettings
+
+    model = sd_shaped(tiny)
+    inv = Inversion(method="ddim", trajectory=torch.zeros(STEPS + 1, 1, 4, 64, 64))
+    plan = plan_of(model, inv, EditSettings(source_prompt=SOURCE, target_prompt=SAME_LENGTH, steps=STEPS,
+                                            editor="prompt_to_prompt"))
+    replaced = sorted({name.split(".transformer_blocks")[0] for name, proc in plan.processors.items()
+                       if any(isinstance(m, InjectQKV) for m in proc.modules)})
+    assert replaced == ["down_blocks.1.attentions.0", "down_blocks.1.attentions.1", "down_blocks.2.attentions.0",
+                        "down_blocks.2.attentions.1", "mid_block.attentions.0"] + [
+                           f"up_blocks.{b}.attentions.{a}" for b in (1, 2) for a in range(3)]
+
+
+def test_local_blend_mask_is_the_reference_local_blend():
+    """``LocalBlend.get_mask``: token maps summed, max-pooled 3x3 at their own grid, upsampled
+    by nearest neighbour, divided by the maximum, > th; ``mask[:1] + mask`` joins the source
+    words' mask (source branch) and the target words' (target branch)."""
+    from videdit.editing.prompt_to_prompt import GridStore, blend_mask
+
+    maps = torch.zeros(1, 2, 4, 4)                      # (F, tokens, 4x4 cells)
+    maps[0, 0, 1, 1] = 1.0
+    maps[0, 1, 3, 3] = 0.2
+    mask = blend_mask(maps, (16, 16), 0.3)
+    assert mask.shape == (1, 1, 16, 16)
+    assert int(mask.sum()) == 9 * 16                    # the 3x3 cells around (1, 1), each 4x4 latent pixels
+    assert torch.equal(mask[0, 0, :12, :12], torch.ones(12, 12))
+    assert int(blend_mask(maps, (16, 16), 0.1).sum()) == 12 * 16   # and the three cells of 0.2 beside them
+    assert int(blend_mask(maps, (16, 16), 0.3, radius=0).sum()) == 16
+    store = GridStore([7, 9], n_frames=1, layers=[])
+    store.total, store.count = torch.zeros(2, 1, 2, 4, 4), torch.ones(1)   # (branches, F, tokens, 4, 4)
+    store.total[0, 0, 0, 0, 0] = 1.0                    # the source word, in the source branch
+    store.total[1, 0, 1, 3, 3] = 1.0                    # the target word, in the target branch
+    store.total[1, 0, 0, 0, 3] = 1.0                    # the source word's map in the target branch: unread
+    joined = LocalBlend(store, 1, range(STEPS), 0.3, 1).mask((16, 16))
+    assert int(joined.sum()) == 2 * 4 * 16          # 2x2 cells at each corner the words' maps name
+    assert joined[0, 0, 0, 0] == 1 and joined[0, 0, 15, 15] == 1 and joined[0, 0, 0, 15] == 0
+
+
 # --- the editor on tiny-random -----------------------------------------------------------------
 
 def test_word_swap_needs_equal_token_counts(tiny, inverted):
@@ -138,8 +200,8 @@ def test_local_blend_keeps_the_source_outside_the_mask(tiny, inverted, monkeypat
     masks = []
     original = LocalBlend.mask
 
-    def recorded(self):
-        m = original(self)
+    def recorded(self, latent):
+        m = original(self, latent)
         masks.append(m)
         return m
 
@@ -162,7 +224,7 @@ def test_local_blend_with_a_forced_mask(tiny, inverted, monkeypatch):
     s, inv, rec = inverted
     half = torch.zeros(1, 1, 8, 8)
     half[..., :4] = 1
-    monkeypatch.setattr(LocalBlend, "mask", lambda self: half)
+    monkeypatch.setattr(LocalBlend, "mask", lambda self, latent: half)
     z = edit_latents(tiny, inv, settings(s, "prompt_to_prompt", blend_words=["wolf"], blend_start=0.0))
     assert rel(z[..., 4:], rec[..., 4:]) <= 1e-4
     assert rel(z[..., :4], rec[..., :4]) > 1e-2

@@ -52,3 +52,39 @@ def test_v_prediction(tiny, wolf_frames):
         for t in sched.timesteps:
             x = sched.step(model.unet(x, t, encoder_hidden_states=cond).sample, t, x).prev_sample
     assert torch.allclose(x, inv.noise, atol=1e-5)
+
+
+def test_every_timestep_is_plug_and_plays_preprocess(tiny, wolf_frames):
+    """``every_timestep`` inverts as MichalGeyer/pnp-diffusers ``preprocess.py``
+    (``Preprocess.ddim_inversion``): DDIM steps over every training timestep under the
+    conditional embedding only, from the final alpha to the first timestep and on one timestep
+    at a time, the edit reading the latents at its own timesteps. A schedule of 50 training
+    timesteps keeps it short: its 49-step inversion (timesteps 1..49, as the official 999 on
+    1000) against videdit's 5-step edit (41, 31, 21, 11, 1)."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+
+    model = dataclasses.replace(tiny, scheduler_config={**tiny.scheduler_config, "num_train_timesteps": 50})
+    s = EditSettings(steps=5, inversion_params={"every_timestep": True})
+    inv = invert_frames(model, wolf_frames[:1], s)
+    sched = DDIMScheduler.from_config(model.scheduler_config)
+    sched.set_timesteps(49)
+    steps = list(reversed(sched.timesteps.tolist()))
+    assert steps == list(range(1, 50))
+    cond, latent, saved = model.encode_text([""]), inv.source.clone(), {}   # get_text_embeds(inversion_prompt, "")[1]
+    with torch.no_grad():
+        for i, t in enumerate(steps):
+            a_t = sched.alphas_cumprod[t]
+            a_prev = sched.alphas_cumprod[steps[i - 1]] if i > 0 else sched.final_alpha_cumprod
+            eps = model.unet(latent, t, encoder_hidden_states=cond).sample
+            x0 = (latent - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
+            latent = a_t ** 0.5 * x0 + (1 - a_t) ** 0.5 * eps
+            saved[t] = latent
+    timesteps = s.schedule(model.scheduler_config).timesteps.tolist()
+    assert timesteps == [41, 31, 21, 11, 1] and inv.unet_evals == 41
+    for i, t in enumerate(timesteps):
+        assert rel_error(inv.trajectory[i], saved[t]) < 1e-5, (t, rel_error(inv.trajectory[i], saved[t]))
+    assert torch.equal(inv.trajectory[-1], inv.source)
+    coarse = invert_frames(model, wolf_frames[:1], EditSettings(steps=5))
+    assert rel_error(coarse.noise, saved[41]) > 1e-3   # one step per edit step is another inversion

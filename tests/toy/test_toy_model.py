@@ -84,9 +84,9 @@ def test_approximate_inversions_beat_ddim_at_guidance_7_5_in_50_steps(toy, scene
 
 
 def test_keep_background_localises_a_colour_edit(toy):
-    """A colour edit (direct inversion + prompt-to-prompt) with keep_background: the object
-    takes the new colour, the frame outside the changed latents is the input to the level, and
-    that outside is most of the frame (the change mask found the object, not everything)."""
+    """A colour edit (direct inversion + prompt-to-prompt's word swap) with keep_background: the
+    object takes the new colour, the frame outside the changed latents is the input to the level,
+    and that outside is most of the frame (the change mask found the object, not everything)."""
     from videdit.pipeline import edit_image
     from videdit.toy.scores import detect_objects
     from videdit.toy.world import WorldObject, make_scene
@@ -94,7 +94,7 @@ def test_keep_background_localises_a_colour_edit(toy):
     scene = make_scene((WorldObject("square", "red", (30.0, 34.0), 14.0, 10.0),), ("gray",))
     target = scene.caption.replace("red", "blue")
     kw = dict(source_prompt=scene.caption, target_prompt=target, model=toy, steps=25, guidance=4.0,
-              inversion="direct", editor="prompt_to_prompt", use_cache=False)
+              inversion="direct", editor="prompt_to_prompt", editor_params={"mode": "replace"}, use_cache=False)
     plain, kept = edit_image(scene.image, **kw), edit_image(scene.image, keep_background=True, **kw)
     for out in (plain, kept):
         found = detect_objects(out)

@@ -31,26 +31,37 @@ def check_fraction(editor: str, name: str, value: float) -> None:
         raise VideditError(f"{editor} {name} must be a fraction of the steps in [0, 1], got {value!r}")
 
 
-def two_branches(ctx) -> tuple[torch.Tensor, Branches]:
+def two_branches(ctx, source_cond: torch.Tensor | None = None,
+                 source_guidance: float | None = None) -> tuple[torch.Tensor, Branches]:
     """Source (branch 0) and target (branch 1) from the same inverted noise: latents
-    (2, F, C, h, w) and their text branches, both at the edit's guidance."""
+    (2, F, C, h, w) and their text branches, both at the edit's guidance. ``source_cond``
+    (1, L, D) and ``source_guidance`` replace the source branch's text (the source prompt's)
+    and scale (plug-and-play computes the source's features under the empty prompt, unguided)."""
     x = ctx.inversion.noise[None].repeat(2, 1, 1, 1, 1)              # (2, F, C, h, w)
-    cond = torch.cat([ctx.source_cond, ctx.target_cond])             # (2, L, D)
+    source_cond = ctx.source_cond if source_cond is None else source_cond
+    cond = torch.cat([source_cond.to(ctx.target_cond), ctx.target_cond])   # (2, L, D)
     uncond = ctx.uncond.expand(2, *ctx.uncond.shape[1:])              # (2, L, D)
-    return x, Branches(cond=cond, uncond=uncond, guidance=(ctx.guidance, ctx.guidance))
+    guidance = (ctx.guidance if source_guidance is None else source_guidance, ctx.guidance)
+    return x, Branches(cond=cond, uncond=uncond, guidance=guidance)
 
 
 class InjectQKV(AttentionModule):
     """Within ``steps``, on the layers named in ``layers``, branch ``target`` takes its
     queries from branch ``q_from``, keys from ``k_from`` and values from ``v_from`` (None
-    keeps its own); in both guidance halves, or the conditional one only (``cond_only``).
-    Needs no attention probabilities, so the layer stays on fused attention."""
+    keeps its own); each guidance half from the same half of the source, or the conditional
+    half only (``cond_only``), or every half from the source's conditional half
+    (``from_cond``: plug-and-play computes the source's features once, unguided, and hands
+    them to both halves of the target). Needs no attention probabilities, so the layer stays
+    on fused attention."""
 
     def __init__(self, layers: Collection[str], steps: range, target: int, *, q_from: int | None = None,
-                 k_from: int | None = None, v_from: int | None = None, cond_only: bool = False):
+                 k_from: int | None = None, v_from: int | None = None, cond_only: bool = False,
+                 from_cond: bool = False):
+        if cond_only and from_cond:
+            raise ValueError("InjectQKV: cond_only and from_cond exclude each other")
         self.names, self.steps, self.target = frozenset(layers), steps, target
         self.sources = (q_from, k_from, v_from)
-        self.cond_only = cond_only
+        self.cond_only, self.from_cond = cond_only, from_cond
 
     def applies(self, layer: str, cross: bool) -> bool:
         return layer in self.names
@@ -67,8 +78,11 @@ class InjectQKV(AttentionModule):
         if src is None or src == self.target:
             return x
         xs = call.split(x).clone()                                   # (halves, nb, fb, heads, T, d)
-        halves = slice(-1, None) if self.cond_only else slice(None)
-        xs[halves, self.target] = xs[halves, src]
+        if self.from_cond:
+            xs[:, self.target] = xs[-1:, src]                         # the conditional half, to every half
+        else:
+            halves = slice(-1, None) if self.cond_only else slice(None)
+            xs[halves, self.target] = xs[halves, src]
         return xs.flatten(0, 2)                                      # (B, heads, T, d)
 
 

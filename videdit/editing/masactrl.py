@@ -1,12 +1,25 @@
 """MasaCtrl: mutual self-attention, the target querying the source's keys and values (Cao et al. 2023).
 
 "MasaCtrl: Tuning-Free Mutual Self-Attention Control for Consistent Image Synthesis and
-Editing", ICCV 2023, Sec. 4.1-4.2. The source (branch 0) is replayed beside the target
-(branch 1). From step ``start`` on (a fraction: the reference's 4 of 50), in the
-self-attention layers matching ``layers``, the target attends with its own queries to the
-source's content (Eq. 3): Attention(Q_tgt, K_src, V_src), in both guidance halves. The
-default layers are SD's decoder blocks from the reference's ``start_layer=10`` of its 16
-transformer blocks on, i.e. ``up_blocks.2`` and ``up_blocks.3``.
+Editing", ICCV 2023, Sec. 4.1-4.2. Defaults follow the official code,
+github.com/TencentARC/MasaCtrl (``masactrl/masactrl.py`` ``MutualSelfAttentionControl``,
+``masactrl/diffuser_utils.py`` ``MasaCtrlPipeline``, and the real-image recipe of
+``playground_real.ipynb``). The source (branch 0) is replayed beside the target (branch 1)
+from the inverted noise, as the notebook does (its ``ref_intermediate_latents``, the pinned
+source of ``--source-branch pinned``, is left commented out there). From step ``start`` on
+(a fraction: the official ``start_step=4`` of its ``total_steps=50``), in the self-attention
+layers matching ``layers``, the target attends with its own queries to the source's content
+(Eq. 3): Attention(Q_tgt, K_src, V_src), each guidance half to the same half of the source.
+The default layers are SD's decoder blocks from the official ``start_layer=10`` of its 16
+transformer blocks on (counted in the order the UNet runs them: 6 down, 1 mid, 9 up), i.e.
+``up_blocks.2`` and ``up_blocks.3``.
+
+The official real-image recipe (``playground_real.ipynb``) inverts with DDIM at guidance 7.5
+under the source prompt "" (so the inversion and the source branch are unguided in effect:
+the empty prompt's prediction is also the unconditional one), samples 50 steps at guidance
+7.5 and builds its scheduler with diffusers' default ``steps_offset=0``;
+``configs/masactrl.yaml`` sets all of these. With a non-empty source prompt, a source branch
+inverted at guidance 1 and replayed at 7.5 drifts from the source.
 
 Mask-guided mutual self-attention (Sec. 4.2, Eq. 5-6): given the source's foreground mask
 M_s and the target's M_t (``mask`` / ``target_mask``: image or .npy paths or tensors, any size
@@ -47,8 +60,9 @@ EDITOR = "masactrl"
 
 @dataclass(frozen=True)
 class MasaCtrlConfig:
-    start: float = 0.08                # mutual attention from this fraction of the steps on (4 of 50)
-    layers: tuple[str, ...] = ("up_blocks.[23].*attn1.processor",)   # globs over self-attention processors
+    start: float = 0.08                # mutual attention from this fraction of the steps on (start_step=4 of 50)
+    # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks
+    layers: tuple[str, ...] = ("up_blocks.[23].*attn1.processor",)
     mask: Any = None                   # the source's foreground (1): an image or .npy path, or a tensor (masks.py)
     target_mask: Any = None            # the same for the target (default: ``mask``)
     mask_word: str = ""                # or: the source mask from this word's cross-attention ...
@@ -154,7 +168,9 @@ def _word_masks(ctx: EditContext, config: MasaCtrlConfig, n_frames: int, latent)
     return store, masks
 
 
-@register_editor(EDITOR, MasaCtrlConfig, source_branch=True)
+@register_editor(EDITOR, MasaCtrlConfig, source_branch=True,
+                 reference="Cao et al., ICCV 2023; github.com/TencentARC/MasaCtrl (masactrl/masactrl.py, "
+                           "masactrl/diffuser_utils.py, playground_real.ipynb)")
 def masactrl(ctx: EditContext, config: MasaCtrlConfig) -> EditPlan:
     """MasaCtrl (Cao et al. 2023): mutual self-attention, target queries on the source's keys and values."""
     unet, n = ctx.model.unet, len(ctx.schedule)

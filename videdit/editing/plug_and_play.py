@@ -1,23 +1,36 @@
 """Plug-and-Play: inject the source's decoder features and self-attention (Tumanyan et al. 2023).
 
 "Plug-and-Play Diffusion Features for Text-Driven Image-to-Image Translation", CVPR 2023,
-Sec. 4 (Eqs. 3-5). The source (branch 0) is replayed beside the target (branch 1). For the
-first ``feature_fraction`` of the steps (tau_f) the target's spatial features f^4_t of the
-decoder, here the residual branch of ``up_blocks.1.resnets.1`` (its ``conv2`` output, before
-the skip connection is added, exactly where the reference code ``pnp_utils.
-register_conv_control_efficient`` overwrites ``hidden_states``), are replaced by the
-source's; for the first ``attention_fraction`` (tau_A) the self-attention maps of the
-decoder layers are the source's, done as the reference does by handing the target the
-source's queries and keys (Eq. 5: A = softmax(q_src k_src^T / sqrt(d)), values the target's).
-Both guidance halves are injected.
+Sec. 4 (Eqs. 3-5). Defaults follow the official code, github.com/MichalGeyer/pnp-diffusers
+(``pnp.py``, ``pnp_utils.py``, ``config_pnp.yaml``). The source (branch 0) runs beside the
+target (branch 1), and by default it is pinned to the inversion (``pinned_source``,
+``EditSettings.source_branch``): at step i its latents are the stored inversion latent
+x*_t = ``trajectory[i]``, as ``pnp.py``'s ``denoise_step`` loads ``noisy_latents_{t}.pt``.
+Its text is the empty prompt and its guidance 1 (``pnp_guidance_embeds = get_text_embeds("",
+"")``, one pass without CFG), so the features handed over are those of x*_t under "", and
+each guidance half of the target receives the source's *conditional* half (the official
+batch is [source, uncond, cond] and both target halves copy the source row). The source's
+unconditional half is computed and left unread: no more UNet work than the two-branch loop
+does anyway, and no drift, since nothing is sampled on that branch. The source prompt
+(``-s``) is the inversion's prompt (``preprocess.py --inversion_prompt``, '' by default).
+
+For the first ``feature_fraction`` of the steps (tau_f, ``pnp_f_t: 0.8``: the timesteps
+``timesteps[:int(50 * 0.8)]``) the target's spatial features f^4_t of the decoder, the
+residual branch of ``up_blocks.1.resnets.1`` (its ``conv2`` output, before the skip
+connection is added, where ``register_conv_control_efficient`` overwrites ``hidden_states``),
+are the source's; for the first ``attention_fraction`` (tau_A, ``pnp_attn_t: 0.5``) the
+self-attention maps of the decoder layers are the source's, done as
+``register_attention_control_efficient`` does by handing the target the source's queries and
+keys (Eq. 5: A = softmax(q_src k_src^T / sqrt(d)), values the target's).
 
 Layers are globs over module names (features) and processor names (attention); the defaults
-are the reference's for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder self-attention
-of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1, 2], 2: [0, 1, 2],
-3: [0, 1, 2]}``). Deviations: the reference computes the source features from the inverted
-latent at each step with an empty prompt; here the source branch replays the inversion
-(under the source prompt and the edit's guidance, composed with whatever the inversion's
-replay does), so the injected features are those of the source as this edit sees it.
+are the official ones for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder
+self-attention of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1,
+2], 2: [0, 1, 2], 3: [0, 1, 2]}``). The official sampling runs 50 DDIM steps at guidance 7.5
+after a DDIM inversion under "" through 999 steps (``preprocess.py``; ``-I every_timestep=true``
+of the ``ddim`` inversion, which ``configs/pnp.yaml`` sets) with the negative prompt of
+``config_pnp.yaml``. ``--source-branch replay`` instead samples the source branch from the
+inverted noise under "" at guidance 1, which drifts from the inversion as DDIM does.
 """
 
 from __future__ import annotations
@@ -37,8 +50,8 @@ EDITOR = "plug_and_play"
 
 @dataclass(frozen=True)
 class PlugAndPlayConfig:
-    feature_fraction: float = 0.8      # tau_f: decoder features injected for this fraction of the steps
-    attention_fraction: float = 0.5    # tau_A: decoder self-attention injected for this fraction
+    feature_fraction: float = 0.8      # tau_f (pnp_f_t): decoder features injected for this fraction of the steps
+    attention_fraction: float = 0.5    # tau_A (pnp_attn_t): decoder self-attention injected for this fraction
     feature_layers: tuple[str, ...] = ("up_blocks.1.resnets.1.conv2",)   # globs over module names
     attention_layers: tuple[str, ...] = ("up_blocks.1.attentions.[12].*attn1.processor",
                                          "up_blocks.[23].*attn1.processor")  # globs over processor names
@@ -52,7 +65,7 @@ class PlugAndPlayConfig:
 
 class InjectFeatures:
     """A forward hook: within ``steps``, the target branch's output of the hooked module
-    becomes the source branch's, in both guidance halves (Eq. 4)."""
+    becomes the source branch's conditional half's, in both guidance halves (Eq. 4)."""
 
     def __init__(self, info: CallInfo, steps: range):
         self.info, self.steps = info, steps
@@ -62,21 +75,24 @@ class InjectFeatures:
         if info.inverting or info.step not in self.steps:
             return None
         out = output.unflatten(0, (info.halves, info.n_branches, len(info.frames))).clone()  # (halves, nb, fb, C, h, w)
-        out[:, TARGET] = out[:, SOURCE]
+        out[:, TARGET] = out[-1:, SOURCE]
         return out.flatten(0, 2)
 
 
-@register_editor(EDITOR, PlugAndPlayConfig, source_branch=True)
+@register_editor(EDITOR, PlugAndPlayConfig, source_branch=True, pinned_source=True,
+                 reference="Tumanyan et al., CVPR 2023; github.com/MichalGeyer/pnp-diffusers (pnp.py, pnp_utils.py, "
+                           "preprocess.py, config_pnp.yaml)")
 def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:
     """Plug-and-Play (Tumanyan et al. 2023): source decoder features and self-attention injected into the target."""
     unet, n = ctx.model.unet, len(ctx.schedule)
-    x, branches = two_branches(ctx)
+    empty = ctx.model.encode_text([""])                                # (1, L, D): pnp_guidance_embeds
+    x, branches = two_branches(ctx, source_cond=empty, source_guidance=1.0)
     info = CallInfo()
     modules = []
     attention_steps = step_window(0, config.attention_fraction, n)
     if len(attention_steps):
         layers = choose_layers(unet, config.attention_layers, EDITOR, "attention_layers", cross=False)
-        modules.append(InjectQKV(layers, attention_steps, TARGET, q_from=SOURCE, k_from=SOURCE))
+        modules.append(InjectQKV(layers, attention_steps, TARGET, q_from=SOURCE, k_from=SOURCE, from_cond=True))
     hooks = {}
     feature_steps = step_window(0, config.feature_fraction, n)
     if len(feature_steps):

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_inverse_step
 from videdit.core.loop import CallInfo, predict_noise
+from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
@@ -17,10 +18,28 @@ from videdit.inversion.registry import InversionInputs, register_inversion
 @dataclass(frozen=True)
 class DDIMInversionConfig:
     guidance: float = 1.0  # classifier-free guidance while inverting (1 = conditional only)
+    # invert through every training timestep between the edit's, keeping the latents at the edit's timesteps
+    # (plug-and-play's preprocess.py: 999 steps, whose latents the 50-step edit loads)
+    every_timestep: bool = False
 
     def __post_init__(self):
         if not 0 <= self.guidance <= 50:
             raise VideditError(f"ddim inversion guidance must be in [0, 50], got {self.guidance}")
+        if not isinstance(self.every_timestep, bool):
+            raise VideditError(f"ddim inversion every_timestep must be true or false, got {self.every_timestep!r}")
+
+
+def inverse_steps(s: Schedule, i: int, every_timestep: bool = False) -> list[tuple[int, float, float]]:
+    """The inverse DDIM steps from the latent that sampling step ``i`` lands on up to
+    ``timesteps[i]``, each (timestep the UNet sees, alpha-bar from, alpha-bar to): one step,
+    or with ``every_timestep`` one per training timestep in between. The last sampling step's
+    (from the clean latent) stays one step, as in ``preprocess.py``, whose 999-step schedule
+    (timesteps 999..1 on SD's 1000) starts at the final alpha and lands on timestep 1."""
+    t = int(s.timesteps[i])
+    if not every_timestep or i + 1 == len(s):
+        return [(t, float(s.alphas_prev[i]), float(s.alphas[i]))]
+    acp = s.alphas_cumprod
+    return [(k, float(acp[k - 1]), float(acp[k])) for k in range(int(s.timesteps[i + 1]) + 1, t + 1)]
 
 
 @register_inversion("ddim", DDIMInversionConfig, reference="Song et al. 2021, DDIM (ICLR); the inversion loop of google/prompt-to-prompt null_text_w_ptp.ipynb (ddim_loop) and diffusers' DDIMInverseScheduler")
@@ -31,11 +50,14 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
     x = inp.latents.float()[None]  # (1, F, C, h, w)
     info = CallInfo(inverting=True)
     path = [x[0]]
+    evals = 0
     for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
-        out = predict_noise(inp.unet, x, int(s.timesteps[i]), inp.cond, inp.uncond, (config.guidance,),
-                            batch_size=inp.batch_size, info=info)
-        x = ddim_inverse_step(x, out, float(s.alphas_prev[i]), float(s.alphas[i]), inp.prediction_type)
+        for t, alpha_from, alpha_to in inverse_steps(s, i, config.every_timestep):
+            out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,),
+                                batch_size=inp.batch_size, info=info)
+            x = ddim_inverse_step(x, out, alpha_from, alpha_to, inp.prediction_type)
+            evals += 1
         path.append(x[0])
-    evals = len(s) * (2 if config.guidance != 1 else 1)
+    evals *= 2 if config.guidance != 1 else 1
     return Inversion(method="ddim", trajectory=torch.stack(path[::-1]), unet_evals=evals)
