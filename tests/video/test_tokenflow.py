@@ -56,7 +56,8 @@ def test_tokenflow_propagation_on_a_hand_made_case():
 
 def test_tokenflow_needs_a_source_branch(tiny, clip):
     """Declared: the settings refuse an editor without one, naming those with one."""
-    assert EDITORS.having("has_source_branch") == ["cross_image", "masactrl", "plug_and_play", "prompt_to_prompt"]
+    assert EDITORS.having("has_source_branch") == ["cross_image", "masactrl", "pix2pix_zero", "plug_and_play",
+                                                   "prompt_to_prompt"]
     with pytest.raises(VideditError, match="reads the editor's source branch, and editor 'plain' runs none; use one "
                                            "of .*prompt_to_prompt"):
         EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2,

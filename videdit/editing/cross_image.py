@@ -253,6 +253,8 @@ class SegmentationStore(AttentionModule):
             return p
         maps = self.cross_maps if call.cross else self.self_maps
         cond = call.split(p)[-1].mean(2).float()                     # (nb, fb, Tq, Tk)
+        if not call.cross and cond.shape[-1] != cond.shape[-2]:
+            return p   # keys from other frames too (a temporal module's cross-frame attention): no frame's own map
         for b in self.branches:
             if b not in maps:
                 maps[b] = cond.new_zeros(self.n_frames, *cond.shape[-2:])

@@ -60,6 +60,7 @@ class EditorSpec(Entry):
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
+                **({"pinned_source": True} if self.pinned_source else {}),
                 **({"reference_images": ", ".join(self.references)} if self.references else {})}
 
 

@@ -16,10 +16,11 @@ roll's gradient step scaled by 1/num_auto_corr_rolls) as in diffusers'
 output, with eps derived from it for v-prediction models.
 
 Both losses are means, so the same lambda moves each element more on smaller latents (by
-64x at 8x8 than at SD's 64x64). The lambdas are taken as calibrated at ``reference_size``
-(diffusers' defaults at 512x512 images: 64x64 latents) and each gradient step is scaled by
-h*w / reference_size^2, so every latent size gets the per-element regularisation diffusers
-applies at 512x512 (``reference_size=0``: no rescaling, diffusers' steps at any size).
+64x at 8x8 than at SD's 64x64). The reference takes the same steps at every size
+(``reference_size=0``, the default). videdit's option ``reference_size=64`` takes the lambdas
+as calibrated at 64x64 latents (diffusers' defaults at 512x512 images) and scales each
+gradient step by h*w / 64^2, so every latent size gets the per-element regularisation the
+reference applies at 512x512; the two are the same on 64x64 latents.
 
 Other deviations from diffusers: one shift per pyramid level and roll is shared by all frames and
 channels (diffusers draws one per image and channel), shifts are drawn from [1, S/2] (a
@@ -40,6 +41,7 @@ from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
+from videdit.registry import improved
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class Pix2PixZeroConfig:
     num_reg_steps: int = 5         # regularisation rounds per inversion step
     num_auto_corr_rolls: int = 5   # random shifts per round
     guidance: float = 1.0          # classifier-free guidance while inverting (1 = conditional only)
-    reference_size: int = 64       # latent side the lambdas are calibrated at (0 = no rescaling)
+    reference_size: int = improved(0, better=64, why="the per-element regularisation of 512x512 images at any "
+                                   "size: the means shrink each element's step with the latent's area")
 
     def __post_init__(self):
         if self.lambda_ac < 0 or self.lambda_kl < 0:
@@ -111,7 +114,10 @@ def regularise(out: torch.Tensor, x: torch.Tensor, alpha: float, prediction_type
 
 
 # independent_frames=False: the noise regularisation draws its shifts for the batch
-@register_inversion("pix2pix_zero", Pix2PixZeroConfig, independent_frames=False)
+@register_inversion("pix2pix_zero", Pix2PixZeroConfig, independent_frames=False,
+                    reference="Parmar et al. 2023, Zero-shot Image-to-Image Translation (SIGGRAPH); "
+                    "pix2pixzero/pix2pix-zero src/utils/ddim_inv.py and diffusers' "
+                    "StableDiffusionPix2PixZeroPipeline.invert")
 @torch.no_grad()
 def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> Inversion:
     """pix2pix-zero inversion (Parmar et al. 2023): DDIM inversion with auto-correlation and KL regularised noise."""

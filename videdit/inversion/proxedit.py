@@ -101,6 +101,9 @@ def proximal(delta: torch.Tensor, lam: torch.Tensor, prox: str) -> torch.Tensor:
     return out
 
 
+ROUNDING = 1e-5   # |cond - uncond| below this is float32 rounding, not an edit
+
+
 class ProximalGuidance(StepCallback):
     """Replaces CFG's difference by its proximal version; optionally corrects the step
     where the edit is off (reconstruction and inversion guidance)."""
@@ -123,7 +126,9 @@ class ProximalGuidance(StepCallback):
         lam = proximal_threshold(delta, self.config, self.zero_half)     # (1, fb, 1, 1, 1)
         delta = proximal(delta, lam, self.config.prox)
         if self._correcting(ctx):
-            edit = (delta.abs() > lam).float()                           # the reference's mask_edit
+            # the reference's mask_edit; a difference within float32 rounding (an editor whose two halves
+            # run different attention, at target = source) is none, as the reference's exact zeros are
+            edit = ((delta.abs() > lam) & (delta.abs() > ROUNDING)).float()
             if self.config.dilate > 0:
                 r = self.config.dilate
                 edit = F.max_pool2d(edit.flatten(0, 1), 2 * r + 1, stride=1, padding=r).view_as(edit)
