@@ -148,48 +148,61 @@ def inversions(a) -> None:
         table.row(label, errs[0], errs[1], evals, extra, seconds)
 
 
-# -- toy-edits ---------------------------------------------------------------------------------
+# -- toy-edits and methods --------------------------------------------------------------------
+
+EDIT_COLUMNS = (("colour ok", ">10.0%"), ("IoU", ">6.2f"), ("bg PSNR", ">9.1f"), ("shape ok", ">10.0%"),
+                ("IoU", ">6.2f"), ("bg PSNR", ">9.1f"), ("s", ">7.1f"))
+
+
+def asked_object(scene, kind: str):
+    """The scene's object with the next palette colour (kind "colour") or the next shape, and
+    the caption asking for it."""
+    from videdit.toy import OBJECT_COLOURS, SHAPES, caption_for
+
+    o = scene.objects[0]
+    if kind == "colour":
+        colours = list(OBJECT_COLOURS)
+        o = dataclasses.replace(o, colour=colours[(colours.index(o.colour) + 1) % len(colours)])
+    else:
+        shapes = list(SHAPES)
+        o = dataclasses.replace(o, shape=shapes[(shapes.index(o.shape) + 1) % len(shapes)])
+    return o, caption_for((o,), scene.background)
+
+
+def edit_scores(scenes, edit) -> list:
+    """``edit(scene, obj, prompt, kind) -> image`` on every scene, a colour and a shape edit each:
+    [colour success, IoU, background PSNR, shape success, IoU, background PSNR, seconds]."""
+    from videdit.toy.scores import background_psnr, detect_objects, mask_iou
+
+    t, cells = time.perf_counter(), []
+    for kind in ("colour", "shape"):
+        ok, ious, psnrs = [], [], []
+        for scene in scenes:
+            obj, prompt = asked_object(scene, kind)
+            out = edit(scene, obj, prompt, kind)
+            found = detect_objects(out)
+            ok.append(bool(found) and (found[0].colour == obj.colour if kind == "colour"
+                                        else found[0].shape == obj.shape))
+            ious.append(mask_iou(found[0].mask, scene.masks[0]) if found else 0.0)
+            psnrs.append(min(background_psnr(out, scene.image, scene.masks, dilate=2), 60.0))
+        cells += [np.mean(ok), np.mean(ious), np.mean(psnrs)]
+    return cells + [time.perf_counter() - t]
+
 
 def toy_edits(a) -> None:
     from videdit import edit_image, load_model
-    from videdit.toy import OBJECT_COLOURS, SHAPES, caption_for
-    from videdit.toy.scores import background_psnr, detect_objects, mask_iou
 
     model = load_model("toy")
     scenes = one_object_scenes(a.seed, a.scenes)
-    colours, shapes = list(OBJECT_COLOURS), list(SHAPES)
-
-    def target(scene, kind):
-        o = scene.objects[0]
-        if kind == "colour":
-            o = dataclasses.replace(o, colour=colours[(colours.index(o.colour) + 1) % len(colours)])
-        else:
-            o = dataclasses.replace(o, shape=shapes[(shapes.index(o.shape) + 1) % len(shapes)])
-        return o, caption_for((o,), scene.background)
-
     cache = tempfile.mkdtemp(prefix="videdit-toy-table-")
     print(f"toy model, {a.scenes} one-object scenes, {a.steps} steps, guidance {a.guidance}")
-    table = Table(("inversion", "<10"), ("editor", "<18"), ("colour ok", ">10.0%"), ("IoU", ">6.2f"),
-                  ("bg PSNR", ">9.1f"), ("shape ok", ">10.0%"), ("IoU", ">6.2f"), ("bg PSNR", ">9.1f"), ("s", ">7.1f"))
+    table = Table(("inversion", "<10"), ("editor", "<18"), *EDIT_COLUMNS)
     for inv in a.inversions:
         for ed in a.editors:
-            t, cells = time.perf_counter(), []
-            for kind in ("colour", "shape"):
-                ok, ious, psnrs = [], [], []
-                for scene in scenes:
-                    obj, prompt = target(scene, kind)
-                    out = edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model,
-                                     steps=a.steps, guidance=a.guidance, inversion=inv, editor=ed, cache_dir=cache)
-                    found = detect_objects(out)
-                    ok.append(bool(found) and (found[0].colour == obj.colour if kind == "colour"
-                                                else found[0].shape == obj.shape))
-                    ious.append(mask_iou(found[0].mask, scene.masks[0]) if found else 0.0)
-                    psnrs.append(min(background_psnr(out, scene.image, scene.masks, dilate=2), 60.0))
-                cells += [np.mean(ok), np.mean(ious), np.mean(psnrs)]
-            table.row(inv, ed, *cells, time.perf_counter() - t)
+            table.row(inv, ed, *edit_scores(scenes, lambda scene, obj, prompt, kind: edit_image(
+                scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model, steps=a.steps,
+                guidance=a.guidance, inversion=inv, editor=ed, cache_dir=cache)))
 
-
-# -- methods -----------------------------------------------------------------------------------
 
 def _grown(mask: np.ndarray, px: int) -> np.ndarray:
     import cv2
@@ -237,42 +250,20 @@ def methods_rows(only: list[str] | None) -> list[tuple[str, str, str, dict, dict
 
 def methods(a) -> None:
     from videdit import edit_image, load_model
-    from videdit.toy import OBJECT_COLOURS, SHAPES, caption_for
-    from videdit.toy.scores import background_psnr, detect_objects, mask_iou
 
     model = load_model("toy")
     scenes = one_object_scenes(a.seed, a.scenes)
-    colours, shapes = list(OBJECT_COLOURS), list(SHAPES)
-
-    def target(scene, kind):
-        o = scene.objects[0]
-        if kind == "colour":
-            o = dataclasses.replace(o, colour=colours[(colours.index(o.colour) + 1) % len(colours)])
-        else:
-            o = dataclasses.replace(o, shape=shapes[(shapes.index(o.shape) + 1) % len(shapes)])
-        return o, caption_for((o,), scene.background)
-
     cache = tempfile.mkdtemp(prefix="videdit-methods-table-")
     print(f"toy model, {a.scenes} one-object scenes of seed {a.seed}, {a.steps} steps, guidance {a.guidance}")
-    table = Table(("method", "<40"), ("after", "<18"), ("colour ok", ">10.0%"), ("IoU", ">6.2f"),
-                  ("bg PSNR", ">9.1f"), ("shape ok", ">10.0%"), ("IoU", ">6.2f"), ("bg PSNR", ">9.1f"), ("s", ">7.1f"))
+    table = Table(("method", "<40"), ("after", "<18"), *EDIT_COLUMNS)
     for label, inversion, editor, inv_params, ed_params in methods_rows(a.only):
-        t, cells = time.perf_counter(), []
-        for kind in ("colour", "shape"):
-            ok, ious, psnrs = [], [], []
-            for scene in scenes:
-                obj, prompt = target(scene, kind)
-                out = edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model,
-                                 steps=a.steps, guidance=a.guidance, inversion=inversion, inversion_params=inv_params,
-                                 editor=editor, editor_params={**editor_inputs(editor, scene, obj, prompt, kind),
-                                                               **ed_params}, cache_dir=cache)
-                found = detect_objects(out)
-                ok.append(bool(found) and (found[0].colour == obj.colour if kind == "colour"
-                                            else found[0].shape == obj.shape))
-                ious.append(mask_iou(found[0].mask, scene.masks[0]) if found else 0.0)
-                psnrs.append(min(background_psnr(out, scene.image, scene.masks, dilate=2), 60.0))
-            cells += [np.mean(ok), np.mean(ious), np.mean(psnrs)]
-        table.row(label, editor if inversion == label.split()[0] else inversion, *cells, time.perf_counter() - t)
+        def edit(scene, obj, prompt, kind):
+            return edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model,
+                              steps=a.steps, guidance=a.guidance, inversion=inversion, inversion_params=inv_params,
+                              editor=editor, editor_params={**editor_inputs(editor, scene, obj, prompt, kind),
+                                                            **ed_params}, cache_dir=cache)
+
+        table.row(label, editor if inversion == label.split()[0] else inversion, *edit_scores(scenes, edit))
 
 
 # -- toy-video ---------------------------------------------------------------------------------
