@@ -173,7 +173,16 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     inversion cache, so it refuses --no-cache."""
     g = p.add_argument_group("model and sampler")
     g.add_argument("--model", default="tiny-random",
-                   help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
+                   help="hub id, local diffusers directory, single .safetensors/.ckpt checkpoint, 'toy' or "
+                   "'tiny-random' (default; random weights, for tests)")
+    g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
+                   "directory or hub id of the same model family, or the original .yaml (default: inferred)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
+                   help="a LoRA fused into the weights at SCALE (default 1; repeatable, applied in order)")
+    g.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="a textual-inversion embedding; its token (the file's, else its name) works in prompts "
+                   "(repeatable)")
+    g.add_argument("--vae", metavar="DIR|FILE", help="a replacement VAE: a diffusers directory or a single file")
     g.add_argument("--steps", type=int, help="DDIM steps (default: the method's reference value, else 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale of the edit (default: the "
                    "method's reference value, else 7.5); exact inversions invert at it")
@@ -200,6 +209,16 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                        reason="invert fills the inversion cache; --no-cache would throw its work away")
     else:
         g.add_argument("--no-cache", action="store_true", help="do not read or write the inversion cache")
+
+
+def _model(a):
+    """--model as given, or loaded here when --model-config, --lora, --embedding or --vae add to it."""
+    if not (a.model_config or a.lora or a.embedding or a.vae):
+        return a.model
+    from videdit.models import load_model
+
+    return load_model(a.model, device=a.device, dtype=a.dtype, config=a.model_config, lora=a.lora,
+                      embeddings=a.embedding, vae=a.vae)
 
 
 def _read_options(a):
@@ -305,7 +324,7 @@ def _edit(a) -> None:
 
     if a.report and is_image(a.output):
         raise VideditError(f"--report scores a clip; {a.output} is a single image (write a video or a folder)")
-    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=a.model,
+    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=_model(a),
                         steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
                         inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                         editor_params=editor_params(a), read=_read_options(a), window=a.window,
@@ -329,7 +348,7 @@ def _edit(a) -> None:
 def _invert(a) -> None:
     from videdit.pipeline import invert_video
 
-    stats = invert_video(a.input, source_prompt=a.source, model=a.model, steps=a.steps, guidance=a.guidance,
+    stats = invert_video(a.input, source_prompt=a.source, model=_model(a), steps=a.steps, guidance=a.guidance,
                          seed=a.seed,
                          negative_prompt=a.negative, inversion=a.inversion,
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,

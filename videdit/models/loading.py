@@ -1,5 +1,7 @@
-"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion directory, or a
-built-in model name -> a :class:`Model` holding the parts videdit needs.
+"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion directory, a single
+``.safetensors``/``.ckpt`` checkpoint, or a built-in model name -> a :class:`Model` holding the
+parts videdit needs, with LoRAs, textual-inversion embeddings and a replacement VAE applied
+(``videdit.models.checkpoints``).
 
 Only the UNet, VAE, text encoder, tokenizer and scheduler *config* are kept; sampling is
 videdit's own (``videdit.core``), so the diffusers pipeline object is never built.
@@ -7,9 +9,11 @@ videdit's own (``videdit.core``), so the diffusers pipeline object is never buil
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +24,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from videdit.errors import VideditError
-from videdit.models import tiny
+from videdit.models import checkpoints, tiny
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -67,6 +71,7 @@ class Model:
     fingerprint: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    prompt_words: dict[str, str] = field(default_factory=dict)   # a multi-vector embedding's token -> its words
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     _text_cache_for: tuple = field(default=(), repr=False, compare=False)   # the encoder, device and dtype it holds
 
@@ -106,7 +111,7 @@ class Model:
         found = {}
         for prompt in dict.fromkeys(prompts):
             if prompt not in self._text_cache:
-                ids = self.tokenizer([prompt], padding="max_length", truncation=True,
+                ids = self.tokenizer([self._expand(prompt)], padding="max_length", truncation=True,
                                      max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
                 self._text_cache[prompt] = self.text_encoder(ids.to(self.device))[0][0].to(self.dtype)
             found[prompt] = self._text_cache[prompt] = self._text_cache.pop(prompt)  # now the most recent
@@ -116,8 +121,14 @@ class Model:
 
     def tokens(self, prompt: str) -> list[str]:
         """The prompt's tokens as the text encoder sees them, start/end tokens included."""
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        ids = self.tokenizer(self._expand(prompt), truncation=True, max_length=self.tokenizer.model_max_length).input_ids
         return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def _expand(self, prompt: str) -> str:
+        """Each multi-vector embedding's token -> its tokens (``tok`` -> ``tok tok_1 tok_2``)."""
+        for token, words in self.prompt_words.items():
+            prompt = re.sub(rf"(?<!\S){re.escape(token)}(?!\S)", words, prompt)
+        return prompt
 
     @torch.no_grad()
     def encode_images(self, frames: np.ndarray, batch_size: int = 8) -> torch.Tensor:
@@ -143,11 +154,22 @@ class Model:
 
 
 def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None) -> Model:
-    """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, or a
-    hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5")."""
+               dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
+               lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
+    """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, a single
+    ``.safetensors``/``.ckpt`` checkpoint, or a hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5").
+
+    ``config``: a single file's architecture (a diffusers directory or hub id, or the original
+    YAML; inferred when left out). ``vae``: a replacement VAE (directory or file). ``embeddings``:
+    textual-inversion files. ``lora``: LoRA files, each ``"FILE"``, ``"FILE=SCALE"`` or
+    ``(FILE, SCALE)``, fused into the weights in order. All of them enter the fingerprint, so
+    cached inversions of the plain model are not reused.
+    """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     spec = str(spec)
+    if config is not None and not checkpoints.is_single_file(spec):
+        raise VideditError(f"--model-config describes a single-file checkpoint; {spec!r} is not a "
+                           f".safetensors/.ckpt file (a directory or hub id has its own config)")
     if spec == "tiny-random":
         parts = tiny.build_tiny_random()
         model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
@@ -156,6 +178,16 @@ def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.d
             raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with "
                                f"tools/train_toy.py and pass its directory to --model")
         model = _load_directory(TOY_DIR, name="toy")
+    elif checkpoints.is_single_file(spec):
+        parts = checkpoints.load_single_file(Path(spec), config)
+        extra = [f"config:{_fingerprint(Path(config)) if Path(config).is_dir() else config}"] if config else []
+        model = Model(name=spec, fingerprint=checkpoints.combine_fingerprint(
+            checkpoints.file_fingerprint(Path(spec)), extra), **parts)
+    elif spec.lower().endswith(checkpoints.CHECKPOINT_SUFFIXES) and not Path(spec).exists():
+        raise VideditError(f"no checkpoint file at {spec!r}")
+    elif Path(spec).is_file():
+        raise VideditError(f"{spec} is not a model: --model takes a diffusers directory, a hub id, or a "
+                           f"single checkpoint file ({', '.join(checkpoints.CHECKPOINT_SUFFIXES)})")
     elif Path(spec).exists():
         model = _load_directory(Path(spec), name=spec)
     elif Path(spec).is_absolute() or spec.startswith(".") or spec.count("/") != 1:
@@ -163,7 +195,28 @@ def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.d
                            f"or one of {sorted([*BUILTIN, 'toy'])}")
     else:
         model = _load_directory(_download(spec), name=spec)
+    _apply_extras(model, vae=vae, embeddings=embeddings, lora=lora)
     return _place(model, device, dtype)
+
+
+def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
+    """Replace the VAE, add embeddings and fuse LoRAs (in fp32, before ``_place`` casts), and
+    fold each into the fingerprint (cache keys)."""
+    extras = []
+    if vae is not None:
+        model.vae = checkpoints.load_vae(vae, like=model.vae)
+        extras.append("vae:" + (_fingerprint(Path(vae)) if Path(vae).is_dir() else checkpoints.file_fingerprint(Path(vae))))
+    if embeddings:
+        model.tokenizer = copy.deepcopy(model.tokenizer)  # tiny-random's tokenizer is shared (lru_cache)
+    for path in embeddings:
+        parts = {"tokenizer": model.tokenizer, "text_encoder": model.text_encoder}
+        model.prompt_words.update(checkpoints.add_embedding(parts, Path(path)))
+        extras.append(f"embedding:{checkpoints.file_fingerprint(Path(path))}")
+    for spec in lora:
+        item = checkpoints.Lora.parse(spec)
+        checkpoints.apply_lora({"unet": model.unet, "text_encoder": model.text_encoder}, item)
+        extras.append(f"lora:{checkpoints.file_fingerprint(item.path)}:{item.scale!r}")
+    model.fingerprint = checkpoints.combine_fingerprint(model.fingerprint, extras)
 
 
 def _download(repo_id: str) -> Path:

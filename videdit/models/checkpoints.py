@@ -1,0 +1,275 @@
+"""Checkpoints as people have them: one original-layout ``.safetensors``/``.ckpt`` file, LoRA
+files, textual-inversion embeddings and a replacement VAE, applied to a loaded model's parts.
+
+LoRAs are fused into the weights here (``W += scale * alpha / rank * up @ down``) rather than
+through diffusers' ``load_lora_weights``, which needs ``peft``; the file's layer names are
+matched against the model's own modules, so a LoRA for another architecture is refused by
+the first layer the model lacks or whose shape differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from videdit.errors import VideditError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA file and the scale its update is added at (0: no change)."""
+
+    path: Path
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str | Path | tuple | Lora) -> Lora:
+        """``"FILE"``, ``"FILE=SCALE"``, ``(FILE, SCALE)`` or a ``Lora``."""
+        if isinstance(spec, Lora):
+            return spec
+        if isinstance(spec, tuple):
+            return cls(Path(spec[0]), float(spec[1]))
+        text = str(spec)
+        path, sep, scale = text.rpartition("=")
+        if sep and not Path(text).exists():
+            try:
+                return cls(Path(path), float(scale))
+            except ValueError:
+                if path.lower().endswith(CHECKPOINT_SUFFIXES):
+                    raise VideditError(f"--lora {text!r}: the scale after '=' must be a number, e.g. "
+                                       f"--lora {path}=0.8") from None
+        return cls(Path(text))  # no scale, or an '=' in the file's name
+
+
+def file_fingerprint(path: Path) -> str:
+    """A file's size and mtime (cheap; a weight file changes both when rewritten)."""
+    st = Path(path).stat()
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def combine_fingerprint(base: str, extras: list[str]) -> str:
+    """The model's fingerprint with what was applied on top (LoRAs and scales, embeddings, VAE)."""
+    if not extras:
+        return base
+    return hashlib.sha256("\n".join([base, *extras]).encode()).hexdigest()[:16]
+
+
+def _read_state_dict(path: Path, what: str, fix: str) -> dict:
+    """A weights file -> its tensors, or one line saying it is not one."""
+    from diffusers.models.model_loading_utils import load_state_dict
+
+    if not path.is_file():
+        raise VideditError(f"no {what} at {str(path)!r}; {fix}")
+    try:
+        state = load_state_dict(str(path))
+    except Exception as e:  # not safetensors, not a torch pickle, truncated, ...
+        raise VideditError(f"{path} is not a {what} file (cannot read it as safetensors or a torch "
+                           f"checkpoint: {type(e).__name__}); {fix}") from e
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise VideditError(f"{path} holds no tensors, so it is not a {what} file; {fix}")
+    return state
+
+
+# -- single-file checkpoints -------------------------------------------------------------
+
+def is_single_file(spec: str) -> bool:
+    return Path(spec).is_file() and Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """A checkpoint's tensor names, read without loading the tensors where the format allows."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return list(f.keys())
+        except Exception as e:
+            raise VideditError(f"{path} is not a model checkpoint (not a readable safetensors file: "
+                               f"{type(e).__name__}); give a .safetensors/.ckpt Stable Diffusion "
+                               f"checkpoint or a diffusers directory") from e
+    return list(_read_state_dict(path, "model checkpoint", "give a .safetensors/.ckpt Stable Diffusion "
+                                 "checkpoint or a diffusers directory"))
+
+
+def load_single_file(path: Path, config: str | Path | None = None) -> dict:
+    """An original-layout (CompVis/A1111/Civitai) SD 1.x/2.x checkpoint -> the parts ``Model`` holds,
+    through diffusers' ``StableDiffusionPipeline.from_single_file``.
+
+    ``config``: a diffusers directory (or hub id) of the same architecture, or the original
+    YAML; without it diffusers infers the architecture from the weights and reads its config
+    from the hub (or the hub's local cache).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    keys = _checkpoint_keys(path)
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        kind = ("a LoRA (use --lora)" if any("lora" in k for k in keys) else
+                "a VAE (use --vae)" if any(k.startswith(("encoder.", "decoder.")) for k in keys) else
+                "not a Stable Diffusion checkpoint")
+        raise VideditError(f"{path} is {kind}: it has no UNet weights (model.diffusion_model.*); "
+                           f"--model takes a full SD 1.x/2.x checkpoint or a diffusers directory")
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        raise VideditError(f"{path} is an SDXL checkpoint (two text encoders), not supported yet; "
+                           "use an SD 1.x/2.x model")
+    kw: dict = {"safety_checker": None, "requires_safety_checker": False}
+    if config is not None:
+        config = str(config)
+        if config.endswith((".yaml", ".yml")):
+            kw["original_config"] = config
+        else:
+            kw["config"] = config
+            kw["local_files_only"] = Path(config).exists()
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), **kw)
+    except Exception as e:  # config unreachable offline, weights of another shape, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("check that --model-config is the same architecture as the checkpoint" if config else
+                "pass --model-config DIR (a diffusers SD directory of the same architecture, e.g. "
+                "stable-diffusion-v1-5 saved locally) or the checkpoint's original .yaml")
+        raise VideditError(f"cannot load the checkpoint {path}: {first}; {hint}") from e
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+            "scheduler_config": dict(pipe.scheduler.config)}
+
+
+# -- VAE -------------------------------------------------------------------------------
+
+def load_vae(spec: str | Path, like):
+    """A replacement VAE: a diffusers ``AutoencoderKL`` directory (or an SD directory with
+    ``vae/``), or a single file in the original or diffusers layout shaped like ``like``."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    path = Path(spec)
+    fix = "give a diffusers AutoencoderKL directory or a VAE .safetensors/.ckpt of the model's architecture"
+    if path.is_dir():
+        sub = path / "vae" if (path / "vae" / "config.json").exists() else path
+        try:
+            return AutoencoderKL.from_pretrained(sub, low_cpu_mem_usage=False)
+        except (OSError, ValueError) as e:
+            raise VideditError(f"cannot load the VAE in {path}: {e}".splitlines()[0] + f"; {fix}") from e
+    state = _read_state_dict(path, "VAE", fix)
+    vae = AutoencoderKL.from_config(like.config)
+    if set(state) != set(vae.state_dict()):  # the original (LDM) layout, maybe inside a full checkpoint
+        state = convert_ldm_vae_checkpoint(state, vae.config)
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise VideditError(f"{path} is not a VAE for this model ({str(e).splitlines()[0]}); {fix}") from e
+    return vae.to(like.dtype)
+
+
+# -- LoRA ------------------------------------------------------------------------------
+
+_KOHYA = re.compile(r"^lora_(unet|te1?|te2)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_DIFFUSERS = re.compile(r"^(unet|text_encoder(?:_2)?)\.(.+?)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|"
+                        r"lora\.up\.weight|lora_linear_layer\.down\.weight|lora_linear_layer\.up\.weight|alpha)$")
+_ATTN_PROCS = re.compile(r"^(?:unet\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_PARTS = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2",
+          "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2"}
+
+
+def _flat(name: str) -> str:
+    """A module path in kohya's spelling (dots as underscores), without transformers'
+    ``text_model.`` level, which transformers 5 no longer has."""
+    return name.removeprefix("text_model.").replace(".", "_").removeprefix("text_model_")
+
+
+def _lora_layers(state: dict, path: Path) -> dict[tuple[str, str], dict]:
+    """A LoRA state dict in kohya, diffusers/peft or attention-processor layout ->
+    {(part, flat module name): {"down", "up", "alpha"}}."""
+    layers: dict[tuple[str, str], dict] = {}
+    for key, value in state.items():
+        if m := _KOHYA.match(key):
+            part, name, kind = _PARTS[m[1]], _flat(m[2]), m[3]
+        elif m := _DIFFUSERS.match(key):
+            part, name, kind = _PARTS[m[1]], _flat(m[2]), m[3]
+        elif m := _ATTN_PROCS.match(key):
+            part, name, kind = "unet", _flat(f"{m[1]}.{m[2]}" + (".0" if m[2] == "to_out" else "")), m[3]
+        else:
+            raise VideditError(f"{path} is not a LoRA file videdit reads (tensor {key!r} is neither kohya's "
+                               f"lora_down/lora_up nor diffusers' lora_A/lora_B); give a LoRA .safetensors")
+        kind = "alpha" if kind == "alpha" else "down" if ("down" in kind or "lora_A" in kind) else "up"
+        layers.setdefault((part, name), {})[kind] = value
+    return layers
+
+
+def apply_lora(parts: dict, lora: Lora) -> None:
+    """Fuse ``lora`` into ``parts``' weights in place: ``W += scale * alpha / rank * up @ down``
+    (alpha defaults to the rank, as in diffusers)."""
+    fix = "use a LoRA trained for this model's architecture (SD 1.x LoRAs on SD 1.x models)"
+    state = _read_state_dict(lora.path, "LoRA", fix)
+    layers = _lora_layers(state, lora.path)
+    modules = {part: {_flat(n): m for n, m in parts[part].named_modules() if hasattr(m, "weight")}
+               for part in ("unet", "text_encoder")}
+    updates = []
+    for (part, name), t in layers.items():
+        if "down" not in t or "up" not in t:
+            raise VideditError(f"{lora.path} is a broken LoRA: layer {name} has no "
+                               f"{'lora_up' if 'down' in t else 'lora_down'} weight")
+        module = modules.get(part, {}).get(name)
+        if module is None:
+            raise VideditError(f"{lora.path} is a LoRA for another architecture: this model has no "
+                               f"{part} layer {name!r}; {fix}")
+        down, up = t["down"].float().flatten(1), t["up"].float().flatten(1)  # (r, in*k*k), (out, r)
+        rank = down.shape[0]
+        if up.shape[1] != rank or up.shape[0] * down.shape[1] != module.weight.numel():
+            raise VideditError(f"{lora.path} is a LoRA for another architecture: its {part} layer {name} is "
+                               f"{tuple(up.shape[:1]) + tuple(down.shape[1:])}, the model's "
+                               f"{tuple(module.weight.shape)}; {fix}")
+        alpha = float(t["alpha"]) if "alpha" in t else rank
+        updates.append((module, (up @ down).reshape(module.weight.shape) * (lora.scale * alpha / rank)))
+    with torch.no_grad():  # every layer checked first: a refused LoRA leaves the model as it was
+        for module, delta in updates:
+            module.weight += delta.to(module.weight.dtype)
+
+
+# -- textual inversion -----------------------------------------------------------------
+
+def load_embedding(path: Path) -> tuple[str, torch.Tensor]:
+    """A textual-inversion file -> (token, vectors (n, D)): diffusers' ``{token: (D,)}``, A1111's
+    ``string_to_param`` .pt (token: its ``name``, else the file name) or ``emb_params``."""
+    fix = "give a textual-inversion .pt/.bin/.safetensors for an SD 1.x/2.x text encoder"
+    state = _read_state_dict(path, "textual-inversion embedding", fix)
+    if "string_to_param" in state:  # A1111
+        token, vectors = str(state.get("name") or path.stem), next(iter(state["string_to_param"].values()))
+    elif "emb_params" in state:
+        token, vectors = path.stem, state["emb_params"]
+    elif len(state) == 1 and torch.is_tensor(next(iter(state.values()))):  # diffusers
+        token, vectors = next(iter(state.items()))
+    else:
+        keys = sorted(state)[:3]
+        raise VideditError(f"{path} is not a textual-inversion embedding (tensors {keys}...): "
+                           f"{'an SDXL embedding, not supported yet' if 'clip_g' in state else fix}")
+    vectors = vectors.detach().float()
+    return token, vectors.reshape(-1, vectors.shape[-1])
+
+
+def add_embedding(parts: dict, path: Path) -> dict[str, str]:
+    """Add ``path``'s token(s) to the tokenizer and their vectors to the text encoder.
+    A multi-vector embedding adds ``token``, ``token_1``, ...; returns {token: the words it
+    expands to in a prompt} for :meth:`Model.encode_text`."""
+    token, vectors = load_embedding(path)
+    tokenizer, encoder = parts["tokenizer"], parts["text_encoder"]
+    table = encoder.get_input_embeddings()
+    if vectors.shape[1] != table.weight.shape[1]:
+        raise VideditError(f"{path} is an embedding for another text encoder: its vectors have "
+                           f"{vectors.shape[1]} values, this model's {table.weight.shape[1]}")
+    words = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
+    if any(w in tokenizer.get_vocab() for w in words):
+        raise VideditError(f"the token {token!r} of {path} is already in the tokenizer; "
+                           "rename the file or load each embedding once")
+    tokenizer.add_tokens(words)
+    encoder.resize_token_embeddings(len(tokenizer))
+    ids = tokenizer.convert_tokens_to_ids(words)
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight[ids] = vectors.to(table.weight.dtype)
+    return {token: " ".join(words)} if len(words) > 1 else {}
