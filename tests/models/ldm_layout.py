@@ -41,7 +41,8 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
             prefixes.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{i * (lpb + 1) + j}.0."))
             prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{i * (lpb + 1) + j}.1."))
         has_attention = "CrossAttn" in cfg.up_block_types[i]
-        prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attention else 1}."))
+        upsampler = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attention else 1}."
+        prefixes.append((f"up_blocks.{i}.upsamplers.0.", upsampler))
     resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
               ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
     out = {}
@@ -64,7 +65,8 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
         prefixes.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
         prefixes.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."))  # reversed in LDM
         prefixes.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
-    attention = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+    attention = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
+                 ("to_out.0.", "proj_out.")]
     out = {}
     for k, v in vae.state_dict().items():
         new = _rename(k, prefixes).replace("conv_shortcut", "nin_shortcut")

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from videdit.cli import main
 from videdit.errors import VideditError
@@ -54,6 +54,8 @@ def test_single_file_loads_like_the_directory(tiny, sd_dir, tmp_path):
         assert torch.equal(a, b)
     assert model.scheduler_config["beta_schedule"] == "scaled_linear" and model.scaling_factor == 4.7
     assert model.fingerprint != load_model(sd_dir, device="cpu").fingerprint
+    torch.save({"state_dict": load_file(str(ckpt))}, tmp_path / "tiny.ckpt")   # the pickled .ckpt layout
+    assert torch.equal(_unet_out(load_model(tmp_path / "tiny.ckpt", device="cpu", config=sd_dir)), _unet_out(tiny))
     with pytest.raises(VideditError, match="--model-config describes a single-file checkpoint"):
         load_model(sd_dir, config=sd_dir)
 
@@ -107,8 +109,8 @@ def test_several_loras_and_the_diffusers_layout(tiny, tmp_path):
 
 def test_lora_for_another_architecture_is_one_line_and_changes_nothing(tmp_path):
     _kohya_lora(tmp_path / "wide.safetensors", out=320, inp=320)    # SD 1.5's shapes on tiny-random's names
-    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.ones(1, 32),
-               "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.ones(32, 1),
+    q = "lora_unet_" + ATTN1_Q.replace(".", "_")
+    save_file({f"{q}.lora_down.weight": torch.ones(1, 32), f"{q}.lora_up.weight": torch.ones(32, 1),
                "lora_unet_down_blocks_7_attentions_0_proj_in.lora_down.weight": torch.ones(1, 32),
                "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.ones(32, 1)},
               str(tmp_path / "other.safetensors"))
@@ -163,14 +165,22 @@ def test_vae_from_a_directory_or_a_single_file(tiny, tmp_path):
         load_model("tiny-random", vae=tmp_path / "bad.safetensors")
 
 
-def test_cli_lora_flag_and_its_one_line_error(tmp_path, shared_data, capsys):
+def test_cli_lora_keys_the_inversion_cache_and_a_bad_one_is_one_line(tmp_path, shared_data, capsys):
+    lora = tmp_path / "l.safetensors"
+    _kohya_lora(lora)
     (tmp_path / "junk.safetensors").write_text("junk")
-    clip = shared_data / "videos" / "wolf.mp4"
-    base = ["-s", "a wolf", "--steps", "2", "--max-frames", "1", "--size", "64x64", "--device", "cpu", "--no-cache"]
-    code = main(["edit", str(clip), "-t", "a dog", "-o", str(tmp_path / "o.mp4"), *base,
-                 "--lora", str(tmp_path / "junk.safetensors")])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "is not a LoRA file" in err
-    code = main(["invert", str(clip), *base[:-1], "--cache-dir", str(tmp_path / "c"),
-                 "--lora", str(tmp_path / "junk.safetensors") + "=0.5"])
-    assert code == 2
+    clip = shared_data / "videos" / "dog.mp4"
+    common = ["-s", "a dog", "--steps", "2", "--max-frames", "1", "--size", "64", "--device", "cpu", "-q",
+              "--cache-dir", str(tmp_path / "c")]
+    assert main(["invert", str(clip), *common, "--lora", f"{lora}=0.5"]) == 0
+    runs = {}
+    for name, extra in [("plain", []), ("other scale", ["--lora", f"{lora}=1"]), ("same", ["--lora", f"{lora}=0.5"])]:
+        out = ["-o", str(tmp_path / "e.mp4"), "--overwrite"]
+        assert main(["edit", str(clip), *common, "-t", "a cat", *out, *extra]) == 0
+        runs[name] = capsys.readouterr().out
+    assert "0/1 windows from cache" in runs["plain"] and "0/1 windows from cache" in runs["other scale"]
+    assert "1/1 windows from cache" in runs["same"]
+    for command in (["edit", str(clip), "-t", "a cat", "-o", str(tmp_path / "o.mp4")], ["invert", str(clip)]):
+        code = main([*command, *common, "--lora", str(tmp_path / "junk.safetensors")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "is not a LoRA file" in err

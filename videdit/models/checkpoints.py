@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def _read_state_dict(path: Path, what: str, fix: str) -> dict:
 
 # -- single-file checkpoints -------------------------------------------------------------
 
+@contextmanager
+def _quiet_diffusers():
+    """No "Loading pipeline components" bar or info lines while a single file loads; the
+    library's settings are restored in ``finally``."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level, bar = diffusers_logging.get_verbosity(), diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        if bar:
+            diffusers_logging.enable_progress_bar()
+
+
 def is_single_file(spec: str) -> bool:
     return Path(spec).is_file() and Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES
 
@@ -129,7 +147,8 @@ def load_single_file(path: Path, config: str | Path | None = None) -> dict:
             kw["config"] = config
             kw["local_files_only"] = Path(config).exists()
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kw)
+        with _quiet_diffusers():
+            pipe = StableDiffusionPipeline.from_single_file(str(path), **kw)
     except Exception as e:  # config unreachable offline, weights of another shape, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ("check that --model-config is the same architecture as the checkpoint" if config else
@@ -268,7 +287,7 @@ def add_embedding(parts: dict, path: Path) -> dict[str, str]:
         raise VideditError(f"the token {token!r} of {path} is already in the tokenizer; "
                            "rename the file or load each embedding once")
     tokenizer.add_tokens(words)
-    encoder.resize_token_embeddings(len(tokenizer))
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new rows are overwritten below
     ids = tokenizer.convert_tokens_to_ids(words)
     with torch.no_grad():
         encoder.get_input_embeddings().weight[ids] = vectors.to(table.weight.dtype)

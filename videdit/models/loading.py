@@ -121,7 +121,8 @@ class Model:
 
     def tokens(self, prompt: str) -> list[str]:
         """The prompt's tokens as the text encoder sees them, start/end tokens included."""
-        ids = self.tokenizer(self._expand(prompt), truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        ids = self.tokenizer(self._expand(prompt), truncation=True,
+                             max_length=self.tokenizer.model_max_length).input_ids
         return self.tokenizer.convert_ids_to_tokens(ids)
 
     def _expand(self, prompt: str) -> str:
@@ -205,7 +206,8 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
     extras = []
     if vae is not None:
         model.vae = checkpoints.load_vae(vae, like=model.vae)
-        extras.append("vae:" + (_fingerprint(Path(vae)) if Path(vae).is_dir() else checkpoints.file_fingerprint(Path(vae))))
+        vae_fp = _fingerprint(Path(vae)) if Path(vae).is_dir() else checkpoints.file_fingerprint(Path(vae))
+        extras.append(f"vae:{vae_fp}")
     if embeddings:
         model.tokenizer = copy.deepcopy(model.tokenizer)  # tiny-random's tokenizer is shared (lru_cache)
     for path in embeddings:
