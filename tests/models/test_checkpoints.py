@@ -67,7 +67,11 @@ def test_not_a_checkpoint_is_one_line(tmp_path):
     _kohya_lora(lora)
     notes = tmp_path / "notes.txt"
     notes.write_text("hi")
+    xl = tmp_path / "xl.safetensors"
+    save_file({"model.diffusion_model.out.2.weight": torch.ones(1),
+               "conditioner.embedders.1.model.positional_embedding": torch.ones(1)}, str(xl))
     for spec, message in [(junk, "is not a model checkpoint"), (lora, "is a LoRA \\(use --lora\\)"),
+                          (xl, "is an SDXL checkpoint \\(two text encoders\\), not supported yet"),
                           (notes, "is not a model: --model takes"), (tmp_path / "gone.ckpt", "no checkpoint file")]:
         with pytest.raises(VideditError, match=message) as e:
             load_model(spec)
@@ -102,6 +106,10 @@ def test_several_loras_and_the_diffusers_layout(tiny, tmp_path):
                                                          f"{tmp_path / 'd.safetensors'}=0.5"])
     for a, b in zip(kohya.unet.parameters(), both.unet.parameters()):
         torch.testing.assert_close(a, b)
+    procs = ATTN1_Q.replace(".to_q", ".processor.to_q_lora")   # diffusers' older attention-processor layout
+    save_file({f"{procs}.down.weight": down, f"{procs}.up.weight": up}, str(tmp_path / "p.safetensors"))
+    unet_only = load_model("tiny-random", device="cpu", lora=[tmp_path / "p.safetensors"])
+    assert torch.equal(unet_only.unet.get_submodule(ATTN1_Q).weight, kohya.unet.get_submodule(ATTN1_Q).weight)
     assert Lora.parse("a=b.safetensors=0.25") == Lora(Lora.parse("a=b.safetensors").path, 0.25)
     with pytest.raises(VideditError, match="must be a number"):
         Lora.parse("x.safetensors=big")
