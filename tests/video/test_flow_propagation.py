@@ -17,7 +17,8 @@ from videdit.video import TEMPORAL
 from videdit.video.flow_propagation import FlowPropagationConfig
 
 REPO = Path(__file__).resolve().parents[2]
-EDIT = dict(source_prompt="a", target_prompt="a red square", steps=10, guidance=3.0, use_cache=False)
+EDIT = dict(source_prompt="a", target_prompt="a red square", steps=10, guidance=3.0, use_cache=False,
+            read=io.ReadOptions(size="source"))   # the toy clip's 64x64
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
+TOKEN_BUDGET_FACTOR = 4  # Model.token_budget: this many times the native square's latent tokens,
+MIN_TOKEN_BUDGET = 16384  # and at least this many (SD 1.x's 4 x 64 x 64)
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
 
 
@@ -77,6 +79,25 @@ class Model:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The side in pixels the model was trained at, from its UNet config: ``sample_size`` (the
+        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x, 96 x 8 = 768 for SD 2.x (v), 128 x 8
+        = 1024 for SDXL; tiny-random's 16 x 8 = 128, toy's 16 x 4 = 64. Edits work at it by default
+        (short side); 512 where the config does not say."""
+        side = self.unet.config.sample_size
+        side = min(side) if isinstance(side, (tuple, list)) else side
+        return int(side) * self.vae_scale_factor if side else 512
+
+    @property
+    def token_budget(self) -> int:
+        """The default most latent tokens (h x w) per frame an edit may work at: 4x the native
+        square's, at least ``MIN_TOKEN_BUDGET``: 16384 for SD 1.x (1024x1024, or 768x1365 pixels)
+        and SD 2.x, 65536 for SDXL. The UNet's first self-attention runs over every token, so its
+        cost grows with their square (1080p on SD 1.x: 240x135 = 32400 tokens); beyond this a
+        model also leaves its training distribution (repeated subjects)."""
+        return max(MIN_TOKEN_BUDGET, TOKEN_BUDGET_FACTOR * (self.native_size // self.vae_scale_factor) ** 2)
 
     @property
     def latent_channels(self) -> int:
