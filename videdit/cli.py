@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from videdit.errors import VideditError
+from videdit.registry import DEFAULT_MODEL
 
 
 def _size(text: str) -> int | tuple[int, int] | str:
@@ -176,8 +177,10 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     """The model, sampler and inversion flags; ``fills_cache``: the command exists to fill the
     inversion cache, so it refuses --no-cache."""
     g = p.add_argument_group("model and sampler")
-    g.add_argument("--model", default="tiny-random",
-                   help="hub id, local diffusers directory, 'toy' or 'tiny-random' (default; random weights, for tests)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id (default {DEFAULT_MODEL}: Stable Diffusion 1.5, downloaded into the Hugging Face "
+                   "cache on first use), local diffusers directory, 'toy' (shipped, offline) or 'tiny-random' "
+                   "(random weights, for tests and benchmarks)")
     g.add_argument("--steps", type=int, help="DDIM steps (default: the method's reference value, else 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale of the edit (default: the "
                    "method's reference value, else 7.5); exact inversions invert at it")

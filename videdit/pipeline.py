@@ -32,7 +32,7 @@ from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
-from videdit.models import Model, load_model, unet_dtype
+from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
 from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
 from videdit.video.keep_background import keep_background_options
 
@@ -495,7 +495,7 @@ def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
 
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
-               target_prompt: str = "", model: Model | str = "tiny-random", steps: int | None = None,
+               target_prompt: str = "", model: Model | str = DEFAULT_MODEL, steps: int | None = None,
                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
@@ -588,7 +588,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     return EditResult(output=out_path, frames=frames, info=info, stats=stats)
 
 
-def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random",
+def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
                  inversion: str = "ddim", inversion_params: Mapping | None = None, read: io.ReadOptions | None = None,
                  window: int = 16, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
@@ -622,7 +622,7 @@ def _thumb(frames: np.ndarray, max_side: int = 256) -> np.ndarray:
 
 
 def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None, *, source_prompt: str = "",
-               target_prompt: str = "", model: Model | str = "tiny-random",
+               target_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                size: int | tuple[int, int] | str | None = None, device: str | None = None, dtype: str | None = None,
                cache_dir: str | Path | None = None, use_cache: bool = True, max_tokens: int | None = None,
                progress: bool = False, **settings) -> np.ndarray:

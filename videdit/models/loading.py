@@ -21,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from videdit.errors import VideditError
 from videdit.models import tiny
+from videdit.registry import DEFAULT_MODEL
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -163,10 +164,11 @@ class Model:
         return np.concatenate(out)
 
 
-def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.device | None = None,
+def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None) -> Model:
     """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, or a
-    hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5")."""
+    hub id (default: Stable Diffusion 1.5, ``DEFAULT_MODEL``, downloaded into the Hugging Face
+    cache on first use, as diffusers does, and read from there afterwards, offline too)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     spec = str(spec)
     if spec == "tiny-random":
@@ -188,17 +190,38 @@ def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.d
 
 
 def _download(repo_id: str) -> Path:
+    """The hub repo's snapshot in the Hugging Face cache: the configs and the full-precision
+    safetensors weights of the parts videdit loads (not the fp16/EMA variants beside them),
+    fetched on first use; offline (``HF_HUB_OFFLINE=1``, or the hub unreachable) the cached
+    copy, else one line naming the offline alternatives."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+    variants = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
+    alternatives = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
+                    "(--model /path/to/stable-diffusion-v1-5)")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo, gated, ...
-        raise VideditError(
-            f"cannot fetch {repo_id!r} from the Hugging Face hub (unreachable or unknown: "
-            f"{type(e).__name__}); download it elsewhere and pass its local directory, "
-            f"e.g. --model /path/to/stable-diffusion-v1-5"
-        ) from e
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=variants))
+    except LocalEntryNotFoundError as e:   # offline, or the hub unreachable, and not in the cache
+        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the hub is unreachable"
+        raise VideditError(f"{repo_id!r} is not in the Hugging Face cache and cannot be downloaded ({why}); "
+                           f"connect once to download it, or {alternatives}") from e
+    except GatedRepoError as e:
+        raise VideditError(f"{repo_id!r} is gated on the hub: accept its license there and log in "
+                           f"(huggingface-cli login), or {alternatives}") from e
+    except RepositoryNotFoundError as e:
+        raise VideditError(f"no model {repo_id!r} on the Hugging Face hub; check the id, or {alternatives}") from e
+    except Exception as e:  # anything else the hub says
+        raise VideditError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); {alternatives}") from e
+
+
+def _hub_offline() -> bool:
+    """Whether huggingface_hub was told not to connect (HF_HUB_OFFLINE, as it read it at import or as set now)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _load_directory(path: Path, name: str) -> Model:
