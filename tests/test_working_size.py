@@ -39,7 +39,8 @@ def test_native_size_comes_from_the_unet_config(sample_size, native, work):
     assert model.native_size == native
     assert working_size(model, (1920, 1080), None) == work and working_size(model, (1080, 1920), None) == work[::-1]
     assert working_size(model, (1920, 1080), "source") == (1920, 1080)
-    assert working_size(model, (1920, 1080), 256) == (456, 256) and working_size(model, (1920, 1080), (99, 70)) == (96, 72)
+    assert working_size(model, (1920, 1080), 256) == (456, 256)
+    assert working_size(model, (1920, 1080), (99, 70)) == (96, 72)
     assert check_budget(model, (1920, 1080), None) == work   # the default always fits the default budget
 
 
