@@ -76,7 +76,7 @@ def test_invert_then_edit_hits_the_cache(tmp_path, shared_data, capsys):
     common = ["--model", "tiny-random", "--steps", "3", "--max-frames", "4", "--size", "64",
               "--cache-dir", tmp_path / "c", "-s", "a dog"]
     code, out, _ = run(capsys, "invert", clip, *common)
-    assert code == 0 and "inverted 4 frames in 1 windows (0 already cached)" in out
+    assert code == 0 and "inverted 4 frames at 64x64 in 1 windows (0 already cached)" in out
     code, out, _ = run(capsys, "edit", clip, *common, "-t", "a cat", "-o", tmp_path / "e.mp4")
     assert code == 0 and "1/1 windows from cache" in out
 
@@ -236,7 +236,7 @@ def test_invert_with_a_preset_fills_the_cache_its_edit_reads(tmp_path, shared_da
     kw = ["--model", "tiny-random", "--steps", "2", "--cache-dir", tmp_path / "cache", "-q", "--max-frames", "6",
           "--size", "64", "--window", "4", "--config", preset]
     code, out, _ = run(capsys, "invert", clip, "-s", "a dog", *kw)
-    assert code == 0 and "inverted 6 frames in 2 windows (0 already cached)" in out
+    assert code == 0 and "inverted 6 frames at 64x64 in 2 windows (0 already cached)" in out
     code, out, _ = run(capsys, "edit", clip, "-s", "a dog", "-t", "a red dog", "-o", tmp_path / "o.mp4", *kw)
     assert code == 0 and "2/2 windows from cache" in out
     code, _, err = run(capsys, "invert", clip, "--config", tmp_path / "missing.yaml")

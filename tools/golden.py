@@ -126,7 +126,8 @@ def record(models: list[str], only: str | None) -> dict:
                 try:
                     torch.manual_seed(0)
                     res = videdit.edit_video(clip, None, source_prompt=SOURCE, target_prompt=TARGET, model=model,
-                                             window=WINDOW, batch_size=BATCH, use_cache=False, **kw)
+                                             window=WINDOW, batch_size=BATCH, use_cache=False,
+                                             read=io.ReadOptions(size="source"), **kw)   # the clip's SIZE
                     results[key] = {"latents": _digest(np.concatenate(decoded)) if decoded else None,
                                     "frames": _digest(res.frames), "mean": round(float(res.frames.mean()), 3)}
                 except Exception as e:   # recorded: a case that fails must fail the same way

@@ -273,6 +273,7 @@ def toy_video(a) -> None:
 
     from videdit import edit_video, load_model
     from videdit.errors import VideditError
+    from videdit.io import ReadOptions
     from videdit.metrics.temporal import warp_error
     from videdit.toy import sample_clip
     from videdit.toy.scores import clip_flows, clip_frame_success, recoloured
@@ -311,6 +312,7 @@ def toy_video(a) -> None:
                                         steps=a.steps, guidance=a.guidance, inversion=a.inversion,
                                         inversion_params=inversion_params, editor=a.editor,
                                         window=a.window, temporal=temporal, cache_dir=tmp / "cache",
+                                        read=ReadOptions(size="source"),   # the toy clips' own size
                                         keep_background=None if a.keep_background is None
                                         else {"threshold": a.keep_background}).frames
                 except VideditError as e:   # e.g. tokenflow needs an editor with a source branch

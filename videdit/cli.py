@@ -9,17 +9,20 @@ import sys
 from pathlib import Path
 
 from videdit.errors import VideditError
+from videdit.registry import DEFAULT_MODEL
 
 
-def _size(text: str) -> int | tuple[int, int]:
-    """"512" (short side) or "640x360" (width x height)."""
+def _size(text: str) -> int | tuple[int, int] | str:
+    """"512" (short side), "640x360" (width x height) or "source" (the source's own size)."""
+    if text.strip().lower() == "source":
+        return "source"
     try:
         if "x" in text.lower():
             w, h = text.lower().split("x")
             return int(w), int(h)
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N (short side) or WxH, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"size must be N (short side), WxH or source, got {text!r}") from None
 
 
 def _yaml_problem(e: Exception, where: bool = True) -> str:
@@ -153,7 +156,9 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", type=int, default=1, help="take every N-th frame")
     g.add_argument("--fps", type=float, help="resample to this frame rate (instead of --stride)")
     g.add_argument("--max-frames", type=int, help="at most this many frames")
-    g.add_argument("--size", type=_size, help="working size: N (short side) or WxH; output keeps the source size")
+    g.add_argument("--size", type=_size, help="working size: N (short side), WxH, or 'source' (the source's "
+                   "own); default for edit and invert: the model's native short side (512 for SD 1.x, 768 for "
+                   "SD 2.x, 1024 for SDXL, 128 for tiny-random, 64 for toy); the output keeps the source's size")
 
 
 class _Refused(argparse.Action):
@@ -172,9 +177,10 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     """The model, sampler and inversion flags; ``fills_cache``: the command exists to fill the
     inversion cache, so it refuses --no-cache."""
     g = p.add_argument_group("model and sampler")
-    g.add_argument("--model", default="tiny-random",
-                   help="hub id, local diffusers directory, single .safetensors/.ckpt checkpoint, 'toy' or "
-                   "'tiny-random' (default; random weights, for tests)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id (default {DEFAULT_MODEL}: Stable Diffusion 1.5, downloaded into the Hugging Face "
+                   "cache on first use), local diffusers directory, single .safetensors/.ckpt checkpoint, 'toy' "
+                   "(shipped, offline) or 'tiny-random' (random weights, for tests and benchmarks)")
     g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
                    "directory or hub id of the same model family, or the original .yaml (default: inferred)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
@@ -203,6 +209,9 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                    "(default: the method's reference value, 1 for most; see `videdit methods`)")
     g.add_argument("--steps-offset", type=int, metavar="N", help="shift every timestep by N (diffusers' "
                    "steps_offset; default: the method's reference value, else the model config's, 1 for SD 1.x)")
+    g.add_argument("--max-tokens", type=int, metavar="N", help="refuse working sizes over N latent tokens "
+                   "(h x w) per frame, before any work (default $VIDEDIT_MAX_TOKENS, else 4x the model's native "
+                   "square, at least 16384: SD 1.x at 1024x1024 pixels; SDXL 65536)")
     g.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
     if fills_cache:
         g.add_argument("--no-cache", action=_Refused,
@@ -332,9 +341,10 @@ def _edit(a) -> None:
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
                         progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
                         keep_background=keep_background_options(a.keep_background), strength=a.strength,
-                        steps_offset=a.steps_offset, source_branch=a.source_branch)
+                        steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens)
     s = result.stats
-    msg = (f"wrote {result.output} ({s.frames} frames; inversion {s.seconds['invert']:.1f}s, "
+    msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
+           f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
     if a.preview:
         msg += f" and {a.preview}"
@@ -354,8 +364,9 @@ def _invert(a) -> None:
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                          inversion_dtype=a.inversion_dtype, strength=a.strength, steps_offset=a.steps_offset,
-                         editor=a.editor, progress=not a.quiet)
-    print(f"inverted {stats.frames} frames in {stats.windows} windows ({stats.cache_hits} already cached)")
+                         editor=a.editor, max_tokens=a.max_tokens, progress=not a.quiet)
+    print(f"inverted {stats.frames} frames at {stats.size[0]}x{stats.size[1]} in {stats.windows} windows "
+          f"({stats.cache_hits} already cached)")
 
 
 def _preview(a) -> None:

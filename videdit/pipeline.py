@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +32,12 @@ from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
-from videdit.models import Model, load_model, unet_dtype
+from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
 from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
 from videdit.video.keep_background import keep_background_options
 
 log = logging.getLogger("videdit")
+MAX_TOKENS_ENV = "VIDEDIT_MAX_TOKENS"   # the token budget when max_tokens is not given (default: the model's)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class EditStats:
     windows: int = 0
     cache_hits: int = 0
     inversion_unet_evals: int = 0   # per frame, summed over windows
+    size: tuple[int, int] | None = None   # (W, H) the model worked at (working_size)
     seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0})
 
 
@@ -168,6 +172,67 @@ def model_size(width: int, height: int, multiple: int) -> tuple[int, int]:
     """The nearest size the model takes (both sides a multiple of the VAE factor, >= one)."""
     return (max(multiple, int(round(width / multiple)) * multiple),
             max(multiple, int(round(height / multiple)) * multiple))
+
+
+def working_size(model: Model, source: tuple[int, int], size: int | tuple[int, int] | str | None) -> tuple[int, int]:
+    """(W, H) the model works at for a source of (W, H): ``size`` None -> the model's native
+    short side (``Model.native_size``), "source" -> the source's own size, an int -> that short
+    side, (W, H) -> that; then both sides to the nearest multiple of the VAE's factor
+    (:func:`model_size`). E.g. 1920x1080 on SD 1.5 -> 910x512 -> 912x512."""
+    w, h = resized_size(source, model.native_size if size is None else size)
+    return model_size(w, h, model.vae_scale_factor)
+
+
+def token_budget(model: Model, max_tokens: int | None = None) -> int:
+    """The most latent tokens (h x w) per frame an edit may work at: ``max_tokens``, else
+    $VIDEDIT_MAX_TOKENS, else the model's default (``Model.token_budget``, 4x its native square's)."""
+    where = "max_tokens"
+    if max_tokens is None and os.environ.get(MAX_TOKENS_ENV, "").strip():
+        where, max_tokens = MAX_TOKENS_ENV, os.environ[MAX_TOKENS_ENV].strip()
+        try:
+            max_tokens = int(max_tokens)
+        except ValueError:
+            raise VideditError(f"{MAX_TOKENS_ENV}={max_tokens!r} is not a whole number of latent tokens per "
+                               f"frame; unset it or give e.g. {model.token_budget}") from None
+    if max_tokens is None:
+        return model.token_budget
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise VideditError(f"{where} must be a whole number of latent tokens per frame >= 1, got {max_tokens!r}")
+    return max_tokens
+
+
+def check_budget(model: Model, source: tuple[int, int], size: int | tuple[int, int] | str | None,
+                 max_tokens: int | None = None) -> tuple[int, int]:
+    """The working (W, H) of a source of (W, H) at ``size`` (:func:`working_size`), or, where its
+    latent tokens per frame exceed the budget (:func:`token_budget`), one line naming the
+    figure, the memory it costs and the ``--size`` that fits. Called before any frame is read."""
+    work = working_size(model, source, size)
+    f = model.vae_scale_factor
+    tokens = (work[0] // f) * (work[1] // f)
+    budget = token_budget(model, max_tokens)
+    if tokens <= budget:
+        return work
+    fits = min(work) // f * f
+    while fits > f and math.prod(s // f for s in working_size(model, work, fits)) > budget:
+        fits -= f
+    scores = tokens ** 2 * torch.finfo(model.dtype).bits / 8 / 2 ** 30   # one head's (tokens, tokens) scores
+    raise VideditError(
+        f"working at {work[0]}x{work[1]} is {work[0] // f}x{work[1] // f} = {tokens} latent tokens per frame "
+        f"(self-attention scores {scores:.1f} GiB per head per frame in {str(model.dtype).removeprefix('torch.')}), "
+        f"over the budget of {budget}; use --size {fits} or less ({model.name}'s native short side is "
+        f"{model.native_size}), or raise the budget with --max-tokens {tokens} (or ${MAX_TOKENS_ENV})")
+
+
+def _at_working_size(model: Model, read: io.ReadOptions, info: io.ClipInfo,
+                     max_tokens: int | None) -> tuple[io.ReadOptions, io.ClipInfo, tuple[int, int]]:
+    """A clip's read options and info with the working size resolved (``read.size`` None: the
+    model's native short side), and the (W, H) the model works at; refused over the budget."""
+    size = model.native_size if read.size is None else read.size
+    work = check_budget(model, info.source_size, size, max_tokens)
+    read = dataclasses.replace(read, size=size)
+    info = dataclasses.replace(info, size=resized_size(info.source_size, size))
+    log.info("working at %dx%d (source %dx%d; --size changes it)", *work, *info.source_size)
+    return read, info, work
 
 
 def _at_model_size(model: Model, frames: np.ndarray) -> np.ndarray:
@@ -430,7 +495,7 @@ def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
 
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
-               target_prompt: str = "", model: Model | str = "tiny-random", steps: int | None = None,
+               target_prompt: str = "", model: Model | str = DEFAULT_MODEL, steps: int | None = None,
                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
@@ -438,13 +503,17 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
-               progress: bool = False) -> EditResult:
+               max_tokens: int | None = None, progress: bool = False) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
     gets PNG frames; .gif a preview) and ``EditResult.frames`` is None; without it, the
-    edited frames are returned. ``preview`` writes a source|edit GIF beside. A non-empty
-    output folder is replaced only with ``overwrite``.
+    edited frames are returned, at the source's size either way. ``preview`` writes a source|edit
+    GIF beside. A non-empty output folder is replaced only with ``overwrite``.
+
+    The model works at ``read.size`` (:func:`working_size`; None: the model's native short side,
+    "source": the source's size), refused before any frame is read where that exceeds
+    ``max_tokens`` latent tokens per frame (:func:`token_budget`); ``EditStats.size`` says which.
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
@@ -458,8 +527,9 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         if path is not None:
             io.check_output_path(path, input)
     model = _resolve_model(model, device, dtype)
+    read, info, work = _at_working_size(model, read, info, max_tokens)
     cache = InversionCache(cache_dir) if use_cache else None
-    stats = EditStats()
+    stats = EditStats(size=work)
     keep_source, keep_edit = [], []
     bar = tqdm(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
 
@@ -518,22 +588,23 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     return EditResult(output=out_path, frames=frames, info=info, stats=stats)
 
 
-def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = "tiny-random",
+def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
                  inversion: str = "ddim", inversion_params: Mapping | None = None, read: io.ReadOptions | None = None,
                  window: int = 16, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
                  inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None,
-                 steps_offset: int | None = None,
-                 editor: str = "plain", progress: bool = False) -> EditStats:
+                 steps_offset: int | None = None, editor: str = "plain", max_tokens: int | None = None,
+                 progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
-    (``editor``: the edit's, where it sets the strength)."""
+    (``editor``: the edit's, where it sets the strength; ``read.size``: the working size, as there)."""
     settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                          seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params,
                          inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, device, dtype)
-    cache, stats = InversionCache(cache_dir), EditStats()
+    read, info, work = _at_working_size(model, read, info, max_tokens)
+    cache, stats = InversionCache(cache_dir), EditStats(size=work)
     for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
                       disable=not progress):
         inv = invert_frames(model, _at_model_size(model, chunk), settings, cache=cache, progress=progress)
@@ -551,11 +622,14 @@ def _thumb(frames: np.ndarray, max_side: int = 256) -> np.ndarray:
 
 
 def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None, *, source_prompt: str = "",
-               target_prompt: str = "", model: Model | str = "tiny-random", size: int | tuple[int, int] | None = None,
-               device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
-               use_cache: bool = True, progress: bool = False, **settings) -> np.ndarray:
+               target_prompt: str = "", model: Model | str = DEFAULT_MODEL,
+               size: int | tuple[int, int] | str | None = None, device: str | None = None, dtype: str | None = None,
+               cache_dir: str | Path | None = None, use_cache: bool = True, max_tokens: int | None = None,
+               progress: bool = False, **settings) -> np.ndarray:
     """Edit one image (a path, or an (H, W, 3) uint8 array) and return it at its own size;
-    ``size`` is the working size (short side, or (W, H)); ``output`` is written when given.
+    ``size`` is the working size (:func:`working_size`: None the model's native short side, an
+    int a short side, (W, H), or "source"), refused over ``max_tokens`` (:func:`token_budget`);
+    ``output`` is written when given.
     ``settings``: the fields of :class:`EditSettings` (steps, guidance, inversion, editor, ...)."""
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, **settings)
     if isinstance(input, np.ndarray):
@@ -567,8 +641,11 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             io.check_output_path(output, input)
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
-    work = image if size is None else _resize(image[None], resized_size((width, height), size))[0]
     m = _resolve_model(model, device, dtype)
+    size = m.native_size if size is None else size
+    log.info("working at %dx%d (source %dx%d; size changes it)", *check_budget(m, (width, height), size, max_tokens),
+             width, height)
+    work = _resize(image[None], resized_size((width, height), size))[0]
     cache = InversionCache(cache_dir) if use_cache else None
     out = _resize(edit_frames(m, work[None], settings, cache=cache, progress=progress), (width, height))[0]
     if output is not None:

@@ -47,6 +47,8 @@ class Departure:
 # the edit settings a method's reference may fix, and their values where none does
 # (steps_offset None: the model config's)
 EDIT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 1.0, "steps_offset": None}
+# the model an edit loads where none is named (--model's default): Stable Diffusion 1.5 from the hub
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_v_prediction_directory(tmp_path):
 
 def test_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(VideditError, match="hub.*unreachable.*local directory"):
+    with pytest.raises(VideditError, match="not in the Hugging Face cache.*--model toy.*local diffusers directory"):
         load_model("nobody/no-such-model")
     with pytest.raises(VideditError, match="no model at"):
         load_model("./missing-dir")
@@ -113,3 +114,45 @@ def test_unet_dtype_restores_on_error():
             raise RuntimeError("boom")
     assert model.unet.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in model.unet.parameters())
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """huggingface_hub offline (as HF_HUB_OFFLINE=1 makes it) with an empty cache in tmp_path."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_default_model_is_sd15_from_the_hub_cache(offline_hub):
+    """Without a spec, Stable Diffusion 1.5 from the hub: offline and not cached, one line naming
+    the offline alternatives; once in the cache (here tiny-random saved as its snapshot), loaded
+    from there without the network."""
+    from videdit.models import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    with pytest.raises(VideditError) as e:
+        load_model()
+    assert str(e.value) == (
+        "'stable-diffusion-v1-5/stable-diffusion-v1-5' is not in the Hugging Face cache and cannot be downloaded "
+        "(HF_HUB_OFFLINE is set); connect once to download it, or use --model toy (shipped with videdit, works "
+        "offline) or a local diffusers directory (--model /path/to/stable-diffusion-v1-5)")
+    repo = offline_hub / "models--stable-diffusion-v1-5--stable-diffusion-v1-5"
+    save_tiny_random(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    model = load_model()
+    assert model.name == DEFAULT_MODEL and model.native_size == 128 and model.unet.config.in_channels == 4
+
+
+def test_cli_without_model_offline_says_what_to_use(offline_hub, tmp_path, capsys):
+    from videdit.cli import main
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "red-circle.mp4"
+    code = main(["edit", str(sample), "-t", "x", "-o", str(tmp_path / "o.mp4"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.mp4").exists()
+    assert err.startswith("videdit: error: 'stable-diffusion-v1-5/stable-diffusion-v1-5' is not in the Hugging Face "
+                          "cache") and "--model toy (shipped with videdit, works offline)" in err

@@ -17,7 +17,8 @@ from videdit.video import TEMPORAL
 from videdit.video.flow_propagation import FlowPropagationConfig
 
 REPO = Path(__file__).resolve().parents[2]
-EDIT = dict(source_prompt="a", target_prompt="a red square", steps=10, guidance=3.0, use_cache=False)
+EDIT = dict(source_prompt="a", target_prompt="a red square", steps=10, guidance=3.0, use_cache=False,
+            read=io.ReadOptions(size="source"))   # the toy clip's 64x64
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_windows_hand_over_exactly(tiny, toy_mp4):
     three = edit_video(path, model=tiny, temporal=temporal, window=3, **EDIT)
     assert three.stats.windows == 3 and one.stats.windows == 1
     assert np.abs(one.frames.astype(int) - three.frames).max() <= 1
-    settings = EditSettings(**{k: v for k, v in EDIT.items() if k != "use_cache"}, temporal=temporal)
+    settings = EditSettings(**{k: v for k, v in EDIT.items() if k not in ("use_cache", "read")}, temporal=temporal)
     cut = np.concatenate([edit_frames(tiny, source[i:i + 3], settings, start=i, temporal=settings.temporal_stack())
                           for i in range(0, 8, 3)])
     assert np.abs(one.frames.astype(int) - cut).max() > 10
@@ -100,7 +101,7 @@ def test_flow_is_cached_beside_the_inversions(tiny, toy_mp4, tmp_path, monkeypat
 
 
 def test_needs_the_source_frames(tiny, toy_mp4):
-    settings = EditSettings(**{k: v for k, v in EDIT.items() if k != "use_cache"},
+    settings = EditSettings(**{k: v for k, v in EDIT.items() if k not in ("use_cache", "read")},
                             temporal={"flow_propagation": {}})
     inv = invert_frames(tiny, toy_mp4[1][:2], settings)
     with pytest.raises(VideditError, match="needs the window's source frames"):
@@ -113,7 +114,7 @@ def test_rerender_preset_from_the_cli(toy_mp4, tmp_path, capsys):
     path, _ = toy_mp4
     out, report = tmp_path / "out.mp4", tmp_path / "out.json"
     code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender.yaml",
-                            "--steps", "4", "--no-cache", "-q", "--report", report,
+                            "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--report", report,
                             "--temporal", "flow_propagation:strength=0.9,target=latent"])])
     stdout, err = capsys.readouterr()
     assert code == 0, err

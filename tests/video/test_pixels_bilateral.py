@@ -65,7 +65,7 @@ def test_bilateral_pixels_clip_scope_make_every_frame_in_a_second_pass(tiny, tmp
     for t, f in enumerate(frames):
         cv2.imwrite(str(tmp_path / f"{t:04d}.png"), f[..., ::-1])
     res = videdit.edit_video(tmp_path, source_prompt=SOURCE, target_prompt=TARGET, model=tiny, steps=3, guidance=7.5,
-                             window=5, use_cache=False, temporal=BIL)
+                             window=5, use_cache=False, temporal=BIL, read=io.ReadOptions(size="source"))
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, guidance=7.5, temporal=BIL)
     plain = dataclasses.replace(s, temporal=FLOW)
     config, plain_stack, own, last = PixelsBilateralConfig(), plain.temporal_stack(), s.temporal_stack(), None

@@ -15,6 +15,7 @@ from videdit.errors import VideditError
 BACKENDS = ("auto", "decord", "pyav")
 CLIP_KINDS = ("video", "frames", "image")
 READ_BACKENDS = ("decord", "pyav", "images")
+SOURCE_SIZE = "source"  # ReadOptions.size: the source's own size
 
 
 def _is_int(x: object) -> bool:
@@ -44,9 +45,11 @@ class ReadOptions:
     ``start + k / fps`` (``fps`` may not exceed the source rate). ``max_frames`` then keeps the
     first ones. ``size`` resizes: an int makes the short side that long, the long side
     ``round(long * size / short)`` (half up), e.g. 288x512 at 256 -> 256x455; a ``(W, H)`` pair is
-    exact. ``folder_fps`` is the rate assumed for a folder of frames. ``backend`` picks the video
-    decoder ("auto": decord, falling back to PyAV; "auto" defers to the environment variable
-    ``VIDEDIT_VIDEO_BACKEND`` when that is set).
+    exact; None or "source" keep the source's size (the pipeline reads None as "the model's native
+    size" and "source" as the source's, see ``videdit.pipeline.working_size``). ``folder_fps`` is
+    the rate assumed for a folder of frames. ``backend`` picks the video decoder ("auto": decord,
+    falling back to PyAV; "auto" defers to the environment variable ``VIDEDIT_VIDEO_BACKEND`` when
+    that is set).
     """
 
     start_frame: int = 0
@@ -56,7 +59,7 @@ class ReadOptions:
     stride: int = 1
     fps: float | None = None
     max_frames: int | None = None
-    size: int | tuple[int, int] | None = None
+    size: int | tuple[int, int] | str | None = None
     chunk_size: int = 16
     folder_fps: float = 8
     backend: str = "auto"
@@ -93,7 +96,7 @@ class ReadOptions:
             raise VideditError(f"max_frames must be an integer >= 1 (or None for all), got {self.max_frames!r}")
         if isinstance(self.size, list):  # YAML gives lists; a frozen field still takes a tuple
             object.__setattr__(self, "size", tuple(self.size))
-        if self.size is not None:
+        if self.size is not None and self.size != SOURCE_SIZE:
             if _is_int(self.size):
                 if self.size < 1:
                     raise VideditError(f"size must be >= 1 (the short side in pixels), got {self.size}")
@@ -103,7 +106,8 @@ class ReadOptions:
                 and all(_is_int(s) and s >= 1 for s in self.size)
             ):
                 raise VideditError(
-                    f"size must be an int (short side) or a (width, height) pair of ints >= 1, got {self.size!r}"
+                    f"size must be an int (short side), a (width, height) pair of ints >= 1 or "
+                    f"{SOURCE_SIZE!r}, got {self.size!r}"
                 )
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
             raise VideditError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
@@ -152,10 +156,10 @@ class ClipInfo:
         return len(self.indices)
 
 
-def resized_size(source: tuple[int, int], size: int | tuple[int, int] | None) -> tuple[int, int]:
+def resized_size(source: tuple[int, int], size: int | tuple[int, int] | str | None) -> tuple[int, int]:
     """(W, H) after resizing ``source`` (W, H): short side to ``size`` with the long side rounded
-    half up (min 1), or exactly ``size`` when it is a (W, H) pair."""
-    if size is None:
+    half up (min 1), exactly ``size`` when it is a (W, H) pair, ``source`` for None or "source"."""
+    if size is None or size == SOURCE_SIZE:
         return source
     if isinstance(size, tuple):
         return (int(size[0]), int(size[1]))

@@ -25,12 +25,15 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from videdit.errors import VideditError
 from videdit.models import checkpoints, tiny
+from videdit.registry import DEFAULT_MODEL
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
+TOKEN_BUDGET_FACTOR = 4  # Model.token_budget: this many times the native square's latent tokens,
+MIN_TOKEN_BUDGET = 16384  # and at least this many (SD 1.x's 4 x 64 x 64)
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
 
 
@@ -82,6 +85,25 @@ class Model:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The side in pixels the model was trained at, from its UNet config: ``sample_size`` (the
+        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x, 96 x 8 = 768 for SD 2.x (v), 128 x 8
+        = 1024 for SDXL; tiny-random's 16 x 8 = 128, toy's 16 x 4 = 64. Edits work at it by default
+        (short side); 512 where the config does not say."""
+        side = self.unet.config.sample_size
+        side = min(side) if isinstance(side, (tuple, list)) else side
+        return int(side) * self.vae_scale_factor if side else 512
+
+    @property
+    def token_budget(self) -> int:
+        """The default most latent tokens (h x w) per frame an edit may work at: 4x the native
+        square's, at least ``MIN_TOKEN_BUDGET``: 16384 for SD 1.x (1024x1024, or 768x1365 pixels)
+        and SD 2.x, 65536 for SDXL. The UNet's first self-attention runs over every token, so its
+        cost grows with their square (1080p on SD 1.x: 240x135 = 32400 tokens); beyond this a
+        model also leaves its training distribution (repeated subjects)."""
+        return max(MIN_TOKEN_BUDGET, TOKEN_BUDGET_FACTOR * (self.native_size // self.vae_scale_factor) ** 2)
 
     @property
     def latent_channels(self) -> int:
@@ -154,11 +176,13 @@ class Model:
         return np.concatenate(out)
 
 
-def load_model(spec: str | os.PathLike = "tiny-random", *, device: str | torch.device | None = None,
+def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
     """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, a single
-    ``.safetensors``/``.ckpt`` checkpoint, or a hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5").
+    ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable Diffusion 1.5,
+    ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as diffusers does,
+    and read from there afterwards, offline too).
 
     ``config``: a single file's architecture (a diffusers directory or hub id, or the original
     YAML; inferred when left out). ``vae``: a replacement VAE (directory or file). ``embeddings``:
@@ -222,17 +246,38 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
 
 
 def _download(repo_id: str) -> Path:
+    """The hub repo's snapshot in the Hugging Face cache: the configs and the full-precision
+    safetensors weights of the parts videdit loads (not the fp16/EMA variants beside them),
+    fetched on first use; offline (``HF_HUB_OFFLINE=1``, or the hub unreachable) the cached
+    copy, else one line naming the offline alternatives."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     patterns = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+    variants = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
+    alternatives = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
+                    "(--model /path/to/stable-diffusion-v1-5)")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo, gated, ...
-        raise VideditError(
-            f"cannot fetch {repo_id!r} from the Hugging Face hub (unreachable or unknown: "
-            f"{type(e).__name__}); download it elsewhere and pass its local directory, "
-            f"e.g. --model /path/to/stable-diffusion-v1-5"
-        ) from e
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=variants))
+    except LocalEntryNotFoundError as e:   # offline, or the hub unreachable, and not in the cache
+        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the hub is unreachable"
+        raise VideditError(f"{repo_id!r} is not in the Hugging Face cache and cannot be downloaded ({why}); "
+                           f"connect once to download it, or {alternatives}") from e
+    except GatedRepoError as e:
+        raise VideditError(f"{repo_id!r} is gated on the hub: accept its license there and log in "
+                           f"(huggingface-cli login), or {alternatives}") from e
+    except RepositoryNotFoundError as e:
+        raise VideditError(f"no model {repo_id!r} on the Hugging Face hub; check the id, or {alternatives}") from e
+    except Exception as e:  # anything else the hub says
+        raise VideditError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); {alternatives}") from e
+
+
+def _hub_offline() -> bool:
+    """Whether huggingface_hub was told not to connect (HF_HUB_OFFLINE, as it read it at import or as set now)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _load_directory(path: Path, name: str) -> Model:
