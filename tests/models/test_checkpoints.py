@@ -178,8 +178,8 @@ def test_cli_lora_keys_the_inversion_cache_and_a_bad_one_is_one_line(tmp_path, s
     _kohya_lora(lora)
     (tmp_path / "junk.safetensors").write_text("junk")
     clip = shared_data / "videos" / "dog.mp4"
-    common = ["-s", "a dog", "--steps", "2", "--max-frames", "1", "--size", "64", "--device", "cpu", "-q",
-              "--cache-dir", str(tmp_path / "c")]
+    common = ["-s", "a dog", "--model", "tiny-random", "--steps", "2", "--max-frames", "1", "--size", "64",
+              "--device", "cpu", "-q", "--cache-dir", str(tmp_path / "c")]
     assert main(["invert", str(clip), *common, "--lora", f"{lora}=0.5"]) == 0
     runs = {}
     for name, extra in [("plain", []), ("other scale", ["--lora", f"{lora}=1"]), ("same", ["--lora", f"{lora}=0.5"])]:
