@@ -25,7 +25,7 @@ from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
 from videdit.config import make_config
 from videdit.core.loop import PinnedBranch, denoise
-from videdit.core.schedule import Schedule, make_schedule
+from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
 from videdit.registry import EDIT_DEFAULTS
@@ -100,8 +100,7 @@ class EditSettings:
         if self.source_branch is not None and not editor.has_source_branch:
             raise VideditError(f"source_branch={self.source_branch!r} sets the editor's source branch, and editor "
                                f"{editor.name!r} runs none; use one of {EDITORS.having('has_source_branch')}")
-        if self.steps_offset is not None and self.steps_offset < 0:
-            raise VideditError(f"steps_offset must be >= 0, got {self.steps_offset}")
+        check_steps_offset(self.steps_offset)
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
                     "temporal_configs": self._temporal_configs(editor),
@@ -227,12 +226,20 @@ def _at_working_size(model: Model, read: io.ReadOptions, info: io.ClipInfo,
                      max_tokens: int | None) -> tuple[io.ReadOptions, io.ClipInfo, tuple[int, int]]:
     """A clip's read options and info with the working size resolved (``read.size`` None: the
     model's native short side), and the (W, H) the model works at; refused over the budget."""
-    size = model.native_size if read.size is None else read.size
-    work = check_budget(model, info.source_size, size, max_tokens)
+    size, work = _working(model, info.source_size, read.size, max_tokens)
     read = dataclasses.replace(read, size=size)
     info = dataclasses.replace(info, size=resized_size(info.source_size, size))
-    log.info("working at %dx%d (source %dx%d; --size changes it)", *work, *info.source_size)
     return read, info, work
+
+
+def _working(model: Model, source: tuple[int, int], size: int | tuple[int, int] | str | None,
+             max_tokens: int | None) -> tuple[int | tuple[int, int] | str, tuple[int, int]]:
+    """``size`` resolved (None: the model's native short side) and the (W, H) the model works at
+    for a source of (W, H), refused over the budget (:func:`check_budget`)."""
+    size = model.native_size if size is None else size
+    work = check_budget(model, source, size, max_tokens)
+    log.info("working at %dx%d (source %dx%d; --size changes it)", *work, *source)
+    return size, work
 
 
 def _at_model_size(model: Model, frames: np.ndarray) -> np.ndarray:
@@ -387,7 +394,16 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))
-    processors, hooks, callbacks = plan.processors, dict(plan.hooks or {}), [*replay.callbacks, *plan.callbacks]
+    start = inversion.start_step if plan.start_step is None else plan.start_step
+    x, pinned = plan.x, []
+    if settings.pin_source:   # the source branch's latents are the inversion's at every step
+        x = x.clone()
+        x[plan.source_branch] = inversion.trajectory[start].to(x)
+        pinned = [PinnedBranch(plan.source_branch, inversion.trajectory)]
+    # pinned after the replay's callbacks (direct inversion's offsets would move it off the trajectory),
+    # before the editor's (a local blend reads the source branch)
+    processors, hooks = plan.processors, dict(plan.hooks or {})
+    callbacks = [*replay.callbacks, *pinned, *plan.callbacks]
     tctx = TemporalContext(model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=n_branches,
                            output_branch=plan.output_branch % n_branches, source_branch=plan.source_branch,
                            edited=edited, cache_dir=cache.directory if cache is not None else None)
@@ -399,15 +415,6 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
-    start = inversion.start_step if plan.start_step is None else plan.start_step
-    x = plan.x
-    if settings.pin_source:   # the source branch's latents are the inversion's at every step
-        x = x.clone()
-        x[plan.source_branch] = inversion.trajectory[start].to(x)
-        # after the replay's callbacks (direct inversion's offsets would move it off the trajectory), before
-        # the editor's (a local blend reads the source branch)
-        pin = len(replay.callbacks)
-        callbacks = [*callbacks[:pin], PinnedBranch(plan.source_branch, inversion.trajectory), *callbacks[pin:]]
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=replay.sampler,
@@ -642,9 +649,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
     m = _resolve_model(model, device, dtype)
-    size = m.native_size if size is None else size
-    log.info("working at %dx%d (source %dx%d; size changes it)", *check_budget(m, (width, height), size, max_tokens),
-             width, height)
+    size, _ = _working(m, (width, height), size, max_tokens)
     work = _resize(image[None], resized_size((width, height), size))[0]
     cache = InversionCache(cache_dir) if use_cache else None
     out = _resize(edit_frames(m, work[None], settings, cache=cache, progress=progress), (width, height))[0]

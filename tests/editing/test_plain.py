@@ -2,13 +2,10 @@ import pytest
 import torch
 
 from tests.peers import latent_edit, stable_diffusion
+from tests.inversion.approximate_runs import rel_error
 from videdit.editing import EDITORS, get_editor
 from videdit.errors import VideditError
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-
-
-def rel_error(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def test_registry_and_errors():

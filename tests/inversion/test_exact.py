@@ -22,9 +22,9 @@ EXACT = ("bdia", "ddpm", "direct", "edict")
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
 @pytest.mark.parametrize("method", EXACT)
 def test_reconstruction_is_exact(tiny, wolf_frames, method, guidance, steps):
-    """Measured on these frames (fp32; EDICT and BDIA at their reference's strength 0.8): EDICT
-    <= 5.4e-7, BDIA <= 5.0e-7 (0 at guidance 7.5); direct and DDPM replay their trajectory to the
-    last bit (0)."""
+    """Measured on these frames (fp32; EDICT and BDIA at their reference's strength 0.8): at
+    guidance 1 EDICT <= 5.0e-7, BDIA <= 5.5e-7; at 7.5 both 0 (EDICT measured at 10 steps);
+    direct and DDPM replay their trajectory to the last bit (0)."""
     s = settings_for(method, guidance, steps)
     inv = invert_frames(tiny, wolf_frames, s)
     err = rel_error(reconstruct(tiny, inv, s), inv.source)

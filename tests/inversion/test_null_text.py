@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.inversion.approximate_runs import recon_error, rel_error, settings
+from tests.peers import stable_diffusion
 from videdit.inversion.null_text import NullTextConfig
 from videdit.pipeline import edit_latents, invert_frames, reconstruct
 
@@ -46,18 +47,6 @@ def test_null_text_frames_are_independent_of_batching(tiny, wolf_frames):
     assert apart.unet_evals == together.unet_evals == 10 + 10 * (1 + 2 * 2 + 1)
 
 
-def _sd_pipeline(model):
-    """diffusers' StableDiffusionPipeline on a videdit model's parts, with the DDIM scheduler of
-    its config (videdit's schedule: the same steps_offset; eta 0 is the pipeline's default)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler_config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_null_text_replay_matches_diffusers_with_the_null_embedding_swapped_in(tiny, wolf_frames):
     """The edit from a null-text inversion is diffusers' StableDiffusionPipeline started from the
     inverted noise, its negative prompt embedding set to the fitted null_i at every step through
@@ -74,7 +63,7 @@ def test_null_text_replay_matches_diffusers_with_the_null_embedding_swapped_in(t
         nxt = null[min(i + 1, len(null) - 1)][None]
         return {"prompt_embeds": torch.cat([nxt, target])}
 
-    theirs = _sd_pipeline(tiny)(prompt_embeds=target, negative_prompt_embeds=null[:1], latents=inv.noise,
+    theirs = stable_diffusion(tiny)(prompt_embeds=target, negative_prompt_embeds=null[:1], latents=inv.noise,
                                 num_inference_steps=4, guidance_scale=7.5, output_type="latent",
                                 callback_on_step_end=swap, callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)   # measured: at most 9.2e-6 apart

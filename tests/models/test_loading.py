@@ -1,11 +1,11 @@
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.test_cli import SAMPLE
 from videdit.errors import VideditError
 from videdit.models import load_model, loading, unet_dtype
 from videdit.models.tiny import save_tiny_random
@@ -150,8 +150,7 @@ def test_default_model_is_sd15_from_the_hub_cache(offline_hub):
 def test_cli_without_model_offline_says_what_to_use(offline_hub, tmp_path, capsys):
     from videdit.cli import main
 
-    sample = Path(__file__).resolve().parents[2] / "samples" / "red-circle.mp4"
-    code = main(["edit", str(sample), "-t", "x", "-o", str(tmp_path / "o.mp4"), "-q"])
+    code = main(["edit", str(SAMPLE), "-t", "x", "-o", str(tmp_path / "o.mp4"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.mp4").exists()
     assert err.startswith("videdit: error: 'stable-diffusion-v1-5/stable-diffusion-v1-5' is not in the Hugging Face "

@@ -28,14 +28,19 @@ class Schedule:
         return len(self.timesteps)
 
 
+def check_steps_offset(steps_offset: int | None) -> int | None:
+    """``steps_offset`` (None: the model config's), or one line if it is negative."""
+    if steps_offset is not None and steps_offset < 0:
+        raise VideditError(f"steps_offset must be >= 0, got {steps_offset}")
+    return steps_offset
+
+
 def make_schedule(scheduler_config: dict, steps: int, steps_offset: int | None = None) -> Schedule:
     """The schedule of ``steps`` DDIM steps. ``steps_offset`` shifts every timestep (diffusers'
     config key): None takes the model config's (1 for Stable Diffusion 1.x); the reference
     implementations (prompt-to-prompt, PnP inversion, EDICT, ...) build their DDIM scheduler
     with the default 0."""
-    if steps_offset is not None:
-        if steps_offset < 0:
-            raise VideditError(f"steps_offset must be >= 0, got {steps_offset}")
+    if check_steps_offset(steps_offset) is not None:
         scheduler_config = {**scheduler_config, "steps_offset": int(steps_offset)}
     if steps < 1:
         raise VideditError(f"steps must be >= 1, got {steps}")

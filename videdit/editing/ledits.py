@@ -56,8 +56,11 @@ from videdit.attention.processor import AttentionModule, AttnCall
 from videdit.editing.blended import editor_mask
 from videdit.editing.masks import MaskSource, validate_mask_source
 from videdit.editing.registry import EditContext, EditPlan, register_editor
-from videdit.editing.sega import Concept, ConceptGuidance, as_concepts, check_schedule, concept_plan
+from videdit.editing.sega import (Concept, ConceptGuidance, top_per_channel, as_concepts, check_schedule,
+                                  concept_plan)
 from videdit.errors import VideditError
+from videdit.masks import gaussian_blur
+from videdit.registry import departs
 
 MASKING = ("intersect", "attention", "noise")
 REFERENCE = ("Brack et al. 2024, LEDITS++: Limitless Image Editing using Text-to-Image Models (CVPR); "
@@ -70,7 +73,10 @@ class LeditsConfig:
     warmup: int = 0                   # steps without guidance, counted from the edit's first (per concept)
     cooldown: int | None = None       # no guidance from this step on (None: to the end)
     threshold: float = 0.9            # keep the top (1 - threshold) of each mask's values
-    masking: str = "intersect"        # "intersect" (M^1 * M^2), "attention" (M^1) or "noise" (M^2)
+    # "intersect" (M^1 * M^2), "attention" (M^1) or "noise" (M^2)
+    masking: str = departs("intersect", official="noise (ml-research/ledits_pp: use_intersect_mask=False)",
+                           why="the authors' diffusers port, LEditsPPPipelineStableDiffusion, defaults to the "
+                               "intersection (the paper's Eq. 12), which the equivalence tests follow")
     intersect_t: int = 800            # "intersect": the noise mask joins at timesteps <= this
     attention_resolution: int = 4     # attention masks read the layers at 1/this of the latent side
     concept_tokens: bool = False      # attention of the concept's own tokens, not of positions 1..L-2
@@ -149,18 +155,8 @@ class ConceptAttention(AttentionModule):
 def ledits_smoothing(maps: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
     """(B, 1, h, w) maps smoothed as LEDITS++ does (``LeditsGaussianSmoothing``, Attend-and-Excite's):
     reflect padding and a normalised 3x3 kernel proportional to exp(-(d / (2 sigma))^2), d the
-    offset of a tap along each axis."""
-    d = torch.arange(3, dtype=torch.float32, device=maps.device) - 1
-    g = torch.exp(-((d / (2 * sigma)) ** 2))
-    kernel = g[:, None] * g[None, :]
-    kernel = (kernel / kernel.sum()).view(1, 1, 3, 3).to(maps.dtype)
-    return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode="reflect"), kernel)
-
-
-def _top(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """1 where values (nb, F, 1, h, w) reach their ``threshold`` quantile per (branch, frame)."""
-    q = values.flatten(2).float().quantile(threshold, dim=-1)[..., None, None, None]   # (nb, F, 1, 1, 1)
-    return (values >= q).to(values.dtype)
+    offset of a tap along each axis: videdit's Gaussian blur at sigma * sqrt(2)."""
+    return gaussian_blur(maps, sigma=sigma * 2 ** 0.5)
 
 
 class LeditsGuidance(ConceptGuidance):
@@ -205,13 +201,13 @@ class LeditsGuidance(ConceptGuidance):
         threshold = self.thresholds[j]
         noise_mask = None
         if self.masking == "noise" or (self.masking == "intersect" and timestep <= self.intersect_t):
-            noise_mask = _top(psi.abs().sum(2, keepdim=True), threshold)       # (nb, F, 1, h, w)
+            noise_mask = top_per_channel(psi.abs().sum(2, keepdim=True), threshold)       # (nb, F, 1, h, w)
         if self.masking == "noise":
             return noise_mask
         a = self.maps[k][..., :self.n_tokens[j], :, :].sum(-3)             # (nb, F, h', w'): the concept's tokens
         nb, n_frames, h, w = a.shape
         a = ledits_smoothing(a.reshape(nb * n_frames, 1, h, w)).view(nb, n_frames, 1, h, w)
-        attn_mask = _top(a, threshold).flatten(0, 1)                       # (nb*F, 1, h', w')
+        attn_mask = top_per_channel(a, threshold).flatten(0, 1)                       # (nb*F, 1, h', w')
         attn_mask = F.interpolate(attn_mask, size=psi.shape[-2:], mode="nearest").view(nb, n_frames, 1,
                                                                                        *psi.shape[-2:])
         return attn_mask if noise_mask is None else attn_mask * noise_mask

@@ -57,6 +57,7 @@ from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
 from videdit.errors import VideditError
+from videdit.masks import dilate_mask
 from videdit.registry import improved
 
 MODES = ("auto", "replace", "refine", "reweight")
@@ -217,9 +218,7 @@ def blend_mask(maps: torch.Tensor, latent: tuple[int, int], threshold: float, ra
     grid -> (F, 1, *latent) float in {0, 1}: summed over the tokens, max-pooled over
     (2 radius + 1)^2 cells, upsampled by nearest neighbour, divided by the maximum, > threshold."""
     m = maps.float().sum(1, keepdim=True)                              # (F, 1, h, w)
-    if radius:
-        m = F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius)
-    m = F.interpolate(m, size=latent, mode="nearest")                  # (F, 1, H, W)
+    m = F.interpolate(dilate_mask(m, radius), size=latent, mode="nearest")                  # (F, 1, H, W)
     peak = m.amax(dim=(-2, -1), keepdim=True)
     return (m / peak.clamp(min=torch.finfo(m.dtype).tiny) > threshold).float()
 

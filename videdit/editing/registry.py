@@ -72,8 +72,8 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
-    and official code its defaults follow; ``edit_defaults``: the reference's steps, guidance
-    or strength, where the editor fixes them (they win over the inversion's); ``pinned_source``:
+    and official code its defaults follow; ``edit_defaults``: the reference's steps, guidance,
+    strength or steps_offset, where the editor fixes them (they win over the inversion's); ``pinned_source``:
     the reference computes the source branch's features on the stored inversion latents
     (``EditSettings.source_branch``)."""
 

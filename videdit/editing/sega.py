@@ -229,7 +229,7 @@ class SemanticGuidance(ConceptGuidance):
         return [j for j, c in enumerate(self.concepts) if c.scale != 0 and (self.warmed(j, i) or self.momentum > 0)]
 
     def guidance(self, ctx, i, psi):
-        psi = {j: p * _top_per_channel(p, self.thresholds[j]) for j, p in psi.items()}
+        psi = {j: p * top_per_channel(p, self.thresholds[j]) for j, p in psi.items()}
         weight = [0.0 if self.cooled(i) else c.weight for c in self.concepts]
         edit = sum(weight[j] * p for j, p in psi.items()) if psi else None
         if self.momentum > 0 and (edit is not None or self.velocity is not None):
@@ -245,7 +245,7 @@ class SemanticGuidance(ConceptGuidance):
         return sum(weight[j] / total * psi[j] for j in warmed if j in psi)
 
 
-def _top_per_channel(psi: torch.Tensor, threshold: float) -> torch.Tensor:
+def top_per_channel(psi: torch.Tensor, threshold: float) -> torch.Tensor:
     """1 where |psi| (nb, F, C, h, w) reaches its ``threshold`` quantile over h x w, per
     (branch, frame, channel), as SEGA's ``torch.quantile(|psi|.flatten(2), threshold, dim=2)``."""
     a = psi.abs()

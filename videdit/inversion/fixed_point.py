@@ -58,7 +58,8 @@ from videdit.registry import improved
 GUIDANCE_WHY = ("None inverts at the edit's guidance, the sampler the edit runs, so the source replays there: "
                 "reconstruction at 7.5 (docs/methods.md, toy model, 50 steps, 5 plain iterations) 6.4e-2, DDIM 6.3e-1")
 PICK_WHY = ("'best' ends a step whose iteration does not converge (long steps, high guidance) at its iterate of "
-            "smallest residual, not its last (docs/methods.md, fixed-point section)")
+            "smallest residual, not its last (docs/methods.md, fixed-point section); the same toy edit scores "
+            "at ReNoise's defaults (tools/tables.py methods)")
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,7 @@ class InverseStep:
         return self.land(self.noise(z))
 
 
-def inverse_step_map(inp: InversionInputs, step: int, z_prev: torch.Tensor, guidance: float,
-                     info: CallInfo) -> InverseStep:
-    """g for schedule step ``step`` (:class:`InverseStep`)."""
-    return InverseStep(inp, step, z_prev, guidance, info)
+inverse_step_map = InverseStep   # g for one schedule step: (inp, step, z_prev, guidance, info) -> the map
 
 
 def fixed_point_solve(g: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, iterations: int,

@@ -86,8 +86,8 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     for a method whose frames share something (noise drawn for the batch, a stopping test
     over the batch), or a test of its config saying when: then an inversion of some frames is
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
-    follow; ``edit_defaults``: the reference's steps, guidance or strength (the part of the
-    schedule it inverts and edits), used where the edit does not set them.
+    follow; ``edit_defaults``: the reference's steps, guidance, strength (the part of the
+    schedule it inverts and edits) or steps_offset, used where the edit does not set them.
 
     ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the
     record it returns starts there or later (the pipeline moves an earlier ``start_step`` up)."""
