@@ -67,8 +67,8 @@ class BDIAConfig:
     guidance: float | None = None  # None: the edit's guidance (exact replay needs the same)
     first_step: str = improved("inverted", better="edited", why="the first step samples under the edit's prompt "
                                "too, so the edit acts on every step of the schedule (one more UNet evaluation "
-                               "to invert); on the toy world's edits it scores as the official first step (tools/tables.py methods: "
-                               "colour IoU 0.41 against 0.43)")
+                               "to invert); on the toy world's edits it scores as the official first step "
+                               "(tools/tables.py methods: colour IoU 0.41 against 0.43)")
 
     def __post_init__(self):
         if not 0 < self.gamma <= 1:

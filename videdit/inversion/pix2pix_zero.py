@@ -52,8 +52,9 @@ class Pix2PixZeroConfig:
     num_auto_corr_rolls: int = 5   # random shifts per round
     guidance: float = 1.0          # classifier-free guidance while inverting (1 = conditional only)
     reference_size: int = improved(0, better=64, why="the per-element regularisation of 512x512 images at any "
-                                   "size: the means shrink each element's step with the latent's area (tools/tables.py methods, toy "
-                                   "16x16 latents: colour IoU 0.49 -> 0.55, background PSNR 24.6 -> 27.0 dB)")
+                                   "size: the means shrink each element's step with the latent's area "
+                                   "(tools/tables.py methods, toy 16x16 latents: colour IoU 0.49 -> 0.55, "
+                                   "background PSNR 24.6 -> 27.0 dB)")
 
     def __post_init__(self):
         if self.lambda_ac < 0 or self.lambda_kl < 0:
