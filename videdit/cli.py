@@ -415,6 +415,7 @@ def _eval(a) -> None:
 def _methods(a) -> None:
     from videdit.editing import EDITORS
     from videdit.inversion import INVERSIONS
+    from videdit.registry import NOT_INSTRUCT
     from videdit.video import TEMPORAL
 
     for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS),
@@ -427,6 +428,10 @@ def _methods(a) -> None:
             if spec.edit_defaults:
                 print(f"  {'':<18} reference settings: "
                       f"{', '.join(f'{k}={v}' for k, v in spec.edit_defaults.items())}")
+            print(f"  {'':<18} models: {spec.model_support()}")
+            for family, why in spec.refuses.items():
+                if NOT_INSTRUCT.get(family) != why:   # the usual reason is said once, at the end
+                    print(f"  {'':<18} not on {family}: {why}")
             declared = spec.capabilities()
             if declared:
                 print(f"  {'':<18} declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")
@@ -440,6 +445,7 @@ def _methods(a) -> None:
                 else:
                     print(f"  {'':<18} videdit option: {d.option}={d.value!r} (reference and default: "
                           f"{d.default!r}): {d.why}")
+    print(f"InstructPix2Pix models run only the methods that list them: {NOT_INSTRUCT['InstructPix2Pix']}")
 
 
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}

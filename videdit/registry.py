@@ -47,6 +47,12 @@ class Departure:
 # the edit settings a method's reference may fix, and their values where none does
 # (steps_offset None: the model config's)
 EDIT_DEFAULTS = {"steps": 50, "guidance": 7.5, "strength": 1.0, "steps_offset": None}
+# the model families a method may run on (``Model.family``); a method declares those it runs on
+# (``Entry.families``) and why it refuses the others (``Entry.refuses``)
+MODEL_FAMILIES = ("SD1", "SD2", "SDXL", "InstructPix2Pix")
+TEXT_TO_IMAGE = ("SD1", "SD2", "SDXL")
+# InstructPix2Pix's UNet takes the source image in 4 more input channels; text-to-image methods cannot feed it
+NOT_INSTRUCT = {"InstructPix2Pix": "its 8-channel UNet needs the source image as input; use --editor instruct_pix2pix"}
 # the model an edit loads where none is named (--model's default): Stable Diffusion 1.5 from the hub
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -62,6 +68,9 @@ class Entry:
     reference: str = ""     # the paper and the official code its defaults follow
     # the reference's values of the edit settings it fixes (EDIT_DEFAULTS' keys)
     edit_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    families: tuple[str, ...] = TEXT_TO_IMAGE      # the model families (MODEL_FAMILIES) it runs on
+    refuses: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(NOT_INSTRUCT))  # family -> why not
+    controlnet: bool | str = True                  # True, or why a ControlNet cannot be attached
 
     def capabilities(self) -> dict[str, object]:
         """Declared capabilities, by name, for listings and for other stages to read."""
@@ -75,6 +84,24 @@ class Entry:
         unknown = sorted(set(self.edit_defaults) - set(EDIT_DEFAULTS))
         if unknown:
             raise ValueError(f"{self.name}: edit_defaults {unknown} are not among {list(EDIT_DEFAULTS)}")
+        undeclared = sorted(set(MODEL_FAMILIES) - set(self.families) - set(self.refuses))
+        if undeclared or not set(self.families) <= set(MODEL_FAMILIES):
+            raise ValueError(f"{self.name}: say why it refuses {undeclared} (refuses=) or run on them; "
+                             f"families are {MODEL_FAMILIES}")
+
+    def check_model(self, family: str, controlnet: bool = False, kind: str = "method") -> None:
+        """One line naming what to change where this method cannot run on a model of ``family``
+        (with a ControlNet attached: ``controlnet``)."""
+        if family not in self.families:
+            why = self.refuses.get(family, "not supported")
+            raise VideditError(f"{kind} {self.name!r} does not run on {family} models: {why}")
+        if controlnet and self.controlnet is not True:
+            raise VideditError(f"{kind} {self.name!r} does not run with a ControlNet: {self.controlnet}")
+
+    def model_support(self) -> str:
+        """One line for listings: the families it runs on and whether with a ControlNet."""
+        control = "with ControlNet" if self.controlnet is True else "no ControlNet"
+        return f"{', '.join(self.families)}; {control}"
 
     def departures(self) -> list[Departure]:
         """The options marked with :func:`departs` or :func:`improved`, in order."""

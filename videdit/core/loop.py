@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from videdit.core.conditioning import call_unet
 from videdit.core.ddim import ddim_step
 from videdit.core.guidance import cfg
 from videdit.core.schedule import Schedule
@@ -156,7 +157,7 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
             xb = torch.cat([xb, xb])                              # (2*nb, fb, C, h, w)
             text = torch.cat([_per_frame(uncond, nb, frames), text])
         t = torch.full((xb.shape[0] * xb.shape[1],), int(timestep), device=x.device, dtype=torch.long)
-        y = unet(xb.flatten(0, 1).to(dtype), t, encoder_hidden_states=text.flatten(0, 1).to(dtype)).sample
+        y = call_unet(unet, xb.flatten(0, 1).to(dtype), t, text.flatten(0, 1).to(dtype), info)
         y = y.float().unflatten(0, xb.shape[:2])                  # (halves*nb, fb, C, h, w)
         if guided:
             u, c = y.chunk(2)                                     # each (nb, fb, C, h, w)

@@ -68,21 +68,23 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 
 
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
-                    reference: str = "", pinned_source: bool = False, **edit_defaults: float):
+                    reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
+                    **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
     and official code its defaults follow; ``edit_defaults``: the reference's steps, guidance,
     strength or steps_offset, where the editor fixes them (they win over the inversion's); ``pinned_source``:
     the reference computes the source branch's features on the stored inversion latents
-    (``EditSettings.source_branch``)."""
+    (``EditSettings.source_branch``); ``models``: the :class:`~videdit.registry.Entry` fields
+    ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults."""
 
     def wrap(fn):
         if pinned_source and not source_branch:
             raise ValueError(f"editor {name!r}: pinned_source needs a source branch")
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
-                               edit_defaults=edit_defaults, pinned_source=pinned_source))
+                               edit_defaults=edit_defaults, pinned_source=pinned_source, **(models or {})))
         return fn
 
     return wrap

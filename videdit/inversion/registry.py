@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -80,13 +80,14 @@ INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
                        independent_frames: bool | Callable[[Any], bool] = True, *, reference: str = "",
-                       **edit_defaults: float):
+                       models: Mapping[str, Any] | None = None, **edit_defaults: float):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
     over the batch), or a test of its config saying when: then an inversion of some frames is
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
-    follow; ``edit_defaults``: the reference's steps, guidance, strength (the part of the
+    follow; ``models``: the :class:`~videdit.registry.Entry` fields ``families``, ``refuses`` and
+    ``controlnet`` where they differ from the defaults; ``edit_defaults``: the reference's steps, guidance, strength (the part of the
     schedule it inverts and edits) or steps_offset, used where the edit does not set them.
 
     ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the
@@ -95,7 +96,7 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     def wrap(fn):
         INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
                                        run=fn, replay=replay, independent_frames=independent_frames,
-                                       reference=reference, edit_defaults=edit_defaults))
+                                       reference=reference, edit_defaults=edit_defaults, **(models or {})))
         return fn
 
     return wrap

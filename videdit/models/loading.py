@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from videdit.core.conditioning import is_sdxl, set_pixels_per_latent
 from videdit.errors import VideditError
 from videdit.models import checkpoints, tiny
 from videdit.registry import DEFAULT_MODEL
@@ -81,6 +82,17 @@ class Model:
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def family(self) -> str:
+        """Its family among ``videdit.registry.MODEL_FAMILIES``: SDXL (pooled text and time ids),
+        InstructPix2Pix (8 input channels: the latents and the source image's), SD2 (1024-wide
+        OpenCLIP text), else SD1."""
+        if is_sdxl(self.unet):
+            return "SDXL"
+        if self.unet.config.in_channels == 8:
+            return "InstructPix2Pix"
+        return "SD2" if self.unet.config.cross_attention_dim == 1024 else "SD1"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -321,6 +333,7 @@ def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
     for part in (model.unet, model.vae, model.text_encoder):
         part.eval().requires_grad_(False)
     model.device, model.dtype = device, dtype
+    set_pixels_per_latent(model.unet, model.vae_scale_factor)
     return model
 
 

@@ -37,7 +37,7 @@ from videdit.core.loop import CallInfo, StepCallback
 from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
-from videdit.registry import Entry, Registry, summary_of
+from videdit.registry import MODEL_FAMILIES, Entry, Registry, summary_of
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,9 @@ class TemporalModule:
     needs_source_branch: ClassVar[bool] = False   # reads the editor's source branch
     propagates_attention: ClassVar[bool] = False  # replaces the frames between keyframes' attention outputs
     reference: ClassVar[str] = ""       # the paper and official code it follows, if any
+    # Entry fields families / refuses / controlnet (videdit.registry): attention- and latent-level
+    # modules run on every family, InstructPix2Pix too (Text2Video-Zero's video edit)
+    models: ClassVar[Mapping[str, Any]] = {"families": MODEL_FAMILIES, "refuses": {}}
 
     def __init__(self, config: Any):
         self.config = config
@@ -167,7 +170,8 @@ Module = TypeVar("Module", bound=type)
 def register_temporal(cls: Module) -> Module:
     """Class decorator: register a :class:`TemporalModule` subclass under its ``name``."""
     TEMPORAL.add(TemporalSpec(name=cls.name, config=cls.config_class, summary=summary_of(cls, cls.name),
-                              module=cls.__module__, module_class=cls, reference=cls.reference))
+                              module=cls.__module__, module_class=cls, reference=cls.reference,
+                              **cls.models))
     return cls
 
 
