@@ -116,3 +116,21 @@ def test_edit_image_works_at_the_native_size(tiny, monkeypatch):
     out = edit_image(image, target_prompt="x", model=tiny, steps=1, use_cache=False)
     source = edit_image(image, target_prompt="x", model=tiny, steps=1, use_cache=False, size="source")
     assert out.shape == source.shape == (300, 400, 3) and seen == [(1, 128, 171, 3), (1, 300, 400, 3)]
+
+
+def test_budget_is_checked_from_the_configs_before_the_weights_load(tmp_path, monkeypatch):
+    """A diffusers directory whose weight files are missing: the refusal comes from its configs
+    alone, before load_model would fail on the weights; the same for a hub id in the cache."""
+    import json
+
+    from videdit.models import loading
+
+    for part, config in (("unet", {"sample_size": 64}), ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text(json.dumps(config))
+    geometry = loading.peek_geometry(tmp_path)
+    assert (geometry.native_size, geometry.vae_scale_factor, geometry.token_budget) == (512, 8, 16384)
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    with pytest.raises(VideditError, match="240x135 = 32400 latent tokens per frame .* use --size 760 or less"):
+        edit_image(image, model=str(tmp_path), size="source", target_prompt="a cat")
+    assert loading.peek_geometry("tiny-random") is None and loading.peek_geometry("no/such-model-here") is None

@@ -33,6 +33,7 @@ from videdit.inversion import Inversion, InversionCache, InversionInputs, Invers
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
 from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
+from videdit.models.loading import Geometry, peek_geometry
 from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
 from videdit.video.keep_background import keep_background_options
 
@@ -173,7 +174,8 @@ def model_size(width: int, height: int, multiple: int) -> tuple[int, int]:
             max(multiple, int(round(height / multiple)) * multiple))
 
 
-def working_size(model: Model, source: tuple[int, int], size: int | tuple[int, int] | str | None) -> tuple[int, int]:
+def working_size(model: Model | Geometry, source: tuple[int, int],
+                 size: int | tuple[int, int] | str | None) -> tuple[int, int]:
     """(W, H) the model works at for a source of (W, H): ``size`` None -> the model's native
     short side (``Model.native_size``), "source" -> the source's own size, an int -> that short
     side, (W, H) -> that; then both sides to the nearest multiple of the VAE's factor
@@ -182,7 +184,7 @@ def working_size(model: Model, source: tuple[int, int], size: int | tuple[int, i
     return model_size(w, h, model.vae_scale_factor)
 
 
-def token_budget(model: Model, max_tokens: int | None = None) -> int:
+def token_budget(model: Model | Geometry, max_tokens: int | None = None) -> int:
     """The most latent tokens (h x w) per frame an edit may work at: ``max_tokens``, else
     $VIDEDIT_MAX_TOKENS, else the model's default (``Model.token_budget``, 4x its native square's)."""
     where = "max_tokens"
@@ -200,7 +202,7 @@ def token_budget(model: Model, max_tokens: int | None = None) -> int:
     return max_tokens
 
 
-def check_budget(model: Model, source: tuple[int, int], size: int | tuple[int, int] | str | None,
+def check_budget(model: Model | Geometry, source: tuple[int, int], size: int | tuple[int, int] | str | None,
                  max_tokens: int | None = None) -> tuple[int, int]:
     """The working (W, H) of a source of (W, H) at ``size`` (:func:`working_size`), or, where its
     latent tokens per frame exceed the budget (:func:`token_budget`), one line naming the
@@ -257,8 +259,16 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
 
 
-def _resolve_model(model: Model | str, device, dtype) -> Model:
-    return model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
+def _resolve_model(model: Model | str, device, dtype, source: tuple[int, int] | None = None,
+                   size: int | tuple[int, int] | str | None = None, max_tokens: int | None = None) -> Model:
+    """``model`` loaded (a Model is itself). With the ``source`` (W, H), a request over the memory
+    budget is refused first, from the model's configs alone where they can be read without its
+    weights (:func:`~videdit.models.loading.peek_geometry`): before gigabytes download or load."""
+    if isinstance(model, Model):
+        return model
+    if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
+        check_budget(geometry, source, size, max_tokens)
+    return load_model(model, device=device, dtype=dtype)
 
 
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
@@ -533,7 +543,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     for path in (output, preview):
         if path is not None:
             io.check_output_path(path, input)
-    model = _resolve_model(model, device, dtype)
+    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     cache = InversionCache(cache_dir) if use_cache else None
     stats = EditStats(size=work)
@@ -609,7 +619,7 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
                          inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
-    model = _resolve_model(model, device, dtype)
+    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
     for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
@@ -648,7 +658,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             io.check_output_path(output, input)
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
-    m = _resolve_model(model, device, dtype)
+    m = _resolve_model(model, device, dtype, (width, height), size, max_tokens)
     size, _ = _working(m, (width, height), size, max_tokens)
     work = _resize(image[None], resized_size((width, height), size))[0]
     cache = InversionCache(cache_dir) if use_cache else None

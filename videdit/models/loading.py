@@ -62,6 +62,43 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """What the working size and the memory budget need of a model, readable from its UNet and
+    VAE configs before any weight loads (:func:`peek_geometry`)."""
+
+    name: str
+    latent_side: int | None      # the UNet config's sample_size: the side it was trained at, in latents
+    vae_scale_factor: int
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def of(cls, name: str, unet_config, vae_config, dtype: torch.dtype = torch.float32) -> Geometry:
+        side = getattr(unet_config, "sample_size", None) if not isinstance(unet_config, dict) \
+            else unet_config.get("sample_size")
+        side = min(side) if isinstance(side, (tuple, list)) else side
+        blocks = vae_config["block_out_channels"] if isinstance(vae_config, dict) else vae_config.block_out_channels
+        return cls(name=name, latent_side=int(side) if side else None, vae_scale_factor=2 ** (len(blocks) - 1),
+                   dtype=dtype)
+
+    @property
+    def native_size(self) -> int:
+        """The side in pixels the model was trained at, from its UNet config: ``sample_size`` (the
+        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x, 96 x 8 = 768 for SD 2.x (v), 128 x 8
+        = 1024 for SDXL; tiny-random's 16 x 8 = 128, toy's 16 x 4 = 64. Edits work at it by default
+        (short side); 512 where the config does not say."""
+        return self.latent_side * self.vae_scale_factor if self.latent_side else 512
+
+    @property
+    def token_budget(self) -> int:
+        """The default most latent tokens (h x w) per frame an edit may work at: 4x the native
+        square's, at least ``MIN_TOKEN_BUDGET``: 16384 for SD 1.x (1024x1024, or 768x1365 pixels)
+        and SD 2.x, 65536 for SDXL. The UNet's first self-attention runs over every token, so its
+        cost grows with their square (1080p on SD 1.x: 240x135 = 32400 tokens); beyond this a
+        model also leaves its training distribution (repeated subjects)."""
+        return max(MIN_TOKEN_BUDGET, TOKEN_BUDGET_FACTOR * (self.native_size // self.vae_scale_factor) ** 2)
+
+
 @dataclass
 class Model:
     """A text-to-image latent diffusion model's parts, on one device and dtype."""
@@ -99,23 +136,16 @@ class Model:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self.name, self.unet.config, self.vae.config, self.dtype)
+
+    @property
     def native_size(self) -> int:
-        """The side in pixels the model was trained at, from its UNet config: ``sample_size`` (the
-        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x, 96 x 8 = 768 for SD 2.x (v), 128 x 8
-        = 1024 for SDXL; tiny-random's 16 x 8 = 128, toy's 16 x 4 = 64. Edits work at it by default
-        (short side); 512 where the config does not say."""
-        side = self.unet.config.sample_size
-        side = min(side) if isinstance(side, (tuple, list)) else side
-        return int(side) * self.vae_scale_factor if side else 512
+        return self.geometry.native_size
 
     @property
     def token_budget(self) -> int:
-        """The default most latent tokens (h x w) per frame an edit may work at: 4x the native
-        square's, at least ``MIN_TOKEN_BUDGET``: 16384 for SD 1.x (1024x1024, or 768x1365 pixels)
-        and SD 2.x, 65536 for SDXL. The UNet's first self-attention runs over every token, so its
-        cost grows with their square (1080p on SD 1.x: 240x135 = 32400 tokens); beyond this a
-        model also leaves its training distribution (repeated subjects)."""
-        return max(MIN_TOKEN_BUDGET, TOKEN_BUDGET_FACTOR * (self.native_size // self.vae_scale_factor) ** 2)
+        return self.geometry.token_budget
 
     @property
     def latent_channels(self) -> int:
@@ -234,6 +264,28 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
         model = _load_directory(_download(spec), name=spec)
     _apply_extras(model, vae=vae, embeddings=embeddings, lora=lora)
     return _place(model, device, dtype)
+
+
+def peek_geometry(spec: str | os.PathLike, dtype: str | torch.dtype | None = None) -> Geometry | None:
+    """A diffusers directory's or hub model's :class:`Geometry` from its UNet and VAE configs alone
+    (for a hub id: from the Hugging Face cache, or two small downloads), so that an edit over the
+    memory budget is refused before gigabytes of weights download or load. None where the configs
+    cannot be read so (built-in models and single files load in seconds and are checked then)."""
+    spec, dtype = str(spec), resolve_dtype(dtype)
+    try:
+        if Path(spec).is_dir():
+            unet, vae = (Path(spec) / part / "config.json" for part in ("unet", "vae"))
+        elif spec in BUILTIN or spec == "toy" or Path(spec).exists() or spec.count("/") != 1:
+            return None
+        else:
+            from huggingface_hub import snapshot_download
+
+            # the two configs alone (offline: from the cache); one request, no retries, fails fast
+            root = Path(snapshot_download(spec, allow_patterns=["unet/config.json", "vae/config.json"]))
+            unet, vae = root / "unet" / "config.json", root / "vae" / "config.json"
+        return Geometry.of(spec, json.loads(unet.read_text()), json.loads(vae.read_text()), dtype)
+    except Exception:   # unreachable, not cached, not a diffusers layout: load_model says why
+        return None
 
 
 def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
