@@ -8,7 +8,7 @@ import pytest
 import videdit
 from tests.test_cli import BASE, SAMPLE, run
 from videdit import io
-from videdit.control import ControlSpec
+from videdit import ControlSpec
 
 CONTROL = ["--control", "canny", "--controlnet", "tiny-random"]
 

@@ -175,3 +175,40 @@ def test_a_hub_controlnet_offline_and_from_the_cache(tiny, wolf_frames, offline_
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2)
     assert torch.equal(edit(tiny, wolf_frames, s, hub), edit(tiny, wolf_frames, s, conditions(
         tiny, wolf_frames, ("canny", "tiny-random"))))
+
+
+# a tiny SDXL UNet: diffusers' own test size (tests/pipelines/stable_diffusion_xl, get_dummy_components)
+SDXL_UNET = dict(block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+                 cross_attention_dim=64, norm_num_groups=1)
+
+
+def test_an_sdxl_controlnet_gets_the_pooled_text_and_time_ids():
+    """On an SDXL UNet the call's ``added_cond_kwargs`` (pooled text, time ids) reach the
+    ControlNet too (SDXL ControlNets embed them as the UNet does): scale 0 adds nothing, scale 1
+    moves the output (measured relative change 0.73)."""
+    from videdit.control import ControlNetInput
+    from videdit.core.conditioning import call_unet, pack_pooled, unet_inputs
+    from videdit.core.loop import CallInfo
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SDXL_UNET).eval()
+        net = tiny_controlnet(unet).eval()
+        x, images = torch.randn(2, 4, 8, 8), torch.rand(1, 2, 3, 64, 64)       # 2 frames; (K, F, 3, H, W)
+        text = pack_pooled(torch.randn(2, 5, 64), torch.randn(2, 32))          # (2, 5 + 1, 64)
+    t, info = torch.full((2,), 500), CallInfo(frames=(0, 1), n_branches=1)
+
+    def run(*scales):
+        k = len(scales)
+        inputs = [ControlNetInput(nets=(net,) * k, scales=scales, images=images.expand(k, -1, -1, -1, -1),
+                                  active=(frozenset(),) * k)] if scales else []
+        with torch.no_grad(), unet_inputs(unet, inputs):
+            return call_unet(unet, x, t, text, info)
+
+    plain = run()
+    assert float((run(0.0) - plain).abs().max()) == 0
+    assert rel_error(run(1.0), plain) > 0.3, rel_error(run(1.0), plain)
