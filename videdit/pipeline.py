@@ -312,14 +312,16 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     return inv
 
 
-def _control_inputs(control: ControlFrames | None, schedule: Schedule, n_frames: int) -> list:
-    """The UNet input that runs ``control``'s ControlNets on a stage of ``n_frames`` frames (none without)."""
+def _control_inputs(control: ControlFrames | None, schedule: Schedule, n_frames: int,
+                    uncontrolled: tuple[int, ...] = ()) -> list:
+    """The UNet input that runs ``control``'s ControlNets on a stage of ``n_frames`` frames (none
+    without), on every branch but ``uncontrolled``."""
     if control is None:
         return []
     if control.images.shape[1] != n_frames:
         raise VideditError(f"ControlNet conditions for {control.images.shape[1]} frames given to a stage of "
                            f"{n_frames} frames; select the frames it processes (ControlFrames.select)")
-    return [control.input(schedule.timesteps)]
+    return [control.input(schedule.timesteps, uncontrolled)]
 
 
 def _schedule_key(settings: EditSettings) -> dict:
@@ -435,7 +437,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
-            unet_inputs(model.unet, _control_inputs(control, schedule, n_frames)):
+            unet_inputs(model.unet, _control_inputs(control, schedule, n_frames, plan.uncontrolled)):
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,

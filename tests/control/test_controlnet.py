@@ -212,3 +212,21 @@ def test_an_sdxl_controlnet_gets_the_pooled_text_and_time_ids():
     plain = run()
     assert float((run(0.0) - plain).abs().max()) == 0
     assert rel_error(run(1.0), plain) > 0.3, rel_error(run(1.0), plain)
+
+
+def test_a_reference_branch_gets_no_residuals(tiny, wolf_frames):
+    """``uncontrolled`` branches (cross_image's appearance image) see the UNet without the
+    ControlNet, to the last bit, and the others see it, in a guided call of 2 branches x 2 frames."""
+    from videdit.core.conditioning import call_unet, unet_inputs
+    from videdit.core.loop import CallInfo
+
+    control = conditions(tiny, wolf_frames, ("canny", "tiny-random"))
+    x = torch.randn(2, 2, 2, 4, 8, 8).flatten(0, 2)                      # (halves*nb*F, C, h, w)
+    text = tiny.encode_text(["", "", "", "", "a", "a", "b", "b"])         # (8, L, D)
+    t, info = torch.full((8,), 500), CallInfo(frames=(0, 1), n_branches=2, guided=True)
+    with torch.no_grad():
+        plain = call_unet(tiny.unet, x, t, text, info).unflatten(0, (2, 2, 2))
+        with unet_inputs(tiny.unet, [control.input([500], uncontrolled=(1,))]):
+            out = call_unet(tiny.unet, x, t, text, info).unflatten(0, (2, 2, 2))   # (half, branch, frame, ...)
+    assert torch.equal(out[:, 1], plain[:, 1])
+    assert rel_error(out[:, 0], plain[:, 0]) > 0.05

@@ -114,3 +114,18 @@ def test_a_method_that_cannot_is_refused_by_name(tiny, frames, control, monkeypa
             edit_image(frames[0], model=tiny, editor="no_cn", steps=2, use_cache=False, size="source",
                        control=[ControlSpec("canny", "tiny-random")])
     assert str(e.value) == "editor 'no_cn' does not run with a ControlNet: it reads the UNet's own skip features"
+
+
+def test_cross_image_leaves_its_appearance_image_uncontrolled(tiny, large, control):
+    """With an appearance image, its branch (1) gets no ControlNet residuals: its condition would
+    be the clip's, not the image's. The edit runs and the ControlNet still acts on the others."""
+    from videdit.pipeline import edit_context
+
+    appearance = large[1, ::-1].copy()   # another picture
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=4, editor="cross_image",
+                     editor_params={"appearance": appearance})
+    inv = invert_frames(tiny, large[:1], s)
+    plan = s.editor_spec.plan(edit_context(tiny, inv, s), s.editor_config)
+    assert plan.uncontrolled == (1,)
+    z = edit(tiny, large[:1], s, control)
+    assert z.shape == (1, 4, 8, 8) and rel_error(z, edit(tiny, large[:1], s, None)) > 0.03

@@ -195,8 +195,9 @@ class ControlFrames:
         nets = [[n.fingerprint, s.scale, s.start, s.end] for n, s in zip(self.nets, self.specs)]
         return {"controlnets": nets, "conditions": hashlib.sha256(np.ascontiguousarray(self.images).data).hexdigest()}
 
-    def input(self, timesteps: Sequence[int]) -> ControlNetInput:
-        """The UNet input that runs the ControlNets on each call, on a schedule of ``timesteps``."""
+    def input(self, timesteps: Sequence[int], uncontrolled: Sequence[int] = ()) -> ControlNetInput:
+        """The UNet input that runs the ControlNets on each call, on a schedule of ``timesteps``,
+        adding nothing to the ``uncontrolled`` branches (a reference image's)."""
         device, dtype = self.nets[0].net.device, self.nets[0].net.dtype
         images = torch.from_numpy(self.images).to(device).permute(0, 1, 4, 2, 3).to(dtype) / 255   # (K, F, 3, H, W)
         n = len(timesteps)
@@ -205,7 +206,8 @@ class ControlFrames:
             active.append(frozenset(int(t) for i, t in enumerate(timesteps)
                                     if not (i / n < spec.start or (i + 1) / n > spec.end)))
         return ControlNetInput(nets=tuple(n.net for n in self.nets), scales=tuple(s.scale for s in self.specs),
-                               images=images, active=tuple(active), schedule=frozenset(int(t) for t in timesteps))
+                               images=images, active=tuple(active), schedule=frozenset(int(t) for t in timesteps),
+                               uncontrolled=frozenset(uncontrolled))
 
 
 @dataclass
@@ -215,13 +217,16 @@ class ControlNetInput(UnetInput):
     the call's frames (``info.frames``) is repeated over its guidance halves and branches, in the
     batch's order ``(half, branch, frame)``, as diffusers' ``StableDiffusionControlNetPipeline``
     gives both halves the image (``guess_mode=False``). A ControlNet is active at the schedule's
-    timesteps in its ``[start, end]`` fraction (``active``), and at any timestep off the schedule."""
+    timesteps in its ``[start, end]`` fraction (``active``), and at any timestep off the schedule.
+    The ``uncontrolled`` branches (an editor's reference image, whose condition is not the
+    clip's: ``EditPlan.uncontrolled``) get no residuals."""
 
     nets: tuple[ControlNetModel, ...]
     scales: tuple[float, ...]
     images: torch.Tensor              # (K, F, 3, H, W) in [0, 1]
     active: tuple[frozenset, ...]     # per ControlNet, the timesteps it acts at
     schedule: frozenset = field(default_factory=frozenset)
+    uncontrolled: frozenset = field(default_factory=frozenset)   # branch indices
 
     def add(self, unet, call: UnetCall) -> UnetCall:
         info = call.info
@@ -231,20 +236,29 @@ class ControlNetInput(UnetInput):
             raise ValueError(f"a UNet call of {call.sample.shape[0]} latents for frames {tuple(frames)} x {repeat} "
                              f"does not match ControlNet conditions for {self.images.shape[1]} frames")
         t = int(call.timestep.flatten()[0])
-        down, mid = call.kwargs.get("down_block_additional_residuals"), call.kwargs.get("mid_block_additional_residual")
-        extra = call.kwargs.get("added_cond_kwargs")
+        down, mid = None, None
         for k, net in enumerate(self.nets):
             if t in self.schedule and t not in self.active[k]:
                 continue
             image = self.images[k, frames].repeat(repeat, 1, 1, 1)             # (halves*nb*fb, 3, H, W)
             d, m = net(call.sample.to(net.dtype), call.timestep, encoder_hidden_states=call.text.to(net.dtype),
                        controlnet_cond=image.to(net.dtype), conditioning_scale=self.scales[k],
-                       added_cond_kwargs=extra, return_dict=False)
-            d = [r.to(call.sample.dtype) for r in d]
-            down = d if down is None else [a + b for a, b in zip(down, d)]
-            mid = m.to(call.sample.dtype) if mid is None else mid + m.to(call.sample.dtype)
+                       added_cond_kwargs=call.kwargs.get("added_cond_kwargs"), return_dict=False)
+            down = list(d) if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
         if down is None:
             return call
+        off = sorted(b for b in self.uncontrolled if b < info.n_branches)
+        if off:
+            keep = mid.new_ones(info.halves, info.n_branches, len(frames))
+            keep[:, off] = 0
+            keep = keep.flatten().view(-1, 1, 1, 1)                           # (halves*nb*fb, 1, 1, 1)
+            down, mid = [r * keep for r in down], mid * keep
+        down, mid = [r.to(call.sample.dtype) for r in down], mid.to(call.sample.dtype)
+        before_down = call.kwargs.get("down_block_additional_residuals")   # another input's, where there is one
+        before_mid = call.kwargs.get("mid_block_additional_residual")
+        if before_down is not None:
+            down, mid = [a + b for a, b in zip(before_down, down)], before_mid + mid
         return dataclasses.replace(call, kwargs={**call.kwargs, "down_block_additional_residuals": tuple(down),
                                                  "mid_block_additional_residual": mid})
 
