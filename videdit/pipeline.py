@@ -388,8 +388,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     state from window to window); without them the inversion is a clip of one window.
     ``edited``: the window indices of the frames the inversion holds, where the temporal
     modules asked for a subset (``edit_frames`` does). ``control``: ControlNets and the
-    conditions of the frames the inversion holds, run on every UNet call of the sampling (source
-    branch and edit alike; an editor's plan and reference images go without)."""
+    conditions of the frames the inversion holds, run on every UNet call of the plan and the
+    sampling (source branch and edit alike; reference images, inverted and sampled, go without)."""
     n_frames = inversion.noise.shape[0]
     window = window if window is not None else Window(0, n_frames)
     temporal = temporal if temporal is not None else settings.temporal_stack()
@@ -403,7 +403,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         config = dataclasses.replace(config, **cut) if cut else config
     ctx = edit_context(model, inversion, settings, config, frame_size=frame_size, cache=cache, progress=progress)
     schedule, source_cond, uncond = ctx.schedule, ctx.source_cond, ctx.uncond
-    plan = settings.editor_spec.plan(ctx, config)
+    with unet_inputs(model.unet, _control_inputs(control, schedule, n_frames)):   # diffedit's mask sees it too
+        plan = settings.editor_spec.plan(ctx, config)
     if (plan.source_branch is not None) != settings.editor_spec.has_source_branch:
         raise VideditError(f"editor {settings.editor!r} declares has_source_branch="
                            f"{settings.editor_spec.has_source_branch} and its plan says otherwise")
