@@ -3,9 +3,7 @@ last bit, scale 1 changes the edit, the exact inversions still reconstruct, one 
 sampling is diffusers' StableDiffusionControlNetPipeline, several ControlNets add up, and
 ControlNets load from a local directory or are refused in one line."""
 
-import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -16,7 +14,6 @@ from tests.peers import latent_edit, stable_diffusion_controlnet
 from videdit.control import Control, ControlSpec, pair_controls, parse_controlnet, tiny_controlnet
 from videdit.errors import VideditError
 from videdit.inversion import InversionCache
-from videdit.models import load_model
 from videdit.models.tiny import UNET_CONFIG
 from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
 
