@@ -27,3 +27,19 @@ def latent_edit(pipe, latents, prompt: str, steps: int, guidance: float, **kw):
     size = latents.shape[-1] * pipe.vae_scale_factor
     return pipe(prompt=prompt, latents=latents, num_inference_steps=steps, guidance_scale=guidance, eta=0.0,
                 height=size, width=size, output_type="latent", **kw).images
+
+
+def stable_diffusion_controlnet(model, controlnet) -> "StableDiffusionControlNetPipeline":
+    """``StableDiffusionControlNetPipeline`` on ``model``'s parts and ``controlnet`` (the same
+    modules) with a ``DDIMScheduler`` from the model's scheduler config; run it as
+    :func:`latent_edit` runs :func:`stable_diffusion`'s, with ``image=`` the condition (1, 3, H, W)
+    in [0, 1] (its control image processor leaves such a tensor as it is)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    pipe = StableDiffusionControlNetPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                             unet=model.unet, controlnet=controlnet,
+                                             scheduler=DDIMScheduler.from_config(dict(model.scheduler_config)),
+                                             safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

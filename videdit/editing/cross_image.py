@@ -422,4 +422,5 @@ def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
                             text_guided=text_guided, adain_steps=adain_steps, masks=masks)
     hooks = freeu_hooks(unet, *config.freeu) if config.freeu is not None else None
     return EditPlan(x=x, branches=branches, callbacks=[steps], processors=compose(unet, modules, info), hooks=hooks,
-                    info=info, output_branch=output, source_branch=structure)
+                    info=info, output_branch=output, source_branch=structure,
+                    uncontrolled=(appearance,) if trajectory is not None else ())

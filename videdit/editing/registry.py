@@ -47,6 +47,7 @@ class EditPlan:
     output_branch: int = -1           # which branch is the edit
     source_branch: int | None = None  # the branch that replays the source, if the editor runs one
     start_step: int | None = None     # sampling starts at this step; None: the inversion's (``inversion.start_step``)
+    uncontrolled: tuple[int, ...] = ()  # branches a ControlNet leaves alone: a reference image's (not the clip)
 
 
 @dataclass(frozen=True)

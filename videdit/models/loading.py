@@ -309,18 +309,20 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
     model.fingerprint = checkpoints.combine_fingerprint(model.fingerprint, extras)
 
 
-def _download(repo_id: str) -> Path:
-    """The hub repo's snapshot in the Hugging Face cache: the configs and the full-precision
-    safetensors weights of the parts videdit loads (not the fp16/EMA variants beside them),
-    fetched on first use; offline (``HF_HUB_OFFLINE=1``, or the hub unreachable) the cached
-    copy, else one line naming the offline alternatives."""
+MODEL_FILES = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
+MODEL_ALTERNATIVES = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
+                      "(--model /path/to/stable-diffusion-v1-5)")
+
+
+def _download(repo_id: str, patterns: list[str] = MODEL_FILES, alternatives: str = MODEL_ALTERNATIVES) -> Path:
+    """The hub repo's snapshot in the Hugging Face cache: the files matching ``patterns`` (by
+    default the configs and the full-precision safetensors weights of the parts videdit loads),
+    not the fp16/EMA variants beside them, fetched on first use; offline (``HF_HUB_OFFLINE=1``,
+    or the hub unreachable) the cached copy, else one line naming the offline ``alternatives``."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
     variants = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
-    alternatives = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
-                    "(--model /path/to/stable-diffusion-v1-5)")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=variants))
     except LocalEntryNotFoundError as e:   # offline, or the hub unreachable, and not in the cache
