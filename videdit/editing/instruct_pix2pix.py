@@ -8,7 +8,8 @@ and on the instruction (the target prompt), sampled with Euler ancestral steps f
     e = e(z, 0, 0) + s_T (e(z, I, T) - e(z, I, 0)) + s_I (e(z, I, 0) - e(z, 0, 0))
 
 with s_T the edit's guidance (7.5) and s_I ``image_guidance`` (1.5); ``0`` is the negative prompt
-for the text and zeros for the image.
+for the text and zeros for the image. The instruction is the target prompt; the source prompt is
+not read (the source frame is the condition).
 
 How the three terms fit the one loop: as three *unguided branches* of one plan (text + image,
 negative + image, negative + no image), whose per-call batch ``(half, branch, frame)`` is diffusers'
