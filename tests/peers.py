@@ -43,3 +43,17 @@ def stable_diffusion_controlnet(model, controlnet) -> "StableDiffusionControlNet
                                              requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def instruct_pix2pix(model):
+    """``StableDiffusionInstructPix2PixPipeline`` on ``model``'s parts (an InstructPix2Pix model:
+    tiny-pix2pix) with an ``EulerAncestralDiscreteScheduler`` from its scheduler config, as
+    timbrooks/instruct-pix2pix ships. Run it with ``output_type="latent"`` for the scaled latents."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(model.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -204,7 +204,7 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--inversion", default="ddim", help="inversion method (see `videdit methods`)")
+    g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")
     g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
     g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")

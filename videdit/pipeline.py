@@ -40,6 +40,7 @@ from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, 
 from videdit.video.keep_background import keep_background_options
 
 log = logging.getLogger("videdit")
+DEFAULT_INVERSION = "ddim"   # where neither the edit nor its editor names one
 MAX_TOKENS_ENV = "VIDEDIT_MAX_TOKENS"   # the token budget when max_tokens is not given (default: the model's)
 
 
@@ -56,7 +57,7 @@ class EditSettings:
     guidance: float | None = None  # None: likewise, else 7.5
     seed: int = 0
     batch_size: int = 8          # frames per UNet call
-    inversion: str = "ddim"
+    inversion: str | None = None   # None: the editor's (EditorSpec.inversion), else DEFAULT_INVERSION
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
     editor: str = "plain"
     editor_params: Mapping[str, Any] = field(default_factory=dict)
@@ -76,7 +77,13 @@ class EditSettings:
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
 
     def __post_init__(self):
-        method, editor = get_inversion(self.inversion), get_editor(self.editor)
+        editor = get_editor(self.editor)
+        if self.inversion is None:
+            object.__setattr__(self, "inversion", editor.inversion or DEFAULT_INVERSION)
+        elif editor.inversion is not None and self.inversion != editor.inversion:
+            raise VideditError(f"editor {editor.name!r} starts from inversion {editor.inversion!r}, as its reference "
+                               f"does; leave the inversion out (got {self.inversion!r})")
+        method = get_inversion(self.inversion)
         for name in EDIT_DEFAULTS:   # the reference's, where the edit leaves them unset
             if getattr(self, name) is None:
                 object.__setattr__(self, name, next(
@@ -126,8 +133,9 @@ class EditSettings:
         return start
 
     def schedule(self, scheduler_config: dict) -> Schedule:
-        """The edit's and the inversion's schedule on a model with ``scheduler_config``."""
-        return make_schedule(scheduler_config, self.steps, self.steps_offset)
+        """The edit's and the inversion's schedule on a model with ``scheduler_config``: DDIM's, or
+        the one the editor's reference samples on (``EditorSpec.schedule``)."""
+        return (self.editor_spec.schedule or make_schedule)(scheduler_config, self.steps, self.steps_offset)
 
     def _temporal_configs(self, editor: EditorSpec) -> tuple[tuple[TemporalSpec, Any], ...]:
         entries = [(n, p) for name, params in self.temporal.items()
@@ -273,6 +281,18 @@ def _resolve_model(model: Model | str, device, dtype, source: tuple[int, int] | 
     return load_model(model, device=device, dtype=dtype)
 
 
+def check_model(model: Model, settings: EditSettings, stage: str) -> None:
+    """One line where a method of ``settings`` does not run on ``model``'s family (``Model.family``):
+    at the ``"inversion"`` stage its inversion, at the ``"edit"`` stage its editor and temporal modules."""
+    family = model.family
+    if stage == "inversion":
+        settings.inversion_method.check_model(family, kind="inversion")
+        return
+    settings.editor_spec.check_model(family, kind="editor")
+    for spec, _ in settings.temporal_configs:
+        spec.check_model(family, kind="temporal module")
+
+
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                   cache: InversionCache | None = None, progress: bool = False,
                   subset: tuple[int, ...] | None = None, control: ControlFrames | None = None) -> Inversion:
@@ -281,6 +301,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     inversion of all of them where there is one and the method inverts frames independently
     (:meth:`Inversion.select`), else made alone. ``control``: ControlNets and the conditions of
     the F frames, run on every UNet call of the inversion (and part of the cache key)."""
+    check_model(model, settings, "inversion")
     method, config = settings.inversion_method, settings.inversion_config
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
 
@@ -316,7 +337,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
         inv = method.run(inputs, config)
     if inv.start_step < settings.start_step:   # a method that inverted the whole schedule
         inv = dataclasses.replace(inv, start_step=settings.start_step)
-    if cache is not None:
+    if cache is not None and inv.unet_evals:   # one that ran no UNet (noise) is cheaper to make again than to read
         cache.save(key, inv)
         log.info("inversion cached: %s", cache.path(key))
     return inv
@@ -400,6 +421,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     modules asked for a subset (``edit_frames`` does). ``control``: ControlNets and the
     conditions of the frames the inversion holds, run on every UNet call of the plan and the
     sampling (source branch and edit alike; reference images, inverted and sampled, go without)."""
+    check_model(model, settings, "edit")
     n_frames = inversion.noise.shape[0]
     window = window if window is not None else Window(0, n_frames)
     temporal = temporal if temporal is not None else settings.temporal_stack()
@@ -423,6 +445,9 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         schedule=schedule, n_branches=n_branches, source_branch=plan.source_branch,
         output_branch=plan.output_branch % n_branches, source_cond=source_cond, uncond=uncond,
         prediction_type=model.prediction_type, guidance=settings.guidance), settings.inversion_config)
+    if plan.sampler is not None and replay.sampler is not None:
+        raise VideditError(f"editor {settings.editor!r} samples with {type(plan.sampler).__name__} and inversion "
+                           f"{settings.inversion!r} replays with {type(replay.sampler).__name__}; they do not combine")
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))
@@ -448,9 +473,10 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
-            unet_inputs(model.unet, _control_inputs(control, schedule, n_frames, plan.uncontrolled)):
+            unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled),
+                                     *plan.inputs]):   # a ControlNet sees the latents before the editor's channels
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
-                    callbacks=callbacks, sampler=replay.sampler,
+                    callbacks=callbacks, sampler=plan.sampler or replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
                     progress=progress)
     return x[plan.output_branch]
@@ -543,7 +569,7 @@ def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
                target_prompt: str = "", model: Model | str = DEFAULT_MODEL, steps: int | None = None,
-               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str | None = None,
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
                batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
@@ -644,8 +670,9 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                 inversion: str = "ddim", inversion_params: Mapping | None = None, read: io.ReadOptions | None = None,
-                 window: int = 16, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 inversion: str | None = None, inversion_params: Mapping | None = None,
+                 read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8, device: str | None = None,
+                 dtype: str | None = None,
                  inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None,
                  steps_offset: int | None = None, editor: str = "plain", max_tokens: int | None = None,
                  control: Control | Sequence | None = None, progress: bool = False) -> EditStats:

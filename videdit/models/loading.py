@@ -32,7 +32,8 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
-BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
+BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only",
+           "tiny-pix2pix": "InstructPix2Pix architecture (8-channel UNet) at diffusers' test sizes, random weights"}
 TOKEN_BUDGET_FACTOR = 4  # Model.token_budget: this many times the native square's latent tokens,
 MIN_TOKEN_BUDGET = 16384  # and at least this many (SD 1.x's 4 x 64 x 64)
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
@@ -149,7 +150,9 @@ class Model:
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.config.in_channels
+        """Channels of the VAE's latents (4 for SD 1.x/2.x/XL; InstructPix2Pix's UNet takes 8: these and
+        the source image's)."""
+        return int(self.vae.config.latent_channels)
 
     @property
     def scaling_factor(self) -> float:
@@ -221,7 +224,7 @@ class Model:
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
-    """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, a single
+    """Load ``spec``: "tiny-random", "tiny-pix2pix", "toy", a local diffusers Stable Diffusion directory, a single
     ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable Diffusion 1.5,
     ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as diffusers does,
     and read from there afterwards, offline too).
@@ -240,6 +243,8 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     if spec == "tiny-random":
         parts = tiny.build_tiny_random()
         model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
+    elif spec == "tiny-pix2pix":
+        model = Model(name=spec, fingerprint=tiny.PIX2PIX_VERSION, **tiny.build_tiny_pix2pix())
     elif spec == "toy":
         if not (TOY_DIR / "model_index.json").exists():
             raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with "

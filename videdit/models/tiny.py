@@ -123,6 +123,93 @@ def build_tiny_random() -> dict:
     }
 
 
+# diffusers' own InstructPix2Pix test sizes (get_dummy_components in
+# tests/pipelines/stable_diffusion/test_stable_diffusion_instruction_pix2pix.py): 8 input channels
+# (the noisy latents' 4 and the source image's 4), a 2x VAE, a 5-layer CLIP text encoder
+PIX2PIX_VERSION = "tiny-pix2pix-v1"
+PIX2PIX_UNET_CONFIG = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=8,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+)
+PIX2PIX_VAE_CONFIG = dict(
+    block_out_channels=(32, 64),
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    latent_channels=4,
+)
+PIX2PIX_TEXT_CONFIG = dict(   # diffusers' sizes; the token ids are the char tokenizer's
+    hidden_size=32,
+    intermediate_size=37,
+    layer_norm_eps=1e-05,
+    num_attention_heads=4,
+    num_hidden_layers=5,
+    max_position_embeddings=77,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
+# timbrooks/instruct-pix2pix's scheduler/scheduler_config.json: Euler ancestral (its default linspace
+# spacing) on Stable Diffusion's scaled-linear betas
+PIX2PIX_SCHEDULER_CONFIG = {
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
+def build_tiny_pix2pix() -> dict:
+    """The tiny-pix2pix parts (an InstructPix2Pix model: 8-channel UNet), each built after
+    ``torch.manual_seed(TINY_SEED)`` as diffusers' test builds its dummy components."""
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(**PIX2PIX_UNET_CONFIG)
+        torch.manual_seed(TINY_SEED)
+        vae = AutoencoderKL(**PIX2PIX_VAE_CONFIG)
+        torch.manual_seed(TINY_SEED)
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **PIX2PIX_TEXT_CONFIG))
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "scheduler_config": dict(PIX2PIX_SCHEDULER_CONFIG),
+    }
+
+
+def save_tiny_pix2pix(directory: Path) -> Path:
+    """Save tiny-pix2pix as a standard diffusers ``StableDiffusionInstructPix2PixPipeline``
+    directory (tests of the local-directory path; what ``timbrooks/instruct-pix2pix`` holds)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    parts = build_tiny_pix2pix()
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        unet=parts["unet"],
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        scheduler=EulerAncestralDiscreteScheduler.from_config(parts["scheduler_config"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory)
+    return Path(directory)
+
+
 def save_tiny_random(directory: Path) -> Path:
     """Save tiny-random as a standard diffusers Stable Diffusion directory (used by tests of
     the local-directory loading path and by the diffusers reference benchmarks)."""
