@@ -27,3 +27,19 @@ def latent_edit(pipe, latents, prompt: str, steps: int, guidance: float, **kw):
     size = latents.shape[-1] * pipe.vae_scale_factor
     return pipe(prompt=prompt, latents=latents, num_inference_steps=steps, guidance_scale=guidance, eta=0.0,
                 height=size, width=size, output_type="latent", **kw).images
+
+
+def stable_diffusion_xl(model) -> "StableDiffusionXLPipeline":
+    """``StableDiffusionXLPipeline`` on an SDXL ``model``'s parts (the same modules) with a
+    ``DDIMScheduler`` from its scheduler config and ``force_zeros_for_empty_prompt`` as the model
+    has it. Run it as :func:`latent_edit` does (``negative_prompt`` left out: zeros, as videdit's
+    empty negative prompt on SDXL base)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                     text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
+                                     unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler_config),
+                                     force_zeros_for_empty_prompt=model.zero_empty_negative)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.init_noise_sigma == 1.0
+    return pipe

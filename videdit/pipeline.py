@@ -257,8 +257,21 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
 
 
-def _resolve_model(model: Model | str, device, dtype) -> Model:
-    return model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
+def _resolve_model(model: Model | str, device, dtype, settings: EditSettings) -> Model:
+    """The model (loaded where named), checked to run the settings' methods (:func:`check_methods`)."""
+    model = model if isinstance(model, Model) else load_model(model, device=device, dtype=dtype)
+    check_methods(model, settings)
+    return model
+
+
+def check_methods(model: Model, settings: EditSettings) -> None:
+    """One line naming the inversion, editor or temporal module that cannot run on ``model``'s family
+    (``Model.family``) and why (``Entry.check_model``), before any frame is read."""
+    controlnet = False   # the ControlNet attached to the edit, once the settings carry one
+    settings.inversion_method.check_model(model.family, controlnet=controlnet, kind="inversion")
+    settings.editor_spec.check_model(model.family, controlnet=controlnet, kind="editor")
+    for spec, _ in settings.temporal_configs:
+        spec.check_model(model.family, controlnet=controlnet, kind="temporal module")
 
 
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
@@ -289,7 +302,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
         log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
         return hit
-    cond, uncond = model.encode_text([settings.source_prompt, settings.negative_prompt]).chunk(2)
+    cond, uncond = model.encode_text([settings.source_prompt]), model.encode_negative(settings.negative_prompt)
     inputs = InversionInputs(unet=model.unet, prediction_type=model.prediction_type,
                              latents=model.encode_images(frames, settings.batch_size),
                              schedule=settings.schedule(model.scheduler_config), cond=cond,
@@ -339,8 +352,8 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
     inversions of the reference images its ``config`` (default: the settings') names, under their
     prompts (None: the source prompt)."""
     config = settings.editor_config if config is None else config
-    source_cond, target_cond, uncond = model.encode_text(
-        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
+    source_cond, target_cond = model.encode_text([settings.source_prompt, settings.target_prompt]).chunk(2)
+    uncond = model.encode_negative(settings.negative_prompt)
     schedule = settings.schedule(model.scheduler_config)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
@@ -533,7 +546,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     for path in (output, preview):
         if path is not None:
             io.check_output_path(path, input)
-    model = _resolve_model(model, device, dtype)
+    model = _resolve_model(model, device, dtype, settings)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     cache = InversionCache(cache_dir) if use_cache else None
     stats = EditStats(size=work)
@@ -609,7 +622,7 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
                          inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
-    model = _resolve_model(model, device, dtype)
+    model = _resolve_model(model, device, dtype, settings)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
     for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
@@ -648,7 +661,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             io.check_output_path(output, input)
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
-    m = _resolve_model(model, device, dtype)
+    m = _resolve_model(model, device, dtype, settings)
     size, _ = _working(m, (width, height), size, max_tokens)
     work = _resize(image[None], resized_size((width, height), size))[0]
     cache = InversionCache(cache_dir) if use_cache else None
