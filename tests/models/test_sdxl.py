@@ -16,11 +16,6 @@ from videdit.models.tiny import SDXL_UNET_CONFIG, build_tiny_sdxl, save_tiny_sdx
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl():
-    return load_model("tiny-sdxl", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def sdxl_dir(tmp_path_factory):
     return save_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl")
 

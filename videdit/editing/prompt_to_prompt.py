@@ -294,7 +294,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
         tgt_pos += t
     src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
     latent = tuple(ctx.inversion.noise.shape[-2:])
-    factor = config.blend_factor or auto_map_factor(latent)
+    factor = config.blend_factor or auto_map_factor(latent, unet=ctx.model.unet)
     layers = cross_layers_at(ctx.model.unet, latent, factor, EDITOR, "blend_factor")
     store = GridStore(src_pos + tgt_pos, n_frames, layers)
     n = len(ctx.schedule)
@@ -310,7 +310,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
 def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan:
     """Prompt-to-Prompt (Hertz et al. 2023): word swap, refinement or re-weighting of cross-attention, local blend."""
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
-    max_len = ctx.source_cond.shape[-2]
+    max_len = ctx.model.tokenizer.model_max_length   # the tokens cross-attention sees (SDXL: not the pooled row)
     mode = _mode(config, src, tgt)
     mapper = alphas = equalizer = None
     if mode == "refine":

@@ -136,7 +136,7 @@ class Model:
         return DDIMScheduler.from_config(self.scheduler_config)
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str], remember: bool = True) -> torch.Tensor:
         """Prompts -> CLIP hidden states (B, L, D), padded to the tokenizer's max length. SDXL: as
         ``StableDiffusionXLPipeline.encode_prompt`` (no clip skip): both encoders' penultimate
         hidden states side by side (B, L, D1 + D2), with the second encoder's projected embedding
@@ -147,12 +147,14 @@ class Model:
         is the same to the last bit whichever prompts share the call. A GPU's kernels round
         differently at different batch sizes, and an exact inversion replays only if the
         source prompt's embedding while editing is the one it was inverted with
-        (docs/methods.md).
+        (docs/methods.md). ``remember=False``: encoded alike, not kept (many sentences, once).
         """
         made_by = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), self.device, self.dtype)
         if self._text_cache_for != made_by:   # another encoder, tokenizer, device or dtype: start afresh
             self._text_cache.clear()
             self._text_cache_for = made_by
+        if not remember:
+            return torch.stack([self._encode(p).to(self.dtype) for p in prompts])
         found = {}
         for prompt in dict.fromkeys(prompts):
             if prompt not in self._text_cache:
