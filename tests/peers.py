@@ -1,7 +1,7 @@
 """diffusers' own pipelines built from a videdit :class:`~videdit.models.Model`'s parts: the
 peers of the equivalence tests (fp32, CPU, tiny-random, one frame)."""
 
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 
 def stable_diffusion(model, steps_offset: int | None = None) -> StableDiffusionPipeline:
@@ -29,13 +29,11 @@ def latent_edit(pipe, latents, prompt: str, steps: int, guidance: float, **kw):
                 height=size, width=size, output_type="latent", **kw).images
 
 
-def stable_diffusion_xl(model) -> "StableDiffusionXLPipeline":
+def stable_diffusion_xl(model) -> StableDiffusionXLPipeline:
     """``StableDiffusionXLPipeline`` on an SDXL ``model``'s parts (the same modules) with a
     ``DDIMScheduler`` from its scheduler config and ``force_zeros_for_empty_prompt`` as the model
     has it. Run it as :func:`latent_edit` does (``negative_prompt`` left out: zeros, as videdit's
     empty negative prompt on SDXL base)."""
-    from diffusers import StableDiffusionXLPipeline
-
     pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                      text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
                                      unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler_config),

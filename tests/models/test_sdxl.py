@@ -112,3 +112,38 @@ def test_low_precision_places_both_encoders(tiny_sdxl, dtype):
     assert text.dtype == torch.float16
     err = float((text.float() - tiny_sdxl.encode_text(["a wolf"])).norm() / tiny_sdxl.encode_text(["a wolf"]).norm())
     assert err <= 3 * torch.finfo(torch.float16).eps, err
+
+
+def test_lora_reaches_the_second_text_encoder(tiny_sdxl, tmp_path):
+    """An SDXL LoRA in kohya's layout (lora_te2_*) fuses into text_encoder_2: W += up @ down."""
+    from safetensors.torch import save_file
+
+    layer = "encoder.layers.0.self_attn.q_proj"                                # (32, 32)
+    down, up = torch.randn(2, 32), torch.randn(32, 2)
+    key = "lora_te2_text_model_" + layer.replace(".", "_")
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)},
+              str(tmp_path / "te2.safetensors"))
+    model = load_model("tiny-sdxl", lora=[str(tmp_path / "te2.safetensors")])
+    path = "text_model." + layer                                                 # CLIPTextModelWithProjection's
+    fused = model.text_encoder_2.get_submodule(path).weight - tiny_sdxl.text_encoder_2.get_submodule(path).weight
+    torch.testing.assert_close(fused, up @ down)
+    assert model.fingerprint != tiny_sdxl.fingerprint
+
+
+def test_embeddings_are_refused_on_sdxl(tmp_path):
+    from videdit.errors import VideditError
+
+    torch.save({"<x>": torch.randn(32)}, tmp_path / "x.bin")
+    with pytest.raises(VideditError, match="SDXL model: textual-inversion embeddings .* not supported yet"):
+        load_model("tiny-sdxl", embeddings=[str(tmp_path / "x.bin")])
+
+
+def test_fp16_keeps_an_upcast_vae_in_fp32(tiny_sdxl, wolf_frames):
+    """SDXL base's VAE overflows in fp16 (force_upcast): it stays fp32, the latents are the model's dtype."""
+    m = load_model("tiny-sdxl", dtype="fp16")
+    assert m.vae.config.force_upcast and m.vae.dtype == torch.float32 and m.unet.dtype == torch.float16
+    z = m.encode_images(wolf_frames)
+    assert z.dtype == torch.float16 and m.decode_latents(z).shape == wolf_frames.shape
+    ref = tiny_sdxl.encode_images(wolf_frames)
+    err = float((z.float() - ref).norm() / ref.norm())
+    assert err <= 0.5 * torch.finfo(torch.float16).eps, err   # the fp32 latents rounded once to fp16

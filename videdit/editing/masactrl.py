@@ -63,7 +63,7 @@ EDITOR = "masactrl"
 @dataclass(frozen=True)
 class MasaCtrlConfig:
     start: float = 0.08                # mutual attention from this fraction of the steps on (start_step=4 of 50)
-    # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks (up_blocks.2-3)
+    # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks, up_blocks.2-3
     layers: tuple[str, ...] = ("{up:1+}.*attn1.processor",)
     mask: Any = None                   # the source's foreground (1): an image or .npy path, or a tensor (masks.py)
     target_mask: Any = None            # the same for the target (default: ``mask``)

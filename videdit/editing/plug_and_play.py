@@ -27,12 +27,12 @@ Layers are globs over module names (features) and processor names (attention); t
 are the official ones for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder
 self-attention of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1,
 2], 2: [0, 1, 2], 3: [0, 1, 2]}``), named by depth (``{up:0}``: the first decoder level with
-attention, ``{up:1+}``: those after it; :func:`~videdit.attention.layers.expand_levels`) so that
+attention, ``{up:1+}``: those after it, :func:`~videdit.attention.layers.expand_levels`) so that
 on SDXL they are ``up_blocks.0.resnets.1``, ``up_blocks.0.attentions.1-2`` and ``up_blocks.1``:
-the same depths, at 1/4 and 1/2 of the latent grid as on SD 1.x. The official sampling runs 50 DDIM steps at guidance 7.5
-after a DDIM inversion under "" through 999 steps (``preprocess.py``; ``-I every_timestep=true``
-of the ``ddim`` inversion, which ``configs/pnp.yaml`` sets) with the negative prompt of
-``config_pnp.yaml``. ``--source-branch replay`` instead samples the source branch from the
+the same depths, at 1/4 and 1/2 of the latent grid as on SD 1.x. The official sampling runs 50
+DDIM steps at guidance 7.5 after a DDIM inversion under "" through 999 steps (``preprocess.py``;
+``-I every_timestep=true`` of the ``ddim`` inversion, which ``configs/pnp.yaml`` sets) with the
+negative prompt of ``config_pnp.yaml``. ``--source-branch replay`` instead samples the source branch from the
 inverted noise under "" at guidance 1, which drifts from the inversion as DDIM does.
 """
 

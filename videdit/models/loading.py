@@ -205,8 +205,8 @@ class Model:
         out = []
         for i in range(0, len(frames), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
-            out.append(self.vae.encode(x).latent_dist.mean * self.scaling_factor)
+            x = x.permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+            out.append((self.vae.encode(x).latent_dist.mean * self.scaling_factor).to(self.dtype))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -214,7 +214,7 @@ class Model:
         """Scaled latents (F, C, h, w) -> uint8 frames (F, H, W, 3)."""
         out = []
         for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(self.device, self.dtype) / self.scaling_factor
+            z = latents[i:i + batch_size].to(self.device, self.vae.dtype) / self.scaling_factor
             x = self.vae.decode(z).sample.float()  # (B, 3, H, W) in [-1, 1]
             x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             out.append(x.permute(0, 2, 3, 1).cpu().numpy())
@@ -382,8 +382,13 @@ def _fingerprint(path: Path) -> str:
 
 
 def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
+    """Every part to ``device`` and ``dtype``; an SDXL VAE marked ``force_upcast`` (SDXL base's, which
+    overflows in fp16) stays in fp32 under fp16, as ``StableDiffusionXLPipeline`` upcasts it."""
     parts = [p for p in (model.unet, model.vae, model.text_encoder, model.text_encoder_2) if p is not None]
-    _quiet_to(parts, device=device, dtype=dtype)
+    upcast = dtype == torch.float16 and is_sdxl(model.unet) and getattr(model.vae.config, "force_upcast", False)
+    _quiet_to([p for p in parts if not (upcast and p is model.vae)], device=device, dtype=dtype)
+    if upcast:
+        _quiet_to((model.vae,), device=device, dtype=torch.float32)
     for part in parts:
         part.eval().requires_grad_(False)
     model.device, model.dtype = device, dtype
