@@ -18,9 +18,10 @@ videdit's option, swaps when the prompts have as many tokens, else refines;
 self-attention maps are the source's in layers of at most ``self_replace_max_tokens`` query
 tokens (``AttentionControlEdit.replace_self_attention``: ``att_replace.shape[2] <= 32 ** 2``
 in the null-text notebook and the PIE-Bench code, i.e. SD's 32x32, 16x16 and 8x8 layers at
-512 px). Local blending (Sec. 3.2, "Local editing") keeps the latents outside the edited
-words' attention, as ``LocalBlend`` does: the cross-attention maps of ``blend_words`` in the
-layers at 1/``blend_factor`` of the latents (SD's 16x16 layers), summed over the steps so far
+512 px; a count of tokens, so on SDXL at 1024 px its 32x32 layers, not its 64x64 ones). Local
+blending (Sec. 3.2, "Local editing") keeps the latents outside the edited words' attention, as
+``LocalBlend`` does: the cross-attention maps of ``blend_words`` in the layers at
+1/``blend_factor`` of the latents (SD's 16x16 layers), summed over the steps so far
 and over the words' tokens, averaged over layers and heads, max-pooled over 3x3 cells of
 their grid (``blend_dilate`` = 1), upsampled to the latents by nearest neighbour, divided by
 their maximum and thresholded at ``blend_threshold``; the source words' mask (from the source
