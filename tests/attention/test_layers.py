@@ -68,9 +68,9 @@ def test_levels_by_depth_name_sd_blocks_and_map_onto_sdxl(tiny):
     sd, xl = sd_shaped(tiny).unet, sdxl_shaped_unet()
     assert attention_blocks(sd, "up") == [1, 2, 3] and attention_blocks(xl, "up") == [0, 1]
     assert attention_blocks(sd, "down") == [0, 1, 2] and attention_blocks(xl, "down") == [1, 2]
-    assert expand_levels(sd, ["{up:1+}.*", "{down:0}.x", "plain"]) == ("up_blocks.2.*", "up_blocks.3.*",
+    assert expand_levels(sd, ["up@1+.*", "down@0.x", "plain"]) == ("up_blocks.2.*", "up_blocks.3.*",
                                                                       "down_blocks.0.x", "plain")
-    assert expand_levels(xl, ["{up:2}.*"]) == ()                       # a level the model lacks: no glob
+    assert expand_levels(xl, ["up@2.*"]) == ()                       # a level the model lacks: no glob
 
     def blocks(names):
         return sorted({n.split(".transformer_blocks")[0] for n in names})

@@ -18,7 +18,7 @@ EDIT_PARAMS = {"blended": {"mask": _HALF}, "differential": {"mask": 0.25 + 0.5 *
                "sega": {"concepts": ["glasses"], "warmup": 0}, "ledits": {"concepts": ["glasses"], "masking": "noise"},
                # tiny-sdxl's decoder has one level with attention; MasaCtrl's default, the levels after the first
                # (SDXL's up_blocks.1), is checked on SDXL's layout in tests/attention/test_layers.py
-               "masactrl": {"layers": "{up:0}.*attn1.processor", "mask_word": "wolf"},
+               "masactrl": {"layers": "up@0.*attn1.processor", "mask_word": "wolf"},
                "prompt_to_prompt": {"blend_words": ["wolf"]}, "diffedit": {"n_samples": 2}}
 INVERSION_PARAMS = {"null_text": {"inner_steps": 2}}   # fewer Adam updates: the same code path, faster
 

@@ -16,7 +16,7 @@ ForwardHook = Callable[[Any, tuple, Any], Any]
 
 
 def match_modules(unet, pattern: str) -> list[str]:
-    """Module names of ``unet`` matching the glob ``pattern`` (a level by depth, ``{up:0}``,
+    """Module names of ``unet`` matching the glob ``pattern`` (a level by depth, ``up@0``,
     expanded: :func:`videdit.attention.layers.expand_levels`)."""
     globs = expand_levels(unet, [pattern])
     return [n for n, _ in unet.named_modules() if n and any(fnmatchcase(n, g) for g in globs)]

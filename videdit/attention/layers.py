@@ -3,10 +3,11 @@ token grid each layer sees at a given latent size (so that an editor can ask for
 self-attention layers of at most 256 tokens" before the first UNet call).
 
 A glob may name a UNet level by its depth among the levels that have attention, so that one
-default fits SD 1.x/2.x and SDXL (:func:`expand_levels`): ``{up:0}`` is the first decoder
+default fits SD 1.x/2.x and SDXL (:func:`expand_levels`): ``up@0`` is the first decoder
 block with attention (SD 1.x's ``up_blocks.1``, SDXL's ``up_blocks.0``: both at 1/4 of the
-latent grid at the native size), ``{up:1+}`` every one after it (SD 1.x's ``up_blocks.2`` and
-``up_blocks.3``, SDXL's ``up_blocks.1``), ``{down:K}`` likewise in the encoder.
+latent grid at the native size), ``up@1+`` every one after it (SD 1.x's ``up_blocks.2`` and
+``up_blocks.3``, SDXL's ``up_blocks.1``), ``down@K`` likewise in the encoder. (``@`` rather
+than braces or angle brackets: YAML and the shell take it as it is.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Iterable, Sequence
 from videdit.errors import VideditError
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
-_LEVEL = re.compile(r"\{(up|down):(\d+)(\+?)\}")
+_LEVEL = re.compile(r"(?<![\w.])(up|down)@(\d+)(\+?)")   # up@K, up@K+, down@K, down@K+
 
 
 def attention_blocks(unet, side: str) -> list[int]:
@@ -29,9 +30,9 @@ def attention_blocks(unet, side: str) -> list[int]:
 
 
 def expand_levels(unet, globs: Sequence[str]) -> tuple[str, ...]:
-    """``globs`` with each level by depth replaced by block names of ``unet``: ``{up:K}`` -> the
-    K-th up block with attention (``up_blocks.i``), ``{up:K+}`` -> one glob per such block from the
-    K-th on, ``{down:...}`` likewise; a level the model lacks drops its glob. Plain globs pass as
+    """``globs`` with each level by depth replaced by block names of ``unet``: ``up@K`` -> the
+    K-th up block with attention (``up_blocks.i``), ``up@K+`` -> one glob per such block from the
+    K-th on, ``down@K``, ``down@K+`` likewise; a level the model lacks drops its glob. Plain globs pass as
     they are."""
     out: list[str] = []
     for glob in globs:
@@ -102,7 +103,7 @@ def patterns(owner: str, name: str, value) -> tuple[str, ...]:
     globs = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else ()
     if not globs or not all(isinstance(p, str) and p for p in globs):
         raise VideditError(f"{owner} {name} must be a glob or a list of globs over layer names, "
-                           f"e.g. 'up_blocks.*attn1*' or '{{up:1+}}.*attn1*', got {value!r}")
+                           f"e.g. 'up_blocks.*attn1*' or 'up@1+.*attn1*', got {value!r}")
     return globs
 
 

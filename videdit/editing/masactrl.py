@@ -12,7 +12,7 @@ layers matching ``layers``, the target attends with its own queries to the sourc
 (Eq. 3): Attention(Q_tgt, K_src, V_src), each guidance half to the same half of the source.
 The default layers are SD's decoder blocks from the official ``start_layer=10`` of its 16
 transformer blocks on (counted in the order the UNet runs them: 6 down, 1 mid, 9 up), i.e.
-``up_blocks.2`` and ``up_blocks.3``, named by depth (``{up:1+}``: the decoder levels with
+``up_blocks.2`` and ``up_blocks.3``, named by depth (``up@1+``: the decoder levels with
 attention after the first, :func:`~videdit.attention.layers.expand_levels`) so that on SDXL
 they are ``up_blocks.1``, its decoder's attention at 1/2 of the latent grid.
 
@@ -64,7 +64,7 @@ EDITOR = "masactrl"
 class MasaCtrlConfig:
     start: float = 0.08                # mutual attention from this fraction of the steps on (start_step=4 of 50)
     # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks, up_blocks.2-3
-    layers: tuple[str, ...] = ("{up:1+}.*attn1.processor",)
+    layers: tuple[str, ...] = ("up@1+.*attn1.processor",)
     mask: Any = None                   # the source's foreground (1): an image or .npy path, or a tensor (masks.py)
     target_mask: Any = None            # the same for the target (default: ``mask``)
     mask_word: str = ""                # or: the source mask from this word's cross-attention ...

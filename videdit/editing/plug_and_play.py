@@ -26,8 +26,8 @@ keys (Eq. 5: A = softmax(q_src k_src^T / sqrt(d)), values the target's).
 Layers are globs over module names (features) and processor names (attention); the defaults
 are the official ones for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder
 self-attention of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1,
-2], 2: [0, 1, 2], 3: [0, 1, 2]}``), named by depth (``{up:0}``: the first decoder level with
-attention, ``{up:1+}``: those after it, :func:`~videdit.attention.layers.expand_levels`) so that
+2], 2: [0, 1, 2], 3: [0, 1, 2]}``), named by depth (``up@0``: the first decoder level with
+attention, ``up@1+``: those after it, :func:`~videdit.attention.layers.expand_levels`) so that
 on SDXL they are ``up_blocks.0.resnets.1``, ``up_blocks.0.attentions.1-2`` and ``up_blocks.1``:
 the same depths, at 1/4 and 1/2 of the latent grid as on SD 1.x. The official sampling runs 50
 DDIM steps at guidance 7.5 after a DDIM inversion under "" through 999 steps (``preprocess.py``;
@@ -56,9 +56,9 @@ class PlugAndPlayConfig:
     feature_fraction: float = 0.8      # tau_f (pnp_f_t): decoder features injected for this fraction of the steps
     attention_fraction: float = 0.5    # tau_A (pnp_attn_t): decoder self-attention injected for this fraction
     # globs over module names: SD 1.x's up_blocks.1.resnets.1.conv2
-    feature_layers: tuple[str, ...] = ("{up:0}.resnets.1.conv2",)
+    feature_layers: tuple[str, ...] = ("up@0.resnets.1.conv2",)
     # globs over processor names: SD 1.x's up_blocks.1.attentions.1-2 and up_blocks.2-3
-    attention_layers: tuple[str, ...] = ("{up:0}.attentions.[12].*attn1.processor", "{up:1+}.*attn1.processor")
+    attention_layers: tuple[str, ...] = ("up@0.attentions.[12].*attn1.processor", "up@1+.*attn1.processor")
 
     def __post_init__(self):
         check_fraction(EDITOR, "feature_fraction", self.feature_fraction)
