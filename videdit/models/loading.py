@@ -1,5 +1,5 @@
-"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion (1.x, 2.x or XL) directory, a single
-``.safetensors``/``.ckpt`` checkpoint, or a built-in model name -> a :class:`Model` holding the
+"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion (1.x, 2.x or XL) directory, a
+single ``.safetensors``/``.ckpt`` checkpoint, or a built-in model name -> a :class:`Model` holding the
 parts videdit needs, with LoRAs, textual-inversion embeddings and a replacement VAE applied
 (``videdit.models.checkpoints``).
 
@@ -33,7 +33,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only",
-           "tiny-sdxl": "SDXL architecture, ~2M parameters, random weights: for tests and benchmarks only"}
+           "tiny-sdxl": "SDXL architecture, ~2.7M parameters, random weights: for tests and benchmarks only"}
 TOKEN_BUDGET_FACTOR = 4  # Model.token_budget: this many times the native square's latent tokens,
 MIN_TOKEN_BUDGET = 16384  # and at least this many (SD 1.x's 4 x 64 x 64)
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
@@ -225,10 +225,9 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
     """Load ``spec``: "tiny-random", "tiny-sdxl", "toy", a local diffusers Stable Diffusion (1.x, 2.x
-    or XL) directory, a single
-    ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable Diffusion 1.5,
-    ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as diffusers does,
-    and read from there afterwards, offline too).
+    or XL) directory, a single ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable
+    Diffusion 1.5, ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as
+    diffusers does, and read from there afterwards, offline too).
 
     ``config``: a single file's architecture (a diffusers directory or hub id, or the original
     YAML; inferred when left out). ``vae``: a replacement VAE (directory or file). ``embeddings``:
