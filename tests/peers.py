@@ -1,7 +1,7 @@
 """diffusers' own pipelines built from a videdit :class:`~videdit.models.Model`'s parts: the
 peers of the equivalence tests (fp32, CPU, tiny-random, one frame)."""
 
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 
 def stable_diffusion(model, steps_offset: int | None = None) -> StableDiffusionPipeline:
@@ -56,4 +56,18 @@ def instruct_pix2pix(model):
         scheduler=EulerAncestralDiscreteScheduler.from_config(model.scheduler_config), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def stable_diffusion_xl(model) -> StableDiffusionXLPipeline:
+    """``StableDiffusionXLPipeline`` on an SDXL ``model``'s parts (the same modules) with a
+    ``DDIMScheduler`` from its scheduler config and ``force_zeros_for_empty_prompt`` as the model
+    has it. Run it as :func:`latent_edit` does (``negative_prompt`` left out: zeros, as videdit's
+    empty negative prompt on SDXL base)."""
+    pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                     text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2,
+                                     unet=model.unet, scheduler=DDIMScheduler.from_config(model.scheduler_config),
+                                     force_zeros_for_empty_prompt=model.zero_empty_negative)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.init_noise_sigma == 1.0
     return pipe

@@ -180,7 +180,8 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id (default {DEFAULT_MODEL}: Stable Diffusion 1.5, downloaded into the Hugging Face "
                    "cache on first use), local diffusers directory, single .safetensors/.ckpt checkpoint, 'toy' "
-                   "(shipped, offline) or 'tiny-random' (random weights, for tests and benchmarks)")
+                   "(shipped, offline), or 'tiny-random' / 'tiny-sdxl' (SD / SDXL layout, random weights, for tests "
+                   "and benchmarks)")
     g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
                    "directory or hub id of the same model family, or the original .yaml (default: inferred)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
 from videdit.config import make_config
-from videdit.control.controlnet import Control, ControlFrames, check_methods, resolve_control
+from videdit.control.controlnet import Control, ControlFrames, resolve_control
 from videdit.core.conditioning import unet_inputs
 from videdit.core.loop import PinnedBranch, denoise
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
@@ -269,28 +269,28 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
 
 
-def _resolve_model(model: Model | str, device, dtype, source: tuple[int, int] | None = None,
+def _resolve_model(model: Model | str, device, dtype, settings: EditSettings, source: tuple[int, int] | None = None,
                    size: int | tuple[int, int] | str | None = None, max_tokens: int | None = None) -> Model:
-    """``model`` loaded (a Model is itself). With the ``source`` (W, H), a request over the memory
-    budget is refused first, from the model's configs alone where they can be read without its
-    weights (:func:`~videdit.models.loading.peek_geometry`): before gigabytes download or load."""
-    if isinstance(model, Model):
-        return model
-    if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
-        check_budget(geometry, source, size, max_tokens)
-    return load_model(model, device=device, dtype=dtype)
+    """``model`` loaded (a Model is itself) and checked to run the settings' methods
+    (:func:`check_methods`). With the ``source`` (W, H), a request over the memory budget is
+    refused first, from the model's configs alone where they can be read without its weights
+    (:func:`~videdit.models.loading.peek_geometry`): before gigabytes download or load."""
+    if not isinstance(model, Model):
+        if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
+            check_budget(geometry, source, size, max_tokens)
+        model = load_model(model, device=device, dtype=dtype)
+    check_methods(model, settings)
+    return model
 
 
-def check_model(model: Model, settings: EditSettings, stage: str) -> None:
-    """One line where a method of ``settings`` does not run on ``model``'s family (``Model.family``):
-    at the ``"inversion"`` stage its inversion, at the ``"edit"`` stage its editor and temporal modules."""
-    family = model.family
-    if stage == "inversion":
-        settings.inversion_method.check_model(family, kind="inversion")
-        return
-    settings.editor_spec.check_model(family, kind="editor")
+def check_methods(model: Model, settings: EditSettings, controlnet: bool = False) -> None:
+    """One line naming the inversion, editor or temporal module that cannot run on ``model``'s family
+    (``Model.family``), or with a ControlNet where ``controlnet``, and why (``Entry.check_model``),
+    before any frame is read."""
+    settings.inversion_method.check_model(model.family, controlnet=controlnet, kind="inversion")
+    settings.editor_spec.check_model(model.family, controlnet=controlnet, kind="editor")
     for spec, _ in settings.temporal_configs:
-        spec.check_model(family, kind="temporal module")
+        spec.check_model(model.family, controlnet=controlnet, kind="temporal module")
 
 
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
@@ -301,7 +301,6 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     inversion of all of them where there is one and the method inverts frames independently
     (:meth:`Inversion.select`), else made alone. ``control``: ControlNets and the conditions of
     the F frames, run on every UNet call of the inversion (and part of the cache key)."""
-    check_model(model, settings, "inversion")
     method, config = settings.inversion_method, settings.inversion_config
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
 
@@ -325,7 +324,7 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
         log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
         return hit
-    cond, uncond = model.encode_text([settings.source_prompt, settings.negative_prompt]).chunk(2)
+    cond, uncond = model.encode_text([settings.source_prompt]), model.encode_negative(settings.negative_prompt)
     schedule = settings.schedule(model.scheduler_config)
     inputs = InversionInputs(unet=model.unet, prediction_type=model.prediction_type,
                              latents=model.encode_images(frames, settings.batch_size),
@@ -389,8 +388,8 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
     inversions of the reference images its ``config`` (default: the settings') names, under their
     prompts (None: the source prompt)."""
     config = settings.editor_config if config is None else config
-    source_cond, target_cond, uncond = model.encode_text(
-        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
+    source_cond, target_cond = model.encode_text([settings.source_prompt, settings.target_prompt]).chunk(2)
+    uncond = model.encode_negative(settings.negative_prompt)
     schedule = settings.schedule(model.scheduler_config)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
@@ -421,7 +420,6 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     modules asked for a subset (``edit_frames`` does). ``control``: ControlNets and the
     conditions of the frames the inversion holds, run on every UNet call of the plan and the
     sampling (source branch and edit alike; reference images, inverted and sampled, go without)."""
-    check_model(model, settings, "edit")
     n_frames = inversion.noise.shape[0]
     window = window if window is not None else Window(0, n_frames)
     temporal = temporal if temporal is not None else settings.temporal_stack()
@@ -572,7 +570,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str | None = None,
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
-               batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
+               batch_size: int = 8, inversion_dtype: str = "model",
+               keep_background: Mapping | float | bool | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
@@ -605,7 +604,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     for path in (output, preview):
         if path is not None:
             io.check_output_path(path, input)
-    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
+    model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     control = _control(control, model, settings, read, info.n_frames)
     cache = InversionCache(cache_dir) if use_cache else None
@@ -683,7 +682,7 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
                          inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
-    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
+    model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     control = _control(control, model, settings, read, info.n_frames)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
@@ -703,7 +702,7 @@ def _control(control: Control | Sequence | None, model: Model, settings: EditSet
     """The edit's ControlNets loaded for ``model`` (None: none), refused in one line where a method
     cannot take one or a condition file does not have the clip's ``n_frames``."""
     if control is not None and not (isinstance(control, (list, tuple)) and not control):
-        check_methods(settings)   # before any ControlNet is loaded
+        check_methods(model, settings, controlnet=True)   # before any ControlNet is loaded
     control = resolve_control(control, model, read, n_frames)
     if control is not None:
         log.info("ControlNet: %s", ", ".join(f"{s.controlnet} on {s.condition} at {s.scale:g}" for s in control.specs))
@@ -737,7 +736,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             io.check_output_path(output, input)
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
-    m = _resolve_model(model, device, dtype, (width, height), size, max_tokens)
+    m = _resolve_model(model, device, dtype, settings, (width, height), size, max_tokens)
     size, _ = _working(m, (width, height), size, max_tokens)
     work = _resize(image[None], resized_size((width, height), size))[0]
     control = _control(control, m, settings, None, 1)

@@ -309,13 +309,3 @@ def resolve_control(control: Control | Sequence | None, model, read: io.ReadOpti
     if n_frames is not None:
         control.check_clip(n_frames)
     return control
-
-
-def check_methods(settings) -> None:
-    """One line naming the inversion, editor or temporal module of ``settings`` (an
-    ``EditSettings``) that cannot run with a ControlNet, and why (its ``controlnet``)."""
-    entries = [("inversion", settings.inversion_method), ("editor", settings.editor_spec),
-               *(("temporal module", spec) for spec, _ in settings.temporal_configs)]
-    for kind, entry in entries:
-        if entry.controlnet is not True:
-            raise VideditError(f"{kind} {entry.name!r} does not run with a ControlNet: {entry.controlnet}")
