@@ -354,16 +354,17 @@ def input_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def finished_record(job: Job, digest: str) -> dict | None:
-    """The record beside ``job``'s output where it is the record of this very job (same hash) and the
-    output exists; else None (the job is to run)."""
+def finished_record(job: Job, input_digest: str) -> dict | None:
+    """The record beside ``job``'s output where it is the record of this very job (the same
+    :meth:`Job.digest` of its options and its input's ``input_digest``) and the output exists;
+    else None (the job is to run)."""
     if not Path(job.output).exists():
         return None
     try:
         record = json.loads(job.record_path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("hash") == digest else None
+    return record if isinstance(record, dict) and record.get("hash") == job.digest(input_digest) else None
 
 
 def _one_line(e: BaseException) -> str:
@@ -536,7 +537,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     job mappings (options by their job-file names, over ``defaults``; paths from the current folder).
     ``overrides`` set options of every job. Jobs whose output and record are there are skipped
     (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
-    keeping its model), or with ``ray`` on a Ray cluster: True or "local" starts one for the run,
+    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster: True or "local" starts one for the run,
     "auto" or an address joins one (:func:`videdit.batch_ray.run_jobs`; ``workers`` actors of
     ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs, a dead worker's job retried up to
     ``retries`` times). ``report``: a JSON file of the records and summary. Returns the records in
