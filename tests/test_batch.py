@@ -15,6 +15,7 @@ from videdit.cli import main
 from videdit.errors import VideditError
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY_BEFORE = "ray" in sys.modules   # another test module's import of it, where one ran first
 CLIPS = {"wolf": "a wolf", "dog": "a dog walking", "truck": "a truck"}
 SETTINGS = {"model": "tiny-random", "steps": 2, "size": 64, "max_frames": 4, "device": "cpu"}
 
@@ -84,7 +85,7 @@ def test_batch_shares_inversions_resumes_and_redoes_a_changed_job(tmp_path, shar
     assert (report["succeeded"], report["skipped"], report["failed"]) == (6, 0, 0)
     assert [j["output"] for j in report["jobs"]] == [r.output for r in first.jobs]
     outputs = {r.output: Path(r.output).read_bytes() for r in first.jobs}
-    assert "ray" not in sys.modules   # nothing of Ray without ray=
+    assert RAY_BEFORE or "ray" not in sys.modules   # nothing of Ray without ray=
 
     again = edit_batch(jobs, runner=runner, cache_dir=runner.cache_dir)
     assert [r.status for r in again.jobs] == ["skipped"] * 6
@@ -174,3 +175,18 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     assert [r.status for r in rerun.jobs] == ["skipped"] * len(recorded) + ["done"] * (6 - len(recorded))
     assert all(r.frames == 6 for r in rerun.jobs)
     assert not [p for p in out.iterdir() if ".videdit-tmp-" in p.name]
+
+
+def test_the_shipped_sample_job_file_expands_to_two_jobs_of_one_clip():
+    jobs = expand_jobs(*reversed(read_job_file(ROOT / "samples" / "batch.yaml")), base=ROOT / "samples")
+    assert [Path(j.output).relative_to(ROOT) for j in jobs] == [
+        Path("samples/batch-out/red-circle-a-blue-circle-on-a-gray-background.mp4"),
+        Path("samples/batch-out/red-circle-a-green-circle-on-a-gray-background.mp4")]
+    assert {j.options["model"] for j in jobs} == {"toy"} and len({j.inversion_group() for j in jobs}) == 1
+    assert jobs[0].options["editor_params"] == {"mode": "replace"} and jobs[1].options["steps"] == 25
+
+
+def test_workers_without_ray_is_one_line(capsys):
+    assert main(["batch", str(ROOT / "samples" / "batch.yaml"), "--workers", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "videdit: error: --workers sets Ray's workers; add --ray (a local cluster) or --ray ADDRESS")

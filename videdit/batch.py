@@ -27,7 +27,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -454,7 +454,6 @@ class JobRunner:
         os.kill(os.getpid(), signal.SIGKILL)
 
     def _edit(self, job: Job):
-        from videdit import io
         from videdit.pipeline import edit_video
 
         o = job.options
@@ -530,15 +529,15 @@ class _Display:
 def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: Mapping | None = None,
                overrides: Mapping | None = None, cache_dir: str | os.PathLike | None = None,
                ray: str | bool | None = None, workers: int | None = None, gpus_per_worker: float = 0,
-               cpus_per_worker: float = 1, retries: int = 2, scores: bool = True, report: str | os.PathLike | None = None,
-               progress: bool = False, runner: JobRunner | None = None,
+               cpus_per_worker: float = 1, retries: int = 2, scores: bool = True,
+               report: str | os.PathLike | None = None, progress: bool = False, runner: JobRunner | None = None,
                on_record: Callable[[JobRecord], None] | None = None) -> BatchResult:
     """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`) or
     job mappings (options by their job-file names, over ``defaults``; paths from the current folder).
     ``overrides`` set options of every job. Jobs whose output and record are there are skipped
     (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
-    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster: True or "local" starts one for the run,
-    "auto" or an address joins one (:func:`videdit.batch_ray.run_jobs`; ``workers`` actors of
+    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster: True or "local"
+    starts one for the run, "auto" or an address joins one (:func:`videdit.batch_ray.run_jobs`; ``workers`` actors of
     ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs, a dead worker's job retried up to
     ``retries`` times). ``report``: a JSON file of the records and summary. Returns the records in
     job order; a failed job is one of them (``BatchResult.ok`` says whether all went well)."""
@@ -555,10 +554,12 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
         raise VideditError("the batch has no jobs")
     if cache_dir is not None:
         cache_dir = Path(cache_dir).absolute()
-    for job in expanded:   # a missing output folder fails before any work, as edit does
-        if not Path(job.output).parent.is_dir():
-            raise VideditError(f"job {job.index} ({job.name}): the output folder {Path(job.output).parent} does not "
-                               f"exist; create it or change its output")
+    for job in expanded:   # the outputs' folders, made now: a path that cannot be one fails before any work
+        try:
+            Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VideditError(f"job {job.index} ({job.name}): cannot make the output folder "
+                               f"{Path(job.output).parent} ({e.strerror or e}); change its output") from None
     digests: dict[str, str] = {}
     records: dict[int, JobRecord] = {}
     todo: list[tuple[Job, str]] = []
