@@ -32,6 +32,7 @@ def test_ray_two_workers_match_the_local_run_byte_for_byte_with_a_worker_killed(
     result = edit_batch(job_file(tmp_path / "ray", shared_data), ray=True, workers=2, cache_dir=tmp_path / "ray-cache",
                         retries=1)
     assert flag.exists() and result.workers == 2
+    assert result.model_loads == 2   # one per living worker: the survivor and the dead one's replacement
     assert [r.status for r in result.jobs] == ["done"] * 6, [r.error for r in result.jobs]
     assert sorted(r.attempts for r in result.jobs) == [1] * 5 + [2]
     retried = next(r for r in result.jobs if r.attempts == 2)

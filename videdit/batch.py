@@ -528,7 +528,7 @@ class _Display:
 
 def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: Mapping | None = None,
                overrides: Mapping | None = None, cache_dir: str | os.PathLike | None = None,
-               ray: str | bool | None = None, workers: int | None = None, gpus_per_worker: float = 0,
+               ray: str | bool | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
                cpus_per_worker: float = 1, retries: int = 2, scores: bool = True,
                report: str | os.PathLike | None = None, progress: bool = False, runner: JobRunner | None = None,
                on_record: Callable[[JobRecord], None] | None = None) -> BatchResult:
@@ -538,7 +538,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
     keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster: True or "local"
     starts one for the run, "auto" or an address joins one (:func:`videdit.batch_ray.run_jobs`; ``workers`` actors of
-    ``gpus_per_worker`` GPUs and ``cpus_per_worker`` CPUs, a dead worker's job retried up to
+    ``gpus_per_worker`` GPUs (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_worker`` CPUs, a dead worker's job retried up to
     ``retries`` times). ``report``: a JSON file of the records and summary. Returns the records in
     job order; a failed job is one of them (``BatchResult.ok`` says whether all went well)."""
     t0 = time.perf_counter()

@@ -55,6 +55,11 @@ def connect(address: str | None, workers: int | None, cpus_per_worker: float) ->
                            f"one (ray start --head) or leave out the address for a local cluster") from None
 
 
+def default_gpus_per_worker() -> float:
+    """1 where the cluster has GPUs (a worker per GPU), else 0 (CPU workers)."""
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
 def default_workers(n_jobs: int, gpus_per_worker: float, cpus_per_worker: float) -> int:
     """One worker per ``gpus_per_worker`` GPUs of the cluster (per ``cpus_per_worker`` CPUs without
     GPUs), at most one per job."""
@@ -70,13 +75,15 @@ def default_workers(n_jobs: int, gpus_per_worker: float, cpus_per_worker: float)
 
 
 def run_jobs(todo: Sequence[tuple[Job, str]], *, address: str | None, cache_dir: Path | None, workers: int | None,
-             gpus_per_worker: float, cpus_per_worker: float, retries: int, scores: bool,
+             gpus_per_worker: float | None, cpus_per_worker: float, retries: int, scores: bool,
              on_start: Callable[[Job, str], None], on_record: Callable[[JobRecord], None]) -> tuple[int, int]:
     """Run ``todo`` ((job, input digest) pairs) on Ray; each record goes to ``on_record`` as it
-    comes. Returns (model loads, workers)."""
+    comes (``gpus_per_worker`` None: :func:`default_gpus_per_worker`). Returns (model loads, workers)."""
     if retries < 0:
         raise VideditError(f"retries must be >= 0, got {retries}")
     connect(address, workers, cpus_per_worker)
+    if gpus_per_worker is None:
+        gpus_per_worker = default_gpus_per_worker()
     n = workers if workers is not None else default_workers(len(todo), gpus_per_worker, cpus_per_worker)
     if n < 1:
         raise VideditError(f"workers must be >= 1, got {n}")

@@ -363,7 +363,8 @@ def _add_batch_parser(add) -> None:
                    "10001, host:6379) joins one")
     g.add_argument("--workers", type=int, help="workers (actors), each keeping its model loaded (default: the "
                    "cluster's GPUs / --gpus-per-worker, or its CPUs / --cpus-per-worker; at most one per job)")
-    g.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (default 0: CPU)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 where the cluster has GPUs, "
+                   "else 0: CPU workers)")
     g.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (default 1)")
     g.add_argument("--retries", type=int, default=2, help="times a job whose worker died is retried (default 2)")
 
@@ -495,7 +496,7 @@ def _batch(a) -> int:
     from videdit.batch import edit_batch
 
     if a.ray is None:
-        for flag, value, default in (("--workers", a.workers, None), ("--gpus-per-worker", a.gpus_per_worker, 0),
+        for flag, value, default in (("--workers", a.workers, None), ("--gpus-per-worker", a.gpus_per_worker, None),
                                      ("--cpus-per-worker", a.cpus_per_worker, 1)):
             if value != default:
                 raise VideditError(f"{flag} sets Ray's workers; add --ray (a local cluster) or --ray ADDRESS")
