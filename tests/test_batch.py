@@ -67,7 +67,8 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
     cases = [([{"input": clip, "output": "a.mp4", "target": "x", "stepz": 2}], "unknown option 'stepz'"),
              ([{"input": clip, "output": "a.mp4", "targets": ["x", "y"]}], "both write"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "editor": "magic"}], "unknown editor 'magic'"),
-             ([{"input": clip, "output": "a.mp4"}], "no target prompt")]
+             ([{"input": clip, "output": "a.mp4"}], "no target prompt"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "size": "big"}], "size must be N")]
     for entries, message in cases:
         with pytest.raises(VideditError, match=message) as e:
             expand_jobs(entries, base=tmp_path)

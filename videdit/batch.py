@@ -291,6 +291,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
                 if isinstance(params, dict) and isinstance(params.get(key), str):
                     options["editor_params"] = {**params, key: str(base / params[key])}
             try:
+                read_options(options)
                 _settings(**{k: options[k] for k in EDIT_OPTIONS if k in options and k not in ("window", "max_tokens")})
             except TypeError as err:
                 raise VideditError(f"{where}: {err}") from None
@@ -374,15 +375,19 @@ def _one_line(e: BaseException) -> str:
     return text[:500]
 
 
-def _remove_stale_temporaries(output: Path) -> None:
-    """Temporary siblings an earlier, killed run left (``.NAME.videdit-tmp-*``): this job owns its output's name."""
-    for stale in output.parent.glob(f".{output.stem}.videdit-*{output.suffix}"):
-        if stale.is_dir():
-            import shutil
+def _remove_stale_temporaries(*paths: Path) -> None:
+    """The temporaries an earlier, killed run left beside ``paths`` (:func:`videdit.io.atomic.temp_sibling`'s
+    ``.NAME.videdit-tmp-*``, ``-old-*``): this job owns its output's, preview's and record's names."""
+    import glob
+    import shutil
 
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+    for path in paths:
+        for tag in ("tmp", "old"):
+            for stale in path.parent.glob(f".{glob.escape(path.stem)}.videdit-{tag}-*{glob.escape(path.suffix)}"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
 
 
 class JobRunner:
@@ -458,7 +463,7 @@ class JobRunner:
 
         o = job.options
         output = Path(job.output)
-        _remove_stale_temporaries(output)
+        _remove_stale_temporaries(output, job.record_path, *([Path(job.preview)] if job.preview else []))
         job.record_path.unlink(missing_ok=True)   # the output is about to change: its old record no longer holds
         model = self.model(o)
         result = edit_video(job.input, output, model=model, read=read_options(o), preview=job.preview,
@@ -486,9 +491,14 @@ def read_options(options: Mapping):
 
     size = options.get("size")
     if isinstance(size, str) and size.lower() != "source":
+        import argparse
+
         from videdit.cli import _size
 
-        size = _size(size)
+        try:
+            size = _size(size)
+        except argparse.ArgumentTypeError as e:
+            raise VideditError(str(e)) from None
     if isinstance(size, list):
         size = tuple(size)
     return io.ReadOptions(start_frame=options.get("start_frame") or 0, end_frame=options.get("end_frame"),
