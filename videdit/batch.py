@@ -546,11 +546,12 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     job mappings (options by their job-file names, over ``defaults``; paths from the current folder).
     ``overrides`` set options of every job. Jobs whose output and record are there are skipped
     (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
-    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster: True or "local"
-    starts one for the run, "auto" or an address joins one (:func:`videdit.batch_ray.run_jobs`; ``workers`` actors of
-    ``gpus_per_worker`` GPUs (None: 1 where the cluster has GPUs, else 0) and ``cpus_per_worker`` CPUs, a dead worker's job retried up to
-    ``retries`` times). ``report``: a JSON file of the records and summary. Returns the records in
-    job order; a failed job is one of them (``BatchResult.ok`` says whether all went well)."""
+    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster
+    (:func:`videdit.batch_ray.run_jobs`): True or "local" starts one for the run, "auto" or an
+    address joins one; ``workers`` actors of ``gpus_per_worker`` GPUs (None: 1 where the cluster
+    has GPUs, else 0) and ``cpus_per_worker`` CPUs; a dead worker's job is retried up to ``retries``
+    times. ``report``: a JSON file of the records and summary. Returns the records in job order; a
+    failed job is one of them (``BatchResult.ok`` says whether all went well)."""
     t0 = time.perf_counter()
     if isinstance(jobs, (str, os.PathLike)):
         file_defaults, entries = read_job_file(jobs)
