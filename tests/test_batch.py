@@ -187,6 +187,13 @@ def test_the_shipped_sample_job_file_expands_to_two_jobs_of_one_clip():
     assert jobs[0].options["editor_params"] == {"mode": "replace"} and jobs[1].options["steps"] == 25
 
 
+def test_edit_batch_is_the_package_api():
+    import videdit
+    import videdit.batch
+
+    assert videdit.edit_batch is videdit.batch.edit_batch
+
+
 def test_workers_without_ray_is_one_line(capsys):
     assert main(["batch", str(ROOT / "samples" / "batch.yaml"), "--workers", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
