@@ -40,9 +40,10 @@ Frames between keyframes (the second pass over the clip, :meth:`Rerender.finish_
 nearest keyframes' results warped onto the frame along the source's flow, per pixel the one
 with the smaller weighted warp error (``video_blend.py``'s ``g_error_mask``, weights by
 temporal distance, a choice of the later keyframe carried along the flow), then its
-histogram-preserving blend (``blender/histogram_blend.py``). What remains of the official
-Ebsynth stage: patch-based synthesis with its colour, edge, temporal and positional guides
-(here flow warping), and the Poisson gradient blending.
+histogram-preserving blend (``blender/histogram_blend.py``) and the Poisson gradient blend
+(``blender/poisson_fusion.py``, on by default there too: ``-nps`` turns it off). What remains
+of the official Ebsynth stage: its patch-based synthesis with colour, edge, temporal and
+positional guides (here flow warping).
 
 Departures: DIS flow where the official code runs GMFlow; VAE means where it samples the
 posterior; decoded results rounded to 8 bits before they are warped.
@@ -65,6 +66,7 @@ from videdit.core.ddim import clean_latent, predict_x0_eps, renoise
 from videdit.core.loop import StepCallback, StepContext
 from videdit.errors import VideditError
 from videdit.masks import gaussian_blur
+from videdit.registry import departs
 from videdit.video.cross_frame import AnchorStore, CrossFrameAttention
 from videdit.video.flow import FlowConfig, Flows, compute_flows
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
@@ -100,7 +102,12 @@ class RerenderConfig:
     pixel_fusion: bool = True                   # the fused pass (the official code's pixelfusion = True)
     color_preserve: bool = True                 # False: colour-correct each input to the first output
     shape_anchor: str = "first"                 # whose x0 shape-aware fusion warps: first (code), previous (paper)
-    flow: Mapping[str, Any] | None = None       # options of videdit.video.flow.FlowConfig
+    flow: Mapping[str, Any] | None = departs(None, official="GMFlow (models/gmflow_sintel-0c07dcb3.pth)", why=(
+        "no GMFlow here: DIS (options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
+    gradient_blend: bool = True                 # Poisson gradient blending of the frames between (video_blend -ps)
+    last_keyframe: bool = departs(True, official=False, why=(
+        "the official blend drops frame 0 and the frames after the last 1 + k interval; videdit keeps every "
+        "frame, so the clip's last frame is a keyframe (False: the frames after the last one warped from it)"))
     offload: bool = False                       # keep the anchors' keys and values in CPU memory
 
     def __post_init__(self):
@@ -128,9 +135,9 @@ def in_period(step: int, n_steps: int, period: tuple[float, float], inclusive: b
     return lo <= step <= hi if inclusive else lo < step < hi
 
 
-def keyframes_in(window: Window, interval: int) -> list[int]:
-    """Clip indices of the keyframes in ``window``: 0, 1 + k interval, and the clip's last frame."""
-    last = window.indices[-1] if window.last else None
+def keyframes_in(window: Window, interval: int, last_keyframe: bool = True) -> list[int]:
+    """Clip indices of the keyframes in ``window``: 0, 1 + k interval, and (``last_keyframe``) the clip's last frame."""
+    last = window.indices[-1] if window.last and last_keyframe else None
     return [g for g in window.indices if g == 0 or (g - 1) % interval == 0 or g == last]
 
 
@@ -224,6 +231,39 @@ def histogram_blend(a: np.ndarray, b: np.ndarray, chosen: np.ndarray, wa: float,
     ab = (to(la, t_mean, t_std) * wa + to(lb, t_mean, t_std) * wb - t_mean) / 0.5 + t_mean
     ab = np.clip(np.rint(to(ab, lc.mean((0, 1)), lc.std((0, 1)))), 0, 255).astype(np.uint8)
     return cv2.cvtColor(ab, cv2.COLOR_LAB2RGB)
+
+
+def _neumann_solve(rhs: np.ndarray, weight: float) -> np.ndarray:
+    """u (H, W) with (I + weight L) u = rhs, L the grid's Laplacian with reflecting borders
+    (G_x^T G_x + G_y^T G_y of forward differences): exact, by the FFT of the mirrored image."""
+    h, w = rhs.shape
+    ext = np.block([[rhs, rhs[:, ::-1]], [rhs[::-1], rhs[::-1, ::-1]]])          # (2H, 2W), period 2H x 2W
+    ly = 2 - 2 * np.cos(np.pi * np.arange(2 * h) / h)
+    lx = 2 - 2 * np.cos(np.pi * np.arange(2 * w) / w)
+    return np.real(np.fft.ifft2(np.fft.fft2(ext) / (1 + weight * (ly[:, None] + lx[None, :]))))[:h, :w]
+
+
+def poisson_fusion(blend: np.ndarray, a: np.ndarray, b: np.ndarray, choose_b: np.ndarray,
+                   grad_weight: tuple[float, float, float] = (2.5, 0.5, 0.5)) -> np.ndarray:
+    """``blender/poisson_fusion.py``: per Lab channel, the image closest to ``blend`` whose
+    gradients are ``a`` 's (``b`` 's where ``choose_b``), the gradients weighted by
+    ``grad_weight`` and clipped to +-100: the least-squares problem the official code hands to
+    ``scipy.sparse.linalg.lsqr``, solved exactly here (:func:`_neumann_solve`). uint8 RGB in and out."""
+    def lab(x):
+        return cv2.cvtColor(x, cv2.COLOR_RGB2LAB).astype(np.float64)
+
+    target, la, lb = lab(blend), lab(a), lab(b)
+    m = choose_b.astype(np.float64)[..., None]                                # (H, W, 1)
+    gx, gy = np.zeros_like(la), np.zeros_like(la)                            # forward differences, rows / columns
+    gx[:-1] = (la[:-1] - la[1:]) * (1 - m[:-1]) + (lb[:-1] - lb[1:]) * m[:-1]
+    gy[:, :-1] = (la[:, :-1] - la[:, 1:]) * (1 - m[:, :-1]) + (lb[:, :-1] - lb[:, 1:]) * m[:, :-1]
+    gx, gy = np.clip(gx, -100, 100), np.clip(gy, -100, 100)
+    out = np.empty_like(target)
+    for c, wc in enumerate(grad_weight):
+        div = (gx[..., c] - np.pad(gx[:-1, :, c], ((1, 0), (0, 0)))
+               + gy[..., c] - np.pad(gy[:, :-1, c], ((0, 0), (1, 0))))
+        out[..., c] = _neumann_solve(wc ** 2 * div + target[..., c], wc ** 2)  # G^T g; the normal equations
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 # ---- one pass ----
@@ -376,7 +416,7 @@ class Rerender(TemporalModule):
     # ---- keyframes, one pass at a time ----
 
     def frames_to_edit(self, window: Window) -> list[int]:
-        keys = keyframes_in(window, self.config.interval)
+        keys = keyframes_in(window, self.config.interval, self.config.last_keyframe)
         if not keys:
             raise VideditError(f"{NAME}: window of frames {window.start}..{window.indices[-1]} holds no keyframe "
                                f"(every {self.config.interval} frames); edit in windows of at least "
@@ -386,7 +426,7 @@ class Rerender(TemporalModule):
     def next_pass(self, window: Window) -> tuple[int, ...] | None:
         if self.queued_for != window.start:
             self.queued_for, self.queue, self.passes = window.start, [], []
-            for g in keyframes_in(window, self.config.interval):
+            for g in keyframes_in(window, self.config.interval, self.config.last_keyframe):
                 if g == 0:
                     self.queue.append((0, "first"))
                 else:
@@ -552,7 +592,8 @@ class Rerender(TemporalModule):
         ua = np.clip(np.rint(wa_img), 0, 255).astype(np.uint8)
         ub = np.clip(np.rint(wb_img), 0, 255).astype(np.uint8)
         chosen = np.where(choose_b[..., None], ub, ua)
-        return histogram_blend(ua, ub, chosen, 1 - w1, 1 - w2)
+        blended = histogram_blend(ua, ub, chosen, 1 - w1, 1 - w2)
+        return poisson_fusion(blended, ua, ub, choose_b) if self.config.gradient_blend else blended
 
 
 class ColourCorrection(StepCallback):
