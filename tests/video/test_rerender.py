@@ -16,7 +16,7 @@ from tests.conftest import SHARED_DATA
 from videdit import io
 from videdit.cli import main
 from videdit.errors import VideditError
-from videdit.pipeline import EditSettings, edit_frames
+from videdit.pipeline import EditSettings, edit_frames, edit_video
 from videdit.toy import sample_clip
 from videdit.video import TEMPORAL, Window
 from videdit.video import rerender as rr
@@ -27,12 +27,12 @@ BASE = dict(source_prompt="a", target_prompt="a red square", guidance=3.0, inver
 
 
 def run(model, frames, steps=10, strength=1.0, **options):
-    """Edit ``frames`` as one window; -> (output frames, the rerender module)."""
+    """Translate the keyframes of ``frames`` (one window; the frames between are left to
+    ``finish_clip``); -> (the keyframes' decoded frames, the rerender module)."""
     settings = EditSettings(**BASE, steps=steps, strength=strength, temporal={"rerender": {"interval": 5, **options}})
     stack = settings.temporal_stack()
-    edit_frames(model, frames, settings, temporal=stack, last=True)
-    module = stack.modules[0]
-    return stack.finish_clip(Window(0, len(frames), frames)), module
+    decoded = edit_frames(model, frames, settings, temporal=stack, last=True)
+    return decoded, stack.modules[0]
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +68,19 @@ def test_config_and_keyframes():
 
 def test_passes_and_unet_calls(tiny, static):
     """Frame 0 once, each later keyframe twice (direct, fused): keyframes 0, 1, 6 of 7 frames
-    at 10 steps -> 5 loops, 50 UNet calls (guidance halves in one batch); 2 without pixel fusion."""
+    at 4 steps -> 5 loops, 20 UNet calls (guidance halves in one batch); 3 loops without pixel fusion."""
     calls = []
     handle = tiny.unet.register_forward_hook(lambda *a: calls.append(1))
     try:
-        _, module = run(tiny, static)
+        _, module = run(tiny, static, steps=4)
         passes = [(p.frame, p.kind) for p in module.passes]
         n_full = len(calls)
         calls.clear()
-        _, lean = run(tiny, static, pixel_fusion=False)
+        _, lean = run(tiny, static, steps=4, pixel_fusion=False)
     finally:
         handle.remove()
     assert passes == [(0, "first"), (1, "direct"), (1, "fused"), (6, "direct"), (6, "fused")]
-    assert n_full == 50 and len(calls) == 30
+    assert n_full == 20 and len(calls) == 12
     assert sorted(module.results) == [0, 1, 6]
 
 
@@ -95,12 +95,12 @@ def test_cross_frame_attention_to_first_and_previous(tiny, static, monkeypatch):
             return super().get(layer, frame, like)
 
     monkeypatch.setattr(rr, "AnchorStore", Spy)
-    run(tiny, static)
+    run(tiny, static, steps=4)
     assert 0 not in read   # frame 0 attends to itself, in its own batch
     for key, anchors in [(1, {0}), (6, {0, 1})]:
         assert {f for _, f, _ in read[key]} == anchors
         assert {b for b, _, _ in read[key]} == {"up_blocks"}
-        assert {s for _, _, s in read[key]} == set(range(10))
+        assert {s for _, _, s in read[key]} == set(range(4))
 
 
 def test_shape_aware_fusion_replaces_x0(tiny, moving, monkeypatch):
@@ -154,7 +154,7 @@ def test_adain_to_the_first_frame(tiny, moving):
             assert torch.allclose(got_mean, mean.cpu(), atol=1e-4)
             assert torch.allclose(got_std, std.cpu() * (n / (n - 1)) ** 0.5, rtol=1e-3)
             assert (rr.mean_std(p.x0[i])[1] - std.cpu()).abs().max() > 0.05   # before AdaIN
-    _, default = run(tiny, moving, pixel_fusion=False)
+    _, default = run(tiny, moving[:3], steps=5, pixel_fusion=False)
     assert all(p.ada_steps == [] for p in default.passes)
 
 
@@ -194,7 +194,7 @@ def test_colour_correction(tiny, moving):
 
 def test_pixel_aware_fusion(tiny, static, moving):
     """The fused pass pulls the latent in the steps strictly inside (0.5 N, 0.8 N) (10 steps: 6
-    and 7) towards the VAE-compensated encoding of the warped first/previous results
+    and 7; 4 steps: 3) towards the VAE-compensated encoding of the warped first/previous results
     (x + (x - E(D(x))) where that does not overshoot); mask_strength 0 leaves it the direct
     pass; the mask leaves out what both anchors miss."""
     _, module = run(tiny, static)
@@ -210,11 +210,12 @@ def test_pixel_aware_fusion(tiny, static, moving):
     keep = 1 - torch.nn.functional.max_pool2d(
         (torch.nn.functional.interpolate(over.float(), scale_factor=1 / 8, mode="bilinear") > 0).float(), 3, 1, 1)
     assert torch.allclose(f.xtrg, z + keep * (z - z_rec), atol=1e-4)
-    _, off = run(tiny, moving, mask_strength=0.0)
-    _, direct = run(tiny, moving, pixel_fusion=False)
-    _, on = run(tiny, moving)
-    assert np.array_equal(off.results[6], direct.results[6])
-    assert np.abs(on.results[6].astype(int) - direct.results[6]).mean() > 1
+    _, off = run(tiny, moving[:3], steps=4, mask_strength=0.0)
+    _, direct = run(tiny, moving[:3], steps=4, pixel_fusion=False)
+    _, on = run(tiny, moving[:3], steps=4)
+    assert [p.fused_steps for p in on.passes if p.kind == "fused"] == [[3], [3]]
+    assert np.array_equal(off.results[2], direct.results[2])
+    assert np.abs(on.results[2].astype(int) - direct.results[2]).mean() > 1
     holes = [p.fusion.mask for p in on.passes if p.kind == "fused"]
     assert all(0 < float(m.mean()) < 1 for m in holes)     # the moving square uncovers cells
 
@@ -289,3 +290,15 @@ def test_preset_is_the_official_defaults(tmp_path, capsys):
                             "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--size", "source"])])
     assert code == 0, capsys.readouterr().err
     assert len(io.read_clip(out)[0]) == 12
+
+
+def test_windows_change_nothing(tiny, tmp_path):
+    """Keyframes are sampled one at a time whatever the windows: a 14-frame clip in windows of 7
+    (keyframes 0, 1, 6 | 11, 13) equals the clip in one window."""
+    path = tmp_path / "clip.mp4"
+    io.write_video(path, sample_clip(1, "translate", 14).frames, 8)
+    kw = dict(**BASE, model=tiny, steps=3, strength=1.0, use_cache=False, read=io.ReadOptions(size="source"),
+              temporal={"rerender": {"interval": 5}})
+    one, two = edit_video(path, window=14, **kw), edit_video(path, window=7, **kw)
+    assert one.stats.windows == 1 and two.stats.windows == 2
+    assert np.abs(one.frames.astype(int) - two.frames).max() <= 1
