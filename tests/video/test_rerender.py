@@ -103,6 +103,26 @@ def test_cross_frame_attention_to_first_and_previous(tiny, static, monkeypatch):
         assert {s for _, _, s in read[key]} == set(range(4))
 
 
+def test_previous_keys_follow_style_update_freq(tiny, monkeypatch):
+    """Only keyframes 1 + k style_update_freq hand their keys and values on (rerender.py's
+    'updatestyle'): at interval 5 and the default freq 10, keyframe 11 still attends to 1; at
+    freq 5 to 6. Pixel-aware fusion reads the latest keyframe either way."""
+    read: dict[int, set] = {}
+
+    class Spy(rr.AnchorStore):
+        def get(self, layer, frame, like):
+            read.setdefault(tuple(self.window)[0], set()).add(frame)
+            return super().get(layer, frame, like)
+
+    monkeypatch.setattr(rr, "AnchorStore", Spy)
+    frames = np.repeat(sample_clip(0, "translate", 2).frames[:1], 12, axis=0)
+    _, module = run(tiny, frames, steps=2, pixel_fusion=False)
+    assert read[6] == {0, 1} and read[11] == {0, 1} and module.previous["frame"] == 11 and module.style_frame == 11
+    read.clear()
+    run(tiny, frames, steps=2, pixel_fusion=False, style_update_freq=5)
+    assert read[11] == {0, 6}
+
+
 def test_shape_aware_fusion_replaces_x0(tiny, moving, monkeypatch):
     """warp_period (0, 0.1) of 10 steps: steps 0 and 1; there x0 IS the first frame's warped
     (here along a zero flow with nothing occluded), not a blend with the predicted one."""

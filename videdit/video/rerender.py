@@ -13,7 +13,8 @@ noise (``sdedit`` inversion). What each pass does, as ``src/controller.py``
   layers of the decoder (``layers``; the official ``place_in_unet == 'up'`` with fewer than
   1281 channels), a keyframe's keys and values are the first frame's and the previous
   keyframe's, concatenated (its own are not among them). The previous keyframe's are those of
-  its fused pass.
+  its fused pass; only keyframes ``1 + k style_update_freq`` replace them (every keyframe at
+  the defaults: interval = style_update_freq = 10).
 - *Shape-aware fusion* (``warp_period``, steps ``0 .. 0.1 N``, bounds included): the predicted
   clean latent x0 is *replaced* by the first frame's x0 of the same step warped along the
   source's flow (nearest), where the latent cell sees it: ``1 - max_pool(8)`` of the
@@ -96,6 +97,7 @@ class RerenderConfig:
     warp_period: tuple[float, float] = (0.0, 0.1)    # shape-aware fusion (both included)
     mask_period: tuple[float, float] = (0.5, 0.8)    # pixel-aware fusion (both excluded)
     ada_period: tuple[float, float] = (1.0, 1.0)     # AdaIN to the first frame (both included; (1, 1): none)
+    style_update_freq: int = 10                 # keyframe cid's keys and values are "previous" if (cid-1) % freq == 0
     mask_strength: float = 0.5                  # pixel-aware fusion's weight inside the mask
     inner_strength: float = 0.9                 # its noise rescale inside flat regions
     smooth_boundary: bool = True                # rescale the noise only where the mask is flat
@@ -111,8 +113,9 @@ class RerenderConfig:
     offload: bool = False                       # keep the anchors' keys and values in CPU memory
 
     def __post_init__(self):
-        if not isinstance(self.interval, int) or self.interval < 1:
-            raise VideditError(f"{NAME} interval must be a whole number of frames >= 1, got {self.interval!r}")
+        for name in ("interval", "style_update_freq"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise VideditError(f"{NAME} {name} must be a whole number of frames >= 1, got {getattr(self, name)!r}")
         for name in ("cross_period", "warp_period", "mask_period", "ada_period"):
             object.__setattr__(self, name, _period(getattr(self, name), name))
         for name in ("mask_strength", "inner_strength"):
@@ -394,6 +397,7 @@ class Rerender(TemporalModule):
         self.anchors: dict = {}             # keys and values of the first frame and the previous keyframe
         self.first: dict | None = None      # {"frame", "source", "result", "x0"}: clip frame 0
         self.previous: dict | None = None   # the same for the latest keyframe
+        self.style_frame = 0                # the keyframe whose keys and values are the attention's "previous"
         self.first_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # step -> first x0's mean, std
         self.results: dict[int, np.ndarray] = {}   # keyframe -> its final output (H, W, 3) uint8
         self.sources: dict[int, np.ndarray] = {}   # keyframe -> its source frame at the model size
@@ -450,12 +454,13 @@ class Rerender(TemporalModule):
             self.fusion = self._fusion(window, g, ctx)
         layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
                                cross=False)
-        prev = self.previous["frame"] if self.previous is not None else 0
+        prev = self.style_frame
 
         def anchors(f):
             return (0,) if kind == "first" else (0, prev)
 
-        carry = {g} if kind in ("first", "fused") or not self.config.pixel_fusion else set()
+        last_pass = kind == "first" or kind == "fused" or not self.config.pixel_fusion
+        carry = {g} if last_pass and self.updates_style(g) else set()
         store = AnchorStore([g], anchors, carry, self.anchors, self.config.offload, final=False)
         module = PeriodicCrossFrame(layers, anchors, [g], store, what=NAME, source_branch=ctx.source_branch,
                                     period=self.config.cross_period, n_steps=len(ctx.schedule))
@@ -478,8 +483,15 @@ class Rerender(TemporalModule):
             self.first = record
             self.first_stats = {i: mean_std(x0) for i, x0 in run.x0.items()}
         self.previous = record
+        if self.updates_style(g):
+            self.style_frame = g
         self.results[g], self.sources[g] = frames[0].copy(), source.copy()
         self.fusion, self.direct = None, None
+
+    def updates_style(self, g: int) -> bool:
+        """Whether keyframe g's keys and values become the later keyframes' "previous"
+        (``rerender.py``: ``'updatestyle'`` where ``i % style_update_freq == 0``, ``i = cid - 1``)."""
+        return g == 0 or (g - 1) % self.config.style_update_freq == 0
 
     # ---- what the fusions read ----
 
