@@ -11,7 +11,8 @@ noise (``sdedit`` inversion). What each pass does, as ``src/controller.py``
 
 - *Cross-frame attention* (``cross_period``, all steps by default): on the self-attention
   layers of the decoder (``layers``; the official ``place_in_unet == 'up'`` with fewer than
-  1281 channels), a keyframe's keys and values are the first frame's and the previous
+  1281 channels; its ``loose_cfattn`` variant, fewer than 1280, is ``layers`` without
+  ``up_blocks.1`` on SD 1.5), a keyframe's keys and values are the first frame's and the previous
   keyframe's, concatenated (its own are not among them). The previous keyframe's are those of
   its fused pass; only keyframes ``1 + k style_update_freq`` replace them (every keyframe at
   the defaults: interval = style_update_freq = 10).
@@ -322,7 +323,7 @@ class KeyframePass(StepCallback):
         self.module, self.ctx, self.frame, self.kind = module, ctx, frame, kind
         self.config = module.config
         self.eps: torch.Tensor | None = None      # (1, C, h, w) the step's noise, output branch
-        self.x0: dict[int, torch.Tensor] = {}     # step -> (1, C, h, w) x0 after this pass's changes
+        self.x0: dict[int, torch.Tensor] = {}     # step -> (1, C, h, w) x0 as predicted, before the changes
         self.fused_steps: list[int] = []          # steps where pixel-aware fusion moved the latent
         self.shape_steps: list[int] = []          # steps where shape-aware fusion replaced x0
         self.ada_steps: list[int] = []
