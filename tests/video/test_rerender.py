@@ -322,3 +322,12 @@ def test_windows_change_nothing(tiny, tmp_path):
     one, two = edit_video(path, window=14, **kw), edit_video(path, window=7, **kw)
     assert one.stats.windows == 1 and two.stats.windows == 2
     assert np.abs(one.frames.astype(int) - two.frames).max() <= 1
+
+
+def test_one_module_runs_the_passes():
+    from videdit.video import TemporalStack
+
+    assert TemporalStack([rr.Rerender(RerenderConfig())]).in_passes is not None
+    assert TemporalStack([]).in_passes is None
+    with pytest.raises(VideditError, match="each run the edit in passes; keep one"):
+        TemporalStack([rr.Rerender(RerenderConfig()), rr.Rerender(RerenderConfig())]).in_passes
