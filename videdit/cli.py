@@ -469,7 +469,9 @@ COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse twice when --config is given: the file's values become defaults, flags win.
-    Its keys are option names (``guidance``, ``inversion``, ``inversion_params: {...}``)."""
+    Its keys are option names (``guidance``, ``inversion``, ``inversion_params: {...}``, ``control:
+    [canny]``, ``controlnet: [lllyasviel/sd-controlnet-canny]``; a --control or --controlnet flag
+    replaces the file's list, as they pair by position)."""
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
@@ -500,6 +502,13 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
             if not isinstance(defaults[k], dict):
                 raise VideditError(f"config {args.config}: {k}s must be a mapping")
             defaults[k] = list(defaults[k].items())
+    for k in ("control", "controlnet"):   # a list (or one entry); pairs by position, so flags replace it
+        if k in defaults:
+            v = defaults[k]
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise VideditError(f"config {args.config}: {k} must be a list of --{k} values")
+            defaults[k] = [] if getattr(args, k) else v   # a --control/--controlnet given here wins
     if "temporal" in defaults:  # {name: {options} or null} -> [(name, options)], as --temporal gives
         t = defaults["temporal"] or {}
         if not isinstance(t, dict) or not all(isinstance(v, dict) or v is None for v in t.values()):
