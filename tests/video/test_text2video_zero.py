@@ -88,14 +88,20 @@ def test_text2video_zero_preset_runs_8_channels_euler_and_frame_0_anchor(shared_
             torch.testing.assert_close(after[f][i], before[0][i], rtol=0, atol=1e-5)
 
 
-def test_cli_runs_the_text2video_zero_preset_in_windows_of_7(tmp_path, capsys):
-    """9 frames: windows of 7 and 2 (the reference's chunks of 7 new frames), 9 frames written."""
+def test_cli_runs_the_text2video_zero_preset_in_windows_of_7(tmp_path, capsys, monkeypatch):
+    """9 frames: windows of 7 and 2 (the reference's chunks of 7 new frames, each from the reseeded
+    generator), so frames 7 and 8 start from frames 0 and 1's noise; 9 frames written."""
+    unet = Calls(monkeypatch, UNet2DConditionModel)
     out = tmp_path / "t2vz.mp4"
     code, stdout, err = run(capsys, "edit", SAMPLE, "--model", "tiny-pix2pix", "-t", PROMPT, "--steps", 2, "-o",
                             out, "--max-frames", 9, "--size", 32, "--no-cache", "--config",
                             CONFIGS / "text2video-zero.yaml")
     assert code == 0, err
     assert "(9 frames" in stdout and "0/2 windows" in stdout and _frames_of(out) == 9
+    assert [c["sample"].shape[0] for c in unet.seen] == [3 * 7, 3 * 7, 3 * 2, 3 * 2]   # 2 steps per window
+    first, second = unet.seen[0]["sample"][:, :4], unet.seen[2]["sample"][:, :4]   # the noisy latents' channels
+    torch.testing.assert_close(second[:2], first[:2], rtol=0, atol=0)   # branch 0: frames 7, 8 and 0, 1
+    assert not torch.equal(first[0], first[1])                          # a draw per frame
 
 
 # --- ControlNet variants (process_controlnet_canny, _pose, _depth) ---------------------------------
@@ -110,6 +116,8 @@ def test_controlnet_presets_are_the_official_settings(name, control, controlnet,
     assert (a.inversion, dict(a.inversion_param), a.editor, a.steps, a.guidance, a.seed, a.fps) == \
         ("noise", {"noise": "shared"}, "plain", 20, 9.0, 42, fps)
     assert a.control == control and a.controlnet == [f"{controlnet}=1.0"]
+    assert a.target_suffix == "best quality, extremely detailed" + (
+        ", HD, ultra-realistic, 8K, HQ, masterpiece, trending on artstation, art, smooth" if name == "pose" else "")
     assert temporal_modules(a) == {"cross_frame": {"mode": "first"}}
     assert a.negative.startswith("longbody, lowres, bad anatomy") and a.negative.endswith(
         "unrealistic" if name == "pose" else "worst quality, low quality")
@@ -119,12 +127,15 @@ def test_controlnet_presets_are_the_official_settings(name, control, controlnet,
 
 
 def test_control_flags_replace_the_presets_lists():
-    """--control/--controlnet pair by position, so a flag replaces the file's list instead of adding to it."""
+    """--control/--controlnet pair by position, so a flag replaces the file's list instead of adding to it;
+    --target-suffix "" drops the preset's suffix."""
     a = preset("text2video-zero-canny", "--controlnet", "tiny-random")
     assert (a.control, a.controlnet) == (["canny"], ["tiny-random"])
+    assert preset("text2video-zero-canny", "--target-suffix", "").target_suffix == ""
     a = preset("text2video-zero-pose", "--control", "pose=poses.mp4", "--controlnet", "tiny-random=0.5")
     assert (a.control, a.controlnet) == (["pose=poses.mp4"], ["tiny-random=0.5"])
-    assert preset("text2video-zero-depth", "--control", "depth=d.mp4").controlnet == ["lllyasviel/sd-controlnet-depth=1.0"]
+    a = preset("text2video-zero-depth", "--control", "depth=d.mp4")
+    assert a.controlnet == ["lllyasviel/sd-controlnet-depth=1.0"]
 
 
 @pytest.mark.parametrize("value, message", [
@@ -152,13 +163,19 @@ def test_cli_runs_the_canny_preset_from_one_noise_with_a_condition_per_frame(tmp
     2 steps: the first UNet call of each guidance half sees the same latents in every frame (the reference's
     randn((1, 4, h/8, w/8)).repeat(f, 1, 1, 1)), the ControlNet gets each frame's own edges, and 6 frames
     are written."""
+    import videdit.pipeline
+
     unet, net = Calls(monkeypatch, UNet2DConditionModel), Calls(monkeypatch, ControlNetModel)
+    prompts, edit_video = [], videdit.pipeline.edit_video
+    monkeypatch.setattr(videdit.pipeline, "edit_video", lambda *a, **kw: prompts.append(kw) or edit_video(*a, **kw))
     out = tmp_path / "canny.mp4"
     code, stdout, err = run(capsys, "edit", SAMPLE, "-t", "a blue circle", "--model", "tiny-random", "--controlnet",
                             "tiny-random", "--steps", 2, "-o", out, "--max-frames", 6, "--size", 64, "--no-cache",
                             "-q", "--config", CONFIGS / "text2video-zero-canny.yaml")
     assert code == 0, err
     assert _frames_of(out) == 6
+    assert prompts[0]["target_prompt"] == "a blue circle, best quality, extremely detailed"   # prompt + ', ' + added
+    assert prompts[0]["negative_prompt"].startswith("longbody, lowres")
     assert len(unet.seen) == len(net.seen) == 2   # one call of the 6 frames per step
     first = unet.seen[0]["sample"]                 # (2 halves x 6 frames, 4, 8, 8): uncond, then cond
     assert first.shape[0] == 12
