@@ -61,8 +61,9 @@ def after_initial_noise(shape: torch.Size, seed: int) -> torch.Generator:
                     reference="Brooks, Holynski & Efros 2023, InstructPix2Pix (CVPR); Khachatryan et al. 2023, "
                     "Text2Video-Zero (ICCV): sampling starts from seeded Gaussian noise, diffusers' prepare_latents")
 def noise(inp: InversionInputs, config: NoiseConfig) -> Inversion:
-    """No inversion: seeded Gaussian noise, as InstructPix2Pix and Text2Video-Zero start (runs no UNet);
-    ``noise="shared"``: the same draw for every frame."""
+    """No inversion: seeded Gaussian noise, as InstructPix2Pix and Text2Video-Zero start (runs no UNet).
+
+    ``noise="shared"``: one draw for every frame, as Text2Video-Zero's ControlNet runs start."""
     z0 = inp.latents.float()                                     # (F, C, h, w)
     eps = initial_noise(z0, inp.seed, shared=config.noise == "shared")
     a = inp.schedule.alphas[1:].to(z0).view(-1, 1, 1, 1, 1)     # (N - 1, 1, 1, 1, 1)
