@@ -14,11 +14,12 @@ from tests.editing.test_instruct_pix2pix import LAYER, PROMPT, ProbeModule
 from tests.test_cli import SAMPLE, run
 from videdit.cli import _with_config, build_parser, temporal_modules
 from videdit import io
-from videdit.control import canny, pair_controls
+from videdit.attention import AttentionModule
+from videdit.control import Control, canny, pair_controls
 from videdit.core.euler import EulerAncestral
 from videdit.models import load_model
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-from videdit.video import TemporalStack
+from videdit.video import TemporalModule, TemporalPlan, TemporalStack
 from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -186,3 +187,57 @@ def test_cli_runs_the_canny_preset_from_one_noise_with_a_condition_per_frame(tmp
     edges = torch.from_numpy(canny(frames)).permute(0, 3, 1, 2).float() / 255   # thresholds 100, 200
     assert cond.shape == (12, 3, 64, 64) and torch.equal(cond[:6].float(), edges) and torch.equal(cond[6:], cond[:6])
     assert all(not torch.equal(edges[i], edges[0]) for i in range(1, 6))   # the circle moves: 324-459 pixels differ
+
+
+class ControlNetProbe(AttentionModule):
+    """Records (step, frames, k, v) on one self-attention layer of the first ControlNet."""
+
+    cross = False
+    LAYER = "controlnet0.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
+
+    def __init__(self):
+        self.seen = []
+
+    def applies(self, layer, cross):
+        return layer == self.LAYER
+
+    def qkv(self, call, q, k, v):
+        self.seen.append((call.info.step, call.info.frames, call.split(k).clone(), call.split(v).clone()))
+        return q, k, v
+
+    def frames(self, step):
+        """{frame: (k, v)} at ``step``, each (halves, nb, heads, T, d)."""
+        return {f: (k[:, :, j], v[:, :, j]) for s, fs, k, v in self.seen if s == step for j, f in enumerate(fs)}
+
+
+class ControlNetProbeModule(TemporalModule):
+    name = "controlnet_probe"
+
+    def __init__(self):
+        super().__init__(None)
+        self.probe = ControlNetProbe()
+
+    def plan(self, window, ctx):
+        return TemporalPlan(controlnet_modules=[self.probe])
+
+
+@pytest.mark.parametrize("controlnet", [True, False])
+def test_cross_frame_acts_on_the_controlnet_too(tiny, controlnet):
+    """The canny preset's settings (2 steps) on tiny-random with its ControlNet, 4 frames in batches of 2:
+    every frame's self-attention in the ControlNet takes frame 0's keys and values in both guidance halves,
+    as model.py sets CrossFrameAttnProcessor on the ControlNet too; cross_frame:controlnet=false leaves it."""
+    a = preset("text2video-zero-canny", "--controlnet", "tiny-random", "--steps", "2")
+    (name, options), = temporal_modules(a).items()
+    s = EditSettings(target_prompt=PROMPT, negative_prompt=a.negative, inversion=a.inversion, steps=a.steps,
+                     guidance=a.guidance, seed=a.seed, inversion_params=dict(a.inversion_param), batch_size=2)
+    frames, _ = io.read_clip(SAMPLE, io.ReadOptions(size=64, max_frames=4))
+    control = Control(pair_controls(a.control, a.controlnet), tiny).window(0, frames)
+    probes = ControlNetProbeModule(), ControlNetProbeModule()
+    stack = TemporalStack([probes[0], CrossFrame(CrossFrameConfig(**options, controlnet=controlnet)), probes[1]])
+    edit_latents(tiny, invert_frames(tiny, frames, s), s, temporal=stack, control=control)
+    before, after = probes[0].probe.frames(1), probes[1].probe.frames(1)
+    assert sorted(after) == [0, 1, 2, 3] and before[0][0].shape[:2] == (2, 1)   # (guidance halves, branches)
+    for f in range(1, 4):
+        for i in (0, 1):   # keys, values
+            taken = torch.allclose(after[f][i], before[0][i], rtol=0, atol=1e-5)
+            assert taken == controlnet and not torch.allclose(before[f][i], before[0][i])
