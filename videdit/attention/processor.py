@@ -142,7 +142,8 @@ def merge(unet, processors: dict | None, modules: Sequence[AttentionModule], inf
     return merged
 
 
-def compose(unet, modules: Sequence[AttentionModule], info: CallInfo, prefix: str = "") -> dict[str, ComposedProcessor]:
+def compose(unet, modules: Sequence[AttentionModule], info: CallInfo,
+            prefix: str = "") -> dict[str, ComposedProcessor]:
     """{layer name: processor} for every attention layer at least one module applies to.
     Cross-attention layers are the ``attn2`` processors of diffusers' transformer blocks.
     ``prefix``: the modules see (and key their state by) ``prefix + name``, e.g. a ControlNet's
