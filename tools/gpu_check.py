@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
-PRESETS = ("text2video-zero", "fatezero", "tokenflow", "rerender", "rerender-pull", "recolour")
+PRESETS = ("text2video-zero-ddim", "fatezero", "tokenflow", "rerender", "rerender-pull", "recolour")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,

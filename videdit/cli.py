@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="video file, folder of frames, or image")
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
     p.add_argument("-t", "--target", required=True, help="prompt describing the wanted output")
+    p.add_argument("--target-suffix", default="", metavar="TEXT", help="appended to the target prompt after a "
+                   "comma (the Text2Video-Zero ControlNet presets add their reference's 'best quality, extremely "
+                   "detailed')")
     p.add_argument("-o", "--output", type=Path, required=True, help=".mp4, .gif, .png/.jpg (images), or a folder")
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -377,7 +380,7 @@ def _edit(a) -> None:
 
     if a.report and is_image(a.output):
         raise VideditError(f"--report scores a clip; {a.output} is a single image (write a video or a folder)")
-    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=a.target, model=_model(a),
+    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=_target(a), model=_model(a),
                         steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
                         inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                         editor_params=editor_params(a), read=_read_options(a), window=a.window,
@@ -398,6 +401,11 @@ def _edit(a) -> None:
         from videdit.metrics import evaluate_clips
 
         _print_scores(_write_report(a.report, evaluate_clips(a.input, result.output, read=_read_options(a))))
+
+
+def _target(a) -> str:
+    """-t, then --target-suffix after ", " (Text2Video-Zero's model.py: ``prompt + ', ' + added_prompt``)."""
+    return f"{a.target}, {a.target_suffix}" if a.target_suffix else a.target
 
 
 def _invert(a) -> None:
@@ -520,7 +528,9 @@ COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse twice when --config is given: the file's values become defaults, flags win.
-    Its keys are option names (``guidance``, ``inversion``, ``inversion_params: {...}``)."""
+    Its keys are option names (``guidance``, ``inversion``, ``inversion_params: {...}``, ``control:
+    [canny]``, ``controlnet: [lllyasviel/sd-controlnet-canny]``; a --control or --controlnet flag
+    replaces the file's list, as they pair by position)."""
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
@@ -551,6 +561,13 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
             if not isinstance(defaults[k], dict):
                 raise VideditError(f"config {args.config}: {k}s must be a mapping")
             defaults[k] = list(defaults[k].items())
+    for k in ("control", "controlnet"):   # a list (or one entry); pairs by position, so flags replace it
+        if k in defaults:
+            v = defaults[k]
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise VideditError(f"config {args.config}: {k} must be a list of --{k} values")
+            defaults[k] = [] if getattr(args, k) else v   # a --control/--controlnet given here wins
     if "temporal" in defaults:  # {name: {options} or null} -> [(name, options)], as --temporal gives
         t = defaults["temporal"] or {}
         if not isinstance(t, dict) or not all(isinstance(v, dict) or v is None for v in t.values()):

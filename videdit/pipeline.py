@@ -343,15 +343,15 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
 
 
 def _control_inputs(control: ControlFrames | None, schedule: Schedule, n_frames: int,
-                    uncontrolled: tuple[int, ...] = ()) -> list:
+                    uncontrolled: tuple[int, ...] = (), modules: list | None = None, info=None) -> list:
     """The UNet input that runs ``control``'s ControlNets on a stage of ``n_frames`` frames (none
-    without), on every branch but ``uncontrolled``."""
+    without), on every branch but ``uncontrolled``, with attention ``modules`` on their layers."""
     if control is None:
         return []
     if control.images.shape[1] != n_frames:
         raise VideditError(f"ControlNet conditions for {control.images.shape[1]} frames given to a stage of "
                            f"{n_frames} frames; select the frames it processes (ControlFrames.select)")
-    return [control.input(schedule.timesteps, uncontrolled)]
+    return [control.input(schedule.timesteps, uncontrolled, modules or (), info)]
 
 
 def _schedule_key(settings: EditSettings) -> dict:
@@ -463,8 +463,10 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
                            output_branch=plan.output_branch % n_branches, source_branch=plan.source_branch,
                            edited=edited, cache_dir=cache.directory if cache is not None else None,
                            seed=settings.seed)
+    controlnet_modules = []
     for name, tplan in temporal.plans(window, tctx):
         processors = merge(model.unet, processors, tplan.modules, plan.info)
+        controlnet_modules += tplan.controlnet_modules
         clash = sorted(set(hooks) & set(tplan.hooks))
         if clash:
             raise VideditError(f"temporal module {name!r} hooks {clash} that the editor hooks too")
@@ -472,7 +474,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
-            unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled),
+            unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled,
+                                                      controlnet_modules, plan.info),
                                      *plan.inputs]):   # a ControlNet sees the latents before the editor's channels
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=plan.sampler or replay.sampler,

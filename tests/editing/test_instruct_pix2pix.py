@@ -19,7 +19,7 @@ from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
 
 PROMPT = "make it snowy"
 LAYER = "up_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"   # a self-attention layer of tiny-pix2pix
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "text2video-zero-pix2pix.yaml"
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "text2video-zero.yaml"
 
 
 @pytest.fixture(scope="module")

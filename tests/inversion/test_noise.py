@@ -76,3 +76,17 @@ def test_an_editor_that_starts_from_noise_takes_no_other_inversion():
     with pytest.raises(VideditError, match=r"editor 'instruct_pix2pix' starts from inversion 'noise', as its "
                                            r"reference does; leave the inversion out \(got 'ddim'\)"):
         EditSettings(target_prompt="make it snowy", editor="instruct_pix2pix", inversion="ddim")
+
+
+def test_shared_noise_is_one_frames_draw_for_every_frame(tiny, wolf_frames):
+    """noise="shared": Text2Video-Zero's ControlNet runs, randn((1, C, h, w)) from the seed repeated over
+    the frames; the default ("frame") draws every frame its own, as diffusers' prepare_latents does."""
+    shared = invert_frames(tiny, wolf_frames, settings(seed=42, inversion_params={"noise": "shared"}))
+    one = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(42))
+    assert shared.noise.shape == (2, 4, 8, 8) and torch.equal(shared.noise[0], one[0])
+    assert torch.equal(shared.noise[1], one[0])
+    own = invert_frames(tiny, wolf_frames, settings(seed=42)).noise
+    assert torch.equal(own[0], one[0]) and float((own[1] - own[0]).abs().mean()) > 0.5
+    with pytest.raises(VideditError, match=r"noise inversion's noise must be one of \['frame', 'shared'\], "
+                                           r"got 'same'"):
+        settings(inversion_params={"noise": "same"})

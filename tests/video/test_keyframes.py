@@ -192,7 +192,7 @@ def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
     assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
 
 
-@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero", "recolour"])
+@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero-ddim", "recolour"])
 def test_presets_edit_the_ballet_portrait(tmp_path, shared_data, capsys, preset):
     out = tmp_path / "out.mp4"
     code = main(["edit", str(shared_data / "videos" / "ballet-portrait.mp4"), "-s", "a dancer", "-t",

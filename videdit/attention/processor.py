@@ -142,13 +142,16 @@ def merge(unet, processors: dict | None, modules: Sequence[AttentionModule], inf
     return merged
 
 
-def compose(unet, modules: Sequence[AttentionModule], info: CallInfo) -> dict[str, ComposedProcessor]:
+def compose(unet, modules: Sequence[AttentionModule], info: CallInfo,
+            prefix: str = "") -> dict[str, ComposedProcessor]:
     """{layer name: processor} for every attention layer at least one module applies to.
-    Cross-attention layers are the ``attn2`` processors of diffusers' transformer blocks."""
+    Cross-attention layers are the ``attn2`` processors of diffusers' transformer blocks.
+    ``prefix``: the modules see (and key their state by) ``prefix + name``, e.g. a ControlNet's
+    layers as ``controlnet0.down_blocks...``, apart from the UNet's of the same name."""
     plan = {}
     for layer in unet.attn_processors:
         cross = layer.endswith("attn2.processor")
-        active = [m for m in modules if m.applies(layer, cross)]
+        active = [m for m in modules if m.applies(prefix + layer, cross)]
         if active:
-            plan[layer] = ComposedProcessor(layer, active, info)
+            plan[layer] = ComposedProcessor(prefix + layer, active, info)
     return plan

@@ -30,6 +30,7 @@ import torch
 from diffusers import ControlNetModel
 
 from videdit import io
+from videdit.attention.install import attention_processors
 from videdit.control.conditions import Condition, ConditionFrames
 from videdit.core.conditioning import UnetCall, UnetInput
 from videdit.errors import VideditError
@@ -195,9 +196,14 @@ class ControlFrames:
         nets = [[n.fingerprint, s.scale, s.start, s.end] for n, s in zip(self.nets, self.specs)]
         return {"controlnets": nets, "conditions": hashlib.sha256(np.ascontiguousarray(self.images).data).hexdigest()}
 
-    def input(self, timesteps: Sequence[int], uncontrolled: Sequence[int] = ()) -> ControlNetInput:
+    def input(self, timesteps: Sequence[int], uncontrolled: Sequence[int] = (), modules: Sequence = (),
+              info=None) -> ControlNetInput:
         """The UNet input that runs the ControlNets on each call, on a schedule of ``timesteps``,
-        adding nothing to the ``uncontrolled`` branches (a reference image's)."""
+        adding nothing to the ``uncontrolled`` branches (a reference image's). ``modules``: attention
+        modules on the ControlNets' layers (named ``controlnet{k}.`` + processor name), with the
+        loop's ``info``."""
+        from videdit.attention.processor import compose
+
         device, dtype = self.nets[0].net.device, self.nets[0].net.dtype
         images = torch.from_numpy(self.images).to(device).permute(0, 1, 4, 2, 3).to(dtype) / 255   # (K, F, 3, H, W)
         n = len(timesteps)
@@ -207,7 +213,9 @@ class ControlFrames:
                                     if not (i / n < spec.start or (i + 1) / n > spec.end)))
         return ControlNetInput(nets=tuple(n.net for n in self.nets), scales=tuple(s.scale for s in self.specs),
                                images=images, active=tuple(active), schedule=frozenset(int(t) for t in timesteps),
-                               uncontrolled=frozenset(uncontrolled))
+                               uncontrolled=frozenset(uncontrolled),
+                               processors=tuple(compose(n.net, modules, info, prefix=f"controlnet{k}.") if modules
+                                                else {} for k, n in enumerate(self.nets)))
 
 
 @dataclass
@@ -227,6 +235,7 @@ class ControlNetInput(UnetInput):
     active: tuple[frozenset, ...]     # per ControlNet, the timesteps it acts at
     schedule: frozenset = field(default_factory=frozenset)
     uncontrolled: frozenset = field(default_factory=frozenset)   # branch indices
+    processors: tuple = ()            # per ControlNet, {layer: processor} installed while it runs
 
     def add(self, unet, call: UnetCall) -> UnetCall:
         info = call.info
@@ -241,9 +250,10 @@ class ControlNetInput(UnetInput):
             if t in self.schedule and t not in self.active[k]:
                 continue
             image = self.images[k, frames].repeat(repeat, 1, 1, 1)             # (halves*nb*fb, 3, H, W)
-            d, m = net(call.sample.to(net.dtype), call.timestep, encoder_hidden_states=call.text.to(net.dtype),
-                       controlnet_cond=image.to(net.dtype), conditioning_scale=self.scales[k],
-                       added_cond_kwargs=call.kwargs.get("added_cond_kwargs"), return_dict=False)
+            with attention_processors(net, self.processors[k] if self.processors else None):
+                d, m = net(call.sample.to(net.dtype), call.timestep, encoder_hidden_states=call.text.to(net.dtype),
+                           controlnet_cond=image.to(net.dtype), conditioning_scale=self.scales[k],
+                           added_cond_kwargs=call.kwargs.get("added_cond_kwargs"), return_dict=False)
             down = list(d) if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         if down is None:

@@ -11,6 +11,11 @@ Anchors of clip frame i, by ``mode``:
 Attention to keyframes (TokenFlow's extended attention) is the ``keyframes`` module, which
 uses the same :class:`CrossFrameAttention` and :class:`AnchorStore`.
 
+Where the edit runs ControlNets, their self-attention layers (matching ``layers``) take the
+same anchors (``controlnet``, on by default), as Text2Video-Zero's model.py installs its
+``CrossFrameAttnProcessor`` on the ControlNet too; their anchors are kept apart from the UNet's
+(the layer names carry a ``controlnet{k}.`` prefix) and cost about as much again per layer.
+
 It acts per branch and per guidance half: frames of branch b in half h attend to the anchors'
 keys and values in branch b and half h, as the modules before it on the layer (an editor's
 injections) left them. The editor's source branch is left alone: it replays the source
@@ -44,6 +49,7 @@ last frame; ``keyframes``: the keyframes, until the window's last batch).
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatchcase
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Sequence
 
@@ -65,6 +71,7 @@ class CrossFrameConfig:
     mode: str = "first"                     # first | sparse_causal
     layers: str | tuple[str, ...] = "*attn1.processor"   # glob(s) over self-attention processor names
     offload: bool = False                   # keep the anchors later windows need in CPU memory
+    controlnet: bool = True                 # a ControlNet's self-attention too (Text2Video-Zero's model.py)
 
     def __post_init__(self):
         if self.mode == "keyframes":
@@ -72,6 +79,8 @@ class CrossFrameConfig:
         if self.mode not in MODES:
             raise VideditError(f"{NAME} mode must be one of {list(MODES)}, got {self.mode!r}")
         patterns(NAME, "layers", self.layers)
+        if not isinstance(self.controlnet, bool):
+            raise VideditError(f"{NAME} controlnet must be true or false, got {self.controlnet!r}")
 
 
 class AnchorStore:
@@ -213,6 +222,21 @@ class CrossFrameAttention(AttentionModule):
         return q, k.flatten(0, 2), v.flatten(0, 2)                 # k, v (B, heads, m*T, d)
 
 
+class ControlNetCrossFrame(CrossFrameAttention):
+    """:class:`CrossFrameAttention` on the ControlNets' self-attention layers whose processor names
+    (after their ``controlnet{k}.`` prefix) match ``patterns``: Text2Video-Zero's model.py gives the
+    ControlNet the UNet's ``CrossFrameAttnProcessor`` (``controlnet.set_attn_processor``)."""
+
+    def __init__(self, patterns: Sequence[str], anchors: Anchors, clip_frames: Sequence[int], store: AnchorStore,
+                 source_branch: int | None = None):
+        super().__init__((), anchors, clip_frames, store, source_branch=source_branch)
+        self.patterns = tuple(patterns)
+
+    def applies(self, layer: str, cross: bool) -> bool:
+        prefix, _, name = layer.partition(".")
+        return not cross and prefix.startswith("controlnet") and any(fnmatchcase(name, p) for p in self.patterns)
+
+
 @register_temporal
 class CrossFrame(TemporalModule):
     """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), or first + previous (sparse-causal)."""
@@ -223,6 +247,7 @@ class CrossFrame(TemporalModule):
     def __init__(self, config: CrossFrameConfig):
         super().__init__(config)
         self.anchors: dict = {}   # keys and values of the frames later windows attend to (AnchorStore)
+        self.controlnet_anchors: dict = {}   # the same on the ControlNets' layers
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
@@ -233,5 +258,11 @@ class CrossFrame(TemporalModule):
             anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window.indices[-1]}
         denoised = ctx.denoised(window)
         store = AnchorStore(denoised, anchors, carry, self.anchors, self.config.offload, window.last)
+        controlnet = []
+        if self.config.controlnet:   # acts only where the edit runs a ControlNet
+            cn_store = AnchorStore(denoised, anchors, carry, self.controlnet_anchors, self.config.offload, window.last)
+            controlnet = [ControlNetCrossFrame(patterns(NAME, "layers", self.config.layers), anchors, denoised,
+                                               cn_store, source_branch=ctx.source_branch)]
         return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, denoised, store,
-                                                         source_branch=ctx.source_branch)])
+                                                         source_branch=ctx.source_branch)],
+                            controlnet_modules=controlnet)

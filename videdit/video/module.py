@@ -101,6 +101,8 @@ class TemporalPlan:
     callbacks: list[StepCallback] = field(default_factory=list)
     hooks: dict[str, Any] = field(default_factory=dict)
     lead_frames: tuple[int, ...] = ()   # window frame indices the loop runs first (CallInfo.lead_frames)
+    # attention modules on the ControlNets' layers, seen as "controlnet{k}." + processor name
+    controlnet_modules: list[AttentionModule] = field(default_factory=list)
 
 
 class TemporalModule:
