@@ -253,44 +253,30 @@ def build_tiny_pix2pix() -> dict:
     }
 
 
+def _save_sd_layout(directory: Path, parts: dict, pipeline: str, scheduler: str) -> Path:
+    """Save SD-layout ``parts`` as a standard diffusers ``pipeline`` directory with a ``scheduler``
+    from their scheduler config."""
+    import diffusers
+
+    pipe = getattr(diffusers, pipeline)(
+        unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        scheduler=getattr(diffusers, scheduler).from_config(parts["scheduler_config"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(directory)
+    return Path(directory)
+
+
 def save_tiny_pix2pix(directory: Path) -> Path:
     """Save tiny-pix2pix as a standard diffusers ``StableDiffusionInstructPix2PixPipeline``
     directory (tests of the local-directory path; what ``timbrooks/instruct-pix2pix`` holds)."""
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
-
-    parts = build_tiny_pix2pix()
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        unet=parts["unet"],
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        scheduler=EulerAncestralDiscreteScheduler.from_config(parts["scheduler_config"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(directory)
-    return Path(directory)
+    return _save_sd_layout(directory, build_tiny_pix2pix(), "StableDiffusionInstructPix2PixPipeline",
+                           "EulerAncestralDiscreteScheduler")
 
 
 def save_tiny_random(directory: Path) -> Path:
     """Save tiny-random as a standard diffusers Stable Diffusion directory (used by tests of
     the local-directory loading path and by the diffusers reference benchmarks)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    parts = build_tiny_random()
-    pipe = StableDiffusionPipeline(
-        unet=parts["unet"],
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        scheduler=DDIMScheduler.from_config(parts["scheduler_config"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(directory)
-    return Path(directory)
+    return _save_sd_layout(directory, build_tiny_random(), "StableDiffusionPipeline", "DDIMScheduler")
 
 
 def build_tiny_sdxl() -> dict:
