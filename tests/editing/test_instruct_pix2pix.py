@@ -10,11 +10,11 @@ import torch
 
 from tests import peers
 from tests.test_cli import SAMPLE, run
-from videdit.attention import AttentionModule
+from tests.video.test_cross_frame import ProbeModule
 from videdit.editing.instruct_pix2pix import ImageTextGuidance
 from videdit.models import load_model
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-from videdit.video import TemporalModule, TemporalPlan, TemporalStack
+from videdit.video import TemporalStack
 from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
 
 PROMPT = "make it snowy"
@@ -82,35 +82,9 @@ def test_low_precision_runs(pix2pix, frames, dtype):
     assert torch.isfinite(z).all() and err <= 8 * torch.finfo(model.dtype).eps, f"{err:.2e}"
 
 
-class Probe(AttentionModule):
-    """Records (step, frames, k, v) on ``LAYER``, each (halves, nb, fb, heads, T, d)."""
-
-    cross = False
-
-    def __init__(self):
-        self.seen = []
-
-    def applies(self, layer, cross):
-        return layer == LAYER
-
-    def qkv(self, call, q, k, v):
-        self.seen.append((call.info.step, call.info.frames, call.split(k).clone(), call.split(v).clone()))
-        return q, k, v
-
-    def frames(self, step):
-        """{frame: (k, v)} at ``step``, each (halves, nb, heads, T, d)."""
-        return {f: (k[:, :, j], v[:, :, j]) for s, fs, k, v in self.seen if s == step for j, f in enumerate(fs)}
-
-
-class ProbeModule(TemporalModule):
-    name = "probe"
-
-    def __init__(self):
-        super().__init__(None)
-        self.probe = Probe()
-
-    def plan(self, window, ctx):
-        return TemporalPlan(modules=[self.probe])
+def probe_module() -> ProbeModule:
+    """A probe on tiny-pix2pix's ``LAYER`` (tests/video/test_cross_frame.py)."""
+    return ProbeModule(LAYER)
 
 
 def test_cross_frame_first_frame_anchor_per_guidance_term(pix2pix, shared_data):
@@ -120,7 +94,7 @@ def test_cross_frame_first_frame_anchor_per_guidance_term(pix2pix, shared_data):
 
     clip, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(32, 32), max_frames=4))
     s = EditSettings(target_prompt=PROMPT, editor="instruct_pix2pix", steps=3, batch_size=3)
-    probes = ProbeModule(), ProbeModule()
+    probes = probe_module(), probe_module()
     stack = TemporalStack([probes[0], CrossFrame(CrossFrameConfig(mode="first")), probes[1]])
     z = edit_latents(pix2pix, invert_frames(pix2pix, clip, s), s, temporal=stack)
     before, after = probes[0].probe.frames(1), probes[1].probe.frames(1)

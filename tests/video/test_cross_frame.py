@@ -71,15 +71,16 @@ def by_windows(tiny, s, clip, size, stack=None, inversion=None):
 
 
 class Probe(AttentionModule):
-    """Records (step, frames, k, v) on one layer, each (halves, nb, fb, heads, T, d)."""
+    """Records (step, frames, k, v) on one self-attention layer (``layer``), each (halves, nb, fb, heads, T, d),
+    while sampling (not inverting)."""
 
     cross = False
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, layer: str = LAYER):
+        self.layer, self.seen = layer, []
 
     def applies(self, layer, cross):
-        return layer == LAYER
+        return layer == self.layer
 
     def qkv(self, call, q, k, v):
         if not call.info.inverting:
@@ -96,15 +97,18 @@ class Probe(AttentionModule):
 
 
 class ProbeModule(TemporalModule):
-    """A temporal module whose plan is one :class:`Probe`."""
+    """A temporal module whose plan is one :class:`Probe` on the UNet's ``layer`` (``controlnet``:
+    on the ControlNets' layers, named ``controlnet{k}.<layer>``)."""
 
     name = "probe"
 
-    def __init__(self):
+    def __init__(self, layer: str = LAYER, controlnet: bool = False):
         super().__init__(None)
-        self.probe = Probe()
+        self.probe, self.controlnet = Probe(layer), controlnet
 
     def plan(self, window, ctx):
+        if self.controlnet:
+            return TemporalPlan(controlnet_modules=[self.probe])
         return TemporalPlan(modules=[self.probe])
 
 

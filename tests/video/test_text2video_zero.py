@@ -10,16 +10,16 @@ import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from tests.editing.test_instruct_pix2pix import LAYER, PROMPT, ProbeModule
+from tests.editing.test_instruct_pix2pix import LAYER, PROMPT, probe_module
+from tests.video.test_cross_frame import ProbeModule
 from tests.test_cli import SAMPLE, run
 from videdit.cli import _with_config, build_parser, temporal_modules
 from videdit import io
-from videdit.attention import AttentionModule
 from videdit.control import Control, canny, pair_controls
 from videdit.core.euler import EulerAncestral
 from videdit.models import load_model
 from videdit.pipeline import EditSettings, edit_latents, invert_frames
-from videdit.video import TemporalModule, TemporalPlan, TemporalStack
+from videdit.video import TemporalStack
 from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -74,7 +74,7 @@ def test_text2video_zero_preset_runs_8_channels_euler_and_frame_0_anchor(shared_
     euler = []
     step = EulerAncestral.step
     monkeypatch.setattr(EulerAncestral, "step", lambda self, *args: euler.append(1) or step(self, *args))
-    probes = ProbeModule(), ProbeModule()
+    probes = probe_module(), probe_module()
     (name, options), = temporal_modules(a).items()
     assert name == "cross_frame"
     stack = TemporalStack([probes[0], CrossFrame(CrossFrameConfig(**options)), probes[1]])
@@ -189,36 +189,7 @@ def test_cli_runs_the_canny_preset_from_one_noise_with_a_condition_per_frame(tmp
     assert all(not torch.equal(edges[i], edges[0]) for i in range(1, 6))   # the circle moves: 324-459 pixels differ
 
 
-class ControlNetProbe(AttentionModule):
-    """Records (step, frames, k, v) on one self-attention layer of the first ControlNet."""
-
-    cross = False
-    LAYER = "controlnet0.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
-
-    def __init__(self):
-        self.seen = []
-
-    def applies(self, layer, cross):
-        return layer == self.LAYER
-
-    def qkv(self, call, q, k, v):
-        self.seen.append((call.info.step, call.info.frames, call.split(k).clone(), call.split(v).clone()))
-        return q, k, v
-
-    def frames(self, step):
-        """{frame: (k, v)} at ``step``, each (halves, nb, heads, T, d)."""
-        return {f: (k[:, :, j], v[:, :, j]) for s, fs, k, v in self.seen if s == step for j, f in enumerate(fs)}
-
-
-class ControlNetProbeModule(TemporalModule):
-    name = "controlnet_probe"
-
-    def __init__(self):
-        super().__init__(None)
-        self.probe = ControlNetProbe()
-
-    def plan(self, window, ctx):
-        return TemporalPlan(controlnet_modules=[self.probe])
+CONTROLNET_LAYER = "controlnet0.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
 
 
 @pytest.mark.parametrize("controlnet", [True, False])
@@ -232,7 +203,7 @@ def test_cross_frame_acts_on_the_controlnet_too(tiny, controlnet):
                      guidance=a.guidance, seed=a.seed, inversion_params=dict(a.inversion_param), batch_size=2)
     frames, _ = io.read_clip(SAMPLE, io.ReadOptions(size=64, max_frames=4))
     control = Control(pair_controls(a.control, a.controlnet), tiny).window(0, frames)
-    probes = ControlNetProbeModule(), ControlNetProbeModule()
+    probes = (ProbeModule(CONTROLNET_LAYER, controlnet=True), ProbeModule(CONTROLNET_LAYER, controlnet=True))
     stack = TemporalStack([probes[0], CrossFrame(CrossFrameConfig(**options, controlnet=controlnet)), probes[1]])
     edit_latents(tiny, invert_frames(tiny, frames, s), s, temporal=stack, control=control)
     before, after = probes[0].probe.frames(1), probes[1].probe.frames(1)
