@@ -57,11 +57,13 @@ class EditorSpec(Entry):
     # reads and inverts the image (the edit's inversion, through the cache), handing it over in EditContext.references
     references: Mapping[str, str] = field(default_factory=dict)
     pinned_source: bool = False     # by default the source branch is pinned to the inversion's trajectory
+    reads: tuple[str, ...] = ()     # what it reads from the inversion's record (InversionMethod.stores)
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
                 **({"pinned_source": True} if self.pinned_source else {}),
-                **({"reference_images": ", ".join(self.references)} if self.references else {})}
+                **({"reference_images": ", ".join(self.references)} if self.references else {}),
+                **({"reads": ", ".join(self.reads)} if self.reads else {})}
 
 
 EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
@@ -69,7 +71,7 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
                     reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
-                    **edit_defaults: float):
+                    reads: tuple[str, ...] = (), **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
@@ -77,14 +79,16 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     strength or steps_offset, where the editor fixes them (they win over the inversion's); ``pinned_source``:
     the reference computes the source branch's features on the stored inversion latents
     (``EditSettings.source_branch``); ``models``: the :class:`~videdit.registry.Entry` fields
-    ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults."""
+    ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults; ``reads``: what
+    it reads from the inversion's record, which the inversion must declare it ``stores``."""
 
     def wrap(fn):
         if pinned_source and not source_branch:
             raise ValueError(f"editor {name!r}: pinned_source needs a source branch")
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
-                               edit_defaults=edit_defaults, pinned_source=pinned_source, **(models or {})))
+                               edit_defaults=edit_defaults, pinned_source=pinned_source, reads=tuple(reads),
+                               **(models or {})))
         return fn
 
     return wrap
