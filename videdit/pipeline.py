@@ -105,8 +105,8 @@ class EditSettings:
         check_steps_offset(self.steps_offset)
         missing = [r for r in editor.reads if r not in method.stores]
         if missing:
-            raise VideditError(f"editor {editor.name!r} reads the {', '.join(missing)} an inversion stores, and inversion "
-                               f"{method.name!r} stores none; use --inversion "
+            raise VideditError(f"editor {editor.name!r} reads the {', '.join(missing)} an inversion stores, and "
+                               f"inversion {method.name!r} stores none; use --inversion "
                                f"{' or '.join(n for n, m in INVERSIONS.items() if set(editor.reads) <= set(m.stores))}")
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),

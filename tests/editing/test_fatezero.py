@@ -18,9 +18,10 @@ from tests.editing.attention_runs import preset_settings
 from videdit import io
 from videdit.cli import _with_config, build_parser, temporal_modules
 from videdit.attention import AttentionModule, layer_grids
-from videdit.editing.fatezero import FuseCross, FuseSelf, LatentBlend, SourceWordMaps, StoredAttention, word_mask
+from videdit.attention.stored import ANCHOR, KEYS, MAPS, QUERIES
+from videdit.editing.fatezero import FuseSelf, LatentBlend, SourceWordMaps, StoredAttention, word_mask
 from videdit.errors import VideditError
-from videdit.inversion.fatezero import KEYS, MAPS, QUERIES, stored_layers
+from videdit.inversion.fatezero import stored_layers
 from videdit.pipeline import EditSettings, edit_context, edit_latents, invert_frames
 from videdit.video import TemporalModule, TemporalPlan, TemporalStack
 
@@ -31,7 +32,7 @@ SMALL = 8 * 8                                # SD's 32x32 at 64x64 latents, scal
 WIDE = "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"     # 64 channels, 8x8
 NARROW = "up_blocks.2.attentions.0.transformer_blocks.0.attn1.processor"   # 32 channels, 16x16
 TINY_FATEZERO = dict(inversion="fatezero", inversion_params={"min_channels": 64, "max_tokens": SMALL},
-                     editor="fatezero", temporal={"cross_frame": {"mode": "mid", "min_channels": 64}})
+                     editor="fatezero")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_the_inversion_stores_the_small_layers_and_the_edit_runs_alone(tiny, inv
     grids = layer_grids(tiny.unet, (16, 16))
     small = {n for n, (h, w) in grids.items() if h * w <= SMALL}
     assert inv.method == "fatezero" and inv.unet_evals == STEPS and len(small) == 8   # 4 self, 4 cross
-    assert {k.split(".", 1)[1] for k in inv.extras} == small
+    assert {k.split(".", 1)[1] for k in inv.extras if not k.startswith(ANCHOR)} == small
     assert stored_layers(tiny.unet, (16, 16), SMALL)[WIDE] == "qk"   # 8 heads x 64 x 64 maps > 2 x 64 x 64 q, k
     assert inv.extras[QUERIES + WIDE].shape == (STEPS, FRAMES, 8, 64, 8)
     evals = unet_evals(tiny, lambda: edit_latents(tiny, inv, s))
@@ -128,7 +129,7 @@ def test_an_inversion_without_maps_is_refused_before_inverting():
         EditSettings(source_prompt=SOURCE, target_prompt=TARGET, editor="fatezero", inversion="ddim")
 
 
-# --- FateZero's UNet while inverting: the middle frame, on wide layers ---------------------------
+# --- FateZero's UNet while inverting and editing: the middle frame, on wide layers -----------------
 
 def test_inverting_attends_to_the_middle_frame_on_wide_layers_only(tiny, clip):
     s = settings(inversion_params={"min_channels": 64, "max_tokens": 16 * 16})
@@ -139,8 +140,37 @@ def test_inverting_attends_to_the_middle_frame_on_wide_layers_only(tiny, clip):
         for f in range(FRAMES):
             assert torch.equal(wide[f], wide[MID])         # every frame's keys are the middle frame's
         assert all(not torch.allclose(narrow[f], narrow[MID], atol=1e-3) for f in range(FRAMES) if f != MID)
+    assert inv.extras[ANCHOR + WIDE].tolist() == [MID] * FRAMES and ANCHOR + NARROW not in inv.extras
     apart = invert_frames(tiny, clip, settings(inversion_params={"min_channels": 65, "max_tokens": 16 * 16}))
     assert not torch.allclose(apart.extras[KEYS + WIDE][0, 0], apart.extras[KEYS + WIDE][0, MID], atol=1e-3)
+    assert not any(k.startswith(ANCHOR) for k in apart.extras)
+
+
+class KeyProbe(Probe):
+    """Records the conditional half's keys (step, frames, k (fb, heads, T, d)) on one layer."""
+
+    needs_probs = False
+
+    def qkv(self, call, q, k, v):
+        if not call.info.inverting:
+            self.seen.append((call.info.step, call.info.frames, call.split(k)[-1, 0].clone()))
+        return q, k, v
+
+    def probs(self, call, p):
+        return p
+
+
+def test_the_edit_runs_the_inversions_anchors(tiny, inverted):
+    s, inv = inverted
+    probes = ProbeModule(WIDE), ProbeModule(NARROW)
+    for p in probes:
+        p.probe = KeyProbe(p.probe.layer)
+    edit_latents(tiny, inv, dataclasses.replace(s, batch_size=3), temporal=TemporalStack(list(probes)))
+    wide, narrow = ({f: k for step, frames, ks in p.probe.seen if step == 1 for f, k in zip(frames, ks)}
+                    for p in probes)
+    assert sorted(wide) == sorted(narrow) == list(range(FRAMES))
+    assert all(torch.equal(wide[f], wide[MID]) for f in range(FRAMES))   # the middle frame's, in other batches too
+    assert all(not torch.allclose(narrow[f], narrow[MID], atol=1e-3) for f in range(FRAMES) if f != MID)
 
 
 # --- fusion on grids of <= max_tokens, for the replace fractions ------------------------------------
@@ -162,7 +192,7 @@ def test_fusion_acts_on_the_layers_of_at_most_max_tokens(tiny, clip, inverted):
     assert fused["FuseSelf"] == {n for n, (h, w) in grids.items() if h * w <= 64 and n.endswith("attn1.processor")}
     assert fused["FuseCross"] == {n for n, (h, w) in grids.items() if h * w <= 64 and n.endswith("attn2.processor")}
     assert len(fused["FuseSelf"]) == 4 and NARROW not in fused["FuseSelf"]
-    self_steps = {type(m).__name__: m.steps for m in modules}
+    self_steps = {type(m).__name__: m.steps for m in modules if hasattr(m, "steps")}
     assert self_steps == {"FuseSelf": range(0, 3), "FuseCross": range(0, 3)}   # int(0.8 * 4): the edit's 0.8
     only_mid = dataclasses.replace(s, editor_params={"max_tokens": 16})      # SD's 8x8 mid block, scaled
     fused, _, _ = fused_layers(tiny, inv, only_mid)
@@ -239,9 +269,7 @@ def test_the_preset_resolves_to_fatezeros_zero_shot_values():
     assert (i.anchor, i.min_channels, i.max_tokens) == ("mid", 640, 1024)
     assert (e.mode, e.cross_replace, e.self_replace, e.max_tokens) == ("refine", 0.8, 0.8, 1024)
     assert (e.blend_self_attention, e.blend_latents, e.blend_threshold) == (True, False, 0.3)
-    ((spec, cf),) = s.temporal_configs
-    assert (spec.name, cf.mode, cf.min_channels) == ("cross_frame", "mid", 640)
-    assert not s.editor_spec.has_source_branch
+    assert s.temporal_configs == () and not s.editor_spec.has_source_branch   # the anchors are the inversion's
 
 
 def test_the_replay_preset_keeps_videdits_approximation_under_its_own_name():

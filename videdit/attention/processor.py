@@ -103,7 +103,8 @@ class ComposedProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        call = AttnCall(layer=self.layer, cross=cross, info=self.info, heads=attn.heads, tokens=tokens, scale=attn.scale)
+        call = AttnCall(layer=self.layer, cross=cross, info=self.info, heads=attn.heads, tokens=tokens,
+                        scale=attn.scale)
         for m in self.modules:
             q, k, v = m.qkv(call, q, k, v)
         if any(m.needs_probs for m in self.modules):

@@ -34,9 +34,10 @@ reference's ``latents_store[len - cur_step]``, read after ``cur_step`` is increm
 
 Defaults: the edit entries (``p2p_config[1]``) of the zero-shot configs, e.g. ``config/style/
 jeep_watercolor.yaml``: cross 0.8, self 0.8, refinement, no blend words; its source entry's
-self 0.9 (``p2p_config[0]``) is for reconstructing the source. FateZero's UNet (the middle-frame
-anchor on layers of >= 640 channels) is the ``cross_frame`` module, mode ``mid``, in the edit and
-the inversion's ``anchor`` while inverting; the ``fatezero`` preset sets both.
+self 0.9 (``p2p_config[0]``) is for reconstructing the source. The anchors are the inversion's
+options (``anchor``, ``min_channels``), read from its record, so the edit cannot attend otherwise
+than the stored maps did; the ``cross_frame`` module's mode ``mid`` is the same anchor for other
+editors.
 """
 
 from __future__ import annotations
@@ -45,16 +46,16 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
-from videdit.attention import AttentionModule, AttnCall, compose, layer_grids
+from videdit.attention import AttentionModule, compose, layer_grids
+from videdit.attention.stored import MAPS, StoredAttention, anchors
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
 from videdit.editing.control import auto_map_factor, check_fraction, check_map_factor, cross_layers_at, step_window
 from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, refinement_mapper
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
 from videdit.errors import VideditError
-from videdit.inversion.fatezero import KEYS, MAPS, QUERIES
+from videdit.video.cross_frame import fixed_anchors
 
 EDITOR = "fatezero"
 MODES = ("refine", "replace")
@@ -101,26 +102,6 @@ class FateZeroConfig:
         check_map_factor(self.blend_factor, EDITOR, "blend_factor")
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise VideditError(f"{EDITOR} max_tokens must be an int >= 1 (1024 = 32x32), got {self.max_tokens!r}")
-
-
-class StoredAttention:
-    """The inversion's stored attention (the record's extras) at a step, for some frames."""
-
-    def __init__(self, extras: Mapping[str, torch.Tensor]):
-        self.extras = extras
-
-    def layers(self) -> set[str]:
-        return {k.removeprefix(MAPS).removeprefix(QUERIES) for k in self.extras if k.startswith((MAPS, QUERIES))}
-
-    def maps(self, call: AttnCall, frames: list[int], like: torch.Tensor) -> torch.Tensor:
-        """(fb, heads, Tq, Tk): the maps of ``call.layer`` at ``call.info.step`` for ``frames``,
-        stored or computed from the stored queries and keys (softmax(q k^T scale))."""
-        step = call.info.step
-        if MAPS + call.layer in self.extras:
-            return self.extras[MAPS + call.layer][step, frames].to(like)
-        q = self.extras[QUERIES + call.layer][step, frames].to(like)       # (fb, heads, T, d)
-        k = self.extras[KEYS + call.layer][step, frames].to(like)
-        return ((q @ k.transpose(-1, -2)) * call.scale).softmax(-1)
 
 
 def word_mask(maps: torch.Tensor, grid: tuple[int, int], threshold: float) -> torch.Tensor:
@@ -189,8 +170,8 @@ class FuseSelf(AttentionModule):
         base = self.stored.maps(call, frames, p)                            # (fb, heads, Tq, Tk')
         if base.shape[-1] != ps.shape[-1]:
             raise VideditError(f"{EDITOR}: the inversion's self-attention at {call.layer} attends over "
-                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: edit with the anchors it "
-                               f"inverted with (cross_frame mode 'mid' and its min_channels, as the fatezero preset)")
+                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: drop the cross_frame module "
+                               f"(the fatezero editor runs the anchors the inversion ran)")
         if self.words is None:
             ps[-1, 0] = base
         else:
@@ -287,5 +268,9 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
         modules.append(FuseSelf(selfs, self_steps, stored, words if config.blend_self_attention else None,
                                 config.blend_threshold))
     info = CallInfo()
+    anchored, anchor = anchors(ctx.inversion.extras)
+    if anchored:   # FateZero's UNet, as the inversion ran it
+        modules.insert(0, fixed_anchors(anchored, anchor, what=EDITOR))
+        info.lead_frames = tuple(sorted(set(anchor.tolist())))
     return EditPlan(x=x, branches=Branches(cond=ctx.target_cond, uncond=ctx.uncond, guidance=(ctx.guidance,)),
                     callbacks=callbacks, processors=compose(ctx.model.unet, modules, info), info=info)

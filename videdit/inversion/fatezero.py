@@ -7,18 +7,20 @@ Follows github.com/ChenyangQiQi/FateZero, ``video_diffusion/pipelines/p2p_ddim_s
 the source prompt's conditional embedding alone (no guidance: ``LOW_RESOURCE = True``), through
 FateZero's UNet, whose self-attention takes its keys and values from the window's middle frame
 on layers of at least ``min_channels`` channels (``SparseCausalAttention_index: ['mid']``,
-``least_sc_channel: 640``; the ``cross_frame`` module's mode ``mid`` does the same in the edit),
+``least_sc_channel: 640``; the record says which, and the ``fatezero`` editor runs the same),
 recording at every step the conditional self- and cross-attention of the layers of at most
 ``max_tokens`` query tokens (``attn.shape[-2] <= 32 ** 2``: SD's 32x32, 16x16 and 8x8 layers at
 512 px). The ``fatezero`` editor fuses them into the edit; no source branch runs then.
 
-The record's extras, each per step and frame (N, F, heads, ...), frame axis 1, on the CPU in the
-UNet's dtype (the reference keeps its 32x32 maps on the CPU too):
+The record's extras (:mod:`videdit.attention.stored`), on the CPU in the UNet's dtype (the
+reference keeps its 32x32 maps on the CPU too):
 
 * ``attn.<layer>``: the maps (N, F, heads, Tq, Tk) of a cross-attention layer, and of a
   self-attention layer where they are smaller than its queries and keys;
 * ``attn_q.<layer>``, ``attn_k.<layer>``: the queries and keys (N, F, heads, T, d) of the other
-  self-attention layers, from which the edit computes the same maps, softmax(q k^T scale).
+  self-attention layers, from which the edit computes the same maps, softmax(q k^T scale);
+* ``anchor.<layer>``: (F,) the frame each frame's self-attention attended to on an anchored
+  layer (frame axis 0), so that the edit runs the same UNet as the inversion did.
 
 Memory: SD 1.5 at 512x512 stores 13.2M numbers per frame and step (self-attention: queries and
 keys of the five 32x32 layers 6.55M, maps of the five 16x16 layers 2.62M and of the 8x8 one 0.03M;
@@ -34,17 +36,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from videdit.attention import AttentionModule, AttnCall, attention_processors, compose, layer_grids
+from videdit.attention import AttentionModule, attention_processors, compose, layer_grids
+from videdit.attention.stored import ANCHOR, AttentionRecorder
 from videdit.core.ddim import ddim_inverse_step
 from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
-from videdit.video.cross_frame import AnchorStore, CrossFrameAttention, anchored_layers, layer_channels
+from videdit.video.cross_frame import anchored_layers, fixed_anchors, layer_channels
 
 NAME = "fatezero"
 ANCHORS = ("mid", "none")
-MAPS, QUERIES, KEYS = "attn.", "attn_q.", "attn_k."
 
 
 @dataclass(frozen=True)
@@ -95,39 +97,8 @@ def stored_numbers(unet, latent: tuple[int, int], max_tokens: int, text_tokens: 
     return total
 
 
-class AttentionRecorder(AttentionModule):
-    """``AttentionStore.forward`` during inversion: the conditional half's maps, or queries and
-    keys (after the modules before it: the anchor's keys on anchored layers), of ``layers``
-    ({processor name: "maps" | "qk"}) at every step, into (N, F, heads, ...) CPU tensors."""
-
-    needs_probs = True
-
-    def __init__(self, layers: dict[str, str], n_steps: int, n_frames: int):
-        self.layers, self.n_steps, self.n_frames = layers, n_steps, n_frames
-        self.extras: dict[str, torch.Tensor] = {}
-
-    def applies(self, layer: str, cross: bool) -> bool:
-        return layer in self.layers
-
-    def _keep(self, key: str, call: AttnCall, x: torch.Tensor) -> None:
-        x = call.split(x)[-1, 0]                                   # (fb, heads, T, d): the conditional half
-        if key not in self.extras:
-            self.extras[key] = torch.empty(self.n_steps, self.n_frames, *x.shape[1:], dtype=x.dtype)
-        self.extras[key][call.info.step, list(call.info.frames)] = x.cpu()
-
-    def qkv(self, call, q, k, v):
-        if call.info.inverting and self.layers[call.layer] == "qk":
-            self._keep(QUERIES + call.layer, call, q)
-            self._keep(KEYS + call.layer, call, k)
-        return q, k, v
-
-    def probs(self, call, p):
-        if call.info.inverting and self.layers[call.layer] == "maps":
-            self._keep(MAPS + call.layer, call, p)
-        return p
-
-
-@register_inversion(NAME, FateZeroInversionConfig, independent_frames=lambda c: c.anchor == "none", stores=("attention",),
+@register_inversion(NAME, FateZeroInversionConfig, independent_frames=lambda c: c.anchor == "none",
+                    stores=("attention",),
                     reference="Qi et al., ICCV 2023; github.com/ChenyangQiQi/FateZero "
                               "(p2p_ddim_spatial_temporal.py prepare_latents_ddim_inverted, attention_store.py)")
 @torch.no_grad()
@@ -138,12 +109,12 @@ def fatezero_inversion(inp: InversionInputs, config: FateZeroInversionConfig) ->
     n_frames, latent = x.shape[1], tuple(x.shape[-2:])
     info = CallInfo(inverting=True)
     modules: list[AttentionModule] = []
+    anchors: dict[str, torch.Tensor] = {}
     if config.anchor == "mid" and n_frames > 1:
         mid = (n_frames - 1) // 2
         layers = anchored_layers(unet, ("*attn1.processor",), config.min_channels)
-        store = AnchorStore(range(n_frames), lambda g: (mid,), (), {}, final=True)
-        modules.append(CrossFrameAttention(layers, lambda g: (mid,), range(n_frames), store, what=f"{NAME} inversion",
-                                           inverting=True))
+        anchors = {ANCHOR + n: torch.full((n_frames,), mid) for n in layers}
+        modules.append(fixed_anchors(layers, torch.full((n_frames,), mid), inverting=True, what=f"{NAME} inversion"))
         info.lead_frames = (mid,)
     kept = stored_layers(unet, latent, config.max_tokens)
     if not kept:
@@ -159,5 +130,5 @@ def fatezero_inversion(inp: InversionInputs, config: FateZeroInversionConfig) ->
             out = predict_noise(unet, x, t, inp.cond, None, (1.0,), batch_size=inp.batch_size, info=info)
             x = ddim_inverse_step(x, out, float(s.alphas_prev[i]), float(s.alphas[i]), inp.prediction_type)
             path.append(x[0])
-    return Inversion(method=NAME, trajectory=torch.stack(path[::-1]), extras=recorder.extras, unet_evals=len(s),
-                     frame_axes={k: 1 for k in recorder.extras})
+    return Inversion(method=NAME, trajectory=torch.stack(path[::-1]), extras={**recorder.extras, **anchors},
+                     unet_evals=len(s), frame_axes={k: 1 for k in recorder.extras})

@@ -90,7 +90,8 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
     follow; ``models``: the :class:`~videdit.registry.Entry` fields ``families``, ``refuses`` and
     ``controlnet`` where they differ from the defaults; ``stores``: what its record's extras hold
-    for the editors that read them (``"attention"``: the maps FateZero fuses); ``edit_defaults``: the reference's steps, guidance, strength (the part of the
+    for the editors that read them (``"attention"``: the maps FateZero fuses);
+    ``edit_defaults``: the reference's steps, guidance, strength (the part of the
     schedule it inverts and edits) or steps_offset, used where the edit does not set them.
 
     ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the

@@ -280,3 +280,14 @@ class CrossFrame(TemporalModule):
         store = AnchorStore(denoised, anchors, carry, self.anchors, self.config.offload, window.last)
         return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, denoised, store,
                                                          source_branch=ctx.source_branch)], lead_frames=lead)
+
+
+def fixed_anchors(layers: Collection[str], anchor: torch.Tensor, inverting: bool = False,
+                  what: str = NAME) -> CrossFrameAttention:
+    """Frame g of F attends to frame ``anchor[g]`` (F,) alone on ``layers``, within one window
+    (FateZero's ``SparseCausalAttention`` as its inversion and edit run it), in the inversion's
+    UNet calls or the edit's; the anchors must run first (``CallInfo.lead_frames``)."""
+    where = [int(a) for a in anchor]
+    store = AnchorStore(range(len(where)), lambda g: (where[g],), (), {}, final=True)
+    return CrossFrameAttention(layers, lambda g: (where[g],), range(len(where)), store, what=what,
+                               inverting=inverting)
