@@ -21,6 +21,7 @@ from videdit.attention import AttentionModule, layer_grids
 from videdit.attention.stored import ANCHOR, KEYS, MAPS, QUERIES
 from videdit.editing.fatezero import FuseSelf, LatentBlend, SourceWordMaps, StoredAttention, word_mask
 from videdit.errors import VideditError
+from videdit.inversion import InversionCache
 from videdit.inversion.fatezero import stored_layers
 from videdit.pipeline import EditSettings, edit_context, edit_latents, invert_frames
 from videdit.video import TemporalModule, TemporalPlan, TemporalStack
@@ -140,7 +141,7 @@ def test_inverting_attends_to_the_middle_frame_on_wide_layers_only(tiny, clip):
         for f in range(FRAMES):
             assert torch.equal(wide[f], wide[MID])         # every frame's keys are the middle frame's
         assert all(not torch.allclose(narrow[f], narrow[MID], atol=1e-3) for f in range(FRAMES) if f != MID)
-    assert inv.extras[ANCHOR + WIDE].tolist() == [MID] * FRAMES and ANCHOR + NARROW not in inv.extras
+    assert inv.extras[ANCHOR + WIDE].tolist() == [[MID]] * FRAMES and ANCHOR + NARROW not in inv.extras
     apart = invert_frames(tiny, clip, settings(inversion_params={"min_channels": 65, "max_tokens": 16 * 16}))
     assert not torch.allclose(apart.extras[KEYS + WIDE][0, 0], apart.extras[KEYS + WIDE][0, MID], atol=1e-3)
     assert not any(k.startswith(ANCHOR) for k in apart.extras)
@@ -171,6 +172,26 @@ def test_the_edit_runs_the_inversions_anchors(tiny, inverted):
     assert sorted(wide) == sorted(narrow) == list(range(FRAMES))
     assert all(torch.equal(wide[f], wide[MID]) for f in range(FRAMES))   # the middle frame's, in other batches too
     assert all(not torch.allclose(narrow[f], narrow[MID], atol=1e-3) for f in range(FRAMES) if f != MID)
+
+
+def test_the_tune_a_video_layout_is_an_option_of_inversion_and_edit(tiny, clip, tmp_path):
+    """anchor=sparse_causal: FateZero's default SparseCausalAttention_index [-1, 'first'] (for its
+    Tune-A-Video-tuned checkpoints): frame f attends to frames f - 1 and 0, while inverting and editing."""
+    s = settings(inversion_params={"anchor": "sparse_causal", "min_channels": 64, "max_tokens": SMALL}, batch_size=3)
+    cache = InversionCache(tmp_path)
+    inv = invert_frames(tiny, clip, s, cache=cache)
+    assert inv.extras[ANCHOR + WIDE].tolist() == [[0, 0], [0, 0], [1, 0], [2, 0]]
+    keys = inv.extras[KEYS + WIDE][0]                                       # (F, heads, 2T, d)
+    assert keys.shape[-2] == 2 * 64 and torch.equal(keys[3, :, 64:], keys[0, :, :64])   # frame 3: [k2, k0]
+    assert torch.equal(invert_frames(tiny, clip, s, cache=cache).extras[ANCHOR + WIDE], inv.extras[ANCHOR + WIDE])
+    probe = ProbeModule(WIDE)
+    probe.probe = KeyProbe(WIDE)
+    edit_latents(tiny, inv, s, temporal=TemporalStack([probe]))   # the stored maps fit the edit's keys (2T)
+    edit = {f: k for step, frames, ks in probe.probe.seen if step == 0 for f, k in zip(frames, ks)}
+    k0 = edit[0][:, :64]                                                     # frame 0 attends to [0, 0]
+    assert torch.equal(edit[0][:, 64:], k0) and torch.equal(edit[1][:, :64], k0)   # frame 1: [k0, k0]
+    assert all(torch.equal(edit[f][:, 64:], k0) for f in range(FRAMES))     # every frame: the first frame's last
+    assert not torch.allclose(edit[3][:, :64], k0, atol=1e-3)              # frame 3: its previous frame's first
 
 
 # --- fusion on grids of <= max_tokens, for the replace fractions ------------------------------------

@@ -7,7 +7,7 @@ Extras, each per step and frame (N, F, heads, ...), frame axis 1:
 * ``attn.<layer>``: attention maps (N, F, heads, Tq, Tk) of the conditional half;
 * ``attn_q.<layer>``, ``attn_k.<layer>``: queries and keys (N, F, heads, T, d), from which the
   maps are softmax(q k^T scale) (smaller than the maps on large grids);
-* ``anchor.<layer>``: (F,) the frame each frame's self-attention attended to (frame axis 0).
+* ``anchor.<layer>``: (F, m) the frames each frame's self-attention attended to (frame axis 0).
 """
 
 from __future__ import annotations
@@ -74,6 +74,6 @@ class StoredAttention:
 
 
 def anchors(extras: Mapping[str, torch.Tensor]) -> tuple[list[str], torch.Tensor | None]:
-    """The anchored self-attention layers and the (F,) frame each frame attended to there."""
+    """The anchored self-attention layers and the (F, m) frames each frame attended to there."""
     layers = sorted(k.removeprefix(ANCHOR) for k in extras if k.startswith(ANCHOR))
     return layers, (extras[ANCHOR + layers[0]] if layers else None)

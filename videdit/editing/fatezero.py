@@ -270,7 +270,7 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
     info = CallInfo()
     anchored, anchor = anchors(ctx.inversion.extras)
     if anchored:   # FateZero's UNet, as the inversion ran it
-        modules.insert(0, fixed_anchors(anchored, anchor, what=EDITOR))
-        info.lead_frames = tuple(sorted(set(anchor.tolist())))
+        module, info.lead_frames = fixed_anchors(anchored, anchor, what=EDITOR)
+        modules.insert(0, module)
     return EditPlan(x=x, branches=Branches(cond=ctx.target_cond, uncond=ctx.uncond, guidance=(ctx.guidance,)),
                     callbacks=callbacks, processors=compose(ctx.model.unet, modules, info), info=info)

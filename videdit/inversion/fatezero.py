@@ -19,7 +19,7 @@ reference keeps its 32x32 maps on the CPU too):
   self-attention layer where they are smaller than its queries and keys;
 * ``attn_q.<layer>``, ``attn_k.<layer>``: the queries and keys (N, F, heads, T, d) of the other
   self-attention layers, from which the edit computes the same maps, softmax(q k^T scale);
-* ``anchor.<layer>``: (F,) the frame each frame's self-attention attended to on an anchored
+* ``anchor.<layer>``: (F, m) the frames each frame's self-attention attended to on an anchored
   layer (frame axis 0), so that the edit runs the same UNet as the inversion did.
 
 Memory: SD 1.5 at 512x512 stores 13.2M numbers per frame and step (self-attention: queries and
@@ -46,12 +46,14 @@ from videdit.inversion.registry import InversionInputs, register_inversion
 from videdit.video.cross_frame import anchored_layers, fixed_anchors, layer_channels
 
 NAME = "fatezero"
-ANCHORS = ("mid", "none")
+ANCHORS = ("mid", "sparse_causal", "none")
 
 
 @dataclass(frozen=True)
 class FateZeroInversionConfig:
-    anchor: str = "mid"           # mid: the window's middle frame (SparseCausalAttention_index ['mid']) | none
+    # mid: the window's middle frame (SparseCausalAttention_index ['mid'], the zero-shot configs) | sparse_causal:
+    # the previous and the first frame ([-1, 'first'], its default, for Tune-A-Video-tuned checkpoints) | none
+    anchor: str = "mid"
     min_channels: int = 640       # ... on self-attention layers of at least this many channels (least_sc_channel)
     max_tokens: int = 32 ** 2     # store the attention of layers of at most this many query tokens (32x32)
 
@@ -110,12 +112,15 @@ def fatezero_inversion(inp: InversionInputs, config: FateZeroInversionConfig) ->
     info = CallInfo(inverting=True)
     modules: list[AttentionModule] = []
     anchors: dict[str, torch.Tensor] = {}
-    if config.anchor == "mid" and n_frames > 1:
-        mid = (n_frames - 1) // 2
+    if config.anchor != "none" and n_frames > 1:
+        frames = torch.arange(n_frames)
+        where = (torch.full((n_frames, 1), (n_frames - 1) // 2) if config.anchor == "mid"
+                 else torch.stack([(frames - 1).clamp(min=0), torch.zeros_like(frames)], 1))   # (F, m)
         layers = anchored_layers(unet, ("*attn1.processor",), config.min_channels)
-        anchors = {ANCHOR + n: torch.full((n_frames,), mid) for n in layers}
-        modules.append(fixed_anchors(layers, torch.full((n_frames,), mid), inverting=True, what=f"{NAME} inversion"))
-        info.lead_frames = (mid,)
+        if layers:
+            anchors = {ANCHOR + n: where.clone() for n in layers}   # one tensor each: the cache saves them apart
+            module, info.lead_frames = fixed_anchors(layers, where, inverting=True, what=f"{NAME} inversion")
+            modules.append(module)
     kept = stored_layers(unet, latent, config.max_tokens)
     if not kept:
         raise VideditError(f"{NAME} inversion: no attention layer has max_tokens={config.max_tokens} query tokens or "

@@ -13,8 +13,9 @@ Anchors of clip frame i, by ``mode``:
   the frames edited together: here each window is one such clip, and nothing is carried).
 
 ``min_channels`` keeps layers narrower than that on their own frame, as FateZero's
-``least_sc_channel`` (640 in its configs: SD's 640- and 1280-channel layers, the 32x32 and
-smaller grids at 512 px, take the anchor; the 320-channel 64x64 ones attend within the frame).
+``least_sc_channel`` (640 in 15 of those 18 configs, 1280 in 3; at 640 SD's 640- and
+1280-channel layers, the 32x32 and smaller grids at 512 px, take the anchor, and the 320-channel
+64x64 ones attend within the frame).
 
 Attention to keyframes (TokenFlow's extended attention) is the ``keyframes`` module, which
 uses the same :class:`CrossFrameAttention` and :class:`AnchorStore`.
@@ -282,12 +283,14 @@ class CrossFrame(TemporalModule):
                                                          source_branch=ctx.source_branch)], lead_frames=lead)
 
 
-def fixed_anchors(layers: Collection[str], anchor: torch.Tensor, inverting: bool = False,
-                  what: str = NAME) -> CrossFrameAttention:
-    """Frame g of F attends to frame ``anchor[g]`` (F,) alone on ``layers``, within one window
-    (FateZero's ``SparseCausalAttention`` as its inversion and edit run it), in the inversion's
-    UNet calls or the edit's; the anchors must run first (``CallInfo.lead_frames``)."""
-    where = [int(a) for a in anchor]
-    store = AnchorStore(range(len(where)), lambda g: (where[g],), (), {}, final=True)
-    return CrossFrameAttention(layers, lambda g: (where[g],), range(len(where)), store, what=what,
-                               inverting=inverting)
+def fixed_anchors(layers: Collection[str], anchors: torch.Tensor, inverting: bool = False,
+                  what: str = NAME) -> tuple[CrossFrameAttention, tuple[int, ...]]:
+    """Frame g of F attends to the frames ``anchors[g]`` ((F, m) frame indices; (F,): one each)
+    on ``layers``, within one window (FateZero's ``SparseCausalAttention`` as its inversion and
+    edit run it), in the inversion's UNet calls or the edit's -> the module and the frames that
+    must run first (``CallInfo.lead_frames``: those some earlier frame attends to)."""
+    rows = [tuple(int(a) for a in row) for row in anchors.view(len(anchors), -1)]
+    lead = tuple(sorted({a for g, row in enumerate(rows) for a in row if a > g}))
+    store = AnchorStore(range(len(rows)), lambda g: rows[g], (), {}, final=True)
+    return CrossFrameAttention(layers, lambda g: rows[g], range(len(rows)), store, what=what,
+                               inverting=inverting), lead
