@@ -122,8 +122,8 @@ def test_reconstruction(tiny, wolf_frames, method):
 # fixed-point iterations amplify it further). The bound is twice that: a step that drops to
 # the wrong dtype's range, or a replay that takes another path in low precision (null-text
 # without its embeddings, i.e. ddim, is 0.49 from its fp32 reconstruction), is off by far more.
-LOW_PRECISION_GAIN = {**dict.fromkeys(EXACT, 2.0), "npi": 3.1, "proxedit": 3.1, "ddim": 10, "fatezero": 10, "null_text": 11,
-                      "pix2pix_zero": 11, "aidi": 28, "fixed_point": 28}
+LOW_PRECISION_GAIN = {**dict.fromkeys(EXACT, 2.0), "npi": 3.1, "proxedit": 3.1, "ddim": 10, "fatezero": 10,
+                      "null_text": 11, "pix2pix_zero": 11, "aidi": 28, "fixed_point": 28}
 
 
 @pytest.fixture(scope="module")
