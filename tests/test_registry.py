@@ -51,8 +51,9 @@ def test_registering_an_existing_name_again_fails():
 def test_capabilities_are_declared_not_listed_by_hand():
     assert EDITORS.having("has_source_branch") == ["cross_image", "masactrl", "pix2pix_zero", "plug_and_play",
                                                    "prompt_to_prompt"]
-    assert INVERSIONS.having("inverts_frames_apart") == ["bdia", "ddim", "ddpm", "direct", "edict", "npi",
-                                                         "proxedit", "sdedit"]
+    assert INVERSIONS.having("inverts_frames_apart") == ["bdia", "ddim", "ddpm", "direct", "edict", "fatezero",
+                                                         "npi", "proxedit", "sdedit"]
+    assert INVERSIONS.having("stores") == ["fatezero"] and EDITORS.having("reads") == ["fatezero"]
     assert TEMPORAL.having("makes_frames") == ["pixels_bilateral", "rerender"]
     assert TEMPORAL.having("needs_source_branch") == ["tokenflow"]
 

@@ -48,7 +48,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
-PRESETS = ("text2video-zero-ddim", "fatezero", "tokenflow", "rerender", "rerender-pull", "recolour")
+PRESETS = ("text2video-zero-ddim", "fatezero", "fatezero-replay", "tokenflow", "rerender", "rerender-pull",
+           "recolour")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -166,8 +167,9 @@ def video_run(label: str, model, args, **settings) -> dict:
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)
     t = time.perf_counter()
+    window = settings.pop("window", args.frames)   # a preset's own window (FateZero's 8-frame clips)
     res = edit_video(SAMPLE, source_prompt=PROMPT, target_prompt=TARGET, model=model, use_cache=False,
-                     window=args.frames, read=io.ReadOptions(size=args.size, max_frames=args.frames), **settings)
+                     window=window, read=io.ReadOptions(size=args.size, max_frames=args.frames), **settings)
     sync(args.device)
     row = {f"{label} (s/frame)": (time.perf_counter() - t) / len(res.frames)}
     if torch.device(args.device).type == "cuda":

@@ -31,7 +31,8 @@ from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
 from videdit.registry import EDIT_DEFAULTS
-from videdit.inversion import Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext, get_inversion
+from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext,
+                               get_inversion)
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
 from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
@@ -111,6 +112,11 @@ class EditSettings:
             raise VideditError(f"source_branch={self.source_branch!r} sets the editor's source branch, and editor "
                                f"{editor.name!r} runs none; use one of {EDITORS.having('has_source_branch')}")
         check_steps_offset(self.steps_offset)
+        missing = [r for r in editor.reads if r not in method.stores]
+        if missing:
+            raise VideditError(f"editor {editor.name!r} reads the {', '.join(missing)} an inversion stores, and "
+                               f"inversion {method.name!r} stores none; use --inversion "
+                               f"{' or '.join(n for n, m in INVERSIONS.items() if set(editor.reads) <= set(m.stores))}")
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
                     "temporal_configs": self._temporal_configs(editor),

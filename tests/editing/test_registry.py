@@ -6,13 +6,15 @@ from tests.families import runs_on
 from videdit.core import make_schedule
 from videdit.editing import EDITORS, EditContext
 from videdit.pipeline import EditSettings, invert_frames
+from tests.editing.test_composition import inversion_for
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 
 
 @pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_the_declared_source_branch_is_the_plans(tiny, wolf_frames, editor):
-    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor)
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor,
+                     inversion=inversion_for(editor))
     inv = invert_frames(tiny, wolf_frames[:1], s)
     src, tgt, unc = tiny.encode_text([SOURCE, TARGET, ""]).chunk(3)
     ctx = EditContext(model=tiny, inversion=inv, schedule=make_schedule(tiny.scheduler_config, 2), source_cond=src,

@@ -40,6 +40,7 @@ APPROXIMATE_TOL = {
     "proxedit": EXACT_TOL,  # measured 0
     "null_text": 2.4,       # measured 1.63; plain DDIM is 2.80
     "ddim": 4.2,            # measured 2.80
+    "fatezero": 4.2,        # measured 2.80: DDIM at guidance 1 (tiny-random has no layer of >= 640 channels to anchor)
     "pix2pix_zero": 6.5,    # measured 5.46: the reference's steps, 64x videdit's calibrated ones at 8x8 latents
     "sdedit": 12.4,         # measured 8.22: no inversion, the source noised (SDEdit's start), as the naive baseline
 }
@@ -133,9 +134,9 @@ def test_reconstruction(tiny, wolf_frames, method):
 # fixed-point iterations amplify it further). The bound is twice that: a step that drops to
 # the wrong dtype's range, or a replay that takes another path in low precision (null-text
 # without its embeddings, i.e. ddim, is 0.49 from its fp32 reconstruction), is off by far more.
-LOW_PRECISION_GAIN = {**dict.fromkeys(EXACT, 2.0), "npi": 3.1, "proxedit": 3.1, "ddim": 10, "null_text": 11,
-                      "pix2pix_zero": 11, "aidi": 28, "fixed_point": 28, "noise": 2.4,   # noise: measured 2.35
-                      "sdedit": 2.6}   # sdedit: measured 2.5
+LOW_PRECISION_GAIN = {**dict.fromkeys(EXACT, 2.0), "npi": 3.1, "proxedit": 3.1, "ddim": 10, "fatezero": 10,
+                      "null_text": 11, "pix2pix_zero": 11, "aidi": 28, "fixed_point": 28,
+                      "noise": 2.4, "sdedit": 2.6}   # noise: measured 2.35; sdedit: 2.5
 
 
 @pytest.fixture(scope="module")

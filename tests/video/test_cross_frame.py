@@ -132,6 +132,48 @@ def test_each_frame_attends_to_its_anchors_per_branch_and_half(tiny, clip, mode)
             torch.testing.assert_close(after[f][i], want, rtol=0, atol=1e-5)
 
 
+class LayerProbes(TemporalModule):
+    """Probes on several layers, keys and values as the modules before it left them."""
+
+    name = "probes"
+
+    def __init__(self, layers):
+        super().__init__(None)
+        self.probes = {}
+        for layer in layers:
+            probe = Probe()
+            probe.applies = lambda name, cross, layer=layer: name == layer
+            self.probes[layer] = probe
+
+    def plan(self, window, ctx):
+        return TemporalPlan(modules=list(self.probes.values()))
+
+
+WIDE = "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"   # 64 channels; LAYER has 32
+
+
+def test_mid_attends_to_the_windows_middle_frame_on_layers_of_min_channels(tiny, clip):
+    """FateZero's zero-shot anchors (SparseCausalAttention_index ['mid'], least_sc_channel): every
+    frame of a window takes the keys and values of frame (size - 1) // 2 of it, on the layers of at
+    least min_channels (tiny-random's are 32 and 64 wide: 64 stands for SD's 640) and no others."""
+    s = settings("mid", temporal={"cross_frame": {"mode": "mid", "min_channels": 64}}, batch_size=3)
+    module = CrossFrame(CrossFrameConfig(mode="mid", min_channels=64))
+    before, after = LayerProbes([WIDE, LAYER]), LayerProbes([WIDE, LAYER])
+    stack = TemporalStack([before, module, after])
+    for start in (0, 4):   # two windows of 4 frames: middle frames 1 and 5
+        frames = clip[start:start + 4]
+        window = Window(start, 4, frames, last=start == 4)
+        edit_latents(tiny, invert_frames(tiny, frames, s), s, window=window, temporal=stack)
+    for layer, anchored in ((WIDE, True), (LAYER, False)):
+        b, a = before.probes[layer].frames(1), after.probes[layer].frames(1)   # window indices of the last window
+        assert sorted(a) == [0, 1, 2, 3]
+        for f in range(4):
+            for i in (0, 1):
+                want = b[1][i] if anchored else b[f][i]
+                torch.testing.assert_close(a[f][i], want, rtol=0, atol=0)
+    assert module.anchors == {}   # each window its own clip: nothing carried
+
+
 @pytest.mark.parametrize("mode", ["first", "sparse_causal", "keyframes"])
 def test_batch_size_does_not_change_the_edit(tiny, clip, mode):
     s = settings(mode)
@@ -154,10 +196,14 @@ def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion, calls):
     torch.testing.assert_close(by_windows(tiny, s, clip, 4), whole, rtol=0, atol=reorder_atol(2 * STEPS * calls))
 
 
+# FateZero's editor runs the anchors its inversion ran (the middle frame; 64 channels stand for SD's 640)
+OWN_ANCHORS = {"fatezero": dict(inversion="fatezero", inversion_params={"min_channels": 64}, temporal={})}
+
+
 @pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_every_editor_composes_without_seams(tiny, clip, editor):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor,
-                     temporal={"cross_frame": {"mode": "sparse_causal"}})
+                     **OWN_ANCHORS.get(editor, dict(temporal={"cross_frame": {"mode": "sparse_causal"}})))
     inv = invert_frames(tiny, clip[:4], s)
     one, four = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b)) for b in (1, 4))
     torch.testing.assert_close(one, four, rtol=0, atol=ATOL)

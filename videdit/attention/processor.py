@@ -29,6 +29,7 @@ class AttnCall:
     info: CallInfo
     heads: int
     tokens: int        # query tokens (h * w for spatial layers)
+    scale: float = 0.0  # the layer's softmax scale (attn.scale), for modules that recompute probabilities
 
     def spatial(self) -> tuple[int, int]:
         """(h, w) of this layer's token grid: the latent size divided by the power of two
@@ -102,7 +103,8 @@ class ComposedProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        call = AttnCall(layer=self.layer, cross=cross, info=self.info, heads=attn.heads, tokens=tokens)
+        call = AttnCall(layer=self.layer, cross=cross, info=self.info, heads=attn.heads, tokens=tokens,
+                        scale=attn.scale)
         for m in self.modules:
             q, k, v = m.qkv(call, q, k, v)
         if any(m.needs_probs for m in self.modules):

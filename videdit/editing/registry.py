@@ -65,13 +65,15 @@ class EditorSpec(Entry):
     inversion: str | None = None    # the one inversion it takes (its reference's start), the edit's default; None: any
     # the schedule its reference samples on, where not DDIM's: (scheduler config, steps, steps_offset) -> Schedule
     schedule: Callable[[dict, int, int | None], Schedule] | None = None
+    reads: tuple[str, ...] = ()     # what it reads from the inversion's record (InversionMethod.stores)
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
                 **({"pinned_source": True} if self.pinned_source else {}),
                 **({"inversion": self.inversion} if self.inversion else {}),
                 **({"schedule": self.schedule.__name__} if self.schedule is not None else {}),
-                **({"reference_images": ", ".join(self.references)} if self.references else {})}
+                **({"reference_images": ", ".join(self.references)} if self.references else {}),
+                **({"reads": ", ".join(self.reads)} if self.reads else {})}
 
 
 EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
@@ -80,7 +82,7 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
                     reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
                     inversion: str | None = None, schedule: Callable[[dict, int, int | None], Schedule] | None = None,
-                    **edit_defaults: float):
+                    reads: tuple[str, ...] = (), **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
@@ -91,7 +93,8 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults; ``inversion``: the
     only inversion it takes, where its reference starts from one (InstructPix2Pix from seeded noise),
     which is then the edit's default; ``schedule``: how its reference spaces the steps, where that is
-    not DDIM's (``videdit.core.euler.euler_schedule``)."""
+    not DDIM's (``videdit.core.euler.euler_schedule``); ``reads``: what it reads from the inversion's
+    record, which the inversion must declare it ``stores``."""
 
     def wrap(fn):
         if pinned_source and not source_branch:
@@ -99,7 +102,7 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
                                edit_defaults=edit_defaults, pinned_source=pinned_source, inversion=inversion,
-                               schedule=schedule, **(models or {})))
+                               schedule=schedule, reads=tuple(reads), **(models or {})))
         return fn
 
     return wrap

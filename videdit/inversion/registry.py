@@ -65,6 +65,7 @@ class InversionMethod(Entry):
     replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay
     # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
     independent_frames: bool | Callable[[Any], bool] = True
+    stores: tuple[str, ...] = ()   # what its record's extras hold for editors that read them (EditorSpec.reads)
 
     def inverts_frames_apart(self, config: Any) -> bool:
         """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
@@ -72,7 +73,8 @@ class InversionMethod(Entry):
 
     def capabilities(self) -> dict[str, object]:
         apart = self.independent_frames
-        return {"inverts_frames_apart": "with some options" if callable(apart) else apart}
+        return {"inverts_frames_apart": "with some options" if callable(apart) else apart,
+                **({"stores": ", ".join(self.stores)} if self.stores else {})}
 
 
 INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion")
@@ -80,14 +82,16 @@ INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
                        independent_frames: bool | Callable[[Any], bool] = True, *, reference: str = "",
-                       models: Mapping[str, Any] | None = None, **edit_defaults: float):
+                       models: Mapping[str, Any] | None = None, stores: tuple[str, ...] = (), **edit_defaults: float):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
     over the batch), or a test of its config saying when: then an inversion of some frames is
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
     follow; ``models``: the :class:`~videdit.registry.Entry` fields ``families``, ``refuses`` and
-    ``controlnet`` where they differ from the defaults; ``edit_defaults``: the reference's steps, guidance, strength (the part of the
+    ``controlnet`` where they differ from the defaults; ``stores``: what its record's extras hold
+    for the editors that read them (``"attention"``: the maps FateZero fuses);
+    ``edit_defaults``: the reference's steps, guidance, strength (the part of the
     schedule it inverts and edits) or steps_offset, used where the edit does not set them.
 
     ``fn`` may skip the steps before ``inputs.start_step`` (the edit never reads them); the
@@ -96,7 +100,8 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     def wrap(fn):
         INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
                                        run=fn, replay=replay, independent_frames=independent_frames,
-                                       reference=reference, edit_defaults=edit_defaults, **(models or {})))
+                                       reference=reference, edit_defaults=edit_defaults, stores=tuple(stores),
+                                       **(models or {})))
         return fn
 
     return wrap

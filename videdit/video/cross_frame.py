@@ -5,8 +5,17 @@ Anchors of clip frame i, by ``mode``:
 
 - ``first``: frame 0 (Text2Video-Zero, Khachatryan et al. 2023, Sec. 3.3).
 - ``sparse_causal``: frames 0 and i - 1, keys and values concatenated (Tune-A-Video, Wu et al.
-  2023; FateZero, Qi et al. 2023). Frame 0 attends to [0, 0], as the references index it
+  2023, for its tuned checkpoints). Frame 0 attends to [0, 0], as the references index it
   (duplicated keys with their values change nothing).
+- ``mid``: the window's middle frame, ``start + (size - 1) // 2``, alone (FateZero, Qi et al.
+  2023, zero-shot: ``SparseCausalAttention_index: ['mid']`` in 18 of the 19 zero-shot configs of
+  github.com/ChenyangQiQi/FateZero, ``video_diffusion/models/attention.py``, where the clip is
+  the frames edited together: here each window is one such clip, and nothing is carried).
+
+``min_channels`` keeps layers narrower than that on their own frame, as FateZero's
+``least_sc_channel`` (640 in 15 of those 18 configs, 1280 in 3; at 640 SD's 640- and
+1280-channel layers, the 32x32 and smaller grids at 512 px, take the anchor, and the 320-channel
+64x64 ones attend within the frame).
 
 Attention to keyframes (TokenFlow's extended attention) is the ``keyframes`` module, which
 uses the same :class:`CrossFrameAttention` and :class:`AnchorStore`.
@@ -48,6 +57,7 @@ last frame; ``keyframes``: the keyframes, until the window's last batch).
 
 from __future__ import annotations
 
+import logging
 import math
 from fnmatch import fnmatchcase
 from dataclasses import dataclass
@@ -59,8 +69,9 @@ from videdit.attention import AttentionModule, AttnCall, choose_layers, patterns
 from videdit.errors import VideditError
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 
+log = logging.getLogger("videdit")
 NAME = "cross_frame"
-MODES = ("first", "sparse_causal")
+MODES = ("first", "sparse_causal", "mid")
 
 # clip frame index -> the clip frames it attends to
 Anchors = Callable[[int], tuple[int, ...]]
@@ -68,10 +79,11 @@ Anchors = Callable[[int], tuple[int, ...]]
 
 @dataclass(frozen=True)
 class CrossFrameConfig:
-    mode: str = "first"                     # first | sparse_causal
+    mode: str = "first"                     # first | sparse_causal | mid
     layers: str | tuple[str, ...] = "*attn1.processor"   # glob(s) over self-attention processor names
     offload: bool = False                   # keep the anchors later windows need in CPU memory
     controlnet: bool = True                 # a ControlNet's self-attention too (Text2Video-Zero's model.py)
+    min_channels: int = 0                   # only layers of at least this many channels (FateZero's least_sc_channel)
 
     def __post_init__(self):
         if self.mode == "keyframes":
@@ -81,6 +93,32 @@ class CrossFrameConfig:
         patterns(NAME, "layers", self.layers)
         if not isinstance(self.controlnet, bool):
             raise VideditError(f"{NAME} controlnet must be true or false, got {self.controlnet!r}")
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 0:
+            raise VideditError(f"{NAME} min_channels must be an int >= 0 (FateZero: 640), got {self.min_channels!r}")
+
+
+def layer_channels(unet, layers: Iterable[str]) -> dict[str, int]:
+    """{processor name: channels of the hidden states it attends over} (the transformer
+    block's width, FateZero's ``dim`` in ``SpatioTemporalTransformerBlock``)."""
+    modules = dict(unet.named_modules())
+    return {n: modules[n.removesuffix(".processor")].to_q.in_features for n in layers}
+
+
+def anchored_layers(unet, globs: Sequence[str], min_channels: int) -> list[str]:
+    """The self-attention layers matching ``globs`` with at least ``min_channels`` channels,
+    possibly none: FateZero's ``least_sc_channel`` then leaves every layer within its frame."""
+    layers = choose_layers(unet, globs, NAME, "layers", cross=False)
+    channels = layer_channels(unet, layers)
+    wide = [n for n in layers if channels[n] >= min_channels]
+    if not wide:
+        log.info("%s: no self-attention layer has min_channels=%d or more (this model's have %s): every frame "
+                 "attends within itself", NAME, min_channels, sorted(set(channels.values())))
+    return wide
+
+
+def middle_frame(window: Window) -> int:
+    """FateZero's ``'mid'`` anchor of a clip (window): ``int(clip_length - 1) // 2``."""
+    return window.start + (window.size - 1) // 2
 
 
 class AnchorStore:
@@ -189,16 +227,17 @@ class CrossFrameAttention(AttentionModule):
     cross = False
 
     def __init__(self, layers: Collection[str], anchors: Anchors, clip_frames: Sequence[int], store: AnchorStore,
-                 what: str = NAME, source_branch: int | None = None):
+                 what: str = NAME, source_branch: int | None = None, inverting: bool = False):
         self.names, self.anchors, self.clip_frames = frozenset(layers), anchors, clip_frames
         self.store, self.what = store, what
         self.source_branch = source_branch   # left attending to itself
+        self.inverting = inverting           # acts in the inversion's UNet calls instead of the edit's
 
     def applies(self, layer: str, cross: bool) -> bool:
         return not cross and layer in self.names
 
     def qkv(self, call, q, k, v):
-        if call.info.inverting:
+        if call.info.inverting != self.inverting:
             return q, k, v
         self.store.begin(call)
         frames = [self.clip_frames[f] for f in call.info.frames]
@@ -239,7 +278,8 @@ class ControlNetCrossFrame(CrossFrameAttention):
 
 @register_temporal
 class CrossFrame(TemporalModule):
-    """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), or first + previous (sparse-causal)."""
+    """Cross-frame attention: keys/values of the first frame (Text2Video-Zero), first + previous (sparse-causal),
+    or the window's middle frame (FateZero)."""
 
     name = NAME
     config_class = CrossFrameConfig
@@ -250,13 +290,19 @@ class CrossFrame(TemporalModule):
         self.controlnet_anchors: dict = {}   # the same on the ControlNets' layers
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
-        layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
-                               cross=False)
+        layers = anchored_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), self.config.min_channels)
+        denoised = ctx.denoised(window)
+        lead = ()
         if self.config.mode == "first":
             anchors, carry = (lambda g: (0,)), {0}
-        else:
+        elif self.config.mode == "sparse_causal":
             anchors, carry = (lambda g: (0, max(g - 1, 0))), {0, window.indices[-1]}
-        denoised = ctx.denoised(window)
+        else:
+            mid = middle_frame(window)
+            if mid not in denoised:
+                raise VideditError(f"{NAME} mode 'mid': the window's middle frame {mid} is not among the frames "
+                                   f"edited; edit every frame with mode 'mid'")
+            anchors, carry, lead = (lambda g: (mid,)), set(), (denoised.index(mid),)
         store = AnchorStore(denoised, anchors, carry, self.anchors, self.config.offload, window.last)
         controlnet = []
         if self.config.controlnet:   # acts only where the edit runs a ControlNet
@@ -265,4 +311,17 @@ class CrossFrame(TemporalModule):
                                                cn_store, source_branch=ctx.source_branch)]
         return TemporalPlan(modules=[CrossFrameAttention(layers, anchors, denoised, store,
                                                          source_branch=ctx.source_branch)],
-                            controlnet_modules=controlnet)
+                            controlnet_modules=controlnet, lead_frames=lead)
+
+
+def fixed_anchors(layers: Collection[str], anchors: torch.Tensor, inverting: bool = False,
+                  what: str = NAME) -> tuple[CrossFrameAttention, tuple[int, ...]]:
+    """Frame g of F attends to the frames ``anchors[g]`` ((F, m) frame indices; (F,): one each)
+    on ``layers``, within one window (FateZero's ``SparseCausalAttention`` as its inversion and
+    edit run it), in the inversion's UNet calls or the edit's -> the module and the frames that
+    must run first (``CallInfo.lead_frames``: those some earlier frame attends to)."""
+    rows = [tuple(int(a) for a in row) for row in anchors.view(len(anchors), -1)]
+    lead = tuple(sorted({a for g, row in enumerate(rows) for a in row if a > g}))
+    store = AnchorStore(range(len(rows)), lambda g: rows[g], (), {}, final=True)
+    return CrossFrameAttention(layers, lambda g: rows[g], range(len(rows)), store, what=what,
+                               inverting=inverting), lead
