@@ -83,7 +83,7 @@ MECHANISMS = {
     "keyframes + flow + pixels": {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_warp": {}},
     "keyframes + flow + guided": {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_guided": {}},
     "keyframes + bilateral, cell 0.5": {"keyframes": {"every": 4}, "pixels_bilateral": {"cell": 0.5}},
-    "keyframes + tokenflow": {"keyframes": {"every": 4}, "tokenflow": {}},
+    "keyframes + tokenflow": {"keyframes": {"every": 4}, "tokenflow": {"scope": "window", "features": "keys"}},
 }
 REAL_CLIP_MECHANISMS = list(MECHANISMS)[:6]
 

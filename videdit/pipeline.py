@@ -416,7 +416,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     callbacks = [*replay.callbacks, *pinned, *plan.callbacks]
     tctx = TemporalContext(model=model, inversion=inversion, schedule=schedule, info=plan.info, n_branches=n_branches,
                            output_branch=plan.output_branch % n_branches, source_branch=plan.source_branch,
-                           edited=edited, cache_dir=cache.directory if cache is not None else None)
+                           edited=edited, cache_dir=cache.directory if cache is not None else None,
+                           seed=settings.seed)
     for name, tplan in temporal.plans(window, tctx):
         processors = merge(model.unet, processors, tplan.modules, plan.info)
         clash = sorted(set(hooks) & set(tplan.hooks))

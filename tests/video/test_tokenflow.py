@@ -61,8 +61,8 @@ def test_tokenflow_needs_a_source_branch(tiny, clip):
     with pytest.raises(VideditError, match="reads the editor's source branch, and editor 'plain' runs none; use one "
                                            "of .*prompt_to_prompt"):
         EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2,
-                     temporal={"keyframes": {}, "tokenflow": {}})
+                     temporal={"keyframes": {}, "tokenflow": {"scope": "window", "features": "keys"}})
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
-                     temporal={"keyframes": {"every": 1}, "tokenflow": {}})
+                     temporal={"keyframes": {"every": 1}, "tokenflow": {"scope": "window", "features": "keys"}})
     z = edit_latents(tiny, invert_frames(tiny, clip[:2], s), s)
     assert z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()

@@ -83,6 +83,7 @@ class TemporalContext:
     source_branch: int | None
     edited: tuple[int, ...] | None = None   # window indices the inversion holds (None: every frame)
     cache_dir: Path | None = None    # the inversion cache's folder (None: no cache); flow is kept there too
+    seed: int = 0                    # the edit's seed (a module that draws at random seeds its own generator)
 
     def denoised(self, window: Window) -> list[int]:
         """Clip indices of the frames the loop denoises, in batch order."""
