@@ -40,17 +40,18 @@ EDITORS = ("plain", "prompt_to_prompt", "plug_and_play", "masactrl", "cross_imag
            "differential", "sega")
 # temporal modules and frame stages (the names are those of the first recording, whose commit spelled
 # some of these cases differently: cross_frame mode keyframes and keyframes:propagation=...,pixels=...)
+PLUS = {"scope": "window", "features": "keys"}   # tokenflow as videdit ran it when recorded (tokenflow-plus)
 TEMPORAL = {
     "cross_frame_first": {"cross_frame": {"mode": "first"}},
     "cross_frame_sparse_causal": {"cross_frame": {"mode": "sparse_causal"}},
     "cross_frame_keyframes": {"keyframes": {}},
-    "keyframes_tokenflow": {"keyframes": {"every": 3}, "tokenflow": {"scope": "window", "features": "keys"}},
+    "keyframes_tokenflow": {"keyframes": {"every": 3}, "tokenflow": PLUS},
     "keyframes_flow": {"keyframes": {"every": 3}, "keyframe_flow": {}},
     "keyframes_flow_warp": {"keyframes": {"every": 3}, "keyframe_flow": {}, "pixels_warp": {}},
-    "keyframes_guided": {"keyframes": {"every": 3}, "tokenflow": {"scope": "window", "features": "keys"}, "pixels_guided": {}},
+    "keyframes_guided": {"keyframes": {"every": 3}, "tokenflow": PLUS, "pixels_guided": {}},
     "keyframes_bilateral": {"keyframes": {"every": 3}, "pixels_bilateral": {}},
     "keyframes_bilateral_window": {"keyframes": {"every": 3}, "pixels_bilateral": {"scope": "window"}},
-    "keyframes_change": {"keyframes": {"select": "change", "every": 3}, "tokenflow": {"scope": "window", "features": "keys"}},
+    "keyframes_change": {"keyframes": {"select": "change", "every": 3}, "tokenflow": PLUS},
     "flow_propagation": {"flow_propagation": {}},
     "flow_propagation_latent": {"flow_propagation": {"target": "latent", "strength": 0.8}},
 }

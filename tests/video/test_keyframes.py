@@ -106,7 +106,7 @@ def test_batch_size_does_not_change_the_edit(tiny, clip, stage):
 
 def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
-                     batch_size=2, temporal={"keyframes": {"every": 3}, "tokenflow": {"scope": "window", "features": "keys"}})
+                     batch_size=2, temporal={"keyframes": {"every": 3}, **WINDOWED})
     stack, leads = s.temporal_stack(), []
     tokenflow, keyframes = stack.modules      # tokenflow first: it reads the source keys before they are extended
     for i in (0, 4):
@@ -150,7 +150,8 @@ def test_change_selection_sets_the_lead_frames(tiny):
 def test_the_old_spelling_names_the_modules():
     expand = Keyframes.expand
     assert expand({"every": 4}) == [("keyframes", {"every": 4})]
-    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}), ("tokenflow", WINDOWED["tokenflow"])]
+    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}),
+                                                                 ("tokenflow", WINDOWED["tokenflow"])]
     assert expand({"propagation": "flow", "pixels": True, "flow": {"colour": "gray"}}) == [
         ("keyframes", {}), ("keyframe_flow", {"flow": {"colour": "gray"}}),
         ("pixels_warp", {"flow": {"colour": "gray"}})]
@@ -190,7 +191,7 @@ def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
     res = videdit.edit_video(shared_data / "videos" / "ballet-portrait.mp4", source_prompt="a dancer",
                              target_prompt="a golden sculpture of a dancer", model="tiny-random", steps=2,
                              use_cache=False, editor="prompt_to_prompt", read=io.ReadOptions(max_frames=10, size=64),
-                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}, "tokenflow": {"scope": "window", "features": "keys"}})
+                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}, **WINDOWED})
     assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
 
 

@@ -281,7 +281,7 @@ class TokenFlowPropagation(AttentionModule):
 
 @register_temporal
 class TokenFlow(TemporalModule):
-    """TokenFlow: every frame takes the pivots' attention outputs at nearest-neighbour tokens (pivots: random per batch)."""
+    """TokenFlow: every frame takes random pivots' attention outputs at nearest-neighbour tokens of the source."""
 
     name = NAME
     config_class = TokenFlowConfig
@@ -303,9 +303,9 @@ class TokenFlow(TemporalModule):
         if self.config.scope == "window":
             self.keyframes = find(modules, Keyframes, f"{NAME} scope 'window'")
         elif has_keyframes:
-            raise VideditError(f"{NAME} scope 'clip' draws its own pivots (a random frame of every {self.config.batch_size}"
-                               f", the official); drop the keyframes module, or set {NAME} scope: window to take its "
-                               f"keyframes (configs/tokenflow-plus.yaml)")
+            raise VideditError(f"{NAME} scope 'clip' draws its own pivots (a random frame of every "
+                               f"{self.config.batch_size}, the official); drop the keyframes module, or set {NAME} "
+                               f"scope: window to take its keyframes (configs/tokenflow-plus.yaml)")
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         if ctx.source_branch is None:
