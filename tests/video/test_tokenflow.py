@@ -103,23 +103,33 @@ def test_pivots_change_between_steps_and_batches_and_repeat_with_the_seed(tiny, 
     assert [other.pivots.drawn[i] for i in range(6)] != drawn
 
 
-def test_the_pivotal_pass_runs_first_and_its_output_is_dropped(tiny, clip):
-    """Per step the UNet sees the 2 pivots (x 2 halves x 2 branches), then all 8 frames: 40 rows."""
-    rows = []
+def test_the_pivotal_pass_runs_first_and_its_output_is_dropped(tiny, clip, monkeypatch):
+    """Per step the UNet sees the 2 pivots (x 2 halves x 2 branches), then all 8 frames: 40 rows.
+    In the pivotal pass every self-attention layer's context is both pivots' tokens; after it,
+    each frame's own (its output is replaced by the pivots')."""
+    import videdit.attention.processor as processor
+
+    rows, contexts, sdpa = [], set(), processor.F.scaled_dot_product_attention
+    text_tokens = tiny.encode_text([""]).shape[1]
 
     def count(module, args, kwargs):
         rows.append(args[0].shape[0])
 
+    def attention(q, k, v, **kw):   # (B, heads, T, d): rows, query tokens, key tokens
+        if k.shape[-2] != text_tokens:
+            contexts.add((q.shape[0], k.shape[-2] // q.shape[-2]))
+        return sdpa(q, k, v, **kw)
+
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="plug_and_play", temporal=OFFICIAL)
+    inv = invert_frames(tiny, clip, s)
+    monkeypatch.setattr(processor.F, "scaled_dot_product_attention", attention)
     handle = tiny.unet.register_forward_pre_hook(count, with_kwargs=True)
     try:
-        s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="plug_and_play",
-                         temporal=OFFICIAL)
-        inv = invert_frames(tiny, clip, s)
-        rows.clear()
         edit_latents(tiny, inv, s)
     finally:
         handle.remove()
     assert rows == [8, 32] * 2
+    assert contexts == {(8, 2), (32, 1)}
 
 
 def test_every_pivot_attends_to_all_pivots():

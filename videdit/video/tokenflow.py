@@ -33,8 +33,10 @@ Memory: the whole clip is one window (``edit_video(window=...)`` at least the cl
 each pivot's keys and values repeated per pivot: ``2 * halves * branches * P**2 * T * C``
 numbers at a layer of ``T`` tokens and ``C`` channels for ``P = ceil(frames / 8)`` pivots. For
 SD 1.5 at 512x512 in fp16 (T * C = 1.31M at the 64x64 layers) that is 21 MB * P**2: 0.5 GB for
-40 frames, 42 GB for the 353-frame portrait clip, on top of every layer's pivot outputs and
-features kept for the step (about 92 MB a pivot, 4 GB at 45 pivots). Where that does not fit,
+40 frames, 42 GB for the 353-frame portrait clip (computed, not measured), on top of the
+pivotal batch's activations (4 rows a pivot) and every layer's pivot outputs and source
+features kept for the step (5 rows of 11.6M numbers a pivot: 115 MB, 5.2 GB at 45 pivots).
+Where that does not fit,
 ``scope="window"`` is videdit's windowed variant (``configs/tokenflow-plus.yaml``): the
 ``keyframes`` module's keyframes (fixed, every ``every`` frames, no seams between batches),
 each window's keyframes plus the window before's last one attending jointly, its outputs
@@ -73,7 +75,8 @@ class TokenFlowConfig:
     layers: str | tuple[str, ...] = "*attn1.processor"   # self-attention layers (globs)
     batch_size: int = 8                  # one pivot per batch of this many frames (config_pnp.yaml batch_size)
     # clip: the official, all the clip's pivots jointly in one window; window: videdit's keyframes module in windows
-    scope: str = improved("clip", better="window", why="flat memory for long clips: windows carry one keyframe")
+    scope: str = improved("clip", better="window", why="flat memory for long clips, 0.69x the time; toy clips' warp "
+                                                        "error 1.04x the official's (docs/video.md)")
     # norm1: the official nearest neighbours on the block's norm1 states; keys: on the layer's keys (videdit's)
     features: str = "norm1"
     blend: str = "code"                  # code: sigmoid weights over this and the previous batch's pivot; paper: Eq. 5
@@ -204,7 +207,7 @@ class PivotalPropagation(AttentionModule):
         feats = source_features(call, self._k, self.norms, self.source)
         self.matched[call.layer] = feats
         if call.info.pivotal:
-            self.pivots[call.layer] = (tuple(call.info.frames), outs, feats)
+            self.pivots[call.layer] = (tuple(call.info.frames), outs, feats.clone())   # the source's rows only
             return out
         pivots, p_out, p_feat = self.pivots[call.layer]
         nb = outs.shape[1]
