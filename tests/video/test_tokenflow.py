@@ -279,3 +279,22 @@ def test_the_source_branch_reads_the_stored_latents_under_the_source_prompt(tiny
         torch.testing.assert_close(x[0, 0], stored, rtol=0, atol=1e-6)
         torch.testing.assert_close(x[1, 0], stored, rtol=0, atol=1e-6)
         torch.testing.assert_close(text[1, 0], source.expand_as(text[1, 0]).to(text.dtype))
+
+
+def test_the_pivotal_pass_memory_is_said(tiny, clip, caplog, monkeypatch):
+    """2 * rows * P**2 * T * C numbers at the largest layer: tiny-random's 8x8 latents at its
+    64-token, 32-channel layers, 2 pivots, 2 halves x 2 branches, fp32: 2 * 4 * 4 * 64 * 32 * 4
+    bytes; said in one line where it passes the threshold. SD 1.5's 64x64 layers (4096 tokens,
+    320 channels) in fp16 at 45 pivots (the 353-frame portrait clip) would hold 42.5 GB."""
+    import videdit.video.tokenflow as tokenflow
+
+    layers = [n for n in tiny.unet.attn_processors if n.endswith("attn1.processor")]
+    assert tokenflow.pivotal_bytes(tiny.unet, layers, (8, 8), 2, 4) == 2 * 4 * 4 * 64 * 32 * 4
+    assert 2 * 4 * 45 ** 2 * 4096 * 320 * 2 / 1e9 == pytest.approx(42.5, abs=0.05)
+    monkeypatch.setattr(tokenflow, "WARN_BYTES", 2 * 4 * 4 * 64 * 32 * 4 - 1)
+    with caplog.at_level("WARNING", logger="videdit.tokenflow"):
+        official_edit(tiny, clip, steps=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "tokenflow: 2 pivots attend jointly; the pivotal pass holds 0.0 GB of keys and values at its largest layer "
+        "(growing with the square of the clip's length); scope window (configs/tokenflow-plus.yaml) edits in windows "
+        "at flat memory"]

@@ -7,7 +7,9 @@ neighbours, found on the source's features.
 
 - Pivots (``batched_denoise_step``): at every step one random frame of each batch of
   ``batch_size`` (8) consecutive frames, from a generator seeded with the edit's seed, so a
-  run repeats; the pivots change from step to step and from batch to batch.
+  run repeats; the pivots change from step to step and from batch to batch. The official code
+  cuts the clip to a multiple of 8 frames (``get_latents_path``); here a shorter last batch
+  draws its pivot among its own frames.
 - Pivotal pass (``register_pivotal(True)``, ``register_extended_attention_pnp``): the UNet
   first runs on the pivots alone, one batch, on the chosen self-attention layers (all, as the
   official code patches every ``BasicTransformerBlock``), each pivot's queries attending to
@@ -48,6 +50,7 @@ read). ``features="keys"`` matches on the source's keys of the layer (a linear m
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Collection, Sequence
@@ -55,7 +58,7 @@ from typing import Collection, Sequence
 import torch
 import torch.nn.functional as F
 
-from videdit.attention import AttentionModule, choose_layers, patterns
+from videdit.attention import AttentionModule, choose_layers, layer_grids, patterns
 from videdit.core.loop import CallInfo, StepCallback, StepContext
 from videdit.editing import EDITORS
 from videdit.errors import VideditError
@@ -65,6 +68,8 @@ from videdit.video.keyframes import Keyframes, neighbours
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, find, register_temporal
 
 NAME = "tokenflow"
+log = logging.getLogger("videdit.tokenflow")
+WARN_BYTES = 8 * 2**30   # scope clip: say so where the pivotal pass's keys and values pass this
 SCOPES = ("clip", "window")
 FEATURES = ("norm1", "keys")
 BLENDS = ("code", "paper")
@@ -119,6 +124,16 @@ def paper_weights(frame: int, pivots: Sequence[int]) -> tuple[tuple[int, float],
     ``pivots``), linear weights by temporal distance."""
     at = {p: i for i, p in enumerate(pivots)}
     return tuple((at[p], w) for p, w in neighbours(frame, pivots))
+
+
+def pivotal_bytes(unet, layers: Collection[str], latent_size: tuple[int, int], pivots: int, rows: int) -> int:
+    """Bytes of the pivotal pass's keys and values at its largest layer: each of ``pivots``
+    pivots in ``rows`` (guidance halves x branches) attends to all pivots' tokens, ``2 * rows *
+    pivots**2 * T * C`` numbers in the UNet's dtype (``T`` tokens, ``C`` channels of the layer)."""
+    grids, modules = layer_grids(unet, latent_size), dict(unet.named_modules())
+    widest = max(grids[n][0] * grids[n][1] * modules[n.removesuffix(".processor")].to_k.out_features
+                 for n in layers if n in grids)
+    return 2 * rows * pivots ** 2 * widest * unet.dtype.itemsize
 
 
 def draw_pivots(gen: torch.Generator, n_frames: int, batch_size: int) -> tuple[int, ...]:
@@ -329,6 +344,13 @@ class TokenFlow(TemporalModule):
                                f"in one window; this window holds frames {window.start}-{window.indices[-1]}: edit "
                                f"with a window of at least the clip's frames (--window), or set {NAME} scope: window "
                                f"(configs/tokenflow-plus.yaml) where it does not fit memory")
+        n_pivots = -(-window.size // self.config.batch_size)
+        need = pivotal_bytes(ctx.model.unet, layers, tuple(ctx.inversion.noise.shape[-2:]), n_pivots,
+                             2 * ctx.n_branches)
+        if need > WARN_BYTES:
+            log.warning("%s: %d pivots attend jointly; the pivotal pass holds %.1f GB of keys and values at its "
+                        "largest layer (growing with the square of the clip's length); scope window "
+                        "(configs/tokenflow-plus.yaml) edits in windows at flat memory", NAME, n_pivots, need / 1e9)
         self.propagation = PivotalPropagation(layers, self.config, ctx.source_branch, norms)
         self.pivots = PivotDraw(ctx.info, window.size, self.config.batch_size, ctx.seed)
         return TemporalPlan(modules=[self.propagation], callbacks=[self.pivots], hooks=hooks)
