@@ -1,5 +1,5 @@
 """Shared fixtures: the real test clips in ../shared/data (never copied into the repo) and
-the built-in tiny-random model."""
+the built-in tiny-random and tiny-sdxl models."""
 
 import os
 from pathlib import Path
@@ -25,6 +25,13 @@ def tiny():
     from videdit.models import load_model
 
     return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    from videdit.models import load_model
+
+    return load_model("tiny-sdxl", device="cpu")
 
 
 @pytest.fixture(scope="session")

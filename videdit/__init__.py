@@ -14,7 +14,7 @@ from videdit.errors import VideditError
 _LAZY = {
     "EditResult": "videdit.pipeline", "EditSettings": "videdit.pipeline", "edit_image": "videdit.pipeline",
     "edit_video": "videdit.pipeline", "invert_video": "videdit.pipeline",
-    "Model": "videdit.models", "load_model": "videdit.models",
+    "Model": "videdit.models", "load_model": "videdit.models", "ControlSpec": "videdit.control",
 }
 
 __all__ = ["VideditError", *_LAZY]

@@ -180,7 +180,8 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id (default {DEFAULT_MODEL}: Stable Diffusion 1.5, downloaded into the Hugging Face "
                    "cache on first use), local diffusers directory, single .safetensors/.ckpt checkpoint, 'toy' "
-                   "(shipped, offline) or 'tiny-random' (random weights, for tests and benchmarks)")
+                   "(shipped, offline), or 'tiny-random' / 'tiny-sdxl' (SD / SDXL layout, random weights, for tests "
+                   "and benchmarks)")
     g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
                    "directory or hub id of the same model family, or the original .yaml (default: inferred)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
@@ -189,6 +190,13 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                    help="a textual-inversion embedding; its token (the file's, else its name) works in prompts "
                    "(repeatable)")
     g.add_argument("--vae", metavar="DIR|FILE", help="a replacement VAE: a diffusers directory or a single file")
+    g.add_argument("--control", action="append", default=[], metavar="canny|softedge|KIND=PATH",
+                   help="a ControlNet condition per frame: canny or softedge (computed from the frames), or "
+                   "depth=PATH, pose=PATH, image=PATH (a video, a frame folder or one image, resized to the working "
+                   "size); the k-th pairs with the k-th --controlnet (repeatable)")
+    g.add_argument("--controlnet", action="append", default=[], metavar="MODEL[=SCALE]",
+                   help="a ControlNet (hub id, e.g. lllyasviel/sd-controlnet-canny, a local diffusers directory, or "
+                   "tiny-random) at conditioning SCALE (default 1); several add up (repeatable)")
     g.add_argument("--steps", type=int, help="DDIM steps (default: the method's reference value, else 50)")
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale of the edit (default: the "
                    "method's reference value, else 7.5); exact inversions invert at it")
@@ -197,7 +205,7 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    g.add_argument("--inversion", default="ddim", help="inversion method (see `videdit methods`)")
+    g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")
     g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
     g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")
@@ -228,6 +236,13 @@ def _model(a):
 
     return load_model(a.model, device=a.device, dtype=a.dtype, config=a.model_config, lora=a.lora,
                       embeddings=a.embedding, vae=a.vae)
+
+
+def _control(a) -> list:
+    """--control and --controlnet, paired in order (one line where their counts differ)."""
+    from videdit.control import pair_controls
+
+    return pair_controls(a.control, a.controlnet)
 
 
 def _read_options(a):
@@ -341,7 +356,8 @@ def _edit(a) -> None:
                         use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
                         progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
                         keep_background=keep_background_options(a.keep_background), strength=a.strength,
-                        steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens)
+                        steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens,
+                        control=_control(a))
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
            f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
@@ -364,7 +380,7 @@ def _invert(a) -> None:
                          inversion_params=dict(a.inversion_param), read=_read_options(a), window=a.window,
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                          inversion_dtype=a.inversion_dtype, strength=a.strength, steps_offset=a.steps_offset,
-                         editor=a.editor, max_tokens=a.max_tokens, progress=not a.quiet)
+                         editor=a.editor, max_tokens=a.max_tokens, control=_control(a), progress=not a.quiet)
     print(f"inverted {stats.frames} frames at {stats.size[0]}x{stats.size[1]} in {stats.windows} windows "
           f"({stats.cache_hits} already cached)")
 

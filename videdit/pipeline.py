@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
 from videdit.config import make_config
+from videdit.control.controlnet import Control, ControlFrames, resolve_control
+from videdit.core.conditioning import unet_inputs
 from videdit.core.loop import PinnedBranch, denoise
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
@@ -38,6 +40,7 @@ from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, 
 from videdit.video.keep_background import keep_background_options
 
 log = logging.getLogger("videdit")
+DEFAULT_INVERSION = "ddim"   # where neither the edit nor its editor names one
 MAX_TOKENS_ENV = "VIDEDIT_MAX_TOKENS"   # the token budget when max_tokens is not given (default: the model's)
 
 
@@ -54,7 +57,7 @@ class EditSettings:
     guidance: float | None = None  # None: likewise, else 7.5
     seed: int = 0
     batch_size: int = 8          # frames per UNet call
-    inversion: str = "ddim"
+    inversion: str | None = None   # None: the editor's (EditorSpec.inversion), else DEFAULT_INVERSION
     inversion_params: Mapping[str, Any] = field(default_factory=dict)
     editor: str = "plain"
     editor_params: Mapping[str, Any] = field(default_factory=dict)
@@ -74,7 +77,13 @@ class EditSettings:
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
 
     def __post_init__(self):
-        method, editor = get_inversion(self.inversion), get_editor(self.editor)
+        editor = get_editor(self.editor)
+        if self.inversion is None:
+            object.__setattr__(self, "inversion", editor.inversion or DEFAULT_INVERSION)
+        elif editor.inversion is not None and self.inversion != editor.inversion:
+            raise VideditError(f"editor {editor.name!r} starts from inversion {editor.inversion!r}, as its reference "
+                               f"does; leave the inversion out (got {self.inversion!r})")
+        method = get_inversion(self.inversion)
         for name in EDIT_DEFAULTS:   # the reference's, where the edit leaves them unset
             if getattr(self, name) is None:
                 object.__setattr__(self, name, next(
@@ -124,8 +133,9 @@ class EditSettings:
         return start
 
     def schedule(self, scheduler_config: dict) -> Schedule:
-        """The edit's and the inversion's schedule on a model with ``scheduler_config``."""
-        return make_schedule(scheduler_config, self.steps, self.steps_offset)
+        """The edit's and the inversion's schedule on a model with ``scheduler_config``: DDIM's, or
+        the one the editor's reference samples on (``EditorSpec.schedule``)."""
+        return (self.editor_spec.schedule or make_schedule)(scheduler_config, self.steps, self.steps_offset)
 
     def _temporal_configs(self, editor: EditorSpec) -> tuple[tuple[TemporalSpec, Any], ...]:
         entries = [(n, p) for name, params in self.temporal.items()
@@ -259,60 +269,89 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
 
 
-def _resolve_model(model: Model | str, device, dtype, source: tuple[int, int] | None = None,
+def _resolve_model(model: Model | str, device, dtype, settings: EditSettings, source: tuple[int, int] | None = None,
                    size: int | tuple[int, int] | str | None = None, max_tokens: int | None = None) -> Model:
-    """``model`` loaded (a Model is itself). With the ``source`` (W, H), a request over the memory
-    budget is refused first, from the model's configs alone where they can be read without its
-    weights (:func:`~videdit.models.loading.peek_geometry`): before gigabytes download or load."""
-    if isinstance(model, Model):
-        return model
-    if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
-        check_budget(geometry, source, size, max_tokens)
-    return load_model(model, device=device, dtype=dtype)
+    """``model`` loaded (a Model is itself) and checked to run the settings' methods
+    (:func:`check_methods`). With the ``source`` (W, H), a request over the memory budget is
+    refused first, from the model's configs alone where they can be read without its weights
+    (:func:`~videdit.models.loading.peek_geometry`): before gigabytes download or load."""
+    if not isinstance(model, Model):
+        if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
+            check_budget(geometry, source, size, max_tokens)
+        model = load_model(model, device=device, dtype=dtype)
+    check_methods(model, settings)
+    return model
+
+
+def check_methods(model: Model, settings: EditSettings, controlnet: bool = False) -> None:
+    """One line naming the inversion, editor or temporal module that cannot run on ``model``'s family
+    (``Model.family``), or with a ControlNet where ``controlnet``, and why (``Entry.check_model``),
+    before any frame is read."""
+    settings.inversion_method.check_model(model.family, controlnet=controlnet, kind="inversion")
+    settings.editor_spec.check_model(model.family, controlnet=controlnet, kind="editor")
+    for spec, _ in settings.temporal_configs:
+        spec.check_model(model.family, controlnet=controlnet, kind="temporal module")
 
 
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                   cache: InversionCache | None = None, progress: bool = False,
-                  subset: tuple[int, ...] | None = None) -> Inversion:
+                  subset: tuple[int, ...] | None = None, control: ControlFrames | None = None) -> Inversion:
     """Invert uint8 frames (F, H, W, 3) already at a model size; cached when ``cache`` is given.
     ``subset`` (indices into F): the inversion of those frames only, cut from a cached
     inversion of all of them where there is one and the method inverts frames independently
-    (:meth:`Inversion.select`), else made alone."""
+    (:meth:`Inversion.select`), else made alone. ``control``: ControlNets and the conditions of
+    the F frames, run on every UNet call of the inversion (and part of the cache key)."""
     method, config = settings.inversion_method, settings.inversion_config
     unet_in = torch.float32 if settings.inversion_dtype == "fp32" else model.dtype
 
-    def key_of(frames: np.ndarray) -> str:
+    def key_of(frames: np.ndarray, control: ControlFrames | None) -> str:
         return cache_key(frames, model=model.fingerprint, dtype=str(model.dtype), unet_dtype=str(unet_in),
                          source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
                          config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
-                         seed=settings.seed, **_schedule_key(settings))
+                         seed=settings.seed, **_schedule_key(settings),
+                         **({"control": control.key()} if control is not None else {}))
 
     if subset is not None:
         if cache is not None and method.inverts_frames_apart(config):   # a cached inversion of the whole window
-            window = key_of(frames)
+            window = key_of(frames, control)
             if (whole := cache.load(window, settings.steps)) is not None:
                 log.info("inversion cache hit: %d of %d frames of %s (%s)", len(subset), len(frames),
                          cache.path(window).name, method.name)
                 return whole.select(subset)
         frames = frames[list(subset)]
-    key = key_of(frames)
+        control = control.select(subset) if control is not None else None
+    key = key_of(frames, control)
     if cache is not None and (hit := cache.load(key, settings.steps)) is not None:
         log.info("inversion cache hit: %s (%d frames, %s)", cache.path(key).name, len(frames), method.name)
         return hit
-    cond, uncond = model.encode_text([settings.source_prompt, settings.negative_prompt]).chunk(2)
+    cond, uncond = model.encode_text([settings.source_prompt]), model.encode_negative(settings.negative_prompt)
+    schedule = settings.schedule(model.scheduler_config)
     inputs = InversionInputs(unet=model.unet, prediction_type=model.prediction_type,
                              latents=model.encode_images(frames, settings.batch_size),
-                             schedule=settings.schedule(model.scheduler_config), cond=cond,
+                             schedule=schedule, cond=cond,
                              uncond=uncond, batch_size=settings.batch_size, progress=progress, seed=settings.seed,
                              start_step=settings.start_step)
-    with unet_dtype(model.unet, unet_in):  # the model's own dtype is back afterwards
+    # the model's own dtype is back afterwards
+    with unet_dtype(model.unet, unet_in), unet_inputs(model.unet, _control_inputs(control, schedule, len(frames))):
         inv = method.run(inputs, config)
     if inv.start_step < settings.start_step:   # a method that inverted the whole schedule
         inv = dataclasses.replace(inv, start_step=settings.start_step)
-    if cache is not None:
+    if cache is not None and inv.unet_evals:   # one that ran no UNet (noise) is cheaper to make again than to read
         cache.save(key, inv)
         log.info("inversion cached: %s", cache.path(key))
     return inv
+
+
+def _control_inputs(control: ControlFrames | None, schedule: Schedule, n_frames: int,
+                    uncontrolled: tuple[int, ...] = ()) -> list:
+    """The UNet input that runs ``control``'s ControlNets on a stage of ``n_frames`` frames (none
+    without), on every branch but ``uncontrolled``."""
+    if control is None:
+        return []
+    if control.images.shape[1] != n_frames:
+        raise VideditError(f"ControlNet conditions for {control.images.shape[1]} frames given to a stage of "
+                           f"{n_frames} frames; select the frames it processes (ControlFrames.select)")
+    return [control.input(schedule.timesteps, uncontrolled)]
 
 
 def _schedule_key(settings: EditSettings) -> dict:
@@ -349,8 +388,8 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
     inversions of the reference images its ``config`` (default: the settings') names, under their
     prompts (None: the source prompt)."""
     config = settings.editor_config if config is None else config
-    source_cond, target_cond, uncond = model.encode_text(
-        [settings.source_prompt, settings.target_prompt, settings.negative_prompt]).chunk(3)
+    source_cond, target_cond = model.encode_text([settings.source_prompt, settings.target_prompt]).chunk(2)
+    uncond = model.encode_negative(settings.negative_prompt)
     schedule = settings.schedule(model.scheduler_config)
     if inversion.n_steps != len(schedule):
         raise VideditError(f"the inversion has {inversion.n_steps} steps but the edit asks for {len(schedule)}")
@@ -371,14 +410,16 @@ def edit_context(model: Model, inversion: Inversion, settings: EditSettings, con
 def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
                  frame_size: tuple[int, int] | None = None, window: Window | None = None,
                  temporal: TemporalStack | None = None, cache: InversionCache | None = None,
-                 edited: tuple[int, ...] | None = None) -> torch.Tensor:
+                 edited: tuple[int, ...] | None = None, control: ControlFrames | None = None) -> torch.Tensor:
     """Run the editor on an inversion: -> edited clean latents (F, C, h, w). ``frame_size``
     (H, W) is the frames' size before rounding to a model size (masks are checked against it).
     A clip's windows pass their :class:`Window` (its place in the clip and source frames at the
     model size) and one :class:`TemporalStack` for the whole clip (its modules carry their
     state from window to window); without them the inversion is a clip of one window.
     ``edited``: the window indices of the frames the inversion holds, where the temporal
-    modules asked for a subset (``edit_frames`` does)."""
+    modules asked for a subset (``edit_frames`` does). ``control``: ControlNets and the
+    conditions of the frames the inversion holds, run on every UNet call of the plan and the
+    sampling (source branch and edit alike; reference images, inverted and sampled, go without)."""
     n_frames = inversion.noise.shape[0]
     window = window if window is not None else Window(0, n_frames)
     temporal = temporal if temporal is not None else settings.temporal_stack()
@@ -392,7 +433,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         config = dataclasses.replace(config, **cut) if cut else config
     ctx = edit_context(model, inversion, settings, config, frame_size=frame_size, cache=cache, progress=progress)
     schedule, source_cond, uncond = ctx.schedule, ctx.source_cond, ctx.uncond
-    plan = settings.editor_spec.plan(ctx, config)
+    with unet_inputs(model.unet, _control_inputs(control, schedule, n_frames)):   # diffedit's mask sees it too
+        plan = settings.editor_spec.plan(ctx, config)
     if (plan.source_branch is not None) != settings.editor_spec.has_source_branch:
         raise VideditError(f"editor {settings.editor!r} declares has_source_branch="
                            f"{settings.editor_spec.has_source_branch} and its plan says otherwise")
@@ -401,6 +443,9 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         schedule=schedule, n_branches=n_branches, source_branch=plan.source_branch,
         output_branch=plan.output_branch % n_branches, source_cond=source_cond, uncond=uncond,
         prediction_type=model.prediction_type, guidance=settings.guidance), settings.inversion_config)
+    if plan.sampler is not None and replay.sampler is not None:
+        raise VideditError(f"editor {settings.editor!r} samples with {type(plan.sampler).__name__} and inversion "
+                           f"{settings.inversion!r} replays with {type(replay.sampler).__name__}; they do not combine")
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))
@@ -426,9 +471,11 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
-    with attention_processors(model.unet, processors), module_hooks(model.unet, hooks):
+    with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
+            unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled),
+                                     *plan.inputs]):   # a ControlNet sees the latents before the editor's channels
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
-                    callbacks=callbacks, sampler=replay.sampler,
+                    callbacks=callbacks, sampler=plan.sampler or replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
                     progress=progress)
     return x[plan.output_branch]
@@ -440,11 +487,12 @@ def _per_window_frame(value: Any, n_frames: int) -> bool:
     return isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim >= 3 and value.shape[0] == n_frames > 1
 
 
-def reconstruct(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False) -> torch.Tensor:
+def reconstruct(model: Model, inversion: Inversion, settings: EditSettings, *, progress: bool = False,
+                control: ControlFrames | None = None) -> torch.Tensor:
     """The inversion's own reconstruction: the plain editor with target prompt = source prompt,
-    at ``settings.guidance``. -> clean latents (F, C, h, w)."""
+    at ``settings.guidance`` (with the inversion's ``control``). -> clean latents (F, C, h, w)."""
     same = dataclasses.replace(settings, target_prompt=settings.source_prompt, editor="plain", editor_params={})
-    return edit_latents(model, inversion, same, progress=progress)
+    return edit_latents(model, inversion, same, progress=progress, control=control)
 
 
 def _broadcast_uncond(uncond, n_branches: int):
@@ -459,8 +507,11 @@ def _broadcast_uncond(uncond, n_branches: int):
 
 def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cache: InversionCache | None = None,
                 stats: EditStats | None = None, progress: bool = False, start: int = 0,
-                temporal: TemporalStack | None = None, last: bool = True) -> np.ndarray:
+                temporal: TemporalStack | None = None, last: bool = True,
+                control: Control | None = None) -> np.ndarray:
     """Edit uint8 frames (F, H, W, 3) of any size; returns edited frames of the same size.
+    ``control``: the clip's ControlNets and conditions (:class:`videdit.control.Control`); the
+    inversion and the edit see the window's conditions at the model size.
 
     A clip edited window by window passes each window's ``start`` (its first frame's index in
     the clip), one :class:`TemporalStack` for all its windows (``settings.temporal_stack()``)
@@ -475,10 +526,13 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     window = Window(start, len(frames), _at_model_size(model, frames), last=last or whole_clip)
     subset = temporal.frames_to_edit(window)
     t0 = time.perf_counter()
-    inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset)
+    conditions = control.window(start, window.frames) if control is not None else None
+    inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset,
+                        control=conditions)
     t1 = time.perf_counter()
     z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), window=window,
-                     temporal=temporal, cache=cache, edited=subset)
+                     temporal=temporal, cache=cache, edited=subset,
+                     control=conditions.select(subset) if conditions is not None else None)
     decoded = model.decode_latents(z, settings.batch_size)
     edited = tuple(range(len(frames))) if subset is None else subset
     if subset is None:
@@ -514,14 +568,16 @@ def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
                target_prompt: str = "", model: Model | str = DEFAULT_MODEL, steps: int | None = None,
-               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str = "ddim",
+               guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str | None = None,
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
                temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
-               batch_size: int = 8, inversion_dtype: str = "model", keep_background: Mapping | float | bool | None = None,
+               batch_size: int = 8, inversion_dtype: str = "model",
+               keep_background: Mapping | float | bool | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
-               max_tokens: int | None = None, progress: bool = False) -> EditResult:
+               max_tokens: int | None = None, control: Control | Sequence | None = None,
+               progress: bool = False) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
@@ -532,6 +588,11 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     The model works at ``read.size`` (:func:`working_size`; None: the model's native short side,
     "source": the source's size), refused before any frame is read where that exceeds
     ``max_tokens`` latent tokens per frame (:func:`token_budget`); ``EditStats.size`` says which.
+
+    ``control``: ControlNets with their conditions (:class:`videdit.control.ControlSpec` each, e.g.
+    ``ControlSpec("canny", "lllyasviel/sd-controlnet-canny", scale=1.0)``, or a loaded
+    :class:`videdit.control.Control`); the inversion, the source branch and the edit see the same
+    condition of each frame.
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
@@ -544,8 +605,9 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     for path in (output, preview):
         if path is not None:
             io.check_output_path(path, input)
-    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
+    model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
+    control = _control(control, model, settings, read, info.n_frames)
     cache = InversionCache(cache_dir) if use_cache else None
     stats = EditStats(size=work)
     keep_source, keep_edit = [], []
@@ -568,7 +630,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
             chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
             first = stats.frames == 0
             out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress, start=stats.frames,
-                              temporal=stack, last=following is None)
+                              temporal=stack, last=following is None, control=control)
             bar.update(len(chunk))
             if not stack.second_pass:
                 yield finished(chunk, out)
@@ -608,11 +670,12 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
-                 inversion: str = "ddim", inversion_params: Mapping | None = None, read: io.ReadOptions | None = None,
-                 window: int = 16, batch_size: int = 8, device: str | None = None, dtype: str | None = None,
+                 inversion: str | None = None, inversion_params: Mapping | None = None,
+                 read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8, device: str | None = None,
+                 dtype: str | None = None,
                  inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None,
                  steps_offset: int | None = None, editor: str = "plain", max_tokens: int | None = None,
-                 progress: bool = False) -> EditStats:
+                 control: Control | Sequence | None = None, progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
     (``editor``: the edit's, where it sets the strength; ``read.size``: the working size, as there)."""
     settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
@@ -620,16 +683,31 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
                          inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
-    model = _resolve_model(model, device, dtype, info.source_size, read.size, max_tokens)
+    model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
+    control = _control(control, model, settings, read, info.n_frames)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
     for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
                       disable=not progress):
-        inv = invert_frames(model, _at_model_size(model, chunk), settings, cache=cache, progress=progress)
+        frames = _at_model_size(model, chunk)
+        conditions = control.window(stats.frames, frames) if control is not None else None
+        inv = invert_frames(model, frames, settings, cache=cache, progress=progress, control=conditions)
         stats.frames += len(chunk)
         stats.windows += 1
         stats.cache_hits += int(inv.cached)
     return stats
+
+
+def _control(control: Control | Sequence | None, model: Model, settings: EditSettings,
+             read: io.ReadOptions | None, n_frames: int) -> Control | None:
+    """The edit's ControlNets loaded for ``model`` (None: none), refused in one line where a method
+    cannot take one or a condition file does not have the clip's ``n_frames``."""
+    if control is not None and not (isinstance(control, (list, tuple)) and not control):
+        check_methods(model, settings, controlnet=True)   # before any ControlNet is loaded
+    control = resolve_control(control, model, read, n_frames)
+    if control is not None:
+        log.info("ControlNet: %s", ", ".join(f"{s.controlnet} on {s.condition} at {s.scale:g}" for s in control.specs))
+    return control
 
 
 def _thumb(frames: np.ndarray, max_side: int = 256) -> np.ndarray:
@@ -643,11 +721,11 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
                target_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                size: int | tuple[int, int] | str | None = None, device: str | None = None, dtype: str | None = None,
                cache_dir: str | Path | None = None, use_cache: bool = True, max_tokens: int | None = None,
-               progress: bool = False, **settings) -> np.ndarray:
+               control: Control | Sequence | None = None, progress: bool = False, **settings) -> np.ndarray:
     """Edit one image (a path, or an (H, W, 3) uint8 array) and return it at its own size;
     ``size`` is the working size (:func:`working_size`: None the model's native short side, an
     int a short side, (W, H), or "source"), refused over ``max_tokens`` (:func:`token_budget`);
-    ``output`` is written when given.
+    ``output`` is written when given; ``control``: ControlNets and their conditions, as :func:`edit_video` takes.
     ``settings``: the fields of :class:`EditSettings` (steps, guidance, inversion, editor, ...)."""
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, **settings)
     if isinstance(input, np.ndarray):
@@ -659,11 +737,13 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             io.check_output_path(output, input)
         image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
-    m = _resolve_model(model, device, dtype, (width, height), size, max_tokens)
+    m = _resolve_model(model, device, dtype, settings, (width, height), size, max_tokens)
     size, _ = _working(m, (width, height), size, max_tokens)
     work = _resize(image[None], resized_size((width, height), size))[0]
+    control = _control(control, m, settings, None, 1)
     cache = InversionCache(cache_dir) if use_cache else None
-    out = _resize(edit_frames(m, work[None], settings, cache=cache, progress=progress), (width, height))[0]
+    out = _resize(edit_frames(m, work[None], settings, cache=cache, progress=progress, control=control),
+                  (width, height))[0]
     if output is not None:
         io.write_image(output, out)
     return out

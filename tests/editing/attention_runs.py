@@ -110,3 +110,20 @@ def preset_settings(name: str, target: str, **overrides):
                      inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
                      editor_params=editor_params(a), source_branch=a.source_branch)
     return dataclasses.replace(s, **overrides) if overrides else s
+
+
+def sdxl_shaped_unet():
+    """A UNet of Stable Diffusion XL's block layout (no attention in the first down block and the
+    last up block, cross-attention down and up blocks of 1-2 and 3 transformer blocks where SDXL
+    has 2 and 10, a mid block), small random weights: SDXL's layer names at a tiny size."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64),
+            norm_num_groups=8, cross_attention_dim=64, attention_head_dim=(2, 4, 4), use_linear_projection=True,
+            transformer_layers_per_block=(1, 2, 3), addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")).eval()

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.families import runs_on
 from videdit.editing import EDITORS
 from videdit.inversion import INVERSIONS
 from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
@@ -50,8 +51,8 @@ def inversions(tiny, wolf_frames):
     return get
 
 
-@pytest.mark.parametrize("editor", sorted(EDITORS))
-@pytest.mark.parametrize("inversion", sorted(INVERSIONS))
+@pytest.mark.parametrize("editor", runs_on(EDITORS))
+@pytest.mark.parametrize("inversion", runs_on(INVERSIONS))
 def test_identity_edit_is_the_reconstruction(tiny, inversions, inversion, editor):
     s, inv, rec = inversions(inversion)
     s = dataclasses.replace(s, editor=editor, guidance=IDENTITY_GUIDANCE.get(editor, s.guidance),
@@ -81,7 +82,7 @@ EDIT_PARAMS = {"blended": {"mask": _HALF}, "differential": {"mask": 0.25 + 0.5 *
 PROMPT_CHANGE = 0.1
 
 
-@pytest.mark.parametrize("editor", sorted(EDITORS))
+@pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_edit_is_deterministic_and_changes_with_the_prompt(tiny, inversions, editor):
     s, inv, rec = inversions("ddim")
     same = dataclasses.replace(s, editor=editor, editor_params=EDIT_PARAMS.get(editor, {}))

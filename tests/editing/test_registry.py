@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.families import runs_on
 from videdit.core import make_schedule
 from videdit.editing import EDITORS, EditContext
 from videdit.pipeline import EditSettings, invert_frames
@@ -9,7 +10,7 @@ from videdit.pipeline import EditSettings, invert_frames
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 
 
-@pytest.mark.parametrize("editor", sorted(EDITORS))
+@pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_the_declared_source_branch_is_the_plans(tiny, wolf_frames, editor):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor)
     inv = invert_frames(tiny, wolf_frames[:1], s)

@@ -18,6 +18,8 @@ from videdit.video import TemporalModule, TemporalPlan, TemporalStack, Window
 from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
 from videdit.video.keyframes import Keyframes, KeyframesConfig
 
+from tests.families import runs_on
+
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
 STEPS = 3
 
@@ -148,7 +150,7 @@ def test_windows_of_4_equal_one_window_of_8(tiny, clip, mode, inversion, calls):
     torch.testing.assert_close(by_windows(tiny, s, clip, 4), whole, rtol=0, atol=reorder_atol(2 * STEPS * calls))
 
 
-@pytest.mark.parametrize("editor", sorted(EDITORS))
+@pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_every_editor_composes_without_seams(tiny, clip, editor):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor=editor,
                      temporal={"cross_frame": {"mode": "sparse_causal"}})

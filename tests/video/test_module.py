@@ -9,6 +9,7 @@ from videdit.errors import VideditError
 from videdit.pipeline import EditSettings, edit_frames
 from videdit.video import TEMPORAL, TemporalModule, TemporalStack, Window
 
+from tests.families import runs_on
 from tests.video.clips import SOURCE, TARGET, sliding_texture
 
 # every registered module, alone or on the keyframes it builds on
@@ -42,7 +43,7 @@ def frames():
 @pytest.fixture(scope="module")
 def plain_edits(tiny, frames):
     """Each editor's edit without temporal modules, by frame."""
-    return {editor: edit_frames(tiny, frames, settings(editor, {})) for editor in sorted(EDITORS)}
+    return {editor: edit_frames(tiny, frames, settings(editor, {})) for editor in runs_on(EDITORS)}
 
 
 def settings(editor, temporal):
@@ -52,7 +53,7 @@ def settings(editor, temporal):
 
 
 @pytest.mark.parametrize("module", sorted(STACKS))
-@pytest.mark.parametrize("editor", sorted(EDITORS))
+@pytest.mark.parametrize("editor", runs_on(EDITORS))
 def test_every_module_with_every_editor(tiny, frames, plain_edits, module, editor):
     """Two windows of two frames through one stack, as edit_video runs them: the clip's frames at
     its size, every module acting (the frames differ from the editor's own edit; keep_background

@@ -3,10 +3,11 @@ modules that intervene in attention, composed one processor per layer."""
 
 from videdit.attention.hooks import match_modules, module_hooks
 from videdit.attention.install import attention_processors, match_layers
-from videdit.attention.layers import choose_layers, layer_grids, layers_at, patterns, select_layers
+from videdit.attention.layers import (attention_blocks, choose_layers, expand_levels, layer_grids, layers_at, patterns,
+                                     select_layers)
 from videdit.attention.processor import AttentionModule, AttnCall, ComposedProcessor, compose, merge
 from videdit.attention.store import CrossAttentionStore
 
-__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_processors",
-           "choose_layers", "compose", "layer_grids", "layers_at", "match_layers", "match_modules", "merge",
-           "module_hooks", "patterns", "select_layers"]
+__all__ = ["AttentionModule", "AttnCall", "ComposedProcessor", "CrossAttentionStore", "attention_blocks",
+           "attention_processors", "choose_layers", "compose", "expand_levels", "layer_grids", "layers_at",
+           "match_layers", "match_modules", "merge", "module_hooks", "patterns", "select_layers"]

@@ -9,13 +9,17 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterator, Mapping
 
+from videdit.attention.layers import expand_levels
+
 # hook(module, args, output) -> new output, or None to keep it (torch's forward-hook contract)
 ForwardHook = Callable[[Any, tuple, Any], Any]
 
 
 def match_modules(unet, pattern: str) -> list[str]:
-    """Module names of ``unet`` matching the glob ``pattern``."""
-    return [n for n, _ in unet.named_modules() if n and fnmatchcase(n, pattern)]
+    """Module names of ``unet`` matching the glob ``pattern`` (a level by depth, ``up@0``,
+    expanded: :func:`videdit.attention.layers.expand_levels`)."""
+    globs = expand_levels(unet, [pattern])
+    return [n for n, _ in unet.named_modules() if n and any(fnmatchcase(n, g) for g in globs)]
 
 
 @contextmanager

@@ -54,7 +54,7 @@ class StepContext:
     """Passed to step callbacks."""
 
     step: int
-    timestep: int
+    timestep: int | float   # Schedule.timestep: a float between training timesteps (Euler)
     alpha: float
     alpha_prev: float
     n_steps: int
@@ -137,12 +137,13 @@ def frame_batches(n_frames: int, batch_size: int, lead: Sequence[int] = ()) -> l
 BeforeCFG = Callable[[torch.Tensor, torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]]
 
 
-def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tensor, uncond: torch.Tensor | None,
                   guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None,
                   before_cfg: BeforeCFG | None = None) -> torch.Tensor:
-    """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep, frames in
-    batches of ``batch_size`` (``info.lead_frames`` first: :func:`frame_batches`; before them
-    ``info.pivot_frames`` in one batch, ``info.pivotal``, whose output is dropped).
+    """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep (an int, or a float
+    between training timesteps: :meth:`Schedule.timestep`), frames in batches of ``batch_size``
+    (``info.lead_frames`` first: :func:`frame_batches`; before them ``info.pivot_frames`` in one
+    batch, ``info.pivotal``, whose output is dropped).
     ``uncond`` is skipped when every guidance scale is 1;
     ``before_cfg`` may change each batch's unguided outputs before they are combined."""
     nb, n_frames = x.shape[:2]
@@ -163,7 +164,8 @@ def predict_noise(unet, x: torch.Tensor, timestep: int, cond: torch.Tensor, unco
         if guided:
             xb = torch.cat([xb, xb])                              # (2*nb, fb, C, h, w)
             text = torch.cat([_per_frame(uncond, nb, frames), text])
-        t = torch.full((xb.shape[0] * xb.shape[1],), int(timestep), device=x.device, dtype=torch.long)
+        t = torch.full((xb.shape[0] * xb.shape[1],), timestep, device=x.device,
+                       dtype=torch.long if isinstance(timestep, int) else torch.float32)
         y = call_unet(unet, xb.flatten(0, 1).to(dtype), t, text.flatten(0, 1).to(dtype), info)
         if info.pivotal:
             continue                                              # only its attention outputs are read
@@ -219,7 +221,7 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
     starting = [cb for cb in callbacks if _overrides(cb, "on_step_start")]
     state = sampler.start(x.float())
     for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
-        t = int(schedule.timesteps[i])
+        t = schedule.timestep(i)
         info.step = i
         ctx = StepContext(step=i, timestep=t, alpha=float(schedule.alphas[i]),
                           alpha_prev=float(schedule.alphas_prev[i]), n_steps=len(schedule))

@@ -19,13 +19,19 @@ class Schedule:
     lands on (the final alpha after the last step). Inversion walks the same pairs backwards.
     """
 
-    timesteps: torch.Tensor    # (N,) int64, descending
+    timesteps: torch.Tensor    # (N,) int64, descending (float32 where they fall between training timesteps: Euler's)
     alphas: torch.Tensor       # (N,) float64
     alphas_prev: torch.Tensor  # (N,) float64
     alphas_cumprod: torch.Tensor  # (T,) float64, the training schedule (for forward noising)
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def timestep(self, i: int) -> int | float:
+        """``timesteps[i]`` as the UNet takes it: an int, or a float where the schedule's
+        timesteps fall between the training ones (:func:`videdit.core.euler.euler_schedule`)."""
+        t = self.timesteps[i]
+        return float(t) if t.is_floating_point() else int(t)
 
 
 def check_steps_offset(steps_offset: int | None) -> int | None:

@@ -98,15 +98,20 @@ class LayerStore(CrossAttentionStore):
         return cross and layer in self.names
 
 
-def auto_map_factor(latent: tuple[int, int], cells: int = 16) -> int:
+def auto_map_factor(latent: tuple[int, int], cells: int = 16, unet=None) -> int:
     """The largest power of two f with latents / f still >= ``cells`` on the short side (1 at
     least), for word masks read from cross-attention maps: SD's 64x64 latents -> 4 (the
     reference codes' 16x16 maps), the toy model's 16x16 -> 1 (a fixed 4 would read its 4x4 mid
-    block, whose dilated mask covers the frame)."""
+    block, whose dilated mask covers the frame). With ``unet``, among the factors where it has
+    cross-attention (the largest at most f, else the smallest): SDXL's 128x128 latents -> 4
+    (32x32 maps; it has none at 1/8), tiny-sdxl's 32x32 -> 2."""
     f = 1
     while min(latent) // (2 * f) >= cells:
         f *= 2
-    return f
+    if unet is None:
+        return f
+    have = [g for g in (2 ** i for i in range(8)) if layers_at(unet, latent, g, cross=True)]
+    return max((g for g in have if g <= f), default=min(have, default=f))
 
 
 def check_map_factor(value, editor: str, option: str) -> None:

@@ -68,7 +68,7 @@ from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.self_segmentation import object_mask, word_map
 from videdit.editing.words import prompt_words, word_positions
 from videdit.errors import VideditError
-from videdit.registry import departs
+from videdit.registry import NOT_INSTRUCT, departs
 
 EDITOR = "cross_image"
 QUERIES = ("output", "structure")
@@ -341,6 +341,11 @@ def _mask_finder(ctx: EditContext, config: CrossImageConfig, store: Segmentation
     return find
 
 
+# the official swaps and masked AdaIN read the decoder's self-attention on the latent grid (swap_layers)
+SDXL_REFUSAL = ("its attention swap and masked AdaIN read the decoder's self-attention on the latent grid "
+                "(SD 1.5's 64x64 at 512 px), and SDXL's UNet has none there (its finest is at half the grid)")
+
+
 def _decoder(names: list[str]) -> list[str]:
     return [n for n in names if n.startswith("up_blocks.")]
 
@@ -363,7 +368,8 @@ def segmentation_layers(unet, latent: tuple[int, int]) -> tuple[str, str] | None
 @register_editor(EDITOR, CrossImageConfig, source_branch=True, references={"appearance": "appearance_prompt"},
                  reference="Alaluf et al. 2024, Cross-Image Attention for Zero-Shot Appearance Transfer "
                            "(SIGGRAPH); github.com/garibida/cross-image-attention (config.py, run.py)",
-                 steps=100, guidance=1.0, strength=0.68)
+                 steps=100, guidance=1.0, strength=0.68,
+                 models={"families": ("SD1", "SD2"), "refuses": {"SDXL": SDXL_REFUSAL, **NOT_INSTRUCT}})
 def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
     """Cross-image attention (Alaluf et al. 2024): the output reads an appearance image's keys and values."""
     unet, n = ctx.model.unet, len(ctx.schedule)
@@ -422,4 +428,5 @@ def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
                             text_guided=text_guided, adain_steps=adain_steps, masks=masks)
     hooks = freeu_hooks(unet, *config.freeu) if config.freeu is not None else None
     return EditPlan(x=x, branches=branches, callbacks=[steps], processors=compose(unet, modules, info), hooks=hooks,
-                    info=info, output_branch=output, source_branch=structure)
+                    info=info, output_branch=output, source_branch=structure,
+                    uncontrolled=(appearance,) if trajectory is not None else ())

@@ -12,7 +12,9 @@ layers matching ``layers``, the target attends with its own queries to the sourc
 (Eq. 3): Attention(Q_tgt, K_src, V_src), each guidance half to the same half of the source.
 The default layers are SD's decoder blocks from the official ``start_layer=10`` of its 16
 transformer blocks on (counted in the order the UNet runs them: 6 down, 1 mid, 9 up), i.e.
-``up_blocks.2`` and ``up_blocks.3``.
+``up_blocks.2`` and ``up_blocks.3``, named by depth (``up@1+``: the decoder levels with
+attention after the first, :func:`~videdit.attention.layers.expand_levels`) so that on SDXL
+they are ``up_blocks.1``, its decoder's attention at 1/2 of the latent grid.
 
 The official real-image recipe (``playground_real.ipynb``) inverts with DDIM at guidance 7.5
 under the source prompt "" (so the inversion and the source branch are unguided in effect:
@@ -61,8 +63,8 @@ EDITOR = "masactrl"
 @dataclass(frozen=True)
 class MasaCtrlConfig:
     start: float = 0.08                # mutual attention from this fraction of the steps on (start_step=4 of 50)
-    # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks
-    layers: tuple[str, ...] = ("up_blocks.[23].*attn1.processor",)
+    # globs over self-attention processors: start_layer=10 of SD's 16 transformer blocks, up_blocks.2-3
+    layers: tuple[str, ...] = ("up@1+.*attn1.processor",)
     mask: Any = None                   # the source's foreground (1): an image or .npy path, or a tensor (masks.py)
     target_mask: Any = None            # the same for the target (default: ``mask``)
     mask_word: str = ""                # or: the source mask from this word's cross-attention ...
@@ -154,8 +156,8 @@ def _word_masks(ctx: EditContext, config: MasaCtrlConfig, n_frames: int, latent)
     src = word_positions(ctx.model.tokens(ctx.source_prompt), config.mask_word, ctx.source_prompt)
     tgt_word = config.target_mask_word or config.mask_word
     tgt = word_positions(ctx.model.tokens(ctx.target_prompt), tgt_word, ctx.target_prompt)
-    layers = cross_layers_at(ctx.model.unet, latent, config.mask_factor or auto_map_factor(latent), EDITOR,
-                             "mask_factor")
+    factor = config.mask_factor or auto_map_factor(latent, unet=ctx.model.unet)
+    layers = cross_layers_at(ctx.model.unet, latent, factor, EDITOR, "mask_factor")
     store = LayerStore(src + tgt, n_frames, layers)
 
     def masks():

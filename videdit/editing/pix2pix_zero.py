@@ -124,7 +124,8 @@ def mean_embedding(model, sentences: str | Path | Sequence[str], batch_size: int
     """The mean text embedding (1, L, D), float32, of a list of sentences or of a sentence
     file; a ``.pt`` file holds embeddings (n, L, D) or (L, D) already (``make_edit_direction.py``
     saves their mean, (1, L, D)). Sentences are encoded ``batch_size`` at a time, padded to
-    the tokenizer's length, as ``StableDiffusionPix2PixZeroPipeline.get_embeds`` does."""
+    the tokenizer's length, as ``StableDiffusionPix2PixZeroPipeline.get_embeds`` does; SDXL's one at
+    a time by ``Model.encode_text`` (its pooled row averaged with the rest)."""
     if isinstance(sentences, (str, Path)) and Path(sentences).suffix == ".pt":
         embeds = torch.load(sentences, map_location="cpu", weights_only=True)
         if not isinstance(embeds, torch.Tensor) or embeds.ndim not in (2, 3):
@@ -132,14 +133,17 @@ def mean_embedding(model, sentences: str | Path | Sequence[str], batch_size: int
         embeds = embeds.reshape(-1, *embeds.shape[-2:]).float()
     else:
         texts = read_sentences(sentences) if isinstance(sentences, (str, Path)) else list(sentences)
-        tok, encoder = model.tokenizer, model.text_encoder
-        embeds = []
-        with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                ids = tok(texts[i:i + batch_size], padding="max_length", truncation=True,
-                          max_length=tok.model_max_length, return_tensors="pt").input_ids
-                embeds.append(encoder(ids.to(encoder.device))[0].float())   # (b, L, D)
-        embeds = torch.cat(embeds)
+        if model.text_encoder_2 is not None:   # SDXL: both encoders and the pooled row, as its prompts are
+            embeds = model.encode_text(texts, remember=False).float()
+        else:
+            tok, encoder = model.tokenizer, model.text_encoder
+            embeds = []
+            with torch.no_grad():
+                for i in range(0, len(texts), batch_size):
+                    ids = tok(texts[i:i + batch_size], padding="max_length", truncation=True,
+                              max_length=tok.model_max_length, return_tensors="pt").input_ids
+                    embeds.append(encoder(ids.to(encoder.device))[0].float())   # (b, L, D)
+            embeds = torch.cat(embeds)
     return embeds.mean(0, keepdim=True)
 
 

@@ -28,10 +28,13 @@ keys (Eq. 5: A = softmax(q_src k_src^T / sqrt(d)), values the target's).
 Layers are globs over module names (features) and processor names (attention); the defaults
 are the official ones for SD 1.x/2.x: ``up_blocks.1.resnets.1`` and the decoder
 self-attention of ``up_blocks.1.attentions.1-2`` and ``up_blocks.2-3`` (``res_dict = {1: [1,
-2], 2: [0, 1, 2], 3: [0, 1, 2]}``). The official sampling runs 50 DDIM steps at guidance 7.5
-after a DDIM inversion under "" through 999 steps (``preprocess.py``; ``-I every_timestep=true``
-of the ``ddim`` inversion, which ``configs/pnp.yaml`` sets) with the negative prompt of
-``config_pnp.yaml``. ``--source-branch replay`` instead samples the source branch from the
+2], 2: [0, 1, 2], 3: [0, 1, 2]}``), named by depth (``up@0``: the first decoder level with
+attention, ``up@1+``: those after it, :func:`~videdit.attention.layers.expand_levels`) so that
+on SDXL they are ``up_blocks.0.resnets.1``, ``up_blocks.0.attentions.1-2`` and ``up_blocks.1``:
+the same depths, at 1/4 and 1/2 of the latent grid as on SD 1.x. The official sampling runs 50
+DDIM steps at guidance 7.5 after a DDIM inversion under "" through 999 steps (``preprocess.py``;
+``-I every_timestep=true`` of the ``ddim`` inversion, which ``configs/pnp.yaml`` sets) with the
+negative prompt of ``config_pnp.yaml``. ``--source-branch replay`` instead samples the source branch from the
 inverted noise under "" at guidance 1, which drifts from the inversion as DDIM does.
 """
 
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videdit.attention import choose_layers, compose, match_modules, patterns
+from videdit.attention import choose_layers, compose, expand_levels, match_modules, patterns
 from videdit.core.loop import CallInfo
 from videdit.editing.control import SOURCE, TARGET, InjectQKV, check_fraction, step_window, two_branches
 from videdit.editing.registry import EditContext, EditPlan, register_editor
@@ -54,9 +57,10 @@ EDITOR = "plug_and_play"
 class PlugAndPlayConfig:
     feature_fraction: float = 0.8      # tau_f (pnp_f_t): decoder features injected for this fraction of the steps
     attention_fraction: float = 0.5    # tau_A (pnp_attn_t): decoder self-attention injected for this fraction
-    feature_layers: tuple[str, ...] = ("up_blocks.1.resnets.1.conv2",)   # globs over module names
-    attention_layers: tuple[str, ...] = ("up_blocks.1.attentions.[12].*attn1.processor",
-                                         "up_blocks.[23].*attn1.processor")  # globs over processor names
+    # globs over module names: SD 1.x's up_blocks.1.resnets.1.conv2
+    feature_layers: tuple[str, ...] = ("up@0.resnets.1.conv2",)
+    # globs over processor names: SD 1.x's up_blocks.1.attentions.1-2 and up_blocks.2-3
+    attention_layers: tuple[str, ...] = ("up@0.attentions.[12].*attn1.processor", "up@1+.*attn1.processor")
     # the source branch's text: "" (pnp.py's pnp_guidance_embeds), or the source prompt -s (TokenFlow's
     # run_tokenflow_pnp.py reads its inversion prompt for them)
     source_prompt: bool = False
@@ -101,7 +105,7 @@ def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:
     hooks = {}
     feature_steps = step_window(0, config.feature_fraction, n)
     if len(feature_steps):
-        for pattern in config.feature_layers:
+        for pattern in expand_levels(unet, config.feature_layers):
             if not match_modules(unet, pattern):
                 raise VideditError(f"{EDITOR} feature_layers {pattern!r} matches no module of this model; modules "
                                    f"are named like 'up_blocks.1.resnets.1.conv2' (unet.named_modules())")

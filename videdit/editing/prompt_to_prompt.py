@@ -18,9 +18,10 @@ videdit's option, swaps when the prompts have as many tokens, else refines;
 self-attention maps are the source's in layers of at most ``self_replace_max_tokens`` query
 tokens (``AttentionControlEdit.replace_self_attention``: ``att_replace.shape[2] <= 32 ** 2``
 in the null-text notebook and the PIE-Bench code, i.e. SD's 32x32, 16x16 and 8x8 layers at
-512 px). Local blending (Sec. 3.2, "Local editing") keeps the latents outside the edited
-words' attention, as ``LocalBlend`` does: the cross-attention maps of ``blend_words`` in the
-layers at 1/``blend_factor`` of the latents (SD's 16x16 layers), summed over the steps so far
+512 px; a count of tokens, so on SDXL at 1024 px its 32x32 layers, not its 64x64 ones). Local
+blending (Sec. 3.2, "Local editing") keeps the latents outside the edited words' attention, as
+``LocalBlend`` does: the cross-attention maps of ``blend_words`` in the layers at
+1/``blend_factor`` of the latents (SD's 16x16 layers), summed over the steps so far
 and over the words' tokens, averaged over layers and heads, max-pooled over 3x3 cells of
 their grid (``blend_dilate`` = 1), upsampled to the latents by nearest neighbour, divided by
 their maximum and thresholded at ``blend_threshold``; the source words' mask (from the source
@@ -294,7 +295,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
         tgt_pos += t
     src_pos, tgt_pos = sorted(set(src_pos)), sorted(set(tgt_pos))
     latent = tuple(ctx.inversion.noise.shape[-2:])
-    factor = config.blend_factor or auto_map_factor(latent)
+    factor = config.blend_factor or auto_map_factor(latent, unet=ctx.model.unet)
     layers = cross_layers_at(ctx.model.unet, latent, factor, EDITOR, "blend_factor")
     store = GridStore(src_pos + tgt_pos, n_frames, layers)
     n = len(ctx.schedule)
@@ -310,7 +311,7 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
 def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan:
     """Prompt-to-Prompt (Hertz et al. 2023): word swap, refinement or re-weighting of cross-attention, local blend."""
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
-    max_len = ctx.source_cond.shape[-2]
+    max_len = ctx.model.tokenizer.model_max_length   # the tokens cross-attention sees (SDXL: not the pooled row)
     mode = _mode(config, src, tgt)
     mapper = alphas = equalizer = None
     if mode == "refine":

@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from videdit.core.loop import Branches, CallInfo, StepCallback
+from videdit.core.conditioning import UnetInput
+from videdit.core.loop import Branches, CallInfo, Sampler, StepCallback
 from videdit.core.schedule import Schedule
 from videdit.inversion.record import Inversion
 from videdit.registry import Entry, Registry, summary_of
@@ -47,6 +48,10 @@ class EditPlan:
     output_branch: int = -1           # which branch is the edit
     source_branch: int | None = None  # the branch that replays the source, if the editor runs one
     start_step: int | None = None     # sampling starts at this step; None: the inversion's (``inversion.start_step``)
+    uncontrolled: tuple[int, ...] = ()  # branches a ControlNet leaves alone: a reference image's (not the clip)
+    sampler: Sampler | None = None    # how steps move the latents, where the editor's reference fixes it; None: the
+    #                                   inversion's replay's (DDIM for most)
+    inputs: Sequence[UnetInput] = ()  # extra inputs of every UNet call (core.conditioning.unet_inputs)
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,15 @@ class EditorSpec(Entry):
     # reads and inverts the image (the edit's inversion, through the cache), handing it over in EditContext.references
     references: Mapping[str, str] = field(default_factory=dict)
     pinned_source: bool = False     # by default the source branch is pinned to the inversion's trajectory
+    inversion: str | None = None    # the one inversion it takes (its reference's start), the edit's default; None: any
+    # the schedule its reference samples on, where not DDIM's: (scheduler config, steps, steps_offset) -> Schedule
+    schedule: Callable[[dict, int, int | None], Schedule] | None = None
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
                 **({"pinned_source": True} if self.pinned_source else {}),
+                **({"inversion": self.inversion} if self.inversion else {}),
+                **({"schedule": self.schedule.__name__} if self.schedule is not None else {}),
                 **({"reference_images": ", ".join(self.references)} if self.references else {})}
 
 
@@ -69,6 +79,7 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
                     reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
+                    inversion: str | None = None, schedule: Callable[[dict, int, int | None], Schedule] | None = None,
                     **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
@@ -77,14 +88,18 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     strength or steps_offset, where the editor fixes them (they win over the inversion's); ``pinned_source``:
     the reference computes the source branch's features on the stored inversion latents
     (``EditSettings.source_branch``); ``models``: the :class:`~videdit.registry.Entry` fields
-    ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults."""
+    ``families``, ``refuses`` and ``controlnet`` where they differ from the defaults; ``inversion``: the
+    only inversion it takes, where its reference starts from one (InstructPix2Pix from seeded noise),
+    which is then the edit's default; ``schedule``: how its reference spaces the steps, where that is
+    not DDIM's (``videdit.core.euler.euler_schedule``)."""
 
     def wrap(fn):
         if pinned_source and not source_branch:
             raise ValueError(f"editor {name!r}: pinned_source needs a source branch")
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
-                               edit_defaults=edit_defaults, pinned_source=pinned_source, **(models or {})))
+                               edit_defaults=edit_defaults, pinned_source=pinned_source, inversion=inversion,
+                               schedule=schedule, **(models or {})))
         return fn
 
     return wrap

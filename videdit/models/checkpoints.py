@@ -227,8 +227,8 @@ def apply_lora(parts: dict, lora: Lora) -> None:
     fix = "use a LoRA trained for this model's architecture (SD 1.x LoRAs on SD 1.x models)"
     state = _read_state_dict(lora.path, "LoRA", fix)
     layers = _lora_layers(state, lora.path)
-    modules = {part: {_flat(n): m for n, m in parts[part].named_modules() if hasattr(m, "weight")}
-               for part in ("unet", "text_encoder")}
+    modules = {part: {_flat(n): m for n, m in module.named_modules() if hasattr(m, "weight")}
+               for part, module in parts.items()}   # unet, text_encoder, and SDXL's text_encoder_2
     updates = []
     for (part, name), t in layers.items():
         if "down" not in t or "up" not in t:

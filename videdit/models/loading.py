@@ -1,9 +1,9 @@
-"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion directory, a single
-``.safetensors``/``.ckpt`` checkpoint, or a built-in model name -> a :class:`Model` holding the
+"""``load_model(spec)``: a hub id, a local diffusers Stable Diffusion (1.x, 2.x or XL) directory, a
+single ``.safetensors``/``.ckpt`` checkpoint, or a built-in model name -> a :class:`Model` holding the
 parts videdit needs, with LoRAs, textual-inversion embeddings and a replacement VAE applied
 (``videdit.models.checkpoints``).
 
-Only the UNet, VAE, text encoder, tokenizer and scheduler *config* are kept; sampling is
+Only the UNet, VAE, text encoder(s), tokenizer(s) and scheduler *config* are kept; sampling is
 videdit's own (``videdit.core``), so the diffusers pipeline object is never built.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from videdit.core.conditioning import is_sdxl, set_pixels_per_latent
+from videdit.core.conditioning import is_sdxl, pack_pooled, set_pixels_per_latent
 from videdit.errors import VideditError
 from videdit.models import checkpoints, tiny
 from videdit.registry import DEFAULT_MODEL
@@ -32,7 +32,9 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
-BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only"}
+BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only",
+           "tiny-pix2pix": "InstructPix2Pix architecture (8-channel UNet) at diffusers' test sizes, random weights",
+           "tiny-sdxl": "SDXL architecture, ~2.7M parameters, random weights: for tests and benchmarks only"}
 TOKEN_BUDGET_FACTOR = 4  # Model.token_budget: this many times the native square's latent tokens,
 MIN_TOKEN_BUDGET = 16384  # and at least this many (SD 1.x's 4 x 64 x 64)
 TEXT_CACHE_SIZE = 64  # prompts whose embeddings a model remembers (SD1.5: 77 x 768 values each)
@@ -101,7 +103,10 @@ class Geometry:
 
 @dataclass
 class Model:
-    """A text-to-image latent diffusion model's parts, on one device and dtype."""
+    """A text-to-image latent diffusion model's parts, on one device and dtype. SDXL models also
+    hold their second text encoder (with a projection: the pooled embedding) and tokenizer, and
+    whether an empty negative prompt is zeros (``zero_empty_negative``: the pipeline's
+    ``force_zeros_for_empty_prompt``, true for SDXL base)."""
 
     name: str
     unet: UNet2DConditionModel
@@ -113,6 +118,9 @@ class Model:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     prompt_words: dict[str, str] = field(default_factory=dict)   # a multi-vector embedding's token -> its words
+    text_encoder_2: CLIPTextModelWithProjection | None = None    # SDXL's second text encoder
+    tokenizer_2: CLIPTokenizer | None = None
+    zero_empty_negative: bool = False
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     _text_cache_for: tuple = field(default=(), repr=False, compare=False)   # the encoder, device and dtype it holds
 
@@ -149,7 +157,9 @@ class Model:
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.config.in_channels
+        """Channels of the VAE's latents (4 for SD 1.x/2.x/XL; InstructPix2Pix's UNet takes 8: these and
+        the source image's)."""
+        return int(self.vae.config.latent_channels)
 
     @property
     def scaling_factor(self) -> float:
@@ -159,29 +169,55 @@ class Model:
         return DDIMScheduler.from_config(self.scheduler_config)
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> CLIP hidden states (B, L, D), padded to the tokenizer's max length.
+    def encode_text(self, prompts: list[str], remember: bool = True) -> torch.Tensor:
+        """Prompts -> CLIP hidden states (B, L, D), padded to the tokenizer's max length. SDXL: as
+        ``StableDiffusionXLPipeline.encode_prompt`` (no clip skip): both encoders' penultimate
+        hidden states side by side (B, L, D1 + D2), with the second encoder's projected embedding
+        (its pooled one) packed as an extra last row (:func:`~videdit.core.conditioning.pack_pooled`):
+        (B, L + 1, D1 + D2).
 
         Each distinct prompt is encoded on its own and remembered, so a prompt's embedding
         is the same to the last bit whichever prompts share the call. A GPU's kernels round
         differently at different batch sizes, and an exact inversion replays only if the
         source prompt's embedding while editing is the one it was inverted with
-        (docs/methods.md).
+        (docs/methods.md). ``remember=False``: encoded alike, not kept (many sentences, once).
         """
-        made_by = (id(self.text_encoder), id(self.tokenizer), self.device, self.dtype)
+        made_by = (id(self.text_encoder), id(self.tokenizer), id(self.text_encoder_2), self.device, self.dtype)
         if self._text_cache_for != made_by:   # another encoder, tokenizer, device or dtype: start afresh
             self._text_cache.clear()
             self._text_cache_for = made_by
+        if not remember:
+            return torch.stack([self._encode(p).to(self.dtype) for p in prompts])
         found = {}
         for prompt in dict.fromkeys(prompts):
             if prompt not in self._text_cache:
-                ids = self.tokenizer([self._expand(prompt)], padding="max_length", truncation=True,
-                                     max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
-                self._text_cache[prompt] = self.text_encoder(ids.to(self.device))[0][0].to(self.dtype)
+                self._text_cache[prompt] = self._encode(prompt).to(self.dtype)
             found[prompt] = self._text_cache[prompt] = self._text_cache.pop(prompt)  # now the most recent
         while len(self._text_cache) > TEXT_CACHE_SIZE:
             self._text_cache.pop(next(iter(self._text_cache)))  # the least recently used
         return torch.stack([found[p] for p in prompts])
+
+    def _encode(self, prompt: str) -> torch.Tensor:
+        """One prompt -> (L, D), or SDXL's (L + 1, D1 + D2) (:meth:`encode_text`)."""
+        def ids(tokenizer) -> torch.Tensor:   # (1, L)
+            return tokenizer([self._expand(prompt)], padding="max_length", truncation=True,
+                             max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(self.device)
+
+        if self.text_encoder_2 is None:
+            return self.text_encoder(ids(self.tokenizer))[0][0]
+        first = self.text_encoder(ids(self.tokenizer), output_hidden_states=True)
+        second = self.text_encoder_2(ids(self.tokenizer_2), output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)   # (1, L, D1 + D2)
+        return pack_pooled(hidden, second.text_embeds)[0]                                # (L + 1, D1 + D2)
+
+    def encode_negative(self, prompt: str) -> torch.Tensor:
+        """The unconditional embedding (1, L, D) of negative prompt ``prompt``: as :meth:`encode_text`,
+        except that an empty one is zeros on a model with ``zero_empty_negative`` (SDXL base), as
+        ``StableDiffusionXLPipeline`` does where no negative prompt is given
+        (``force_zeros_for_empty_prompt``). videdit's negative prompt is "" where none is given, so
+        "" here means none; the source and target prompts are always encoded."""
+        text = self.encode_text([prompt])
+        return torch.zeros_like(text) if self.zero_empty_negative and prompt == "" else text
 
     def tokens(self, prompt: str) -> list[str]:
         """The prompt's tokens as the text encoder sees them, start/end tokens included."""
@@ -202,8 +238,8 @@ class Model:
         out = []
         for i in range(0, len(frames), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
-            out.append(self.vae.encode(x).latent_dist.mean * self.scaling_factor)
+            x = x.permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+            out.append((self.vae.encode(x).latent_dist.mean * self.scaling_factor).to(self.dtype))
         return torch.cat(out)
 
     @torch.no_grad()
@@ -211,7 +247,7 @@ class Model:
         """Scaled latents (F, C, h, w) -> uint8 frames (F, H, W, 3)."""
         out = []
         for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(self.device, self.dtype) / self.scaling_factor
+            z = latents[i:i + batch_size].to(self.device, self.vae.dtype) / self.scaling_factor
             x = self.vae.decode(z).sample.float()  # (B, 3, H, W) in [-1, 1]
             x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             out.append(x.permute(0, 2, 3, 1).cpu().numpy())
@@ -221,10 +257,10 @@ class Model:
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
-    """Load ``spec``: "tiny-random", "toy", a local diffusers Stable Diffusion directory, a single
-    ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable Diffusion 1.5,
-    ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as diffusers does,
-    and read from there afterwards, offline too).
+    """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", a local diffusers Stable Diffusion (1.x, 2.x
+    or XL) directory, a single ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable
+    Diffusion 1.5, ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as
+    diffusers does, and read from there afterwards, offline too).
 
     ``config``: a single file's architecture (a diffusers directory or hub id, or the original
     YAML; inferred when left out). ``vae``: a replacement VAE (directory or file). ``embeddings``:
@@ -240,6 +276,11 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     if spec == "tiny-random":
         parts = tiny.build_tiny_random()
         model = Model(name=spec, fingerprint=tiny.TINY_VERSION, **parts)
+    elif spec == "tiny-pix2pix":
+        model = Model(name=spec, fingerprint=tiny.PIX2PIX_VERSION, **tiny.build_tiny_pix2pix())
+    elif spec == "tiny-sdxl":
+        parts = tiny.build_tiny_sdxl()
+        model = Model(name=spec, fingerprint=tiny.TINY_SDXL_VERSION, zero_empty_negative=True, **parts)
     elif spec == "toy":
         if not (TOY_DIR / "model_index.json").exists():
             raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with "
@@ -296,6 +337,9 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
         model.vae = checkpoints.load_vae(vae, like=model.vae)
         vae_fp = _fingerprint(Path(vae)) if Path(vae).is_dir() else checkpoints.file_fingerprint(Path(vae))
         extras.append(f"vae:{vae_fp}")
+    if embeddings and model.text_encoder_2 is not None:
+        raise VideditError(f"{model.name} is an SDXL model: textual-inversion embeddings for its two text "
+                           f"encoders are not supported yet; leave out --embedding")
     if embeddings:
         model.tokenizer = copy.deepcopy(model.tokenizer)  # tiny-random's tokenizer is shared (lru_cache)
     for path in embeddings:
@@ -304,23 +348,27 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
         extras.append(f"embedding:{checkpoints.file_fingerprint(Path(path))}")
     for spec in lora:
         item = checkpoints.Lora.parse(spec)
-        checkpoints.apply_lora({"unet": model.unet, "text_encoder": model.text_encoder}, item)
+        parts = {"unet": model.unet, "text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2}
+        checkpoints.apply_lora({k: v for k, v in parts.items() if v is not None}, item)
         extras.append(f"lora:{checkpoints.file_fingerprint(item.path)}:{item.scale!r}")
     model.fingerprint = checkpoints.combine_fingerprint(model.fingerprint, extras)
 
 
-def _download(repo_id: str) -> Path:
-    """The hub repo's snapshot in the Hugging Face cache: the configs and the full-precision
-    safetensors weights of the parts videdit loads (not the fp16/EMA variants beside them),
-    fetched on first use; offline (``HF_HUB_OFFLINE=1``, or the hub unreachable) the cached
-    copy, else one line naming the offline alternatives."""
+MODEL_FILES = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors",
+               "text_encoder_2/*.safetensors"]   # SDXL's second text encoder
+MODEL_ALTERNATIVES = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
+                      "(--model /path/to/stable-diffusion-v1-5)")
+
+
+def _download(repo_id: str, patterns: list[str] = MODEL_FILES, alternatives: str = MODEL_ALTERNATIVES) -> Path:
+    """The hub repo's snapshot in the Hugging Face cache: the files matching ``patterns`` (by
+    default the configs and the full-precision safetensors weights of the parts videdit loads),
+    not the fp16/EMA variants beside them, fetched on first use; offline (``HF_HUB_OFFLINE=1``,
+    or the hub unreachable) the cached copy, else one line naming the offline ``alternatives``."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
     variants = ["*.fp16.*", "*.bf16.*", "*non_ema*", "*.ema.*"]
-    alternatives = ("use --model toy (shipped with videdit, works offline) or a local diffusers directory "
-                    "(--model /path/to/stable-diffusion-v1-5)")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=variants))
     except LocalEntryNotFoundError as e:   # offline, or the hub unreachable, and not in the cache
@@ -345,13 +393,24 @@ def _hub_offline() -> bool:
 
 
 def _load_directory(path: Path, name: str) -> Model:
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` directory's parts (SDXL: two
+    text encoders, the second with a projection, and ``force_zeros_for_empty_prompt``, True where
+    the index leaves it out, as the pipeline's default)."""
     if not (path / "model_index.json").exists():
         raise VideditError(f"{path} is not a diffusers model directory (no model_index.json); "
                            "save one with StableDiffusionPipeline.save_pretrained(path)")
     index = json.loads((path / "model_index.json").read_text())
+    sdxl = {}
     if "text_encoder_2" in index:
-        raise VideditError(f"{path} is an SDXL-style model (two text encoders), not supported yet; "
-                           "use an SD 1.x/2.x model")
+        if not (path / "text_encoder").is_dir():
+            raise VideditError(f"{path} is an SDXL model without its first text encoder (the refiner?): "
+                               f"videdit edits with a text-to-image SDXL model, e.g. stable-diffusion-xl-base-1.0")
+        try:
+            sdxl = {"text_encoder_2": CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2"),
+                    "tokenizer_2": CLIPTokenizer.from_pretrained(path / "tokenizer_2"),
+                    "zero_empty_negative": bool(index.get("force_zeros_for_empty_prompt", True))}
+        except (OSError, ValueError) as e:
+            raise VideditError(f"cannot load the model in {path}: {e}".splitlines()[0]) from e
     try:
         # low_cpu_mem_usage=False: the default asks for `accelerate` and warns without it
         unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
@@ -362,7 +421,7 @@ def _load_directory(path: Path, name: str) -> Model:
     except (OSError, ValueError) as e:
         raise VideditError(f"cannot load the model in {path}: {e}".splitlines()[0]) from e
     return Model(name=name, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                 scheduler_config=scheduler_config, fingerprint=_fingerprint(path))
+                 scheduler_config=scheduler_config, fingerprint=_fingerprint(path), **sdxl)
 
 
 def _fingerprint(path: Path) -> str:
@@ -381,8 +440,14 @@ def _fingerprint(path: Path) -> str:
 
 
 def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
-    _quiet_to((model.unet, model.vae, model.text_encoder), device=device, dtype=dtype)
-    for part in (model.unet, model.vae, model.text_encoder):
+    """Every part to ``device`` and ``dtype``; an SDXL VAE marked ``force_upcast`` (SDXL base's, which
+    overflows in fp16) stays in fp32 under fp16, as ``StableDiffusionXLPipeline`` upcasts it."""
+    parts = [p for p in (model.unet, model.vae, model.text_encoder, model.text_encoder_2) if p is not None]
+    upcast = dtype == torch.float16 and is_sdxl(model.unet) and getattr(model.vae.config, "force_upcast", False)
+    _quiet_to([p for p in parts if not (upcast and p is model.vae)], device=device, dtype=dtype)
+    if upcast:
+        _quiet_to((model.vae,), device=device, dtype=torch.float32)
+    for part in parts:
         part.eval().requires_grad_(False)
     model.device, model.dtype = device, dtype
     set_pixels_per_latent(model.unet, model.vae_scale_factor)
