@@ -52,8 +52,8 @@ def test_capabilities_are_declared_not_listed_by_hand():
     assert EDITORS.having("has_source_branch") == ["cross_image", "masactrl", "pix2pix_zero", "plug_and_play",
                                                    "prompt_to_prompt"]
     assert INVERSIONS.having("inverts_frames_apart") == ["bdia", "ddim", "ddpm", "direct", "edict", "npi",
-                                                         "proxedit"]
-    assert TEMPORAL.having("makes_frames") == ["pixels_bilateral"]
+                                                         "proxedit", "sdedit"]
+    assert TEMPORAL.having("makes_frames") == ["pixels_bilateral", "rerender"]
     assert TEMPORAL.having("needs_source_branch") == ["tokenflow"]
 
 

@@ -16,7 +16,7 @@ Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerat
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
 DDIMInverseScheduler/DDIMScheduler, ``tools/bench.py loop``'s); prompt-to-prompt; a clip edited
 with keyframes (flow, guided pixels; and bilateral pixels, only the keyframes through the
-model); the six video presets in configs/. Ratios are side by side in the same run.
+model); the seven video presets in configs/. Ratios are side by side in the same run.
 
 Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
 shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:
@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
-PRESETS = ("text2video-zero", "fatezero", "tokenflow", "tokenflow-plus", "rerender", "recolour")
+PRESETS = ("text2video-zero", "fatezero", "tokenflow", "tokenflow-plus", "rerender", "rerender-pull", "recolour")
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,

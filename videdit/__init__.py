@@ -15,6 +15,7 @@ _LAZY = {
     "EditResult": "videdit.pipeline", "EditSettings": "videdit.pipeline", "edit_image": "videdit.pipeline",
     "edit_video": "videdit.pipeline", "invert_video": "videdit.pipeline",
     "Model": "videdit.models", "load_model": "videdit.models", "ControlSpec": "videdit.control",
+    "edit_batch": "videdit.batch",
 }
 
 __all__ = ["VideditError", *_LAZY]

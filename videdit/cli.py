@@ -338,7 +338,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_args(p)
 
     add("methods", help="list the inversions, editors and temporal modules with their options")
+    _add_batch_parser(add)
     return parser
+
+
+def _add_batch_parser(add) -> None:
+    p = add("batch", help="run a job file of edits (clips x prompts), here or on a Ray cluster",
+            description="Run the jobs of JOBS (YAML, JSON Lines or CSV; see README, Batches and clusters) with "
+            "each worker's model loaded once and each clip inverted once. Finished jobs (output and matching "
+            "record beside it) are skipped, so rerunning finishes an interrupted batch. Exit code 1 when a job "
+            "failed.")
+    p.add_argument("jobs", type=Path, help="the job file: .yaml/.yml, .jsonl or .csv")
+    p.add_argument("--set", dest="overrides", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of every job, over the file's, e.g. --set steps=2 --set max_frames=8 (repeatable)")
+    p.add_argument("--model", help="the model where the job file names none (default "
+                   f"{DEFAULT_MODEL})")
+    p.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions); "
+                   "on a cluster, a folder every worker reaches or one per node")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="the batch report (default: JOBS' name with .report.json, beside it)")
+    p.add_argument("--no-scores", action="store_true", help="skip each output's warp error")
+    g = p.add_argument_group("Ray (pip install 'videdit[ray]')")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: alone, a local cluster started for the run; 'auto' or an address (ray://host:"
+                   "10001, host:6379) joins one")
+    g.add_argument("--workers", type=int, help="workers (actors), each keeping its model loaded (default: the "
+                   "cluster's GPUs / --gpus-per-worker, or its CPUs / --cpus-per-worker; at most one per job)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 where the cluster has GPUs, "
+                   "else 0: CPU workers)")
+    g.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (default 1)")
+    g.add_argument("--retries", type=int, default=2, help="times a job whose worker died is retried (default 2)")
 
 
 def _edit(a) -> None:
@@ -464,7 +493,29 @@ def _methods(a) -> None:
     print(f"InstructPix2Pix models run only the methods that list them: {NOT_INSTRUCT['InstructPix2Pix']}")
 
 
-COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods}
+def _batch(a) -> int:
+    from videdit.batch import edit_batch
+
+    if a.ray is None:
+        for flag, value, default in (("--workers", a.workers, None), ("--gpus-per-worker", a.gpus_per_worker, None),
+                                     ("--cpus-per-worker", a.cpus_per_worker, 1)):
+            if value != default:
+                raise VideditError(f"{flag} sets Ray's workers; add --ray (a local cluster) or --ray ADDRESS")
+    if not a.quiet:   # one display: the jobs bar and each job's one line, not every job's log lines
+        logging.getLogger("videdit").setLevel(logging.WARNING)
+    defaults = {"model": a.model} if a.model else {}
+    report = a.report or a.jobs.with_name(a.jobs.stem + ".report.json")
+    result = edit_batch(a.jobs, defaults=defaults, overrides=dict(a.overrides), cache_dir=a.cache_dir, ray=a.ray,
+                        workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
+                        retries=a.retries, scores=not a.no_scores, report=report, progress=not a.quiet)
+    print(result.table())
+    print(result.summary())
+    print(f"wrote {report}")
+    return 0 if result.ok else 1
+
+
+COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods,
+            "batch": _batch}
 
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -525,14 +576,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with logging_redirect_tqdm():
-            COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
     except VideditError as e:
         print(f"videdit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("videdit: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -530,11 +530,15 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset,
                         control=conditions)
     t1 = time.perf_counter()
-    z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), window=window,
-                     temporal=temporal, cache=cache, edited=subset,
-                     control=conditions.select(subset) if conditions is not None else None)
-    decoded = model.decode_latents(z, settings.batch_size)
     edited = tuple(range(len(frames))) if subset is None else subset
+    if temporal.in_passes is not None:
+        z, decoded = _edit_in_passes(model, inv, settings, window, temporal, edited, progress=progress,
+                                     frame_size=(height, width), cache=cache, control=conditions)
+    else:
+        z = edit_latents(model, inv, settings, progress=progress, frame_size=(height, width), window=window,
+                         temporal=temporal, cache=cache, edited=subset,
+                         control=conditions.select(subset) if conditions is not None else None)
+        decoded = model.decode_latents(z, settings.batch_size)
     if subset is None:
         out = decoded
     else:   # the other frames are the source: a module makes them (frames_to_edit)
@@ -550,6 +554,28 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     stats.cache_hits += int(inv.cached)
     stats.inversion_unet_evals += 0 if inv.cached else inv.unet_evals
     return _resize(out, (width, height))
+
+
+def _edit_in_passes(model: Model, inv: Inversion, settings: EditSettings, window: Window, temporal: TemporalStack,
+                    edited: tuple[int, ...], *, progress: bool, frame_size: tuple[int, int],
+                    cache: InversionCache | None,
+                    control: ControlFrames | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The window's edit as the passes the driving module asks for, one denoising loop each
+    (``TemporalModule.next_pass``): -> the edited frames' clean latents (F', C, h, w) and
+    decoded frames, each frame's from its last pass. ``control``: the window's conditions (each
+    pass gets its frames')."""
+    driver = temporal.in_passes
+    z = torch.zeros_like(inv.source)
+    decoded = np.zeros((len(edited), *window.frames.shape[1:]), np.uint8)
+    while (frames := driver.next_pass(window)) is not None:
+        where = [edited.index(f) for f in frames]
+        zp = edit_latents(model, inv.select(where), settings, progress=progress, frame_size=frame_size,
+                          window=window, temporal=temporal, cache=cache, edited=tuple(frames),
+                          control=control.select(tuple(frames)) if control is not None else None)
+        dp = model.decode_latents(zp, settings.batch_size)
+        driver.pass_done(window, tuple(frames), dp, zp)
+        z[where], decoded[where] = zp.to(z), dp
+    return z, decoded
 
 
 def _settings(**kw) -> EditSettings:

@@ -46,7 +46,8 @@ def check(model, frames, inversion: str, editor: str) -> None:
 
 @pytest.mark.parametrize("editor", sorted(EDITORS))
 def test_every_editor_after_ddim(tiny_sdxl, wolf_frames, editor):
-    check(tiny_sdxl, wolf_frames[:1], "ddim", editor)
+    """After DDIM, or after the inversion the editor starts from (instruct_pix2pix: noise)."""
+    check(tiny_sdxl, wolf_frames[:1], EDITORS[editor].inversion or "ddim", editor)
 
 
 @pytest.mark.parametrize("inversion", sorted(INVERSIONS))
@@ -68,5 +69,7 @@ def test_pix2pix_zero_direction_from_sentences(tiny_sdxl, wolf_frames):
 
 
 def test_what_refuses_sdxl():
-    """Cross-image attention alone: its layers are the decoder's on the latent grid, which SDXL lacks."""
-    assert [n for n, spec in {**EDITORS, **INVERSIONS}.items() if "SDXL" not in spec.families] == ["cross_image"]
+    """Cross-image attention (its layers are the decoder's on the latent grid, which SDXL lacks), and
+    InstructPix2Pix, which runs on InstructPix2Pix models alone."""
+    refusing = sorted(n for n, spec in {**EDITORS, **INVERSIONS}.items() if "SDXL" not in spec.families)
+    assert refusing == ["cross_image", "instruct_pix2pix"]

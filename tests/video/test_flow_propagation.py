@@ -109,11 +109,11 @@ def test_needs_the_source_frames(tiny, toy_mp4):
 
 
 def test_rerender_preset_from_the_cli(toy_mp4, tmp_path, capsys):
-    """`videdit edit ... --config configs/rerender.yaml --report` runs the module and writes
+    """`videdit edit ... --config configs/rerender-pull.yaml --report` runs the module and writes
     the scores; --temporal overrides one of the preset's options."""
     path, _ = toy_mp4
     out, report = tmp_path / "out.mp4", tmp_path / "out.json"
-    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender.yaml",
+    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender-pull.yaml",
                             "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--report", report,
                             "--temporal", "flow_propagation:strength=0.9,target=latent"])])
     stdout, err = capsys.readouterr()
@@ -128,7 +128,7 @@ def test_temporal_options_merge_and_bad_config(tmp_path, capsys):
 
     parser = build_parser()
     a = _with_config(parser, ["edit", "x.mp4", "-t", "y", "-o", "o.mp4", "--config",
-                              str(REPO / "configs/rerender.yaml"), "--temporal", "flow_propagation:strength=0.9"])
+                              str(REPO / "configs/rerender-pull.yaml"), "--temporal", "flow_propagation:strength=0.9"])
     modules = temporal_modules(a)
     assert modules["flow_propagation"]["strength"] == 0.9 and modules["flow_propagation"]["end"] == 0.8
     bad = tmp_path / "bad.yaml"

@@ -23,6 +23,7 @@ STACKS = {
     "pixels_bilateral": {"keyframes": {"every": 2}, "pixels_bilateral": {}},
     "flow_propagation": {"flow_propagation": {}},
     "keep_background": {"keep_background": {}},
+    "rerender": {"rerender": {"interval": 1}},   # keyframes 0, 1, 2, ...: each window holds some
 }
 # blended's reference start (noise every frame shares, after skipping the first of 2 steps) leaves
 # the modules next to nothing to change (measured 0.003 of a level): it starts from the inversion here

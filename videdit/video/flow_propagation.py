@@ -1,6 +1,7 @@
 """Flow propagation: each edited frame is pulled towards the previous one, warped along the
-source clip's optical flow (after Rerender-A-Video's pixel-aware cross-frame latent fusion,
-Yang et al. 2023).
+source clip's optical flow. videdit's own mechanism, loosely after Rerender-A-Video's
+cross-frame latent fusion (Yang et al. 2023); Rerender's algorithm itself is the ``rerender``
+module (``configs/rerender.yaml``), this one ``configs/rerender-pull.yaml``.
 
 At every step in ``[start, end)`` of the sampling, for the output branch and frames
 f = 1 .. F-1 in turn (frame 0 uses the previous window's last frame)::
@@ -134,7 +135,7 @@ class FlowPropagation(StepCallback):
 
 @register_temporal
 class FlowPropagationModule(TemporalModule):
-    """Fuse each frame with its predecessor warped along the source's flow (Rerender-A-Video)."""
+    """Fuse each frame with its predecessor warped along the source's flow (videdit's, after Rerender-A-Video)."""
 
     name = NAME
     config_class = FlowPropagationConfig

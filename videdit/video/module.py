@@ -14,6 +14,11 @@ carries from window to window, so its state is typed and its own. For each windo
    model size (the model's edits where it edited, the source frames elsewhere) -> the
    window's output frames.
 
+A module that ``edits_in_passes`` (Rerender-A-Video's keyframes: each keyframe is sampled after
+the one before is decoded, twice) is asked for the window's passes one at a time: ``next_pass``
+names the window indices the next denoising loop runs (None: the window is done), and
+``pass_done`` gets each pass's decoded frames and latents; a frame's last pass is its edit.
+
 A module with ``second_pass`` makes no frame before it has seen the whole clip: the pipeline
 edits every window first, then reads the source again and calls ``finish_clip(window)`` for
 each window (:func:`videdit.pipeline.edit_video`).
@@ -83,7 +88,7 @@ class TemporalContext:
     source_branch: int | None
     edited: tuple[int, ...] | None = None   # window indices the inversion holds (None: every frame)
     cache_dir: Path | None = None    # the inversion cache's folder (None: no cache); flow is kept there too
-    seed: int = 0                    # the edit's seed (a module that draws at random seeds its own generator)
+    seed: int = 0                    # the edit's seed (noise a module draws repeats with it)
 
     def denoised(self, window: Window) -> list[int]:
         """Clip indices of the frames the loop denoises, in batch order."""
@@ -107,6 +112,7 @@ class TemporalModule:
     makes_frames: ClassVar[bool] = False   # makes every output frame itself: see frames_to_edit
     needs_source_branch: ClassVar[bool] = False   # reads the editor's source branch
     propagates_attention: ClassVar[bool] = False  # replaces the frames between keyframes' attention outputs
+    edits_in_passes: ClassVar[bool] = False   # runs the window's edit as passes: next_pass / pass_done
     reference: ClassVar[str] = ""       # the paper and official code it follows, if any
     # Entry fields families / refuses / controlnet (videdit.registry): attention- and latent-level
     # modules run on every family, InstructPix2Pix too (Text2Video-Zero's video edit)
@@ -135,6 +141,13 @@ class TemporalModule:
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         return TemporalPlan()
+
+    def next_pass(self, window: Window) -> tuple[int, ...] | None:
+        """(``edits_in_passes``) The window indices the next denoising loop runs, or None: done."""
+        return None
+
+    def pass_done(self, window: Window, edited: tuple[int, ...], frames: np.ndarray, latents: torch.Tensor) -> None:
+        """(``edits_in_passes``) A pass's decoded uint8 frames (F', H, W, 3) and clean latents (F', C, h, w)."""
 
     def finish_window(self, window: Window, frames: np.ndarray, latents: WindowLatents) -> np.ndarray:
         """uint8 frames (F, H, W, 3) of the window at the model size -> its output frames."""
@@ -214,6 +227,14 @@ class TemporalStack:
                 return None
             chosen.update(needed)
         return tuple(sorted(chosen))
+
+    @property
+    def in_passes(self) -> TemporalModule | None:
+        """The module that runs the edit as passes (``edits_in_passes``), if one does."""
+        drivers = [m for m in self.modules if m.edits_in_passes]
+        if len(drivers) > 1:
+            raise VideditError(f"temporal modules {[m.name for m in drivers]} each run the edit in passes; keep one")
+        return drivers[0] if drivers else None
 
     def plans(self, window: Window, ctx: TemporalContext) -> list[tuple[str, TemporalPlan]]:
         return [(m.name, m.plan(window, ctx)) for m in self.modules]
