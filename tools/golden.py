@@ -17,6 +17,7 @@ It goes only through the public API (``videdit.edit_video``, ``videdit.load_mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,17 +41,30 @@ EDITORS = ("plain", "prompt_to_prompt", "plug_and_play", "masactrl", "cross_imag
            "differential", "sega")
 # temporal modules and frame stages (the names are those of the first recording, whose commit spelled
 # some of these cases differently: cross_frame mode keyframes and keyframes:propagation=...,pixels=...)
+PLUS = {"scope": "window", "features": "keys"}   # tokenflow as videdit ran it when recorded (tokenflow-plus)
+
+
+def _for_this_tree(temporal: dict) -> dict:
+    """``temporal`` as a tree from before tokenflow's ``scope`` (the official TokenFlow came in
+    then) spells it: there tokenflow always ran as PLUS, and takes no such options."""
+    from videdit.video import TEMPORAL as modules
+
+    known = {f.name for f in dataclasses.fields(modules["tokenflow"].config)}
+    if "scope" in known or "tokenflow" not in temporal:
+        return temporal
+    return {**temporal, "tokenflow": {k: v for k, v in temporal["tokenflow"].items() if k not in PLUS}}
+
 TEMPORAL = {
     "cross_frame_first": {"cross_frame": {"mode": "first"}},
     "cross_frame_sparse_causal": {"cross_frame": {"mode": "sparse_causal"}},
     "cross_frame_keyframes": {"keyframes": {}},
-    "keyframes_tokenflow": {"keyframes": {"every": 3}, "tokenflow": {}},
+    "keyframes_tokenflow": {"keyframes": {"every": 3}, "tokenflow": PLUS},
     "keyframes_flow": {"keyframes": {"every": 3}, "keyframe_flow": {}},
     "keyframes_flow_warp": {"keyframes": {"every": 3}, "keyframe_flow": {}, "pixels_warp": {}},
-    "keyframes_guided": {"keyframes": {"every": 3}, "tokenflow": {}, "pixels_guided": {}},
+    "keyframes_guided": {"keyframes": {"every": 3}, "tokenflow": PLUS, "pixels_guided": {}},
     "keyframes_bilateral": {"keyframes": {"every": 3}, "pixels_bilateral": {}},
     "keyframes_bilateral_window": {"keyframes": {"every": 3}, "pixels_bilateral": {"scope": "window"}},
-    "keyframes_change": {"keyframes": {"select": "change", "every": 3}, "tokenflow": {}},
+    "keyframes_change": {"keyframes": {"select": "change", "every": 3}, "tokenflow": PLUS},
     "flow_propagation": {"flow_propagation": {}},
     "flow_propagation_latent": {"flow_propagation": {"target": "latent", "strength": 0.8}},
 }
@@ -119,6 +133,8 @@ def record(models: list[str], only: str | None) -> dict:
                     continue
                 decoded.clear()
                 kw = {"steps": STEPS, "guidance": 7.5, **kw}
+                if kw.get("temporal"):
+                    kw["temporal"] = _for_this_tree(kw["temporal"])
                 if isinstance(kw.get("editor_params", {}).get("mask"), np.ndarray):
                     kw["editor_params"] = {**kw["editor_params"], "mask": torch.from_numpy(kw["editor_params"]["mask"])}
                 t0 = time.perf_counter()

@@ -83,8 +83,11 @@ MECHANISMS = {
     "keyframes + flow + pixels": {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_warp": {}},
     "keyframes + flow + guided": {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_guided": {}},
     "keyframes + bilateral, cell 0.5": {"keyframes": {"every": 4}, "pixels_bilateral": {"cell": 0.5}},
-    "keyframes + tokenflow": {"keyframes": {"every": 4}, "tokenflow": {}},
+    "keyframes + tokenflow": {"keyframes": {"every": 4}, "tokenflow": {"scope": "window", "features": "keys"}},
+    "tokenflow (official)": {"tokenflow": {}},
+    "tokenflow-plus": {"keyframes": {"every": 8}, "tokenflow": {"scope": "window", "features": "keys"}},
 }
+WHOLE_CLIP = {"tokenflow (official)"}   # all the clip's pivots attend jointly: the clip is one window
 REAL_CLIP_MECHANISMS = list(MECHANISMS)[:6]
 
 
@@ -316,7 +319,8 @@ def toy_video(a) -> None:
                     frames = edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=model,
                                         steps=a.steps, guidance=a.guidance, inversion=a.inversion,
                                         inversion_params=inversion_params, editor=a.editor,
-                                        window=a.window, temporal=temporal, cache_dir=tmp / "cache",
+                                        window=a.frames if name in WHOLE_CLIP else a.window,
+                                        temporal=temporal, cache_dir=tmp / "cache",
                                         read=ReadOptions(size="source"),   # the toy clips' own size
                                         keep_background=None if a.keep_background is None
                                         else {"threshold": a.keep_background}).frames

@@ -88,3 +88,23 @@ def test_every_timestep_is_plug_and_plays_preprocess(tiny, wolf_frames):
     assert torch.equal(inv.trajectory[-1], inv.source)
     coarse = invert_frames(model, wolf_frames[:1], EditSettings(steps=5))
     assert rel_error(coarse.noise, saved[41]) > 1e-3   # one step per edit step is another inversion
+
+
+def test_inversion_steps_is_tokenflows_preprocess(tiny, wolf_frames):
+    """``inversion_steps`` inverts as omerbt/TokenFlow ``preprocess.py`` (``--steps 500``,
+    saving the latents at the 50 timesteps of the edit): the inversion's own schedule, on a
+    20-step schedule for a 10-step edit here, is a plain 20-step DDIM inversion, and the edit
+    reads its latents at its own timesteps (901, 801, ..., 1 among 951, 901, ..., 1)."""
+    import dataclasses
+
+    s = EditSettings(steps=10, inversion_params={"inversion_steps": 20})
+    inv = invert_frames(tiny, wolf_frames[:1], s)
+    fine = invert_frames(tiny, wolf_frames[:1], EditSettings(steps=20))
+    t10 = s.schedule(tiny.scheduler_config).timesteps.tolist()
+    t20 = EditSettings(steps=20).schedule(tiny.scheduler_config).timesteps.tolist()
+    assert t10[:2] == [901, 801] and t20[:2] == [951, 901] and inv.unet_evals == 9 * 2 + 1
+    for i, t in enumerate(t10):
+        torch.testing.assert_close(inv.trajectory[i], fine.trajectory[t20.index(t)], rtol=0, atol=1e-5)
+    torch.testing.assert_close(inv.trajectory[-1], inv.source)
+    with pytest.raises(Exception, match="inversion_steps 30 does not pass through the edit's 10 timesteps"):
+        invert_frames(tiny, wolf_frames[:1], dataclasses.replace(s, inversion_params={"inversion_steps": 30}))

@@ -24,6 +24,8 @@ from tests.video.clips import SOURCE, TARGET, cut_clip
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ATOL = 1e-4
+# the stages on the keyframes module as videdit runs them: tokenflow in its windowed variant (tokenflow-plus)
+WINDOWED = {"tokenflow": {"scope": "window", "features": "keys"}}
 
 
 # --- choosing keyframes ------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def test_keyframes_follow_the_windows_before():
 @pytest.mark.parametrize("stage", [None, "tokenflow", "keyframe_flow"])
 def test_batch_size_does_not_change_the_edit(tiny, clip, stage):
     """Keyframes run first, together; the frames between read them from the store."""
-    temporal = {"keyframes": {"every": 3}, **({stage: {}} if stage else {})}
+    temporal = {"keyframes": {"every": 3}, **({stage: WINDOWED.get(stage, {})} if stage else {})}
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, editor="prompt_to_prompt",
                      temporal=temporal)
     inv = invert_frames(tiny, clip, s)
@@ -104,7 +106,7 @@ def test_batch_size_does_not_change_the_edit(tiny, clip, stage):
 
 def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
-                     batch_size=2, temporal={"keyframes": {"every": 3}, "tokenflow": {}})
+                     batch_size=2, temporal={"keyframes": {"every": 3}, **WINDOWED})
     stack, leads = s.temporal_stack(), []
     tokenflow, keyframes = stack.modules      # tokenflow first: it reads the source keys before they are extended
     for i in (0, 4):
@@ -119,7 +121,7 @@ def test_keyframes_run_first_and_windows_carry_the_last_one(tiny, clip):
 @pytest.mark.parametrize("stage", ["tokenflow", "keyframe_flow"])
 def test_the_last_window_carries_no_keyframe(tiny, clip, stage):
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, editor="prompt_to_prompt",
-                     batch_size=2, temporal={"keyframes": {"every": 3}, stage: {}})
+                     batch_size=2, temporal={"keyframes": {"every": 3}, stage: WINDOWED.get(stage, {})})
     inv = invert_frames(tiny, clip[:4], s)
     carried, final = s.temporal_stack(), s.temporal_stack()
     a = edit_latents(tiny, inv, s, window=Window(0, 4, clip[:4], last=False), temporal=carried)
@@ -148,7 +150,8 @@ def test_change_selection_sets_the_lead_frames(tiny):
 def test_the_old_spelling_names_the_modules():
     expand = Keyframes.expand
     assert expand({"every": 4}) == [("keyframes", {"every": 4})]
-    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}), ("tokenflow", {})]
+    assert expand({"every": 4, "propagation": "tokenflow"}) == [("keyframes", {"every": 4}),
+                                                                 ("tokenflow", WINDOWED["tokenflow"])]
     assert expand({"propagation": "flow", "pixels": True, "flow": {"colour": "gray"}}) == [
         ("keyframes", {}), ("keyframe_flow", {"flow": {"colour": "gray"}}),
         ("pixels_warp", {"flow": {"colour": "gray"}})]
@@ -177,7 +180,7 @@ def test_options_are_checked():
     with pytest.raises(VideditError, match="every must be a whole number"):
         KeyframesConfig(every=0)
     with pytest.raises(VideditError, match="builds on the keyframes module; add --temporal keyframes"):
-        EditSettings(editor="prompt_to_prompt", temporal={"tokenflow": {}})
+        EditSettings(editor="prompt_to_prompt", temporal={"tokenflow": {"scope": "window", "features": "keys"}})
     with pytest.raises(VideditError, match="given twice"):
         EditSettings(temporal={"keyframes": {"pixels": "bilateral"}, "pixels_bilateral": {}})
 
@@ -188,17 +191,19 @@ def test_ballet_portrait_tokenflow_keeps_size_and_frames(shared_data):
     res = videdit.edit_video(shared_data / "videos" / "ballet-portrait.mp4", source_prompt="a dancer",
                              target_prompt="a golden sculpture of a dancer", model="tiny-random", steps=2,
                              use_cache=False, editor="prompt_to_prompt", read=io.ReadOptions(max_frames=10, size=64),
-                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}, "tokenflow": {}})
+                             window=4, batch_size=3, temporal={"keyframes": {"every": 3}, **WINDOWED})
     assert res.frames.shape == (10, 512, 288, 3) and res.stats.windows == 3
 
 
-@pytest.mark.parametrize("preset", ["tokenflow", "fatezero", "text2video-zero-ddim", "recolour"])
+@pytest.mark.parametrize("preset", ["tokenflow", "tokenflow-plus", "fatezero", "text2video-zero-ddim", "recolour"])
 def test_presets_edit_the_ballet_portrait(tmp_path, shared_data, capsys, preset):
+    """In windows of 4 frames; tokenflow in the one window its preset asks for (all pivots jointly)."""
     out = tmp_path / "out.mp4"
+    # the official 500-step inversion is 250 UNet calls at 2 steps: 4 inverse steps here
+    window = ["-I", "inversion_steps=4"] if preset == "tokenflow" else ["--window", "4"]
     code = main(["edit", str(shared_data / "videos" / "ballet-portrait.mp4"), "-s", "a dancer", "-t",
                  "a golden dancer", "-o", str(out), "--config", str(CONFIGS / f"{preset}.yaml"), "--model",
-                 "tiny-random", "--steps", "2", "--no-cache", "-q", "--size", "64", "--max-frames", "6",
-                 "--window", "4"])
+                 "tiny-random", "--steps", "2", "--no-cache", "-q", "--size", "64", "--max-frames", "6", *window])
     _, err = capsys.readouterr()
     assert code == 0, err
     with av.open(str(out)) as c:

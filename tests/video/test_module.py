@@ -16,7 +16,7 @@ from tests.video.clips import SOURCE, TARGET, sliding_texture
 STACKS = {
     "cross_frame": {"cross_frame": {"mode": "sparse_causal"}},
     "keyframes": {"keyframes": {"every": 2}},
-    "tokenflow": {"keyframes": {"every": 2}, "tokenflow": {}},
+    "tokenflow": {"keyframes": {"every": 2}, "tokenflow": {"scope": "window", "features": "keys"}},
     "keyframe_flow": {"keyframes": {"every": 2}, "keyframe_flow": {}},
     "pixels_warp": {"keyframes": {"every": 2}, "pixels_warp": {}},
     "pixels_guided": {"keyframes": {"every": 2}, "pixels_guided": {}},

@@ -1,5 +1,5 @@
-"""Temporal modules on tiny-sdxl: cross-frame attention and TokenFlow (on keyframes) act on SDXL's
-self-attention layers and give finite frames of the clip's shape."""
+"""Temporal modules on tiny-sdxl: cross-frame attention and TokenFlow (official, and videdit's on
+keyframes) act on SDXL's self-attention layers and give finite frames of the clip's shape."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,9 @@ import pytest
 from videdit.pipeline import EditSettings, check_methods, edit_frames
 
 CASES = {"cross_frame": ("plain", {"cross_frame": {"mode": "first"}}),
-         "tokenflow": ("prompt_to_prompt", {"keyframes": {"every": 2}, "tokenflow": {}})}
+         "tokenflow": ("prompt_to_prompt", {"tokenflow": {"batch_size": 2}}),   # official: random pivots, norm1
+         "tokenflow-plus": ("prompt_to_prompt", {"keyframes": {"every": 2},
+                                                 "tokenflow": {"scope": "window", "features": "keys"}})}
 
 
 @pytest.mark.parametrize("module", sorted(CASES))

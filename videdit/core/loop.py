@@ -6,7 +6,9 @@ all frames (an attention editor runs the source and the target branch side by si
 UNet sees frames in batches; within one call the batch is ordered
 ``(guidance half, branch, frame)``, which :class:`CallInfo` tells the attention processors.
 Frames go through in order, except that ``CallInfo.lead_frames`` (anchors other frames attend
-to, such as video keyframes) go first, together in one batch.
+to, such as video keyframes) go first, together in one batch; ``CallInfo.pivot_frames`` run
+before all of them in a batch of their own whose outputs are dropped (TokenFlow's pivotal pass:
+it only leaves attention outputs for the other frames to read).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class CallInfo:
     latent_size: tuple[int, int] = (0, 0)   # (h, w) of the latents in this call
     batch: int = 0                 # index of this batch within the model call (0: its first)
     lead_frames: tuple[int, ...] = ()  # frames the UNet sees first, together in one batch
+    pivot_frames: tuple[int, ...] = ()  # frames run before them in a batch whose outputs are dropped
+    pivotal: bool = False          # this call is that batch
 
     @property
     def halves(self) -> int:
@@ -137,8 +141,9 @@ def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tens
                   guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None,
                   before_cfg: BeforeCFG | None = None) -> torch.Tensor:
     """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep (an int, or a float
-    between training timesteps: :meth:`Schedule.timestep`), frames in
-    batches of ``batch_size`` (``info.lead_frames`` first: :func:`frame_batches`).
+    between training timesteps: :meth:`Schedule.timestep`), frames in batches of ``batch_size``
+    (``info.lead_frames`` first: :func:`frame_batches`; before them ``info.pivot_frames`` in one
+    batch, ``info.pivotal``, whose output is dropped).
     ``uncond`` is skipped when every guidance scale is 1;
     ``before_cfg`` may change each batch's unguided outputs before they are combined."""
     nb, n_frames = x.shape[:2]
@@ -149,8 +154,10 @@ def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tens
     dtype = unet.dtype
     out = torch.empty_like(x, dtype=torch.float32)
     scale = torch.tensor(guidance, dtype=torch.float32, device=x.device).view(nb, 1, 1, 1, 1)
-    for i, frames in enumerate(frame_batches(n_frames, batch_size, info.lead_frames)):
-        info.frames, info.batch = frames, i
+    batches = frame_batches(n_frames, batch_size, info.lead_frames)
+    pivots = [tuple(info.pivot_frames)] if info.pivot_frames else []
+    for i, frames in enumerate(pivots + batches):
+        info.frames, info.batch, info.pivotal = frames, i, i < len(pivots)
         index = list(frames)
         xb = x[:, index]                                          # (nb, fb, C, h, w)
         text = _per_frame(cond, nb, frames)                       # (nb, fb, L, D)
@@ -160,6 +167,8 @@ def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tens
         t = torch.full((xb.shape[0] * xb.shape[1],), timestep, device=x.device,
                        dtype=torch.long if isinstance(timestep, int) else torch.float32)
         y = call_unet(unet, xb.flatten(0, 1).to(dtype), t, text.flatten(0, 1).to(dtype), info)
+        if info.pivotal:
+            continue                                              # only its attention outputs are read
         y = y.float().unflatten(0, xb.shape[:2])                  # (halves*nb, fb, C, h, w)
         if guided:
             u, c = y.chunk(2)                                     # each (nb, fb, C, h, w)
@@ -167,6 +176,7 @@ def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tens
                 u, c = before_cfg(u, c, frames)
             y = cfg(u, c, scale)
         out[:, index] = y
+    info.pivotal = False
     return out
 
 

@@ -12,7 +12,9 @@ each guidance half of the target receives the source's *conditional* half (the o
 batch is [source, uncond, cond] and both target halves copy the source row). The source's
 unconditional half is computed and left unread: no more UNet work than the two-branch loop
 does anyway, and no drift, since nothing is sampled on that branch. The source prompt
-(``-s``) is the inversion's prompt (``preprocess.py --inversion_prompt``, '' by default).
+(``-s``) is the inversion's prompt (``preprocess.py --inversion_prompt``, '' by default);
+``source_prompt`` gives the source branch that prompt instead of "", as TokenFlow's
+``run_tokenflow_pnp.py`` does (``pnp_guidance_embeds`` of its ``inversion_prompt.txt``).
 
 For the first ``feature_fraction`` of the steps (tau_f, ``pnp_f_t: 0.8``: the timesteps
 ``timesteps[:int(50 * 0.8)]``) the target's spatial features f^4_t of the decoder, the
@@ -59,6 +61,9 @@ class PlugAndPlayConfig:
     feature_layers: tuple[str, ...] = ("up@0.resnets.1.conv2",)
     # globs over processor names: SD 1.x's up_blocks.1.attentions.1-2 and up_blocks.2-3
     attention_layers: tuple[str, ...] = ("up@0.attentions.[12].*attn1.processor", "up@1+.*attn1.processor")
+    # the source branch's text: "" (pnp.py's pnp_guidance_embeds), or the source prompt -s (TokenFlow's
+    # run_tokenflow_pnp.py reads its inversion prompt for them)
+    source_prompt: bool = False
 
     def __post_init__(self):
         check_fraction(EDITOR, "feature_fraction", self.feature_fraction)
@@ -89,8 +94,8 @@ class InjectFeatures:
 def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:
     """Plug-and-Play (Tumanyan et al. 2023): source decoder features and self-attention injected into the target."""
     unet, n = ctx.model.unet, len(ctx.schedule)
-    empty = ctx.model.encode_text([""])                                # (1, L, D): pnp_guidance_embeds
-    x, branches = two_branches(ctx, source_cond=empty, source_guidance=1.0)
+    source = ctx.source_cond if config.source_prompt else ctx.model.encode_text([""])   # (1, L, D)
+    x, branches = two_branches(ctx, source_cond=source, source_guidance=1.0)
     info = CallInfo()
     modules = []
     attention_steps = step_window(0, config.attention_fraction, n)

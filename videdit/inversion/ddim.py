@@ -21,25 +21,55 @@ class DDIMInversionConfig:
     # invert through every training timestep between the edit's, keeping the latents at the edit's timesteps
     # (plug-and-play's preprocess.py: 999 steps, whose latents the 50-step edit loads)
     every_timestep: bool = False
+    # invert through a schedule of this many steps, keeping the latents at the edit's timesteps (TokenFlow's
+    # preprocess.py: --steps 500, saving the 50 of the edit); None: the edit's steps (every_timestep: all)
+    inversion_steps: int | None = None
 
     def __post_init__(self):
         if not 0 <= self.guidance <= 50:
             raise VideditError(f"ddim inversion guidance must be in [0, 50], got {self.guidance}")
         if not isinstance(self.every_timestep, bool):
             raise VideditError(f"ddim inversion every_timestep must be true or false, got {self.every_timestep!r}")
+        if self.inversion_steps is not None:
+            if not isinstance(self.inversion_steps, int) or self.inversion_steps < 1:
+                raise VideditError(f"ddim inversion inversion_steps must be a whole number >= 1, "
+                                   f"got {self.inversion_steps!r}")
+            if self.every_timestep:
+                raise VideditError("ddim inversion every_timestep inverts through every training timestep; drop "
+                                   "inversion_steps, or every_timestep")
 
 
-def inverse_steps(s: Schedule, i: int, every_timestep: bool = False) -> list[tuple[int, float, float]]:
+def stride_of(s: Schedule, config: DDIMInversionConfig) -> int | None:
+    """Training timesteps per inverse step: None (one per edit step), 1 (``every_timestep``) or
+    that of ``config.inversion_steps``, which must land on the edit's timesteps."""
+    if config.every_timestep:
+        return 1
+    if config.inversion_steps is None:
+        return None
+    train = len(s.alphas_cumprod)
+    stride = train // config.inversion_steps
+    gaps = {int(a - b) for a, b in zip(s.timesteps[:-1], s.timesteps[1:])}
+    if config.inversion_steps > train or any(g % stride for g in gaps):
+        raise VideditError(f"ddim inversion_steps {config.inversion_steps} does not pass through the edit's "
+                           f"{len(s)} timesteps (spaced {sorted(gaps)}); give a multiple of the edit's steps "
+                           f"that divides {train}")
+    return stride
+
+
+def inverse_steps(s: Schedule, i: int, every_timestep: bool = False,
+                  stride: int | None = None) -> list[tuple[int, float, float]]:
     """The inverse DDIM steps from the latent that sampling step ``i`` lands on up to
     ``timesteps[i]``, each (timestep the UNet sees, alpha-bar from, alpha-bar to): one step,
-    or with ``every_timestep`` one per training timestep in between. The last sampling step's
-    (from the clean latent) stays one step, as in ``preprocess.py``, whose 999-step schedule
-    (timesteps 999..1 on SD's 1000) starts at the final alpha and lands on timestep 1."""
+    or one per ``stride`` training timesteps in between (``every_timestep``: stride 1). The
+    last sampling step's (from the clean latent) stays one step, as in ``preprocess.py``,
+    whose 999-step schedule (timesteps 999..1 on SD's 1000) starts at the final alpha and
+    lands on timestep 1 (TokenFlow's 500-step one likewise, timesteps 999, 997, ..., 1)."""
     t = int(s.timesteps[i])
-    if not every_timestep or i + 1 == len(s):
+    stride = 1 if every_timestep else stride
+    if stride is None or i + 1 == len(s):
         return [(t, float(s.alphas_prev[i]), float(s.alphas[i]))]
     acp = s.alphas_cumprod
-    return [(k, float(acp[k - 1]), float(acp[k])) for k in range(int(s.timesteps[i + 1]) + 1, t + 1)]
+    return [(k, float(acp[k - stride]), float(acp[k])) for k in range(int(s.timesteps[i + 1]) + stride, t + 1, stride)]
 
 
 @register_inversion("ddim", DDIMInversionConfig, reference="Song et al. 2021, DDIM (ICLR); the inversion loop of google/prompt-to-prompt null_text_w_ptp.ipynb (ddim_loop) and diffusers' DDIMInverseScheduler")
@@ -50,10 +80,10 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
     x = inp.latents.float()[None]  # (1, F, C, h, w)
     info = CallInfo(inverting=True)
     path = [x[0]]
-    evals = 0
+    evals, stride = 0, stride_of(s, config)
     for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
-        for t, alpha_from, alpha_to in inverse_steps(s, i, config.every_timestep):
+        for t, alpha_from, alpha_to in inverse_steps(s, i, stride=stride):
             out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,),
                                 batch_size=inp.batch_size, info=info)
             x = ddim_inverse_step(x, out, alpha_from, alpha_to, inp.prediction_type)

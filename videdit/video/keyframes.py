@@ -190,7 +190,8 @@ class Keyframes(TemporalModule):
             raise VideditError(f"{NAME} {', '.join(stray)} apply with pixels {stray[0].split('_')[0]!r} only")
         out: list[tuple[str, dict]] = [(NAME, options)]
         if propagation == "tokenflow":
-            out.append(("tokenflow", {k: options[k] for k in ("layers", "offload") if k in options}))
+            out.append(("tokenflow", {"scope": "window", "features": "keys",   # videdit's variant (tokenflow-plus)
+                                      **{k: options[k] for k in ("layers", "offload") if k in options}}))
         elif propagation == "flow":
             out.append(("keyframe_flow", {}))
         if pixels is not None:
