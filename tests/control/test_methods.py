@@ -34,7 +34,7 @@ def control(tiny):
     return Control([ControlSpec("canny", "tiny-random")], tiny)
 
 
-def settings(editor="plain", inversion="ddim", temporal=None, steps=2):
+def settings(editor="plain", inversion=None, temporal=None, steps=2):
     return EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=steps, batch_size=2, editor=editor,
                         inversion=inversion, editor_params=EDITOR_OPTIONS.get(editor, {}), temporal=temporal or {},
                         strength=1.0 if editor == "blended" else None)

@@ -69,7 +69,9 @@ def test_pix2pix_zero_direction_from_sentences(tiny_sdxl, wolf_frames):
 
 
 def test_what_refuses_sdxl():
-    """Cross-image attention (its layers are the decoder's on the latent grid, which SDXL lacks), and
-    InstructPix2Pix, which runs on InstructPix2Pix models alone."""
-    refusing = sorted(n for n, spec in {**EDITORS, **INVERSIONS}.items() if "SDXL" not in spec.families)
-    assert refusing == ["cross_image", "instruct_pix2pix"]
+    """Cross-image attention (its layers are the decoder's on the latent grid, which SDXL lacks),
+    FateZero's fusion (its stored maps index 77 text tokens), and InstructPix2Pix, which runs on
+    InstructPix2Pix models alone."""
+    assert [n for n, spec in EDITORS.items() if "SDXL" not in spec.families] == ["cross_image", "fatezero",
+                                                                                  "instruct_pix2pix"]
+    assert [n for n, spec in INVERSIONS.items() if "SDXL" not in spec.families] == []

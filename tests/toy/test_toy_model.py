@@ -59,13 +59,17 @@ def test_exact_inversions_on_the_toy_model(toy, scenes, method):
     assert errors(toy, scenes, method, 7.5, params=EXACT_OPTIONS.get(method)) <= 1e-4
 
 
-def test_null_text_is_ten_times_below_ddim_at_guidance_7_5(toy, scenes):
-    """Issue 4: null-text >= 10x below plain DDIM at guidance 7.5 (20 steps here) with a constant
-    learning rate (videdit's option lr_decay=0: measured 0.055 against DDIM's 0.59), >= 8x at
-    the reference's decaying one (0.065)."""
-    ddim = errors(toy, scenes, "ddim", 7.5)
-    assert errors(toy, scenes, "null_text", 7.5, params={"lr_decay": 0.0}) * 10 <= ddim
-    assert errors(toy, scenes, "null_text", 7.5) * 8 <= ddim
+def test_null_text_is_eight_times_below_ddim_at_guidance_7_5(toy, scenes):
+    """Issue 4: null-text at the reference's decaying learning rate >= 8x below plain DDIM at
+    guidance 7.5 (20 steps here; measured 0.065 against DDIM's 0.59)."""
+    assert errors(toy, scenes, "null_text", 7.5) * 8 <= errors(toy, scenes, "ddim", 7.5)
+
+
+@pytest.mark.slow
+def test_null_text_is_ten_times_below_ddim_at_a_constant_rate(toy, scenes):
+    """videdit's option lr_decay=0 (a constant learning rate): >= 10x below plain DDIM (measured
+    0.055 against 0.59)."""
+    assert errors(toy, scenes, "null_text", 7.5, params={"lr_decay": 0.0}) * 10 <= errors(toy, scenes, "ddim", 7.5)
 
 
 @pytest.mark.slow

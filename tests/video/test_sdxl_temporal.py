@@ -25,4 +25,4 @@ def test_runs_on_sdxl_and_changes_the_edit(tiny_sdxl, wolf_frames, module):
     change = np.abs(out.astype(int) - alone).mean(axis=(1, 2, 3))           # per frame
     assert change[1] > 1.0, (module, change)                                  # the module acted
     if module == "cross_frame":   # the first frame attends to itself, as does the third, its copy
-        assert change[0] == change[2] == 0.0, change
+        assert change[0] == 0.0 and change[2] <= 1e-3, change   # the copy: float rounding (measured 1.6e-4)

@@ -55,6 +55,7 @@ from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
 from videdit.errors import VideditError
+from videdit.registry import NOT_INSTRUCT
 from videdit.video.cross_frame import fixed_anchors
 
 EDITOR = "fatezero"
@@ -170,8 +171,9 @@ class FuseSelf(AttentionModule):
         base = self.stored.maps(call, frames, p)                            # (fb, heads, Tq, Tk')
         if base.shape[-1] != ps.shape[-1]:
             raise VideditError(f"{EDITOR}: the inversion's self-attention at {call.layer} attends over "
-                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: drop the cross_frame module "
-                               f"(the fatezero editor runs the anchors the inversion ran)")
+                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: drop the temporal modules that "
+                               f"change self-attention (cross_frame, keyframes; the fatezero editor runs the "
+                               f"anchors the inversion ran)")
         if self.words is None:
             ps[-1, 0] = base
         else:
@@ -211,7 +213,10 @@ def _positions(tokens: list[str], prompt: str, words: tuple[str, ...], which: st
     return sorted(set(out))
 
 
-@register_editor(EDITOR, FateZeroConfig, steps=50, guidance=7.5, reads=("attention",),
+@register_editor(EDITOR, FateZeroConfig, steps=50, guidance=7.5, reads=("attention",), inversion="fatezero",
+                 models={"families": ("SD1", "SD2"), "refuses": {**NOT_INSTRUCT, "SDXL": (
+                     "its stored cross-attention maps index SD 1.x/2.x's 77 text tokens; not mapped to SDXL's "
+                     "packed text yet")}},
                  reference="Qi et al., ICCV 2023; github.com/ChenyangQiQi/FateZero (prompt_attention/"
                            "attention_util.py, spatial_blend.py; config/style/*.yaml p2p_config[1])")
 def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
