@@ -126,8 +126,10 @@ def test_the_edit_reads_the_stored_maps(tiny, inverted):
 
 
 def test_an_inversion_without_maps_is_refused_before_inverting():
-    with pytest.raises(VideditError, match="editor 'fatezero' reads the attention .* use --inversion fatezero"):
+    with pytest.raises(VideditError, match="editor 'fatezero' starts from inversion 'fatezero', as its reference "
+                                           "does; leave the inversion out"):
         EditSettings(source_prompt=SOURCE, target_prompt=TARGET, editor="fatezero", inversion="ddim")
+    assert EditSettings(source_prompt=SOURCE, target_prompt=TARGET, editor="fatezero").inversion == "fatezero"
 
 
 # --- FateZero's UNet while inverting and editing: the middle frame, on wide layers -----------------
