@@ -21,7 +21,8 @@ SETTINGS = {"model": "tiny-random", "steps": 2, "size": 64, "max_frames": 4, "de
 
 
 def job_file(tmp: Path, shared: Path, out: str = "out", clips=tuple(CLIPS), **extra) -> Path:
-    """2 jobs a clip (6 for all three): targets [its source + ' at night', + ' in snow'], outputs out/{input}-{n}.mp4."""
+    """2 jobs a clip (6 for all three): targets [its source + ' at night', + ' in snow'], outputs
+    out/{input}-{n}.mp4."""
     (tmp / out).mkdir(exist_ok=True)
     defaults = {**SETTINGS, "output": f"{out}/{{input}}-{{n}}.mp4", **extra}
     jobs = [{"input": str(shared / "videos" / f"{clip}.mp4"), "source": source,

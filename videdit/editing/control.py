@@ -31,6 +31,17 @@ def check_fraction(editor: str, name: str, value: float) -> None:
         raise VideditError(f"{editor} {name} must be a fraction of the steps in [0, 1], got {value!r}")
 
 
+def word_scales(editor: str, reweight, example: str) -> dict[str, float]:
+    """A ``reweight`` option ({word: scale}, scales in [0, 100]) checked -> {word: float scale};
+    ``example`` shows the form in the error."""
+    reweight = dict(reweight or {})
+    for word, scale in reweight.items():
+        if not isinstance(word, str) or not isinstance(scale, (int, float)) or not 0 <= scale <= 100:
+            raise VideditError(f"{editor} reweight must map words to scales in [0, 100], e.g. "
+                               f"{example}, got {word!r}: {scale!r}")
+    return {w: float(s) for w, s in reweight.items()}
+
+
 def two_branches(ctx, source_cond: torch.Tensor | None = None,
                  source_guidance: float | None = None) -> tuple[torch.Tensor, Branches]:
     """Source (branch 0) and target (branch 1) from the same inverted noise: latents

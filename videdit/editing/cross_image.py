@@ -45,9 +45,10 @@ over in ``EditContext.references``.
 
 Departures: the appearance branch is held on its inversion's latents rather than replayed with
 its own noise maps (videdit's sampler replays the input's inversion); the two agree where the
-replay is exact, and the official's, inverted at 3.5 and sampled at 1, drifts a little; FreeU acts on the edit only, not on the inversions (the official UNet has it
-throughout); the layers are chosen by grid relative to the latents (the official's fixed 64x64
-and 32x32 token counts hold at 512 px only). Without an appearance image structure =
+replay is exact, and the official's, inverted at 3.5 and sampled at 1, drifts a little; FreeU
+acts on the edit only, not on the inversions (the official UNet has it throughout); the layers
+are chosen by grid relative to the latents (the official's fixed 64x64 and 32x32 token counts
+hold at 512 px only). Without an appearance image structure =
 appearance = the input (two branches and the plain one), videdit's own use.
 """
 

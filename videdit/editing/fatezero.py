@@ -50,7 +50,8 @@ import torch
 from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.attention.stored import MAPS, StoredAttention, anchors
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
-from videdit.editing.control import auto_map_factor, check_fraction, check_map_factor, cross_layers_at, step_window
+from videdit.editing.control import (auto_map_factor, check_fraction, check_map_factor, cross_layers_at,
+                                     step_window, word_scales)
 from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, refinement_mapper
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
@@ -81,12 +82,8 @@ class FateZeroConfig:
             raise VideditError(f"{EDITOR} mode must be one of {MODES}, got {self.mode!r}")
         for name in ("cross_replace", "self_replace"):
             check_fraction(EDITOR, name, getattr(self, name))
-        reweight = dict(self.reweight or {})
-        for word, scale in reweight.items():
-            if not isinstance(word, str) or not isinstance(scale, (int, float)) or not 0 <= scale <= 100:
-                raise VideditError(f"{EDITOR} reweight must map words to scales in [0, 100], e.g. "
-                                   f"{{'watercolor': 10}}, got {word!r}: {scale!r}")
-        object.__setattr__(self, "reweight", {w: float(s) for w, s in reweight.items()})
+        reweight = word_scales(EDITOR, self.reweight, "{'watercolor': 10}")
+        object.__setattr__(self, "reweight", reweight)
         for name in ("blend_words", "target_blend_words"):
             value = getattr(self, name)
             words = (value,) if isinstance(value, str) else tuple(value)
@@ -171,9 +168,9 @@ class FuseSelf(AttentionModule):
         base = self.stored.maps(call, frames, p)                            # (fb, heads, Tq, Tk')
         if base.shape[-1] != ps.shape[-1]:
             raise VideditError(f"{EDITOR}: the inversion's self-attention at {call.layer} attends over "
-                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: drop the temporal modules that "
-                               f"change self-attention (cross_frame, keyframes; the fatezero editor runs the "
-                               f"anchors the inversion ran)")
+                               f"{base.shape[-1]} keys and the edit's over {ps.shape[-1]}: drop the temporal "
+                               f"modules that change self-attention (cross_frame, keyframes; the fatezero editor "
+                               f"runs the anchors the inversion ran)")
         if self.words is None:
             ps[-1, 0] = base
         else:

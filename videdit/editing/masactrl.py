@@ -70,7 +70,8 @@ class MasaCtrlConfig:
     mask_word: str = ""                # or: the source mask from this word's cross-attention ...
     target_mask_word: str = ""         # ... and the target's from this word of the target prompt (default: mask_word)
     mask_threshold: float = 0.1        # word masks: min-max normalised attention > this
-    mask_factor: int = 0               # word masks: maps of the layers at 1/factor of the latents; 0: auto (about 16x16)
+    mask_factor: int = 0               # word masks: maps of the layers at 1/factor of the latents;
+    #                                    0: auto (about 16x16)
 
     def __post_init__(self):
         check_fraction(EDITOR, "start", self.start)

@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.core.loop import CallInfo, StepCallback, StepContext
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto_map_factor, check_fraction,
-                                     check_map_factor, cross_layers_at, step_index, step_window, two_branches)
+                                     check_map_factor, cross_layers_at, step_index, step_window, two_branches,
+                                     word_scales)
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
 from videdit.errors import VideditError
@@ -89,12 +90,8 @@ class PromptToPromptConfig:
         if not isinstance(self.self_replace_max_tokens, int) or self.self_replace_max_tokens < 0:
             raise VideditError(f"{EDITOR} self_replace_max_tokens must be an int >= 0 (1024 = 32x32), "
                                f"got {self.self_replace_max_tokens!r}")
-        reweight = dict(self.reweight or {})
-        for word, scale in reweight.items():
-            if not isinstance(word, str) or not isinstance(scale, (int, float)) or not 0 <= scale <= 100:
-                raise VideditError(f"{EDITOR} reweight must map words to scales in [0, 100], e.g. "
-                                   f"{{'watercolor': 5}}, got {word!r}: {scale!r}")
-        object.__setattr__(self, "reweight", {w: float(s) for w, s in reweight.items()})
+        reweight = word_scales(EDITOR, self.reweight, "{'watercolor': 5}")
+        object.__setattr__(self, "reweight", reweight)
         if self.mode == "reweight" and not reweight:
             raise VideditError(f"{EDITOR} mode 'reweight' needs reweight={{word: scale}}, e.g. --reweight snowy=2")
         words = (self.blend_words,) if isinstance(self.blend_words, str) else tuple(self.blend_words)
