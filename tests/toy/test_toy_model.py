@@ -59,6 +59,7 @@ def test_exact_inversions_on_the_toy_model(toy, scenes, method):
     assert errors(toy, scenes, method, 7.5, params=EXACT_OPTIONS.get(method)) <= 1e-4
 
 
+@pytest.mark.slow   # about 22 s; on tiny-random by default: tests/inversion/test_null_text.py
 def test_null_text_is_eight_times_below_ddim_at_guidance_7_5(toy, scenes):
     """Issue 4: null-text at the reference's decaying learning rate >= 8x below plain DDIM at
     guidance 7.5 (20 steps here; measured 0.065 against DDIM's 0.59)."""

@@ -47,7 +47,10 @@ def check(toy, folder, seed, kind, temporal, **settings):
     assert all(hits), hits
 
 
-@pytest.mark.parametrize("seed, kind", [(2, "rotate"), pytest.param(0, "translate", marks=pytest.mark.slow)])
+# with -m slow (about 20 s a clip): the default suite checks guided pixels' mechanics on tiny-random
+# (tests/video/test_pixels_guided.py) and this property with bilateral pixels below
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, kind", [(2, "rotate"), (0, "translate")])
 def test_guided_keyframes_hold_a_colour_edit_to_the_source_motion(toy, tmp_path, seed, kind):
     """DiffEdit as videdit ran it before following diffusers: from its mask's noise level
     (strength 0.5) with the paper's aligned blend (at diffusers' strength 0.8 and blend the
