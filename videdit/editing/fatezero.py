@@ -52,9 +52,9 @@ from videdit.attention.stored import MAPS, StoredAttention, anchors
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
 from videdit.editing.control import (auto_map_factor, check_fraction, check_map_factor, cross_layers_at,
                                      step_window, word_scales)
-from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, refinement_mapper
+from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, word_maps
 from videdit.editing.registry import EditContext, EditPlan, register_editor
-from videdit.editing.words import find_word, prompt_words, word_positions
+from videdit.editing.words import find_word, prompt_words
 from videdit.errors import VideditError
 from videdit.registry import NOT_INSTRUCT
 from videdit.video.cross_frame import fixed_anchors
@@ -228,13 +228,7 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
     if config.mode == "replace" and len(src) != len(tgt):
         raise VideditError(f"{EDITOR} mode 'replace' (word swap) needs prompts of as many tokens, but the source has "
                            f"{len(src)} and the target {len(tgt)}; use mode 'refine'")
-    mapper = alphas = equalizer = None
-    if config.mode == "refine":
-        mapper, alphas = refinement_mapper(src, tgt, max_len)
-    if config.reweight:
-        equalizer = torch.ones(max_len)
-        for word, scale in config.reweight.items():
-            equalizer[word_positions(tgt, word, ctx.target_prompt)] = scale
+    mapper, alphas, equalizer = word_maps(config.mode, src, tgt, config.reweight, ctx.target_prompt, max_len)
     n = len(ctx.schedule)
     x = ctx.inversion.noise[None]                                           # (1, F, C, h, w)
     latent = tuple(x.shape[-2:])

@@ -301,6 +301,21 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
     return store, blend
 
 
+def word_maps(mode: str, src: list[str], tgt: list[str], reweight: dict[str, float], target_prompt: str,
+              max_len: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The token maps of a cross-attention edit over ``max_len`` text tokens: for ``mode``
+    "refine" the refinement mapper and alphas (else None), and for ``reweight`` {word: scale} the
+    equaliser (max_len,) (else None)."""
+    mapper = alphas = equalizer = None
+    if mode == "refine":
+        mapper, alphas = refinement_mapper(src, tgt, max_len)
+    if reweight:
+        equalizer = torch.ones(max_len)
+        for word, scale in reweight.items():
+            equalizer[word_positions(tgt, word, target_prompt)] = scale
+    return mapper, alphas, equalizer
+
+
 @register_editor(EDITOR, PromptToPromptConfig, source_branch=True,
                  reference="Hertz et al., ICLR 2023; github.com/google/prompt-to-prompt (ptp_utils.py, "
                            "null_text_w_ptp.ipynb); PIE-Bench code, github.com/cure-lab/PnPInversion "
@@ -310,13 +325,7 @@ def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
     max_len = ctx.model.tokenizer.model_max_length   # the tokens cross-attention sees (SDXL: not the pooled row)
     mode = _mode(config, src, tgt)
-    mapper = alphas = equalizer = None
-    if mode == "refine":
-        mapper, alphas = refinement_mapper(src, tgt, max_len)
-    if config.reweight:
-        equalizer = torch.ones(max_len)
-        for word, scale in config.reweight.items():
-            equalizer[word_positions(tgt, word, ctx.target_prompt)] = scale
+    mapper, alphas, equalizer = word_maps(mode, src, tgt, config.reweight, ctx.target_prompt, max_len)
     n = len(ctx.schedule)
     x, branches = two_branches(ctx)
     n_frames, latent = x.shape[1], tuple(x.shape[-2:])
