@@ -183,7 +183,8 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                    "(shipped, offline), or 'tiny-random' / 'tiny-sdxl' (SD / SDXL layout, random weights, for tests "
                    "and benchmarks)")
     g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
-                   "directory or hub id of the same model family, or the original .yaml (SD 1.x/2.x; default: inferred)")
+                   "directory or hub id of the same model family, or the original .yaml (SD 1.x/2.x; default: "
+                   "inferred)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
                    help="a LoRA fused into the weights at SCALE (default 1; repeatable, applied in order)")
     g.add_argument("--embedding", action="append", default=[], metavar="FILE",
