@@ -88,6 +88,24 @@ def test_single_file_sdxl_refusals_are_one_line(sdxl_dir, sdxl_file, tmp_path, m
         assert "\n" not in str(e.value)
 
 
+def test_single_file_sdxl_config_is_inferred_from_the_hub_cache(tiny_sdxl, sdxl_dir, sdxl_file, tmp_path,
+                                                                monkeypatch):
+    """Without --model-config, SDXL base's repo (diffusers' inference for an SDXL checkpoint), its
+    configs read offline from the Hugging Face cache (here tiny-sdxl's directory as its snapshot)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0"
+    shutil.copytree(sdxl_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    model = load_model(sdxl_file, device="cpu")
+    assert _max_difference(model.unet, tiny_sdxl.unet) == 0.0 and model.tokenizer_2 is not None
+
+
 def _sdxl_embedding(path, n=1, widths=(32, 32), seed=0):
     g = torch.Generator().manual_seed(seed)
     vectors = {"clip_l": torch.randn(n, widths[0], generator=g), "clip_g": torch.randn(n, widths[1], generator=g)}
