@@ -29,9 +29,9 @@ class _NoSdxl(TemporalModule):
 
 def test_each_stage_is_checked_with_one_line(tiny, tiny_sdxl):
     with pytest.raises(VideditError) as e:
-        check_methods(tiny_sdxl, EditSettings(editor="cross_image"))
-    assert str(e.value) == f"editor 'cross_image' does not run on SDXL models: {EDITORS['cross_image'].refuses['SDXL']}"
-    check_methods(tiny, EditSettings(editor="cross_image"))                     # SD 1.x: runs
+        check_methods(tiny_sdxl, EditSettings(editor="fatezero"))
+    assert str(e.value) == f"editor 'fatezero' does not run on SDXL models: {EDITORS['fatezero'].refuses['SDXL']}"
+    check_methods(tiny, EditSettings(editor="fatezero"))                        # SD 1.x: runs
     with INVERSIONS.temporarily(dataclasses.replace(INVERSIONS["ddim"], name="_no_sdxl", **NO_SDXL)):
         with pytest.raises(VideditError) as e:
             check_methods(tiny_sdxl, EditSettings(inversion="_no_sdxl"))
@@ -47,8 +47,8 @@ def test_each_stage_is_checked_with_one_line(tiny, tiny_sdxl):
 
 def test_edit_image_refuses_before_any_work(tiny_sdxl, shared_data, tmp_path):
     src = shared_data / "videos" / "car-turn" / "00000.png"
-    with pytest.raises(VideditError, match="editor 'cross_image' does not run on SDXL models"):
-        edit_image(src, tmp_path / "o.png", model=tiny_sdxl, editor="cross_image", steps=2, use_cache=False)
+    with pytest.raises(VideditError, match="editor 'fatezero' does not run on SDXL models"):
+        edit_image(src, tmp_path / "o.png", model=tiny_sdxl, editor="fatezero", steps=2, use_cache=False)
     assert not (tmp_path / "o.png").exists()
 
 
@@ -61,10 +61,10 @@ def test_cli_edits_an_image_with_tiny_sdxl(shared_data, tmp_path, capsys):
     (edited,), _ = io.read_clip(out)
     (source,), _ = io.read_clip(src)
     assert edited.shape == source.shape                          # worked at tiny-sdxl's 64 short side, written back
-    code, _, err = run(capsys, "edit", src, "--model", "tiny-sdxl", "-t", "a jeep", "--editor", "cross_image",
+    code, _, err = run(capsys, "edit", src, "--model", "tiny-sdxl", "-t", "a jeep", "--editor", "fatezero",
                        "--steps", "2", "-o", tmp_path / "refused.png", "--no-cache", "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "refused.png").exists()
-    assert err.startswith("videdit: error: editor 'cross_image' does not run on SDXL models: its attention swap")
+    assert err.startswith("videdit: error: editor 'fatezero' does not run on SDXL models: its stored cross-attention")
 
 
 def test_cli_loads_a_saved_sdxl_directory(shared_data, tmp_path, capsys):

@@ -183,12 +183,13 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
                    "(shipped, offline), or 'tiny-random' / 'tiny-sdxl' (SD / SDXL layout, random weights, for tests "
                    "and benchmarks)")
     g.add_argument("--model-config", metavar="DIR|YAML", help="a single-file checkpoint's architecture: a diffusers "
-                   "directory or hub id of the same model family, or the original .yaml (default: inferred)")
+                   "directory or hub id of the same model family, or the original .yaml (SD 1.x/2.x; default: "
+                   "inferred)")
     g.add_argument("--lora", action="append", default=[], metavar="FILE[=SCALE]",
                    help="a LoRA fused into the weights at SCALE (default 1; repeatable, applied in order)")
     g.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="a textual-inversion embedding; its token (the file's, else its name) works in prompts "
-                   "(repeatable)")
+                   "(SDXL: a file of clip_l and clip_g vectors, its name the token; repeatable)")
     g.add_argument("--vae", metavar="DIR|FILE", help="a replacement VAE: a diffusers directory or a single file")
     g.add_argument("--control", action="append", default=[], metavar="canny|softedge|KIND=PATH",
                    help="a ControlNet condition per frame: canny or softedge (computed from the frames), or "

@@ -343,3 +343,96 @@ def test_on_sd15_the_layers_are_the_officials():
         ratio = hooks["up_blocks.2"](None, (), x).mean((0, 2, 3)) / x.mean((0, 2, 3))
         torch.testing.assert_close(ratio, torch.tensor([b * s, s]).repeat_interleave(channels // 2), rtol=1e-4, atol=0)
     assert torch.equal(hooks["up_blocks.2"](None, (), x[:, :320]), x[:, :320])
+
+
+def test_on_sdxl_the_layers_have_the_officials_token_counts():
+    """SDXL base's UNet (its architecture, on the meta device) at 1024 px (128x128 latents): its decoder
+    has no self-attention on the latent grid, so the swap is on its finest two levels, up_blocks.1
+    (64x64 tokens, the latent window's) and up_blocks.0 (32x32, the half window's): the token counts
+    should_mix_keys_and_values tests for; the masks from the last 64x64 self-attention and the last
+    32x32 cross-attention, as Segmentor.update_attention keeps them."""
+    from videdit.attention import layer_grids
+    from videdit.editing.cross_image import finest_grid
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+            attention_head_dim=(5, 10, 20), use_linear_projection=True, transformer_layers_per_block=(1, 2, 10),
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    assert finest_grid(unet, (128, 128)) == 2
+    layers = swap_layers(unet, (128, 128))
+    block = "up_blocks.{}.attentions.{}.transformer_blocks.{}.attn{}.processor"
+    assert layers == {2: [block.format(1, i, t, 1) for i in range(3) for t in range(2)],
+                      4: [block.format(0, i, t, 1) for i in range(3) for t in range(10)]}
+    grids = layer_grids(unet, (128, 128))
+    assert {grids[n] for n in layers[2]} == {(64, 64)} and {grids[n] for n in layers[4]} == {(32, 32)}
+    assert segmentation_layers(unet, (128, 128)) == (block.format(1, 2, 1, 1), block.format(0, 2, 9, 2))
+    assert swap_layers(unet, (128, 128), grid=1) == {1: [], 2: layers[2]}
+    spec = next(f for f in dataclasses.fields(CrossImageConfig) if f.name == "grid")
+    assert spec.default is None and "SDXL" in spec.metadata["why"]
+    with pytest.raises(VideditError, match="grid must be a power of two"):
+        CrossImageConfig(grid=3)
+
+
+def test_on_tiny_sdxl_the_swap_is_at_its_finest_decoder_level(tiny_sdxl, wolf_frames, appearance):
+    """tiny-sdxl's one decoder level with attention, up_blocks.0 at half the latent grid, swaps in the
+    latent window (counters 1..8 of 10 steps: steps 2..9, as the latent grid's on SD 1.x); the
+    encoder's self-attention never does."""
+    from tests.editing.attention_runs import Probe
+
+    s = EditSettings(source_prompt="a wolf", target_prompt="a wolf", steps=10, guidance=1.0, strength=1.0,
+                     editor="cross_image", editor_params={"appearance": appearance, "masked_adain": False})
+    inv = invert_frames(tiny_sdxl, wolf_frames[:1, ::2, ::2], s)                # 16x16 latents
+    plan = plan_of(tiny_sdxl, inv, s)
+    swapped = sorted({n for proc in plan.processors.values() for m in proc.modules if isinstance(m, SwapAttention)
+                      for n in m.names})
+    assert swapped == [f"up_blocks.0.attentions.{i}.transformer_blocks.{t}.attn1.processor"
+                       for i in range(3) for t in range(2)]
+    encoder = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
+    plan, probe = with_probe(tiny_sdxl, plan, swapped[0])
+    other = Probe([encoder])
+    plan = dataclasses.replace(plan, processors={**plan.processors, **compose(tiny_sdxl.unet, [other], plan.info)})
+    z = run_plan(tiny_sdxl, inv, s, plan)
+    assert z.shape == (4, 1, 4, 16, 16) and torch.isfinite(z).all()
+    taken = {swapped[0]: {}, encoder: {}}
+    for step, layer, _, k, v in probe.seen + other.seen:
+        # (halves, nb, fb, heads, T, d); branches: structure, appearance, output, plain
+        taken[layer][step] = next((b for b in (1, 3, 0) if torch.equal(k[:, 2], k[:, b])
+                                   and torch.equal(v[:, 2], v[:, b])), None)
+    assert taken[swapped[0]] == {i: 1 if 2 <= i <= 9 else 3 for i in range(10)}
+    assert taken[encoder] == {i: 3 for i in range(10)}
+
+
+def test_masked_adain_on_sdxl_layout(tiny_sdxl, wolf_frames, appearance):
+    """On SDXL's block layout (three levels, no decoder attention on the latent grid) at 16x16 latents:
+    the masks come from the last 8x8 self-attention (up_blocks.1) and the last 4x4 cross-attention
+    (up_blocks.0), found on the 8x8 grid and nearest-upsampled 2x to the latents."""
+    from tests.editing.attention_runs import sdxl_shaped_unet
+    from videdit.core.conditioning import set_pixels_per_latent
+    from videdit.editing.cross_image import _upsample
+
+    model = dataclasses.replace(tiny_sdxl, unet=sdxl_shaped_unet())
+    set_pixels_per_latent(model.unet, model.vae_scale_factor)
+    s = EditSettings(source_prompt="a wolf in a forest", target_prompt="a wolf in a forest", steps=5, guidance=1.0,
+                     strength=1.0, editor="cross_image",
+                     editor_params={"appearance": appearance, "object_noun": "wolf", "adain_window": (0.4, 1.0)})
+    inv = invert_frames(model, wolf_frames[:1, ::2, ::2], s)                   # 16x16 latents
+    plan = plan_of(model, inv, s)
+    store = next(m for proc in plan.processors.values() for m in proc.modules if isinstance(m, SegmentationStore))
+    assert store.self_layer == "up_blocks.1.attentions.2.transformer_blocks.1.attn1.processor"
+    assert store.cross_layer == "up_blocks.0.attentions.2.transformer_blocks.2.attn2.processor"
+    run_plan(model, inv, s, plan)
+    steps = plan.callbacks[0]
+    wolf = find_word(model.tokens("a wolf in a forest"), "wolf")
+    for branch, mask in ((0, steps.found.structure), (1, steps.found.appearance)):
+        assert store.self_maps[branch].shape == (1, 64, 64) and store.cross_maps[branch].shape[:2] == (1, 16)
+        word = word_map(store.cross_maps[branch][0][:, wolf].mean(-1), (4, 4), (8, 8))
+        small = object_mask(store.self_maps[branch][0], word)                   # (8, 8)
+        assert mask.shape == (1, 16, 16) and torch.equal(mask[0], _upsample(small, (16, 16)))
+    small = (torch.arange(64).view(8, 8) % 3 == 0).float()          # the upsampling, on a mask with content
+    for size in ((16, 16), (15, 16)):                                # a 15-row latent grid rounds up to 8 rows
+        big = _upsample(small, size)
+        assert big.shape == size and all(torch.equal(big[dy::2, dx::2], small[:-(-(size[0] - dy) // 2)])
+                                         for dy in (0, 1) for dx in (0, 1))

@@ -1,10 +1,12 @@
-"""Write a diffusers Stable Diffusion model as one original-layout (CompVis/LDM) checkpoint,
-the layout of the single ``.safetensors`` files people download, so that tests exercise
-diffusers' single-file conversion on a model built in code.
+"""Write a diffusers Stable Diffusion (1.x or XL) model as one original-layout (CompVis/LDM, or
+Stability's SGM for SDXL) checkpoint, the layout of the single ``.safetensors`` files people
+download, so that tests exercise diffusers' single-file conversion on a model built in code.
 
-The key maps follow diffusers' ``scripts/convert_diffusers_to_original_stable_diffusion.py``,
-with the block counts read from the model's config instead of SD 1.5's fixed 4 blocks x 2
-layers, so the tiny model converts too.
+The key maps follow diffusers' ``scripts/convert_diffusers_to_original_stable_diffusion.py`` and
+``convert_diffusers_to_original_sdxl.py``, with the block counts read from the model's config
+instead of SD 1.5's fixed 4 blocks x 2 layers (SDXL's 3 x 2), so the tiny models convert too; SDXL's
+second text encoder goes into OpenCLIP's layout, the inverse of diffusers'
+``single_file_utils.convert_open_clip_checkpoint``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
         ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
         ("mid_block.attentions.0.", "middle_block.1."),
         ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.resnets.1.", "middle_block.2."),
+        ("add_embedding.linear_1.", "label_emb.0.0."), ("add_embedding.linear_2.", "label_emb.0.2."),  # SDXL's
     ]
     for i in range(n):
         for j in range(lpb):  # down block i: lpb (resnet, attention) layers, then a downsampler
@@ -84,5 +87,40 @@ def save_ldm_checkpoint(parts: dict, path: Path) -> Path:
     state = {**unet_to_ldm(parts["unet"]), **vae_to_ldm(parts["vae"])}
     for k, v in parts["text_encoder"].state_dict().items():  # transformers 5 drops the "text_model." prefix
         state["cond_stage_model.transformer.text_model." + k.removeprefix("text_model.")] = v
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return Path(path)
+
+
+def _clip_to_openclip(encoder) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModelWithProjection`` -> OpenCLIP's text-tower names (SDXL's ``conditioner.embedders.1
+    .model.``): q, k, v fused into ``in_proj``, the projection stored transposed (hidden, projection)."""
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {"positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           "ln_final.weight": state.pop("final_layer_norm.weight"), "ln_final.bias": state.pop("final_layer_norm.bias"),
+           "text_projection": state.pop("text_projection.weight").T}
+    state.pop("embeddings.position_ids", None)
+    names = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+             ("self_attn.out_proj", "attn.out_proj")]
+    for i in range(encoder.config.num_hidden_layers):
+        hf, ldm = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [state.pop(f"{hf}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            out[f"{ldm}attn.in_proj_{kind}"] = torch.cat(qkv)   # (3 D, D) / (3 D,)
+            for a, b in names:
+                out[f"{ldm}{b}.{kind}"] = state.pop(f"{hf}{a}.{kind}")
+    if state:
+        raise ValueError(f"unconverted text-encoder tensors: {sorted(state)[:3]}")
+    return out
+
+
+def save_sgm_checkpoint(parts: dict, path: Path) -> Path:
+    """SDXL ``parts`` (unet, vae, text_encoder, text_encoder_2) -> one original-layout ``.safetensors``
+    file at ``path``, as Stability's ``sd_xl_base_1.0.safetensors`` names its tensors."""
+    state = {**unet_to_ldm(parts["unet"]), **vae_to_ldm(parts["vae"])}
+    for k, v in parts["text_encoder"].state_dict().items():
+        state["conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model.")] = v
+    for k, v in _clip_to_openclip(parts["text_encoder_2"]).items():
+        state["conditioner.embedders.1.model." + k] = v
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return Path(path)

@@ -130,14 +130,6 @@ def test_lora_reaches_the_second_text_encoder(tiny_sdxl, tmp_path):
     assert model.fingerprint != tiny_sdxl.fingerprint
 
 
-def test_embeddings_are_refused_on_sdxl(tmp_path):
-    from videdit.errors import VideditError
-
-    torch.save({"<x>": torch.randn(32)}, tmp_path / "x.bin")
-    with pytest.raises(VideditError, match="SDXL model: textual-inversion embeddings .* not supported yet"):
-        load_model("tiny-sdxl", embeddings=[str(tmp_path / "x.bin")])
-
-
 def test_fp16_keeps_an_upcast_vae_in_fp32(tiny_sdxl, wolf_frames):
     """SDXL base's VAE overflows in fp16 (force_upcast): it stays fp32, the latents are the model's dtype."""
     m = load_model("tiny-sdxl", dtype="fp16")

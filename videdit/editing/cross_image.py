@@ -50,6 +50,16 @@ acts on the edit only, not on the inversions (the official UNet has it throughou
 are chosen by grid relative to the latents (the official's fixed 64x64 and 32x32 token counts
 hold at 512 px only). Without an appearance image structure =
 appearance = the input (two branches and the plain one), videdit's own use.
+
+SDXL (``grid``, a named departure): its decoder has no self-attention on the latent grid (its
+last up block has none), so the swap's grids are the decoder's finest self-attention grid and
+half of it (:func:`finest_grid`): up_blocks.1 (64x64 at 1024 px, ``latent_window``) and
+up_blocks.0 (32x32, ``half_window``), the token counts the official's
+``should_mix_keys_and_values`` tests for; the masks come from the last self-attention at the
+finer grid and the last cross-attention at the coarser one (the official ``Segmentor``'s 64x64
+and 32x32 maps), nearest-upsampled 2x to the latents for AdaIN (the official's masks are at the
+latent grid). FreeU keeps SD 1.5's values on SDXL's two widest widths (videdit/editing/freeu.py).
+On SD 1.x/2.x ``grid`` resolves to 1, the official layers.
 """
 
 from __future__ import annotations
@@ -94,6 +104,13 @@ class CrossImageConfig:
     structure_until: float = 0.4       # ... before this fraction of the steps
     queries: str = "output"            # "output" (the official code) or "structure" (the structure's queries)
     freeu: tuple[float, float, float, float] | None = (1.2, 1.4, 0.9, 0.2)   # b1, b2, s1, s2; None: off
+    # the finer swap grid, as a factor of the latent grid (the coarser one is half of it); None: the decoder's
+    # finest self-attention grid, the latent grid on SD 1.x/2.x (the official) and half of it on SDXL
+    grid: int | None = departs(None, official="1: SD 1.5's 64x64 latent grid and 32x32 at 512 px (by token count)",
+                               why="None: the decoder's finest self-attention grid (1 on SD 1.x/2.x, the "
+                                   "official; 2 on SDXL, whose decoder has none on the latent grid: its two finest "
+                                   "levels, 64x64 and 32x32 at 1024 px, the official's token counts) and half of it; "
+                                   "SDXL's masks are upsampled 2x to the latents")
 
     def __post_init__(self):
         for name in ("latent_window", "half_window", "adain_window"):
@@ -113,6 +130,9 @@ class CrossImageConfig:
         if self.swap_guidance < 0 or self.contrast < 0:
             raise VideditError(f"{EDITOR} swap_guidance and contrast must be >= 0, got {self.swap_guidance}, "
                                f"{self.contrast}")
+        if self.grid is not None and (not isinstance(self.grid, int) or self.grid < 1 or self.grid & (self.grid - 1)):
+            raise VideditError(f"{EDITOR} grid must be a power of two (1: the latent grid, 2: half of it) or none, "
+                               f"got {self.grid!r}")
         if self.freeu is not None:
             if not isinstance(self.freeu, (tuple, list)) or len(self.freeu) != 4:
                 raise VideditError(f"{EDITOR} freeu must be [b1, b2, s1, s2] or none, got {self.freeu!r}")
@@ -322,12 +342,31 @@ def _last_word(prompt: str, tokens) -> str:
     return words[-1][0]
 
 
+def _grid_at(latent: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The token grid at 1/``factor`` (a power of two) of ``latent``: halved that often, each
+    time rounding up as a stride-2 convolution does."""
+    size = tuple(latent)
+    while factor > 1:
+        size, factor = (-(-size[0] // 2), -(-size[1] // 2)), factor // 2
+    return size
+
+
+def _upsample(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (h', w') nearest-upsampled to ``size`` (h, w), cropped where the grid rounded up."""
+    m = mask.repeat_interleave(-(-size[0] // mask.shape[0]), 0).repeat_interleave(-(-size[1] // mask.shape[1]), 1)
+    return m[:size[0], :size[1]]
+
+
 def _mask_finder(ctx: EditContext, config: CrossImageConfig, store: SegmentationStore, structure: int,
-                 appearance: int, app_prompt: str, latent: tuple[int, int], half: tuple[int, int]):
-    """() -> :class:`Masks` from the store's maps and the object word's tokens in each branch's prompt."""
+                 appearance: int, app_prompt: str, latent: tuple[int, int], grid: int):
+    """() -> :class:`Masks` from the store's maps (self-attention at 1/``grid`` of the latents,
+    cross-attention at half of it) and the object word's tokens in each branch's prompt; found on
+    the self-attention's grid (the official's 64x64, the latent grid on SD 1.5) and nearest-
+    upsampled to the latent grid where that is finer (SDXL: 2x)."""
     noun = config.object_noun or _last_word(ctx.source_prompt, ctx.model.tokens(ctx.source_prompt))
     prompts = {structure: ctx.source_prompt, appearance: app_prompt}
     tokens = {b: word_positions(ctx.model.tokens(p), noun, p) for b, p in prompts.items()}
+    fine, coarse = _grid_at(latent, grid), _grid_at(latent, 2 * grid)
 
     def find() -> Masks | None:
         if any(b not in store.self_maps or b not in store.cross_maps for b in tokens):
@@ -335,34 +374,46 @@ def _mask_finder(ctx: EditContext, config: CrossImageConfig, store: Segmentation
         out = {}
         for b, positions in tokens.items():
             sa, ca = store.self_maps[b], store.cross_maps[b]           # (F, T, T), (F, T', L)
-            out[b] = torch.stack([object_mask(sa[f], word_map(ca[f][:, positions].mean(-1), half, latent))
-                                  for f in range(sa.shape[0])])       # (F, h, w)
+            out[b] = torch.stack([_upsample(object_mask(sa[f], word_map(ca[f][:, positions].mean(-1), coarse, fine)),
+                                            latent) for f in range(sa.shape[0])])   # (F, h, w)
         return Masks(structure=out[structure], appearance=out[appearance])
 
     return find
-
-
-# the official swaps and masked AdaIN read the decoder's self-attention on the latent grid (swap_layers)
-SDXL_REFUSAL = ("its attention swap and masked AdaIN read the decoder's self-attention on the latent grid "
-                "(SD 1.5's 64x64 at 512 px), and SDXL's UNet has none there (its finest is at half the grid)")
 
 
 def _decoder(names: list[str]) -> list[str]:
     return [n for n in names if n.startswith("up_blocks.")]
 
 
-def swap_layers(unet, latent: tuple[int, int]) -> dict[int, list[str]]:
-    """{1: the decoder's self-attention layers on the ``latent`` grid, 2: those on half of it}:
-    SD 1.5's up_blocks.3 (64x64) and up_blocks.2 (32x32) at 512 px, where the official swaps."""
-    return {f: _decoder(layers_at(unet, latent, f, cross=False)) for f in (1, 2)}
+def finest_grid(unet, latent: tuple[int, int]) -> int | None:
+    """The factor (1, 2, 4, ...) of the decoder's finest self-attention grid below the ``latent``
+    grid: 1 on SD 1.x/2.x (up_blocks.3), 2 on SDXL (up_blocks.1; its up_blocks.2 has none); None
+    where the decoder has no self-attention."""
+    f = 1
+    while max(latent) // f >= 1:
+        if _decoder(layers_at(unet, latent, f, cross=False)):
+            return f
+        f *= 2
+    return None
 
 
-def segmentation_layers(unet, latent: tuple[int, int]) -> tuple[str, str] | None:
-    """The last decoder self-attention layer on the latent grid and the last cross-attention layer
-    on half of it, the maps the official ``Segmentor`` keeps (each layer overwrites the one
-    before); None where the model lacks either."""
-    self_layers = _decoder(layers_at(unet, latent, 1, cross=False))
-    cross_layers = _decoder(layers_at(unet, latent, 2, cross=True))
+def swap_layers(unet, latent: tuple[int, int], grid: int | None = None) -> dict[int, list[str]]:
+    """{g: the decoder's self-attention layers at ``grid`` g, 2 g: those at half of it}, g = ``grid``
+    or the finest (:func:`finest_grid`): SD 1.5's up_blocks.3 (64x64) and up_blocks.2 (32x32) at
+    512 px, where the official swaps (``should_mix_keys_and_values``: 64**2 and 32**2 tokens);
+    SDXL's up_blocks.1 (64x64) and up_blocks.0 (32x32) at 1024 px, the same token counts."""
+    g = grid or finest_grid(unet, latent) or 1
+    return {f: _decoder(layers_at(unet, latent, f, cross=False)) for f in (g, 2 * g)}
+
+
+def segmentation_layers(unet, latent: tuple[int, int], grid: int | None = None) -> tuple[str, str] | None:
+    """The last decoder self-attention layer at ``grid`` (or the finest) and the last
+    cross-attention layer at half of it, the maps the official ``Segmentor`` keeps (each layer
+    overwrites the one before; 64x64 self- and 32x32 cross-attention); None where the model lacks
+    either."""
+    g = grid or finest_grid(unet, latent) or 1
+    self_layers = _decoder(layers_at(unet, latent, g, cross=False))
+    cross_layers = _decoder(layers_at(unet, latent, 2 * g, cross=True))
     return (self_layers[-1], cross_layers[-1]) if self_layers and cross_layers else None
 
 
@@ -370,7 +421,7 @@ def segmentation_layers(unet, latent: tuple[int, int]) -> tuple[str, str] | None
                  reference="Alaluf et al. 2024, Cross-Image Attention for Zero-Shot Appearance Transfer "
                            "(SIGGRAPH); github.com/garibida/cross-image-attention (config.py, run.py)",
                  steps=100, guidance=1.0, strength=0.68,
-                 models={"families": ("SD1", "SD2"), "refuses": {"SDXL": SDXL_REFUSAL, **NOT_INSTRUCT}})
+                 models={"families": ("SD1", "SD2", "SDXL"), "refuses": dict(NOT_INSTRUCT)})
 def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
     """Cross-image attention (Alaluf et al. 2024): the output reads an appearance image's keys and values."""
     unet, n = ctx.model.unet, len(ctx.schedule)
@@ -401,11 +452,12 @@ def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
                         guidance=(ctx.guidance,) * nb)
 
     timing, info = Timing(start, n), CallInfo()
-    grids = {1: config.latent_window, 2: config.half_window}   # latent / factor -> its window
-    layers = swap_layers(unet, latent)
+    grid = config.grid or finest_grid(unet, latent) or 1          # SD 1.x/2.x: 1, the latent grid; SDXL: 2
+    grids = {grid: config.latent_window, 2 * grid: config.half_window}   # latent / factor -> its window
+    layers = swap_layers(unet, latent, grid)
     if not any(layers.values()):
-        raise VideditError(f"{EDITOR}: the model's decoder has no self-attention layer on the {latent} latent grid "
-                           f"or on half of it")
+        raise VideditError(f"{EDITOR}: the model's decoder has no self-attention layer at 1/{grid} of the {latent} "
+                           f"latent grid or at half of it; set grid to another power of two, or none")
     structure_steps = timing.structure(config.structure_every, config.structure_until)
     q_from = structure if config.queries == "structure" else None
     modules: list[AttentionModule] = [
@@ -416,14 +468,14 @@ def cross_image(ctx: EditContext, config: CrossImageConfig) -> EditPlan:
     adain_steps = timing.after(config.adain_window)
     masks = None
     if config.masked_adain and adain_steps:
-        half = tuple(-(-s // 2) for s in latent)   # a stride-2 convolution rounds up
-        found = segmentation_layers(unet, latent)
+        found = segmentation_layers(unet, latent, grid)
         if found is None:
-            raise VideditError(f"{EDITOR}: masked AdaIN reads decoder self-attention on the latent grid and "
-                               f"cross-attention on half of it, and this model has not both; set masked_adain=false")
+            raise VideditError(f"{EDITOR}: masked AdaIN reads decoder self-attention at 1/{grid} of the latent grid "
+                               f"and cross-attention at half of that, and this model has not both; set "
+                               f"masked_adain=false")
         store = SegmentationStore(*found, min(adain_steps), (structure, appearance), n_frames, info)
         modules.append(store)
-        masks = _mask_finder(ctx, config, store, structure, appearance, app_prompt, latent, half)
+        masks = _mask_finder(ctx, config, store, structure, appearance, app_prompt, latent, grid)
     steps = CrossImageSteps(output=output, appearance=appearance, plain=plain, trajectory=trajectory,
                             swap_steps=swap_steps, scales=timing.swap_scales(config.swap_guidance), start=start,
                             text_guided=text_guided, adain_steps=adain_steps, masks=masks)

@@ -10,6 +10,7 @@ the first layer the model lacks or whose shape differs.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,7 +121,8 @@ def _checkpoint_keys(path: Path) -> list[str]:
 
 def load_single_file(path: Path, config: str | Path | None = None) -> dict:
     """An original-layout (CompVis/A1111/Civitai) SD 1.x/2.x checkpoint -> the parts ``Model`` holds,
-    through diffusers' ``StableDiffusionPipeline.from_single_file``.
+    through diffusers' ``StableDiffusionPipeline.from_single_file``; an SDXL one (Stability's SGM
+    layout, ``conditioner.embedders.*``) through :func:`load_single_file_sdxl`.
 
     ``config``: a diffusers directory (or hub id) of the same architecture, or the original
     YAML; without it diffusers infers the architecture from the weights and reads its config
@@ -135,9 +137,8 @@ def load_single_file(path: Path, config: str | Path | None = None) -> dict:
                 "not a Stable Diffusion checkpoint")
         raise VideditError(f"{path} is {kind}: it has no UNet weights (model.diffusion_model.*); "
                            f"--model takes a full SD 1.x/2.x checkpoint or a diffusers directory")
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        raise VideditError(f"{path} is an SDXL checkpoint (two text encoders), not supported yet; "
-                           "use an SD 1.x/2.x model")
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return load_single_file_sdxl(path, keys, config)
     kw: dict = {"safety_checker": None, "requires_safety_checker": False}
     if config is not None:
         config = str(config)
@@ -157,6 +158,94 @@ def load_single_file(path: Path, config: str | Path | None = None) -> dict:
         raise VideditError(f"cannot load the checkpoint {path}: {first}; {hint}") from e
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
             "scheduler_config": dict(pipe.scheduler.config)}
+
+
+SDXL_CONFIG_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"]
+SDXL_FIX = ("pass --model-config DIR (a diffusers SDXL directory of the same architecture, e.g. "
+            "stable-diffusion-xl-base-1.0 saved locally)")
+
+
+def load_single_file_sdxl(path: Path, keys: list[str], config: str | Path | None = None) -> dict:
+    """An SDXL checkpoint in Stability's original (SGM) layout -> the parts ``Model`` holds.
+
+    ``config``: a diffusers SDXL directory or hub id of the same architecture (its part configs,
+    tokenizers and scheduler); without it, the hub repo diffusers infers from the weights
+    (``single_file_utils.fetch_diffusers_config``: ``stabilityai/stable-diffusion-xl-base-1.0`` for
+    SDXL base), its configs alone fetched into the Hugging Face cache (offline: read from it).
+
+    Each part is converted by diffusers' single-file converters (what
+    ``StableDiffusionXLPipeline.from_single_file`` runs: ``convert_ldm_unet_checkpoint``,
+    ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint`` and, for the OpenCLIP
+    ``conditioner.embedders.1``, ``convert_open_clip_checkpoint``) and loaded strictly. Not the
+    pipeline call itself: without ``accelerate`` it loads with ``strict=False``, so a tensor the
+    file lacks stays random without a word, and it picks each text encoder's weights by width
+    (``create_diffusers_clip_model_from_ldm``), so where both encoders are as wide (tiny-sdxl) the
+    second one receives the first one's weights (measured: tiny-sdxl's text_encoder_2 off by 0.89).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as sfu
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    if not any(k.startswith("conditioner.embedders.1.") for k in keys):
+        raise VideditError(f"{path} is an SDXL refiner checkpoint (its one text encoder is OpenCLIP's): videdit "
+                           f"edits with a text-to-image SDXL model, e.g. sd_xl_base_1.0.safetensors")
+    fix = "give a .safetensors/.ckpt Stable Diffusion checkpoint or a diffusers directory"
+    checkpoint = _read_state_dict(path, "model checkpoint", fix)
+    if config is None:
+        kind = sfu.infer_diffusers_model_type(checkpoint)
+        if kind == "xl_inpaint":
+            raise VideditError(f"{path} is an SDXL inpainting checkpoint (9-channel UNet); videdit edits with a "
+                               f"text-to-image SDXL model")
+        kind = kind if kind in ("xl_base", "playground-v2-5") else "xl_base"
+        config = sfu.DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind]["pretrained_model_name_or_path"]
+        root = _config_directory(config)
+    elif str(config).endswith((".yaml", ".yml")):
+        raise VideditError(f"--model-config {config}: an SDXL checkpoint's architecture is read from a diffusers "
+                           f"SDXL directory or hub id, not the original YAML; {SDXL_FIX}")
+    else:
+        root = Path(config) if Path(config).is_dir() else _config_directory(str(config))
+    if not (root / "text_encoder_2").is_dir():
+        raise VideditError(f"--model-config {config} is not a diffusers SDXL directory (no text_encoder_2/); "
+                           f"{SDXL_FIX}")
+    try:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2"))
+        tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(root / "tokenizer_2")
+        scheduler_config = dict(DDIMScheduler.load_config(root / "scheduler"))
+        index = json.loads((root / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise VideditError(f"cannot read the SDXL config in {root}: {e}".splitlines()[0] + f"; {SDXL_FIX}") from e
+    with _quiet_diffusers():
+        states = {
+            "unet": sfu.convert_ldm_unet_checkpoint(checkpoint, unet.config),
+            "vae": sfu.convert_ldm_vae_checkpoint(checkpoint, vae.config),
+            "text_encoder": {k.removeprefix("text_model."): v for k, v in sfu.convert_ldm_clip_checkpoint(
+                {k: v for k, v in checkpoint.items() if k.startswith("conditioner.embedders.0.")}).items()},
+            "text_encoder_2": sfu.convert_open_clip_checkpoint(text_encoder_2, checkpoint,
+                                                               prefix="conditioner.embedders.1.model."),
+        }
+    parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    for name, module in parts.items():
+        try:
+            module.load_state_dict(states[name], strict=True)
+        except RuntimeError as e:   # missing or unexpected tensors, or shapes of another architecture
+            first = str(e).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else first[0]
+            raise VideditError(f"cannot load the checkpoint {path}: its {name} does not fit the config in {root} "
+                               f"({detail[:200]}); check that --model-config is the same architecture as the "
+                               f"checkpoint") from e
+    return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "scheduler_config": scheduler_config,
+            "zero_empty_negative": bool(index.get("force_zeros_for_empty_prompt", True))}
+
+
+def _config_directory(repo_id: str) -> Path:
+    """A hub SDXL repo's configs and tokenizers (no weights), in the Hugging Face cache."""
+    from videdit.models.loading import _download
+
+    return _download(repo_id, patterns=SDXL_CONFIG_FILES, alternatives=SDXL_FIX)
 
 
 # -- VAE -------------------------------------------------------------------------------
@@ -253,11 +342,26 @@ def apply_lora(parts: dict, lora: Lora) -> None:
 
 # -- textual inversion -----------------------------------------------------------------
 
+SDXL_EMBEDDING = ("clip_l", "clip_g")   # an SDXL embedding's vectors for text_encoder and text_encoder_2
+
+
 def load_embedding(path: Path) -> tuple[str, torch.Tensor]:
     """A textual-inversion file -> (token, vectors (n, D)): diffusers' ``{token: (D,)}``, A1111's
     ``string_to_param`` .pt (token: its ``name``, else the file name) or ``emb_params``."""
     fix = "give a textual-inversion .pt/.bin/.safetensors for an SD 1.x/2.x text encoder"
     state = _read_state_dict(path, "textual-inversion embedding", fix)
+    found = _sd_embedding(state, path)
+    if found is None:
+        if set(SDXL_EMBEDDING) <= set(state):
+            raise VideditError(f"{path} is an SDXL embedding (clip_l and clip_g vectors, one per text encoder): "
+                               f"use it with an SDXL model, or give an embedding for an SD 1.x/2.x text encoder")
+        keys = sorted(state)[:3]
+        raise VideditError(f"{path} is not a textual-inversion embedding (tensors {keys}...): {fix}")
+    return found
+
+
+def _sd_embedding(state: dict, path: Path) -> tuple[str, torch.Tensor] | None:
+    """One text encoder's embedding in ``state`` -> (token, vectors (n, D)); None where it is not one."""
     if "string_to_param" in state:  # A1111
         token, vectors = str(state.get("name") or path.stem), next(iter(state["string_to_param"].values()))
     elif "emb_params" in state:
@@ -265,30 +369,59 @@ def load_embedding(path: Path) -> tuple[str, torch.Tensor]:
     elif len(state) == 1 and torch.is_tensor(next(iter(state.values()))):  # diffusers
         token, vectors = next(iter(state.items()))
     else:
-        keys = sorted(state)[:3]
-        raise VideditError(f"{path} is not a textual-inversion embedding (tensors {keys}...): "
-                           f"{'an SDXL embedding, not supported yet' if 'clip_g' in state else fix}")
+        return None
     vectors = vectors.detach().float()
     return token, vectors.reshape(-1, vectors.shape[-1])
 
 
+def load_sdxl_embedding(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """An SDXL textual-inversion file -> (token: the file's name, as A1111 names them,
+    {"clip_l": (n, D1), "clip_g": (n, D2)}): the vectors for the first and the second text encoder,
+    the layout SDXL embeddings are shared in and diffusers' SDXL ``load_textual_inversion`` is
+    given, once per encoder (its docs: ``state_dict["clip_g"]`` with ``text_encoder_2``)."""
+    fix = "give an SDXL textual-inversion .safetensors (clip_l and clip_g vectors)"
+    state = _read_state_dict(path, "textual-inversion embedding", fix)
+    if not set(SDXL_EMBEDDING) <= set(state):
+        found = _sd_embedding(state, path)
+        if found is not None:
+            raise VideditError(f"{path} is an embedding for one text encoder ({found[1].shape[1]} values per vector, "
+                               f"SD 1.x/2.x's layout), and an SDXL model has two; {fix}")
+        raise VideditError(f"{path} is not a textual-inversion embedding (tensors {sorted(state)[:3]}...): {fix}")
+    vectors = {k: state[k].detach().float().reshape(-1, state[k].shape[-1]) for k in SDXL_EMBEDDING}
+    if len(vectors["clip_l"]) != len(vectors["clip_g"]):
+        raise VideditError(f"{path} is a broken SDXL embedding: {len(vectors['clip_l'])} clip_l vectors and "
+                           f"{len(vectors['clip_g'])} clip_g ones")
+    return path.stem, vectors
+
+
 def add_embedding(parts: dict, path: Path) -> dict[str, str]:
-    """Add ``path``'s token(s) to the tokenizer and their vectors to the text encoder.
-    A multi-vector embedding adds ``token``, ``token_1``, ...; returns {token: the words it
-    expands to in a prompt} for :meth:`Model.encode_text`."""
-    token, vectors = load_embedding(path)
-    tokenizer, encoder = parts["tokenizer"], parts["text_encoder"]
-    table = encoder.get_input_embeddings()
-    if vectors.shape[1] != table.weight.shape[1]:
-        raise VideditError(f"{path} is an embedding for another text encoder: its vectors have "
-                           f"{vectors.shape[1]} values, this model's {table.weight.shape[1]}")
-    words = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
-    if any(w in tokenizer.get_vocab() for w in words):
-        raise VideditError(f"the token {token!r} of {path} is already in the tokenizer; "
-                           "rename the file or load each embedding once")
-    tokenizer.add_tokens(words)
-    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new rows are overwritten below
-    ids = tokenizer.convert_tokens_to_ids(words)
-    with torch.no_grad():
-        encoder.get_input_embeddings().weight[ids] = vectors.to(table.weight.dtype)
+    """Add ``path``'s token(s) to the tokenizer and their vectors to the text encoder; on SDXL
+    (``parts`` with ``text_encoder_2``) to both tokenizers and encoders, the ``clip_l`` vectors to
+    the first and the ``clip_g`` ones to the second, as diffusers' SDXL ``load_textual_inversion``
+    does when called once per encoder. A multi-vector embedding adds ``token``, ``token_1``, ...;
+    returns {token: the words it expands to in a prompt} for :meth:`Model.encode_text`. Every check
+    comes before any change, so a refused file leaves the model as it was."""
+    if parts.get("text_encoder_2") is not None:
+        token, tables = load_sdxl_embedding(path)
+        targets = [(parts["tokenizer"], parts["text_encoder"], tables["clip_l"], " clip_l"),
+                   (parts["tokenizer_2"], parts["text_encoder_2"], tables["clip_g"], " clip_g")]
+    else:
+        token, vectors = load_embedding(path)
+        targets = [(parts["tokenizer"], parts["text_encoder"], vectors, "")]
+    words = [token] + [f"{token}_{i}" for i in range(1, len(targets[0][2]))]
+    for tokenizer, encoder, vectors, what in targets:
+        width = encoder.get_input_embeddings().weight.shape[1]
+        if vectors.shape[1] != width:
+            raise VideditError(f"{path} is an embedding for another text encoder: its{what} vectors have "
+                               f"{vectors.shape[1]} values, this model's {width}")
+        if any(w in tokenizer.get_vocab() for w in words):
+            raise VideditError(f"the token {token!r} of {path} is already in the tokenizer; "
+                               "rename the file or load each embedding once")
+    for tokenizer, encoder, vectors, _ in targets:
+        tokenizer.add_tokens(words)
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new rows are overwritten below
+        ids = tokenizer.convert_tokens_to_ids(words)
+        table = encoder.get_input_embeddings()
+        with torch.no_grad():
+            table.weight[ids] = vectors.to(table.weight.dtype)
     return {token: " ".join(words)} if len(words) > 1 else {}

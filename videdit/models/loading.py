@@ -337,13 +337,13 @@ def _apply_extras(model: Model, *, vae, embeddings, lora) -> None:
         model.vae = checkpoints.load_vae(vae, like=model.vae)
         vae_fp = _fingerprint(Path(vae)) if Path(vae).is_dir() else checkpoints.file_fingerprint(Path(vae))
         extras.append(f"vae:{vae_fp}")
-    if embeddings and model.text_encoder_2 is not None:
-        raise VideditError(f"{model.name} is an SDXL model: textual-inversion embeddings for its two text "
-                           f"encoders are not supported yet; leave out --embedding")
     if embeddings:
         model.tokenizer = copy.deepcopy(model.tokenizer)  # tiny-random's tokenizer is shared (lru_cache)
+        if model.tokenizer_2 is not None:                 # tiny-sdxl's two are one object: two copies
+            model.tokenizer_2 = copy.deepcopy(model.tokenizer_2)
     for path in embeddings:
-        parts = {"tokenizer": model.tokenizer, "text_encoder": model.text_encoder}
+        parts = {"tokenizer": model.tokenizer, "text_encoder": model.text_encoder,
+                 "tokenizer_2": model.tokenizer_2, "text_encoder_2": model.text_encoder_2}
         model.prompt_words.update(checkpoints.add_embedding(parts, Path(path)))
         extras.append(f"embedding:{checkpoints.file_fingerprint(Path(path))}")
     for spec in lora:
