@@ -69,6 +69,18 @@ def test_single_file_loads_like_the_directory(tiny, sd_dir, tmp_path):
         load_model(sd_dir, config=sd_dir)
 
 
+@pytest.mark.parametrize("prefix, part", [("model.diffusion_model.input_blocks.1", "unet"),
+                                          ("cond_stage_model.transformer.text_model.encoder.layers.0", "text_encoder")])
+def test_a_checkpoint_missing_a_tensor_is_one_line(sd_dir, tmp_path, prefix, part):
+    """diffusers' single-file loading without accelerate keeps a missing tensor random without a word."""
+    state = load_file(str(save_ldm_checkpoint(build_tiny_random(), tmp_path / "full.safetensors")))
+    del state[next(k for k in state if k.startswith(prefix) and k.endswith("weight"))]
+    save_file(state, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(VideditError, match=f"is an incomplete checkpoint: its {part} lacks 1 tensor") as e:
+        load_model(tmp_path / "cut.safetensors", device="cpu", config=sd_dir)
+    assert "\n" not in str(e.value)
+
+
 def test_not_a_checkpoint_is_one_line(tmp_path):
     junk = tmp_path / "model.safetensors"
     junk.write_text("not weights\n")

@@ -156,8 +156,33 @@ def load_single_file(path: Path, config: str | Path | None = None) -> dict:
                 "pass --model-config DIR (a diffusers SD directory of the same architecture, e.g. "
                 "stable-diffusion-v1-5 saved locally) or the checkpoint's original .yaml")
         raise VideditError(f"cannot load the checkpoint {path}: {first}; {hint}") from e
+    _check_complete(path, pipe)
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
             "scheduler_config": dict(pipe.scheduler.config)}
+
+
+def _check_complete(path: Path, pipe) -> None:
+    """Refuse a checkpoint that lacks tensors of its UNet, VAE or text encoder. Without
+    ``accelerate``, ``from_single_file`` loads each part with ``strict=False``, so a missing tensor
+    keeps its random initial value without a word; this converts the file again with the same
+    diffusers converters and compares the names with each part's parameters."""
+    from diffusers.loaders import single_file_utils as sfu
+
+    checkpoint = _read_state_dict(path, "model checkpoint", "")
+    with _quiet_diffusers():
+        if "cond_stage_model.model.text_projection" in checkpoint:   # SD 2.x: OpenCLIP's text tower
+            text = sfu.convert_open_clip_checkpoint(pipe.text_encoder, checkpoint)
+        else:
+            text = sfu.convert_ldm_clip_checkpoint(checkpoint)
+        names = {"unet": sfu.convert_ldm_unet_checkpoint(checkpoint, pipe.unet.config),
+                 "vae": sfu.convert_ldm_vae_checkpoint(checkpoint, pipe.vae.config),
+                 "text_encoder": {k.removeprefix("text_model.") for k in text}}
+    for part, found in names.items():
+        missing = sorted(n.removeprefix("text_model.") for n, _ in getattr(pipe, part).named_parameters()
+                         if n.removeprefix("text_model.") not in found)
+        if missing:
+            raise VideditError(f"{path} is an incomplete checkpoint: its {part} lacks {len(missing)} tensor(s) "
+                               f"(e.g. {missing[0]}); re-download or re-export the file")
 
 
 SDXL_CONFIG_FILES = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"]
