@@ -176,6 +176,15 @@ def soften(occlusion: torch.Tensor) -> torch.Tensor:
     return (gaussian_blur(grown, sigma=18.0, size=9) + occlusion).clamp(0, 1)
 
 
+def latent_keep(occlusion: torch.Tensor, factor: int) -> torch.Tensor:
+    """Where a fusion may act on the latent grid, (B, 1, h, w) in [0, 1]: one minus the largest
+    value of the softened occlusion mask (:func:`soften`) over each ``factor`` x ``factor``
+    cell, so a cell with any occluded pixel is left out (0) and cells near one are weighted down
+    (``rerender.py``: ``1 - F.max_pool2d(blend_mask, kernel_size=8)`` for the shape-aware fusion,
+    ``1 - F.max_pool2d(1 - blend_mask, kernel_size=8)`` of the visible mask for the pixel-aware)."""
+    return 1 - F.max_pool2d(soften(occlusion), kernel_size=factor)
+
+
 def latent_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
     """Pixel flow (B, 2, H, W) -> the latent grid's (``F.interpolate(flow / 8, scale_factor=1/8,
     mode='bilinear')``)."""
@@ -515,8 +524,7 @@ class Rerender(TemporalModule):
         """The latent flow from keyframe ``g`` back to ``anchor`` and where its x0 replaces g's."""
         bwd, occ = self.pair(anchor["frame"], g, anchor["source"], self.current_source, like)
         factor = bwd.shape[-1] // like.shape[-1]
-        mask = 1 - F.max_pool2d(soften(occ), kernel_size=factor)      # (1, 1, h, w)
-        return latent_flow(bwd, factor), mask
+        return latent_flow(bwd, factor), latent_keep(occ, factor)     # (1, 2, h, w), (1, 1, h, w)
 
     def noise(self, step: int, like: torch.Tensor) -> torch.Tensor:
         """The noise of q_sample(xtrg) at ``step``: seeded by the edit's seed and the step, the
@@ -538,14 +546,13 @@ class Rerender(TemporalModule):
             blended = (1 - mask) * flow_warp(_pixels(anchor["result"], like), bwd) + mask * blended
             occs.append(occ)
         both = occs[0] * occs[1]                                         # occluded in both
-        visible = 1 - soften(both)
         xtrg = _vae_encode(model, blended)                               # (1, C, h, w)
         xtrg_rec = _vae_encode(model, _vae_decode(model, xtrg))
         overshoot = (_vae_decode(model, xtrg + (xtrg - xtrg_rec)) - blended).abs().mean(1, keepdim=True) > 0.25
         factor = blended.shape[-1] // xtrg.shape[-1]
         mask_x = F.max_pool2d((F.interpolate(overshoot.float(), scale_factor=1 / factor, mode="bilinear") > 0).float(),
                               kernel_size=3, stride=1, padding=1)
-        mask = 1 - F.max_pool2d(1 - visible, kernel_size=factor)          # (1, 1, h, w)
+        mask = latent_keep(both, factor)                                 # (1, 1, h, w)
         xtrg = (xtrg + (1 - mask_x) * (xtrg - xtrg_rec)) * mask
         flat = flat_region(mask) if self.config.smooth_boundary else torch.ones_like(mask)
         return Fusion(xtrg=xtrg, mask=mask, flat=flat)
