@@ -179,3 +179,31 @@ def test_cli_and_yaml_give_raft_to_the_modules(tiny, weights, tmp_path, spy, cap
                  "tiny-random", "--steps", "2", "--no-cache", "-q", "--size", "source", "--config", str(config)])
     assert code == 0, capsys.readouterr().err
     assert [shape for shape, _ in spy] == [(4, 64, 64, 3)]
+
+
+def test_tables_give_the_flow_to_every_mechanism(monkeypatch):
+    """tools/tables.py temporal --flow/--flow-param: every module of every mechanism that reads a
+    flow gets the options (a flow mapping, or flow_propagation's own fields); the rest are untouched."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "tools"))
+    monkeypatch.delitem(sys.modules, "tables", raising=False)
+    import tables
+
+    options = {"colour": "gray", "preset": "fast"}
+    readers = 0
+    for name, temporal in tables.MECHANISMS.items():
+        given = tables.with_flow(temporal, options)
+        assert list(given) == list(temporal)
+        for module, opts in given.items():
+            if module in tables.FLOW_MAPPING:
+                assert opts["flow"] == {**dict(temporal[module].get("flow") or {}), **options}
+                readers += 1
+            elif module == "flow_propagation":
+                assert opts == {**temporal[module], **options}
+                readers += 1
+            else:
+                assert opts == dict(temporal[module] or {})
+        EditSettings(editor="prompt_to_prompt", temporal=given).temporal_stack()   # valid where they land
+    assert readers >= 5
