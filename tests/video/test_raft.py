@@ -46,14 +46,22 @@ def weights(builders, tmp_path_factory):
     return save_weights(builders, tmp_path_factory.mktemp("raft") / "raft_small.pth")
 
 
+class Calls(list):
+    """(frames' shape, FlowConfig) of each RAFT estimate, and in ``devices`` the device it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = []
+
+
 @pytest.fixture
 def spy(monkeypatch):
-    """Records the frame shapes each RAFT estimate is asked for."""
-    calls = []
+    calls = Calls()
     real = fl._raft
 
     def raft(frames, config, device):
         calls.append((frames.shape, config))
+        calls.devices.append(device)
         return real(frames, config, device)
 
     monkeypatch.setattr(fl, "_raft", raft)
@@ -140,6 +148,7 @@ def test_flow_propagation_takes_raft(tiny, weights, spy):
                                               "start": 0.0}})
     assert out.shape == (4, 64, 64, 3)
     assert [shape for shape, _ in spy] == [(4, 64, 64, 3)]   # the window's flow, once for both steps
+    assert spy.devices == [tiny.device]                      # RAFT runs where the model does
 
 
 @pytest.mark.parametrize("stage", ["keyframe_flow", "pixels_warp", "pixels_guided"])
@@ -149,7 +158,7 @@ def test_keyframe_stages_take_raft(tiny, weights, spy, stage):
     temporal = {"keyframes": {"every": 3}, "keyframe_flow": {}, stage: {"flow": raft}}
     edit(tiny, temporal)
     assert len(spy) == 4 and {shape for shape, _ in spy} == {(2, 64, 64, 3)}
-    assert {cfg.raft_updates for _, cfg in spy} == {2}
+    assert {cfg.raft_updates for _, cfg in spy} == {2} and set(spy.devices) == {tiny.device}
 
 
 def test_rerender_takes_raft(tiny, weights, spy):
@@ -160,6 +169,7 @@ def test_rerender_takes_raft(tiny, weights, spy):
     edit_frames(tiny, sample_clip(0, "translate", 3).frames, s, temporal=s.temporal_stack(), last=True)
     assert spy and {shape for shape, _ in spy} == {(2, 64, 64, 3)}
     assert {(cfg.method, cfg.photometric, cfg.dilate) for _, cfg in spy} == {("raft", None, 0)}
+    assert tiny.device in spy.devices        # the keyframes' pairs (the frames between: on the CPU, device None)
 
 
 def test_cli_and_yaml_give_raft_to_the_modules(tiny, weights, tmp_path, spy, capsys):

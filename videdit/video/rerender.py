@@ -512,7 +512,7 @@ class Rerender(TemporalModule):
         """Flow from frame ``b`` back to ``a`` (B, 2, H, W) and ``b`` 's pixels ``a`` does not see (B, 1, H, W)."""
         key = (a, b)
         if key not in self._flows:
-            flows: Flows = compute_flows(np.stack([source_a, source_b]), self.flow)
+            flows: Flows = compute_flows(np.stack([source_a, source_b]), self.flow, device=like.device)
             fwd = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]    # (1, 2, H, W) a -> b
             bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]   # (1, 2, H, W) b -> a
             self._flows = {k: v for k, v in self._flows.items() if k[1] == b}   # this keyframe's pairs only
