@@ -47,7 +47,7 @@ histogram-preserving blend (``blender/histogram_blend.py``) and the Poisson grad
 of the official Ebsynth stage: its patch-based synthesis with colour, edge, temporal and
 positional guides (here flow warping).
 
-Departures: DIS flow where the official code runs GMFlow; VAE means where it samples the
+Departures: DIS (or RAFT) flow where the official code runs GMFlow; VAE means where it samples the
 posterior; decoded results rounded to 8 bits before they are warped.
 """
 
@@ -106,7 +106,8 @@ class RerenderConfig:
     color_preserve: bool = True                 # False: colour-correct each input to the first output
     shape_anchor: str = "first"                 # whose x0 shape-aware fusion warps: first (code), previous (paper)
     flow: Mapping[str, Any] | None = departs(None, official="GMFlow (models/gmflow_sintel-0c07dcb3.pth)", why=(
-        "no GMFlow here: DIS (options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
+        "no GMFlow here: DIS by default, or RAFT from a local torchvision state dict (flow={method: raft, "
+        "raft_weights: PATH}; options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
     gradient_blend: bool = True                 # Poisson gradient blending of the frames between (video_blend -ps)
     last_keyframe: bool = departs(True, official=False, why=(
         "the official blend drops frame 0 and the frames after the last 1 + k interval; videdit keeps every "
