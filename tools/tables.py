@@ -47,7 +47,8 @@ independent per-frame editing, each also as a ratio to the source clip's own war
   clips that pass the issue's test: warp error within 1.5x the source's, at least 2x below
   independent editing's on the same clip, and every frame edited.
 - temporal: real clips (prompts from ../shared/data/cases.json) along the *source* clip's DIS
-  flow, with flicker. With tiny-random the edits mean nothing; the table measures only how
+  flow (``--flow raft --flow-param raft_weights=PATH``: RAFT's, for the scores and every
+  mechanism's flow alike), with flicker. With tiny-random the edits mean nothing; the table measures only how
   much each mechanism holds frames together. Cross-frame attention comes out at
   0.995-1.001x of independent editing there and no choice of anchors does better: its random
   self-attention is near uniform, so a random UNet's flicker comes from its convolutions, not
@@ -361,16 +362,37 @@ def truth(clip, colour: str) -> np.ndarray:
 
 # -- temporal ----------------------------------------------------------------------------------
 
+FLOW_MAPPING = ("keyframe_flow", "pixels_warp", "pixels_guided", "rerender")   # modules with a flow={...} option
+
+
+def with_flow(temporal: dict, options: dict) -> dict:
+    """A mechanism's temporal modules with FlowConfig ``options`` given to every module that reads a
+    flow: a ``flow`` mapping for the keyframe stages and rerender, flow_propagation's own fields."""
+    out = {}
+    for name, opts in temporal.items():
+        opts = dict(opts or {})
+        if name in FLOW_MAPPING:
+            opts["flow"] = {**dict(opts.get("flow") or {}), **options}
+        elif name == "flow_propagation":
+            opts.update(options)
+        out[name] = opts
+    return out
+
+
 def temporal(a) -> None:
     import cv2
 
     from videdit import edit_video, io, load_model
     from videdit.metrics.temporal import flicker, warp_error
-    from videdit.video.flow import compute_flows
+    from videdit.config import make_config
+    from videdit.video.flow import FlowConfig, compute_flows
 
     cases = {Path(c["clip"]).stem: c for c in json.loads((SHARED / "cases.json").read_text())["cases"]}
+    options = {"method": a.flow, **dict(a.flow_param)}
+    flow = make_config(FlowConfig, options, "--flow-param")  # scoring and every mechanism's flow
     model = load_model(a.model)
-    print(f"model={a.model} frames={a.frames} size={a.size} steps={a.steps} guidance={a.guidance} window={a.window}")
+    print(f"model={a.model} frames={a.frames} size={a.size} steps={a.steps} guidance={a.guidance} window={a.window} "
+          f"flow={a.flow}")
     table = Table(("clip", "<6"), ("mechanism", "<30"), ("warp err", ">10.2f"), ("source", ">9.2f"),
                   ("ratio", ">8.2f"), ("vs indep.", ">11"), ("flicker", ">9.2f"), ("s", ">7.1f"))
     for clip in a.clips:
@@ -378,14 +400,14 @@ def temporal(a) -> None:
         path = SHARED / case["clip"]
         read = io.ReadOptions(max_frames=a.frames, size=a.size)
         source, _ = io.read_clip(path, read)
-        flows = compute_flows(source)                  # the source's flow, once for every mechanism
+        flows = compute_flows(source, flow)            # the source's flow, once for every mechanism
         source_error = warp_error(source, flows)
         independent = None
         for name in a.mechanisms:
             t = time.perf_counter()
             res = edit_video(path, source_prompt=case["source"], target_prompt=case["target"][0], model=model,
                              steps=a.steps, guidance=a.guidance, read=read, window=a.window,
-                             temporal=MECHANISMS[name], use_cache=False)
+                             temporal=with_flow(MECHANISMS[name], options), use_cache=False)
             seconds = time.perf_counter() - t
             edited = np.stack([cv2.resize(f, source.shape[2:0:-1], interpolation=cv2.INTER_AREA) for f in res.frames])
             err = warp_error(edited, flows)
@@ -426,6 +448,9 @@ def main() -> None:
                 model="tiny-random", frames=16, size=128, steps=10, guidance=7.5, window=8)
     c.add_argument("--clips", nargs="*", default=["wolf", "dog"])
     c.add_argument("--mechanisms", nargs="*", default=REAL_CLIP_MECHANISMS, choices=list(MECHANISMS))
+    c.add_argument("--flow", default="dis", help="flow method of the scores and the mechanisms: dis, farneback, raft")
+    c.add_argument("--flow-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="a FlowConfig option, e.g. raft_weights=PATH (repeatable)")
     a = p.parse_args()
     a.run(a)
 

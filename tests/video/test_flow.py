@@ -198,7 +198,7 @@ def test_raft_needs_torchvision_and_weights(tmp_path):
     if importlib.util.find_spec("torchvision") is None:
         weights = tmp_path / "raft.pth"
         weights.write_bytes(b"x")
-        with pytest.raises(VideditError, match="pip install torchvision"):
+        with pytest.raises(VideditError, match=r"pip install -e .\.\[flow\]"):
             FlowConfig(method="raft", raft_weights=str(weights))
     else:
         with pytest.raises(VideditError, match="is not a file"):

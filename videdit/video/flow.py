@@ -2,7 +2,8 @@
 
 Methods: DIS (Kroeger et al. 2016, OpenCV's ``DISOpticalFlow``; the default), Farneback
 (Farneback 2003) and, when torchvision and a local weights file are at hand, RAFT (Teed &
-Deng 2020). Flow is in pixels, ``(dx, dy)`` at each pixel of the first frame of a pair:
+Deng 2020; torchvision's ``raft_large`` or ``raft_small``, see :func:`raft_network`).
+Flow is in pixels, ``(dx, dy)`` at each pixel of the first frame of a pair:
 ``forward[t]`` maps frame t to t+1, ``backward[t]`` maps frame t+1 to t.
 
 Occlusions come from the forward-backward consistency check of Sundaram et al. 2010:
@@ -22,6 +23,7 @@ out: it marks edges, not occlusions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import os
@@ -54,7 +56,9 @@ class FlowConfig:
     ``photometric`` (None: off) and ``dilate`` the additions to it (see the module doc).
     ``colour``: ``"lab"`` (the default) estimates DIS/Farneback flow on grey and on CIELAB's
     a and b channels and keeps, per pixel, the flow whose warp matches best (see
-    :func:`flow_pair`); ``"gray"`` on luminance only, about 6x faster (docs/video.md)."""
+    :func:`flow_pair`); ``"gray"`` on luminance only, about 6x faster (docs/video.md).
+    ``raft_weights``: a local torchvision RAFT state dict (``raft_large`` or ``raft_small``, told
+    apart by its keys), read for ``method="raft"``; ``raft_updates`` its refinement iterations."""
 
     method: str = "dis"
     preset: str = "medium"
@@ -66,6 +70,7 @@ class FlowConfig:
     photometric: float | None = 20.0
     dilate: int = 1
     raft_weights: str | None = None
+    raft_updates: int = 12  # RAFT's refinement iterations: torchvision's default num_flow_updates
 
     def __post_init__(self):
         if self.method not in FLOW_METHODS:
@@ -84,6 +89,8 @@ class FlowConfig:
             raise VideditError(f"photometric must be in (0, 255] (or None to skip it), got {self.photometric}")
         if not 0 <= self.dilate <= 16:
             raise VideditError(f"dilate must be in [0, 16] pixels, got {self.dilate}")
+        if not 1 <= self.raft_updates <= 64:
+            raise VideditError(f"raft_updates must be in [1, 64], got {self.raft_updates}")
         if self.method == "raft":
             _check_raft(self.raft_weights)
 
@@ -231,7 +238,7 @@ def compute_flows(frames: np.ndarray, config: FlowConfig = FlowConfig(), *, cach
     ``device`` (CPU when None)."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
         raise VideditError(f"flow needs uint8 RGB frames (T >= 2, H, W, 3), got {frames.dtype} {frames.shape}")
-    key = content_key(frames, FLOW_FORMAT, config=dataclasses.asdict(config))
+    key = flow_key(frames, config)
     if memo is not None and key in memo:
         return memo[key]
     flows = _load(Path(cache_dir), key, frames.shape) if cache_dir is not None else None
@@ -245,9 +252,22 @@ def compute_flows(frames: np.ndarray, config: FlowConfig = FlowConfig(), *, cach
     return flows
 
 
+def flow_key(frames: np.ndarray, config: FlowConfig) -> str:
+    """The cache key of ``frames`` ' flow under ``config``: its options and, for RAFT, the sha256 of the
+    weights file (a file replaced at the same path is not mistaken for the old one). ``raft_updates``
+    enters only for RAFT, so the keys of DIS and Farneback flow are those from before it existed."""
+    options = dataclasses.asdict(config)
+    extra = {}
+    if config.method == "raft":
+        extra["raft_digest"] = raft_digest(config.raft_weights)
+    else:
+        del options["raft_updates"]
+    return content_key(frames, FLOW_FORMAT, config=options, **extra)
+
+
 def _estimate(frames: np.ndarray, config: FlowConfig, device) -> Flows:
     if config.method == "raft":
-        fwd, bwd = _raft(frames, config.raft_weights, device)
+        fwd, bwd = _raft(frames, config, device)
     else:
         planes = [_planes(f, config) for f in frames]   # each frame converted once, not in each of its pairs
         fwd = np.stack([_planes_flow(a, b, config) for a, b in zip(planes[:-1], planes[1:])])
@@ -301,34 +321,92 @@ def _save(directory: Path, key: str, flows: Flows) -> Path:
 
 # ---------------------------------------------------------------- RAFT (optional)
 
+RAFT_MIN_SIDE = 128  # torchvision's correlation pyramid (4 levels) needs feature maps of >= 16 cells at 1/8
+RAFT_CHECK = ("flow method 'raft' needs torchvision and a local weights file: pip install -e '.[flow]' (see "
+              "README, Optical flow) and give raft_weights=PATH to a raft_large or raft_small state dict "
+              "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth); or use method 'dis'")
+_RAFT_NETS: dict = {}  # (weights digest, device) -> the loaded network, the latest only
+
 
 def _check_raft(weights: str | None) -> None:
     if importlib.util.find_spec("torchvision") is None or weights is None:
-        raise VideditError("flow method 'raft' needs torchvision and a local weights file: pip install "
-                           "torchvision and give raft_weights=PATH to a raft_large state dict "
-                           "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth); or use method 'dis'")
+        raise VideditError(RAFT_CHECK)
     if not Path(weights).is_file():
-        raise VideditError(f"raft_weights {weights!r} is not a file; give the path of a raft_large state dict")
+        raise VideditError(f"raft_weights {weights!r} is not a file; give the path of a raft_large or raft_small "
+                           "state dict")
+
+
+def raft_digest(weights: str | os.PathLike) -> str:
+    """sha256 of a RAFT weights file, so the flow cache's key changes with the file, not only its path
+    (memoised by path, size and modification time: a 20 MB file is read once per process)."""
+    st = os.stat(weights)
+    memo_key = (str(Path(weights).resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo_key] = h.hexdigest()
+    return _DIGESTS[memo_key]
+
+
+_DIGESTS: dict = {}
+
+
+def _torchvision_raft():
+    """torchvision's ``raft_large`` and ``raft_small`` builders, or a VideditError saying why not."""
+    try:
+        from torchvision.models.optical_flow import raft_large, raft_small
+    except (ImportError, RuntimeError) as e:  # e.g. a CUDA-built torchvision beside a CPU torch: its ops fail
+        raise VideditError(f"flow method 'raft': torchvision does not import here ({str(e).splitlines()[0]}); "
+                           "install the torchvision release built for this torch (README, Optical flow) or use "
+                           "method 'dis'") from e
+    return raft_large, raft_small
+
+
+def raft_network(weights: str, device=None) -> torch.nn.Module:
+    """torchvision's RAFT with the state dict in ``weights``, in eval mode on ``device``: ``raft_large``
+    when the dict has the large model's convex-upsampling ``mask_predictor`` (torchvision's standard
+    and RAFT's own full model), else ``raft_small``. Kept loaded for the next window."""
+    _check_raft(weights)
+    device = torch.device(device or "cpu")
+    key = (raft_digest(weights), str(device))
+    if key not in _RAFT_NETS:
+        raft_large, raft_small = _torchvision_raft()
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not any(k.startswith("feature_encoder.") for k in state):
+            raise VideditError(f"raft_weights {weights!r} is not a torchvision RAFT state dict "
+                               "(no feature_encoder.* entries)")
+        large = any(k.startswith("mask_predictor.") for k in state)
+        net = (raft_large if large else raft_small)(weights=None, progress=False)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise VideditError(f"raft_weights {weights!r} do not fit torchvision's "
+                               f"{'raft_large' if large else 'raft_small'}: {str(e).splitlines()[0]}") from e
+        _RAFT_NETS.clear()
+        _RAFT_NETS[key] = net.eval().to(device)
+    return _RAFT_NETS[key]
 
 
 @torch.no_grad()
-def _raft(frames: np.ndarray, weights: str, device) -> tuple[np.ndarray, np.ndarray]:
-    """RAFT-large (Teed & Deng 2020) through torchvision, from a local state dict."""
-    _check_raft(weights)
-    from torchvision.models.optical_flow import raft_large
-
-    device = torch.device(device or "cpu")
-    net = raft_large(weights=None, progress=False)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    net = net.eval().to(device)
+def _raft(frames: np.ndarray, config: FlowConfig, device) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward flow of consecutive frames by RAFT (Teed & Deng 2020) through torchvision,
+    from a local state dict. Frames go in as torchvision's ``OpticalFlow`` transform gives them
+    (RGB in [-1, 1]), padded on the right and bottom by replicating the border to sides that are
+    multiples of 8 and at least 128 pixels (what RAFT's encoder and correlation pyramid take; the
+    official ``InputPadder`` pads to multiples of 8 alike), and the flow is cropped back. Each pair
+    runs forward and backward as one batch of two, ``config.raft_updates`` refinement iterations."""
+    net = raft_network(config.raft_weights, device)
+    device = next(net.parameters()).device
     h, w = frames.shape[1:3]
-    ph, pw = -h % 8, -w % 8  # RAFT takes sides that are multiples of 8
+    ph, pw = max(RAFT_MIN_SIDE, h + -h % 8) - h, max(RAFT_MIN_SIDE, w + -w % 8) - w
     x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W) in [-1, 1]
     x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
     fwd, bwd = [], []
     for a, b in zip(x[:-1], x[1:]):
-        pair = net(torch.stack([a, b]), torch.stack([b, a]))[-1]  # (2, 2, H', W'): forward, backward
-        pair = pair[..., :h, :w].permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 2)
+        pair = net(torch.stack([a, b]), torch.stack([b, a]), num_flow_updates=config.raft_updates)[-1]
+        pair = pair[..., :h, :w].permute(0, 2, 3, 1).cpu().numpy()  # (2, H, W, 2): forward, backward
         fwd.append(pair[0])
         bwd.append(pair[1])
     return np.stack(fwd), np.stack(bwd)

@@ -48,7 +48,8 @@ class FlowPropagationConfig:
     method: str = "dis"            # flow: dis, farneback or raft
     preset: str = "medium"         # DIS preset: ultrafast, fast, medium
     colour: str = "lab"            # DIS/Farneback on grey and Lab channels, best per pixel; or "gray"
-    raft_weights: str | None = None
+    raft_weights: str | None = None  # RAFT: a local torchvision raft_large or raft_small state dict
+    raft_updates: int = 12           # RAFT's refinement iterations
 
     def __post_init__(self):
         if not 0 <= self.strength <= 1:
@@ -63,7 +64,7 @@ class FlowPropagationConfig:
 
     def flow_config(self) -> FlowConfig:
         return FlowConfig(method=self.method, preset=self.preset, colour=self.colour,
-                          raft_weights=self.raft_weights)
+                          raft_weights=self.raft_weights, raft_updates=self.raft_updates)
 
 
 class FlowPropagation(StepCallback):

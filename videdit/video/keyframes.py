@@ -140,13 +140,14 @@ class PairFlows:
     """The source flow of (frame, keyframe) pairs of one window, estimated once per pair and
     flow setting however many stages read it."""
 
-    def __init__(self, cache_dir):
-        self.cache_dir, self.flows = cache_dir, {}
+    def __init__(self, cache_dir, device=None):
+        self.cache_dir, self.device, self.flows = cache_dir, device, {}   # device: a learned flow's (RAFT)
 
     def __call__(self, config: FlowConfig, g: int, a: int, source_g: np.ndarray, source_a: np.ndarray) -> Flows:
         key = (config, g, a)
         if key not in self.flows:
-            self.flows[key] = compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir)
+            self.flows[key] = compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir,
+                                            device=self.device)
         return self.flows[key]
 
 
@@ -228,7 +229,7 @@ class Keyframes(TemporalModule):
     def flows(self, ctx: TemporalContext) -> PairFlows:
         """The current window's (frame, keyframe) flows, shared by the stages that read them."""
         if self.pair_flows is None:
-            self.pair_flows = PairFlows(ctx.cache_dir)
+            self.pair_flows = PairFlows(ctx.cache_dir, getattr(ctx.model, "device", None))
         return self.pair_flows
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:

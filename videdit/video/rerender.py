@@ -47,7 +47,7 @@ histogram-preserving blend (``blender/histogram_blend.py``) and the Poisson grad
 of the official Ebsynth stage: its patch-based synthesis with colour, edge, temporal and
 positional guides (here flow warping).
 
-Departures: DIS flow where the official code runs GMFlow; VAE means where it samples the
+Departures: DIS (or RAFT) flow where the official code runs GMFlow; VAE means where it samples the
 posterior; decoded results rounded to 8 bits before they are warped.
 """
 
@@ -106,7 +106,8 @@ class RerenderConfig:
     color_preserve: bool = True                 # False: colour-correct each input to the first output
     shape_anchor: str = "first"                 # whose x0 shape-aware fusion warps: first (code), previous (paper)
     flow: Mapping[str, Any] | None = departs(None, official="GMFlow (models/gmflow_sintel-0c07dcb3.pth)", why=(
-        "no GMFlow here: DIS (options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
+        "no GMFlow here: DIS by default, or RAFT from a local torchvision state dict (flow={method: raft, "
+        "raft_weights: PATH}; options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
     gradient_blend: bool = True                 # Poisson gradient blending of the frames between (video_blend -ps)
     last_keyframe: bool = departs(True, official=False, why=(
         "the official blend drops frame 0 and the frames after the last 1 + k interval; videdit keeps every "
@@ -174,6 +175,15 @@ def soften(occlusion: torch.Tensor) -> torch.Tensor:
     18) and added back, in [0, 1] (``rerender.py``: ``blur(F.max_pool2d(occ, 9, 1, 4))``)."""
     grown = F.max_pool2d(occlusion, kernel_size=9, stride=1, padding=4)
     return (gaussian_blur(grown, sigma=18.0, size=9) + occlusion).clamp(0, 1)
+
+
+def latent_keep(occlusion: torch.Tensor, factor: int) -> torch.Tensor:
+    """Where a fusion may act on the latent grid, (B, 1, h, w) in [0, 1]: one minus the largest
+    value of the softened occlusion mask (:func:`soften`) over each ``factor`` x ``factor``
+    cell, so a cell with any occluded pixel is left out (0) and cells near one are weighted down
+    (``rerender.py``: ``1 - F.max_pool2d(blend_mask, kernel_size=8)`` for the shape-aware fusion,
+    ``1 - F.max_pool2d(1 - blend_mask, kernel_size=8)`` of the visible mask for the pixel-aware)."""
+    return 1 - F.max_pool2d(soften(occlusion), kernel_size=factor)
 
 
 def latent_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
@@ -503,7 +513,7 @@ class Rerender(TemporalModule):
         """Flow from frame ``b`` back to ``a`` (B, 2, H, W) and ``b`` 's pixels ``a`` does not see (B, 1, H, W)."""
         key = (a, b)
         if key not in self._flows:
-            flows: Flows = compute_flows(np.stack([source_a, source_b]), self.flow)
+            flows: Flows = compute_flows(np.stack([source_a, source_b]), self.flow, device=like.device)
             fwd = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]    # (1, 2, H, W) a -> b
             bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]   # (1, 2, H, W) b -> a
             self._flows = {k: v for k, v in self._flows.items() if k[1] == b}   # this keyframe's pairs only
@@ -515,8 +525,7 @@ class Rerender(TemporalModule):
         """The latent flow from keyframe ``g`` back to ``anchor`` and where its x0 replaces g's."""
         bwd, occ = self.pair(anchor["frame"], g, anchor["source"], self.current_source, like)
         factor = bwd.shape[-1] // like.shape[-1]
-        mask = 1 - F.max_pool2d(soften(occ), kernel_size=factor)      # (1, 1, h, w)
-        return latent_flow(bwd, factor), mask
+        return latent_flow(bwd, factor), latent_keep(occ, factor)     # (1, 2, h, w), (1, 1, h, w)
 
     def noise(self, step: int, like: torch.Tensor) -> torch.Tensor:
         """The noise of q_sample(xtrg) at ``step``: seeded by the edit's seed and the step, the
@@ -538,14 +547,13 @@ class Rerender(TemporalModule):
             blended = (1 - mask) * flow_warp(_pixels(anchor["result"], like), bwd) + mask * blended
             occs.append(occ)
         both = occs[0] * occs[1]                                         # occluded in both
-        visible = 1 - soften(both)
         xtrg = _vae_encode(model, blended)                               # (1, C, h, w)
         xtrg_rec = _vae_encode(model, _vae_decode(model, xtrg))
         overshoot = (_vae_decode(model, xtrg + (xtrg - xtrg_rec)) - blended).abs().mean(1, keepdim=True) > 0.25
         factor = blended.shape[-1] // xtrg.shape[-1]
         mask_x = F.max_pool2d((F.interpolate(overshoot.float(), scale_factor=1 / factor, mode="bilinear") > 0).float(),
                               kernel_size=3, stride=1, padding=1)
-        mask = 1 - F.max_pool2d(1 - visible, kernel_size=factor)          # (1, 1, h, w)
+        mask = latent_keep(both, factor)                                 # (1, 1, h, w)
         xtrg = (xtrg + (1 - mask_x) * (xtrg - xtrg_rec)) * mask
         flat = flat_region(mask) if self.config.smooth_boundary else torch.ones_like(mask)
         return Fusion(xtrg=xtrg, mask=mask, flat=flat)
