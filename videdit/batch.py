@@ -333,13 +333,16 @@ def _resolve_control(options: dict, base: Path, where: str) -> None:
     control, nets = as_list(control), as_list(nets)
     if not isinstance(control, list) or not isinstance(nets, list):
         raise VideditError(f"{where}: control and controlnet take one value or a list each")
-    if control and all(isinstance(c, dict) for c in control) and not nets:
-        specs = [ControlSpec.of(c) for c in control]
-    elif all(isinstance(c, str) for c in control + nets):
-        specs = pair_controls(control, nets)
-    else:
-        raise VideditError(f"{where}: control takes conditions (canny, depth=PATH, ...) paired with controlnet's "
-                           f"models, or a list of mappings {{condition, controlnet, scale}}")
+    try:
+        if control and all(isinstance(c, dict) for c in control) and not nets:
+            specs = [ControlSpec.of(c) for c in control]
+        elif all(isinstance(c, str) for c in control + nets):
+            specs = pair_controls(control, nets)
+        else:
+            raise VideditError("control takes conditions (canny, depth=PATH, ...) paired with controlnet's models, "
+                               "or a list of mappings {condition, controlnet, scale}")
+    except (TypeError, VideditError) as e:
+        raise VideditError(f"{where}: {e}") from None
     out = []
     for spec in specs:
         condition = spec.condition
@@ -509,7 +512,8 @@ class JobRunner:
         """The job's model, loaded once and kept while the jobs name the same one."""
         from videdit.models import load_model
 
-        key = tuple(json.dumps(options.get(k), sort_keys=True, default=str) for k in MODEL_OPTIONS)
+        key = tuple(json.dumps(options.get(k), sort_keys=True, default=str) for k in MODEL_OPTIONS) + (
+            weights_digest({k: options.get(k) for k in MODEL_OPTIONS}),)   # weights changed in place: load again
         if key != self._model_key:
             self._model = None   # the old one goes first: two models need not fit at once
             lora = options.get("lora") or ()
@@ -699,6 +703,7 @@ class _Display:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, desc="jobs", unit="job", disable=not enabled, dynamic_ncols=True, file=file)
+        self.file = file   # None: the bar on stderr, its lines on stdout
         self.running: dict[tuple[int, str], str] = {}   # (job index, worker) -> "name@worker[ stage n/N frames]"
         self.names: dict[int, str] = {}
 
@@ -722,9 +727,9 @@ class _Display:
             del self.running[key]
         self.bar.update(1)
         if record.status == "failed":
-            self.bar.write(f"videdit: job {record.index} ({record.name}) failed: {record.error}")
+            self.bar.write(f"videdit: job {record.index} ({record.name}) failed: {record.error}", file=self.file)
         elif record.note:
-            self.bar.write(f"videdit: job {record.index} ({record.name}): {record.note}")
+            self.bar.write(f"videdit: job {record.index} ({record.name}): {record.note}", file=self.file)
         self._postfix()
 
     def _postfix(self) -> None:
@@ -753,8 +758,9 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     on one worker and its window groups on up to N (:mod:`videdit.split`); one whose modules
     carry state from window to window runs whole, its record's ``note`` saying why. ``progress``:
     one display (on ``progress_file``, default stderr) of jobs done / total with an estimate and
-    each running job's worker, stage and frames. ``report``: a JSON file of the records and summary. Returns the records in job order; a
-    failed job is one of them (``BatchResult.ok`` says whether all went well)."""
+    each running job's worker, stage and frames. ``report``: a JSON file of the records and summary.
+    Returns the records in job order; a failed job is one of them (``BatchResult.ok`` says whether
+    all went well)."""
     t0 = time.perf_counter()
     if isinstance(jobs, (str, os.PathLike)):
         file_defaults, entries = read_job_file(jobs)

@@ -147,8 +147,9 @@ def group_frames(clip: ClipPass, frames: range, *, preview: bool = False,
         raise VideditError(f"{clip.input} gave {start - frames.start} frames for frames {frames.start}.."
                            f"{frames.stop - 1} on its second read; the output would not match the edit "
                            f"(is the file being written to?)")
-    return GroupFrames(frames, np.concatenate(out),
-                       np.concatenate(src_thumbs) if preview else None, np.concatenate(edit_thumbs) if preview else None)
+    if not preview:
+        return GroupFrames(frames, np.concatenate(out))
+    return GroupFrames(frames, np.concatenate(out), np.concatenate(src_thumbs), np.concatenate(edit_thumbs))
 
 
 def write_split(output: str | Path, clip: ClipPass, groups: Iterable[GroupFrames], *, preview: str | Path | None = None,
