@@ -200,3 +200,89 @@ def test_workers_without_ray_is_one_line(capsys):
     assert main(["batch", str(ROOT / "samples" / "batch.yaml"), "--workers", "2"]) == 2
     assert capsys.readouterr().err.strip() == (
         "videdit: error: --workers sets Ray's workers; add --ray (a local cluster) or --ray ADDRESS")
+
+
+def test_the_display_counts_jobs_and_the_running_jobs_frames(tmp_path, shared_data, runner):
+    """One display on a captured stream: the job counter reaches 2/2, each job's frame counter
+    reaches 4/4 (windows of 2); a split job (split: 2, keyframes:pixels=bilateral) shows its
+    first pass and both groups' frames, and one whose module carries state from window to
+    window (cross_frame) runs whole, its note in the display and its record."""
+    import io as _io
+
+    clip = str(shared_data / "videos" / "dog.mp4")
+    base = {**SETTINGS, "input": clip, "source": "a dog", "window": 2}
+    jobs = [{**base, "target": "a fox", "output": str(tmp_path / "b"), "name": "b", "split": 2,
+             "temporal": {"keyframes": {"pixels": "bilateral"}}},
+            {**base, "target": "a cow", "output": str(tmp_path / "c.mp4"), "name": "c", "split": 2,
+             "temporal": {"cross_frame": {}}}]
+    stream = _io.StringIO()
+    result = edit_batch(jobs, runner=runner, progress=True, progress_file=stream, scores=False)
+    assert [r.status for r in result.jobs] == ["done"] * 2, [r.error for r in result.jobs]
+    text = stream.getvalue()
+    assert "| 2/2 [" in text and "| 0/2 [" in text
+    for name in "bc":
+        assert f"running {name}@local edit 2/4 frames" in text and f"running {name}@local edit 4/4 frames" in text
+    assert "b@local second pass 2/2 frames" in text and "b@local second pass 4/4" not in text
+    note = "split 2: temporal module 'cross_frame' carries state from window to window; the clip runs on one worker"
+    assert result.jobs[1].note == note and f"videdit: job 1 (c): {note}" in text
+    assert result.jobs[0].note is None and result.jobs[0].frames == 4
+
+
+def test_controlnet_options_in_job_files_and_presets(tmp_path, shared_data, runner):
+    """control/controlnet as `videdit edit` takes them (one value or lists, paired by position), or
+    from a preset; a condition file's path is taken from the job file's folder; the tiny ControlNet
+    changes the output against the same job without it; unpaired ones are one line."""
+    import numpy as np
+    import yaml
+
+    from videdit import io
+
+    clip = str(shared_data / "videos" / "dog.mp4")
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump({"control": ["canny"], "controlnet": ["tiny-random=0.5"]}))
+    entries = [{"input": clip, "target": "a cat", "output": "plain.mp4"},
+               {"input": clip, "target": "a cat", "output": "canny.mp4", "control": "canny",
+                "controlnet": "tiny-random"},
+               {"input": clip, "target": "a cat", "output": "preset.mp4", "config": "preset.yaml"},
+               {"input": clip, "target": "a cat", "output": "depth.mp4", "control": ["depth=maps/d.png"],
+                "controlnet": ["tiny-random"]}]
+    jobs = expand_jobs(entries, SETTINGS, base=tmp_path)
+    assert "control" not in jobs[0].options
+    assert jobs[1].options["control"] == [{"condition": "canny", "controlnet": "tiny-random", "scale": 1.0,
+                                           "start": 0.0, "end": 1.0}]
+    assert jobs[2].options["control"][0]["scale"] == 0.5
+    assert jobs[3].options["control"][0]["condition"] == f"depth={tmp_path / 'maps' / 'd.png'}"
+    with pytest.raises(VideditError, match="job 1: .*1 --control and 0 --controlnet"):
+        expand_jobs([{**entries[0], "control": "canny"}], SETTINGS, base=tmp_path)
+    result = edit_batch(jobs[:2], runner=runner, scores=False)
+    assert [r.status for r in result.jobs] == ["done"] * 2, [r.error for r in result.jobs]
+    plain, _ = io.read_clip(tmp_path / "plain.mp4")
+    canny, _ = io.read_clip(tmp_path / "canny.mp4")
+    assert plain.shape == canny.shape and np.abs(plain.astype(int) - canny).mean() > 1
+
+
+def test_weights_changed_in_place_redo_the_job(tmp_path, shared_data, runner):
+    """A local model folder (tiny-random saved): the rerun skips its job; after one weight file is
+    rewritten in place (one tensor changed, same size) the job is redone with the new weights (the
+    worker loads the model again); a hub id's stamp is the revision its cache resolves to."""
+    from safetensors.torch import load_file, save_file
+
+    from videdit.batch import weights_digest
+    from videdit.models.tiny import save_tiny_random
+
+    model = save_tiny_random(tmp_path / "model")
+    job = [{**SETTINGS, "model": str(model), "input": str(shared_data / "videos" / "dog.mp4"), "target": "a cat",
+            "output": str(tmp_path / "out.mp4")}]
+    first = edit_batch(job, runner=runner, scores=False)
+    assert [r.status for r in first.jobs] == ["done"]
+    before = (tmp_path / "out.mp4").read_bytes()
+    assert [r.status for r in edit_batch(job, runner=runner, scores=False).jobs] == ["skipped"]
+    [weights] = sorted((model / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights)
+    again = edit_batch(job, runner=runner, scores=False)
+    assert [r.status for r in again.jobs] == ["done"] and again.jobs[0].hash != first.jobs[0].hash
+    assert (tmp_path / "out.mp4").read_bytes() != before   # the new weights, loaded again (not the kept model)
+    assert weights_digest({"model": "owner/name"}) == weights_digest({"model": "owner/name"}) != weights_digest(
+        {"model": "owner/other"})

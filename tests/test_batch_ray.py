@@ -42,3 +42,47 @@ def test_ray_two_workers_match_the_local_run_byte_for_byte_with_a_worker_killed(
     for a, b in zip(local.jobs, result.jobs):
         assert open(a.output, "rb").read() == open(b.output, "rb").read(), (a.output, b.output)
         assert a.frames == b.frames == 4
+
+
+@pytest.mark.slow   # 63-78 s on 2 shared CPU cores (load 11-17): a Ray cluster start, a 64-frame local reference
+def test_a_64_frame_clip_split_over_two_ray_workers_gives_the_one_worker_frames(tmp_path, shared_data, ray_session):
+    """man-skiing's first 64 frames at 64x64 (a PNG folder), keyframes:pixels=bilateral (tiny-random,
+    2 steps, windows of 16): the first pass on one worker, its 2 window groups on both, the output
+    (a PNG folder) assembled in order equals the one-worker local run (max abs difference 0); a
+    job whose module carries state from window to window (cross_frame) runs whole on one worker
+    and says so; the workers' per-frame progress reaches the display."""
+    import io as _io
+
+    import numpy as np
+
+    from videdit import io
+
+    clip, _ = io.read_clip(shared_data / "videos" / "man-skiing.mp4", io.ReadOptions(max_frames=64, size=(64, 64)))
+    io.write_frames_dir(tmp_path / "ski", [clip])
+    job = {"input": str(tmp_path / "ski"), "source": "a man is skiing", "target": "a robot is skiing",
+           "model": "tiny-random", "steps": 2, "device": "cpu", "temporal": {"keyframes": {"pixels": "bilateral"}}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as each worker
+    try:
+        local = edit_batch([{**job, "output": str(tmp_path / "one")}], runner=JobRunner(tmp_path / "c1"), scores=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert local.ok
+    stream = _io.StringIO()
+    result = edit_batch([{**job, "output": str(tmp_path / "two"), "split": 2},
+                         {**job, "max_frames": 4, "temporal": {"cross_frame": {}}, "output": str(tmp_path / "cf"),
+                          "split": 2}],
+                        ray=True, workers=2, cache_dir=tmp_path / "c2", scores=False, progress=True,
+                        progress_file=stream)
+    assert [r.status for r in result.jobs] == ["done", "done"], [r.error for r in result.jobs]
+    split, whole = result.jobs
+    assert split.frames == 64 and sorted(split.worker.split("+")) == ["ray1", "ray2"]
+    one, _ = io.read_clip(tmp_path / "one")
+    two, _ = io.read_clip(tmp_path / "two")
+    assert one.shape == two.shape == (64, 64, 64, 3)
+    assert np.abs(one.astype(int) - two).max() == 0
+    assert whole.note == ("split 2: temporal module 'cross_frame' carries state from window to window; "
+                          "the clip runs on one worker") and "+" not in whole.worker
+    text = stream.getvalue()
+    assert "| 2/2 [" in text and f"job 1 (ski:0): {whole.note}" in text
+    assert "ski:0@ray" in text and "edit 64/64 frames" in text and "second pass 32/32 frames" in text, text

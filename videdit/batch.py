@@ -35,6 +35,7 @@ from videdit.errors import VideditError
 from videdit.registry import DEFAULT_MODEL
 
 log = logging.getLogger("videdit.batch")
+Progress = Callable[[str, int, int], None]   # (stage, frames done, frames total) of the running job
 RECORD_FORMAT = "videdit-job-1"   # salts every job hash: bump it when what a job's output depends on changes
 CRASH_ENV = "VIDEDIT_TEST_CRASH_WORKER"   # a file path: the first Ray worker to start a job creates it and dies
 
@@ -44,14 +45,17 @@ EDIT_OPTIONS = ("source_prompt", "target_prompt", "negative_prompt", "steps", "g
                 "keep_background", "strength", "steps_offset", "source_branch", "max_tokens")
 READ_OPTIONS = ("start_frame", "end_frame", "start", "end", "stride", "fps", "max_frames", "size")
 MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype")
+CONTROL_OPTIONS = ("control", "controlnet")   # as `videdit edit --control/--controlnet`, paired by position
+RUN_OPTIONS = ("split",)   # how the batch runs a job, not what it makes (a split job's frames are the same)
 JOB_FIELDS = ("input", "output", "preview", "name")
 EXPANDING = ("prompts", "targets")   # several prompt pairs in one entry
 ALIASES = {"source": "source_prompt", "target": "target_prompt", "negative": "negative_prompt",
            "embedding": "embeddings"}
-OPTIONS = frozenset(EDIT_OPTIONS + READ_OPTIONS + MODEL_OPTIONS + JOB_FIELDS + EXPANDING + ("config",))
+OPTIONS = frozenset(EDIT_OPTIONS + READ_OPTIONS + MODEL_OPTIONS + CONTROL_OPTIONS + RUN_OPTIONS + JOB_FIELDS + EXPANDING
+                    + ("config",))
 # what a job's inversion does not depend on: jobs differing only in these share one (ordering in batch_ray)
 EDIT_ONLY = frozenset({"target_prompt", "editor", "editor_params", "temporal", "keep_background", "source_branch",
-                       "output", "preview", "name", "max_tokens", "device"})
+                       "output", "preview", "name", "max_tokens", "device", "split"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Job:
     def digest(self, input_digest: str) -> str:
         """sha256 of the job's input bytes (``input_digest``) and its resolved options and paths."""
         parts = {"format": RECORD_FORMAT, "input": input_digest, "output": self.output, "preview": self.preview,
-                 "options": dict(self.options)}
+                 "options": {k: v for k, v in self.options.items() if k not in RUN_OPTIONS}}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     def inversion_group(self) -> str:
@@ -101,6 +105,7 @@ class JobRecord:
     inversions_computed: int = 0
     inversions_cached: int = 0
     error: str | None = None
+    note: str | None = None     # e.g. why a split job ran on one worker
     attempts: int = 1
     worker: str | None = None
     hash: str | None = None
@@ -286,10 +291,14 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
             except (KeyError, IndexError, ValueError) as err:
                 raise VideditError(f"{where}: output {merged['output']!r} names an unknown field ({err}); "
                                    f"it may name {{input}}, {{n}} and {{target}}") from None
+            _resolve_control(options, base, where)
             for key in ("mask",):   # a path inside the editor's options
                 params = options.get("editor_params")
                 if isinstance(params, dict) and isinstance(params.get(key), str):
                     options["editor_params"] = {**params, key: str(base / params[key])}
+            split = options.get("split", 1)
+            if isinstance(split, bool) or not isinstance(split, int) or split < 1:
+                raise VideditError(f"{where}: split must be a whole number of workers >= 1, got {split!r}")
             try:
                 read_options(options)
                 _settings(**{k: options[k] for k in EDIT_OPTIONS if k in options and k not in ("window", "max_tokens")})
@@ -307,6 +316,45 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
                                f"{{n}} or {{target}} in the output of an entry with several prompts")
         seen[job.output] = job
     return jobs
+
+
+def _resolve_control(options: dict, base: Path, where: str) -> None:
+    """A job's ControlNets, as ``videdit edit`` takes them: ``control`` (conditions: "canny",
+    "depth=PATH", ...) and ``controlnet`` ("MODEL" or "MODEL=SCALE"), each one value or a list,
+    the k-th of one with the k-th of the other; or ``control`` alone as a list of mappings
+    (condition, controlnet, scale, start, end). -> ``options["control"]``: a list of such
+    mappings, a condition file's and a local ControlNet's relative path taken from ``base``."""
+    from videdit.control import ControlSpec, pair_controls
+
+    control, nets = options.pop("control", None), options.pop("controlnet", None)
+    if control is None and nets is None:
+        return
+    as_list = (lambda v: [] if v is None else [v] if isinstance(v, (str, dict)) else v)  # noqa: E731
+    control, nets = as_list(control), as_list(nets)
+    if not isinstance(control, list) or not isinstance(nets, list):
+        raise VideditError(f"{where}: control and controlnet take one value or a list each")
+    try:
+        if control and all(isinstance(c, dict) for c in control) and not nets:
+            specs = [ControlSpec.of(c) for c in control]
+        elif all(isinstance(c, str) for c in control + nets):
+            specs = pair_controls(control, nets)
+        else:
+            raise VideditError("control takes conditions (canny, depth=PATH, ...) paired with controlnet's models, "
+                               "or a list of mappings {condition, controlnet, scale}")
+    except (TypeError, VideditError) as e:
+        raise VideditError(f"{where}: {e}") from None
+    out = []
+    for spec in specs:
+        condition = spec.condition
+        if condition.path is not None and not condition.path.is_absolute():
+            condition = f"{condition.kind}={(base / condition.path).absolute()}"
+        net = spec.controlnet
+        if not Path(net).is_absolute() and (base / net).exists():
+            net = str((base / net).absolute())
+        out.append({"condition": str(condition), "controlnet": net, "scale": spec.scale, "start": spec.start,
+                    "end": spec.end})
+    if out:
+        options["control"] = out
 
 
 def _pairs(merged: dict, where: str) -> list[tuple[str, str]]:
@@ -352,6 +400,60 @@ def input_digest(path: str | os.PathLike) -> str:
                     h.update(block)
     except OSError:
         return "missing"
+    return h.hexdigest()
+
+
+SMALL_FILE = 1 << 20   # weight files up to this size are hashed by content, larger ones by size and mtime
+
+
+def _file_stamp(path: Path) -> str:
+    """A file's content digest (small files) or its size and mtime in ns (large ones: cheap, and
+    changes whenever the file is rewritten)."""
+    st = path.stat()
+    if st.st_size <= SMALL_FILE:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit the Hugging Face cache resolves ``repo_id``'s main branch to, where it is cached."""
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+        return ref.read_text().strip() if ref.is_file() else None
+    except (ImportError, OSError):
+        return None
+
+
+def weights_digest(options: Mapping) -> str:
+    """sha256 over what a job's weights are, so that weights changed in place redo the job: each
+    local model, VAE, config, LoRA, embedding or ControlNet (file or folder) by its files'
+    :func:`_file_stamp`; a hub id by the revision it resolves to in the cache; a given ControlNet
+    condition file by its bytes (:func:`input_digest`). Built-in models (tiny-random, toy) are
+    their names, already in the options."""
+    def values(key):
+        v = options.get(key)
+        return [] if v is None else [v] if isinstance(v, (str, os.PathLike)) else list(v)
+
+    paths = [str(v) for key in ("model", "vae", "model_config") for v in values(key)]
+    paths += [str(v[0] if isinstance(v, (list, tuple)) else v).rpartition("=")[0] or str(v)
+              for key in ("lora", "embeddings") for v in values(key)]
+    for c in options.get("control") or ():
+        paths.append(str(c["controlnet"]))
+        condition = str(c["condition"])
+        if "=" in condition:
+            paths.append(condition.partition("=")[2])
+    h = hashlib.sha256()
+    for spec in paths:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            h.update(f"{spec}:{_file_stamp(path)}".encode())
+        elif path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f"{spec}/{f.relative_to(path).as_posix()}:{_file_stamp(f)}".encode())
+        elif spec.count("/") == 1 and not spec.startswith((".", "/")):
+            h.update(f"{spec}@{_hub_revision(spec)}".encode())
     return h.hexdigest()
 
 
@@ -410,7 +512,8 @@ class JobRunner:
         """The job's model, loaded once and kept while the jobs name the same one."""
         from videdit.models import load_model
 
-        key = tuple(json.dumps(options.get(k), sort_keys=True, default=str) for k in MODEL_OPTIONS)
+        key = tuple(json.dumps(options.get(k), sort_keys=True, default=str) for k in MODEL_OPTIONS) + (
+            weights_digest({k: options.get(k) for k in MODEL_OPTIONS}),)   # weights changed in place: load again
         if key != self._model_key:
             self._model = None   # the old one goes first: two models need not fit at once
             lora = options.get("lora") or ()
@@ -424,15 +527,23 @@ class JobRunner:
             self.model_loads += 1
         return self._model
 
-    def run(self, job: Job, digest: str, attempt: int = 1) -> JobRecord:
+    def run(self, job: Job, digest: str, attempt: int = 1, on_progress: Progress | None = None) -> JobRecord:
         """Edit ``job`` (whose input hashes to ``digest``, :func:`input_digest`) and write its record
-        beside its output; a failure comes back as a "failed" record with its one-line error."""
+        beside its output; a failure comes back as a "failed" record with its one-line error.
+        A job with ``split: N`` whose modules allow it runs as the split pieces here, one group
+        after another (:meth:`first_pass`, :meth:`group`, :meth:`finish_split`): the frames of
+        the one-worker run. ``on_progress(stage, frames_done, frames_total)``: after each window."""
         t0 = time.perf_counter()
-        record = JobRecord(index=job.index, name=job.name, input=job.input, output=job.output, status="done",
-                           attempts=attempt, worker=self.name, hash=job.digest(digest))
+        record = self.record(job, digest, attempt)
         try:
             self._maybe_crash()
-            stats = self._edit(job)
+            split, note = split_of(job)
+            if split > 1:
+                clip = self.first_pass(job, on_progress)
+                groups = [self.group(job, clip, g, on_progress) for g in clip.groups(split)]
+                return self.finish_split(job, digest, clip, groups, attempt=attempt, seconds=time.perf_counter() - t0)
+            record.note = note
+            stats = self._edit(job, on_progress)
             record.frames = stats.frames
             record.inversions_computed = stats.windows - stats.cache_hits
             record.inversions_cached = stats.cache_hits
@@ -441,9 +552,59 @@ class JobRunner:
             record.seconds = time.perf_counter() - t0
             self._write_record(job, record)
         except Exception as e:   # noqa: BLE001 -- any job's failure is recorded; the batch goes on
-            log.debug("job %d failed", job.index, exc_info=True)
-            record.status, record.error = "failed", _one_line(e)
-            record.seconds = time.perf_counter() - t0
+            return self.failed(record, e, t0)
+        return record
+
+    def record(self, job: Job, digest: str, attempt: int = 1) -> JobRecord:
+        """A "done" record of ``job`` on this worker, to be filled."""
+        return JobRecord(index=job.index, name=job.name, input=job.input, output=job.output, status="done",
+                         attempts=attempt, worker=self.name, hash=job.digest(digest))
+
+    @staticmethod
+    def failed(record: JobRecord, e: BaseException, t0: float) -> JobRecord:
+        log.debug("job %d failed", record.index, exc_info=True)
+        record.status, record.error = "failed", _one_line(e)
+        record.seconds = time.perf_counter() - t0
+        return record
+
+    def first_pass(self, job: Job, on_progress: Progress | None = None):
+        """A split job's first pass (:func:`videdit.split.first_pass`): its windows edited in order
+        on this worker's model -> the :class:`videdit.split.ClipPass` its groups read."""
+        from videdit.split import first_pass
+
+        o = job.options
+        _remove_stale_temporaries(Path(job.output), job.record_path, *([Path(job.preview)] if job.preview else []))
+        job.record_path.unlink(missing_ok=True)   # the output is about to change: its old record no longer holds
+        return first_pass(job.input, model=self.model(o), read=read_options(o), cache_dir=self.cache_dir,
+                          control=control_specs(o), on_progress=on_progress,
+                          **{k: o[k] for k in EDIT_OPTIONS if k in o})
+
+    @staticmethod
+    def group(job: Job, clip, frames: range, on_progress: Progress | None = None):
+        """One window group of a split job (:func:`videdit.split.group_frames`; no model needed)."""
+        from videdit.split import group_frames
+
+        return group_frames(clip, frames, preview=job.preview is not None, on_progress=on_progress)
+
+    def finish_split(self, job: Job, digest: str, clip, groups: Iterable, *, attempt: int = 1,
+                     seconds: float = 0.0, workers: str | None = None) -> JobRecord:
+        """A split job's groups (in order) written atomically as its output, scored, and its record."""
+        from videdit.split import write_split
+
+        t0 = time.perf_counter()
+        record = self.record(job, digest, attempt)
+        record.worker = workers or self.name
+        try:
+            write_split(job.output, clip, groups, preview=job.preview, overwrite=True)
+            record.frames = clip.n_frames
+            record.inversions_computed = clip.windows - clip.cache_hits
+            record.inversions_cached = clip.cache_hits
+            if self.scores and clip.n_frames > 1:
+                record.warp_error = self._warp_error(job)
+            record.seconds = seconds + time.perf_counter() - t0
+            self._write_record(job, record)
+        except Exception as e:   # noqa: BLE001
+            return self.failed(record, e, t0 - seconds)
         return record
 
     def _maybe_crash(self) -> None:
@@ -458,7 +619,7 @@ class JobRunner:
             return
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def _edit(self, job: Job):
+    def _edit(self, job: Job, on_progress: Progress | None = None):
         from videdit.pipeline import edit_video
 
         o = job.options
@@ -467,7 +628,8 @@ class JobRunner:
         job.record_path.unlink(missing_ok=True)   # the output is about to change: its old record no longer holds
         model = self.model(o)
         result = edit_video(job.input, output, model=model, read=read_options(o), preview=job.preview,
-                            overwrite=True, cache_dir=self.cache_dir, progress=False,
+                            overwrite=True, cache_dir=self.cache_dir, progress=False, control=control_specs(o),
+                            on_progress=on_progress,
                             **{k: o[k] for k in EDIT_OPTIONS if k in o})
         return result.stats
 
@@ -483,6 +645,31 @@ class JobRunner:
         with atomic_path(job.record_path) as tmp:
             tmp.write_text(json.dumps({**record.to_json(), "options": dict(job.options)}, indent=1,
                                       default=str) + "\n")
+
+
+def job_settings(options: Mapping):
+    """A job's :class:`videdit.pipeline.EditSettings` (validated)."""
+    from videdit.pipeline import _settings
+
+    return _settings(**{k: options[k] for k in EDIT_OPTIONS if k in options and k not in ("window", "max_tokens")})
+
+
+def split_of(job: Job) -> tuple[int, str | None]:
+    """How many window groups ``job`` is split into (``split``, 1: none) and, where it asked for
+    more and its temporal modules carry state from window to window, 1 and the one line that
+    says so (:meth:`videdit.video.TemporalStack.split_refusal`)."""
+    n = job.options.get("split") or 1
+    if n <= 1:
+        return 1, None
+    why = job_settings(job.options).temporal_stack().split_refusal()
+    return (1, f"split {n}: {why}") if why is not None else (n, None)
+
+
+def control_specs(options: Mapping) -> list | None:
+    """A job's ControlNets (:func:`_resolve_control`'s mappings) as :class:`videdit.control.ControlSpec`."""
+    from videdit.control import ControlSpec
+
+    return [ControlSpec.of(c) for c in options["control"]] if options.get("control") else None
 
 
 def read_options(options: Mapping):
@@ -509,23 +696,40 @@ def read_options(options: Mapping):
 # --- the batch ---------------------------------------------------------------------------------
 
 class _Display:
-    """The batch's progress: one bar of jobs done / total with its estimate, the running jobs beside it."""
+    """The batch's progress, one display: a bar of jobs done / total with its estimate, and beside it
+    each running job (or split job's part) with its worker, stage and frames done / total."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, file=None):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc="jobs", unit="job", disable=not enabled, dynamic_ncols=True)
-        self.running: dict[int, str] = {}
+        self.bar = tqdm(total=total, desc="jobs", unit="job", disable=not enabled, dynamic_ncols=True, file=file)
+        self.file = file   # None: the bar on stderr, its lines on stdout
+        self.running: dict[tuple[int, str], str] = {}   # (job index, worker) -> "name@worker[ stage n/N frames]"
+        self.names: dict[int, str] = {}
 
     def start(self, job: Job, worker: str) -> None:
-        self.running[job.index] = f"{job.name}@{worker}"
+        self.names[job.index] = job.name
+        self.running[job.index, worker] = f"{job.name}@{worker}"
+        self._postfix()
+
+    def progress(self, index: int, worker: str, stage: str, done: int, total: int) -> None:
+        """A running job's window finished on ``worker``: ``done`` of ``total`` frames of ``stage``."""
+        if (index, worker) in self.running:
+            self.running[index, worker] = f"{self.names.get(index, index)}@{worker} {stage} {done}/{total} frames"
+            self._postfix()
+
+    def part_done(self, index: int, worker: str) -> None:
+        self.running.pop((index, worker), None)
         self._postfix()
 
     def finish(self, record: JobRecord) -> None:
-        self.running.pop(record.index, None)
+        for key in [k for k in self.running if k[0] == record.index]:
+            del self.running[key]
         self.bar.update(1)
         if record.status == "failed":
-            self.bar.write(f"videdit: job {record.index} ({record.name}) failed: {record.error}")
+            self.bar.write(f"videdit: job {record.index} ({record.name}) failed: {record.error}", file=self.file)
+        elif record.note:
+            self.bar.write(f"videdit: job {record.index} ({record.name}): {record.note}", file=self.file)
         self._postfix()
 
     def _postfix(self) -> None:
@@ -541,7 +745,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
                ray: str | bool | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
                cpus_per_worker: float = 1, retries: int = 2, scores: bool = True,
                report: str | os.PathLike | None = None, progress: bool = False, runner: JobRunner | None = None,
-               on_record: Callable[[JobRecord], None] | None = None) -> BatchResult:
+               on_record: Callable[[JobRecord], None] | None = None, progress_file=None) -> BatchResult:
     """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`) or
     job mappings (options by their job-file names, over ``defaults``; paths from the current folder).
     ``overrides`` set options of every job. Jobs whose output and record are there are skipped
@@ -550,8 +754,13 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     (:func:`videdit.batch_ray.run_jobs`): True or "local" starts one for the run, "auto" or an
     address joins one; ``workers`` actors of ``gpus_per_worker`` GPUs (None: 1 where the cluster
     has GPUs, else 0) and ``cpus_per_worker`` CPUs; a dead worker's job is retried up to ``retries``
-    times. ``report``: a JSON file of the records and summary. Returns the records in job order; a
-    failed job is one of them (``BatchResult.ok`` says whether all went well)."""
+    times. A job with ``split: N`` (N > 1) whose temporal modules allow it has its first pass run
+    on one worker and its window groups on up to N (:mod:`videdit.split`); one whose modules
+    carry state from window to window runs whole, its record's ``note`` saying why. ``progress``:
+    one display (on ``progress_file``, default stderr) of jobs done / total with an estimate and
+    each running job's worker, stage and frames. ``report``: a JSON file of the records and summary.
+    Returns the records in job order; a failed job is one of them (``BatchResult.ok`` says whether
+    all went well)."""
     t0 = time.perf_counter()
     if isinstance(jobs, (str, os.PathLike)):
         file_defaults, entries = read_job_file(jobs)
@@ -575,7 +784,8 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     records: dict[int, JobRecord] = {}
     todo: list[tuple[Job, str]] = []
     for job in expanded:
-        digest = digests.setdefault(job.input, input_digest(job.input))
+        # the input's bytes and the weights' stamps: either changed in place redoes the job
+        digest = digests.setdefault(job.input, input_digest(job.input)) + ":" + weights_digest(job.options)
         done = finished_record(job, digest)
         if done is not None:
             records[job.index] = JobRecord(index=job.index, name=job.name, input=job.input, output=job.output,
@@ -583,7 +793,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
                                            warp_error=done.get("warp_error"), hash=done["hash"], attempts=0)
         else:
             todo.append((job, digest))
-    display = _Display(len(expanded), progress)
+    display = _Display(len(expanded), progress, progress_file)
     display.bar.update(len(records))
 
     def finished(record: JobRecord) -> None:
@@ -600,14 +810,15 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
             loads, n_workers = batch_ray.run_jobs(todo, address=None if ray in (True, "local") else str(ray),
                                                   cache_dir=cache_dir, workers=workers,
                                                   gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                                                  retries=retries, scores=scores, on_start=display.start,
+                                                  retries=retries, scores=scores, display=display,
                                                   on_record=finished)
         elif todo:
             runner = runner if runner is not None else JobRunner(cache_dir, scores=scores)
             before = runner.model_loads
             for job, digest in todo:
                 display.start(job, runner.name)
-                finished(runner.run(job, digest))
+                finished(runner.run(job, digest, on_progress=lambda stage, done, total, i=job.index:
+                                    display.progress(i, runner.name, stage, done, total)))
             loads = runner.model_loads - before
     finally:
         display.close()

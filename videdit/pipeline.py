@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -612,7 +612,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
                max_tokens: int | None = None, control: Control | Sequence | None = None,
-               progress: bool = False) -> EditResult:
+               progress: bool = False, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
@@ -628,6 +628,9 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     ``ControlSpec("canny", "lllyasviel/sd-controlnet-canny", scale=1.0)``, or a loaded
     :class:`videdit.control.Control`); the inversion, the source branch and the edit see the same
     condition of each frame.
+
+    ``on_progress(stage, frames_done, frames_total)``: called after each window ("edit", and
+    "second pass" where a module makes the frames then), e.g. for a batch's display.
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
@@ -667,6 +670,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
             out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress, start=stats.frames,
                               temporal=stack, last=following is None, control=control)
             bar.update(len(chunk))
+            if on_progress is not None:
+                on_progress("edit", stats.frames, info.n_frames)
             if not stack.second_pass:
                 yield finished(chunk, out)
             elif first and following is None:
@@ -685,6 +690,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                             last=start + len(chunk) >= stats.frames)
             yield finished(chunk, stack.finish_clip(window))
             start += len(chunk)
+            if on_progress is not None:
+                on_progress("second pass", start, stats.frames)
         stats.seconds["edit"] += time.perf_counter() - t0
         if start != stats.frames:
             raise VideditError(f"{input} gave {start} frames on its second read and {stats.frames} on its first; "

@@ -3,7 +3,7 @@ source's audio), frame folders, images and GIF previews, atomically."""
 
 from videdit.io.atomic import atomic_path
 from videdit.io.options import ClipInfo, ReadOptions
-from videdit.io.read import BACKEND_ENV, IMAGE_SUFFIXES, is_image, probe, read_clip, read_frames
+from videdit.io.read import BACKEND_ENV, IMAGE_SUFFIXES, is_image, probe, read_clip, read_frames, read_selected
 from videdit.io.video import BrokenVideoWarning
 from videdit.io.write import (
     VIDEO_FORMATS,
@@ -28,6 +28,7 @@ __all__ = [
     "probe",
     "read_clip",
     "read_frames",
+    "read_selected",
     "write_frames_dir",
     "write_gif",
     "write_image",

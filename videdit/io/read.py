@@ -212,6 +212,12 @@ def read_frames(path: str | os.PathLike, options: ReadOptions = ReadOptions()) -
     return _frames(source, _info(source, options), options.chunk_size)
 
 
+def read_selected(path: str | os.PathLike, options: ReadOptions, info: ClipInfo) -> Iterator[np.ndarray]:
+    """Chunks of the frames at ``info.indices`` (a part of what ``probe(path, options)`` selected,
+    e.g. a group of whole windows), read as :func:`read_frames` reads them."""
+    return _frames(_open_source(Path(path), options), info, options.chunk_size)
+
+
 def read_clip(path: str | os.PathLike, options: ReadOptions = ReadOptions()) -> tuple[np.ndarray, ClipInfo]:
     """All selected frames stacked, ``(F, H, W, 3)`` uint8, and their ``ClipInfo``."""
     source = _open_source(Path(path), options)

@@ -23,6 +23,12 @@ A module with ``second_pass`` makes no frame before it has seen the whole clip: 
 edits every window first, then reads the source again and calls ``finish_clip(window)`` for
 each window (:func:`videdit.pipeline.edit_video`).
 
+A second-pass module that ``splits`` reads in ``finish_clip`` only what the first pass left,
+frozen (``frozen()``): its windows are then independent, and one long clip may be split into
+groups of windows made on several workers after the first pass (:mod:`videdit.split`). A
+stack whose frames come window by window carries its state from each window to the next, and
+runs on one worker (:meth:`TemporalStack.split_refusal`).
+
 Modules of one edit see each other once, in ``bind``, where a module that builds on another
 (a propagation stage on the keyframes) finds it, or says which one is missing. They run in
 the order of their ``order`` (stable: the user's order otherwise).
@@ -115,6 +121,7 @@ class TemporalModule:
     needs_source_branch: ClassVar[bool] = False   # reads the editor's source branch
     propagates_attention: ClassVar[bool] = False  # replaces the frames between keyframes' attention outputs
     edits_in_passes: ClassVar[bool] = False   # runs the window's edit as passes: next_pass / pass_done
+    splits: ClassVar[bool] = False      # its second pass reads only frozen first-pass state: windows independent
     reference: ClassVar[str] = ""       # the paper and official code it follows, if any
     # Entry fields families / refuses / controlnet (videdit.registry): attention- and latent-level
     # modules run on every family, InstructPix2Pix too (Text2Video-Zero's video edit)
@@ -159,6 +166,11 @@ class TemporalModule:
         """The second pass (``second_pass``): a window's source frames -> its output frames."""
         raise NotImplementedError(f"{self.name} makes no second pass")
 
+    def frozen(self) -> TemporalModule:
+        """(``splits``) After the first pass: a copy holding only what ``finish_clip`` reads, small
+        and picklable, sent to the workers that make the clip's window groups."""
+        raise NotImplementedError(f"{self.name} does not split its second pass")
+
 
 @dataclass(frozen=True)
 class WindowLatents:
@@ -175,7 +187,8 @@ class TemporalSpec(Entry):
 
     def capabilities(self) -> dict[str, object]:
         cls = self.module_class
-        return {"makes_frames": cls.makes_frames, "needs_source_branch": cls.needs_source_branch}
+        return {"makes_frames": cls.makes_frames, "needs_source_branch": cls.needs_source_branch,
+                "splits": cls.splits}
 
 
 TEMPORAL: Registry[TemporalSpec] = Registry("temporal module", "videdit.video")
@@ -245,6 +258,30 @@ class TemporalStack:
         for m in self.modules:
             frames = m.finish_window(window, frames, latents)
         return frames
+
+    def split_refusal(self) -> str | None:
+        """None where one clip may be split into window groups made on several workers after the
+        first pass (the module making the frames in its second pass ``splits``); else why not,
+        in one line naming the module."""
+        makers = [m for m in self.modules if m.second_pass]
+        if len(makers) == 1 and makers[0].splits:
+            return None
+        if makers:
+            return (f"temporal module {makers[0].name!r} makes the frames from state its second pass changes; "
+                    f"the clip runs on one worker")
+        if not self.modules:
+            return ("no temporal module makes the frames in a second pass (e.g. keyframes:pixels=bilateral); "
+                    "the clip runs on one worker")
+        names = ", ".join(repr(m.name) for m in self.modules)
+        return (f"temporal module{'s' if len(self.modules) > 1 else ''} {names} carr"
+                f"{'y' if len(self.modules) > 1 else 'ies'} state from window to window; the clip runs on one worker")
+
+    def frozen_maker(self) -> TemporalModule:
+        """The frozen module that makes the frames in the second pass (:meth:`TemporalModule.frozen`)."""
+        why = self.split_refusal()
+        if why is not None:
+            raise VideditError(why)
+        return next(m for m in self.modules if m.second_pass).frozen()
 
     def finish_clip(self, window: Window) -> np.ndarray:
         makers = [m for m in self.modules if m.second_pass]

@@ -62,6 +62,7 @@ class PixelsBilateral(TemporalModule):
     config_class = PixelsBilateralConfig
     order = 10
     makes_frames = True
+    splits = True    # scope "clip": the second pass reads only the clip's solved maps (frozen)
 
     def __init__(self, config: PixelsBilateralConfig):
         super().__init__(config)
@@ -105,6 +106,18 @@ class PixelsBilateral(TemporalModule):
         before, n = earlier.solve(), len(source)
         return np.stack([bilateral.apply(before + (i + 1) / n * (maps - before), shape, f)
                          for i, f in enumerate(source)])
+
+    def frozen(self) -> PixelsBilateral:
+        """The clip's grid and its solved maps, without the keyframes' module (scope "clip")."""
+        if not self.second_pass:
+            raise VideditError(f"{NAME} scope 'window' carries its colour maps from window to window; "
+                               f"the clip runs on one worker")
+        if self.grid is None:
+            raise VideditError(f"{NAME}: the first pass edited no window")
+        out = PixelsBilateral(self.config)
+        out.grid = self.grid
+        out.maps = self.maps if self.maps is not None else self.grid.solve()
+        return out
 
     def finish_clip(self, window: Window) -> np.ndarray:
         source = window.source(NAME)
