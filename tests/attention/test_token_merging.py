@@ -245,3 +245,56 @@ def test_an_editor_storing_cross_attention_runs_and_one_swapping_self_attention_
     plain = _settings(**{**kw, "token_merging": None}, editor_params=dict(s.editor_params))
     assert out.shape == (2, 4, 4, 4) and torch.isfinite(out).all()
     assert (out - edit_latents(tiny, invert_frames(tiny, wolf32[:2], plain), plain)).abs().max().item() > 1e-4
+
+
+def test_cli_tome_and_a_config_mapping_reach_the_edit(tmp_path, capsys, monkeypatch):
+    """`--tome 0.5` reaches edit_video as its token_merging; a config's `tome:` mapping sets the other
+    options; a bad one is one line naming the option."""
+    import videdit.pipeline
+    from tests.test_cli import BASE, SAMPLE, run
+
+    seen = []
+
+    def edit_video(*args, token_merging=None, **kw):
+        seen.append(token_merging)
+        raise VideditError("stop here")
+
+    monkeypatch.setattr(videdit.pipeline, "edit_video", edit_video)
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "a blue circle", "-o", tmp_path / "o.mp4", *BASE, "--tome", 0.5)
+    assert code == 2 and "stop here" in err and seen == [0.5]
+    monkeypatch.undo()
+    cfg = tmp_path / "tome.yaml"
+    cfg.write_text("inversion: ddim\neditor: plain\ntome: {ratio: 0.5, merge_mlp: true, sx: 3}\n")
+    a = _with_config(build_parser(), ["edit", "in.mp4", "-t", "x", "-o", "o.mp4", "--config", str(cfg)])
+    assert _settings(token_merging=a.tome).token_merging_config == TokenMerging(ratio=0.5, merge_mlp=True, sx=3)
+    cfg.write_text("tome: {ratio: 0.5, rate: 2}\n")
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", "-o", tmp_path / "p.mp4", *BASE, "--config", cfg)
+    assert code == 2 and "token merging does not take rate" in err
+
+
+def test_merge_mlp_and_crossattn_merge_around_the_feed_forward_and_cross_attention(tiny):
+    """tomesd's merge_crossattn / merge_mlp: the same merge (from the block's input) around attn2 and ff:
+    the cross-attention's queries and the feed-forward's rows are merged too (full grid only)."""
+    base = unet_out(tiny)
+    rec, before = Tokens(), dict(tiny.unet.attn_processors)
+    rec.cross = True
+    tiny.unet.set_attn_processor({**before, **compose(tiny.unet, [rec], CallInfo(frames=(0, 1)))})
+    try:
+        with token_merging(tiny.unet, TokenMerging(merge_crossattn=True)):
+            cross = unet_out(tiny)
+    finally:
+        tiny.unet.set_attn_processor(before)
+    assert rec.seen["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"] == 128
+    assert rec.seen["down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"] == 64
+    with token_merging(tiny.unet, TokenMerging()):
+        attn = unet_out(tiny)
+    ff, rows = dict(tiny.unet.named_modules())["down_blocks.0.attentions.0.transformer_blocks.0.ff"], []
+    with token_merging(tiny.unet, TokenMerging(merge_mlp=True)):
+        handle = ff.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[1]))   # after the merge
+        try:
+            mlp = unet_out(tiny)
+        finally:
+            handle.remove()
+    assert rows == [128]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.unet.modules())
+    assert min((cross - attn).abs().max().item(), (mlp - attn).abs().max().item(), (attn - base).abs().max()) > 1e-4
