@@ -2,7 +2,7 @@
 as github.com/dbolya/tomesd does it, installed for a ``with`` block and always removed.
 
 In each transformer block whose token grid is downsampled at most ``max_downsample`` times from the
-latent grid (tomesd's default 1: SD's 64x64 layers at 512 px, 4 of its 16 blocks), the block's input
+latent grid (tomesd's default 1: SD 1.5's 64x64 layers at 512 px, 5 of its 16 blocks), the block's input
 ``x`` (B, N, C) picks which tokens merge (``tomesd/patch.py`` compute_merge): N tokens are split into
 a destination set, one token per ``sy`` x ``sx`` cell of the grid (at random in the cell, drawn once
 per block call for the whole batch; the top-left token without ``use_rand``, or when the batch is
