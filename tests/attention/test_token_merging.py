@@ -298,3 +298,10 @@ def test_merge_mlp_and_crossattn_merge_around_the_feed_forward_and_cross_attenti
     assert rows == [128]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.unet.modules())
     assert min((cross - attn).abs().max().item(), (mlp - attn).abs().max().item(), (attn - base).abs().max()) > 1e-4
+
+
+def test_a_job_file_takes_tome_and_its_inversion_does_not_depend_on_it():
+    from videdit.batch import EDIT_ONLY, EDIT_OPTIONS, _normalise
+
+    assert _normalise({"tome": 0.5}, "job 1") == {"token_merging": 0.5}
+    assert "token_merging" in EDIT_OPTIONS and "token_merging" in EDIT_ONLY
