@@ -6,6 +6,7 @@
     python tools/bench.py memory --size 64 --steps 10 [--synthetic]
     python tools/bench.py toy --repeats 3
     python tools/bench.py peers --frames 4 --size 128 --steps 20
+    python tools/bench.py tome --model tiny-random --sizes 256 512 --ratios 0.3 0.5
 
 - loop: seconds per frame and peak memory of invert + regenerate, videdit at 1 and 8 frames
   per UNet call against the same DDIM inversion + regeneration written with diffusers' own
@@ -31,6 +32,10 @@
   cross-attention masks read layers at 1/4 of the latent side, which tiny-random lacks),
   DiffEdit (``StableDiffusionDiffEditPipeline`` vs ``ddim`` + ``diffedit``) and pix2pix-zero's
   regularised inversion (inversion only: the edits differ). Best of ``--repeats``.
+- tome: seconds per UNet call (batch 2: one frame, guided) with token merging
+  (``videdit.attention.TokenMerging``, tomesd's defaults) at each of ``--ratios`` against none, at
+  square frames of each of ``--sizes`` pixels; the self-attention tokens of the merged (full-grid)
+  layers before and after. Best of ``--repeats``.
 
 Runs whose peak memory is reported run each configuration in a fresh process (this script
 again, with a hidden ``--child``), so its peak RSS is its own. Ratios are to the table's first
@@ -522,6 +527,39 @@ def peers(a) -> None:
     print("ratio = videdit time / diffusers time (< 1: videdit faster)")
 
 
+# -- tome: token merging's speed-up per UNet call ------------------------------------------------
+
+def tome(a) -> None:
+    import torch
+
+    from videdit.attention import TokenMerging, token_merging
+    from videdit.models import load_model
+
+    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    unet = model.unet
+    text = model.encode_text(["", "a wolf"]).to(unet.dtype)                       # (2, L, D): uncond, cond
+    print(f"{a.model}, one frame per call, guided (batch 2), device {model.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    table = Table(("size", "<8"), ("tokens", ">14"), ("ratio", ">7.2f"), ("ms / call", ">11.1f"),
+                  ("speed-up", ">10.2f"))
+    for size in a.sizes:
+        h = w = size // model.vae_scale_factor
+        x = torch.randn(2, unet.config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+        x, t = x.to(model.device, unet.dtype), torch.full((2,), 500, device=model.device)
+
+        def call():
+            with torch.no_grad():
+                unet(x, t, encoder_hidden_states=text).sample
+
+        base, _ = best_of(call, a.repeats, device=model.device)
+        table.row(f"{size}", f"{h * w}", 0.0, base * 1e3, 1.0)
+        for ratio in a.ratios:
+            with token_merging(unet, TokenMerging(ratio=ratio), seed=0, latent_size=(h, w)) as blocks:
+                seconds, _ = best_of(call, a.repeats, device=model.device)
+            n, m = max(b.tokens for b in blocks.values())
+            table.row(f"{size}", f"{n} -> {m}", ratio, seconds * 1e3, base / seconds)
+
+
 # -- command line ------------------------------------------------------------------------------
 
 def subcommands(description: str, child: bool = False):
@@ -563,6 +601,10 @@ def main() -> None:
     c = command("peers", peers, "blending/score editors against diffusers' LEDITS++, DiffEdit and pix2pix-zero",
                 frames=4, steps=20, repeats=2)
     c.add_argument("--size", type=int, default=128, help="frame side")
+    c = command("tome", tome, "seconds per UNet call with token merging (tomesd) against none",
+                model="tiny-random", repeats=3, device="cpu", dtype="fp32")
+    c.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sides, pixels")
+    c.add_argument("--ratios", type=float, nargs="+", default=[0.5], help="token merging ratios")
     a = p.parse_args()
     a.run(a)
 

@@ -3,7 +3,7 @@
     python tools/tables.py inversions --model tiny-random --steps 50
     python tools/tables.py inversions --model toy --steps 50
     python tools/tables.py toy-edits --scenes 6 --steps 25 --guidance 4
-    python tools/tables.py toy-video --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3]
+    python tools/tables.py toy-video --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3] [--tome 0.5]
     python tools/tables.py temporal --model tiny-random --frames 16 --size 128 --steps 10
     python tools/tables.py methods --scenes 4 --steps 25 --guidance 4
 
@@ -302,8 +302,9 @@ def toy_video(a) -> None:
         clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
     print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "
-          f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} window={a.window} "
-          f"keep_background={a.keep_background}")
+          f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} "
+          f"{dict(a.editor_param) or ''} window={a.window} "
+          f"keep_background={a.keep_background} tome={a.tome}")
     table = Table(("mechanism", "<36"), ("warp err", ">9.2f"), ("source", ">8.2f"), ("ratio", ">7.2f"),
                   ("vs indep.", ">10"), ("frames ok", ">10.0%"), ("worst clip", ">11.0%"), ("check", ">7"),
                   ("  per clip: warp err x source, x below independent, frames ok", "<62"), ("s", ">6.1f"))
@@ -320,11 +321,12 @@ def toy_video(a) -> None:
                     frames = edit_video(folder, source_prompt=clip.caption, target_prompt=prompt, model=model,
                                         steps=a.steps, guidance=a.guidance, inversion=a.inversion,
                                         inversion_params=inversion_params, editor=a.editor,
+                                        editor_params=dict(a.editor_param),
                                         window=a.frames if name in WHOLE_CLIP else a.window,
                                         temporal=temporal, cache_dir=tmp / "cache",
                                         read=ReadOptions(size="source"),   # the toy clips' own size
                                         keep_background=None if a.keep_background is None
-                                        else {"threshold": a.keep_background}).frames
+                                        else {"threshold": a.keep_background}, token_merging=a.tome).frames
                 except VideditError as e:   # e.g. tokenflow needs an editor with a source branch
                     print(f"{name:<36}not available: {e}".splitlines()[0][:160], flush=True)
                     break
@@ -444,6 +446,9 @@ def main() -> None:
     c.add_argument("--keep-background", type=float, metavar="THRESHOLD",
                    help="composite the source back where the latents did not change (the keep_background module)")
     c.add_argument("--mechanisms", nargs="*", default=list(MECHANISMS), choices=list(MECHANISMS))
+    c.add_argument("--editor-param", "-E", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of the editor, e.g. -E self_replace_max_tokens=64 (repeatable)")
+    c.add_argument("--tome", type=float, metavar="RATIO", help="token merging in the edits (videdit edit --tome)")
     c = command("temporal", temporal, "warp error and flicker of temporal mechanisms on real clips",
                 model="tiny-random", frames=16, size=128, steps=10, guidance=7.5, window=8)
     c.add_argument("--clips", nargs="*", default=["wolf", "dog"])

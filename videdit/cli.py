@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after decoding, keep the input's own pixels wherever the edit changed the latents by less "
                    "than THRESHOLD (default 0.3) of the largest change: no VAE loss or flicker "
                    "outside the edit")
+    p.add_argument("--tome", type=float, metavar="RATIO",
+                   help="token merging (tomesd): merge this fraction of the tokens of the full-resolution "
+                   "self-attention layers in the edit's UNet calls, e.g. 0.5 (faster, less exact; default off; a "
+                   "config's tome: may map TokenMerging options, see README)")
     p.add_argument("--temporal", type=_temporal, action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="a temporal module with its options, e.g. flow_propagation:strength=0.6 (repeatable; "
                    "see `videdit methods`)")
@@ -390,7 +394,7 @@ def _edit(a) -> None:
                         progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
                         keep_background=keep_background_options(a.keep_background), strength=a.strength,
                         steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens,
-                        control=_control(a))
+                        control=_control(a), token_merging=a.tome)
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
            f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "

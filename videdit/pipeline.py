@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
+from videdit.attention.tome import TokenMerging, token_merging, token_merging_options
 from videdit.config import make_config
 from videdit.control.controlnet import Control, ControlFrames, resolve_control
 from videdit.core.conditioning import unet_inputs
@@ -68,6 +69,7 @@ class EditSettings:
     strength: float | None = None  # invert and edit the last int(steps * strength) steps; None: as steps, else 1
     steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: as steps, else the model config's
     source_branch: str | None = None  # "replay" or "pinned" (to the inversion's latents); None: the editor's default
+    token_merging: Mapping[str, Any] | float | None = None  # TokenMerging options or a ratio (tomesd); None: off
     # resolved from the fields above in __post_init__
     inversion_method: InversionMethod = field(init=False, repr=False, compare=False)
     inversion_config: Any = field(init=False, repr=False, compare=False)
@@ -76,6 +78,7 @@ class EditSettings:
     temporal_configs: tuple[tuple[TemporalSpec, Any], ...] = field(init=False, repr=False, compare=False)
     start_step: int = field(init=False, repr=False, compare=False)      # the edit's first schedule step
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
+    token_merging_config: TokenMerging | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         editor = get_editor(self.editor)
@@ -122,7 +125,9 @@ class EditSettings:
                     "temporal_configs": self._temporal_configs(editor),
                     "start_step": self._start_step(),
                     "pin_source": (editor.pinned_source if self.source_branch is None
-                                   else self.source_branch == "pinned")}
+                                   else self.source_branch == "pinned"),
+                    "token_merging_config": (None if self.token_merging is None else make_config(
+                        TokenMerging, token_merging_options(self.token_merging), "token merging"))}
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         self.temporal_stack()   # the modules find the ones they build on, or say which is missing
@@ -479,10 +484,13 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
+    merging = token_merging(model.unet, settings.token_merging_config, seed=settings.seed,
+                            latent_size=tuple(x.shape[-2:]))   # entered last: it wraps the processors installed
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
             unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled,
                                                       controlnet_modules, plan.info),
-                                     *plan.inputs]):   # a ControlNet sees the latents before the editor's channels
+                                     *plan.inputs]), \
+            merging:   # a ControlNet sees the latents before the editor's channels
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=plan.sampler or replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
@@ -592,6 +600,7 @@ def _settings(**kw) -> EditSettings:
     kw["editor_params"] = dict(kw.get("editor_params") or {})
     kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
     kw["keep_background"] = keep_background_options(kw.get("keep_background"))
+    kw["token_merging"] = token_merging_options(kw.get("token_merging"))
     return EditSettings(**kw)
 
 
@@ -612,7 +621,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
                max_tokens: int | None = None, control: Control | Sequence | None = None,
-               progress: bool = False, on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
+               token_merging: Mapping | float | None = None, progress: bool = False,
+               on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
@@ -631,12 +641,16 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 
     ``on_progress(stage, frames_done, frames_total)``: called after each window ("edit", and
     "second pass" where a module makes the frames then), e.g. for a batch's display.
+
+    ``token_merging``: tomesd's token merging in the edit's UNet calls, a ratio or
+    :class:`~videdit.attention.TokenMerging` options (None: off).
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
                          inversion_params=inversion_params, editor=editor, editor_params=editor_params,
                          temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background,
-                         strength=strength, steps_offset=steps_offset, source_branch=source_branch)
+                         strength=strength, steps_offset=steps_offset, source_branch=source_branch,
+                         token_merging=token_merging)
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)

@@ -54,6 +54,7 @@ class AttentionModule:
     layers: str = "*"            # glob over processor names
     cross: bool | None = None    # True: cross-attention only; False: self-attention only
     needs_probs: bool = False    # reads or edits the probabilities
+    any_tokens: bool = False     # holds on any set of tokens (fewer, out of grid order): token merging may run here
 
     def applies(self, layer: str, cross: bool) -> bool:
         return fnmatchcase(layer, self.layers) and (self.cross is None or self.cross == cross)

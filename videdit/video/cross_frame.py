@@ -225,6 +225,7 @@ class CrossFrameAttention(AttentionModule):
     denoised frames, the window's ``range`` or the subset a module edits)."""
 
     cross = False
+    any_tokens = True   # keys and values swapped whole: a frame's merged tokens take its anchor's merged ones
 
     def __init__(self, layers: Collection[str], anchors: Anchors, clip_frames: Sequence[int], store: AnchorStore,
                  what: str = NAME, source_branch: int | None = None, inverting: bool = False):
