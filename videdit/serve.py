@@ -398,23 +398,30 @@ def accept_upload(path: Path, dest: Path, limits: Limits, name: str | None = Non
 
 @contextmanager
 def watch_bars(callback: Callable[[Any], None]) -> Iterator[None]:
-    """Call ``callback(bar)`` after every update of every tqdm bar in this process inside the block
-    (the pipeline's frames, inversion and denoising bars); an exception the callback raises stops the
-    work where the bar is (cancel). tqdm's own ``update`` is back afterwards."""
+    """Call ``callback(bar)`` as every tqdm bar of this process starts and after each of its updates
+    inside the block (the pipeline's frames, inversion and denoising bars, at most every 0.1 s each:
+    tqdm's ``mininterval``); an exception the callback raises stops the work where the bar is
+    (cancel). tqdm's own methods are back afterwards."""
     from tqdm import std
 
-    original = std.tqdm.update
+    saved = {k: vars(std.tqdm)[k] for k in ("__init__", "update")}   # as stored (tqdm's __init__ is a descriptor)
+    original_init, original_update = std.tqdm.__init__, std.tqdm.update
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        callback(self)   # a new stage (a window's inversion, its denoising) starts
 
     def update(self, n=1):
-        shown = original(self, n)
+        shown = original_update(self, n)
         callback(self)
         return shown
 
-    std.tqdm.update = update
+    std.tqdm.__init__, std.tqdm.update = init, update
     try:
         yield
     finally:
-        std.tqdm.update = original
+        for k, v in saved.items():
+            setattr(std.tqdm, k, v)
 
 
 @dataclass
