@@ -37,8 +37,8 @@ def test_options_panel_lists_what_videdit_methods_lists(capsys):
     listed = _methods_listing(capsys)
     page = [(e.kind, e.name, e.options_line()) for e in serve.method_entries()]
     assert page == listed
-    assert len(page) == sum(len(r) for _, r in cli.method_registries()) and {k for k, _, _ in page} == {"inversions", "editors",
-                                                           "temporal modules and frame stages"}
+    assert len(page) == sum(len(r) for _, r in cli.method_registries())
+    assert {k for k, _, _ in page} == {"inversions", "editors", "temporal modules and frame stages"}
     # every option has a type and a default, as the panel shows them
     p2p = next(e for e in serve.method_entries() if e.name == "prompt_to_prompt")
     assert dict((k, t) for k, t, _ in p2p.options)["cross_replace"] == "float"
@@ -95,8 +95,9 @@ def test_edit_without_target_still_refused(capsys):
     ({"options": "editor_params: {mask: /etc/passwd}"},
      "options.editor_params.mask: '/etc/passwd' looks like a path on the server; the page reads no server files"),
     ({"options": "output: x.mp4"}, "options take inversion_params, editor_params, temporal; not output"),
-    ({"options": "editor_params: [1"}, "options are not valid YAML: line 1, column 18: expected ',' or ']', but "
-                                      "got '<stream end>' (while parsing a flow sequence started at line 1, column 16)"),
+    ({"options": "editor_params: [1"}, "options are not valid YAML: line 1, column 18: expected ',' or ']', "
+                                      "but got '<stream end>' (while parsing a flow sequence started at line 1, "
+                                      "column 16)"),
     ({"options": "temporal: {keyframes: {every: 2}, flow_propagation: {}}", "temporal": ["keyframes"]},
      "options give temporal flow_propagation, which is not ticked under temporal modules; tick it or remove its "
      "options"),

@@ -512,8 +512,8 @@ class Server:
                         raise Cancelled("cancelled; nothing was written")
                     bars[bar.desc or "work"] = (bar.n, bar.total or 0)
                     frames = bars.get("frames")
-                    fraction = frames[0] / frames[1] if frames and frames[1] else 0.0
-                    progress(fraction, " · ".join(f"{d} {n}/{t}" for d, (n, t) in bars.items()))
+                    progress(frames[0] / frames[1] if frames and frames[1] else 0.0,
+                             " · ".join(f"{d} {n}/{t}" for d, (n, t) in bars.items()))
 
                 with watch_bars(on_bar):
                     result = edit_video(args.input, args.output, **kwargs)
@@ -581,6 +581,7 @@ def build_page(server: Server):
 
     with gr.Blocks(title="videdit") as page:
         clip = gr.State(None)          # the clip's path on the server: never sent by the browser
+        applied = gr.State(NO_PRESET)  # the preset whose values the fields were last given
         gr.Markdown("# videdit\nText-guided video editing with diffusion models: upload a clip, give two prompts, "
                     f"pick a preset, run. Model: `{server.model_name}`.")
         with gr.Row():
@@ -618,12 +619,12 @@ def build_page(server: Server):
                 status = gr.Markdown("", elem_id="status")
             with gr.Column():
                 result = gr.Video(label="result (with the source's audio)", elem_id="result", format=None)
-                compare = gr.Image(label="source | edit", elem_id="compare", type="filepath")
+                compare = gr.Image(label="source | edit", elem_id="compare", type="filepath", height=160)
                 report = gr.Markdown("", elem_id="report")
                 downloads = gr.File(label="downloads: the video and its settings (videdit edit --config)",
                                     file_count="multiple", elem_id="downloads")
         with gr.Accordion("runs since the server started", open=True):
-            gallery = gr.Gallery(label="history (source | edit)", columns=4, height=200, object_fit="contain",
+            gallery = gr.Gallery(label="history (source | edit)", columns=6, rows=1, height=140, object_fit="contain",
                                  elem_id="history")
             with gr.Row():
                 pick = gr.Dropdown([], label="run", elem_id="history-pick")
@@ -655,10 +656,12 @@ def build_page(server: Server):
             except Exception as e:   # noqa: BLE001
                 return None, "no clip yet", one_line(e)
 
-        def on_preset(name, *values):
+        def on_preset(name, applied, *values):
+            if name == applied:   # the dropdown's events repeat (selection, blur): fill the fields once
+                return [gr.update() for _ in fields] + [gr.update(), applied]
             s = preset_settings(name, settings_from(values))
             about = table[name].description if name in table else ""
-            return [*as_fields(s), about]
+            return [*as_fields(s), about, name]
 
         def on_methods(inv, ed, tm):
             names = {inv_kind: [] if inv == EDITORS_INVERSION else [inv], ed_kind: [ed], tm_kind: list(tm or [])}
@@ -686,14 +689,17 @@ def build_page(server: Server):
 
         upload.upload(on_upload, [upload], [clip, clip_info, status])
         sample.click(on_sample, None, [clip, clip_info, status])
-        preset.input(on_preset, [preset, *fields], [*fields, preset_info])
+        preset.input(on_preset, [preset, applied, *fields], [*fields, preset_info, applied])
         for d in (inversion, editor, temporal):
             d.change(on_methods, [inversion, editor, temporal], [reference])
         run_event = run_button.click(on_run, [clip, *fields],
                                      [status, result, compare, report, downloads, gallery, pick],
                                      concurrency_limit=1, concurrency_id="run")
         del run_event
-        cancel_button.click(server.cancel, None, [status], queue=False)
+        def on_cancel():
+            gr.Info(server.cancel())   # a note; the run's own answer says "cancelled" in the status
+
+        cancel_button.click(on_cancel, None, None, queue=False)
         load_run.click(on_load, [pick], fields)
     return page
 
@@ -718,6 +724,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, device: str 
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    page = None
     try:
         log.info("loading %s", model)
         server.load()
@@ -730,4 +737,6 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, device: str 
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if page is not None:
+            page.close()
         server.close()
