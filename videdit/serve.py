@@ -131,15 +131,16 @@ def options_reference(entries: list[MethodEntry], names: dict[str, list[str]]) -
     """Markdown: the options of the chosen methods (``names``: kind title -> names) with types and
     defaults, the key the options box takes them under, and the method's one line."""
     key = {"inversions": "inversion_params", "editors": "editor_params"}
-    lines = []
+    label = {"inversions": "inversion", "editors": "editor"}
+    blocks = []
     for e in entries:
         if e.name not in names.get(e.kind, []):
             continue
         under = key.get(e.kind, f"temporal: {{{e.name}: ...}}")
-        lines.append(f"**{e.name}** ({e.kind[:-1] if e.kind.endswith('s') else e.kind}; under `{under}`): "
-                     f"{e.summary}")
+        lines = [f"**{e.name}** ({label.get(e.kind, 'temporal module')}; under `{under}`): {e.summary}", ""]
         lines += [f"- `{k}`: {t} = `{v!r}`" for k, t, v in e.options] or ["- no options"]
-    return "\n".join(lines)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 # --- the page's settings <-> a YAML preset ----------------------------------------------------------------------
