@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "regenerate it under the target prompt. Images and clips alike.")
     p.add_argument("input", type=Path, help="video file, folder of frames, or image")
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
-    p.add_argument("-t", "--target", required=True, help="prompt describing the wanted output")
+    p.add_argument("-t", "--target", help="prompt describing the wanted output (required; a --config file's "
+                   "`target:` gives it too)")
     p.add_argument("--target-suffix", default="", metavar="TEXT", help="appended to the target prompt after a "
                    "comma (the Text2Video-Zero ControlNet presets add their reference's 'best quality, extremely "
                    "detailed')")
@@ -346,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_args(p)
 
     add("methods", help="list the inversions, editors and temporal modules with their options")
+    p = add("serve", help="a web page for editing (pip install \"videdit[ui]\")",
+            description="Serve a Gradio page over the Python API: upload a clip, pick a preset, edit, compare, "
+            "download the result and its settings as a YAML preset for `videdit edit --config`. One model load, "
+            "runs one at a time; uploads and outputs live in a temporary folder removed on exit.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the model every run uses, loaded once (as edit's --model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
+    p.add_argument("--max-upload-mb", type=float, default=200, help="largest upload in MB (default 200)")
+    p.add_argument("--max-seconds", type=float, default=60, help="longest clip in seconds (default 60)")
+    p.add_argument("--max-frames", type=int, default=600, help="most frames in a clip or zip (default 600)")
     _add_batch_parser(add)
     return parser
 
@@ -378,23 +392,30 @@ def _add_batch_parser(add) -> None:
     g.add_argument("--retries", type=int, default=2, help="times a job whose worker died is retried (default 2)")
 
 
-def _edit(a) -> None:
+def edit_kwargs(a) -> dict:
+    """The keyword arguments of ``edit_video`` an ``edit`` command line means (less input and output);
+    ``videdit serve`` runs its page's settings through it, so its YAML preset reproduces the page's run."""
     from videdit.video.keep_background import keep_background_options
+
+    return dict(source_prompt=a.source, target_prompt=_target(a), model=_model(a),
+                steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
+                inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
+                editor_params=editor_params(a), read=_read_options(a), window=a.window,
+                batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
+                use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
+                progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
+                keep_background=keep_background_options(a.keep_background), strength=a.strength,
+                steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens,
+                control=_control(a), token_merging=a.tome)
+
+
+def _edit(a) -> None:
     from videdit.io import is_image
     from videdit.pipeline import edit_video
 
     if a.report and is_image(a.output):
         raise VideditError(f"--report scores a clip; {a.output} is a single image (write a video or a folder)")
-    result = edit_video(a.input, a.output, source_prompt=a.source, target_prompt=_target(a), model=_model(a),
-                        steps=a.steps, guidance=a.guidance, seed=a.seed, negative_prompt=a.negative,
-                        inversion=a.inversion, inversion_params=dict(a.inversion_param), editor=a.editor,
-                        editor_params=editor_params(a), read=_read_options(a), window=a.window,
-                        batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
-                        use_cache=not a.no_cache, preview=a.preview, overwrite=a.overwrite,
-                        progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
-                        keep_background=keep_background_options(a.keep_background), strength=a.strength,
-                        steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens,
-                        control=_control(a), token_merging=a.tome)
+    result = edit_video(a.input, a.output, **edit_kwargs(a))
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
            f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
@@ -470,14 +491,20 @@ def _eval(a) -> None:
         print(f"wrote {a.report}")
 
 
-def _methods(a) -> None:
+def method_registries() -> tuple:
+    """(title, registry) of the inversions, editors and temporal modules, as `videdit methods` lists
+    them and `videdit serve`'s advanced panel offers them."""
     from videdit.editing import EDITORS
     from videdit.inversion import INVERSIONS
-    from videdit.registry import NOT_INSTRUCT
     from videdit.video import TEMPORAL
 
-    for title, registry in (("inversions", INVERSIONS), ("editors", EDITORS),
-                            ("temporal modules and frame stages", TEMPORAL)):
+    return (("inversions", INVERSIONS), ("editors", EDITORS), ("temporal modules and frame stages", TEMPORAL))
+
+
+def _methods(a) -> None:
+    from videdit.registry import NOT_INSTRUCT
+
+    for title, registry in method_registries():
         print(f"{title}:")
         for name, spec in sorted(registry.items()):
             print(f"  {name:<18} {spec.summary}")
@@ -527,8 +554,23 @@ def _batch(a) -> int:
     return 0 if result.ok else 1
 
 
+def _serve(a) -> None:
+    from videdit.serve import serve
+
+    serve(model=a.model, host=a.host, port=a.port, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
+          max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, max_frames=a.max_frames)
+
+
 COMMANDS = {"edit": _edit, "invert": _invert, "preview": _preview, "eval": _eval, "methods": _methods,
-            "batch": _batch}
+            "batch": _batch, "serve": _serve}
+
+
+def _required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``edit`` needs a target prompt: -t, or a --config file's ``target:`` (the presets `videdit serve`
+    writes give it)."""
+    if args.command == "edit" and args.target is None:
+        parser.error("the following arguments are required: -t/--target")
+    return args
 
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -538,7 +580,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
     replaces the file's list, as they pair by position)."""
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
-        return args
+        return _required(parser, args)
     import yaml
 
     try:
@@ -579,7 +621,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
             raise VideditError(f"config {args.config}: temporal must map module names to their options")
         defaults["temporal"] = [(name, dict(v or {})) for name, v in t.items()]
     sub.set_defaults(**defaults)
-    return parser.parse_args(argv)  # -I/-E append to the file's options; later entries win in dict()
+    return _required(parser, parser.parse_args(argv))  # -I/-E append to the file's options; later entries win in dict()
 
 
 def main(argv: list[str] | None = None) -> int:

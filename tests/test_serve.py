@@ -1,0 +1,247 @@
+"""`videdit serve`'s logic without a browser: the registry-generated options against `videdit
+methods`, presets, the page's settings -> YAML -> `videdit edit --config` round trip, upload
+checks, the progress hook, cancel. The page itself: tests/test_serve_browser.py."""
+
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from videdit import cli, io, serve
+from videdit.errors import VideditError
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "red-circle.mp4"
+BLUE = "a blue circle on a gray background"
+RED = "a red circle on a gray background"
+
+
+def _methods_listing(capsys) -> list[tuple[str, str, str]]:
+    """(title, name, options line) of every entry `videdit methods` prints."""
+    assert cli.main(["methods"]) == 0
+    out, entries, title = capsys.readouterr().out, [], None
+    for line in out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            title = line[:-1]
+        elif line.startswith("  ") and not line.startswith("   "):
+            entries.append([title, line.split()[0], ""])
+        elif line.strip().startswith("options: "):
+            entries[-1][2] = line.strip().removeprefix("options: ")
+    return [tuple(e) for e in entries]
+
+
+def test_options_panel_lists_what_videdit_methods_lists(capsys):
+    listed = _methods_listing(capsys)
+    page = [(e.kind, e.name, e.options_line()) for e in serve.method_entries()]
+    assert page == listed
+    assert len(page) == sum(len(r) for _, r in cli.method_registries())
+    assert {k for k, _, _ in page} == {"inversions", "editors", "temporal modules and frame stages"}
+    # every option has a type and a default, as the panel shows them
+    p2p = next(e for e in serve.method_entries() if e.name == "prompt_to_prompt")
+    assert dict((k, t) for k, t, _ in p2p.options)["cross_replace"] == "float"
+    text = serve.options_reference(serve.method_entries(), {"editors": ["prompt_to_prompt"]})
+    assert "**prompt_to_prompt**" in text and "- `cross_replace`: float = `0.8`" in text
+
+
+def test_presets_have_one_line_descriptions():
+    table = serve.presets()
+    assert sorted(table) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert table["recolour"].description == "Colour and appearance edits of a clip, held steady"
+    assert table["ddim"].description == "Plain DDIM inversion + regeneration under the target prompt (the baseline)."
+    for p in table.values():
+        assert p.description and "\n" not in p.description, p.name
+
+
+def _recolour(**kw) -> serve.PageSettings:
+    s = serve.preset_settings("recolour", serve.PageSettings(source=RED, target=BLUE))
+    for k, v in kw.items():
+        setattr(s, k, v)
+    return s
+
+
+def test_settings_yaml_round_trip_through_videdit_edit_config(tmp_path):
+    s = _recolour(steps=4, guidance="4.5", seed=3, start_frame=2, end_frame=10, size="64x48")
+    assert (s.inversion, s.editor, s.temporal) == ("direct", "prompt_to_prompt", ["keyframes", "pixels_bilateral"])
+    config = serve.build_config(s, model="toy")
+    path = serve.write_preset(tmp_path / "run1.yaml", config, 1)
+    assert yaml.safe_load(path.read_text()) == config
+    args = cli._with_config(cli.build_parser(), ["edit", str(SAMPLE), "-o", str(tmp_path / "o.mp4"),
+                                                 "--config", str(path)])
+    kw = cli.edit_kwargs(args)
+    assert (kw["source_prompt"], kw["target_prompt"], kw["model"]) == (RED, BLUE, "toy")
+    assert (kw["steps"], kw["guidance"], kw["seed"]) == (4, 4.5, 3)
+    assert (kw["inversion"], kw["editor"], kw["editor_params"]) == ("direct", "prompt_to_prompt", {"mode": "auto"})
+    assert kw["temporal"] == {"keyframes": {"every": 4}, "pixels_bilateral": {}}
+    assert (kw["read"].start_frame, kw["read"].end_frame, kw["read"].size) == (2, 10, (64, 48))
+    # the page's fields from the run's settings make the same settings (history: run again with one change)
+    assert serve.build_config(serve.settings_of(config), model="toy") == config
+    # a flag on the command line still wins over the preset
+    args = cli._with_config(cli.build_parser(), ["edit", str(SAMPLE), "-o", "o.mp4", "--config", str(path),
+                                                 "-t", "a green circle", "--steps", "7"])
+    assert (args.target, args.steps) == ("a green circle", 7)
+
+
+def test_edit_without_target_still_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli._with_config(cli.build_parser(), ["edit", str(SAMPLE), "-o", "o.mp4"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "videdit: error: the following arguments are required: -t/--target"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"options": "editor_params: {mask: /etc/passwd}"},
+     "options.editor_params.mask: '/etc/passwd' looks like a path on the server; the page reads no server files"),
+    ({"options": "output: x.mp4"}, "options take inversion_params, editor_params, temporal; not output"),
+    ({"options": "editor_params: [1"}, "options are not valid YAML: line 1, column 18: expected ',' or ']', "
+                                      "but got '<stream end>' (while parsing a flow sequence started at line 1, "
+                                      "column 16)"),
+    ({"options": "temporal: {keyframes: {every: 2}, flow_propagation: {}}", "temporal": ["keyframes"]},
+     "options give temporal flow_propagation, which is not ticked under temporal modules; tick it or remove its "
+     "options"),
+    ({"start_frame": 5, "end_frame": 3}, "the end frame (3) must come after the first frame (5)"),
+    ({"target": " "}, "give a target prompt (what the edit should show)"),
+    ({"size": "big"}, "size must be N (short side), WxH or source, got 'big'"),
+    ({"guidance": "high"}, "guidance must be a number, got 'high'"),
+    ({"preset": "../../etc/passwd"}, "unknown preset '../../etc/passwd'"),
+])
+def test_bad_settings_are_one_line(change, message):
+    s = _recolour(**change)
+    with pytest.raises(VideditError) as e:
+        serve.build_config(s, model="toy")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_upload_checks(tmp_path):
+    dest = tmp_path / "server"
+    clip, info = serve.accept_upload(SAMPLE, dest / "1", serve.Limits())
+    assert serve.describe_clip(info) == "video, 64x64, 8 fps, 24 frames, 3.00 s"
+    assert clip.parent == dest / "1" and clip.read_bytes() == SAMPLE.read_bytes()
+    fake = tmp_path / "notavideo.mp4"
+    fake.write_text("this is text, not a video\n")
+    cases = [(fake, serve.Limits(), "notavideo.mp4 is not a readable video ("),
+             (SAMPLE, serve.Limits(max_upload_mb=0.001), "red-circle.mp4 is 0.0"),
+             (SAMPLE, serve.Limits(max_seconds=2), "red-circle.mp4 lasts 3.0 s, over this server's limit of 2 s "
+                                                   "(videdit serve --max-seconds)"),
+             (SAMPLE, serve.Limits(max_frames=10), "red-circle.mp4 has 24 frames, over this server's limit of 10 "
+                                                   "(videdit serve --max-frames)")]
+    for i, (path, limits, message) in enumerate(cases, 2):
+        with pytest.raises(VideditError) as e:
+            serve.accept_upload(path, dest / str(i), limits)
+        text = str(e.value)
+        assert text.startswith(message) and "\n" not in text and str(tmp_path) not in text, text
+        assert not (dest / str(i)).exists()   # nothing kept of a refused upload
+    assert "over this server's upload limit of 0.001 MB (videdit serve --max-upload-mb)" in \
+        _refusal(SAMPLE, dest / "x", serve.Limits(max_upload_mb=0.001))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert _refusal(notes, dest / "y", serve.Limits()).startswith("notes.txt: upload a video (.mp4, ")
+
+
+def _refusal(path, dest, limits) -> str:
+    with pytest.raises(VideditError) as e:
+        serve.accept_upload(path, dest, limits)
+    return str(e.value)
+
+
+def test_zip_of_frames_unpacks_by_base_name_only(tmp_path):
+    frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=3))
+    archive = tmp_path / "frames.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, (name, frame) in enumerate(zip(["../../evil0.png", "sub/f1.png", "/abs/f2.png"], frames)):
+            png = tmp_path / f"p{i}.png"
+            io.write_image(png, frame)
+            z.write(png, name)
+        z.writestr("readme.txt", "not a frame")
+    clip, info = serve.accept_upload(archive, tmp_path / "server" / "1", serve.Limits())
+    assert sorted(p.name for p in clip.iterdir()) == ["evil0.png", "f1.png", "f2.png"]
+    assert info.n_frames == 3 and not (tmp_path.parent / "evil0.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.zip", "p0.png", "p1.png", "p2.png", "server"]
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("a.txt", "x")
+    assert _refusal(empty, tmp_path / "s2", serve.Limits()).startswith("empty.zip holds no image frames")
+    assert _refusal(archive, tmp_path / "s3", serve.Limits(max_frames=2)) == \
+        "frames.zip holds 3 frames, over this server's limit of 2 (videdit serve --max-frames)"
+    broken = tmp_path / "broken.zip"
+    broken.write_text("PK not really")
+    assert _refusal(broken, tmp_path / "s4", serve.Limits()) == "broken.zip is not a readable zip file"
+
+
+def test_watch_bars_reports_and_stops_and_restores():
+    from tqdm import std
+    from tqdm.auto import tqdm
+
+    original, seen = dict(vars(std.tqdm)), []
+
+    def stop_at_5(bar):
+        seen.append((bar.desc, bar.n, bar.total))
+        if bar.n >= 5:
+            raise serve.Cancelled("cancelled; nothing was written")
+
+    done = []
+    with pytest.raises(serve.Cancelled), serve.watch_bars(stop_at_5):
+        bar = tqdm(total=10, desc="invert", leave=False)
+        for _ in range(10):
+            bar.update(1)
+            done.append(1)
+    assert len(done) == 4 and seen[0] == ("invert", 0, 10) and seen[-1] == ("invert", 5, 10)
+    assert vars(std.tqdm) == original
+
+
+def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "gradio", None)   # import gradio -> ImportError
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert cli.main(["serve", "--model", "toy", "--port", "1"]) == 2
+    assert capsys.readouterr().err == 'videdit: error: videdit serve needs Gradio: pip install "videdit[ui]"\n'
+    assert list(tmp_path.iterdir()) == []   # its temporary folder is gone
+
+
+def test_no_gradio_import_outside_serve():
+    import subprocess
+
+    code = ("import sys, videdit.cli, videdit.serve; videdit.cli.build_parser(); videdit.serve.presets(); "
+            "print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path):
+    server = serve.Server("tiny-random", root=tmp_path / "server", cache_dir=str(tmp_path / "cache"))
+    server.model = tiny
+    clip, text = server.sample()
+    assert text == "video, 64x64, 8 fps, 24 frames, 3.00 s"
+    s = serve.PageSettings(source=RED, target=BLUE, steps=2, end_frame=2, size="64")
+    seen = []
+    first = server.run(clip, s, lambda f, text: seen.append((f, text)))
+    assert first.number == 1 and first.output.exists() and first.preset.exists() and first.preview.exists()
+    frames, _ = io.read_clip(first.output)
+    assert frames.shape == (2, 64, 64, 3)
+    assert seen[-1] == (1.0, "scoring the warp error") and any("frames 2/2" in t for _, t in seen)
+    assert set(first.report) >= {"warp_error", "source_warp_error", "warp_error_ratio", "flicker"}
+    assert "inversion" in first.message and not first.from_cache
+
+    answers = []   # cancelled as window 1 of 2 is done: window 2's bars stop it, before anything is written
+    with pytest.raises(serve.Cancelled, match="cancelled; nothing was written"):
+        server.run(clip, serve.PageSettings(source=RED, target=BLUE, steps=3, end_frame=20, size="64"),
+                   lambda f, text: answers.append(server.cancel()) if "frames 16/20" in text else None)
+    assert answers == ["cancelling ..."] and server.cancel() == "nothing is running"
+    assert sorted(p.name for p in (server.root / "runs").iterdir()) == ["001"]   # nothing of the cancelled run
+    assert [r.number for r in server.history] == [1]
+    again = server.run(clip, s, lambda f, text: None)   # same settings: the inversion from cache
+    assert again.number == 2 and again.from_cache and "inversion from cache (1/1 windows)" in again.message
+    # the model is as it was: the same edit as the Python API makes on it now
+    from videdit.pipeline import edit_video
+
+    reference = edit_video(clip, tmp_path / "reference.mp4", source_prompt=RED, target_prompt=BLUE, model=tiny,
+                           steps=2, read=io.ReadOptions(end_frame=2, size=64), cache_dir=tmp_path / "cache").output
+    np.testing.assert_array_equal(io.read_clip(again.output)[0], io.read_clip(reference)[0])
+    with pytest.raises(VideditError, match="upload a clip first"):
+        server.run(None, s)
+    server.close()
+    assert not server.root.exists()

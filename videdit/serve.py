@@ -1,0 +1,743 @@
+"""``videdit serve``: a Gradio page over the Python API (``pip install "videdit[ui]"``).
+
+The page is a thin layer: its settings become a YAML preset, parsed by the command line's own
+parser (``cli._with_config``) and turned into ``edit_video``'s arguments by ``cli.edit_kwargs``,
+so the preset the page offers for download reproduces its run with ``videdit edit --config``.
+One model is loaded per server; runs go one at a time (a lock, and Gradio's queue with a
+concurrency limit of one). Progress comes from the pipeline's own tqdm bars (:func:`watch_bars`),
+which is also where a cancel stops the run: the output is written atomically, so a cancelled
+run leaves nothing behind and the model stays loaded.
+
+Safe by default: it binds to 127.0.0.1; uploads are limited in size, frames and duration;
+uploads and outputs live in one temporary folder per server, removed on exit; the page's inputs
+name no path on the server (the clip is kept server-side, presets are picked by name, and option
+values that look like paths are refused).
+
+Everything but :func:`build_page` and :func:`serve` runs without Gradio (the unit tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import typing
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from videdit.errors import VideditError
+
+log = logging.getLogger("videdit")
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"                   # the presets (a source checkout's; none in a wheel)
+SAMPLE = ROOT / "samples" / "red-circle.mp4"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
+NO_PRESET = "(none)"
+EDITORS_INVERSION = "(the editor's)"        # the inversion choice that leaves it to the editor
+OPTION_KEYS = ("inversion_params", "editor_params", "temporal")   # what the options box may set
+INSTALL_HINT = 'videdit serve needs Gradio: pip install "videdit[ui]"'
+
+
+class Cancelled(VideditError):
+    """The run was cancelled from the page."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may be: its size in MB, the clip's duration in seconds and its frames."""
+
+    max_upload_mb: float = 200
+    max_seconds: float = 60
+    max_frames: int = 600
+
+
+# --- presets and methods, from configs/ and the registries -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str     # the first sentence of the file's leading comment
+    values: dict
+
+
+def presets(directory: Path = CONFIGS) -> dict[str, Preset]:
+    """The YAML presets of ``directory`` by name (file stem), each with its one-line description."""
+    out = {}
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        text = path.read_text()
+        comment = []
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            line = line.lstrip("#").strip()
+            if line.startswith("videdit ") or not line:
+                break
+            comment.append(line)
+        sentence = re.split(r"(?<=[.:])\s", " ".join(comment), maxsplit=1)[0].rstrip(":")
+        out[path.stem] = Preset(path.stem, sentence, yaml.safe_load(text) or {})
+    return out
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One registered method, as the advanced panel lists it."""
+
+    kind: str                                   # the title `videdit methods` prints
+    name: str
+    summary: str
+    options: tuple[tuple[str, str, Any], ...]   # (option, type, default)
+
+    def options_line(self) -> str:
+        """The options as `videdit methods` prints them."""
+        return ", ".join(f"{k}={v!r}" for k, _, v in self.options)
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def method_entries() -> list[MethodEntry]:
+    """Every registered inversion, editor and temporal module with its typed options and their
+    defaults, from the registries `videdit methods` lists (``cli.method_registries``): a new
+    method appears in the page without UI code."""
+    from videdit.cli import method_registries
+
+    out = []
+    for title, registry in method_registries():
+        for name, spec in sorted(registry.items()):
+            try:
+                hints = typing.get_type_hints(spec.config)
+            except (NameError, TypeError):
+                hints = {}
+            options = tuple((k, _type_name(hints.get(k, type(v))), v) for k, v in spec.options())
+            out.append(MethodEntry(title, name, spec.summary, options))
+    return out
+
+
+def options_reference(entries: list[MethodEntry], names: dict[str, list[str]]) -> str:
+    """Markdown: the options of the chosen methods (``names``: kind title -> names) with types and
+    defaults, the key the options box takes them under, and the method's one line."""
+    key = {"inversions": "inversion_params", "editors": "editor_params"}
+    label = {"inversions": "inversion", "editors": "editor"}
+    blocks = []
+    for e in entries:
+        if e.name not in names.get(e.kind, []):
+            continue
+        under = key.get(e.kind, f"temporal: {{{e.name}: ...}}")
+        lines = [f"**{e.name}** ({label.get(e.kind, 'temporal module')}; under `{under}`): {e.summary}", ""]
+        lines += [f"- `{k}`: {t} = `{v!r}`" for k, t, v in e.options] or ["- no options"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# --- the page's settings <-> a YAML preset ----------------------------------------------------------------------
+
+
+def _no_server_paths(value: Any, where: str) -> None:
+    """Refuse a string that names or looks like a path on the server (the page reads no server files)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_server_paths(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _no_server_paths(v, where)
+    elif isinstance(value, str) and value and ("/" in value or "\\" in value or value.startswith("~")
+                                               or os.path.exists(value)):
+        raise VideditError(f"{where}: {value!r} looks like a path on the server; the page reads no server files")
+
+
+def parse_options(text: str) -> dict:
+    """The advanced panel's options box (YAML: ``inversion_params``, ``editor_params``, ``temporal``
+    mappings) as a dict, in one line where it is not that."""
+    try:
+        values = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError as e:
+        from videdit.cli import _yaml_problem
+
+        raise VideditError(f"options are not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(values, dict):
+        raise VideditError(f"options must be a mapping with keys {', '.join(OPTION_KEYS)}")
+    unknown = sorted(set(values) - set(OPTION_KEYS))
+    if unknown:
+        raise VideditError(f"options take {', '.join(OPTION_KEYS)}; not {', '.join(map(str, unknown))}")
+    for k, v in values.items():
+        if v is not None and not isinstance(v, dict):
+            raise VideditError(f"options: {k} must be a mapping of option: value")
+        if k == "temporal" and v and not all(isinstance(o, dict) or o is None for o in v.values()):
+            raise VideditError("options: temporal must map module names to their options")
+    _no_server_paths(values, "options")
+    return {k: v or {} for k, v in values.items()}
+
+
+def format_options(config: dict) -> str:
+    """The options box's text for a preset or a run's settings."""
+    return yaml.safe_dump({k: config.get(k) or {} for k in OPTION_KEYS}, sort_keys=False, default_flow_style=None)
+
+
+@dataclass
+class PageSettings:
+    """What the page's fields hold (everything but the clip)."""
+
+    source: str = ""
+    target: str = ""
+    preset: str = NO_PRESET
+    inversion: str = EDITORS_INVERSION
+    editor: str = "plain"
+    temporal: list = field(default_factory=list)
+    options: str = ""
+    steps: float | None = None       # None or 0: the method's
+    guidance: float | str | None = None   # None or "": the method's
+    seed: float = 0
+    start_frame: float | None = 0
+    end_frame: float | None = None   # None or 0: to the end
+    size: str = ""
+
+
+def _whole(value, name: str, low: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if float(value) != int(float(value)) or int(float(value)) < low:
+        raise VideditError(f"{name} must be a whole number >= {low}, got {value}")
+    return int(float(value))
+
+
+def build_config(s: PageSettings, *, model: str, dtype: str = "fp32",
+                 preset_table: dict[str, Preset] | None = None) -> dict:
+    """The YAML preset of a run (keys of `videdit edit --config`): the chosen preset's values under
+    the page's fields. Its own ``model`` is the server's (every run uses the one loaded)."""
+    from videdit.cli import _size
+
+    table = presets() if preset_table is None else preset_table
+    if s.preset not in (NO_PRESET, None, "") and s.preset not in table:
+        raise VideditError(f"unknown preset {s.preset!r}; choose from {sorted(table)}")
+    config = dict(table[s.preset].values) if s.preset in table else {}
+    config.pop("model", None)
+    options = parse_options(s.options)
+    if not (s.target or "").strip():
+        raise VideditError("give a target prompt (what the edit should show)")
+    config.update(model=model, source=s.source or "", target=s.target)
+    if dtype != "fp32":
+        config["dtype"] = dtype
+    config.pop("inversion", None)
+    if s.inversion not in (EDITORS_INVERSION, None, ""):
+        config["inversion"] = s.inversion
+    config["editor"] = s.editor or "plain"
+    for key in ("inversion_params", "editor_params"):
+        config.pop(key, None)
+        if options.get(key):
+            config[key] = options[key]
+    modules = list(s.temporal or [])
+    given = options.get("temporal", {})
+    stray = sorted(set(given) - set(modules))
+    if stray:
+        raise VideditError(f"options give temporal {', '.join(stray)}, which is not ticked under temporal modules; "
+                           f"tick it or remove its options")
+    config.pop("temporal", None)
+    if modules:
+        config["temporal"] = {m: given.get(m) or {} for m in modules}
+    steps = _whole(s.steps, "steps", 0)
+    if steps:
+        config["steps"] = steps
+    if s.guidance is not None and str(s.guidance).strip():
+        try:
+            config["guidance"] = float(s.guidance)
+        except ValueError:
+            raise VideditError(f"guidance must be a number, got {s.guidance!r}") from None
+    config["seed"] = _whole(s.seed, "seed", 0) or 0
+    for key in ("start_frame", "end_frame"):
+        config.pop(key, None)
+    start, end = _whole(s.start_frame, "first frame", 0) or 0, _whole(s.end_frame, "end frame", 0)
+    if start:
+        config["start_frame"] = start
+    if end:
+        if end <= start:
+            raise VideditError(f"the end frame ({end}) must come after the first frame ({start})")
+        config["end_frame"] = end
+    if (s.size or "").strip():
+        try:
+            size = _size(s.size.strip())
+        except argparse.ArgumentTypeError as e:
+            raise VideditError(str(e)) from None
+        config["size"] = size if not isinstance(size, tuple) else f"{size[0]}x{size[1]}"
+    return config
+
+
+def settings_of(config: dict) -> PageSettings:
+    """The page's fields for a run's settings (a history entry, to run again with one change)."""
+    return PageSettings(source=config.get("source", ""), target=config.get("target", ""), preset=NO_PRESET,
+                        inversion=config.get("inversion", EDITORS_INVERSION), editor=config.get("editor", "plain"),
+                        temporal=list(config.get("temporal") or {}), options=format_options(config),
+                        steps=config.get("steps", 0), guidance=str(config.get("guidance", "")),
+                        seed=config.get("seed", 0), start_frame=config.get("start_frame", 0),
+                        end_frame=config.get("end_frame", 0),
+                        size="" if config.get("size") is None else str(config["size"]))
+
+
+def preset_settings(name: str, current: PageSettings, table: dict[str, Preset] | None = None) -> PageSettings:
+    """The fields a preset fills (methods, their options, steps, guidance), the prompts and the
+    frame range kept from ``current``."""
+    table = presets() if table is None else table
+    if name in (NO_PRESET, None, ""):
+        return PageSettings(source=current.source, target=current.target, start_frame=current.start_frame,
+                            end_frame=current.end_frame, size=current.size, seed=current.seed)
+    values = table[name].values
+    s = settings_of(values)
+    s.preset, s.source, s.target, s.seed = name, current.source, current.target, current.seed
+    s.start_frame, s.end_frame, s.size = current.start_frame, current.end_frame, current.size
+    return s
+
+
+def write_preset(path: Path, config: dict, run: int) -> Path:
+    """The run's settings as a YAML preset, with the command that reproduces the run."""
+    from videdit.io import atomic_path
+
+    head = (f"# videdit serve, run {run}: reproduce it with\n"
+            f"#   videdit edit INPUT -o OUT.mp4 --config {path.name}\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(head + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    return path
+
+
+# --- uploads ---------------------------------------------------------------------------------------------------
+
+
+def describe_clip(info) -> str:
+    """One line: size, fps, frames, duration (and audio)."""
+    w, h = info.source_size
+    if info.kind == "image":
+        return f"image, {w}x{h}"
+    fps = float(info.out_fps or info.fps or 0)
+    seconds = info.n_frames / fps if fps else 0
+    return (f"{info.kind}, {w}x{h}, {fps:g} fps, {info.n_frames} frames, {seconds:.2f} s"
+            + (", with audio" if info.has_audio else ""))
+
+
+def _extract_frames(archive: Path, folder: Path, limits: Limits, name: str) -> Path:
+    """The image files of a zip into ``folder`` (by base name only: no member can write elsewhere),
+    refused where it holds none, too many, or more bytes unpacked than 4x the upload limit."""
+    from videdit.io import IMAGE_SUFFIXES
+
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = [m for m in z.infolist() if not m.is_dir() and Path(m.filename).suffix.lower()
+                       in IMAGE_SUFFIXES and not Path(m.filename).name.startswith(".")
+                       and "__MACOSX" not in m.filename]
+            if not members:
+                raise VideditError(f"{name} holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+            if len(members) > limits.max_frames:
+                raise VideditError(f"{name} holds {len(members)} frames, over this server's limit of "
+                                   f"{limits.max_frames} (videdit serve --max-frames)")
+            if sum(m.file_size for m in members) > 4 * limits.max_upload_mb * 1e6:
+                raise VideditError(f"{name} unpacks to more than {4 * limits.max_upload_mb:g} MB")
+            names = [Path(m.filename).name for m in members]
+            if len(set(names)) != len(names):
+                raise VideditError(f"{name} holds frames of the same name in several folders; zip one folder")
+            folder.mkdir(parents=True)
+            for m, base in zip(members, names):
+                with z.open(m) as src, open(folder / base, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile:
+        raise VideditError(f"{name} is not a readable zip file") from None
+    return folder
+
+
+def accept_upload(path: Path, dest: Path, limits: Limits, name: str | None = None):
+    """An uploaded file (a video, an image or a zip of frames) checked against ``limits`` and
+    moved into ``dest`` (a new folder in the server's temporary folder): -> (clip path, ClipInfo).
+    Every refusal is one line naming the upload, not the server's paths."""
+    from videdit import io
+
+    name = name or path.name
+    suffix = Path(name).suffix.lower()
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > limits.max_upload_mb:
+        raise VideditError(f"{name} is {size_mb:.1f} MB, over this server's upload limit of "
+                           f"{limits.max_upload_mb:g} MB (videdit serve --max-upload-mb)")
+    if suffix not in (*VIDEO_SUFFIXES, *io.IMAGE_SUFFIXES, ".zip"):
+        raise VideditError(f"{name}: upload a video ({', '.join(VIDEO_SUFFIXES)}), an image "
+                           f"({', '.join(io.IMAGE_SUFFIXES)}) or a .zip of frames")
+    dest.mkdir(parents=True, exist_ok=True)
+    if suffix == ".zip":
+        clip = _extract_frames(path, dest / Path(name).stem, limits, name)
+    else:
+        clip = dest / ("clip" + suffix)
+        shutil.copyfile(path, clip)
+    try:
+        info = io.probe(clip)
+    except VideditError as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise VideditError(str(e).replace(str(clip), name)) from None
+    fps = float(info.out_fps or info.fps or 0)
+    problem = None
+    if info.n_frames > limits.max_frames:
+        problem = (f"{name} has {info.n_frames} frames, over this server's limit of {limits.max_frames} "
+                   f"(videdit serve --max-frames)")
+    elif fps and info.n_frames / fps > limits.max_seconds:
+        problem = (f"{name} lasts {info.n_frames / fps:.1f} s, over this server's limit of {limits.max_seconds:g} s "
+                   f"(videdit serve --max-seconds)")
+    if problem:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise VideditError(problem)
+    return clip, info
+
+
+# --- progress and cancel ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def watch_bars(callback: Callable[[Any], None]) -> Iterator[None]:
+    """Call ``callback(bar)`` as every tqdm bar of this process starts and after each of its updates
+    inside the block (the pipeline's frames, inversion and denoising bars, at most every 0.1 s each:
+    tqdm's ``mininterval``); an exception the callback raises stops the work where the bar is
+    (cancel). tqdm's own methods are back afterwards."""
+    from tqdm import std
+
+    saved = {k: vars(std.tqdm)[k] for k in ("__init__", "update")}   # as stored (tqdm's __init__ is a descriptor)
+    original_init, original_update = std.tqdm.__init__, std.tqdm.update
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        callback(self)   # a new stage (a window's inversion, its denoising) starts
+
+    def update(self, n=1):
+        shown = original_update(self, n)
+        callback(self)
+        return shown
+
+    std.tqdm.__init__, std.tqdm.update = init, update
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(std.tqdm, k, v)
+
+
+@dataclass
+class Run:
+    """One finished run of the page."""
+
+    number: int
+    config: dict
+    output: Path
+    preview: Path
+    preset: Path
+    report: dict
+    message: str
+    from_cache: bool
+
+
+class Server:
+    """The state of one server: its model (loaded once), its temporary folder, the runs."""
+
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "fp32", cache_dir: str | None = None,
+                 limits: Limits = Limits(), root: Path | None = None):
+        self.model_name, self.device, self.dtype, self.cache_dir, self.limits = model, device, dtype, cache_dir, limits
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="videdit-serve-"))
+        self.model = None
+        self.history: list[Run] = []
+        self._lock = threading.Lock()          # one run at a time (and one model load)
+        self._cancel = threading.Event()
+        self._uploads = 0
+
+    def load(self):
+        from videdit.models import load_model
+
+        with self._lock:
+            if self.model is None:
+                self.model = load_model(self.model_name, device=self.device, dtype=self.dtype)
+        return self.model
+
+    def upload(self, path: Path, name: str | None = None):
+        """An upload (or the sample clip) into the server's folder: -> (clip path, one-line description)."""
+        self._uploads += 1
+        clip, info = accept_upload(Path(path), self.root / "uploads" / f"{self._uploads:03d}", self.limits, name)
+        return clip, describe_clip(info)
+
+    def sample(self):
+        if not SAMPLE.exists():
+            raise VideditError("the sample clip is not installed here (a source checkout has samples/)")
+        return self.upload(SAMPLE)
+
+    def cancel(self) -> str:
+        if not self._lock.locked():
+            return "nothing is running"
+        self._cancel.set()
+        return "cancelling ..."
+
+    def run(self, clip: Path | None, settings: PageSettings,
+            progress: Callable[[float, str], None] = lambda fraction, text: None) -> Run:
+        """Edit ``clip`` with the page's settings: the output, its source|edit preview, its warp-error
+        report and its YAML preset in a new folder of the server's; removed whole when the run fails
+        or is cancelled."""
+        from videdit import cli
+        from videdit.metrics import evaluate_clips
+        from videdit.pipeline import edit_video
+
+        if clip is None or not Path(clip).exists():
+            raise VideditError("upload a clip first (or use the sample clip)")
+        config = build_config(settings, model=self.model_name, dtype=self.dtype)
+        with self._lock:
+            self._cancel.clear()
+            number = len(self.history) + 1
+            folder = self.root / "runs" / f"{number:03d}"
+            folder.mkdir(parents=True)
+            try:
+                preset = write_preset(folder / f"run{number}.yaml", config, number)
+                output, preview = folder / f"run{number}.mp4", folder / f"run{number}-compare.gif"
+                try:
+                    args = cli._with_config(cli.build_parser(), ["edit", str(clip), "-o", str(output), "--config",
+                                                                 str(preset), "--preview", str(preview), "-q"])
+                except SystemExit:
+                    raise VideditError("the settings do not parse as `videdit edit` options; see the server's log")
+                kwargs = cli.edit_kwargs(args)
+                if self.cache_dir is not None:
+                    kwargs["cache_dir"] = self.cache_dir
+                kwargs.update(model=self.model if self.model is not None else self._load_locked(), progress=True)
+                bars: dict[str, tuple[int, int]] = {}
+
+                def on_bar(bar) -> None:
+                    if self._cancel.is_set():
+                        raise Cancelled("cancelled; nothing was written")
+                    bars[bar.desc or "work"] = (bar.n, bar.total or 0)
+                    frames = bars.get("frames")
+                    progress(frames[0] / frames[1] if frames and frames[1] else 0.0,
+                             " · ".join(f"{d} {n}/{t}" for d, (n, t) in bars.items()))
+
+                with watch_bars(on_bar):
+                    result = edit_video(args.input, args.output, **kwargs)
+                if self._cancel.is_set():
+                    raise Cancelled("cancelled; nothing was written")
+                progress(1.0, "scoring the warp error")
+                report = evaluate_clips(args.input, result.output, read=cli._read_options(args))
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        s = result.stats
+        from_cache = s.cache_hits > 0
+        message = (f"run {number}: {s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
+                   f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion "
+                   + (f"from cache ({s.cache_hits}/{s.windows} windows)" if from_cache
+                      else f"{s.seconds['invert']:.1f} s") + f", edit {s.seconds['edit']:.1f} s")
+        run = Run(number, config, result.output, preview, preset, report, message, from_cache)
+        self.history.append(run)
+        return run
+
+    def _load_locked(self):
+        from videdit.models import load_model
+
+        self.model = load_model(self.model_name, device=self.device, dtype=self.dtype)
+        return self.model
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def report_text(report: dict) -> str:
+    """The warp-error report, as `videdit eval` prints it."""
+    return (f"warp error {report['warp_error']:.3f} (source {report['source_warp_error']:.3f}, ratio "
+            f"{report['warp_error_ratio']:.2f}), flicker {report['flicker']:.3f} over {report['frames']} frames at "
+            f"{report['size'][0]}x{report['size'][1]} ([0, 255] units)")
+
+
+def one_line(e: BaseException) -> str:
+    """An error as the page shows it: one line."""
+    if isinstance(e, VideditError):
+        text = str(e)
+    elif type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
+        text = "out of memory: lower the working size, the frames or the window, then run again"
+    else:
+        text = f"{type(e).__name__}: {e} (the server's log has the details)"
+    return "error: " + " ".join(text.split())
+
+
+# --- the page ----------------------------------------------------------------------------------------------------
+
+
+def build_page(server: Server):
+    """The Gradio Blocks of the page, over ``server``."""
+    import gradio as gr
+
+    entries = method_entries()
+    by_kind: dict[str, list[str]] = {}
+    for e in entries:
+        by_kind.setdefault(e.kind, []).append(e.name)
+    from videdit.cli import method_registries
+
+    inv_kind, ed_kind, tm_kind = (title for title, _ in method_registries())
+    table = presets()
+    choices = [NO_PRESET] + [f"{p.name}" for p in table.values()]
+
+    with gr.Blocks(title="videdit") as page:
+        clip = gr.State(None)          # the clip's path on the server: never sent by the browser
+        applied = gr.State(NO_PRESET)  # the preset whose values the fields were last given
+        gr.Markdown("# videdit\nText-guided video editing with diffusion models: upload a clip, give two prompts, "
+                    f"pick a preset, run. Model: `{server.model_name}`.")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="clip: a video, an image or a .zip of frames", elem_id="upload",
+                                 file_types=[*VIDEO_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".zip"])
+                sample = gr.Button(f"use the sample clip ({SAMPLE.name})", elem_id="sample",
+                                   visible=SAMPLE.exists(), size="sm")
+                clip_info = gr.Markdown("no clip yet", elem_id="clip-info")
+                source = gr.Textbox(label="source prompt (what the clip shows)", elem_id="source")
+                target = gr.Textbox(label="target prompt (what the edit should show)", elem_id="target")
+                preset = gr.Dropdown(choices, value=NO_PRESET, label="preset (configs/)", elem_id="preset")
+                preset_info = gr.Markdown("", elem_id="preset-info")
+                with gr.Row():
+                    steps = gr.Number(0, label="steps (0: the method's)", precision=0, elem_id="steps")
+                    guidance = gr.Textbox("", label="guidance (empty: the method's)", elem_id="guidance")
+                    seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
+                with gr.Row():
+                    start_frame = gr.Number(0, label="first frame", precision=0, elem_id="start-frame")
+                    end_frame = gr.Number(0, label="end frame (0: to the end)", precision=0,
+                                          elem_id="end-frame")
+                    size = gr.Textbox("", label="working size (N, WxH, source; empty: the model's)",
+                                      elem_id="size")
+                with gr.Accordion("advanced: methods and their options", open=False, elem_id="advanced"):
+                    inversion = gr.Dropdown([EDITORS_INVERSION] + by_kind[inv_kind], value=EDITORS_INVERSION,
+                                            label="inversion", elem_id="inversion")
+                    editor = gr.Dropdown(by_kind[ed_kind], value="plain", label="editor", elem_id="editor")
+                    temporal = gr.Dropdown(by_kind[tm_kind], value=[], multiselect=True,
+                                           label="temporal modules", elem_id="temporal")
+                    options = gr.Code(format_options({}), language="yaml", label="options", elem_id="options")
+                    reference = gr.Markdown(options_reference(entries, {ed_kind: ["plain"]}), elem_id="reference")
+                with gr.Row():
+                    run_button = gr.Button("run", variant="primary", elem_id="run")
+                    cancel_button = gr.Button("cancel", variant="stop", elem_id="cancel")
+                status = gr.Markdown("", elem_id="status")
+            with gr.Column():
+                result = gr.Video(label="result (with the source's audio)", elem_id="result", format=None)
+                compare = gr.Image(label="source | edit", elem_id="compare", type="filepath", height=160)
+                report = gr.Markdown("", elem_id="report")
+                downloads = gr.File(label="downloads: the video and its settings (videdit edit --config)",
+                                    file_count="multiple", elem_id="downloads")
+        with gr.Accordion("runs since the server started", open=True):
+            gallery = gr.Gallery(label="history (source | edit)", columns=6, rows=1, height=140, object_fit="contain",
+                                 elem_id="history")
+            with gr.Row():
+                pick = gr.Dropdown([], label="run", elem_id="history-pick")
+                load_run = gr.Button("load its settings", elem_id="history-load", size="sm")
+
+        fields = [source, target, preset, inversion, editor, temporal, options, steps, guidance, seed,
+                  start_frame, end_frame, size]
+
+        def settings_from(values) -> PageSettings:
+            return PageSettings(*values)
+
+        def as_fields(s: PageSettings) -> list:
+            return [s.source, s.target, s.preset, s.inversion, s.editor, s.temporal, s.options, s.steps, s.guidance,
+                    s.seed, s.start_frame, s.end_frame, s.size]
+
+        def on_upload(file):
+            if file is None:
+                return None, "no clip yet", ""
+            try:
+                path, text = server.upload(Path(file), Path(file).name)
+                return path, text, ""
+            except Exception as e:   # noqa: BLE001: one line in the page, the server keeps serving
+                return None, "no clip yet", one_line(e)
+
+        def on_sample():
+            try:
+                path, text = server.sample()
+                return path, text, ""
+            except Exception as e:   # noqa: BLE001
+                return None, "no clip yet", one_line(e)
+
+        def on_preset(name, applied, *values):
+            if name == applied:   # the dropdown's events repeat (selection, blur): fill the fields once
+                return [gr.update() for _ in fields] + [gr.update(), applied]
+            s = preset_settings(name, settings_from(values))
+            about = table[name].description if name in table else ""
+            return [*as_fields(s), about, name]
+
+        def on_methods(inv, ed, tm):
+            names = {inv_kind: [] if inv == EDITORS_INVERSION else [inv], ed_kind: [ed], tm_kind: list(tm or [])}
+            return options_reference(entries, names)
+
+        def on_run(path, *values, progress=gr.Progress()):
+            try:
+                run = server.run(path, settings_from(values), lambda f, text: progress(f, desc=text))
+            except Exception as e:   # noqa: BLE001: a bad option, a cancel, out of memory: one line, keep serving
+                if not isinstance(e, VideditError):
+                    log.exception("run failed")
+                return [one_line(e) if not isinstance(e, Cancelled) else str(e), gr.update(), gr.update(),
+                        gr.update(), gr.update(), gr.update(), gr.update()]
+            gallery_items = [(str(r.preview), f"run {r.number}: {r.config.get('target', '')}")
+                             for r in server.history]
+            runs = [f"run {r.number}" for r in server.history]
+            return [f"done: {run.message}", str(run.output), str(run.preview), report_text(run.report),
+                    [str(run.output), str(run.preset)], gallery_items, gr.update(choices=runs, value=runs[-1])]
+
+        def on_load(name):
+            for r in server.history:
+                if f"run {r.number}" == name:
+                    return as_fields(settings_of(r.config))
+            return [gr.update() for _ in fields]
+
+        upload.upload(on_upload, [upload], [clip, clip_info, status])
+        sample.click(on_sample, None, [clip, clip_info, status])
+        preset.input(on_preset, [preset, applied, *fields], [*fields, preset_info, applied])
+        for d in (inversion, editor, temporal):
+            d.change(on_methods, [inversion, editor, temporal], [reference])
+        run_event = run_button.click(on_run, [clip, *fields],
+                                     [status, result, compare, report, downloads, gallery, pick],
+                                     concurrency_limit=1, concurrency_id="run")
+        del run_event
+        def on_cancel():
+            gr.Info(server.cancel())   # a note; the run's own answer says "cancelled" in the status
+
+        cancel_button.click(on_cancel, None, None, queue=False)
+        load_run.click(on_load, [pick], fields)
+    return page
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto", dtype: str = "fp32",
+          cache_dir: str | None = None, max_upload_mb: float = 200, max_seconds: float = 60,
+          max_frames: int = 600) -> None:
+    """Load ``model``, serve the page on ``host``:``port`` until interrupted, then remove the
+    server's temporary folder (uploads, outputs, Gradio's own cache)."""
+    server = Server(model, device=device, dtype=dtype, cache_dir=cache_dir,
+                    limits=Limits(max_upload_mb, max_seconds, max_frames))
+    os.environ["GRADIO_TEMP_DIR"] = str(server.root / "gradio")   # read as Gradio loads: its uploads go there too
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio   # checked before any work
+    except ImportError:
+        server.close()
+        raise VideditError(INSTALL_HINT) from None
+    log.info("Gradio %s", gradio.__version__)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    page = None
+    try:
+        log.info("loading %s", model)
+        server.load()
+        page = build_page(server)
+        page.queue(default_concurrency_limit=1)
+        log.info("serving on http://%s:%d (temporary folder %s)", host, port, server.root)
+        page.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb:g}mb", ssr_mode=False,
+                    show_error=False, quiet=False, footer_links=[])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if page is not None:
+            page.close()
+        server.close()
