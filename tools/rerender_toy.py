@@ -37,14 +37,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--ebsynth", type=int, nargs=2, metavar=("SEARCH_VOTE", "PATCHMATCH"),
+                   help="the Ebsynth stage's iterations per level (default: the official 12 and 6)")
+    p.add_argument("--rows", nargs="+", metavar="TEXT", help="only the rows whose name contains one of these")
     a = p.parse_args()
     model = load_model("toy")
     evals = [0]
     model.unet.register_forward_hook(lambda m, args, out: evals.__setitem__(0, evals[0] + args[0].shape[0]))
-    rerender = yaml.safe_load((ROOT / "configs" / "rerender.yaml").read_text())
+    # the toy model has no ControlNet: the preset's keyframes run without it here
+    rerender = {k: v for k, v in yaml.safe_load((ROOT / "configs" / "rerender.yaml").read_text()).items()
+                if k not in ("control", "controlnet")}
+    options = rerender["temporal"]["rerender"]
+    if a.ebsynth:
+        options["ebsynth"] = {"search_vote_iters": a.ebsynth[0], "patchmatch_iters": a.ebsynth[1]}
+    warp = {**rerender, "temporal": {"rerender": {**options, "propagate": "warp"}}}
     rows = {"independent (rerender.yaml, no module)": {k: v for k, v in rerender.items() if k != "temporal"},
-            "configs/rerender.yaml": rerender,
+            "configs/rerender.yaml (Ebsynth stage)": rerender,
+            "rerender.yaml, propagate: warp": warp,
             "configs/rerender-pull.yaml": yaml.safe_load((ROOT / "configs" / "rerender-pull.yaml").read_text())}
+    rows = {k: v for k, v in rows.items() if not a.rows or any(r in k for r in a.rows)}
     scores: dict[str, list] = {name: [] for name in rows}
     tmp = Path(tempfile.mkdtemp(prefix="videdit-rerender-toy-"))
     for i in range(a.clips):
