@@ -1,8 +1,7 @@
 """configs/rerender.yaml (its Ebsynth stage, and with propagate: warp) against independent editing at
 its settings and configs/rerender-pull.yaml on the toy world's moving-shape clips: warp error along the
-ground-truth flow (x the source's),
-frames whose colour edit succeeded, UNet rows per output frame (one frame under one prompt;
-a guided step is two; inversion included), seconds per clip.
+ground-truth flow (x the source's), frames whose colour edit succeeded, UNet rows per output frame
+(one frame under one prompt; a guided step is two; inversion included), seconds per clip.
 
     PYTHONPATH=. python tools/rerender_toy.py [--clips 4] [--frames 16] [--ebsynth 2 2] [--rows warp ...]
 
