@@ -299,6 +299,34 @@ def keyframes(a) -> None:
                       f"{res.stats.cache_hits}/{res.stats.windows}")
 
 
+# -- ebsynth: the Ebsynth stage's synthesis time ------------------------------------------------
+
+def ebsynth(a) -> None:
+    """One frame of Rerender-A-Video's Ebsynth stage: wolf's frame 1 from frame 0 (its style the
+    frame itself) with video_blend.py's four guides, at the official iterations and fewer."""
+    import numpy as np
+    import torch
+
+    from videdit.video.ebsynth import EbsynthConfig, Exemplar, edges, positional_ramp
+
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if a.device == "auto" else a.device)
+    print(f"clip={WOLF.name} device={device} threads={torch.get_num_threads()}")
+    table = Table(("size", ">6"), ("search-vote x PatchMatch", ">26"), ("s / frame", ">11.2f"),
+                  ("mean error", ">12.2f"))
+    for size in a.sizes:
+        frames = load_frames(2, size)
+        key, frame = frames[0], frames[1]
+        ramp = positional_ramp(*key.shape[:2])
+        for iters in ((12, 6), (2, 2)):
+            config = EbsynthConfig(search_vote_iters=iters[0], patchmatch_iters=iters[1])
+            exemplar = Exemplar(key, [key, edges(key), key, ramp], config.guide_weights, config, device)
+            guides = [frame, edges(frame), key, ramp]
+            seconds, _ = best_of(lambda: exemplar.synthesize(guides), a.repeats, device=device, warm=False)
+            out, _ = exemplar.synthesize(guides)
+            table.row(size, f"{iters[0]} x {iters[1]}", seconds, float(np.abs(out.astype(float) - frame).mean()))
+
+
 # -- memory: peak memory against clip length ---------------------------------------------------
 
 LENGTHS = (16, 64, 256)
@@ -605,6 +633,9 @@ def main() -> None:
                 model="tiny-random", repeats=3, device="cpu", dtype="fp32")
     c.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sides, pixels")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5], help="token merging ratios")
+    c = command("ebsynth", ebsynth, "seconds per frame of Rerender-A-Video's Ebsynth stage (videdit.video.ebsynth)",
+                repeats=1, device="auto")
+    c.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     a = p.parse_args()
     a.run(a)
 

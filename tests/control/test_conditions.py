@@ -45,6 +45,19 @@ def test_parse():
             Condition.parse(bad)
 
 
+def test_canny_thresholds(wolf_512):
+    """"canny=LOW,HIGH" (Rerender-A-Video's canny_low/canny_high): parsed, printed back, and used:
+    at 50/100 wolf's first frame has more edge pixels than at the default 100/200."""
+    condition = Condition.parse("canny=50,100")
+    assert condition == Condition("canny", thresholds=(50, 100)) and str(condition) == "canny=50,100"
+    for bad in ("canny=100,50", "canny=50", "canny=a,b"):
+        with pytest.raises(VideditError, match="give one of canny"):
+            Condition.parse(bad)
+    low = ConditionFrames(condition).frames(0, wolf_512)
+    assert np.array_equal(low, canny(wolf_512, 50, 100))
+    assert (low[..., 0] > 0).mean() > 1.2 * (canny(wolf_512)[..., 0] > 0).mean()
+
+
 def _maps(directory, n, size=(48, 36)):
     """``n`` frames of a depth-like ramp, each a different grey level, as PNGs (W, H = size)."""
     directory.mkdir()

@@ -49,8 +49,10 @@ def moving():
 def test_config_and_keyframes():
     assert RerenderConfig().warp_period == (0.0, 0.1) and RerenderConfig().mask_period == (0.5, 0.8)
     assert RerenderConfig().ada_period == (1.0, 1.0) and RerenderConfig().color_preserve is True
+    assert RerenderConfig().propagate == "ebsynth" and RerenderConfig().ebsynth_config().search_vote_iters == 12
     for bad, message in [({"interval": 0}, "interval"), ({"warp_period": [0.2]}, r"\[start, end\]"),
-                         ({"mask_strength": 2}, "mask_strength"), ({"shape_anchor": "mid"}, "shape_anchor")]:
+                         ({"mask_strength": 2}, "mask_strength"), ({"shape_anchor": "mid"}, "shape_anchor"),
+                         ({"propagate": "flow"}, "propagate"), ({"ebsynth": {"patch": 5}}, "ebsynth does not take")]:
         with pytest.raises(VideditError, match=message):
             RerenderConfig(**bad)
     # rerender.py: cid = i + 1 for i in range(0, frame_count - 1, interval), and the clip's first frame
@@ -240,17 +242,25 @@ def test_pixel_aware_fusion(tiny, static, moving):
     assert all(0 < float(m.mean()) < 1 for m in holes)     # the moving square uncovers cells
 
 
-def test_frames_between_come_from_the_keyframes():
-    """With the source frames as keyframe results, the frames between must come back as the
-    source (warped from both keyframes, per-pixel choice, histogram and gradient blend): mean
-    error per frame < 6 levels, on average under 3/4 of copying the nearest keyframe's (toy:
-    2.3 against 3.3; wolf: 4.2 against 6.3; without the gradient blend 2.4 and 4.0)."""
+FAST_EBSYNTH = {"search_vote_iters": 1, "patchmatch_iters": 1}
+
+
+def _between_clips():
     clips = [sample_clip(0, "translate", 12).frames]
     wolf = SHARED_DATA / "videos" / "wolf.mp4"
     if wolf.exists():
         clips.append(io.read_clip(wolf, io.ReadOptions(size=(64, 64), max_frames=12))[0])
-    for clip in clips:
-        module = rr.Rerender(RerenderConfig(interval=5))
+    return clips
+
+
+def test_frames_between_come_from_the_keyframes():
+    """propagate="warp": with the source frames as keyframe results, the frames between must
+    come back as the source (warped from both keyframes, per-pixel choice, histogram and
+    gradient blend): mean error per frame < 6 levels, on average under 3/4 of copying the
+    nearest keyframe's (toy: 2.3 against 3.3; wolf: 4.2 against 6.3; without the gradient blend
+    2.4 and 4.0)."""
+    for clip in _between_clips():
+        module = rr.Rerender(RerenderConfig(interval=5, propagate="warp"))
         for k in (0, 1, 6, 11):
             module.results[k], module.sources[k] = clip[k], clip[k]
         out = module.finish_clip(Window(0, 12, clip, last=True))
@@ -260,6 +270,62 @@ def test_frames_between_come_from_the_keyframes():
         assert err[[0, 1, 6, 11]].max() == 0
         between = [2, 3, 4, 5, 7, 8, 9, 10]
         assert err[between].max() < 6 and err[between].mean() < 0.75 * copy[between].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, ebsynth, bound", [("toy", FAST_EBSYNTH, 0.75), ("toy", {}, 0.6), ("wolf", {}, 1.0)])
+def test_ebsynth_frames_between_come_from_the_keyframes(name, ebsynth, bound):
+    """The Ebsynth stage (the default) on the same keyframes: its frames between come back
+    closer to the source than the flow-warp stage's. Toy: 1.6 levels with one search-vote and
+    one PatchMatch iteration, 1.0 with the official 12 and 6, against 2.3 for the warp; wolf
+    (64x64): 4.0 with the official iterations against 4.2 (11.5 with one and one: the parallel
+    sweeps need the official iterations to converge on real texture)."""
+    clips = _between_clips()
+    if name == "wolf" and len(clips) < 2:
+        pytest.skip("wolf.mp4 is not in the shared data")
+    clip = clips[0 if name == "toy" else 1]
+    errs = {}
+    for propagate in ("warp", "ebsynth"):
+        module = rr.Rerender(RerenderConfig(interval=5, propagate=propagate, ebsynth=ebsynth))
+        for k in (0, 1, 6, 11):
+            module.results[k], module.sources[k] = clip[k], clip[k]
+        out = module.finish_clip(Window(0, 12, clip, last=True))
+        errs[propagate] = np.array([np.abs(out[g].astype(float) - clip[g]).mean() for g in range(12)])
+    between = [2, 3, 4, 5, 7, 8, 9, 10]
+    assert errs["ebsynth"][[0, 1, 6, 11]].max() == 0 and module.syntheses == 16
+    assert errs["ebsynth"][between].mean() < bound * errs["warp"][between].mean(), errs
+
+
+def test_frames_between_are_ebsynth_chains(monkeypatch):
+    """The preset's frames between keyframes come from the Ebsynth stage: two chains per span
+    (the earlier keyframe forward, frame by frame, and the later one backward), one synthesis per
+    frame and chain, each from its keyframe's exemplar; a frame shows the synthesis the
+    error-based selection picks (here the later keyframe's: equal errors, video_blend.py's
+    g_error_mask picks the second; the earlier one's at its side)."""
+    clip = sample_clip(0, "translate", 12).frames
+    colours = {0: (200, 40, 40), 1: (200, 40, 40), 6: (40, 200, 40), 11: (40, 40, 200)}
+    calls = []
+    step = rr.Rerender._chain_step
+
+    def spy(self, chain, g, source):
+        calls.append((chain.key, g))
+        return step(self, chain, g, source)
+
+    def fake(self, guides):   # the exemplar's style (the keyframe's result) with no error
+        return self.style.permute(1, 2, 0).byte().numpy(), np.zeros(guides[0].shape[:2], np.float32)
+
+    monkeypatch.setattr(rr.Rerender, "_chain_step", spy)
+    monkeypatch.setattr(rr.Exemplar, "synthesize", fake)
+    module = rr.Rerender(RerenderConfig(interval=5, gradient_blend=False))
+    assert module.config.propagate == "ebsynth"
+    for k, colour in colours.items():
+        module.results[k], module.sources[k] = np.full_like(clip[k], colour), clip[k]
+    out = module.finish_clip(Window(0, 12, clip, last=True))
+    assert module.syntheses == 16 and sorted(calls) == sorted([(1, g) for g in range(2, 6)] + [(6, g) for g in range(
+        2, 6)] + [(6, g) for g in range(7, 11)] + [(11, g) for g in range(7, 11)])
+    assert [g for k, g in calls if k == 1] == [2, 3, 4, 5] and [g for k, g in calls if k == 11] == [10, 9, 8, 7]
+    for g, k in [(2, 1), (3, 6), (5, 6), (7, 6), (8, 11), (10, 11)]:
+        assert np.abs(out[g].astype(int) - colours[k]).max() <= 2, (g, k)
 
 
 def test_poisson_fusion_solves_the_official_least_squares():
@@ -294,33 +360,61 @@ def test_windows_need_a_keyframe(tiny, moving):
         edit_frames(tiny, moving[4:5], settings, start=4, temporal=stack, last=False)
 
 
-def test_preset_is_the_official_defaults(tmp_path, capsys):
+def test_preset_is_the_official_defaults(tmp_path, capsys, monkeypatch):
+    """configs/rerender.yaml: the official values, an edge ControlNet on the keyframes as woman.json
+    runs it (canny 50/100, strength 0.7; tiny-random's stands in offline). Through the CLI, 12 frames
+    at 4 steps and strength 0.75 (3 steps run): keyframes 0, 1, 11 in 5 passes of 3 UNet calls,
+    each with the ControlNet's residuals, the ControlNet seeing the keyframe's own edges at 50/100
+    in both guidance halves at scale 0.7."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from tests.video.test_text2video_zero import Calls
+    from videdit.control import canny
+
     preset = yaml.safe_load((REPO / "configs/rerender.yaml").read_text())
     assert preset["steps"] == 20 and preset["guidance"] == 7.5 and preset["inversion"] == "sdedit"
+    assert preset["control"] == ["canny=50,100"] and preset["controlnet"] == ["lllyasviel/sd-controlnet-canny=0.7"]
     options = preset["temporal"]["rerender"]
     config = RerenderConfig(**options)
     defaults = RerenderConfig()
-    assert config == defaults and options["interval"] == 10
+    assert config == defaults and options["interval"] == 10 and options["propagate"] == "ebsynth"
     pull = yaml.safe_load((REPO / "configs/rerender-pull.yaml").read_text())
     assert "flow_propagation" in pull["temporal"] and "rerender" not in pull["temporal"]
     path = tmp_path / "clip.mp4"
     io.write_video(path, sample_clip(0, "translate", 12).frames, 8)
     out = tmp_path / "out.mp4"
+    unet, net = Calls(monkeypatch, UNet2DConditionModel), Calls(monkeypatch, ControlNetModel)
     code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender.yaml",
-                            "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--size", "source"])])
+                            "--model", "tiny-random", "--controlnet", "tiny-random=0.7", "--steps", "4", "--no-cache",
+                            "-q", "--size", "source",
+                            "--temporal", "rerender:ebsynth={search_vote_iters: 1, patchmatch_iters: 1, levels: 1, "
+                            "inpaint_radius: 3}"])])
     assert code == 0, capsys.readouterr().err
     assert len(io.read_clip(out)[0]) == 12
+    assert len(unet.seen) == len(net.seen) == 15
+    assert all(call["down_block_additional_residuals"] is not None and call["mid_block_additional_residual"]
+               is not None for call in unet.seen)
+    assert all(call["conditioning_scale"] == 0.7 for call in net.seen)
+    frames = io.read_clip(path, io.ReadOptions(size="source"))[0]
+    for i, k in enumerate([0, 1, 1, 11, 11]):     # each pass's keyframe, its 3 steps
+        cond = net.seen[3 * i]["controlnet_cond"]                     # (2 halves, 3, H, W)
+        edges = torch.from_numpy(canny(frames[k:k + 1], 50, 100)).permute(0, 3, 1, 2).float() / 255
+        assert cond.shape[0] == 2 and torch.equal(cond[:1].float(), edges) and torch.equal(cond[1:], cond[:1])
 
 
-def test_windows_change_nothing(tiny, tmp_path):
-    """Keyframes are sampled one at a time whatever the windows: a 14-frame clip in windows of 7
+@pytest.mark.parametrize("propagate", ["warp", "ebsynth"])
+def test_windows_change_nothing(tiny, tmp_path, propagate):
+    """Keyframes are sampled one at a time whatever the windows: a 14-frame clip in windows of 8
     (keyframes 0, 1, 6 | 11, 13) equals the clip in one window, within float rounding carried through
-    the propagation (measured: mean 0.017 of a level at most per frame, 4 levels at a few pixels)."""
+    the propagation (measured: mean 0.017 of a level at most per frame, 4 levels at a few pixels).
+    The Ebsynth chain from keyframe 11 back to frame 7 crosses the windows: the first pass keeps its
+    state at frame 8 for the second pass over the first window."""
     path = tmp_path / "clip.mp4"
     io.write_video(path, sample_clip(1, "translate", 14).frames, 8)
+    options = {"interval": 5, "propagate": propagate, "ebsynth": {**FAST_EBSYNTH, "levels": 1, "inpaint_radius": 3}}
     kw = dict(**BASE, model=tiny, steps=3, strength=1.0, use_cache=False, read=io.ReadOptions(size="source"),
-              temporal={"rerender": {"interval": 5}})
-    one, two = edit_video(path, window=14, **kw), edit_video(path, window=7, **kw)
+              temporal={"rerender": options})
+    one, two = edit_video(path, window=14, **kw), edit_video(path, window=8, **kw)
     assert one.stats.windows == 1 and two.stats.windows == 2
     diff = np.abs(one.frames.astype(int) - two.frames)
     assert diff.reshape(len(diff), -1).mean(1).max() <= 0.05 and diff.max() <= 8

@@ -74,10 +74,12 @@ def resize_to(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 @dataclass(frozen=True)
 class Condition:
     """One ``--control`` value: ``kind`` (canny, softedge, depth, pose, image) and, for a given
-    condition, the file it is read from. :meth:`parse` reads "canny" or "depth=PATH"."""
+    condition, the file it is read from; canny's ``thresholds`` (low, high; None: 100 and 200).
+    :meth:`parse` reads "canny", "canny=50,100" or "depth=PATH"."""
 
     kind: str
     path: Path | None = None
+    thresholds: tuple[int, int] | None = None
 
     @classmethod
     def parse(cls, text: str | Condition) -> Condition:
@@ -87,12 +89,18 @@ class Condition:
         kind = kind.strip().lower()
         if kind in COMPUTED and not sep:
             return cls(kind)
+        if kind == "canny" and sep:
+            low, comma, high = path.partition(",")
+            if comma and low.strip().isdigit() and high.strip().isdigit() and int(low) <= int(high):
+                return cls(kind, thresholds=(int(low), int(high)))
         if kind in GIVEN and sep and path.strip():
             return cls(kind, Path(path.strip()).expanduser())
         raise VideditError(f"--control {text!r}: give one of {', '.join(COMPUTED)} (computed from the frames) or "
                            f"{'|'.join(GIVEN)}=PATH (a video, a frame folder or one image)")
 
     def __str__(self) -> str:
+        if self.thresholds is not None:
+            return f"{self.kind}={self.thresholds[0]},{self.thresholds[1]}"
         return self.kind if self.path is None else f"{self.kind}={self.path}"
 
     @property
@@ -139,7 +147,7 @@ class ConditionFrames:
         working size) are ``frames`` (F, H, W, 3) uint8 -> (F, H, W, 3) uint8 at their size."""
         kind, size = self.condition.kind, (frames.shape[2], frames.shape[1])
         if kind == "canny":
-            return canny(frames)
+            return canny(frames, *(self.condition.thresholds or CANNY_THRESHOLDS))
         if kind == "softedge":
             return soft_edges(frames)
         if io.is_image(self.condition.path):

@@ -1,5 +1,5 @@
-"""Rerender-A-Video's key-frame translation (Yang et al. 2023, Sec. 4.1-4.2) and a flow-warp
-slice of its Ebsynth stage (Sec. 4.3), after williamyang1991/Rerender_A_Video.
+"""Rerender-A-Video's key-frame translation (Yang et al. 2023, Sec. 4.1-4.2) and its Ebsynth
+stage (Sec. 4.3), after williamyang1991/Rerender_A_Video.
 
 Keyframes: clip frame 0 (the *first* frame, every keyframe's anchor) and frames 1, 1 +
 ``interval``, 1 + 2 ``interval``, ... (``rerender.py``: ``cid = i + 1`` for ``i`` in
@@ -38,14 +38,20 @@ noise (``sdedit`` inversion). What each pass does, as ``src/controller.py``
   keeps the colours (``color_preserve = True``; its JSON key is misspelt ``color_perserve``,
   so the JSON configs cannot turn it off).
 
-Frames between keyframes (the second pass over the clip, :meth:`Rerender.finish_clip`): the two
-nearest keyframes' results warped onto the frame along the source's flow, per pixel the one
-with the smaller weighted warp error (``video_blend.py``'s ``g_error_mask``, weights by
-temporal distance, a choice of the later keyframe carried along the flow), then its
-histogram-preserving blend (``blender/histogram_blend.py``) and the Poisson gradient blend
-(``blender/poisson_fusion.py``, on by default there too: ``-nps`` turns it off). What remains
-of the official Ebsynth stage: its patch-based synthesis with colour, edge, temporal and
-positional guides (here flow warping).
+Frames between keyframes (the second pass over the clip, :meth:`Rerender.finish_clip`), as
+``video_blend.py``: from each of the two nearest keyframes a chain of Ebsynth syntheses
+(:mod:`videdit.video.ebsynth`), the earlier keyframe's forward and the later one's backward,
+frame by frame (``process_one_sequence``): the keyframe's result is the style; the guides are the
+source frames (weight 6), their Laplacian edges (0.5), the chain's previous synthesis warped onto
+the frame along the flow (nearest, occluded pixels inpainted; the keyframe's result on its side,
+0.5) and a coordinate ramp carried the same way (2). Then per pixel the synthesis with the
+smaller weighted patch error (``g_error_mask``, weights by temporal distance, a choice of the
+later keyframe carried along the flow), its histogram-preserving blend
+(``blender/histogram_blend.py``) and the Poisson gradient blend (``blender/poisson_fusion.py``;
+``rerender.py`` runs it unless ``-nps``). ``propagate="warp"`` makes the two candidates by
+warping the keyframes' results straight onto the frame along the flow instead (faster). A
+backward chain that crosses into the window before keeps its state at the window's first frame
+from the first pass (:meth:`Rerender.finish_window`).
 
 Departures: DIS (or RAFT) flow where the official code runs GMFlow; VAE means where it samples the
 posterior; decoded results rounded to 8 bits before they are warped.
@@ -70,11 +76,13 @@ from videdit.errors import VideditError
 from videdit.masks import gaussian_blur
 from videdit.registry import departs
 from videdit.video.cross_frame import AnchorStore, CrossFrameAttention
+from videdit.video.ebsynth import EbsynthConfig, Exemplar, edges, positional_ramp
 from videdit.video.flow import FlowConfig, Flows, compute_flows
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 
 NAME = "rerender"
 ANCHORS = ("first", "previous")
+PROPAGATIONS = ("ebsynth", "warp")
 # the official occlusion test's flow: GMFlow there; DIS here, without videdit's photometric test and dilation
 DEFAULT_FLOW = {"photometric": None, "dilate": 0}
 
@@ -109,6 +117,8 @@ class RerenderConfig:
         "no GMFlow here: DIS by default, or RAFT from a local torchvision state dict (flow={method: raft, "
         "raft_weights: PATH}; options of videdit.video.flow.FlowConfig), the official occlusion test on its flow"))
     gradient_blend: bool = True                 # Poisson gradient blending of the frames between (video_blend -ps)
+    propagate: str = "ebsynth"                  # the frames between: ebsynth (video_blend.py) or warp (faster)
+    ebsynth: Mapping[str, Any] | None = None    # options of videdit.video.ebsynth.EbsynthConfig
     last_keyframe: bool = departs(True, official=False, why=(
         "the official blend drops frame 0 and the frames after the last 1 + k interval; videdit keeps every "
         "frame, so the clip's last frame is a keyframe (False: the frames after the last one warped from it)"))
@@ -125,8 +135,14 @@ class RerenderConfig:
                 raise VideditError(f"{NAME} {name} must be in [0, 1], got {getattr(self, name)}")
         if self.shape_anchor not in ANCHORS:
             raise VideditError(f"{NAME} shape_anchor must be one of {list(ANCHORS)}, got {self.shape_anchor!r}")
+        if self.propagate not in PROPAGATIONS:
+            raise VideditError(f"{NAME} propagate must be one of {list(PROPAGATIONS)}, got {self.propagate!r}")
         patterns(NAME, "layers", self.layers)
         self.flow_config()
+        self.ebsynth_config()
+
+    def ebsynth_config(self) -> EbsynthConfig:
+        return make_config(EbsynthConfig, dict(self.ebsynth or {}), f"{NAME} ebsynth")
 
     def flow_config(self) -> FlowConfig:
         return make_config(FlowConfig, {**DEFAULT_FLOW, **dict(self.flow or {})}, f"{NAME} flow")
@@ -393,14 +409,16 @@ class KeyframePass(StepCallback):
 
 @register_temporal
 class Rerender(TemporalModule):
-    """Rerender-A-Video's key-frame translation (cross-frame attention, shape- and pixel-aware fusion, AdaIN)."""
+    """Rerender-A-Video: key-frame translation (cross-frame attention, shape- and pixel-aware fusion, AdaIN)
+    and the Ebsynth stage for the frames between."""
 
     name = NAME
     config_class = RerenderConfig
     makes_frames = True
     edits_in_passes = True
     reference = ("Yang et al. 2023, Rerender A Video (SIGGRAPH Asia); williamyang1991/Rerender_A_Video rerender.py, "
-                 "src/controller.py, src/ddim_v_hacked.py, flow/flow_utils.py, video_blend.py")
+                 "src/controller.py, src/ddim_v_hacked.py, flow/flow_utils.py, video_blend.py, blender/guide.py; "
+                 "Jamriska et al. 2019, jamriska/ebsynth")
 
     def __init__(self, config: RerenderConfig):
         super().__init__(config)
@@ -423,6 +441,14 @@ class Rerender(TemporalModule):
         self._flows: dict = {}
         self._noise: dict[int, torch.Tensor] = {}
         self._span: dict | None = None             # finish_clip's carried choice mask
+        self._ebsynth = config.ebsynth_config()
+        self._fwd: EbsynthChain | None = None      # the forward chain of the current span
+        self._bwd: dict[int, tuple] = {}           # frame -> the backward chain's synthesis and error
+        self._bwd_key: tuple[int, int] | None = None   # (keyframe, window start) of _bwd
+        self._boundary: dict[int, EbsynthChain] = {}   # keyframe -> its backward chain at its window's start
+        self._exemplars: dict[int, Exemplar] = {}  # the latest keyframes' Ebsynth sources
+        self.syntheses = 0                         # Ebsynth runs (for tests and reports)
+        self.chose_later: dict[int, float] = {}    # frame between -> share of pixels from the later keyframe
 
     @property
     def second_pass(self) -> bool:
@@ -561,6 +587,19 @@ class Rerender(TemporalModule):
     # ---- the frames between keyframes ----
 
     def finish_window(self, window, frames, latents):
+        """First pass: where a keyframe's span reaches back into the window before, run its
+        backward Ebsynth chain over this window's frames and keep its state at the window's
+        first frame, for the second pass over the window before (which cannot see these frames)."""
+        if self.config.propagate == "ebsynth":
+            keys = sorted(self.results)
+            for b in keyframes_in(window, self.config.interval, self.config.last_keyframe):
+                i = keys.index(b)
+                if i == 0 or keys[i - 1] >= window.start - 1:    # no frame of the span in the windows before
+                    continue
+                chain = self._chain_start(b)
+                for g in range(b - 1, window.start - 1, -1):
+                    chain = self._chain_step(chain, g, window.frames[g - window.start])[0]
+                self._boundary[b] = chain
         return frames
 
     def finish_clip(self, window: Window) -> np.ndarray:
@@ -575,11 +614,79 @@ class Rerender(TemporalModule):
             i = bisect.bisect_left(keys, g)
             a = keys[i - 1] if i > 0 else None
             b = keys[i] if i < len(keys) else None
-            out[g - window.start] = self._between(g, source, a, b)
+            if self.config.propagate == "warp":
+                ka = self._warp_key(g, source, a) if a is not None else None
+                kb = self._warp_key(g, source, b) if b is not None else None
+            else:
+                ka = self._forward(g, source, a) if a is not None else None
+                kb = self._backward(window, g, b) if b is not None else None
+            out[g - window.start] = self._between(g, source, a, b, ka, kb)
         return out
 
+    # the Ebsynth stage: video_blend.py process_one_sequence, one chain per keyframe and direction
+
+    def _chain_start(self, key: int) -> EbsynthChain:
+        h, w = self.sources[key].shape[:2]
+        return EbsynthChain(key, key, self.sources[key], self.results[key], positional_ramp(h, w))
+
+    def _chain_step(self, chain: EbsynthChain, g: int, source: np.ndarray):
+        """The chain's next frame g (next to chain.frame): its temporal and positional guides
+        warped from chain.frame along the flow (nearest, the occluded pixels inpainted:
+        ``TemporalGuide``, ``PositionalGuide``), then Ebsynth from the keyframe with the colour,
+        edge, temporal and positional guides. -> (the chain at g, synthesis (H, W, 3) uint8, error (H, W))."""
+        flows = compute_flows(np.stack([chain.source, source]), self.flow)
+        fwd = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]          # (1, 2, H, W) chain.frame -> g
+        bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]         # (1, 2, H, W) g -> chain.frame
+        hole = (backward_occlusion(fwd, bwd)[0, 0].numpy() * 255).astype(np.uint8)
+
+        def carry(image):
+            warped = flow_warp(torch.from_numpy(image).permute(2, 0, 1)[None].float(), bwd, mode="nearest")
+            warped = warped[0].permute(1, 2, 0).numpy().astype(np.uint8)
+            return cv2.inpaint(warped, hole, self._ebsynth.inpaint_radius, cv2.INPAINT_TELEA) if hole.any() else warped
+
+        temporal, position = carry(chain.output), carry(chain.position)
+        image, error = self._exemplar(chain.key).synthesize([source, edges(source), temporal, position])
+        self.syntheses += 1
+        return EbsynthChain(chain.key, g, source.copy(), image, position), image, error
+
+    def _exemplar(self, k: int) -> Exemplar:
+        """Keyframe k's Ebsynth source: its result as the style, its source frame, edges, result
+        and the positional ramp as the guides (``process_one_sequence``), kept for its two chains."""
+        if k not in self._exemplars:
+            key_source, key_result = self.sources[k], self.results[k]
+            ramp = positional_ramp(*key_source.shape[:2])
+            device = self.ctx.model.device if self.ctx is not None else "cpu"
+            guides = [key_source, edges(key_source), key_result, ramp]
+            self._exemplars = {j: e for j, e in self._exemplars.items() if j > k - 2 * self.config.interval}
+            self._exemplars[k] = Exemplar(key_result, guides, self._ebsynth.guide_weights, self._ebsynth, device)
+        return self._exemplars[k]
+
+    def _forward(self, g: int, source: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keyframe a's chain carried forward to g (the frames are visited in order)."""
+        chain = self._fwd if self._fwd is not None and self._fwd.key == a else self._chain_start(a)
+        if chain.frame != g - 1:
+            raise VideditError(f"{NAME}: the frames between keyframes are made in order; frame {g} came after "
+                               f"{chain.frame}")
+        self._fwd, image, error = self._chain_step(chain, g, source)
+        return image, error
+
+    def _backward(self, window: Window, g: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keyframe b's chain carried back to g: run once per span and window, from b or from the
+        state kept at the next window's first frame (:meth:`finish_window`)."""
+        if g not in self._bwd or self._bwd_key != (b, window.start):
+            end = window.start + len(window.frames)
+            if b >= end and b not in self._boundary:
+                raise VideditError(f"{NAME}: keyframe {b}'s Ebsynth chain was not kept from the first pass; edit the "
+                                   f"clip through edit_video, in the same windows for both passes")
+            chain = self._chain_start(b) if b < end else self._boundary.pop(b)
+            self._bwd, self._bwd_key = {}, (b, window.start)
+            for f in range(chain.frame - 1, max(g, window.start) - 1, -1):
+                chain, image, error = self._chain_step(chain, f, window.frames[f - window.start])
+                self._bwd[f] = (image, error)
+        return self._bwd[g]
+
     def _warp_key(self, g: int, source: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
-        """Keyframe ``a`` 's result warped onto frame g (H, W, 3) float and its error (H, W)."""
+        """``propagate="warp"``: keyframe ``a`` 's result warped onto frame g (H, W, 3) uint8 and its error (H, W)."""
         flows = compute_flows(np.stack([source, self.sources[a]]), self.flow)
         flow = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]              # (1, 2, H, W) g -> a
         result = flow_warp(torch.from_numpy(self.results[a]).permute(2, 0, 1)[None].float(), flow)[0]
@@ -587,16 +694,17 @@ class Rerender(TemporalModule):
         error = (seen - torch.from_numpy(source).permute(2, 0, 1).float()).abs().mean(0)   # (H, W)
         error = gaussian_blur(error[None, None], sigma=1.0, size=5)[0, 0]
         error[torch.from_numpy(flows.occlusion[0])] = float("inf")
-        return result.permute(1, 2, 0).numpy(), error.numpy()
+        image = np.clip(np.rint(result.permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
+        return image, error.numpy()
 
-    def _between(self, g: int, source: np.ndarray, a: int | None, b: int | None) -> np.ndarray:
-        """Frame g from keyframes a < g < b: per pixel the warp with the smaller weighted error
-        (``g_error_mask``), the later keyframe's choice carried along the flow, histogram blended."""
+    def _between(self, g: int, source: np.ndarray, a: int | None, b: int | None, ka, kb) -> np.ndarray:
+        """Frame g from keyframes a < g < b, given each one's propagation and error ``ka``, ``kb``:
+        per pixel the one with the smaller weighted error (``g_error_mask``), the later
+        keyframe's choice carried along the flow, histogram blended (``process_seq``)."""
         if a is None or b is None:
-            only = a if b is None else b
-            return np.clip(np.rint(self._warp_key(g, source, only)[0]), 0, 255).astype(np.uint8)
-        wa_img, da = self._warp_key(g, source, a)
-        wb_img, db = self._warp_key(g, source, b)
+            return (ka if b is None else kb)[0]
+        ua, da = ka
+        ub, db = kb
         w1 = (g - a - 1) / max(b - a - 1, 1)                              # i / (interval - 1)
         w2 = 1 - w1
         if w1 == 0 or w2 == 0:                                            # at a keyframe's side: that keyframe
@@ -610,11 +718,23 @@ class Rerender(TemporalModule):
             carried = flow_warp(torch.from_numpy(span["mask"]).float()[None, None], bwd, mode="nearest")[0, 0]
             choose_b |= carried.numpy() > 0.5
         self._span = {"keys": (a, b), "frame": g, "source": source.copy(), "mask": choose_b.copy()}
-        ua = np.clip(np.rint(wa_img), 0, 255).astype(np.uint8)
-        ub = np.clip(np.rint(wb_img), 0, 255).astype(np.uint8)
+        self.chose_later[g] = float(choose_b.mean())
         chosen = np.where(choose_b[..., None], ub, ua)
         blended = histogram_blend(ua, ub, chosen, 1 - w1, 1 - w2)
         return poisson_fusion(blended, ua, ub, choose_b) if self.config.gradient_blend else blended
+
+
+@dataclass
+class EbsynthChain:
+    """Where one keyframe's Ebsynth chain stands: at ``frame`` (its ``source``), its synthesis
+    ``output`` (the keyframe's result at the keyframe) and positional guide ``position``, each
+    (H, W, 3) uint8; the next frame's temporal and positional guides are these, warped."""
+
+    key: int
+    frame: int
+    source: np.ndarray
+    output: np.ndarray
+    position: np.ndarray
 
 
 class ColourCorrection(StepCallback):
