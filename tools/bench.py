@@ -529,13 +529,14 @@ def peers(a) -> None:
 
 # -- count: the work each preset and each inversion x editor pair does -------------------------
 
-MASK_EDITORS = ("blended", "differential")   # editors that need a mask: the left half
+# a word swap of as many tokens (tiny-random's tokenizer spells by character), for prompt_to_prompt's replace
+COUNT_SOURCE, COUNT_TARGET = "a red circle on a gray background", "a tan circle on a gray background"
 
 
-def count_cases(frames: int, size: int, steps: int) -> dict[str, dict]:
+def count_cases(size: int, steps: int) -> dict[str, dict]:
     """name -> edit_video keyword arguments: every preset in configs/ as `--config` runs it (a
     ControlNet is tiny-random's; a depth or pose map, canny: the count is the same), then every
-    inversion x editor pair at ``steps`` steps and the editors' defaults."""
+    inversion x editor pair at ``steps`` steps and the methods' defaults (InstructPix2Pix on tiny-pix2pix)."""
     import numpy as np
     import yaml
 
@@ -546,7 +547,8 @@ def count_cases(frames: int, size: int, steps: int) -> dict[str, dict]:
     mask = np.zeros((size, size), np.float32)
     mask[:, : size // 2] = 1
     extra = {"blended": {"mask": mask}, "differential": {"mask": mask * 0.75},
-             "sega": {"concepts": [{"text": "blue", "scale": 5.0}]}, "ledits": {"concepts": [{"text": "blue"}]}}
+             "sega": {"concepts": [{"text": "blue", "scale": 5.0}]},
+             "ledits": {"concepts": [{"text": "blue"}], "masking": "noise"}}   # tiny-random lacks its mask layers
     cases = {}
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         kw = yaml.safe_load(path.read_text()) or {}
@@ -556,14 +558,16 @@ def count_cases(frames: int, size: int, steps: int) -> dict[str, dict]:
         if "source" in kw:
             kw["source_prompt"] = kw.pop("source")
         if "target_suffix" in kw:
-            kw["target_prompt"] = f"a blue circle, {kw.pop('target_suffix')}"
-        if "model" in kw:   # InstructPix2Pix's: tiny-pix2pix
-            kw["model"] = "tiny-pix2pix"
+            kw["target_prompt"] = f"{COUNT_TARGET}, {kw.pop('target_suffix')}"
+        if kw.pop("model", None) is not None or kw.get("editor") == "instruct_pix2pix":
+            kw["model"] = "tiny-pix2pix"   # the one preset naming a model names InstructPix2Pix's
         nets = kw.pop("controlnet", [])
+        kw.pop("control", None)
         if nets:
-            conditions = kw.pop("control", ["canny"] * len(nets))
-            kw["control"] = [ControlSpec(c if c == "canny" else "canny", "tiny-random", float(n.split("=")[1]))
-                             for c, n in zip(conditions, nets)]
+            kw["control"] = [ControlSpec("canny", "tiny-random", float(n.split("=")[1])) for n in nets]
+        words = (kw.get("editor_params") or {}).get("reweight") or {}
+        if words:   # the words it reweights, in the target
+            kw["target_prompt"] = f"{kw.get('target_prompt', COUNT_TARGET)}, {' '.join(words)}"
         if kw.get("editor") in extra and not (kw.get("editor_params") or {}).get("mask"):
             kw["editor_params"] = {**extra[kw["editor"]], **(kw.get("editor_params") or {})}
         cases[f"configs/{path.name}"] = kw
@@ -594,15 +598,15 @@ def count(a) -> None:
           f"{flops['vae_decoder'] / 1e9:.0f}; FlopCounterMode); presets at their own steps, pairs at {a.steps}")
     table = Table(("case", "<44"), ("steps", ">6"), ("UNet inv", ">9.1f"), ("UNet edit", ">10.1f"),
                   ("calls", ">7.1f"), ("ctrl", ">6.1f"), ("enc", ">5.1f"), ("dec", ">5.1f"), ("TFLOP", ">7.1f"))
-    for name, kw in count_cases(a.frames, a.size, a.steps).items():
+    for name, kw in count_cases(a.size, a.steps).items():
         if a.only and a.only not in name:
             continue
         kw = dict(kw)
         model_name = kw.pop("model", "tiny-random")
         model = models.get(model_name) or models.setdefault(model_name, videdit.load_model(model_name, device="cpu"))
         kw.setdefault("window", a.frames)
-        kw.setdefault("source_prompt", "a red circle on a gray background")
-        kw.setdefault("target_prompt", "a blue circle on a gray background")
+        kw.setdefault("source_prompt", COUNT_SOURCE)
+        kw.setdefault("target_prompt", COUNT_TARGET)
         try:
             torch.manual_seed(0)
             with count_work(model) as work:
