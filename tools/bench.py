@@ -7,6 +7,7 @@
     python tools/bench.py toy --repeats 3
     python tools/bench.py peers --frames 4 --size 128 --steps 20
     python tools/bench.py tome --model tiny-random --sizes 256 512 --ratios 0.3 0.5
+    python tools/bench.py count [--only configs/]
 
 - loop: seconds per frame and peak memory of invert + regenerate, videdit at 1 and 8 frames
   per UNet call against the same DDIM inversion + regeneration written with diffusers' own
@@ -36,6 +37,10 @@
   (``videdit.attention.TokenMerging``, tomesd's defaults) at each of ``--ratios`` against none, at
   square frames of each of ``--sizes`` pixels; the self-attention tokens of the merged (full-grid)
   layers before and after. Best of ``--repeats``.
+- count: the work each preset (configs/*.yaml) and each inversion x editor pair does per output
+  frame, counted by videdit.metrics.work.count_work on tiny-random (counts do not depend on the
+  size): UNet frame-evaluations inverting and editing, UNet calls, ControlNet rows, VAE frames
+  encoded and decoded, and the FLOPs that work costs at SD 1.5's architecture and 512x512.
 
 Runs whose peak memory is reported run each configuration in a fresh process (this script
 again, with a hidden ``--child``), so its peak RSS is its own. Ratios are to the table's first
@@ -586,6 +591,98 @@ def tome(a) -> None:
                 seconds, _ = best_of(call, a.repeats, device=model.device)
             n, m = max(b.tokens for b in blocks.values())
             table.row(f"{size}", f"{n} -> {m}", ratio, seconds * 1e3, base / seconds)
+# -- count: the work each preset and each inversion x editor pair does -------------------------
+
+# a word swap of as many tokens (tiny-random's tokenizer spells by character), for prompt_to_prompt's replace
+COUNT_SOURCE, COUNT_TARGET = "a red circle on a gray background", "a tan circle on a gray background"
+
+
+def count_cases(size: int, steps: int) -> dict[str, dict]:
+    """name -> edit_video keyword arguments: every preset in configs/ as `--config` runs it (a
+    ControlNet is tiny-random's; a depth or pose map, canny: the count is the same), then every
+    inversion x editor pair at ``steps`` steps and the methods' defaults (InstructPix2Pix on tiny-pix2pix)."""
+    import numpy as np
+    import yaml
+
+    from videdit.control import ControlSpec
+    from videdit.editing import EDITORS
+    from videdit.inversion import INVERSIONS
+
+    mask = np.zeros((size, size), np.float32)
+    mask[:, : size // 2] = 1
+    extra = {"blended": {"mask": mask}, "differential": {"mask": mask * 0.75},
+             "sega": {"concepts": [{"text": "blue", "scale": 5.0}]},
+             "ledits": {"concepts": [{"text": "blue"}], "masking": "noise"}}   # tiny-random lacks its mask layers
+    cases = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        kw = yaml.safe_load(path.read_text()) or {}
+        kw.pop("fps", None)
+        if "negative" in kw:
+            kw["negative_prompt"] = kw.pop("negative")
+        if "source" in kw:
+            kw["source_prompt"] = kw.pop("source")
+        if "target_suffix" in kw:
+            kw["target_prompt"] = f"{COUNT_TARGET}, {kw.pop('target_suffix')}"
+        if kw.pop("model", None) is not None or kw.get("editor") == "instruct_pix2pix":
+            kw["model"] = "tiny-pix2pix"   # the one preset naming a model names InstructPix2Pix's
+        nets = kw.pop("controlnet", [])
+        kw.pop("control", None)
+        if nets:
+            kw["control"] = [ControlSpec("canny", "tiny-random", float(n.split("=")[1])) for n in nets]
+        words = (kw.get("editor_params") or {}).get("reweight") or {}
+        if words:   # the words it reweights, in the target
+            kw["target_prompt"] = f"{kw.get('target_prompt', COUNT_TARGET)}, {' '.join(words)}"
+        if kw.get("editor") in extra and not (kw.get("editor_params") or {}).get("mask"):
+            kw["editor_params"] = {**extra[kw["editor"]], **(kw.get("editor_params") or {})}
+        cases[f"configs/{path.name}"] = kw
+    for inv in sorted(INVERSIONS):
+        for ed in sorted(EDITORS):
+            cases[f"{inv} + {ed}"] = dict(inversion=inv, editor=ed, editor_params=extra.get(ed, {}), steps=steps,
+                                          **({"model": "tiny-pix2pix"} if ed == "instruct_pix2pix" else {}))
+    return cases
+
+
+def count(a) -> None:
+    import warnings
+
+    import torch
+
+    import videdit
+    from videdit import io
+    from videdit.metrics.work import count_work, sd15_flops
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    flops = sd15_flops()
+    models = {}
+    print(f"tiny-random, {a.frames} frames of {SAMPLE.name} at {a.size}x{a.size}, UNet batch {a.batch_size}; "
+          f"per output frame: UNet frame-evaluations (batch rows) inverting and editing, UNet calls, ControlNet "
+          f"rows, VAE frames encoded and decoded, and TFLOP at SD 1.5's architecture, 512x512 (UNet "
+          f"{flops['unet'] / 1e9:.0f} GFLOP a row, VAE encoder {flops['vae_encoder'] / 1e9:.0f}, decoder "
+          f"{flops['vae_decoder'] / 1e9:.0f}; FlopCounterMode); presets at their own steps, pairs at {a.steps}")
+    table = Table(("case", "<44"), ("steps", ">6"), ("UNet inv", ">9.1f"), ("UNet edit", ">10.1f"),
+                  ("calls", ">7.1f"), ("ctrl", ">6.1f"), ("enc", ">5.1f"), ("dec", ">5.1f"), ("TFLOP", ">7.1f"))
+    for name, kw in count_cases(a.size, a.steps).items():
+        if a.only and a.only not in name:
+            continue
+        kw = dict(kw)
+        model_name = kw.pop("model", "tiny-random")
+        model = models.get(model_name) or models.setdefault(model_name, videdit.load_model(model_name, device="cpu"))
+        kw.setdefault("window", a.frames)
+        kw.setdefault("source_prompt", COUNT_SOURCE)
+        kw.setdefault("target_prompt", COUNT_TARGET)
+        try:
+            torch.manual_seed(0)
+            with count_work(model) as work:
+                res = videdit.edit_video(SAMPLE, None, model=model, batch_size=a.batch_size, use_cache=False,
+                                         read=io.ReadOptions(max_frames=a.frames, size=(a.size, a.size)), **kw)
+        except Exception as e:   # a pair that refuses (an editor that needs its own inversion, ...)
+            print(f"{name:<44}refused: {str(e).splitlines()[0][:110]}", flush=True)
+            continue
+        r = work.per_frame(res.stats.frames)
+        steps = kw.get("steps")
+        table.row(name, "" if steps is None else str(steps), r["unet_invert"], r["unet_edit"], r["unet_calls"],
+                  r["controlnet"], r["vae_encoded"], r["vae_decoded"], r["tflop"])
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -636,6 +733,9 @@ def main() -> None:
     c = command("ebsynth", ebsynth, "seconds per frame of Rerender-A-Video's Ebsynth stage (videdit.video.ebsynth)",
                 repeats=1, device="auto")
     c.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    c = command("count", count, "UNet, ControlNet and VAE work per output frame of each preset and inversion x "
+                "editor pair, and its FLOPs at SD 1.5's size", frames=8, size=32, steps=50, batch_size=8)
+    c.add_argument("--only", help="only the cases whose name contains this")
     a = p.parse_args()
     a.run(a)
 

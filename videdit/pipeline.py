@@ -31,6 +31,7 @@ from videdit.core.loop import PinnedBranch, denoise
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
 from videdit.errors import VideditError
+from videdit.metrics.work import stage
 from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext,
                                get_inversion)
@@ -304,6 +305,7 @@ def check_methods(model: Model, settings: EditSettings, controlnet: bool = False
         spec.check_model(model.family, controlnet=controlnet, kind="temporal module")
 
 
+@stage("invert")   # what runs inside is the inversion's work (videdit.metrics.work)
 def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                   cache: InversionCache | None = None, progress: bool = False,
                   subset: tuple[int, ...] | None = None, control: ControlFrames | None = None) -> Inversion:
