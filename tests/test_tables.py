@@ -23,8 +23,9 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
     assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
 
 
-@pytest.mark.parametrize("name, needs", [("text2video-zero", "InstructPix2Pix"), ("text2video-zero-canny", "ControlNet"),
-                                         ("text2video-zero-pose", "ControlNet")])
+@pytest.mark.parametrize("name, needs", [
+    ("text2video-zero", "InstructPix2Pix"), ("text2video-zero-canny", "ControlNet"),
+    ("text2video-zero-pose", "ControlNet")])
 def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
     with pytest.raises(VideditError, match=needs):
         tables.preset_settings(name)
@@ -50,5 +51,6 @@ def test_one_row_on_one_clip(tmp_path):
     (row,) = tables.run_preset(tables.preset_settings("fatezero", steps=2), [clip], load_model("toy"), tmp_path)
     assert row["evals"] == 6.0
     assert len(row["ok"]) == 2 and all(isinstance(h, bool) for h in row["ok"])
+    assert all(c or not h for c, h in zip(row["colour_ok"], row["ok"]))   # an edited frame has the asked colour
     assert 0 < row["warp"] < 255 and 0 < row["background"] < 255
     assert tables.background_change(tables.truth(clip, recoloured(clip)[1]), clip) == 0.0
