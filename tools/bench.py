@@ -4,6 +4,7 @@
     python tools/bench.py editors --frames 4 --size 128 --steps 20
     python tools/bench.py keyframes --model tiny-random --frames 32 --size 128 --steps 10
     python tools/bench.py memory --size 64 --steps 10 [--synthetic]
+    python tools/bench.py memory --presets tokenflow fatezero rerender ... --size 64 --steps 5
     python tools/bench.py toy --repeats 3
     python tools/bench.py peers --frames 4 --size 128 --steps 20
     python tools/bench.py tome --model tiny-random --sizes 256 512 --ratios 0.3 0.5
@@ -21,7 +22,9 @@
 - memory: peak memory of a video edit at 16, 64 and 256 frames (it must not grow with the
   clip): cross-frame attention anchored on the first frame, windows of ``--window`` frames,
   streamed to an mp4, on the long portrait clip at working size ``--size`` or on a synthetic
-  clip (``--synthetic``: a texture sliding across a 64x64 frame);
+  clip (``--synthetic``: a texture sliding across a 64x64 frame); with ``--presets``, each
+  video preset (configs/NAME.yaml, at the table's steps, on tiny-random with what it needs
+  built in code: ``PRESET_MEMORY``) at 32, 128 and 353 frames of the long portrait clip;
 - toy: load time of the toy model and seconds of a 25-step single-frame edit (invert +
   regenerate, 64x64), against diffusers' ``StableDiffusionPipeline.from_pretrained`` of the
   same directory; the median of ``--repeats`` fresh processes, imports reported apart (a CLI
@@ -335,6 +338,59 @@ def ebsynth(a) -> None:
 # -- memory: peak memory against clip length ---------------------------------------------------
 
 LENGTHS = (16, 64, 256)
+PRESET_LENGTHS = (32, 128, 353)   # 353: the long portrait clip's every frame
+
+
+def read_preset(name: str) -> dict:
+    """configs/NAME.yaml as ``edit_video`` keywords (``negative`` -> ``negative_prompt``), with its
+    ``model``, ``controlnet``, ``control`` and ``target_suffix`` (what the CLI reads besides) as they are."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window", "model",
+                                 "controlnet", "control", "target_suffix") if k in values}
+    kw["negative_prompt"] = values.get("negative", "")
+    kw["temporal"] = values.get("temporal") or {}
+    for k in ("inversion_params", "editor_params"):
+        kw[k] = dict(values.get(k) or {})
+    return kw
+
+
+# Each preset's run for the memory table on tiny-random (32/64/64 channels; 8x8 latents at 64 px): the model and
+# ControlNet it needs (tiny-pix2pix, tiny-random's ControlNet on canny edges), FateZero's layers at tiny-random's
+# scale (SD's >= 640 of 320/640/1280 channels and <= 32x32 of 64x64 latent tokens: >= 64 and <= 4x4),
+# TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's either way).
+PRESET_MEMORY = {
+    "tokenflow": {"inversion_params": {"inversion_steps": "10x"}},
+    "fatezero": {"inversion_params": {"min_channels": 64, "max_tokens": 16}},
+    "rerender": {},
+    "text2video-zero": {"model": "tiny-pix2pix"},
+    "text2video-zero-canny": {"controlnet": ["tiny-random=1.0"]},
+    "tokenflow-plus": {},
+    "fatezero-replay": {},
+    "rerender-pull": {},
+    "text2video-zero-ddim": {},
+    "recolour": {},
+}
+
+
+def preset_run(name: str, steps: int, model: str) -> dict:
+    """``edit_video`` keywords of preset ``name`` for the memory table (see ``PRESET_MEMORY``)."""
+    from videdit.control.controlnet import pair_controls
+
+    kw = read_preset(name)
+    extra = PRESET_MEMORY[name]
+    kw["steps"] = steps
+    kw["model"] = extra.get("model", model)
+    for k in ("inversion_params", "editor_params"):
+        kw[k].update(extra.get(k, {}))
+    if kw["inversion_params"].get("inversion_steps") == "10x":
+        kw["inversion_params"]["inversion_steps"] = 10 * steps
+    if kw.pop("controlnet", None):   # the preset's ControlNet, tiny-random's in its place
+        kw["control"] = pair_controls(kw.pop("control"), extra["controlnet"])
+    suffix = kw.pop("target_suffix", "")
+    kw["target_prompt"] = "a man, van gogh" + (f", {suffix}" if suffix else "")
+    return kw
 
 
 def synthetic_clip(folder: Path, n: int, size: int = 64) -> Path:
@@ -351,6 +407,8 @@ def synthetic_clip(folder: Path, n: int, size: int = 64) -> Path:
 
 
 def memory(a) -> None:
+    if a.presets:
+        return memory_presets(a)
     if a.child:
         import videdit
         from videdit import io
@@ -376,6 +434,38 @@ def memory(a) -> None:
     for n in LENGTHS:
         r = in_fresh_process(str(n))
         table.row(r["frames"], r["windows"], r["peak_mb"], r["seconds"])
+
+
+def memory_presets(a) -> None:
+    """Peak RSS of each preset on the first 32, 128 and 353 frames of the long portrait clip, each
+    run in a fresh process; tiny-random at ``--size``, ``--steps`` steps, the preset's own window
+    (TokenFlow's official one: the whole clip)."""
+    if a.child:
+        import videdit
+        from videdit import io
+
+        name, n = a.child.rsplit(":", 1)
+        kw = preset_run(name, a.steps, a.model)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            res = videdit.edit_video(PORTRAIT, Path(tmp) / "out.mp4", source_prompt="a man", use_cache=False,
+                                     batch_size=a.batch_size, device=a.device,
+                                     read=io.ReadOptions(max_frames=int(n), size=a.size), **kw)
+            seconds = time.perf_counter() - t
+        print(json.dumps({"frames": res.stats.frames, "windows": res.stats.windows, "peak_mb": peak_rss_mib(),
+                          "seconds": seconds}))
+        return
+    if not PORTRAIT.exists():
+        sys.exit(f"{PORTRAIT} not found (the long portrait clip of ../shared/data)")
+    print(f"model={a.model} size={a.size} steps={a.steps} batch={a.batch_size} source={PORTRAIT.name}; "
+          "peak RSS of each run's own process, MiB")
+    lengths = a.lengths or PRESET_LENGTHS
+    table = Table(("preset", "<24"), *[(f"{n} fr", ">9.0f") for n in lengths], ("windows", ">10"),
+                  (f"growth {lengths[0]}->{lengths[-1]}", ">16"), ("s", ">7.0f"))
+    for name in a.presets:
+        runs = [in_fresh_process(f"{name}:{n}") for n in lengths]
+        table.row(name, *[r["peak_mb"] for r in runs], "/".join(str(r["windows"]) for r in runs),
+                  f"{runs[-1]['peak_mb'] - runs[0]['peak_mb']:+.0f} MiB", sum(r["seconds"] for r in runs))
 
 
 # -- toy: load and edit time of the toy model --------------------------------------------------
@@ -721,6 +811,9 @@ def main() -> None:
                 model="tiny-random", steps=10, window=16, batch_size=8, device="cpu")
     c.add_argument("--size", type=int, default=64, help="working size, short side")
     c.add_argument("--synthetic", action="store_true", help="a generated 64x64 clip instead of the long portrait")
+    c.add_argument("--presets", nargs="*", choices=list(PRESET_MEMORY),
+                   help="instead: these presets (configs/NAME.yaml) at 32, 128 and 353 frames of the long portrait")
+    c.add_argument("--lengths", nargs="*", type=int, help="with --presets: these clip lengths")
     command("toy", toy, "load and 25-step edit time of the toy model against diffusers' from_pretrained",
             repeats=3, threads=2)
     c = command("peers", peers, "blending/score editors against diffusers' LEDITS++, DiffEdit and pix2pix-zero",

@@ -6,6 +6,7 @@
     python tools/tables.py toy-video --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3] [--tome 0.5]
     python tools/tables.py temporal --model tiny-random --frames 16 --size 128 --steps 10
     python tools/tables.py methods --scenes 4 --steps 25 --guidance 4
+    python tools/tables.py presets [--clips 2 --frames 12] [--presets tokenflow fatezero ...] [--guidance 4]
 
 inversions: per registered inversion, the relative latent reconstruction error
 ||z0_hat - z0|| / ||z0|| of its own reconstruction (plain editor, target prompt = source
@@ -28,6 +29,20 @@ with each videdit improvement (an option marked ``improved``: its ``better`` val
 and shape edits of one-object scenes, scored as toy-edits does. Editors that need an input
 get the scene's: a mask (the object grown by 2 px; white = change), the concept word (sega,
 ledits), the scene rendered with the asked object (cross_image's appearance image).
+
+presets: the video presets (configs/*.yaml) on the toy clips, each at its file's settings (the papers'
+for tokenflow, fatezero, rerender and text2video-zero*; videdit's for tokenflow-plus, fatezero-replay,
+rerender-pull, text2video-zero-ddim, recolour), beside independent per-frame editing with the same
+inversion, editor, steps and guidance (no temporal module; FateZero's inversion without its anchor
+frame): warp error along the ground-truth flow as a ratio to the source clip's and to that
+independent editing's, frames whose colour edit succeeded (toy-video's test) for both and how many
+of the preset's failed frames independent editing fails too, the mean change outside the objects
+(0-255), UNet rows per output frame (inversion included; a guided step of one frame is two), and
+the peak RSS of each run, measured by running it in a fresh process (``resource.getrusage``'s
+ru_maxrss: Python, torch and the toy model included, about 0.5 GB). FateZero's layers, stated
+for SD 1.5, are taken at the toy UNet's scale (``TOY_SCALE``); the presets that need another model
+(InstructPix2Pix) or a ControlNet print why they cannot run. ``--guidance``/``--steps`` are toy
+overrides for every preset, printed in the header.
 
 toy-video and temporal: warp error of each temporal mechanism (``MECHANISMS``) against
 independent per-frame editing, each also as a ratio to the source clip's own warp error
@@ -61,6 +76,7 @@ independent per-frame editing, each also as a ratio to the source clip's own war
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import tempfile
@@ -419,6 +435,227 @@ def temporal(a) -> None:
                       flicker(edited, source), seconds)
 
 
+# -- presets -----------------------------------------------------------------------------------
+
+# The video presets side by side on the toy clips: (config file in configs/, toy-scale options). The
+# papers' presets first, at their files' settings; then videdit's variants. FateZero's layer choice is
+# stated for SD 1.5 (<= 32x32 query tokens of its 64x64 latents, >= 640 of its 320/640/1280 channels);
+# on the toy UNet (16x16 latents, 64/128 channels) the same layers are <= 8x8 and >= 128 (toy scale).
+PRESETS = {
+    "tokenflow": ("tokenflow", {}),
+    "fatezero": ("fatezero", {"inversion_params": {"min_channels": 128, "max_tokens": 64}}),
+    "rerender": ("rerender", {}),
+    "text2video-zero": ("text2video-zero", {}),
+    "text2video-zero-canny": ("text2video-zero-canny", {}),
+    "text2video-zero-pose": ("text2video-zero-pose", {}),
+    "text2video-zero-depth": ("text2video-zero-depth", {}),
+    "tokenflow-plus": ("tokenflow-plus", {}),
+    "fatezero-replay": ("fatezero-replay", {}),
+    "rerender-pull": ("rerender-pull", {}),
+    "text2video-zero-ddim": ("text2video-zero-ddim", {}),
+    "recolour": ("recolour", {}),
+}
+PAPERS = ("tokenflow", "fatezero", "rerender", "text2video-zero", "text2video-zero-canny", "text2video-zero-pose",
+          "text2video-zero-depth")
+TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64"}
+
+
+def preset_settings(name: str, guidance: float | None = None, steps: int | None = None) -> dict:
+    """``edit_video`` keywords of configs/NAME.yaml with its toy-scale options, and ``target_suffix``;
+    ``guidance``/``steps``: the table's overrides (None: the preset's). A preset the toy model cannot
+    run (another model, a ControlNet) raises VideditError saying what it needs."""
+    import yaml
+
+    from videdit.errors import VideditError
+
+    file, toy = PRESETS[name]
+    values = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{file}.yaml").read_text())
+    if "model" in values:
+        raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
+                           "the toy model is a text-to-image model")
+    if "controlnet" in values:
+        raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the toy model")
+    kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window")
+          if k in values}
+    kw["negative_prompt"] = values.get("negative", "")
+    kw["target_suffix"] = values.get("target_suffix", "")
+    kw["temporal"] = values.get("temporal") or {}
+    for k in ("inversion_params", "editor_params"):
+        kw[k] = {**(values.get(k) or {}), **toy.get(k, {})}
+    if guidance is not None:
+        kw["guidance"] = guidance
+    if steps is not None:
+        kw["steps"] = steps
+    return kw
+
+
+def independent(settings: dict) -> dict:
+    """``settings`` with every frame edited on its own: no temporal module, FateZero's inversion
+    without its anchor frame (the same editor, inversion, steps and guidance)."""
+    out = {**settings, "temporal": {}}
+    if settings.get("inversion") == "fatezero":
+        out["inversion_params"] = {**settings["inversion_params"], "anchor": "none"}
+    return out
+
+
+def toy_clips(seed: int, n: int, frames: int, kinds) -> list:
+    """``n`` toy clips of ``frames`` frames, cycling through ``kinds``; clip i from seed + i."""
+    from videdit.toy import sample_clip
+
+    return [sample_clip(np.random.default_rng(seed + i), kinds[i % len(kinds)], frames) for i in range(n)]
+
+
+def background_change(frames: np.ndarray, clip) -> float:
+    """Mean |edit - source| (0-255) outside every object's visible mask grown by 2 px, over the frames."""
+    return float(np.mean([np.abs(f.astype(np.float32) - s.astype(np.float32))[~_grown(m.any(0), 2)].mean()
+                          for f, s, m in zip(frames, clip.frames, clip.masks)]))
+
+
+def what_is_found(frame: np.ndarray, clip, t: int) -> str:
+    """What the success test reads in ``frame``: the colour on the front object's true pixels; in a
+    one-object clip also the largest detected object's shape and its IoU with the true mask."""
+    from videdit.toy.scores import classify_colour, detect_objects, mask_iou
+
+    colour = classify_colour(frame, clip.masks[t, -1])
+    if len(clip.objects) > 1:
+        return colour
+    found = detect_objects(frame)
+    if not found:
+        return f"{colour}, no object"
+    return f"{colour} {found[0].shape} IoU {mask_iou(found[0].mask, clip.masks[t, 0]):.2f}"
+
+
+def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
+    """Edit every clip with ``settings``: per clip, its warp error along the ground-truth flow,
+    the frames whose colour edit succeeded, the background change and the UNet evaluations
+    (rows through the UNet: a guided step of one frame is two) per output frame."""
+    import cv2
+
+    from bench import rows_through
+    from videdit import edit_video
+    from videdit.io import ReadOptions
+    from videdit.metrics.temporal import warp_error
+    from videdit.toy.scores import classify_colour, clip_flows, clip_frame_success, recoloured
+
+    settings = dict(settings)
+    suffix = settings.pop("target_suffix", "")
+    out = []
+    for i, clip in enumerate(clips):
+        frames_dir = folder / f"clip{i}"
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        for t, f in enumerate(clip.frames):
+            cv2.imwrite(str(frames_dir / f"{t:04d}.png"), f[..., ::-1])
+        prompt, colour = recoloured(clip)
+        t0 = time.perf_counter()
+        with rows_through(model.unet) as rows:
+            frames = edit_video(frames_dir, source_prompt=clip.caption,
+                                target_prompt=f"{prompt}, {suffix}" if suffix else prompt, model=model,
+                                use_cache=False, read=ReadOptions(size="source"), **settings).frames
+        out.append({"warp": warp_error(frames, clip_flows(clip)),
+                    "ok": [bool(clip_frame_success(f, clip, t, colour)) for t, f in enumerate(frames)],
+                    "colour_ok": [classify_colour(f, clip.masks[t, -1]) == colour for t, f in enumerate(frames)],
+                    "found": [what_is_found(f, clip, t) for t, f in enumerate(frames)],
+                    "background": background_change(frames, clip), "evals": sum(rows) / len(frames),
+                    "seconds": time.perf_counter() - t0})
+    return out
+
+
+def presets_child(a) -> None:
+    """One row in this (fresh) process: its per-clip scores and this process's peak RSS, as JSON."""
+    from bench import peak_rss_mib
+    from videdit import load_model
+
+    name, _, which = a.child.partition(":")
+    settings = preset_settings(name, a.guidance, a.steps)
+    if which == "independent":
+        settings = independent(settings)
+    model = load_model("toy")
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp))
+    print(json.dumps({"clips": clips, "peak_mb": peak_rss_mib()}))
+
+
+def _in_child(a, spec: str) -> dict:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, __file__, "presets", "--child", spec, "--clips", str(a.clips), "--frames", str(a.frames),
+           "--seed", str(a.seed), "--kinds", *a.kinds]
+    for option in ("guidance", "steps"):
+        if getattr(a, option) is not None:
+            cmd += [f"--{option}", str(getattr(a, option))]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{spec} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def presets(a) -> None:
+    from videdit.errors import VideditError
+    from videdit.metrics.temporal import warp_error
+    from videdit.toy.scores import clip_flows, recoloured
+
+    if a.child:
+        return presets_child(a)
+    clips = toy_clips(a.seed, a.clips, a.frames, a.kinds)
+    sources = [warp_error(c.frames, clip_flows(c)) for c in clips]
+    overrides = " ".join(f"--{k} {getattr(a, k)}" for k in ("guidance", "steps") if getattr(a, k) is not None)
+    print(f"toy model, {a.clips} clips ({', '.join(c.kind for c in clips)}) of {a.frames} frames, seeds "
+          f"{a.seed}-{a.seed + a.clips - 1}; each preset at its file's settings"
+          f"{'; toy overrides: ' + overrides if overrides else ''}; toy scale: "
+          + "; ".join(f"{k} {v}" for k, v in TOY_SCALE.items()))
+    print("warp x src: warp error along the ground-truth flow / the source clip's; vs indep.: / the same settings' "
+          "independent per-frame editing's; ok: frames whose colour edit succeeded (colour and layout: toy-video's "
+          "test); colour ok: frames whose front object has the asked colour (layout not checked); both fail: share "
+          "of the preset's failed frames that independent editing fails too; bg: mean |edit - source| outside the "
+          "objects (0-255); evals: UNet rows per output frame (a guided step is 2), inversion included; MiB: peak RSS "
+          "of the run's own process (Python, torch and the toy model included)", flush=True)
+    table = Table(("preset", "<30"), ("warp x src", ">11.2f"), ("vs indep.", ">10.2f"), ("ok", ">6.0%"),
+                  ("colour ok", ">10.0%"), ("indep. ok", ">10.0%"), ("both fail", ">10"), ("bg", ">6.1f"),
+                  ("evals", ">7.1f"), ("MiB", ">7.0f"), ("s/clip", ">8.1f"))
+    floor = [truth(c, recoloured(c)[1]) for c in clips]
+    table.row("ground-truth recolouring", float(np.mean([warp_error(f, clip_flows(c)) / s
+                                                         for f, c, s in zip(floor, clips, sources)])),
+              "-", 1.0, 1.0, "-", "-", float(np.mean([background_change(f, c) for f, c in zip(floor, clips)])),
+              "-", "-", "-")
+    done: dict[str, dict] = {}
+    for name in a.presets:
+        try:
+            settings = preset_settings(name, a.guidance, a.steps)
+        except VideditError as e:
+            print(f"{name + (' [paper]' if name in PAPERS else ''):<30}cannot run on the toy model: {e}", flush=True)
+            continue
+        row = _in_child(a, name)
+        key = json.dumps(independent(settings), sort_keys=True)   # presets that share their independent run
+        if key not in done and not a.no_independent:
+            done[key] = _in_child(a, f"{name}:independent")
+        ind = done.get(key)
+        ok = [h for c in row["clips"] for h in c["ok"]]
+        warp = [c["warp"] / s for c, s in zip(row["clips"], sources)]
+        if ind:
+            ind_ok = [h for c in ind["clips"] for h in c["ok"]]
+            failed = [i for i, h in enumerate(ok) if not h]
+            both = f"{sum(not ind_ok[i] for i in failed)}/{len(failed)}"
+            vs = float(np.mean([c["warp"] for c in row["clips"]]) / np.mean([c["warp"] for c in ind["clips"]]))
+        else:
+            ind_ok, both, vs = [], "-", "-"
+        table.row(name + (" [paper]" if name in PAPERS else ""), float(np.mean(warp)), vs, float(np.mean(ok)),
+                  float(np.mean([h for c in row["clips"] for h in c["colour_ok"]])),
+                  float(np.mean(ind_ok)) if ind_ok else "-", both,
+                  float(np.mean([c["background"] for c in row["clips"]])),
+                  float(np.mean([c["evals"] for c in row["clips"]])), row["peak_mb"],
+                  float(np.mean([c["seconds"] for c in row["clips"]])))
+        if a.per_clip:   # and the colour found on the front object's true pixels where the edit failed
+            print("    per clip, warp x src / ok: " + "  ".join(
+                f"{c.kind} {r['warp'] / s:.1f} / {np.mean(r['ok']):.0%}" for c, r, s in zip(clips, row["clips"],
+                                                                                         sources)), flush=True)
+            for c, r, ir in zip(clips, row["clips"], ind["clips"] if ind else [None] * len(clips)):
+                front, asked = c.objects[-1], recoloured(c)[1]
+                print(f"    {c.kind}: {front.colour} {front.shape} -> {asked}; failed frames (found): " + ", ".join(
+                    f"{t} ({r['found'][t]}{'' if ir is None else ', indep. ' + ir['found'][t]})"
+                    for t, h in enumerate(r["ok"]) if not h), flush=True)
+
+
 # -- command line ------------------------------------------------------------------------------
 
 def main() -> None:
@@ -456,6 +693,15 @@ def main() -> None:
     c.add_argument("--flow", default="dis", help="flow method of the scores and the mechanisms: dis, farneback, raft")
     c.add_argument("--flow-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="a FlowConfig option, e.g. raft_weights=PATH (repeatable)")
+    c = command("presets", presets, "the video presets at their papers' settings and videdit's variants on toy clips",
+                seed=0, clips=2, frames=12)
+    c.add_argument("--kinds", nargs="*", default=["translate", "scale", "rotate", "occlude"])
+    c.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS))
+    c.add_argument("--guidance", type=float, help="toy override: this guidance for every preset (default: each's own)")
+    c.add_argument("--steps", type=int, help="toy override: this many steps for every preset (default: each's own)")
+    c.add_argument("--no-independent", action="store_true", help="skip the independent per-frame runs")
+    c.add_argument("--per-clip", action="store_true", help="also each clip's warp error and frames edited")
+    c.add_argument("--child", help=argparse.SUPPRESS)   # one row, in a fresh process
     a = p.parse_args()
     a.run(a)
 

@@ -1,0 +1,56 @@
+"""The presets table's machinery (``tools/tables.py presets``): settings read from the presets'
+files, their independent counterpart, and one row's columns on one toy clip of 3 frames."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from videdit.errors import VideditError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "videdit" / "toy" / "model"
+sys.path.insert(0, str(ROOT / "tools"))
+import tables  # noqa: E402  (tools/tables.py)
+
+
+def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
+    s = tables.preset_settings("fatezero")
+    assert (s["inversion"], s["editor"], s["steps"], s["guidance"], s["window"]) == ("fatezero", "fatezero", 50, 7.5, 8)
+    assert s["inversion_params"] == {"anchor": "mid", "min_channels": 128, "max_tokens": 64}   # toy scale
+    t = tables.preset_settings("tokenflow", guidance=4.0, steps=10)
+    assert (t["guidance"], t["steps"], t["inversion_params"]) == (4.0, 10, {"inversion_steps": 500})
+    assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
+
+
+@pytest.mark.parametrize("name, needs", [
+    ("text2video-zero", "InstructPix2Pix"), ("text2video-zero-canny", "ControlNet"),
+    ("text2video-zero-pose", "ControlNet")])
+def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
+    with pytest.raises(VideditError, match=needs):
+        tables.preset_settings(name)
+
+
+def test_independent_editing_keeps_the_editor_and_drops_the_temporal_mechanism():
+    s = tables.independent(tables.preset_settings("fatezero"))
+    assert s["inversion_params"]["anchor"] == "none" and s["temporal"] == {}
+    r = tables.independent(tables.preset_settings("rerender"))
+    assert (r["temporal"], r["inversion"], r["strength"], r["steps"]) == ({}, "sdedit", 0.75, 20)
+
+
+@pytest.mark.skipif(not (TOY / "model_index.json").exists(), reason="toy model not exported")
+def test_one_row_on_one_clip(tmp_path):
+    """FateZero at 2 steps on a 2-frame translate clip: the unguided inversion is one UNet row
+    per frame and step, the edit two (guidance), so 2 + 2 * 2 = 6 rows per output frame; the
+    other columns are numbers in their ranges; the ground-truth recolouring leaves the
+    background unchanged (0 levels)."""
+    from videdit import load_model
+    from videdit.toy.scores import recoloured
+
+    (clip,) = tables.toy_clips(0, 1, 2, ["translate"])
+    (row,) = tables.run_preset(tables.preset_settings("fatezero", steps=2), [clip], load_model("toy"), tmp_path)
+    assert row["evals"] == 6.0
+    assert len(row["ok"]) == 2 and all(isinstance(h, bool) for h in row["ok"])
+    assert all(c or not h for c, h in zip(row["colour_ok"], row["ok"]))   # an edited frame has the asked colour
+    assert 0 < row["warp"] < 255 and 0 < row["background"] < 255
+    assert tables.background_change(tables.truth(clip, recoloured(clip)[1]), clip) == 0.0
