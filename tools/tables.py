@@ -444,7 +444,7 @@ def temporal(a) -> None:
 PRESETS = {
     "tokenflow": ("tokenflow", {}),
     "fatezero": ("fatezero", {"inversion_params": {"min_channels": 128, "max_tokens": 64}}),
-    "rerender": ("rerender", {}),
+    "rerender": ("rerender", {"controlnet": None}),   # its edge ControlNet: none is trained for the toy model
     "text2video-zero": ("text2video-zero", {}),
     "text2video-zero-canny": ("text2video-zero-canny", {}),
     "text2video-zero-pose": ("text2video-zero-pose", {}),
@@ -457,7 +457,7 @@ PRESETS = {
 }
 PAPERS = ("tokenflow", "fatezero", "rerender", "text2video-zero", "text2video-zero-canny", "text2video-zero-pose",
           "text2video-zero-depth")
-TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64"}
+TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64", "rerender": "without its ControlNet"}
 
 
 def preset_settings(name: str, guidance: float | None = None, steps: int | None = None) -> dict:
@@ -473,7 +473,7 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
     if "model" in values:
         raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
                            "the toy model is a text-to-image model")
-    if "controlnet" in values:
+    if "controlnet" in values and "controlnet" not in toy:   # a preset that is nothing without it
         raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the toy model")
     kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window")
           if k in values}
