@@ -289,8 +289,8 @@ def test_mask_upload_checks(tmp_path):
              (tmp_path / "over.npy", limits, "over.npy holds values in [2, 2]; a mask holds values in [0, 1] "
                                              "(1 = edit, 0 = keep)"),
              (tmp_path / "text.png", limits, "text.png is not a readable image"),
-             (tmp_path / "big.png", serve.Limits(max_upload_mb=0.001), "big.png is 0.0 MB, over this server's upload "
-                                                                       "limit of 0.001 MB (videdit serve --max-upload-mb)")]
+             (tmp_path / "big.png", serve.Limits(max_upload_mb=0.001),
+              "big.png is 0.0 MB, over this server's upload limit of 0.001 MB (videdit serve --max-upload-mb)")]
     for i, (path, lim, message) in enumerate(cases, 3):
         with pytest.raises(VideditError) as e:
             serve.accept_mask(path, dest / str(i), lim)
@@ -324,7 +324,8 @@ def test_mask_run_passes_what_videdit_edit_mask_passes(tmp_path, monkeypatch):
                                                                                 "--config", "run1.yaml"]))
         monkeypatch.chdir(tmp_path)
         seen["flag"] = cli.edit_kwargs(cli._with_config(cli.build_parser(), [
-            "edit", str(input), *flags, "--config", str(folder / "run1.yaml"), "--mask", str(folder / "run1-mask.png")]))
+            "edit", str(input), *flags, "--config", str(folder / "run1.yaml"),
+            "--mask", str(folder / "run1-mask.png")]))
         raise VideditError("stopped by the test")
 
     monkeypatch.setattr(pipeline, "edit_video", edit_video)
