@@ -245,3 +245,145 @@ def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path):
         server.run(None, s)
     server.close()
     assert not server.root.exists()
+
+
+# --- the mask upload, for the editors that take one -------------------------------------------------------------
+
+def _mask_png(path: Path, size=(32, 32)) -> Path:
+    """A mask of ``size`` (w, h): its left half white (edit), its right half black (keep)."""
+    import cv2
+
+    image = np.zeros(size[::-1], np.uint8)
+    image[:, : size[0] // 2] = 255
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_mask_upload_shown_for_the_editors_the_cli_mask_reaches():
+    args = cli._with_config(cli.build_parser(), ["edit", str(SAMPLE), "-o", "o.mp4", "-t", BLUE, "--mask", "m.png"])
+    with pytest.raises(VideditError) as e:
+        cli.editor_params(args)   # editor plain: the CLI names the editors that take --mask
+    takers = str(e.value).split("one of ")[1]
+    assert takers == str(serve.mask_editors())
+    assert serve.mask_editors() == ["blended", "diffedit", "differential", "ledits", "masactrl", "sega"]
+    with pytest.raises(VideditError) as e:   # a mask kept from an earlier editor goes to none that takes none
+        serve.build_config(_recolour(), model="toy", mask="m.png")
+    assert str(e.value) == ("editor 'prompt_to_prompt' takes no mask; remove the mask or choose one of blended, "
+                            "diffedit, differential, ledits, masactrl, sega")
+
+
+def test_mask_upload_checks(tmp_path):
+    limits, dest = serve.Limits(), tmp_path / "server"
+    mask, size, text = serve.accept_mask(_mask_png(tmp_path / "m.png", (32, 16)), dest / "1", limits, "hand.png")
+    assert (mask.name, size, text) == ("mask.png", (32, 16), "mask 32x16, 50% to edit")
+    np.save(tmp_path / "m.npy", np.full((1, 8, 8), 0.25, np.float32))
+    assert serve.accept_mask(tmp_path / "m.npy", dest / "2", limits)[1:] == ((8, 8), "mask 8x8, 0% to edit")
+    np.save(tmp_path / "frames.npy", np.zeros((3, 8, 8), np.float32))
+    np.save(tmp_path / "over.npy", np.full((8, 8), 2.0, np.float32))
+    (tmp_path / "text.png").write_text("not an image\n")
+    (tmp_path / "big.png").write_bytes(b"\0" * 3000)
+    cases = [(SAMPLE, limits, "red-circle.mp4: a mask is one image (.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) "
+                              "or a .npy map for every frame (as videdit edit --mask takes), white = edit"),
+             (tmp_path / "frames.npy", limits, "frames.npy is an array of shape (3, 8, 8); give one mask (h, w) for "
+                                               "every frame (as videdit edit --mask takes)"),
+             (tmp_path / "over.npy", limits, "over.npy holds values in [2, 2]; a mask holds values in [0, 1] "
+                                             "(1 = edit, 0 = keep)"),
+             (tmp_path / "text.png", limits, "text.png is not a readable image"),
+             (tmp_path / "big.png", serve.Limits(max_upload_mb=0.001),
+              "big.png is 0.0 MB, over this server's upload limit of 0.001 MB (videdit serve --max-upload-mb)")]
+    for i, (path, lim, message) in enumerate(cases, 3):
+        with pytest.raises(VideditError) as e:
+            serve.accept_mask(path, dest / str(i), lim)
+        assert str(e.value) == message
+        assert not (dest / str(i)).exists()
+    serve.check_mask_fits((32, 16), (64, 32), "hand.png")   # any size with the frames' aspect ratio
+    with pytest.raises(VideditError) as e:
+        serve.check_mask_fits((32, 16), (64, 64), "hand.png")
+    assert str(e.value) == ("the mask hand.png is 32x16 but the frames are 64x64: give a mask with the frames' "
+                            "aspect ratio (any size), or a working size WxH of the mask's")
+
+
+def test_mask_run_passes_what_videdit_edit_mask_passes(tmp_path, monkeypatch):
+    """The page's run gets the arguments `videdit edit --config run1.yaml` parses in the folder of the
+    run's downloads (its mask beside the preset), and those of `--mask PATH` given to the CLI."""
+    from videdit import pipeline
+
+    server = serve.Server("toy", root=tmp_path / "server")
+    server.model = "the loaded model"
+    clip, _ = server.sample()
+    given, text = server.upload_mask(_mask_png(tmp_path / "m.png"), "hand.png")
+    assert text == "mask 32x32, 50% to edit"
+    seen = {}
+
+    def edit_video(input, output, **kwargs):   # the run's call; the CLI's, while the run's folder is there
+        folder = Path(output).parent
+        seen.update(run=kwargs, files=sorted(p.name for p in folder.iterdir()), yaml=(folder / "run1.yaml").read_text())
+        flags = ["-o", str(output), "--preview", str(folder / "run1-compare.gif"), "-q"]
+        monkeypatch.chdir(folder)   # where the downloads are
+        seen["config"] = cli.edit_kwargs(cli._with_config(cli.build_parser(), ["edit", str(input), *flags,
+                                                                                "--config", "run1.yaml"]))
+        monkeypatch.chdir(tmp_path)
+        seen["flag"] = cli.edit_kwargs(cli._with_config(cli.build_parser(), [
+            "edit", str(input), *flags, "--config", str(folder / "run1.yaml"),
+            "--mask", str(folder / "run1-mask.png")]))
+        raise VideditError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "edit_video", edit_video)
+    s = serve.preset_settings("blended", serve.PageSettings(source=RED, target=BLUE))
+    s.steps = 2
+    with pytest.raises(VideditError, match="stopped by the test"):
+        server.run(clip, s, mask=given)
+    assert seen["files"] == ["run1-mask.png", "run1.yaml"]
+    assert "# in the folder that holds this file and the mask run1-mask.png" in seen["yaml"]
+    assert yaml.safe_load(seen["yaml"])["mask"] == "run1-mask.png"
+    run = seen["run"]
+    assert run["editor"] == "blended" and run["editor_params"]["mask"] == str(server.root / "runs/001/run1-mask.png")
+    assert (run["model"], run["progress"]) == ("the loaded model", True)
+    for key in ("model", "progress"):
+        del run[key], seen["flag"][key], seen["config"][key]
+    assert run == seen["flag"]                                          # = videdit edit ... --mask PATH
+    assert seen["config"]["editor_params"]["mask"] == "run1-mask.png"   # read from the downloads' folder
+    seen["config"]["editor_params"]["mask"] = run["editor_params"]["mask"]
+    assert run == seen["config"]
+    assert not (server.root / "runs" / "001").exists()   # a failed run leaves nothing
+    # the frames' aspect ratio, checked before the run, in a line naming the upload
+    wide, _ = server.upload_mask(_mask_png(tmp_path / "w.png", (32, 16)), "wide.png")
+    with pytest.raises(VideditError) as e:
+        server.run(clip, s, mask=wide)
+    assert str(e.value).startswith("the mask wide.png is 32x16 but the frames are 64x64")
+    s.size = "64x32"   # a working size of the mask's aspect ratio: accepted (and stopped by the test)
+    with pytest.raises(VideditError, match="stopped by the test"):
+        server.run(clip, s, mask=wide)
+
+
+def test_history_recall_runs_again_with_one_change(tiny, tmp_path):
+    """The history's "load its settings": run 1's clip, fields and mask; its target changed, run 2
+    differs from run 1, takes run 1's inversion from the cache, and keeps every other setting."""
+    server = serve.Server("tiny-random", root=tmp_path / "server", cache_dir=str(tmp_path / "cache"))
+    server.model = tiny
+    clip, _ = server.sample()
+    given, _ = server.upload_mask(_mask_png(tmp_path / "m.png"), "hand.png")
+    s = serve.preset_settings("blended", serve.PageSettings(source=RED, target=BLUE, end_frame=2, size="64"))
+    s.steps, s.options = 4, "editor_params: {from_inversion: true, blend_until: 1.0}"
+    assert s.extra == {"strength": 0.76, "steps_offset": 0}   # the preset's keys no field shows
+    first = server.run(clip, s, mask=given)
+    assert [p.name for p in first.downloads()] == ["run1.mp4", "run1.yaml", "run1-mask.png"]
+    assert not first.from_cache
+    with pytest.raises(VideditError, match=r"no run 7 on this server \(runs: 1\)"):
+        server.recall(7)
+    again_clip, again, mask = server.recall(1)
+    assert again_clip == clip and mask == first.mask and mask.name == "hand.png"
+    assert again.preset == serve.NO_PRESET and again.extra == {"strength": 0.76, "steps_offset": 0}
+    assert serve.build_config(again, model="tiny-random", mask="run1-mask.png") == first.config
+    again.target = "a green circle on a gray background"
+    second = server.run(again_clip, again, mask=mask)
+    assert second.from_cache and "inversion from cache (1/1 windows)" in second.message, second.message
+    assert {k: v for k, v in second.config.items() if k not in ("target", "mask")} == \
+        {k: v for k, v in first.config.items() if k not in ("target", "mask")}
+    assert (second.config["mask"], (second.preset.parent / "run2-mask.png").read_bytes()) == \
+        ("run2-mask.png", first.mask.path.read_bytes())
+    a, b = io.read_clip(first.output)[0].astype(int), io.read_clip(second.output)[0].astype(int)
+    assert a.shape == b.shape == (2, 64, 64, 3) and np.abs(a - b).mean() > 1   # another target, another edit
+    # blended keeps the source outside the mask (its right half): the two edits differ less there
+    assert np.abs(a - b)[:, :, 40:].mean() < np.abs(a - b)[:, :, :24].mean()
+    server.close()

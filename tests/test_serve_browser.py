@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "red-circle.mp4"
 RED = "a red circle on a gray background"
 BLUE = "a blue circle on a gray background"
+GREEN = "a green circle on a gray background"
 DONE = "document.querySelector('#status').innerText.trim().match(/^(done|error:|cancelled)/)"
 
 
@@ -183,10 +184,22 @@ def test_bad_upload_is_one_line_and_the_next_run_works(page, served, tmp_path):
     status = page.inner_text("#status").strip()
     assert status.startswith("error: notavideo.mp4 is not a readable video (") and "\n" not in status, status
     assert str(served.tmp) not in status and page.inner_text("#clip-info").strip() == "no clip yet"
-    _sample_and_recolour(page, steps=4)
-    status = _run(page)   # the same settings as the first test's run: its inversion comes from the cache
+    # the next run: the first test's, from the history (a new page lists the server's runs), one change
+    page.click("#history-pick input")
+    page.get_by_role("option", name="run 1", exact=True).click()
+    page.click("#history-load")
+    page.wait_for_function("document.querySelector('#status').innerText.includes(\"run 1's settings\")")
+    assert page.inner_text("#clip-info").strip() == "video, 64x64, 8 fps, 24 frames, 3.00 s"
+    assert page.input_value("#target textarea") == BLUE and page.input_value("#steps input") == "4"
+    page.fill("#target textarea", GREEN)
+    status = _run(page)   # only the target changed: the first run's inversion comes from the cache
     assert status.startswith("done: run 2: 24 frames") and "inversion from cache (2/2 windows)" in status, status
     assert "warp error" in page.inner_text("#report")
+    runs = served.folder() / "runs"
+    assert yaml.safe_load((runs / "002" / "run2.yaml").read_text()) == \
+        {**yaml.safe_load((runs / "001" / "run1.yaml").read_text()), "target": GREEN}
+    first, second = (io.read_clip(runs / f"00{i}" / f"run{i}.mp4")[0].astype(int) for i in (1, 2))
+    assert np.abs(first - second).mean() > 2   # another target, another edit
 
 
 def test_cancel_leaves_no_output_and_the_next_run_works(page, served):

@@ -204,6 +204,12 @@ class PageSettings:
     start_frame: float | None = 0
     end_frame: float | None = None   # None or 0: to the end
     size: str = ""
+    extra: dict = field(default_factory=dict)   # a run's keys no field shows (a preset's strength, ...): kept
+
+
+# the keys of a run's preset that the page's fields (and the server) set; the others are kept as they are
+FIELD_KEYS = ("model", "dtype", "source", "target", "inversion", "editor", *OPTION_KEYS, "steps", "guidance", "seed",
+              "start_frame", "end_frame", "size", "mask")
 
 
 def _whole(value, name: str, low: int) -> int | None:
@@ -215,15 +221,18 @@ def _whole(value, name: str, low: int) -> int | None:
 
 
 def build_config(s: PageSettings, *, model: str, dtype: str = "fp32",
-                 preset_table: dict[str, Preset] | None = None) -> dict:
+                 preset_table: dict[str, Preset] | None = None, mask: str | None = None) -> dict:
     """The YAML preset of a run (keys of `videdit edit --config`): the chosen preset's values under
-    the page's fields. Its own ``model`` is the server's (every run uses the one loaded)."""
+    the page's fields. Its own ``model`` is the server's (every run uses the one loaded).
+    ``mask``: the mask's file name, kept beside the preset, as the ``mask`` key (`videdit edit
+    --mask`'s), which a relative name reads from the folder the command runs in."""
     from videdit.cli import _size
 
     table = presets() if preset_table is None else preset_table
     if s.preset not in (NO_PRESET, None, "") and s.preset not in table:
         raise VideditError(f"unknown preset {s.preset!r}; choose from {sorted(table)}")
     config = dict(table[s.preset].values) if s.preset in table else {}
+    config.update(s.extra or {})
     config.pop("model", None)
     options = parse_options(s.options)
     if not (s.target or "").strip():
@@ -235,6 +244,12 @@ def build_config(s: PageSettings, *, model: str, dtype: str = "fp32",
     if s.inversion not in (EDITORS_INVERSION, None, ""):
         config["inversion"] = s.inversion
     config["editor"] = s.editor or "plain"
+    config.pop("mask", None)
+    if mask is not None:
+        if config["editor"] not in mask_editors():
+            raise VideditError(f"editor {config['editor']!r} takes no mask; remove the mask or choose one of "
+                               f"{', '.join(mask_editors())}")
+        config["mask"] = mask
     for key in ("inversion_params", "editor_params"):
         config.pop(key, None)
         if options.get(key):
@@ -283,7 +298,8 @@ def settings_of(config: dict) -> PageSettings:
                         steps=config.get("steps", 0), guidance=str(config.get("guidance", "")),
                         seed=config.get("seed", 0), start_frame=config.get("start_frame", 0),
                         end_frame=config.get("end_frame", 0),
-                        size="" if config.get("size") is None else str(config["size"]))
+                        size="" if config.get("size") is None else str(config["size"]),
+                        extra={k: v for k, v in config.items() if k not in FIELD_KEYS})
 
 
 def preset_settings(name: str, current: PageSettings, table: dict[str, Preset] | None = None) -> PageSettings:
@@ -306,6 +322,9 @@ def write_preset(path: Path, config: dict, run: int) -> Path:
 
     head = (f"# videdit serve, run {run}: reproduce it with\n"
             f"#   videdit edit INPUT -o OUT.mp4 --config {path.name}\n")
+    if config.get("mask"):
+        head += (f"# in the folder that holds this file and the mask {config['mask']} (the run's downloads),\n"
+                 f"# or give the mask's path with --mask PATH\n")
     with atomic_path(path) as tmp:
         tmp.write_text(head + yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
     return path
@@ -394,6 +413,75 @@ def accept_upload(path: Path, dest: Path, limits: Limits, name: str | None = Non
     return clip, info
 
 
+def mask_editors() -> list[str]:
+    """The editors that take a mask (a ``mask`` option, which `videdit edit --mask` sets), from the
+    registry: the page shows its mask upload for these only."""
+    from dataclasses import fields
+
+    from videdit.editing import EDITORS
+
+    return sorted(n for n, spec in EDITORS.items() if "mask" in {f.name for f in fields(spec.config)})
+
+
+def accept_mask(path: Path, dest: Path, limits: Limits, name: str | None = None):
+    """An uploaded mask, as `videdit edit --mask` takes one (``editing.masks.mask_from_file``): an
+    image (white = edit, black = keep; grey = partial) or a ``.npy`` map of values in [0, 1], one
+    mask for every frame, read and checked here, and copied into ``dest`` -> (path, (w, h), one line).
+    Every refusal is one line naming the upload, not the server's paths."""
+    import cv2
+    import numpy as np
+
+    from videdit.editing.masks import MASK_SUFFIXES
+
+    name = name or path.name
+    suffix = Path(name).suffix.lower()
+    if suffix not in MASK_SUFFIXES:
+        raise VideditError(f"{name}: a mask is one image ({', '.join(s for s in MASK_SUFFIXES if s != '.npy')}) or a "
+                           f".npy map for every frame (as videdit edit --mask takes), white = edit")
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > limits.max_upload_mb:
+        raise VideditError(f"{name} is {size_mb:.1f} MB, over this server's upload limit of "
+                           f"{limits.max_upload_mb:g} MB (videdit serve --max-upload-mb)")
+    if suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            raise VideditError(f"{name} is not a readable .npy array") from None
+        if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+            raise VideditError(f"{name} holds {values.dtype} values; a mask holds numbers in [0, 1]")
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim < 2 or values.ndim > 4 or any(n != 1 for n in values.shape[:-2]):
+            raise VideditError(f"{name} is an array of shape {values.shape}; give one mask (h, w) for every frame "
+                               f"(as videdit edit --mask takes)")
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise VideditError(f"{name} holds values in [{values.min():.3g}, {values.max():.3g}]; a mask holds "
+                               f"values in [0, 1] (1 = edit, 0 = keep)")
+        h, w = values.shape[-2:]
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        if image is None:
+            raise VideditError(f"{name} is not a readable image")
+        h, w = image.shape[:2]
+        values = image
+    kept = np.asarray(values, dtype=np.float32) / (float(np.iinfo(values.dtype).max)
+                                                   if np.issubdtype(values.dtype, np.integer) else 1.0)
+    dest.mkdir(parents=True, exist_ok=True)
+    mask = dest / ("mask" + suffix)
+    shutil.copyfile(path, mask)
+    return mask, (w, h), f"mask {w}x{h}, {100 * float((kept >= 0.5).mean()):.0f}% to edit"
+
+
+def check_mask_fits(mask_size: tuple[int, int], frame_size: tuple[int, int], name: str) -> None:
+    """A mask's (w, h) against the frames' (w, h) as `videdit edit --mask` checks it (the aspect
+    ratios within ``editing.masks.ASPECT_TOLERANCE``), in one line naming the upload."""
+    from videdit.editing.masks import ASPECT_TOLERANCE
+
+    (mw, mh), (fw, fh) = mask_size, frame_size
+    if abs((mw / mh) / (fw / fh) - 1) > ASPECT_TOLERANCE:
+        raise VideditError(f"the mask {name} is {mw}x{mh} but the frames are {fw}x{fh}: give a mask with the "
+                           f"frames' aspect ratio (any size), or a working size WxH of the mask's")
+
+
 # --- progress and cancel ---------------------------------------------------------------------------------------
 
 
@@ -425,6 +513,15 @@ def watch_bars(callback: Callable[[Any], None]) -> Iterator[None]:
             setattr(std.tqdm, k, v)
 
 
+@dataclass(frozen=True)
+class Mask:
+    """An uploaded mask on the server: its path, the name it was uploaded as, its (w, h)."""
+
+    path: Path
+    name: str
+    size: tuple[int, int]
+
+
 @dataclass
 class Run:
     """One finished run of the page."""
@@ -437,6 +534,12 @@ class Run:
     report: dict
     message: str
     from_cache: bool
+    mask: Mask | None = None    # the run's copy of its mask, beside its preset
+    clip: Path | None = None    # the clip it edited (on the server)
+
+    def downloads(self) -> list[Path]:
+        """The video, its settings and the mask they name."""
+        return [self.output, self.preset] + ([self.mask.path] if self.mask else [])
 
 
 class Server:
@@ -466,6 +569,13 @@ class Server:
         clip, info = accept_upload(Path(path), self.root / "uploads" / f"{self._uploads:03d}", self.limits, name)
         return clip, describe_clip(info)
 
+    def upload_mask(self, path: Path, name: str | None = None) -> tuple[Mask, str]:
+        """A mask upload into the server's folder: -> (Mask, one-line description)."""
+        self._uploads += 1
+        mask, size, text = accept_mask(Path(path), self.root / "uploads" / f"{self._uploads:03d}", self.limits,
+                                       name)
+        return Mask(mask, name or Path(path).name, size), text
+
     def sample(self):
         if not SAMPLE.exists():
             raise VideditError("the sample clip is not installed here (a source checkout has samples/)")
@@ -478,28 +588,43 @@ class Server:
         return "cancelling ..."
 
     def run(self, clip: Path | None, settings: PageSettings,
-            progress: Callable[[float, str], None] = lambda fraction, text: None) -> Run:
-        """Edit ``clip`` with the page's settings: the output, its source|edit preview, its warp-error
-        report and its YAML preset in a new folder of the server's; removed whole when the run fails
-        or is cancelled."""
-        from videdit import cli
+            progress: Callable[[float, str], None] = lambda fraction, text: None, mask: Mask | None = None) -> Run:
+        """Edit ``clip`` with the page's settings (and ``mask``, for an editor that takes one): the
+        output, its source|edit preview, its warp-error report and its YAML preset (and a copy of the
+        mask it names) in a new folder of the server's; removed whole when the run fails or is
+        cancelled. The run's arguments are those `videdit edit` parses from the preset (with
+        ``--mask`` the mask's copy)."""
+        from videdit import cli, io
         from videdit.metrics import evaluate_clips
         from videdit.pipeline import edit_video
 
         if clip is None or not Path(clip).exists():
             raise VideditError("upload a clip first (or use the sample clip)")
-        config = build_config(settings, model=self.model_name, dtype=self.dtype)
+        if mask is not None and not mask.path.exists():
+            raise VideditError("the mask is no longer on the server; upload it again")
+        config = build_config(settings, model=self.model_name, dtype=self.dtype,
+                              mask=mask.name if mask is not None else None)
+        if mask is not None:   # the frames' size as edited: the working size WxH, else the clip's
+            size = config.get("size")
+            check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
+                            else io.probe(clip).source_size, mask.name)
         with self._lock:
             self._cancel.clear()
             number = len(self.history) + 1
             folder = self.root / "runs" / f"{number:03d}"
             folder.mkdir(parents=True)
             try:
+                argv = []
+                if mask is not None:   # its copy beside the preset, named by it; read through --mask
+                    given, mask = mask, Mask(folder / f"run{number}-mask{mask.path.suffix}", mask.name, mask.size)
+                    shutil.copyfile(given.path, mask.path)
+                    config["mask"] = mask.path.name
+                    argv = ["--mask", str(mask.path)]
                 preset = write_preset(folder / f"run{number}.yaml", config, number)
                 output, preview = folder / f"run{number}.mp4", folder / f"run{number}-compare.gif"
                 try:
                     args = cli._with_config(cli.build_parser(), ["edit", str(clip), "-o", str(output), "--config",
-                                                                 str(preset), "--preview", str(preview), "-q"])
+                                                                 str(preset), "--preview", str(preview), "-q", *argv])
                 except SystemExit:
                     raise VideditError("the settings do not parse as `videdit edit` options; see the server's log")
                 kwargs = cli.edit_kwargs(args)
@@ -522,6 +647,11 @@ class Server:
                     raise Cancelled("cancelled; nothing was written")
                 progress(1.0, "scoring the warp error")
                 report = evaluate_clips(args.input, result.output, read=cli._read_options(args))
+            except VideditError as e:
+                shutil.rmtree(folder, ignore_errors=True)
+                if mask is not None and str(mask.path) in str(e):   # the upload's name, not the server's path
+                    raise type(e)(str(e).replace(str(mask.path), mask.name)) from None
+                raise
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -531,9 +661,18 @@ class Server:
                    f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion "
                    + (f"from cache ({s.cache_hits}/{s.windows} windows)" if from_cache
                       else f"{s.seconds['invert']:.1f} s") + f", edit {s.seconds['edit']:.1f} s")
-        run = Run(number, config, result.output, preview, preset, report, message, from_cache)
+        run = Run(number, config, result.output, preview, preset, report, message, from_cache, mask, Path(clip))
         self.history.append(run)
         return run
+
+    def recall(self, number: int) -> tuple[Path | None, PageSettings, Mask | None]:
+        """Run ``number``'s clip, page fields and mask, to run again with one change (the history's
+        "load its settings"): the same settings give the same preset (``build_config``), and an
+        inversion the cache holds is reused where only the target prompt or the editor changed."""
+        for r in self.history:
+            if r.number == number:
+                return r.clip, settings_of(r.config), r.mask
+        raise VideditError(f"no run {number} on this server (runs: {', '.join(str(r.number) for r in self.history)})")
 
     def _load_locked(self):
         from videdit.models import load_model
@@ -570,6 +709,8 @@ def build_page(server: Server):
     """The Gradio Blocks of the page, over ``server``."""
     import gradio as gr
 
+    from videdit.editing.masks import MASK_SUFFIXES
+
     entries = method_entries()
     by_kind: dict[str, list[str]] = {}
     for e in entries:
@@ -583,6 +724,8 @@ def build_page(server: Server):
     with gr.Blocks(title="videdit") as page:
         clip = gr.State(None)          # the clip's path on the server: never sent by the browser
         applied = gr.State(NO_PRESET)  # the preset whose values the fields were last given
+        mask = gr.State(None)          # the uploaded mask (a Mask: its path stays on the server)
+        takers = mask_editors()
         gr.Markdown("# videdit\nText-guided video editing with diffusion models: upload a clip, give two prompts, "
                     f"pick a preset, run. Model: `{server.model_name}`.")
         with gr.Row():
@@ -596,6 +739,11 @@ def build_page(server: Server):
                 target = gr.Textbox(label="target prompt (what the edit should show)", elem_id="target")
                 preset = gr.Dropdown(choices, value=NO_PRESET, label="preset (configs/)", elem_id="preset")
                 preset_info = gr.Markdown("", elem_id="preset-info")
+                with gr.Group(visible=False) as mask_group:   # shown for the editors that take a mask
+                    mask_upload = gr.File(label="mask (white = edit, black = keep): an image or a .npy map, one "
+                                          "for every frame, as videdit edit --mask takes", elem_id="mask",
+                                          file_types=list(MASK_SUFFIXES))
+                    mask_info = gr.Markdown("no mask: the editor's own (or none)", elem_id="mask-info")
                 with gr.Row():
                     steps = gr.Number(0, label="steps (0: the method's)", precision=0, elem_id="steps")
                     guidance = gr.Textbox("", label="guidance (empty: the method's)", elem_id="guidance")
@@ -631,15 +779,32 @@ def build_page(server: Server):
                 pick = gr.Dropdown([], label="run", elem_id="history-pick")
                 load_run = gr.Button("load its settings", elem_id="history-load", size="sm")
 
+        extra = gr.State({})   # the settings no field shows (a preset's or a recalled run's), server-side
         fields = [source, target, preset, inversion, editor, temporal, options, steps, guidance, seed,
-                  start_frame, end_frame, size]
+                  start_frame, end_frame, size, extra]
 
         def settings_from(values) -> PageSettings:
             return PageSettings(*values)
 
         def as_fields(s: PageSettings) -> list:
             return [s.source, s.target, s.preset, s.inversion, s.editor, s.temporal, s.options, s.steps, s.guidance,
-                    s.seed, s.start_frame, s.end_frame, s.size]
+                    s.seed, s.start_frame, s.end_frame, s.size, s.extra]
+
+        def on_mask(file, clip_path):
+            if file is None:
+                return None, "no mask: the editor's own (or none)", ""
+            try:
+                given, text = server.upload_mask(Path(file), Path(file).name)
+                if clip_path is not None:
+                    from videdit import io
+
+                    check_mask_fits(given.size, io.probe(clip_path).source_size, given.name)
+                return given, text, ""
+            except Exception as e:   # noqa: BLE001: one line in the page, the server keeps serving
+                return None, "no mask: the editor's own (or none)", one_line(e)
+
+        def on_editor(ed):
+            return gr.update(visible=ed in takers)
 
         def on_upload(file):
             if file is None:
@@ -668,32 +833,47 @@ def build_page(server: Server):
             names = {inv_kind: [] if inv == EDITORS_INVERSION else [inv], ed_kind: [ed], tm_kind: list(tm or [])}
             return options_reference(entries, names)
 
-        def on_run(path, *values, progress=gr.Progress()):
-            try:
-                run = server.run(path, settings_from(values), lambda f, text: progress(f, desc=text))
+        def on_run(path, given, *values, progress=gr.Progress()):
+            s = settings_from(values)
+            try:   # a mask left from an editor that took one goes to none that does not (its upload is hidden)
+                run = server.run(path, s, lambda f, text: progress(f, desc=text),
+                                 mask=given if s.editor in takers else None)
             except Exception as e:   # noqa: BLE001: a bad option, a cancel, out of memory: one line, keep serving
                 if not isinstance(e, VideditError):
                     log.exception("run failed")
                 return [one_line(e) if not isinstance(e, Cancelled) else str(e), gr.update(), gr.update(),
                         gr.update(), gr.update(), gr.update(), gr.update()]
-            gallery_items = [(str(r.preview), f"run {r.number}: {r.config.get('target', '')}")
-                             for r in server.history]
-            runs = [f"run {r.number}" for r in server.history]
             return [f"done: {run.message}", str(run.output), str(run.preview), report_text(run.report),
-                    [str(run.output), str(run.preset)], gallery_items, gr.update(choices=runs, value=runs[-1])]
+                    [str(p) for p in run.downloads()], *history()]
+
+        def history():
+            """The gallery and the run picker: every run since the server started (any page's)."""
+            runs = [f"run {r.number}" for r in server.history]
+            return ([(str(r.preview), f"run {r.number}: {r.config.get('target', '')}") for r in server.history],
+                    gr.update(choices=runs, value=runs[-1] if runs else None))
 
         def on_load(name):
-            for r in server.history:
-                if f"run {r.number}" == name:
-                    return as_fields(settings_of(r.config))
-            return [gr.update() for _ in fields]
+            try:
+                number = int(str(name).removeprefix("run "))
+                path, s, given = server.recall(number)
+            except (ValueError, VideditError) as e:
+                return [gr.update() for _ in fields] + [gr.update()] * 5 + [one_line(e) if name else ""]
+            from videdit import io
+
+            about = f"mask {given.name} (run {number}'s)" if given else "no mask: the editor's own (or none)"
+            return [*as_fields(s), given, about, path, describe_clip(io.probe(path)), NO_PRESET,
+                    f"run {number}'s settings" + (f" (and {', '.join(f'{k}={v}' for k, v in s.extra.items())})"
+                                                  if s.extra else "") + ": change one and run again"]
 
         upload.upload(on_upload, [upload], [clip, clip_info, status])
         sample.click(on_sample, None, [clip, clip_info, status])
         preset.input(on_preset, [preset, applied, *fields], [*fields, preset_info, applied])
         for d in (inversion, editor, temporal):
             d.change(on_methods, [inversion, editor, temporal], [reference])
-        run_event = run_button.click(on_run, [clip, *fields],
+        editor.change(on_editor, [editor], [mask_group])
+        mask_upload.upload(on_mask, [mask_upload, clip], [mask, mask_info, status])
+        mask_upload.clear(lambda: (None, "no mask: the editor's own (or none)"), None, [mask, mask_info])
+        run_event = run_button.click(on_run, [clip, mask, *fields],
                                      [status, result, compare, report, downloads, gallery, pick],
                                      concurrency_limit=1, concurrency_id="run")
         del run_event
@@ -701,7 +881,8 @@ def build_page(server: Server):
             gr.Info(server.cancel())   # a note; the run's own answer says "cancelled" in the status
 
         cancel_button.click(on_cancel, None, None, queue=False)
-        load_run.click(on_load, [pick], fields)
+        page.load(history, None, [gallery, pick])
+        load_run.click(on_load, [pick], [*fields, mask, mask_info, clip, clip_info, applied, status])
     return page
 
 
