@@ -126,3 +126,18 @@ def test_a_tokenflow_plus_batch_job_split_in_two_writes_the_one_worker_output(tm
     one, _ = io.read_clip(tmp_path / "one")
     two, _ = io.read_clip(tmp_path / "two")
     assert one.shape == two.shape == (5, 64, 64, 3) and np.abs(one.astype(int) - two).max() == 0
+
+
+def test_batch_notes_for_keyframe_splits_that_stay_on_one_worker(tmp_path):
+    """split: 2 on the tokenflow stack: 2 groups; with token merging or a ControlNet, 1 and the note."""
+    from videdit.batch import expand_jobs, split_of
+
+    base = {"input": str(ROOT / "samples" / "red-circle.mp4"), "target": "a cat", "model": "tiny-random", "split": 2,
+            "editor": "plug_and_play", "temporal": TOKENFLOW["temporal"]}
+    plain, merged, controlled = expand_jobs(
+        [{**base, "output": "a"}, {**base, "output": "b", "token_merging": 0.5},
+         {**base, "output": "c", "control": "canny", "controlnet": "tiny-random"}], base=tmp_path)
+    assert split_of(plain) == (2, None)
+    assert split_of(merged)[0] == 1 and "token merging draws its merges per UNet call" in split_of(merged)[1]
+    assert split_of(controlled) == (1, "split 2: a keyframe split (tokenflow) with ControlNets is not made yet; "
+                                       "the clip runs on one worker")

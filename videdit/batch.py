@@ -661,12 +661,15 @@ def split_of(job: Job) -> tuple[int, str | None]:
     """How many window groups ``job`` is split into (``split``, 1: none) and, where it asked for
     more and its temporal modules carry state from window to window, 1 and the one line that
     says so (:func:`videdit.split.split_refusal`)."""
-    from videdit.split import split_refusal
+    from videdit.split import KEYFRAME_SPLIT_CONTROL, split_refusal
 
     n = job.options.get("split") or 1
     if n <= 1:
         return 1, None
-    why = split_refusal(job_settings(job.options))
+    settings = job_settings(job.options)
+    why = split_refusal(settings)
+    if why is None and settings.temporal_stack().keyframe_split and control_specs(job.options):
+        why = KEYFRAME_SPLIT_CONTROL
     return (1, f"split {n}: {why}") if why is not None else (n, None)
 
 

@@ -36,6 +36,9 @@ from videdit.errors import VideditError
 from videdit.video import TemporalModule, Window
 
 
+KEYFRAME_SPLIT_CONTROL = "a keyframe split (tokenflow) with ControlNets is not made yet; the clip runs on one worker"
+
+
 @dataclass(frozen=True)
 class ClipPass:
     """What the first pass of a split clip leaves for the workers that make its window groups."""
@@ -127,8 +130,7 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
     if why is not None:
         raise VideditError(why)
     if stack.keyframe_split and control is not None:
-        raise VideditError("a keyframe split (tokenflow) with ControlNets is not made yet; run the clip on one worker "
-                           "(split 1)")
+        raise VideditError(KEYFRAME_SPLIT_CONTROL)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, None, None, settings, info.source_size, read.size, max_tokens)
