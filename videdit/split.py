@@ -13,11 +13,22 @@ every frame its own source under the clip's colour maps), the edit runs as resum
    :func:`videdit.pipeline.edit_video`, window by window, restricted to the group.
 3. :func:`write_split` writes the groups' frames in order, atomically, as one output.
 
-The frames are those of the one-worker run, bit for bit: the same windows edited the same way,
-the same maps, the same source frames (read as the same chunks). Stacks that carry state from
-window to window (sparse-causal attention, flow propagation, keyframes with TokenFlow) are
-refused in one line naming the module (:meth:`videdit.video.TemporalStack.split_refusal`);
-:mod:`videdit.batch` then runs such a job whole on one worker.
+Keyframes with TokenFlow propagation in windows (``TemporalStack.keyframe_split``: ``keyframes``
++ ``tokenflow`` scope window, configs/tokenflow-plus.yaml) split after a keyframe pass: the
+frames between keyframes read only the keyframes' attention outputs and source features, and
+attend to themselves. :func:`first_pass` inverts each window whole and edits its keyframes
+alone (the one-worker run's lead batch; their attention carried to the next window), freezing
+those tensors and the keyframes' latents (:class:`videdit.video.tokenflow.KeyframeFreeze`, its
+size :func:`videdit.video.tokenflow.freeze_bytes`); :func:`group_frames` then edits each
+window's frames between on a model, in the batches one worker runs them in, and decodes the
+window whole. The official TokenFlow (scope clip: random pivots over the whole clip at every
+step) runs on one worker.
+
+The frames are those of the one-worker run, bit for bit on CPU: the same windows edited the
+same way, the same maps, the same source frames (read as the same chunks), the same UNet batches.
+Stacks that carry state from window to window (sparse-causal attention, flow propagation) are
+refused in one line naming the module (:func:`split_refusal`); :mod:`videdit.batch` then runs
+such a job whole on one worker.
 """
 
 from __future__ import annotations

@@ -45,7 +45,9 @@ each window's keyframes plus the window before's last one attending jointly, its
 carried from window to window (flat memory), the two adjacent keyframes blended linearly (the
 paper's form; ``blend`` is not read), the source branch left exact (``exact_source`` is not
 read). ``features="keys"`` matches on the source's keys of the layer (a linear map of the
-``norm1`` states) instead.
+``norm1`` states) instead. Scope window splits one clip over several workers after a keyframe
+pass (:mod:`videdit.split`: ``recording`` / ``frozen``, :class:`KeyframeFreeze`); scope clip
+cannot (every frame feeds every step's pivots).
 """
 
 from __future__ import annotations
@@ -397,7 +399,8 @@ class KeyframeFreeze:
     its clean latents; and each window's keyframes. Sizes: :func:`freeze_bytes`."""
 
     layouts: dict                 # window start -> keyframes.Layout
-    outputs: dict                 # keyframe -> {(layer, step, call): (outputs (halves, nb - 1, T, C), features (T, C'))}
+    # keyframe -> {(layer, step, call): (outputs (halves, nb - 1, T, C), features (T, C'))}
+    outputs: dict
     latents: dict                 # keyframe -> (C, h, w) its edited clean latents (float32, CPU)
     source_branch: int
 
