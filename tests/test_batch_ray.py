@@ -86,3 +86,37 @@ def test_a_64_frame_clip_split_over_two_ray_workers_gives_the_one_worker_frames(
     text = stream.getvalue()
     assert "| 2/2 [" in text and f"job 1 (ski:0): {whole.note}" in text
     assert "ski:0@ray" in text and "edit 64/64 frames" in text and "second pass 32/32 frames" in text, text
+
+
+@pytest.mark.slow   # a Ray cluster start and 3 tiny-random tokenflow edits of 12 frames
+def test_a_tokenflow_plus_clip_split_over_two_ray_workers_gives_the_one_worker_frames(tmp_path, ray_session):
+    """keyframes + tokenflow scope window (tiny-random, 2 steps, 64 px, 12 frames in windows of 4,
+    keyframes every 2): the keyframe pass on one worker, its 2 window groups' frames between
+    keyframes edited on both workers' models, the output equal to the one-worker local run (max
+    abs difference 0)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from videdit import io
+
+    job = {"input": str(Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"), "source": "a dog",
+           "target": "a cat", "model": "tiny-random", "steps": 2, "device": "cpu", "size": 64, "max_frames": 12,
+           "window": 4, "editor": "plug_and_play",
+           "temporal": {"keyframes": {"every": 2}, "tokenflow": {"scope": "window"}}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as each worker
+    try:
+        local = edit_batch([{**job, "output": str(tmp_path / "one")}], runner=JobRunner(tmp_path / "c1"), scores=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert local.ok
+    result = edit_batch([{**job, "output": str(tmp_path / "two"), "split": 2}], ray=True, workers=2,
+                        cache_dir=tmp_path / "c2", scores=False)
+    [split] = result.jobs
+    assert split.status == "done", split.error
+    assert split.frames == 12 and sorted(split.worker.split("+")) == ["ray1", "ray2"]
+    one, _ = io.read_clip(tmp_path / "one")
+    two, _ = io.read_clip(tmp_path / "two")
+    assert one.shape == two.shape == (12, 64, 64, 3)
+    assert np.abs(one.astype(int) - two).max() == 0

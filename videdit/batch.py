@@ -579,12 +579,15 @@ class JobRunner:
                           control=control_specs(o), on_progress=on_progress,
                           **{k: o[k] for k in EDIT_OPTIONS if k in o})
 
-    @staticmethod
-    def group(job: Job, clip, frames: range, on_progress: Progress | None = None):
-        """One window group of a split job (:func:`videdit.split.group_frames`; no model needed)."""
+    def group(self, job: Job, clip, frames: range, on_progress: Progress | None = None):
+        """One window group of a split job (:func:`videdit.split.group_frames`): no model needed,
+        except for a keyframe split (tokenflow), whose frames between keyframes this worker's model
+        edits (through its inversion cache)."""
         from videdit.split import group_frames
 
-        return group_frames(clip, frames, preview=job.preview is not None, on_progress=on_progress)
+        model = self.model(job.options) if clip.needs_model else None
+        return group_frames(clip, frames, model=model, cache_dir=self.cache_dir, preview=job.preview is not None,
+                            on_progress=on_progress)
 
     def finish_split(self, job: Job, digest: str, clip, groups: Iterable, *, attempt: int = 1,
                      seconds: float = 0.0, workers: str | None = None) -> JobRecord:
@@ -657,11 +660,16 @@ def job_settings(options: Mapping):
 def split_of(job: Job) -> tuple[int, str | None]:
     """How many window groups ``job`` is split into (``split``, 1: none) and, where it asked for
     more and its temporal modules carry state from window to window, 1 and the one line that
-    says so (:meth:`videdit.video.TemporalStack.split_refusal`)."""
+    says so (:func:`videdit.split.split_refusal`)."""
+    from videdit.split import KEYFRAME_SPLIT_CONTROL, split_refusal
+
     n = job.options.get("split") or 1
     if n <= 1:
         return 1, None
-    why = job_settings(job.options).temporal_stack().split_refusal()
+    settings = job_settings(job.options)
+    why = split_refusal(settings)
+    if why is None and settings.temporal_stack().keyframe_split and control_specs(job.options):
+        why = KEYFRAME_SPLIT_CONTROL
     return (1, f"split {n}: {why}") if why is not None else (n, None)
 
 

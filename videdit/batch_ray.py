@@ -126,7 +126,7 @@ class _Split:
     """A split job in flight: its first pass's clip (in the object store) and its groups as they come."""
 
     clip: object
-    clip_ref: object
+    clip_ref: dict                 # group start -> its part of the clip (ClipPass.part) in the object store
     groups: list
     t0: float
     done: dict = field(default_factory=dict)      # group start -> GroupFrames
@@ -201,7 +201,7 @@ def run_jobs(todo: Sequence[tuple[Job, str]], *, address: str | None, cache_dir:
             return worker.run.remote(t.job, t.digest, t.attempt)
         if t.kind == "first":
             return worker.first_pass.remote(t.job, t.digest, t.attempt)
-        return worker.group.remote(t.job, splits[t.job.index].clip_ref, t.frames)
+        return worker.group.remote(t.job, splits[t.job.index].clip_ref[t.frames.start], t.frames)
 
     try:
         while ready or running or any(waiting.values()):
@@ -240,7 +240,8 @@ def run_jobs(todo: Sequence[tuple[Job, str]], *, address: str | None, cache_dir:
             if t.kind == "first" and not isinstance(result, JobRecord):   # the clip: its groups go first
                 split, _ = split_of(job)
                 parts = result.groups(split)
-                splits[job.index] = _Split(result, ray.put(result), parts, time.perf_counter() - result.seconds)
+                splits[job.index] = _Split(result, {g.start: ray.put(result.part(g)) for g in parts}, parts,
+                                           time.perf_counter() - result.seconds)
                 splits[job.index].workers.append(name)
                 ready.extendleft(reversed([_Task("group", job, t.digest, 1, g) for g in parts]))
                 release(job)

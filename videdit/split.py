@@ -13,11 +13,22 @@ every frame its own source under the clip's colour maps), the edit runs as resum
    :func:`videdit.pipeline.edit_video`, window by window, restricted to the group.
 3. :func:`write_split` writes the groups' frames in order, atomically, as one output.
 
-The frames are those of the one-worker run, bit for bit: the same windows edited the same way,
-the same maps, the same source frames (read as the same chunks). Stacks that carry state from
-window to window (sparse-causal attention, flow propagation, keyframes with TokenFlow) are
-refused in one line naming the module (:meth:`videdit.video.TemporalStack.split_refusal`);
-:mod:`videdit.batch` then runs such a job whole on one worker.
+Keyframes with TokenFlow propagation in windows (``TemporalStack.keyframe_split``: ``keyframes``
++ ``tokenflow`` scope window, configs/tokenflow-plus.yaml) split after a keyframe pass: the
+frames between keyframes read only the keyframes' attention outputs and source features, and
+attend to themselves. :func:`first_pass` inverts each window whole and edits its keyframes
+alone (the one-worker run's lead batch; their attention carried to the next window), freezing
+those tensors and the keyframes' latents (:class:`videdit.video.tokenflow.KeyframeFreeze`, its
+size :func:`videdit.video.tokenflow.freeze_bytes`); :func:`group_frames` then edits each
+window's frames between on a model, in the batches one worker runs them in, and decodes the
+window whole. The official TokenFlow (scope clip: random pivots over the whole clip at every
+step) runs on one worker.
+
+The frames are those of the one-worker run, bit for bit on CPU: the same windows edited the
+same way, the same maps, the same source frames (read as the same chunks), the same UNet batches.
+Stacks that carry state from window to window (sparse-causal attention, flow propagation) are
+refused in one line naming the module (:func:`split_refusal`); :mod:`videdit.batch` then runs
+such a job whole on one worker.
 """
 
 from __future__ import annotations
@@ -29,10 +40,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import torch
 
 from videdit import io
 from videdit.errors import VideditError
 from videdit.video import TemporalModule, Window
+
+
+KEYFRAME_SPLIT_CONTROL = "a keyframe split (tokenflow) with ControlNets is not made yet; the clip runs on one worker"
 
 
 @dataclass(frozen=True)
@@ -44,14 +59,37 @@ class ClipPass:
     info: io.ClipInfo
     n_frames: int
     vae_scale_factor: int      # the model's (frames go to the size the model worked at)
-    maker: TemporalModule      # the frozen module whose finish_clip makes each window's frames
+    maker: TemporalModule | None   # the frozen module whose finish_clip makes each window's frames
     windows: int = 0           # EditStats of the first pass
     cache_hits: int = 0
     seconds: float = 0.0
+    # a keyframe split (TemporalStack.keyframe_split): the edit's settings and the keyframes' frozen
+    # state; each group's worker edits the frames between on its model (group_frames(model=...))
+    settings: object = None                    # videdit.pipeline.EditSettings
+    keyframes: object = None                   # videdit.video.tokenflow.KeyframeFreeze
+    cache_dir: str | None = None               # the first pass's inversion cache (None: none)
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether the groups are edited by a model (a keyframe split) rather than made from frozen maps."""
+        return self.keyframes is not None
 
     @property
     def n_windows(self) -> int:
         return -(-self.n_frames // self.read.chunk_size)
+
+    def part(self, frames: range) -> ClipPass:
+        """What the group of clip frames ``frames`` reads: for a keyframe split, the freeze of the
+        keyframes its windows span (their own and the one carried into its first) only, so each
+        worker is sent its share; else the whole (small) pass."""
+        if self.keyframes is None:
+            return self
+        freeze = self.keyframes
+        layouts = {s: lay for s, lay in freeze.layouts.items() if s in frames}
+        spans = {g for lay in layouts.values() for g in lay.spans}
+        return dataclasses.replace(self, keyframes=dataclasses.replace(
+            freeze, layouts=layouts, outputs={g: v for g, v in freeze.outputs.items() if g in spans},
+            latents={g: v for g, v in freeze.latents.items() if g in spans}))
 
     def groups(self, n: int) -> list[range]:
         """At most ``n`` groups of consecutive whole windows, as even as the windows allow, as
@@ -77,7 +115,12 @@ class GroupFrames:
 def split_refusal(settings) -> str | None:
     """Why an edit with ``settings`` (:class:`videdit.pipeline.EditSettings`) cannot split its
     clip, in one line naming the module; None where it can."""
-    return settings.temporal_stack().split_refusal()
+    stack = settings.temporal_stack()
+    why = stack.split_refusal()
+    if why is None and stack.keyframe_split and settings.token_merging_config is not None:
+        return ("token merging draws its merges per UNet call, and a keyframe split makes other calls than one "
+                "worker; the clip runs on one worker")
+    return why
 
 
 def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, window: int = 16,
@@ -94,9 +137,11 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
 
     settings = _settings(**edit)
     stack = settings.temporal_stack()
-    why = stack.split_refusal()
+    why = split_refusal(settings)
     if why is not None:
         raise VideditError(why)
+    if stack.keyframe_split and control is not None:
+        raise VideditError(KEYFRAME_SPLIT_CONTROL)
     read = _read_options(read, window)
     info = io.probe(Path(input), read)
     model = _resolve_model(model, None, None, settings, info.source_size, read.size, max_tokens)
@@ -105,6 +150,12 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
     cache = InversionCache(cache_dir) if use_cache else None
     stats = EditStats(size=work)
     t0 = time.perf_counter()
+    if stack.keyframe_split:
+        freeze = _keyframe_pass(input, model, read, info, settings, stack, cache, stats, on_progress)
+        return ClipPass(input=str(input), read=read, info=info, n_frames=stats.frames,
+                        vae_scale_factor=model.vae_scale_factor, maker=None, windows=stats.windows,
+                        cache_hits=stats.cache_hits, seconds=time.perf_counter() - t0, settings=settings,
+                        keyframes=freeze, cache_dir=str(cache.directory) if cache is not None else None)
     chunks = io.read_frames(input, read)
     following = next(chunks, None)
     while following is not None:
@@ -118,12 +169,99 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
                     cache_hits=stats.cache_hits, seconds=time.perf_counter() - t0)
 
 
-def group_frames(clip: ClipPass, frames: range, *, preview: bool = False,
+def _keyframe_pass(input, model, read: io.ReadOptions, info: io.ClipInfo, settings, stack, cache, stats,
+                   on_progress) -> object:
+    """A keyframe split's first pass: each window, in order, inverted whole (as one worker does,
+    through the cache, so the groups find it) and its keyframes alone denoised (their batch is
+    the one-worker run's lead batch; their attention carried to the next window), recording what
+    the frames between read -> :class:`videdit.video.tokenflow.KeyframeFreeze`."""
+    from videdit.pipeline import _at_model_size, edit_latents, invert_frames
+    from videdit.video.keyframes import Keyframes
+    from videdit.video.tokenflow import KeyframeFreeze, TokenFlow
+
+    keyframes = next(m for m in stack.modules if isinstance(m, Keyframes))
+    tokenflow = next(m for m in stack.modules if isinstance(m, TokenFlow))
+    tokenflow.recording = True
+    layouts, outputs, latents = {}, {}, {}
+    chunks = io.read_frames(input, read)
+    following = next(chunks, None)
+    while following is not None:
+        chunk, following = following, next(chunks, None)
+        start = stats.frames
+        window = Window(start, len(chunk), _at_model_size(model, chunk), last=following is None)
+        lay = keyframes.layout(window)
+        keys = tuple(g - start for g in lay.keys)
+        t0 = time.perf_counter()
+        inv = invert_frames(model, window.frames, settings, cache=cache)
+        t1 = time.perf_counter()
+        z = edit_latents(model, inv.select(keys), settings, frame_size=chunk.shape[1:3], window=window,
+                         temporal=stack, cache=cache, edited=keys)
+        layouts[start] = lay
+        outputs.update(tokenflow.take_recorded(lay.keys))
+        latents.update({g: z[i].to("cpu", copy=True) for i, g in enumerate(lay.keys)})
+        stats.seconds["invert"] += t1 - t0
+        stats.seconds["edit"] += time.perf_counter() - t1
+        stats.frames += len(chunk)
+        stats.windows += 1
+        stats.cache_hits += int(inv.cached)
+        if on_progress is not None:
+            on_progress("keyframes", stats.frames, info.n_frames)
+    return KeyframeFreeze(layouts=layouts, outputs=outputs, latents=latents, source_branch=tokenflow._source)
+
+
+def _between(clip: ClipPass, model, chunk: np.ndarray, start: int, cache) -> np.ndarray:
+    """A keyframe split's window at clip frame ``start``: the frames between its keyframes edited
+    on ``model`` (in the batches they run in on one worker, the keyframes' attention outputs read
+    from the freeze), the keyframes' latents from the first pass, all decoded together as one
+    worker decodes the window -> its frames at the chunk's size (:func:`videdit.pipeline.edit_frames`)."""
+    from videdit.pipeline import _at_model_size, _resize, edit_latents, invert_frames
+    from videdit.video import WindowLatents
+    from videdit.video.keyframes import Keyframes
+    from videdit.video.tokenflow import TokenFlow
+
+    settings, freeze = clip.settings, clip.keyframes
+    stack = settings.temporal_stack()
+    for m in stack.modules:
+        if isinstance(m, Keyframes):
+            m.frozen_layouts = freeze.layouts
+        elif isinstance(m, TokenFlow):
+            m.frozen = freeze
+    height, width = chunk.shape[1:3]
+    window = Window(start, len(chunk), _at_model_size(model, chunk), last=start + len(chunk) >= clip.n_frames)
+    lay = freeze.layouts[start]
+    keys = [g - start for g in lay.keys]
+    between = tuple(i for i in range(len(chunk)) if i + start not in lay.keys)
+    inv = invert_frames(model, window.frames, settings, cache=cache)
+    made = torch.stack([freeze.latents[g] for g in lay.keys]).to(model.device)
+    z = made.new_empty((len(chunk), *made.shape[1:]))
+    z[keys] = made
+    if between:
+        z[list(between)] = edit_latents(model, inv.select(between), settings, frame_size=(height, width), window=window,
+                                        temporal=stack, cache=cache, edited=between).to(z)
+    out = stack.finish_window(window, model.decode_latents(z, settings.batch_size),
+                              WindowLatents(edited=tuple(range(len(chunk))), source=inv.source, result=z))
+    return _resize(out, (width, height))
+
+
+def group_frames(clip: ClipPass, frames: range, *, model=None, cache_dir: str | Path | None = None,
+                 use_cache: bool = True, preview: bool = False,
                  on_progress: Callable[[str, int, int], None] | None = None) -> GroupFrames:
     """The output frames of clip frames ``frames`` (whole windows, one of :meth:`ClipPass.groups`):
     each window's source, read again, through the frozen module's ``finish_clip``, at the
-    source size, as :func:`videdit.pipeline.edit_video`'s second pass makes them."""
+    source size, as :func:`videdit.pipeline.edit_video`'s second pass makes them. A keyframe
+    split (``clip.needs_model``) edits each window's frames between keyframes on ``model`` (a
+    loaded :class:`videdit.models.Model`, the first pass's), through the inversion cache at
+    ``cache_dir`` (None: the first pass's; ``use_cache`` False: none)."""
+    from videdit.inversion import InversionCache
     from videdit.pipeline import _resize, _thumb, model_size
+
+    cache = None
+    if clip.needs_model:
+        if model is None:
+            raise VideditError("this clip's window groups are edited by the model (a keyframe split, tokenflow); "
+                               "pass group_frames(model=...)")
+        where = cache_dir if cache_dir is not None else clip.cache_dir
+        cache = InversionCache(where) if use_cache and where is not None else None
 
     size = clip.read.chunk_size
     if frames.start % size or not (frames.stop % size == 0 or frames.stop == clip.n_frames):
@@ -133,9 +271,12 @@ def group_frames(clip: ClipPass, frames: range, *, preview: bool = False,
     out, src_thumbs, edit_thumbs, start = [], [], [], frames.start
     for chunk in io.read_selected(clip.input, clip.read, selection):
         height, width = chunk.shape[1:3]
-        at_model = _resize(chunk, model_size(width, height, clip.vae_scale_factor))
-        window = Window(start, len(chunk), at_model, last=start + len(chunk) >= clip.n_frames)
-        edited = _resize(clip.maker.finish_clip(window), clip.info.source_size)
+        if clip.needs_model:
+            edited = _resize(_between(clip, model, chunk, start, cache), clip.info.source_size)
+        else:
+            at_model = _resize(chunk, model_size(width, height, clip.vae_scale_factor))
+            window = Window(start, len(chunk), at_model, last=start + len(chunk) >= clip.n_frames)
+            edited = _resize(clip.maker.finish_clip(window), clip.info.source_size)
         out.append(edited)
         if preview:
             src_thumbs.append(_thumb(_resize(chunk, clip.info.source_size)))
@@ -184,6 +325,7 @@ def edit_split(input: str | Path, output: str | Path, *, model, groups: int, pre
     """The three pieces on this process, one group after another: what a one-worker run gives,
     through the split path (``options``: :func:`first_pass`'s)."""
     clip = first_pass(input, model=model, **options)
-    made = (group_frames(clip, g, preview=preview is not None) for g in clip.groups(groups))
+    made = (group_frames(clip, g, model=model, use_cache=options.get("use_cache", True), preview=preview is not None)
+            for g in clip.groups(groups))
     return clip, write_split(output, clip, made, preview=preview, overwrite=overwrite)
 

@@ -166,6 +166,9 @@ class Keyframes(TemporalModule):
         self.between_attend_self = False          # a stage replaces the frames between during denoising
         self._layout: tuple[int, Layout] | None = None   # (window start, layout) of the current window
         self.pair_flows: PairFlows | None = None          # the current window's (frame, keyframe) flows
+        # a split clip's window groups (videdit.split): each window's keyframes as the first pass chose
+        # them (window start -> Layout); the model edits only the frames between, each attending to itself
+        self.frozen_layouts: dict[int, Layout] | None = None
 
     @classmethod
     def expand(cls, options: Mapping[str, Any]) -> list[tuple[str, dict]]:
@@ -212,6 +215,8 @@ class Keyframes(TemporalModule):
     def layout(self, window: Window) -> Layout:
         """This window's keyframes, from the state the windows before left (the same before and
         after this window's plan)."""
+        if self.frozen_layouts is not None:
+            return self.frozen_layouts[window.start]
         if self._layout is None or self._layout[0] != window.start:
             frames = window.frames if self.config.select == "change" else None
             keys = select_keyframes(window.size, every=self.config.every, select=self.config.select, frames=frames,
@@ -237,6 +242,8 @@ class Keyframes(TemporalModule):
             window.source(f"{NAME} select='change'")
         lay = self.layout(window)
         denoised = ctx.denoised(window)
+        if self.frozen_layouts is not None:
+            return self._between_plan(window, ctx, lay, denoised)
         if ctx.edited is not None and tuple(denoised) != lay.keys:
             raise VideditError(f"{NAME}: the model was given frames {denoised} of the clip to edit, and this window's "
                                f"keyframes are {list(lay.keys)}; edit the clip's windows in order with one "
@@ -257,3 +264,20 @@ class Keyframes(TemporalModule):
         # keyframes run first, together (else a batch would attend to keyframes not run yet)
         lead = tuple(range(len(lay.keys))) if ctx.edited is not None else tuple(g - window.start for g in lay.keys)
         return TemporalPlan(modules=[module], lead_frames=lead)
+
+    def _between_plan(self, window: Window, ctx: TemporalContext, lay: Layout, denoised: list[int]) -> TemporalPlan:
+        """A split clip's window group: the frames between the keyframes alone, each attending to
+        itself as in the one-worker run (a stage propagates the keyframes' outputs to them), in
+        the batches they run in there (no lead frames: the keyframes ran in the first pass)."""
+        between = [g for g in window.indices if g not in lay.keys]
+        if not self.between_attend_self or denoised != between:
+            raise VideditError(f"{NAME}: a window group edits the frames between keyframes {list(lay.keys)} with a "
+                               f"stage that propagates the keyframes' attention (tokenflow scope window); got frames "
+                               f"{denoised}")
+        layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
+                               cross=False)
+
+        def attend(g): return (g,)
+        store = AnchorStore(denoised, attend, (), {}, self.config.offload, True)
+        return TemporalPlan(modules=[CrossFrameAttention(layers, attend, denoised, store, what=NAME,
+                                                         source_branch=ctx.source_branch)])

@@ -26,6 +26,9 @@ each window (:func:`videdit.pipeline.edit_video`).
 A second-pass module that ``splits`` reads in ``finish_clip`` only what the first pass left,
 frozen (``frozen()``): its windows are then independent, and one long clip may be split into
 groups of windows made on several workers after the first pass (:mod:`videdit.split`). A
+propagation stage that ``splits`` (tokenflow scope window) lets the keyframes be edited in the
+first pass and the frames between, window by window, in the groups
+(:attr:`TemporalStack.keyframe_split`). A
 stack whose frames come window by window carries its state from each window to the next, and
 runs on one worker (:meth:`TemporalStack.split_refusal`).
 
@@ -171,6 +174,10 @@ class TemporalModule:
         and picklable, sent to the workers that make the clip's window groups."""
         raise NotImplementedError(f"{self.name} does not split its second pass")
 
+    def split_refusal(self) -> str | None:
+        """(``splits``) Why this module's options keep the clip on one worker, in one line; None: they don't."""
+        return None
+
 
 @dataclass(frozen=True)
 class WindowLatents:
@@ -263,6 +270,11 @@ class TemporalStack:
         """None where one clip may be split into window groups made on several workers after the
         first pass (the module making the frames in its second pass ``splits``); else why not,
         in one line naming the module."""
+        for m in self.modules:
+            if m.splits and (why := m.split_refusal()) is not None:
+                return why
+        if self.keyframe_split:
+            return None
         makers = [m for m in self.modules if m.second_pass]
         if len(makers) == 1 and makers[0].splits:
             return None
@@ -275,6 +287,17 @@ class TemporalStack:
         names = ", ".join(repr(m.name) for m in self.modules)
         return (f"temporal module{'s' if len(self.modules) > 1 else ''} {names} carr"
                 f"{'y' if len(self.modules) > 1 else 'ies'} state from window to window; the clip runs on one worker")
+
+    @property
+    def keyframe_split(self) -> bool:
+        """Whether the clip splits after a keyframe pass: ``keyframes`` with a stage that propagates
+        their attention during denoising and ``splits`` (tokenflow scope window), nothing else.
+        The first pass edits the keyframes window by window (their attention carried), freezing
+        what the frames between read; the frames between are then edited per window, on any
+        worker (:mod:`videdit.split`)."""
+        names = sorted(m.name for m in self.modules)
+        return names == ["keyframes", "tokenflow"] and all(m.splits and m.split_refusal() is None
+                                                            for m in self.modules if m.propagates_attention)
 
     def frozen_maker(self) -> TemporalModule:
         """The frozen module that makes the frames in the second pass (:meth:`TemporalModule.frozen`)."""

@@ -45,7 +45,9 @@ each window's keyframes plus the window before's last one attending jointly, its
 carried from window to window (flat memory), the two adjacent keyframes blended linearly (the
 paper's form; ``blend`` is not read), the source branch left exact (``exact_source`` is not
 read). ``features="keys"`` matches on the source's keys of the layer (a linear map of the
-``norm1`` states) instead.
+``norm1`` states) instead. Scope window splits one clip over several workers after a keyframe
+pass (:mod:`videdit.split`: ``recording`` / ``frozen``, :class:`KeyframeFreeze`); scope clip
+cannot (every frame feeds every step's pivots).
 """
 
 from __future__ import annotations
@@ -249,13 +251,14 @@ class TokenFlowPropagation(AttentionModule):
 
     cross = False
 
-    def __init__(self, layers: Collection[str], spans: Sequence[int], keyframes: Sequence[int], window: range,
+    def __init__(self, layers: Collection[str], spans: Sequence[int], keyframes: Sequence[int], denoised: Sequence[int],
                  source: int, persistent: dict, offload: bool = False, final: bool = False,
-                 norms: Norm1Features | None = None):
-        self.names, self.offset, self.source, self.norms = frozenset(layers), window.start, source, norms
+                 norms: Norm1Features | None = None, carry: Collection[int] | None = None):
+        self.names, self.denoised, self.source, self.norms = frozenset(layers), list(denoised), source, norms
         self.keys, self.keyset = list(spans), set(keyframes)   # keyframes to draw from (the carried one too); own
-        # keyframes' outputs and source features; the last keyframe's kept for the next window
-        self.store = AnchorStore(window, self._anchors, set(keyframes[-1:]), persistent, offload, final)
+        # keyframes' outputs and source features; the last keyframe's (``carry``: these) kept for the next window
+        carry = set(keyframes[-1:]) if carry is None else set(carry)
+        self.store = AnchorStore(self.denoised, self._anchors, carry, persistent, offload, final)
         self._k: torch.Tensor | None = None
 
     def applies(self, layer: str, cross: bool) -> bool:
@@ -271,7 +274,7 @@ class TokenFlowPropagation(AttentionModule):
         if call.info.inverting:
             return out
         features = source_features(call, self._k, self.norms, self.source)   # (fb, T, C')
-        frames = [self.offset + f for f in call.info.frames]
+        frames = [self.denoised[f] for f in call.info.frames]
         outs = call.split(out)                                     # (halves, nb, fb, T, C)
         feats = features[None, None]                               # (1, 1, fb, T, C')
         for j, g in enumerate(frames):
@@ -306,6 +309,7 @@ class TokenFlow(TemporalModule):
     order = -1                    # reads the source branch's keys before cross-frame attention extends them
     needs_source_branch = True
     propagates_attention = True   # the keyframes module lets the frames between attend to themselves
+    splits = True                 # scope window: the frames between read only the keyframes' (videdit.split)
     reference = ("Geyer et al., ICLR 2024; github.com/omerbt/TokenFlow (run_tokenflow_pnp.py, tokenflow_utils.py, "
                  "configs/config_pnp.yaml, preprocess.py)")
 
@@ -315,6 +319,11 @@ class TokenFlow(TemporalModule):
         self.carried: dict = {}   # scope window: the last keyframe's outputs and source features (AnchorStore)
         self.propagation: PivotalPropagation | None = None   # scope clip: the current window's
         self.pivots: PivotDraw | None = None                   # scope clip: the current window's draws
+        # a split clip (videdit.split): the first pass keeps every keyframe's outputs and features
+        # (recording), the window groups read them back (frozen) instead of running the keyframes
+        self.recording = False
+        self.frozen: KeyframeFreeze | None = None
+        self._source = 0   # the source branch of the last plan (its rows are not frozen: nothing reads them)
 
     def bind(self, modules) -> None:
         has_keyframes = any(isinstance(m, Keyframes) for m in modules)
@@ -324,6 +333,13 @@ class TokenFlow(TemporalModule):
             raise VideditError(f"{NAME} scope 'clip' draws its own pivots (a random frame of every "
                                f"{self.config.batch_size}, the official); drop the keyframes module, or set {NAME} "
                                f"scope: window to take its keyframes (configs/tokenflow-plus.yaml)")
+
+    def split_refusal(self) -> str | None:
+        if self.config.scope == "window":
+            return None
+        return (f"temporal module {NAME!r} scope 'clip' (the official) draws random pivots over the whole clip at "
+                f"every step, so every frame feeds every step's pivotal pass; the clip runs on one worker (scope "
+                f"window, configs/tokenflow-plus.yaml, splits)")
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         if ctx.source_branch is None:
@@ -336,9 +352,15 @@ class TokenFlow(TemporalModule):
         hooks = norms.hooks(layers) if norms is not None else {}
         if self.config.scope == "window":
             lay = self.keyframes.layout(window)
-            return TemporalPlan(modules=[TokenFlowPropagation(layers, lay.spans, lay.keys, window.indices,
-                                                              ctx.source_branch, self.carried, self.config.offload,
-                                                              window.last, norms)], hooks=hooks)
+            self._source = ctx.source_branch
+            persistent, final, carry = self.carried, window.last, None
+            if self.recording:        # keep every keyframe's (until first_pass takes them), the last window's too
+                final, carry = False, lay.keys
+            elif self.frozen is not None:   # a window group: the keyframes' as the first pass left them
+                persistent, final = self.frozen.entries(lay.spans, ctx.n_branches), True
+            return TemporalPlan(modules=[TokenFlowPropagation(layers, lay.spans, lay.keys, ctx.denoised(window),
+                                                              ctx.source_branch, persistent, self.config.offload,
+                                                              final, norms, carry)], hooks=hooks)
         if not (window.first and window.last) or ctx.edited is not None:
             raise VideditError(f"{NAME} scope 'clip' has all the clip's pivots attend jointly and needs the whole clip "
                                f"in one window; this window holds frames {window.start}-{window.indices[-1]}: edit "
@@ -354,3 +376,72 @@ class TokenFlow(TemporalModule):
         self.propagation = PivotalPropagation(layers, self.config, ctx.source_branch, norms)
         self.pivots = PivotDraw(ctx.info, window.size, self.config.batch_size, ctx.seed)
         return TemporalPlan(modules=[self.propagation], callbacks=[self.pivots], hooks=hooks)
+
+    def take_recorded(self, keyframes: Sequence[int]) -> dict[int, dict]:
+        """(First pass of a split clip, ``recording``) the attention outputs of every branch but the
+        source, and the source features, of ``keyframes`` (clip indices) at every (layer, step,
+        call), moved to CPU memory: {frame: {(layer, step, call): (outputs (halves, nb - 1, T, C),
+        features (T, C'))}}."""
+        taken: dict[int, dict] = {}
+        for key, (outs, feats) in self.carried.items():
+            if key[-1] in keyframes:
+                edit = [b for b in range(outs.shape[1]) if b != self._source]
+                taken.setdefault(key[-1], {})[key[:-1]] = (outs[:, edit].to("cpu", copy=True),
+                                                           feats[0, 0].to("cpu", copy=True))
+        return taken
+
+
+@dataclass
+class KeyframeFreeze:
+    """What the frames between keyframes read of the keyframes, frozen after a split clip's first
+    pass (:mod:`videdit.split`): each keyframe's attention outputs (every branch but the source,
+    each guidance half) and source features at every propagated layer, step and model call, and
+    its clean latents; and each window's keyframes. Sizes: :func:`freeze_bytes`."""
+
+    layouts: dict                 # window start -> keyframes.Layout
+    # keyframe -> {(layer, step, call): (outputs (halves, nb - 1, T, C), features (T, C'))}
+    outputs: dict
+    latents: dict                 # keyframe -> (C, h, w) its edited clean latents (float32, CPU)
+    source_branch: int
+
+    def entries(self, frames: Sequence[int], n_branches: int) -> dict:
+        """``frames`` ' tensors as the :class:`AnchorStore` of a one-worker run holds them,
+        {(layer, step, call, frame): (outputs (halves, nb, T, C), features (1, 1, T, C'))}: the
+        source rows zero (propagation reads only the others)."""
+        out = {}
+        for g in frames:
+            for key, (outs, feats) in self.outputs[g].items():
+                full = outs.new_zeros(outs.shape[0], n_branches, *outs.shape[2:])
+                full[:, [b for b in range(n_branches) if b != self.source_branch % n_branches]] = outs
+                out[(*key, g)] = (full, feats[None, None])
+        return out
+
+    @property
+    def keyframes(self) -> list[int]:
+        return sorted(self.outputs)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frozen outputs and features (the latents are a few kB a keyframe)."""
+        return sum(t.numel() * t.element_size() for per in self.outputs.values() for pair in per.values()
+                   for t in pair)
+
+    def keyframe_bytes(self, frame: int) -> int:
+        return sum(t.numel() * t.element_size() for pair in self.outputs[frame].values() for t in pair)
+
+
+def freeze_bytes(unet, layers: Collection[str], latent_size: tuple[int, int], calls: int, halves: int,
+                 edit_branches: int, features: str = "keys") -> int:
+    """Bytes a :class:`KeyframeFreeze` keeps per keyframe, from the layer sizes: at each layer of
+    ``T`` tokens and ``C`` channels, ``calls`` model calls (steps x calls per step) of
+    ``halves * edit_branches`` output rows (the heads' outputs side by side: ``C``) and one
+    feature row (keys: ``C``; norm1: the block's width, also ``C`` in SD's blocks), ``T * C``
+    numbers each in the UNet's dtype."""
+    grids, modules = layer_grids(unet, latent_size), dict(unet.named_modules())
+    total = 0
+    for name in layers:
+        attn = modules[name.removesuffix(".processor")]
+        tokens = grids[name][0] * grids[name][1]
+        width = attn.to_k.out_features if features == "keys" else attn.to_k.in_features
+        total += tokens * (halves * edit_branches * attn.to_k.out_features + width)
+    return calls * total * unet.dtype.itemsize
