@@ -542,6 +542,23 @@ class Run:
         return [self.output, self.preset] + ([self.mask.path] if self.mask else [])
 
 
+def torch_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count in the calling thread to ``n`` (None: leave it); -> the count.
+
+    PyTorch keeps the count per OS thread once a thread has run an op: ``torch.set_num_threads`` in
+    one thread does not reach a pool thread that has already run one (Gradio's workers), and CPU
+    convolutions and matmuls sum in an order that depends on the count (measured on the toy model: the
+    VAE encoder's and the UNet's outputs differ in ~60-95% of their floats, by ~1e-6, at 1 vs 2 threads).
+    A page run at another count than the CLI's then differs in the odd uint8 value by 1, which x264 turns
+    into 0.8% of the decoded values by up to 13 levels (the recolour preset on the sample, 4 steps). Not
+    restored: the count set is the server's own."""
+    import torch
+
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 class Server:
     """The state of one server: its model (loaded once), its temporary folder, the runs."""
 
@@ -554,6 +571,7 @@ class Server:
         self._lock = threading.Lock()          # one run at a time (and one model load)
         self._cancel = threading.Event()
         self._uploads = 0
+        self.threads = torch_threads()   # the count `videdit edit` gets here; every run uses it (see torch_threads)
 
     def load(self):
         from videdit.models import load_model
@@ -609,6 +627,7 @@ class Server:
             check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
                             else io.probe(clip).source_size, mask.name)
         with self._lock:
+            torch_threads(self.threads)   # this worker thread's count may be another: the CLI's bits need this one
             self._cancel.clear()
             number = len(self.history) + 1
             folder = self.root / "runs" / f"{number:03d}"

@@ -161,7 +161,11 @@ def write_video(
                     audio = _add_audio_stream(container, Path(audio_from), audio_codec, audio_rate)
                 n = 0
                 for frame in chain([first], frames):
-                    video_frame = av.VideoFrame.from_ndarray(_pad_even(frame), format="rgb24")
+                    # to yuv420p here, by a fresh one-thread swscale per frame: the encoder's own conversion (a
+                    # reused, auto-threaded swscale context) gave different bytes for the same frames now and then
+                    # (7 of 25 encodes of one 64x64 clip under CPU load, up to 13 levels once decoded)
+                    video_frame = av.VideoFrame.from_ndarray(_pad_even(frame), format="rgb24").reformat(
+                        format="yuv420p", threads=1)
                     video_frame.pts = n
                     video_frame.time_base = stream.codec_context.time_base
                     container.mux(stream.encode(video_frame))
