@@ -113,8 +113,9 @@ def test_rerender_preset_from_the_cli(toy_mp4, tmp_path, capsys):
     the scores; --temporal overrides one of the preset's options."""
     path, _ = toy_mp4
     out, report = tmp_path / "out.mp4", tmp_path / "out.json"
-    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender-pull.yaml",
-                            "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--report", report,
+    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config",
+                            REPO / "configs/rerender-pull.yaml", "--model", "tiny-random", "--steps", "4",
+                            "--size", "64", "--no-cache", "-q", "--report", report,
                             "--temporal", "flow_propagation:strength=0.9,target=latent"])])
     stdout, err = capsys.readouterr()
     assert code == 0, err
