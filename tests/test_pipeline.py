@@ -10,7 +10,7 @@ import videdit
 from videdit import io
 from videdit.errors import VideditError
 
-FAST = dict(model="tiny-random", steps=3, use_cache=False)
+FAST = dict(model="tiny-random", steps=1, use_cache=False)   # mechanics: one step runs every part
 
 
 def test_edit_image_array_keeps_any_size():
