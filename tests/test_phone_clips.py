@@ -70,10 +70,10 @@ def test_phone_clip_edit_keeps_count_and_displayed_size(tmp_path, capsys):
     clip = _phone_clip(tmp_path / "phone.mp4", 90, n=4)
     out = tmp_path / "out.mp4"
     code = main(["edit", str(clip), "-t", "a cat", "-o", str(out), "--model", "tiny-random", "--steps", "2",
-                 "--no-cache", "-q"])
+                 "--no-cache", "-q", "--size", "128"])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    # displayed 32x96: tiny-random's native short side 128 -> 128x384
+    # displayed 32x96: short side 128 -> 128x384
     assert "(4 frames, worked at 128x384, written at 32x96;" in stdout
     with av.open(str(out)) as c:
         v = c.streams.video[0]

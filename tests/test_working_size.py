@@ -31,6 +31,21 @@ def hd_clip(tmp_path_factory, shared_data):
     return path
 
 
+def _shrunk(real, seen: list, factor: int = 8):
+    """``edit_frames`` (``real``) on each window shrunk ``factor`` times per side and its result grown
+    back: everything around it (working size, reading, summary, writing) runs as it does, without
+    tiny-random's minute per frame at 912x512 on one CPU thread (its 7296-token self-attention);
+    ``seen`` gets the shape of each window it was given."""
+    def run(model, frames, *args, **kwargs):
+        seen.append(frames.shape)
+        h, w = frames.shape[1:3]
+        small = np.stack([cv2.resize(f, (max(8, w // factor), max(8, h // factor)), interpolation=cv2.INTER_AREA)
+                          for f in frames])
+        return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_CUBIC) for f in real(model, small, *args,
+                                                                                              **kwargs)])
+    return run
+
+
 @pytest.mark.parametrize("sample_size, native, work", [(64, 512, (912, 512)),      # SD 1.x: 910.2 -> 912
                                                        (96, 768, (1368, 768)),     # SD 2.x (v): 1365.3 -> 1368
                                                        (128, 1024, (1824, 1024))])  # SDXL: 1820.4 -> 1824
@@ -65,17 +80,36 @@ def test_budget_is_stated_and_overridable(monkeypatch):
         token_budget(sd, 0)
 
 
-def test_hd_clip_works_at_the_native_size_and_writes_the_source_size(hd_clip, tmp_path, capsys):
-    out = tmp_path / "out.mp4"
-    code = main(["edit", str(hd_clip), "-t", "a cat", "-o", str(out), "--model", "tiny-random", "--steps", "2",
+def _edit_hd_clip(hd_clip, out, capsys) -> str:
+    """Issue 16's check: ``videdit edit`` of a 1920x1080 clip with tiny-random, which has SD 1.5's
+    geometry: it works at 512 short side and writes 1920x1080 frames. Returns the run summary."""
+    code = main(["edit", str(hd_clip), "-t", "a cat", "-o", str(out), "--model", "tiny-random", "--steps", "1",
                  "--no-cache", "-q"])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    # tiny-random's native short side is 16 x 8 = 128: 1920 x 128 / 1080 = 227.6 -> 228 -> 224 (8s, half to even)
-    assert "(2 frames, worked at 224x128, written at 1920x1080;" in stdout
+    # tiny-random's native short side is SD 1.5's 64 x 8 = 512: 1920 x 512 / 1080 = 910.2 -> 912 (a multiple of 8)
+    assert "(2 frames, worked at 912x512, written at 1920x1080;" in stdout
     with av.open(str(out)) as c:
         v = c.streams.video[0]
         assert (v.width, v.height) == (1920, 1080) and sum(1 for _ in c.decode(v)) == 2
+    return stdout
+
+
+def test_hd_clip_works_at_the_native_size_and_writes_the_source_size(hd_clip, tmp_path, capsys, monkeypatch):
+    """The CLI run with the model's own work on each window done at 1/8 of the working size (the
+    slow test below runs it whole)."""
+    from videdit import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "edit_frames", _shrunk(pipeline.edit_frames, seen))
+    _edit_hd_clip(hd_clip, tmp_path / "out.mp4", capsys)
+    assert seen == [(2, 512, 910, 3)]   # read at 910x512, the model's multiple of 8 (912) taken in edit_frames
+
+
+@pytest.mark.slow
+def test_hd_clip_edit_at_the_native_size_runs_whole(hd_clip, tmp_path, capsys):
+    """The same edit with nothing replaced: tiny-random's UNet and VAE at 912x512 (about 70 s)."""
+    _edit_hd_clip(hd_clip, tmp_path / "out.mp4", capsys)
 
 
 def test_hd_clip_at_source_size_is_refused_before_any_work(hd_clip, tmp_path, capsys, monkeypatch):
@@ -83,25 +117,27 @@ def test_hd_clip_at_source_size_is_refused_before_any_work(hd_clip, tmp_path, ca
 
     monkeypatch.setattr(pipeline, "edit_frames", lambda *a, **k: pytest.fail("edited although refused"))
     out = tmp_path / "out.mp4"
-    code = main(["edit", str(hd_clip), "-t", "a cat", "-o", str(out), "--model", "tiny-random", "--steps", "2",
+    code = main(["edit", str(hd_clip), "-t", "a cat", "-o", str(out), "--model", "tiny-random", "--steps", "1",
                  "--no-cache", "-q", "--size", "source"])
     _, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1 and not out.exists()
-    assert "32400 latent tokens per frame" in err and "over the budget of 16384; use --size 760 or less" in err
-    assert "tiny-random's native short side is 128" in err
+    assert "1920x1080 is 240x135 = 32400 latent tokens per frame" in err   # the figure it would need
+    assert "over the budget of 16384; use --size 760 or less" in err and "--max-tokens 32400" in err   # the fixes
+    assert "tiny-random's native short side is 512" in err
 
 
 def test_invert_and_edit_share_the_working_frames(shared_data, tmp_path, capsys):
     """The default size is the same for invert and edit (the cache hits); another --size is other
-    frames, so another inversion."""
+    frames, so another inversion. On the toy model (native short side 16 x 4 = 64): tiny-random's
+    default, 512, costs a minute here, and the default comes from the model alike."""
     clip = shared_data / "videos" / "dog.mp4"
-    common = ["--model", "tiny-random", "--steps", "2", "--max-frames", "2", "--cache-dir", str(tmp_path / "c"), "-q"]
+    common = ["--model", "toy", "--steps", "2", "--max-frames", "2", "--cache-dir", str(tmp_path / "c"), "-q"]
     assert main(["invert", str(clip), *common]) == 0
-    assert "inverted 2 frames at 128x128 in 1 windows (0 already cached)" in capsys.readouterr().out
+    assert "inverted 2 frames at 64x64 in 1 windows (0 already cached)" in capsys.readouterr().out
     assert main(["edit", str(clip), *common, "-t", "x", "-o", str(tmp_path / "a.mp4")]) == 0
-    assert "worked at 128x128, written at 512x512; inversion" in (out := capsys.readouterr().out)
+    assert "worked at 64x64, written at 512x512; inversion" in (out := capsys.readouterr().out)
     assert "1/1 windows from cache" in out
-    assert main(["edit", str(clip), *common, "-t", "x", "-o", str(tmp_path / "b.mp4"), "--size", "64"]) == 0
+    assert main(["edit", str(clip), *common, "-t", "x", "-o", str(tmp_path / "b.mp4"), "--size", "32"]) == 0
     assert "0/1 windows from cache" in capsys.readouterr().out
 
 
@@ -109,13 +145,11 @@ def test_edit_image_works_at_the_native_size(tiny, monkeypatch):
     from videdit import pipeline
 
     seen = []
-    real = pipeline.edit_frames
-    monkeypatch.setattr(pipeline, "edit_frames", lambda m, frames, *a, **k: seen.append(frames.shape) or real(
-        m, frames, *a, **k))
+    monkeypatch.setattr(pipeline, "edit_frames", _shrunk(pipeline.edit_frames, seen))
     image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     out = edit_image(image, target_prompt="x", model=tiny, steps=1, use_cache=False)
     source = edit_image(image, target_prompt="x", model=tiny, steps=1, use_cache=False, size="source")
-    assert out.shape == source.shape == (300, 400, 3) and seen == [(1, 128, 171, 3), (1, 300, 400, 3)]
+    assert out.shape == source.shape == (300, 400, 3) and seen == [(1, 512, 683, 3), (1, 300, 400, 3)]
 
 
 def test_budget_is_checked_from_the_configs_before_the_weights_load(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ CONTROL = ["--control", "canny", "--controlnet", "tiny-random"]
 def test_edit_with_a_controlnet_writes_every_frame(tmp_path, capsys):
     out = tmp_path / "out.mp4"
     code, stdout, err = run(capsys, "edit", SAMPLE, "-t", "a blue circle", *BASE, *CONTROL, "--max-frames", "5",
-                            "-o", out)
+                            "--size", "128", "-o", out)
     assert code == 0, err
     assert io.probe(out).n_frames == 5 and "wrote" in stdout
 
@@ -41,7 +41,7 @@ def test_depth_maps_from_a_folder(tmp_path, capsys):
     for i in range(6):
         cv2.imwrite(str(maps / f"{i:03d}.png"), np.full((40, 40, 3), 30 * i, np.uint8))
     kw = dict(model="tiny-random", steps=2, use_cache=False, target_prompt="a blue circle",
-              read=io.ReadOptions(max_frames=3, stride=2))
+              read=io.ReadOptions(max_frames=3, stride=2, size=128))
     result = videdit.edit_video(SAMPLE, control=[ControlSpec(f"depth={maps}", "tiny-random")], **kw)
     assert result.frames.shape[0] == 3
     code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", *BASE, "--control", f"depth={maps}", "--controlnet",
@@ -50,7 +50,8 @@ def test_depth_maps_from_a_folder(tmp_path, capsys):
 
 
 def test_invert_fills_the_cache_the_controlled_edit_reads(tmp_path, capsys):
-    cache = ["--cache-dir", tmp_path / "cache", "--model", "tiny-random", "--steps", "2", "-q", "--max-frames", "2"]
+    cache = ["--cache-dir", tmp_path / "cache", "--model", "tiny-random", "--steps", "2", "-q", "--max-frames", "2",
+             "--size", "128"]
     code, stdout, err = run(capsys, "invert", SAMPLE, *cache, *CONTROL)
     assert code == 0 and "(0 already cached)" in stdout, err
     code, stdout, err = run(capsys, "edit", SAMPLE, "-t", "x", *cache, *CONTROL, "-o", tmp_path / "o.mp4")

@@ -198,7 +198,7 @@ def test_cli_edits_with_the_shipped_sentence_files(tmp_path, capsys):
     preset = Path(__file__).resolve().parents[2] / "configs" / "pix2pix-zero.yaml"
     caption = "a red circle on a gray background"
     base = ["edit", SAMPLE, "-s", caption, "-t", caption, "--model", "tiny-random", "--steps", "2",
-            "--no-cache", "-q", "--max-frames", "1", "--config", preset]
+            "--no-cache", "-q", "--max-frames", "1", "--size", "128", "--config", preset]
     code, _, err = run(capsys, *base, "-E", "direction=red2blue", "-o", tmp_path / "named.png")
     assert code == 0, err
     code, _, err = run(capsys, *base, "-E", f"source_sentences={DIRECTIONS / 'red.txt'}",

@@ -65,8 +65,25 @@ def settings_for(method, guidance=7.5, **kw):
                         inversion=method, inversion_params=EXACT_OPTIONS.get(method, {}), **kw)
 
 
-def test_record_shapes_and_costs(tiny, wolf_frames, method):
-    inv = invert_frames(tiny, wolf_frames, settings_for(method))
+@pytest.fixture(scope="module")
+def inverted(tiny, wolf_frames):
+    """method -> (its inversion of the two wolf frames with ``settings_for(method)``, that
+    inversion's reconstruction), computed once for the module's tests that read them (inverting
+    is deterministic: the same call gives the same record bit for bit)."""
+    done = {}
+
+    def get(method):
+        if method not in done:
+            s = settings_for(method)
+            inv = invert_frames(tiny, wolf_frames, s)
+            done[method] = inv, reconstruct(tiny, inv, s)
+        return done[method]
+
+    return get
+
+
+def test_record_shapes_and_costs(tiny, wolf_frames, method, inverted):
+    inv, _ = inverted(method)
     assert inv.method == method
     assert inv.trajectory.shape == (STEPS + 1, 2, 4, 8, 8)
     assert inv.unet_evals == 0 if method in {*FROM_NOISE, *NO_UNET} else inv.unet_evals >= STEPS
@@ -94,12 +111,12 @@ def test_cache_round_trip_keeps_extras(tiny, wolf_frames, method, tmp_path):
     torch.testing.assert_close(reconstruct(tiny, hit, s), reconstruct(tiny, first, s))
 
 
-def test_select_cuts_out_frames_that_replay_as_in_the_whole(tiny, wolf_frames, method):
+def test_select_cuts_out_frames_that_replay_as_in_the_whole(tiny, wolf_frames, method, inverted):
     """Inversion.select: the second frame's slice of the trajectory and of every extra (along
     its frame axis) replays to what the whole record replays for that frame; where the method
     says it inverts frames independently, the slice is the inversion of that frame alone."""
     s = settings_for(method)
-    inv = invert_frames(tiny, wolf_frames, s)
+    inv, whole = inverted(method)
     one = inv.select([1])
     assert one.trajectory.shape == (STEPS + 1, 1, 4, 8, 8) and one.method == method
     for k, v in inv.extras.items():
@@ -107,7 +124,7 @@ def test_select_cuts_out_frames_that_replay_as_in_the_whole(tiny, wolf_frames, m
         assert v.shape[axis] == 2 and one.extras[k].shape[axis] == 1, k
     # a batch of one frame rounds differently from one of two, and guided sampling amplifies it
     # (latents of unit std; a wrong frame axis is off by about 1)
-    assert float((reconstruct(tiny, one, s) - reconstruct(tiny, inv, s)[1:]).abs().max()) < 1e-3
+    assert float((reconstruct(tiny, one, s) - whole[1:]).abs().max()) < 1e-3
     if INVERSIONS[method].inverts_frames_apart(s.inversion_config):
         alone = invert_frames(tiny, wolf_frames[1:], s)
         assert float((one.trajectory - alone.trajectory).abs().max()) < 1e-3
@@ -115,10 +132,9 @@ def test_select_cuts_out_frames_that_replay_as_in_the_whole(tiny, wolf_frames, m
             assert float((one.extras[k] - v).abs().max()) < 1e-3, k
 
 
-def test_reconstruction(tiny, wolf_frames, method):
-    s = settings_for(method)
-    inv = invert_frames(tiny, wolf_frames, s)
-    err = rel_error(reconstruct(tiny, inv, s), inv.source)
+def test_reconstruction(method, inverted):
+    inv, z = inverted(method)
+    err = rel_error(z, inv.source)
     if method in FROM_NOISE:   # sampling from noise does not give the source back
         assert err >= FROM_NOISE[method], f"{method}: {err:.3e}"
         return

@@ -143,9 +143,9 @@ def test_default_model_is_sd15_from_the_hub_cache(offline_hub):
     save_tiny_random(repo / "snapshots" / ("0" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    assert loading.peek_geometry(DEFAULT_MODEL).native_size == 128   # the configs alone, from the cache
+    assert loading.peek_geometry(DEFAULT_MODEL).native_size == 512   # the configs alone, from the cache
     model = load_model()
-    assert model.name == DEFAULT_MODEL and model.native_size == 128 and model.unet.config.in_channels == 4
+    assert model.name == DEFAULT_MODEL and model.native_size == 512 and model.unet.config.in_channels == 4
 
 
 def test_cli_without_model_offline_says_what_to_use(offline_hub, tmp_path, capsys):

@@ -88,7 +88,7 @@ def test_approximate_inversions_beat_ddim_at_guidance_7_5_in_50_steps(toy, scene
         assert errors(toy, scenes, method, 7.5, steps=50, params=p) < ddim, method
 
 
-def test_keep_background_localises_a_colour_edit(toy):
+def test_keep_background_localises_a_colour_edit(toy, tmp_path):
     """A colour edit (direct inversion + prompt-to-prompt's word swap) with keep_background: the
     object takes the new colour, the frame outside the changed latents is the input to the level,
     and that outside is most of the frame (the change mask found the object, not everything)."""
@@ -99,7 +99,8 @@ def test_keep_background_localises_a_colour_edit(toy):
     scene = make_scene((WorldObject("square", "red", (30.0, 34.0), 14.0, 10.0),), ("gray",))
     target = scene.caption.replace("red", "blue")
     kw = dict(source_prompt=scene.caption, target_prompt=target, model=toy, steps=25, guidance=4.0,
-              inversion="direct", editor="prompt_to_prompt", editor_params={"mode": "replace"}, use_cache=False)
+              inversion="direct", editor="prompt_to_prompt", editor_params={"mode": "replace"},
+              cache_dir=tmp_path)   # one inversion for both edits
     plain, kept = edit_image(scene.image, **kw), edit_image(scene.image, keep_background=True, **kw)
     for out in (plain, kept):
         found = detect_objects(out)

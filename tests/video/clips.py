@@ -39,19 +39,23 @@ def slid(image, by):
     return warp(image.astype(np.float32), shift)
 
 
-def frames_through(model, module, run) -> int:
-    """How many frames (summed over calls) reach ``module``'s forward while ``run()`` runs."""
-    seen = []
+def frames_through(model, modules, run) -> list[int]:
+    """How many frames (summed over calls) reach each of ``modules``' forward while ``run()`` runs
+    (once, counted for all of them)."""
+    seen = [[] for _ in modules]
 
-    def count(mod, args, kwargs):
-        seen.append((args[0] if args else next(iter(kwargs.values()))).shape[0])
+    def counter(into):
+        def count(mod, args, kwargs):
+            into.append((args[0] if args else next(iter(kwargs.values()))).shape[0])
+        return count
 
-    handle = module.register_forward_pre_hook(count, with_kwargs=True)
+    handles = [m.register_forward_pre_hook(counter(into), with_kwargs=True) for m, into in zip(modules, seen)]
     try:
         run()
     finally:
-        handle.remove()
-    return sum(seen)
+        for handle in handles:
+            handle.remove()
+    return [sum(into) for into in seen]
 
 
 def by_windows(edit, frames, size, settings):

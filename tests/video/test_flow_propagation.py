@@ -30,6 +30,12 @@ def toy_mp4(tmp_path_factory):
     return path, io.read_clip(path)[0]
 
 
+@pytest.fixture(scope="module")
+def plain_edit(tiny, toy_mp4):
+    """The clip edited without a temporal module (``EDIT``), once for the tests that compare with it."""
+    return edit_video(toy_mp4[0], model=tiny, **EDIT).frames
+
+
 def test_config_is_checked():
     assert "flow_propagation" in TEMPORAL
     for bad, message in [({"strength": 1.5}, "strength"), ({"start": 0.9, "end": 0.5}, "start <= end"),
@@ -41,13 +47,13 @@ def test_config_is_checked():
         EditSettings(temporal={"flow_propagation": {"radius": 2}})
 
 
-def test_propagation_lowers_the_warp_error(tiny, toy_mp4):
+def test_propagation_lowers_the_warp_error(tiny, toy_mp4, plain_edit):
     """tiny-random's edits flicker at random; fusing along the source's flow must take much of
     that out. Measured on the toy clip (10 steps, guidance 3): warp error 27.3 -> 17.0 of 255
     (ratio to the source's own 0.28: 98 -> 61), flicker 1.15 -> 0.69; with target="latent"
     17.2. A clip with an occlusion (toy "occlude", seed 1): 26.4 -> 21.7."""
     path, source = toy_mp4
-    plain = temporal_report(source, edit_video(path, model=tiny, **EDIT).frames)
+    plain = temporal_report(source, plain_edit)
     fused = temporal_report(source, edit_video(path, model=tiny, temporal={"flow_propagation": {}}, **EDIT).frames)
     latent = temporal_report(source, edit_video(path, model=tiny, **EDIT,
                                                 temporal={"flow_propagation": {"target": "latent"}}).frames)
@@ -74,11 +80,10 @@ def test_windows_hand_over_exactly(tiny, toy_mp4):
     assert temporal_report(source, cut)["warp_error"] > temporal_report(source, one.frames)["warp_error"]
 
 
-def test_strength_zero_changes_nothing(tiny, toy_mp4):
+def test_strength_zero_changes_nothing(tiny, toy_mp4, plain_edit):
     path, _ = toy_mp4
-    a = edit_video(path, model=tiny, **EDIT).frames
     b = edit_video(path, model=tiny, temporal={"flow_propagation": {"strength": 0.0}}, **EDIT).frames
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain_edit, b)
 
 
 def test_flow_is_cached_beside_the_inversions(tiny, toy_mp4, tmp_path, monkeypatch):
@@ -113,8 +118,9 @@ def test_rerender_preset_from_the_cli(toy_mp4, tmp_path, capsys):
     the scores; --temporal overrides one of the preset's options."""
     path, _ = toy_mp4
     out, report = tmp_path / "out.mp4", tmp_path / "out.json"
-    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config", REPO / "configs/rerender-pull.yaml",
-                            "--model", "tiny-random", "--steps", "4", "--no-cache", "-q", "--report", report,
+    code = main([*map(str, ["edit", path, "-t", "a red square", "-o", out, "--config",
+                            REPO / "configs/rerender-pull.yaml", "--model", "tiny-random", "--steps", "4",
+                            "--size", "64", "--no-cache", "-q", "--report", report,
                             "--temporal", "flow_propagation:strength=0.9,target=latent"])])
     stdout, err = capsys.readouterr()
     assert code == 0, err

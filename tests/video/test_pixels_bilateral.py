@@ -107,7 +107,7 @@ def test_bilateral_pixels_edit_only_the_keyframes(tiny):
     counts = {}
     for name, settings in (("keyframes", s), ("every", every), ("both", both)):
         run = lambda: edit_frames(tiny, frames, settings)   # noqa: E731
-        counts[name] = [frames_through(tiny, m, run) for m in (tiny.unet, tiny.vae.encoder, tiny.vae.decoder)]
+        counts[name] = frames_through(tiny, (tiny.unet, tiny.vae.encoder, tiny.vae.decoder), run)
     assert counts["every"][1:] == [8, 8] and counts["keyframes"][1:] == [3, 3] and counts["both"][1:] == [8, 8]
     assert counts["keyframes"][0] * 8 == counts["every"][0] * 3 and counts["both"][0] == counts["every"][0]
 

@@ -86,9 +86,9 @@ class Geometry:
     @property
     def native_size(self) -> int:
         """The side in pixels the model was trained at, from its UNet config: ``sample_size`` (the
-        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x, 96 x 8 = 768 for SD 2.x (v), 128 x 8
-        = 1024 for SDXL; tiny-random's 16 x 8 = 128, toy's 16 x 4 = 64. Edits work at it by default
-        (short side); 512 where the config does not say."""
+        latent side) x the VAE's factor: 64 x 8 = 512 for SD 1.x (and tiny-random, which stands in for
+        it), 96 x 8 = 768 for SD 2.x (v), 128 x 8 = 1024 for SDXL; toy's 16 x 4 = 64. Edits work at it by
+        default (short side); 512 where the config does not say."""
         return self.latent_side * self.vae_scale_factor if self.latent_side else 512
 
     @property

@@ -35,8 +35,10 @@ SD_SCHEDULER_CONFIG = {
     "timestep_spacing": "leading",
 }
 
+# sample_size: SD 1.5's 64 latents (native short side 64 x 8 = 512, as the model it stands in for), so that
+# working sizes, budgets and defaults are SD 1.5's; the UNet's weights and outputs do not depend on it
 UNET_CONFIG = dict(
-    sample_size=16,
+    sample_size=64,
     in_channels=4,
     out_channels=4,
     layers_per_block=1,
