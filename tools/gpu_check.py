@@ -45,19 +45,14 @@ import numpy as np
 import torch
 import yaml
 
+from videdit.metrics.work import SD15_UNET, SD15_VAE   # Stable Diffusion 1.5's UNet and VAE configs
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
 PRESETS = ("text2video-zero-ddim", "fatezero", "fatezero-replay", "tokenflow", "tokenflow-plus", "rerender",
            "rerender-pull", "recolour")
 
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2, sample_size=512, scaling_factor=0.18215)
 SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                  max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
 
