@@ -69,7 +69,8 @@ def test_a_64_frame_clip_split_over_two_ray_workers_gives_the_one_worker_frames(
     clip, _ = io.read_clip(shared_data / "videos" / "man-skiing.mp4", io.ReadOptions(max_frames=64, size=(64, 64)))
     io.write_frames_dir(tmp_path / "ski", [clip])
     job = {"input": str(tmp_path / "ski"), "source": "a man is skiing", "target": "a robot is skiing",
-           "model": "tiny-random", "steps": 2, "device": "cpu", "temporal": {"keyframes": {"pixels": "bilateral"}}}
+           "model": "tiny-random", "steps": 2, "size": 64, "device": "cpu",
+           "temporal": {"keyframes": {"pixels": "bilateral"}}}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as each worker
     try:
