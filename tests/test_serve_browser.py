@@ -165,12 +165,14 @@ def test_edit_in_the_page_and_reproduce_with_the_cli(page, served, tmp_path, mon
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # as -q sets it, undone after the test
     assert cli.main(["edit", str(SAMPLE), "-o", str(out), "--config", str(preset), "-q", "--no-cache"]) == 0
     # the same edit: the page runs at the server's torch thread count (serve.torch_threads), so its frames
-    # are the CLI's bits; the mp4 encoder has given different bytes for the same frames now and then
-    # (0.8% of the decoded values, by up to 13 levels; README "Same inputs, same bits"), hence the
-    # tolerance; a different edit (another seed, steps or preset) differs in most values
+    # are the CLI's bits in the pinned environment; the mp4 encoder has given different bytes for the same
+    # frames now and then (0.8% of the decoded values, by up to 13 levels; README "Same inputs, same bits"),
+    # and with the newest torch (2.14, CUDA build on the CPU) the server's and this process's edits differ
+    # by rounding (measured: 7.2% of the decoded values, mean 0.16 of a level, at most 18), hence the
+    # tolerance; another edit (another target) differs by more than 2 levels on average (below)
     again = io.read_clip(out)[0].astype(int)
     assert again.shape == frames.shape
-    assert (again != frames).mean() < 0.02 and np.abs(again - frames).max() <= 20
+    assert np.abs(again - frames).mean() < 0.5 and np.abs(again - frames).max() <= 32
     assert served.outputs() == ["run1.mp4"]
     # the page serves what it made, and no other file of the server's
     for path in ("/etc/passwd", REPO / "README.md", served.folder() / "runs" / "001" / "run1.yaml"):
