@@ -151,7 +151,7 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     a hidden temporary, which the rerun removes), and the rerun skips the recorded jobs and does the rest."""
     from videdit import io
 
-    jobs = job_file(tmp_path, shared_data, clips=("wolf", "dog"), max_frames=6, window=2)
+    jobs = job_file(tmp_path, shared_data, max_frames=6, window=2)   # 6 jobs: 5 left after the first (> 1 s)
     out = tmp_path / "out"
     proc = _subprocess_batch(jobs, tmp_path / "cache")
     _wait_for(lambda: (out / ".wolf-0.mp4.videdit-job.json").exists(), proc)
@@ -162,9 +162,9 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     names = sorted(p.name for p in out.iterdir())
-    order = ["wolf-0.mp4", "wolf-1.mp4", "dog-0.mp4", "dog-1.mp4"]   # the jobs'
+    order = ["wolf-0.mp4", "wolf-1.mp4", "dog-0.mp4", "dog-1.mp4", "truck-0.mp4", "truck-1.mp4"]   # the jobs'
     visible = sorted((n for n in names if not n.startswith(".")), key=order.index)
-    assert 1 <= len(visible) < 4 and visible == order[:len(visible)]
+    assert 1 <= len(visible) < 6 and visible == order[:len(visible)]
     for name in visible:   # whole (one killed between its output and its record is redone)
         assert io.probe(out / name, io.ReadOptions()).n_frames == 6
     recorded = [n for n in visible if f".{n}.videdit-job.json" in names]
@@ -175,7 +175,7 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
         assert "interrupted" in err
 
     rerun = edit_batch(jobs, runner=runner)
-    assert [r.status for r in rerun.jobs] == ["skipped"] * len(recorded) + ["done"] * (4 - len(recorded))
+    assert [r.status for r in rerun.jobs] == ["skipped"] * len(recorded) + ["done"] * (6 - len(recorded))
     assert all(r.frames == 6 for r in rerun.jobs)
     assert not [p for p in out.iterdir() if ".videdit-tmp-" in p.name]
 
