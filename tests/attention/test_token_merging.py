@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.video.clips import Probing
 from videdit import io
 from videdit.attention import AttentionModule, TokenMerging, bipartite_soft_matching_2d, compose, token_merging
 from videdit.cli import _with_config, build_parser, temporal_modules
@@ -14,7 +15,6 @@ from videdit.models import load_model
 from videdit.pipeline import EditSettings, _settings, edit_latents, invert_frames
 from videdit.video import TemporalStack
 from videdit.video.cross_frame import CrossFrame, CrossFrameConfig
-from videdit.video.module import TemporalModule, TemporalPlan
 
 
 def unet_out(tiny, size=(16, 16), batch=2):
@@ -171,15 +171,8 @@ class Probe(AttentionModule):
         return q, k, v
 
 
-class Probes(TemporalModule):
-    name = "probe"
-
-    def __init__(self, layer):
-        super().__init__(None)
-        self.probe = Probe(layer)
-
-    def plan(self, window, ctx):
-        return TemporalPlan(modules=[self.probe])
+def Probes(layer):
+    return Probing(Probe(layer))
 
 
 @pytest.fixture(scope="module")

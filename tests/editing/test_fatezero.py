@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.editing.attention_runs import preset_settings
+from tests.video.clips import Probing
 from videdit import io
 from videdit.cli import _with_config, build_parser, temporal_modules
 from videdit.attention import AttentionModule, layer_grids
@@ -24,7 +25,7 @@ from videdit.errors import VideditError
 from videdit.inversion import InversionCache
 from videdit.inversion.fatezero import stored_layers
 from videdit.pipeline import EditSettings, edit_context, edit_latents, invert_frames
-from videdit.video import TemporalModule, TemporalPlan, TemporalStack
+from videdit.video import TemporalStack
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SOURCE, TARGET = "a wolf in a forest", "a watercolor painting of a wolf in a forest"
@@ -69,15 +70,8 @@ class Probe(AttentionModule):
         return p
 
 
-class ProbeModule(TemporalModule):
-    name = "probe"
-
-    def __init__(self, layer):
-        super().__init__(None)
-        self.probe = Probe(layer)
-
-    def plan(self, window, ctx):
-        return TemporalPlan(modules=[self.probe])
+def ProbeModule(layer):
+    return Probing(Probe(layer))
 
 
 def unet_evals(tiny, run) -> int:

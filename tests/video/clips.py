@@ -4,6 +4,7 @@ a cut, and counting what reaches a model part."""
 import cv2
 import numpy as np
 
+from videdit.video.module import TemporalModule, TemporalPlan
 from videdit.video.warp import warp
 
 SOURCE, TARGET = "a wolf in a forest", "a robot wolf in a forest"
@@ -64,3 +65,17 @@ def by_windows(edit, frames, size, settings):
     stack = settings.temporal_stack()
     return [edit(frames[i:i + size], start=i, temporal=stack, last=i + size >= len(frames))
             for i in range(0, len(frames), size)], stack
+
+
+
+class Probing(TemporalModule):
+    """A temporal module that installs one attention module (a test's ``probe``) on every window."""
+
+    name = "probe"
+
+    def __init__(self, probe):
+        super().__init__(None)
+        self.probe = probe
+
+    def plan(self, window, ctx):
+        return TemporalPlan(modules=[self.probe])
