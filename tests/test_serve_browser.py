@@ -153,7 +153,8 @@ def test_edit_in_the_page_and_reproduce_with_the_cli(page, served, tmp_path, mon
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     video, preset = _download(page, "run1.mp4", tmp_path), _download(page, "run1.yaml", tmp_path)
     config = yaml.safe_load(preset.read_text())
-    assert config == {"source": RED, "target": BLUE, "inversion": "direct", "editor": "prompt_to_prompt",
+    assert config == {"source": RED, "target": BLUE, "inversion": "direct", "inversion_params": {"offsets": "in_edit"},
+                      "editor": "prompt_to_prompt",
                       "editor_params": {"mode": "auto"},
                       "temporal": {"keyframes": {"every": 4}, "pixels_bilateral": {}}, "steps": 4, "guidance": 4.0, "model": "toy", "seed": 0}, config
     frames, info = io.read_clip(video)

@@ -687,10 +687,15 @@ def tome(a) -> None:
 COUNT_SOURCE, COUNT_TARGET = "a red circle on a gray background", "a tan circle on a gray background"
 
 
+# inversion options that change how much work an edit does, counted with every editor that runs a source branch
+COUNT_VARIANTS = {("direct", "offsets"): "in_edit"}
+
+
 def count_cases(size: int, steps: int) -> dict[str, dict]:
     """name -> edit_video keyword arguments: every preset in configs/ as `--config` runs it (a
     ControlNet is tiny-random's; a depth or pose map, canny: the count is the same), then every
-    inversion x editor pair at ``steps`` steps and the methods' defaults (InstructPix2Pix on tiny-pix2pix)."""
+    inversion x editor pair at ``steps`` steps and the methods' defaults (InstructPix2Pix on tiny-pix2pix),
+    then the ``COUNT_VARIANTS`` with every editor that has a source branch."""
     import numpy as np
     import yaml
 
@@ -729,6 +734,10 @@ def count_cases(size: int, steps: int) -> dict[str, dict]:
         for ed in sorted(EDITORS):
             cases[f"{inv} + {ed}"] = dict(inversion=inv, editor=ed, editor_params=extra.get(ed, {}), steps=steps,
                                           **({"model": "tiny-pix2pix"} if ed == "instruct_pix2pix" else {}))
+    for (inv, option), value in COUNT_VARIANTS.items():   # the options that change the work, with each editor
+        for ed in EDITORS.having("has_source_branch"):
+            cases[f"{inv} ({option}={value}) + {ed}"] = dict(inversion=inv, inversion_params={option: value}, editor=ed,
+                                                             editor_params=extra.get(ed, {}), steps=steps)
     return cases
 
 
@@ -750,7 +759,7 @@ def count(a) -> None:
           f"rows, VAE frames encoded and decoded, and TFLOP at SD 1.5's architecture, 512x512 (UNet "
           f"{flops['unet'] / 1e9:.0f} GFLOP a row, VAE encoder {flops['vae_encoder'] / 1e9:.0f}, decoder "
           f"{flops['vae_decoder'] / 1e9:.0f}; FlopCounterMode); presets at their own steps, pairs at {a.steps}")
-    table = Table(("case", "<44"), ("steps", ">6"), ("UNet inv", ">9.1f"), ("UNet edit", ">10.1f"),
+    table = Table(("case", "<50"), ("steps", ">6"), ("UNet inv", ">9.1f"), ("UNet edit", ">10.1f"),
                   ("calls", ">7.1f"), ("ctrl", ">6.1f"), ("enc", ">5.1f"), ("dec", ">5.1f"), ("TFLOP", ">7.1f"))
     for name, kw in count_cases(a.size, a.steps).items():
         if a.only and a.only not in name:
@@ -767,7 +776,7 @@ def count(a) -> None:
                 res = videdit.edit_video(SAMPLE, None, model=model, batch_size=a.batch_size, use_cache=False,
                                          read=io.ReadOptions(max_frames=a.frames, size=(a.size, a.size)), **kw)
         except Exception as e:   # a pair that refuses (an editor that needs its own inversion, ...)
-            print(f"{name:<44}refused: {str(e).splitlines()[0][:110]}", flush=True)
+            print(f"{name:<50}refused: {str(e).splitlines()[0][:110]}", flush=True)
             continue
         r = work.per_frame(res.stats.frames)
         steps = kw.get("steps")

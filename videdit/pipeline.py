@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -27,14 +28,14 @@ from videdit.attention.tome import TokenMerging, token_merging, token_merging_op
 from videdit.config import make_config
 from videdit.control.controlnet import Control, ControlFrames, resolve_control
 from videdit.core.conditioning import unet_inputs
-from videdit.core.loop import PinnedBranch, denoise
+from videdit.core.loop import Branches, PinnedBranch, denoise, overrides
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
-from videdit.editing import EDITORS, EditContext, EditorSpec, get_editor
+from videdit.editing import EDITORS, EditContext, EditorSpec, EditPlan, get_editor
 from videdit.errors import VideditError
 from videdit.metrics.work import stage
 from videdit.registry import EDIT_DEFAULTS
-from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, ReplayContext,
-                               get_inversion)
+from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, Replay,
+                               ReplayContext, get_inversion)
 from videdit.inversion.cache import cache_key
 from videdit.io.options import resized_size
 from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
@@ -116,6 +117,14 @@ class EditSettings:
             raise VideditError(f"source_branch={self.source_branch!r} sets the editor's source branch, and editor "
                                f"{editor.name!r} runs none; use one of {EDITORS.having('has_source_branch')}")
         check_steps_offset(self.steps_offset)
+        pin_source = editor.pinned_source if self.source_branch is None else self.source_branch == "pinned"
+        if pin_source and method.pinned_config is not None:   # the same edit, less work
+            config = method.pinned_config(config)
+        if method.needs_source_branch is not None and method.needs_source_branch(config) \
+                and not editor.has_source_branch:
+            raise VideditError(f"inversion {method.name!r} with these options works on the editor's source branch, "
+                               f"and editor {editor.name!r} runs none; use one of "
+                               f"{EDITORS.having('has_source_branch')}, or the inversion's default options")
         missing = [r for r in editor.reads if r not in method.stores]
         if missing:
             raise VideditError(f"editor {editor.name!r} reads the {', '.join(missing)} an inversion stores, and "
@@ -125,8 +134,7 @@ class EditSettings:
                     "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
                     "temporal_configs": self._temporal_configs(editor),
                     "start_step": self._start_step(),
-                    "pin_source": (editor.pinned_source if self.source_branch is None
-                                   else self.source_branch == "pinned"),
+                    "pin_source": pin_source,
                     "token_merging_config": (None if self.token_merging is None else make_config(
                         TokenMerging, token_merging_options(self.token_merging), "token merging"))}
         for name, value in resolved.items():
@@ -464,10 +472,11 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))
     start = inversion.start_step if plan.start_step is None else plan.start_step
     x, pinned = plan.x, []
-    if settings.pin_source:   # the source branch's latents are the inversion's at every step
+    if settings.pin_source or replay.pins_source:   # the source branch's latents are the inversion's at every step
         x = x.clone()
         x[plan.source_branch] = inversion.trajectory[start].to(x)
-        pinned = [PinnedBranch(plan.source_branch, inversion.trajectory)]
+        pinned = [] if replay.pins_source else [PinnedBranch(plan.source_branch, inversion.trajectory)]
+    branches = _cond_only_source(branches, settings, plan, replay)
     # pinned after the replay's callbacks (direct inversion's offsets would move it off the trajectory),
     # before the editor's (a local blend reads the source branch)
     processors, hooks = plan.processors, dict(plan.hooks or {})
@@ -498,6 +507,22 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
                     progress=progress)
     return x[plan.output_branch]
+
+
+def _cond_only_source(branches: Branches, settings: EditSettings, plan: EditPlan, replay: Replay) -> Branches:
+    """``branches`` with the source branch run without its unconditional half where that changes
+    nothing: the editor reads only the source's conditional half (``cond_only_source``), the source's
+    guided output goes unread (pinned to the inversion, or at guidance 1), and no replay callback
+    reads the model's outputs or the source's step."""
+    source = plan.source_branch
+    if source is None or not settings.editor_spec.cond_only_source:
+        return branches
+    source %= len(branches.guidance)
+    unread = settings.pin_source or replay.pins_source or branches.guidance[source] == 1
+    if not unread or replay.reads_source or any(overrides(cb, hook) for cb in replay.callbacks
+                                                 for hook in ("on_noise", "on_guidance")):
+        return branches
+    return dataclasses.replace(branches, cond_only=(source,))
 
 
 def _per_window_frame(value: Any, n_frames: int) -> bool:
@@ -677,21 +702,22 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         return out
 
     def edited_chunks() -> Iterator[np.ndarray]:
-        chunks = io.read_frames(input, read)
-        following = next(chunks, None)
         only = None   # a clip of one window: its source, for the second pass
-        while following is not None:
-            chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
-            first = stats.frames == 0
-            out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress, start=stats.frames,
-                              temporal=stack, last=following is None, control=control)
-            bar.update(len(chunk))
-            if on_progress is not None:
-                on_progress("edit", stats.frames, info.n_frames)
-            if not stack.second_pass:
-                yield finished(chunk, out)
-            elif first and following is None:
-                only = chunk
+        # the next window decodes while this one is edited; closed (its thread ended) however the edit ends
+        with closing(io.read_ahead(io.read_frames(input, read))) as chunks:
+            following = next(chunks, None)
+            while following is not None:
+                chunk, following = following, next(chunks, None)   # read one ahead: is this the last window?
+                first = stats.frames == 0
+                out = edit_frames(model, chunk, settings, cache=cache, stats=stats, progress=progress,
+                                  start=stats.frames, temporal=stack, last=following is None, control=control)
+                bar.update(len(chunk))
+                if on_progress is not None:
+                    on_progress("edit", stats.frames, info.n_frames)
+                if not stack.second_pass:
+                    yield finished(chunk, out)
+                elif first and following is None:
+                    only = chunk
         if stack.second_pass:
             yield from second_pass(only)
 
@@ -699,15 +725,15 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         """The frames of a module that makes them once it has seen the whole clip: the source
         again, window by window, through ``TemporalStack.finish_clip``."""
         t0, start = time.perf_counter(), 0
-        chunks = [only] if only is not None else io.read_frames(input, read)
-        for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
-                          disable=not progress, leave=False):
-            window = Window(start, len(chunk), _at_model_size(model, chunk),
-                            last=start + len(chunk) >= stats.frames)
-            yield finished(chunk, stack.finish_clip(window))
-            start += len(chunk)
-            if on_progress is not None:
-                on_progress("second pass", start, stats.frames)
+        with closing(io.read_ahead([only] if only is not None else io.read_frames(input, read))) as chunks:
+            for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
+                              disable=not progress, leave=False):
+                window = Window(start, len(chunk), _at_model_size(model, chunk),
+                                last=start + len(chunk) >= stats.frames)
+                yield finished(chunk, stack.finish_clip(window))
+                start += len(chunk)
+                if on_progress is not None:
+                    on_progress("second pass", start, stats.frames)
         stats.seconds["edit"] += time.perf_counter() - t0
         if start != stats.frames:
             raise VideditError(f"{input} gave {start} frames on its second read and {stats.frames} on its first; "
@@ -716,9 +742,10 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     try:
         if output is None:
             frames, out_path = np.concatenate(list(edited_chunks())), None
-        else:
-            frames, out_path = None, io.write_output(output, edited_chunks(), info, input_path=input,
-                                                          overwrite=overwrite)
+        else:   # encoded in a thread of its own as the windows come
+            frames, out_path = None, io.write_beside(
+                lambda chunks: io.write_output(output, chunks, info, input_path=input, overwrite=overwrite),
+                edited_chunks())
     finally:
         bar.close()
     if preview is not None:
@@ -745,14 +772,14 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
     read, info, work = _at_working_size(model, read, info, max_tokens)
     control = _control(control, model, settings, read, info.n_frames)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
-    for chunk in tqdm(io.read_frames(Path(input), read), total=-(-info.n_frames // window), desc="windows",
-                      disable=not progress):
-        frames = _at_model_size(model, chunk)
-        conditions = control.window(stats.frames, frames) if control is not None else None
-        inv = invert_frames(model, frames, settings, cache=cache, progress=progress, control=conditions)
-        stats.frames += len(chunk)
-        stats.windows += 1
-        stats.cache_hits += int(inv.cached)
+    with closing(io.read_ahead(io.read_frames(Path(input), read))) as chunks:
+        for chunk in tqdm(chunks, total=-(-info.n_frames // window), desc="windows", disable=not progress):
+            frames = _at_model_size(model, chunk)
+            conditions = control.window(stats.frames, frames) if control is not None else None
+            inv = invert_frames(model, frames, settings, cache=cache, progress=progress, control=conditions)
+            stats.frames += len(chunk)
+            stats.windows += 1
+            stats.cache_hits += int(inv.cached)
     return stats
 
 

@@ -73,3 +73,34 @@ def test_split_gives_the_loop_layout(tiny):
     info = CallInfo(n_branches=2, frames=(0,), guided=False)
     unet_out(tiny, compose(tiny.unet, [Layout()], info))  # batch 2 = 2 branches x 1 frame
     assert set(shapes) == {(1, 2, 1)}
+
+
+def test_probabilities_only_at_the_steps_that_read_them(tiny, wolf_frames, monkeypatch):
+    """prompt-to-prompt edits cross-attention maps in its first 80% of steps (the reference's
+    cross_replace 0.8: 8 of 10): the other 2 steps run every cross-attention layer fused, and the
+    edit is the one with explicit probabilities at every step within float rounding (measured
+    relative difference 1.4e-7)."""
+    import torch.nn.functional as F
+
+    from tests.inversion.exact_runs import rel_error
+    from videdit.editing.prompt_to_prompt import CrossAttentionControl
+    from videdit.pipeline import EditSettings, edit_latents, invert_frames
+
+    s = EditSettings(source_prompt="a wolf", target_prompt="a fox", steps=10, editor="prompt_to_prompt",
+                     source_branch="pinned")
+    inv = invert_frames(tiny, wolf_frames, s)
+    text_tokens = tiny.encode_text([""]).shape[1]
+    n_cross = sum(name.endswith("attn2.processor") for name in tiny.unet.attn_processors)
+    fused, sdpa = [], F.scaled_dot_product_attention
+
+    def attention(q, k, v, **kw):
+        if k.shape[-2] == text_tokens != q.shape[-2]:   # the UNet's cross-attention (not the text encoder's)
+            fused.append(q.shape[0])
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", attention)
+    z = edit_latents(tiny, inv, s)
+    assert len(fused) == 2 * n_cross   # the last 2 steps, every cross-attention layer
+    monkeypatch.setattr(CrossAttentionControl, "probs_at", lambda self, call: True)
+    fused.clear()
+    assert rel_error(z, edit_latents(tiny, inv, s)) <= 1e-5 and fused == []

@@ -122,3 +122,39 @@ def test_step_start_hook_changes_what_the_model_sees():
             start_step=1)
     assert seen == [1, 2]
     torch.testing.assert_close(inputs[0], x[0] + 1)   # the first call already sees the shifted latents
+
+
+class RowUNet(torch.nn.Module):
+    """Output = x + the text's mean per sample; records each call's text rows' means (which row ran)."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts = []
+        self.dtype = torch.float32
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.texts.append(encoder_hidden_states.mean((1, 2)).tolist())
+        return type("Out", (), {"sample": x + encoder_hidden_states.mean((1, 2)).view(-1, 1, 1, 1)})()
+
+
+def test_a_cond_only_branch_runs_without_its_unconditional_half():
+    """Three branches (texts 1, 2, 3; unconditional -1, -2, -3), branch 1 cond_only: the call
+    holds 2 + 3 rows per frame, (uncond 0, uncond 2, cond 0, cond 1, cond 2); branch 1's output
+    is its conditional one, the others' are guided as before."""
+    unet, x = RowUNet(), torch.zeros(3, 2, 1, 2, 2)
+    cond = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1).expand(3, 4, 5)
+    info = CallInfo()
+    out = predict_noise(unet, x, 10, cond, -cond, (7.5, 7.5, 4.0), info=info, cond_only=(1,))
+    assert unet.texts == [[-1, -1, -3, -3, 1, 1, 2, 2, 3, 3]]   # (row, frame) in batch order
+    assert info.rows() == [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2)] and info.ragged
+    want = torch.tensor([-1 + 7.5 * 2, 2.0, -3 + 4.0 * 6]).view(3, 1, 1, 1, 1).expand_as(x)
+    torch.testing.assert_close(out, want)
+    full = predict_noise(RowUNet(), x, 10, cond, -cond, (7.5, 7.5, 4.0))
+    torch.testing.assert_close(out[[0, 2]], full[[0, 2]])
+    # the full (half, branch, frame) layout and back: the missing rows are the branch's conditional ones
+    batch = torch.tensor([-1, -1, -3, -3, 1, 1, 2, 2, 3, 3.0])
+    assert info.to_full(batch).tolist() == [-1, -1, 2, 2, -3, -3, 1, 1, 2, 2, 3, 3]
+    torch.testing.assert_close(info.to_run(info.to_full(batch)), batch)
+    # an unguided call runs no unconditional half at all: nothing to leave out
+    predict_noise(unet, x, 10, cond, -cond, (1.0, 1.0, 1.0), info=info, cond_only=(1,))
+    assert not info.ragged and info.rows() == [(0, 0), (0, 1), (0, 2)] and unet.texts[-1] == [1, 1, 2, 2, 3, 3]

@@ -48,4 +48,6 @@ def test_frame_batches_do_not_change_the_edit(tiny, wolf_frames, editor, params)
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, editor=editor, editor_params=params)
     inv = invert_frames(tiny, wolf_frames, s)   # two frames: per-frame maps and masks, one or two per UNet call
     one, two = (edit_latents(tiny, inv, dataclasses.replace(s, batch_size=b)) for b in (1, 2))
-    torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
+    # float rounding of other batch shapes: measured 2.1e-5 for plug_and_play (calls of 3 rows against
+    # 6), 0 with the UNet in float64
+    torch.testing.assert_close(one, two, rtol=0, atol=5e-5)

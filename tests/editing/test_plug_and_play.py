@@ -149,7 +149,9 @@ def test_pnp_is_the_official_sample_loop(tiny, wolf_frames):
 def test_pinned_source_is_the_trajectory_under_the_empty_prompt(tiny, wolf_frames, inversion):
     """Every UNet call of the edit sees the source branch at ``trajectory[i]`` under "" (also
     with direct inversion, whose replay offsets the source branch), its decoder features are
-    a direct UNet call's on (x*_t, ""), and pinning costs no UNet work beyond replaying."""
+    a direct UNet call's on (x*_t, ""), and pinning costs no UNet work beyond replaying: 3 rows
+    a step, [target uncond, source, target cond], as the official pnp.py's [source, uncond, cond]
+    (the source at guidance 1 runs no unconditional half: ``cond_only_source``)."""
     from videdit.pipeline import EditSettings, invert_frames
 
     s = EditSettings(source_prompt="a wolf", target_prompt="a robot wolf", steps=STEPS, editor="plug_and_play",
@@ -168,20 +170,22 @@ def test_pinned_source_is_the_trajectory_under_the_empty_prompt(tiny, wolf_frame
         edit_latents(tiny, inv, s)
         pinned, features = list(calls), list(raw)
         calls.clear()
-        edit_latents(tiny, inv, dataclasses.replace(s, source_branch="replay"))
+        replay = dataclasses.replace(s, source_branch="replay")   # direct: its offsets recorded then
+        replay_inv = invert_frames(tiny, wolf_frames[:1], replay)
+        calls.clear()
+        edit_latents(tiny, replay_inv, replay)
         replayed = list(calls)
     finally:
         for h in handles:
             h.remove()
     rows = [sum(sample.shape[0] for _, sample, _ in run) for run in (pinned, replayed)]
-    assert (len(pinned), len(replayed)) == (STEPS, STEPS) and rows == [4 * STEPS] * 2   # 2 halves x 2 branches
+    assert (len(pinned), len(replayed)) == (STEPS, STEPS) and rows == [3 * STEPS] * 2
     timesteps = s.schedule(tiny.scheduler_config).timesteps
     for i, (t, sample, text) in enumerate(pinned):
         assert t == int(timesteps[i])
-        sample, text = sample.unflatten(0, (2, 2, 1)), text.unflatten(0, (2, 2, 1))   # (halves, branches, F, ...)
-        for half in (0, 1):
-            assert torch.equal(sample[half, 0], inv.trajectory[i]), (i, half)
-        assert torch.equal(text[1, 0, 0], empty)                       # the source's conditional half: ""
+        sample, text = sample.unflatten(0, (3, 1)), text.unflatten(0, (3, 1))   # (rows, F, ...)
+        assert torch.equal(sample[1], inv.trajectory[i]), i
+        assert torch.equal(text[1, 0], empty)                          # the source's conditional half: ""
         direct = []
         h = conv.register_forward_hook(lambda m, args, out: direct.append(out))
         try:
@@ -189,4 +193,4 @@ def test_pinned_source_is_the_trajectory_under_the_empty_prompt(tiny, wolf_frame
                 tiny.unet(inv.trajectory[i], t, encoder_hidden_states=empty[None])
         finally:
             h.remove()
-        torch.testing.assert_close(features[i].unflatten(0, (2, 2, 1))[1, 0], direct[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features[i].unflatten(0, (3, 1))[1], direct[0], rtol=1e-5, atol=1e-5)

@@ -94,11 +94,13 @@ def test_fatezero_runs_no_source_branch_at_edit_time(tiny):
 
 def test_keyframes_only_runs_touch_only_keyframes(tiny):
     """configs/recolour.yaml edits keyframes 0, 4, 7 of 8 (every 4 and the last) and makes the others
-    in pixels: UNet rows and decoded frames are 3/8 of the same edit on every frame."""
+    in pixels: UNet rows and decoded frames are 3/8 of the same edit on every frame. Per frame and
+    step: 1 inversion row (DDIM; direct's offsets taken in the edit), 3 edit rows (the target's two
+    halves, the pinned source's conditional half)."""
     kw = preset("recolour", steps=2)
     keyframes, _ = counted(tiny, frames=8, **kw)
     every, _ = counted(tiny, frames=8, **{**kw, "temporal": {}})
-    assert every.rows("unet") == 8 * 2 * (1 + 2 + 4)
+    assert every.rows("unet") == 8 * 2 * (1 + 3)
     assert keyframes.rows("unet") * 8 == every.rows("unet") * 3
     assert keyframes.rows("unet", "edit") * 8 <= every.rows("unet", "edit") * 3
     assert (keyframes.rows("vae_decoder"), every.rows("vae_decoder")) == (3, 8)
@@ -116,13 +118,23 @@ def test_direct_prompt_to_prompt_at_50_steps_today(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="direct records its offsets in a pass of its own and the pinned source "
-                                       "branch still runs its unconditional half (README, Benchmarks: Counting)")
 def test_direct_prompt_to_prompt_meets_the_issue_bound(tiny):
-    """Issue 20: at most 50 inversion + 150 edit UNet frame-evaluations per frame at 50 steps."""
-    w, _ = counted(tiny, frames=1, steps=50, guidance=7.5, inversion="direct", editor="prompt_to_prompt")
+    """Issue 20: at most 50 inversion + 150 edit UNet frame-evaluations per frame at 50 steps, with
+    direct's offsets taken in the edit (``-I offsets=in_edit``): 50 DDIM rows, then 50 steps of the
+    target's two halves and the pinned source's conditional half. 7 s."""
+    w, _ = counted(tiny, frames=1, steps=50, guidance=7.5, inversion="direct", editor="prompt_to_prompt",
+                   inversion_params={"offsets": "in_edit"})
     r = w.per_frame(1)
-    assert r["unet_invert"] <= 50 and r["unet_edit"] <= 150
+    assert (r["unet_invert"], r["unet_edit"]) == (50, 150)
+
+
+def test_direct_prompt_to_prompt_with_offsets_in_the_edit_per_step(tiny):
+    """The bound above at 3 steps, in the default suite: 3 unguided inversion calls of 2 rows, 3
+    edit calls of 6 rows (target: 2 halves; source: conditional) for 2 frames."""
+    w, _ = counted(tiny, steps=3, guidance=7.5, inversion="direct", editor="prompt_to_prompt",
+                   inversion_params={"offsets": "in_edit"})
+    assert (w.calls("unet", "invert"), w.rows("unet", "invert")) == (3, 6)
+    assert (w.calls("unet", "edit"), w.rows("unet", "edit")) == (3, 18)
 
 
 def test_flops_are_rows_times_the_sd15_figures(tiny, monkeypatch):

@@ -104,7 +104,8 @@ def test_pivots_change_between_steps_and_batches_and_repeat_with_the_seed(tiny, 
 
 
 def test_the_pivotal_pass_runs_first_and_its_output_is_dropped(tiny, clip, monkeypatch):
-    """Per step the UNet sees the 2 pivots (x 2 halves x 2 branches), then all 8 frames: 40 rows.
+    """Per step the UNet sees the 2 pivots, then all 8 frames, each in 3 rows (the target's two
+    halves and the source's conditional half, as the official [source, uncond, cond]): 30 rows.
     In the pivotal pass every self-attention layer's context is both pivots' tokens; after it,
     each frame's own (its output is replaced by the pivots')."""
     import videdit.attention.processor as processor
@@ -128,8 +129,8 @@ def test_the_pivotal_pass_runs_first_and_its_output_is_dropped(tiny, clip, monke
         edit_latents(tiny, inv, s)
     finally:
         handle.remove()
-    assert rows == [8, 32] * 2
-    assert contexts == {(8, 2), (32, 1)}
+    assert rows == [6, 24] * 2
+    assert contexts == {(8, 2), (32, 1)}   # the processors see 2 halves x 2 branches (CallInfo.to_full)
 
 
 def test_every_pivot_attends_to_all_pivots():
@@ -177,12 +178,12 @@ def test_nearest_neighbours_are_found_on_the_source_norm1_states(tiny, clip):
             handle.remove()
 
     tf, tf_keys = last_output(block.norm1, "norm1"), last_output(block.attn1.to_k, "keys", features="keys")
-    norm1 = seen["norm1"]   # the edit's last call, (halves * nb * fb, T, C), fb = 8
-    split = norm1.unflatten(0, (2, 2, 8))
-    assert torch.equal(tf.propagation.matched[layer], split[-1, 0])
-    keys = seen["keys"].unflatten(0, (2, 2, 8))[-1, 0]                      # (fb, T, heads * d)
+    norm1 = seen["norm1"]   # the edit's last call: rows (target uncond, source cond, target cond) x 8 frames
+    source = norm1.unflatten(0, (3, 8))[1]                                  # (fb, T, C)
+    assert torch.equal(tf.propagation.matched[layer], source)
+    keys = seen["keys"].unflatten(0, (2, 2, 8))[-1, 0]   # (fb, T, heads * d): in the processor, the full layout
     torch.testing.assert_close(tf_keys.propagation.matched[layer], keys)
-    assert not torch.allclose(split[-1, 0], keys)
+    assert not torch.allclose(source, keys)
 
 
 def test_the_code_blend_weights():
@@ -258,14 +259,15 @@ def test_the_preset_is_the_official_configuration():
 
 def test_the_source_branch_reads_the_stored_latents_under_the_source_prompt(tiny, clip):
     """Every UNet call (the pivotal pass too) sees the source rows at the inversion's latents of
-    its step and frames, with the source prompt's embedding in its conditional half."""
+    its step and frames, with the source prompt's embedding: the source's conditional half, the
+    call's second row (target uncond, source cond, target cond), as the official [source, uncond, cond]."""
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=3, editor="plug_and_play",
                      editor_params={"source_prompt": True}, temporal=OFFICIAL)
     stack = s.temporal_stack()
     inv = invert_frames(tiny, clip, s)
     calls = []
     handle = tiny.unet.register_forward_pre_hook(lambda m, args, kw: calls.append(
-        (args[0].unflatten(0, (2, 2, -1)), kw["encoder_hidden_states"].unflatten(0, (2, 2, -1)))), with_kwargs=True)
+        (args[0].unflatten(0, (3, -1)), kw["encoder_hidden_states"].unflatten(0, (3, -1)))), with_kwargs=True)
     try:
         edit_latents(tiny, inv, s, temporal=stack)
     finally:
@@ -276,9 +278,8 @@ def test_the_source_branch_reads_the_stored_latents_under_the_source_prompt(tiny
     assert len(calls) == 6
     for i, ((x, text), f) in enumerate(zip(calls, frames)):
         stored = inv.trajectory[i // 2][f].to(x.dtype)
-        torch.testing.assert_close(x[0, 0], stored, rtol=0, atol=1e-6)
-        torch.testing.assert_close(x[1, 0], stored, rtol=0, atol=1e-6)
-        torch.testing.assert_close(text[1, 0], source.expand_as(text[1, 0]).to(text.dtype))
+        torch.testing.assert_close(x[1], stored, rtol=0, atol=1e-6)
+        torch.testing.assert_close(text[1], source.expand_as(text[1]).to(text.dtype))
 
 
 def test_the_pivotal_pass_memory_is_said(tiny, clip, caplog, monkeypatch):

@@ -59,6 +59,12 @@ class AttentionModule:
     def applies(self, layer: str, cross: bool) -> bool:
         return fnmatchcase(layer, self.layers) and (self.cross is None or self.cross == cross)
 
+    def probs_at(self, call: AttnCall) -> bool:
+        """Whether this call needs the probabilities (``needs_probs`` by default). A module that
+        acts at some steps says which, so the others run fused attention; its :meth:`probs` must
+        leave them alone where this is False."""
+        return self.needs_probs
+
     def qkv(self, call: AttnCall, q, k, v):
         return q, k, v
 
@@ -78,6 +84,19 @@ class ComposedProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
+        info = self.info
+        if not info.ragged:
+            return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        # a call without some branch's unconditional half: the modules see the full layout, the
+        # missing rows being that branch's conditional ones, and the rows the call runs go back
+        rows = hidden_states.shape[0]
+        if rows != len(info.rows()) * len(info.frames):
+            raise ValueError(f"{self.layer}: a batch of {rows} for rows {info.rows()} x {len(info.frames)} frames")
+        full = [t if t is None or t.shape[0] != rows else info.to_full(t)
+                for t in (hidden_states, encoder_hidden_states, attention_mask, temb)]
+        return info.to_run(self._attend(attn, *full))
+
+    def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -108,7 +127,7 @@ class ComposedProcessor:
                         scale=attn.scale)
         for m in self.modules:
             q, k, v = m.qkv(call, q, k, v)
-        if any(m.needs_probs for m in self.modules):
+        if any(m.probs_at(call) for m in self.modules):
             scores = (q @ k.transpose(-1, -2)) * attn.scale  # (B, heads, Tq, Tk)
             if attention_mask is not None:
                 scores = scores + attention_mask

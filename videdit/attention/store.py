@@ -24,8 +24,14 @@ class CrossAttentionStore(AttentionModule):
         self.total: torch.Tensor | None = None
         self.count = torch.zeros(n_frames)
 
+    def active(self, call: AttnCall) -> bool:
+        return not call.info.inverting and (self.steps is None or call.info.step in self.steps)
+
+    def probs_at(self, call: AttnCall) -> bool:
+        return self.active(call)
+
     def probs(self, call: AttnCall, p: torch.Tensor) -> torch.Tensor:
-        if call.info.inverting or (self.steps is not None and call.info.step not in self.steps):
+        if not self.active(call):
             return p
         h, w = call.spatial()
         m = call.split(p.mean(1))[-1][..., self.tokens]           # (nb, fb, T, k): conditional half

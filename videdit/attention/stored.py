@@ -47,6 +47,9 @@ class AttentionRecorder(AttentionModule):
             self._keep(KEYS + call.layer, call, k)
         return q, k, v
 
+    def probs_at(self, call) -> bool:
+        return call.info.inverting and self.layers[call.layer] == "maps"
+
     def probs(self, call, p):
         if call.info.inverting and self.layers[call.layer] == "maps":
             self._keep(MAPS + call.layer, call, p)

@@ -240,7 +240,8 @@ class ControlNetInput(UnetInput):
     def add(self, unet, call: UnetCall) -> UnetCall:
         info = call.info
         frames = list(info.frames)
-        repeat = info.halves * info.n_branches
+        rows = info.rows()   # (half, branch) in batch order: all of them unless a branch runs cond_only
+        repeat = len(rows)
         if call.sample.shape[0] != repeat * len(frames) or max(frames, default=0) >= self.images.shape[1]:
             raise ValueError(f"a UNet call of {call.sample.shape[0]} latents for frames {tuple(frames)} x {repeat} "
                              f"does not match ControlNet conditions for {self.images.shape[1]} frames")
@@ -249,7 +250,7 @@ class ControlNetInput(UnetInput):
         for k, net in enumerate(self.nets):
             if t in self.schedule and t not in self.active[k]:
                 continue
-            image = self.images[k, frames].repeat(repeat, 1, 1, 1)             # (halves*nb*fb, 3, H, W)
+            image = self.images[k, frames].repeat(repeat, 1, 1, 1)             # (rows*fb, 3, H, W)
             with attention_processors(net, self.processors[k] if self.processors else None):
                 d, m = net(call.sample.to(net.dtype), call.timestep, encoder_hidden_states=call.text.to(net.dtype),
                            controlnet_cond=image.to(net.dtype), conditioning_scale=self.scales[k],
@@ -260,9 +261,8 @@ class ControlNetInput(UnetInput):
             return call
         off = sorted(b for b in self.uncontrolled if b < info.n_branches)
         if off:
-            keep = mid.new_ones(info.halves, info.n_branches, len(frames))
-            keep[:, off] = 0
-            keep = keep.flatten().view(-1, 1, 1, 1)                           # (halves*nb*fb, 1, 1, 1)
+            keep = mid.new_tensor([float(b not in off) for _, b in rows]).repeat_interleave(len(frames))
+            keep = keep.view(-1, 1, 1, 1)                                     # (rows*fb, 1, 1, 1)
             down, mid = [r * keep for r in down], mid * keep
         down, mid = [r.to(call.sample.dtype) for r in down], mid.to(call.sample.dtype)
         before_down = call.kwargs.get("down_block_additional_residuals")   # another input's, where there is one

@@ -5,6 +5,10 @@ Latents are laid out ``(n_branches, F, C, h, w)``: a *branch* is one prompt deno
 all frames (an attention editor runs the source and the target branch side by side). The
 UNet sees frames in batches; within one call the batch is ordered
 ``(guidance half, branch, frame)``, which :class:`CallInfo` tells the attention processors.
+A branch in ``Branches.cond_only`` (a source branch whose guided output nothing reads) runs
+without its unconditional half: the call then holds fewer rows (``CallInfo.rows``), and what
+reads the batch as (half, branch, frame) sees it through ``CallInfo.to_full``, where the missing
+half is the branch's conditional rows, and writes back through ``CallInfo.to_run``.
 Frames go through in order, except that ``CallInfo.lead_frames`` (anchors other frames attend
 to, such as video keyframes) go first, together in one batch; ``CallInfo.pivot_frames`` run
 before all of them in a batch of their own whose outputs are dropped (TokenFlow's pivotal pass:
@@ -43,10 +47,44 @@ class CallInfo:
     lead_frames: tuple[int, ...] = ()  # frames the UNet sees first, together in one batch
     pivot_frames: tuple[int, ...] = ()  # frames run before them in a batch whose outputs are dropped
     pivotal: bool = False          # this call is that batch
+    cond_only: tuple[int, ...] = ()  # branches run without their unconditional half (guided calls only)
+    _index: tuple | None = field(default=None, repr=False, compare=False)   # _full_index's, for one layout
 
     @property
     def halves(self) -> int:
         return 2 if self.guided else 1
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the call leaves out some branch's unconditional half."""
+        return self.guided and any(b < self.n_branches for b in self.cond_only)
+
+    def rows(self) -> list[tuple[int, int]]:
+        """(guidance half, branch) of the call's rows in batch order, each ``len(frames)`` items."""
+        return [(h, b) for h in range(self.halves) for b in range(self.n_branches)
+                if not (self.ragged and h == 0 and b in self.cond_only)]
+
+    def _full_index(self) -> tuple[list[int], list[int]]:
+        """For every item of the full (halves, nb, fb) layout, the call's batch item holding it (the
+        branch's conditional item for a missing unconditional one); and the full index of each
+        item the call runs. Kept for the call's layout: every layer of a call asks."""
+        fb, rows = len(self.frames), self.rows()
+        if self._index is None or self._index[0] != (fb, tuple(rows)):
+            at = {row: i * fb for i, row in enumerate(rows)}
+            full = [at.get((h, b), at[(self.halves - 1, b)]) + f
+                    for h in range(self.halves) for b in range(self.n_branches) for f in range(fb)]
+            run = [(h * self.n_branches + b) * fb + f for h, b in rows for f in range(fb)]
+            self._index = ((fb, tuple(rows)), full, run)
+        return self._index[1], self._index[2]
+
+    def to_full(self, x: torch.Tensor) -> torch.Tensor:
+        """The call's batch (B, ...) -> the full (halves * nb * fb, ...) layout (the same tensor
+        unless the call is :attr:`ragged`)."""
+        return x[self._full_index()[0]] if self.ragged else x
+
+    def to_run(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_full`: the rows the call runs, in its order."""
+        return x[self._full_index()[1]] if self.ragged else x
 
 
 @dataclass
@@ -101,11 +139,16 @@ class PinnedBranch(StepCallback):
 
 @dataclass(frozen=True)
 class Branches:
-    """The prompts denoised together and their guidance scales (one per branch)."""
+    """The prompts denoised together and their guidance scales (one per branch). A branch in
+    ``cond_only`` runs without its unconditional half and its output is the conditional one
+    (guidance 1), so only where its guided output and its unconditional rows go unread (a
+    source branch pinned to the inversion, or unguided, under an editor reading only its
+    conditional half)."""
 
     cond: torch.Tensor   # (nb, L, D) or (nb, F, L, D)
     uncond: Embeds       # same shape, or one such tensor per step
     guidance: tuple[float, ...]
+    cond_only: tuple[int, ...] = ()
 
     def uncond_at(self, step: int) -> torch.Tensor:
         if callable(self.uncond):
@@ -139,17 +182,23 @@ BeforeCFG = Callable[[torch.Tensor, torch.Tensor, tuple[int, ...]], tuple[torch.
 
 def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tensor, uncond: torch.Tensor | None,
                   guidance: Sequence[float], *, batch_size: int = 8, info: CallInfo | None = None,
-                  before_cfg: BeforeCFG | None = None) -> torch.Tensor:
+                  before_cfg: BeforeCFG | None = None, cond_only: Sequence[int] = ()) -> torch.Tensor:
     """Guided model output for latents ``x`` (nb, F, C, h, w) at one timestep (an int, or a float
     between training timesteps: :meth:`Schedule.timestep`), frames in batches of ``batch_size``
     (``info.lead_frames`` first: :func:`frame_batches`; before them ``info.pivot_frames`` in one
     batch, ``info.pivotal``, whose output is dropped).
-    ``uncond`` is skipped when every guidance scale is 1;
-    ``before_cfg`` may change each batch's unguided outputs before they are combined."""
+    ``uncond`` is skipped when every guidance scale is 1, and for the branches in ``cond_only``
+    (their output is the conditional one: :class:`Branches`);
+    ``before_cfg`` may change each batch's unguided outputs before they are combined (a
+    ``cond_only`` branch's unconditional output there is its conditional one)."""
     nb, n_frames = x.shape[:2]
     guided = uncond is not None and any(g != 1 for g in guidance)
     info = info if info is not None else CallInfo()
     info.timestep, info.n_branches, info.guided = int(timestep), nb, guided
+    info.cond_only = tuple(sorted({b % nb for b in cond_only})) if guided else ()
+    halved = [b for b in range(nb) if b not in info.cond_only]   # branches that run an unconditional half
+    if guided and info.cond_only:
+        guidance = [1.0 if b in info.cond_only else g for b, g in enumerate(guidance)]
     info.latent_size = tuple(x.shape[-2:])
     dtype = unet.dtype
     out = torch.empty_like(x, dtype=torch.float32)
@@ -162,16 +211,19 @@ def predict_noise(unet, x: torch.Tensor, timestep: int | float, cond: torch.Tens
         xb = x[:, index]                                          # (nb, fb, C, h, w)
         text = _per_frame(cond, nb, frames)                       # (nb, fb, L, D)
         if guided:
-            xb = torch.cat([xb, xb])                              # (2*nb, fb, C, h, w)
-            text = torch.cat([_per_frame(uncond, nb, frames), text])
+            xb = torch.cat([xb[halved], xb])                      # (len(halved) + nb, fb, C, h, w)
+            text = torch.cat([_per_frame(uncond, nb, frames)[halved], text])
         t = torch.full((xb.shape[0] * xb.shape[1],), timestep, device=x.device,
                        dtype=torch.long if isinstance(timestep, int) else torch.float32)
         y = call_unet(unet, xb.flatten(0, 1).to(dtype), t, text.flatten(0, 1).to(dtype), info)
         if info.pivotal:
             continue                                              # only its attention outputs are read
-        y = y.float().unflatten(0, xb.shape[:2])                  # (halves*nb, fb, C, h, w)
+        y = y.float().unflatten(0, xb.shape[:2])                  # (rows, fb, C, h, w)
         if guided:
-            u, c = y.chunk(2)                                     # each (nb, fb, C, h, w)
+            u, c = y[:len(halved)], y[len(halved):]               # (len(halved), fb, ...), (nb, fb, ...)
+            if len(halved) < nb:
+                u = c.clone()
+                u[halved] = y[:len(halved)]                       # a cond_only branch: its conditional rows
             if before_cfg is not None:
                 u, c = before_cfg(u, c, frames)
             y = cfg(u, c, scale)
@@ -203,7 +255,7 @@ class Sampler:
         return x
 
 
-def _overrides(callback: StepCallback, hook: str) -> bool:
+def overrides(callback: StepCallback, hook: str) -> bool:
     """Whether ``callback``'s class overrides the base class's no-op ``hook``."""
     return getattr(type(callback), hook, None) is not getattr(StepCallback, hook)
 
@@ -217,8 +269,8 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
     info = info if info is not None else CallInfo()
     info.inverting = False
     sampler = sampler or Sampler()
-    guiding = [cb for cb in callbacks if _overrides(cb, "on_guidance")]   # only those that change it
-    starting = [cb for cb in callbacks if _overrides(cb, "on_step_start")]
+    guiding = [cb for cb in callbacks if overrides(cb, "on_guidance")]   # only those that change it
+    starting = [cb for cb in callbacks if overrides(cb, "on_step_start")]
     state = sampler.start(x.float())
     for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
         t = schedule.timestep(i)
@@ -239,7 +291,7 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
 
         def predict(z: torch.Tensor) -> torch.Tensor:
             out = predict_noise(unet, z, t, branches.cond, uncond, branches.guidance, batch_size=batch_size,
-                                info=info, before_cfg=before_cfg if guiding else None)
+                                info=info, before_cfg=before_cfg if guiding else None, cond_only=branches.cond_only)
             for cb in callbacks:
                 out = cb.on_noise(ctx, z, out)
             return out

@@ -135,8 +135,14 @@ class FuseCross(AttentionModule):
     def applies(self, layer: str, cross: bool) -> bool:
         return cross and layer in self.names
 
+    def active(self, call) -> bool:
+        return not call.info.inverting and call.info.step in self.steps
+
+    def probs_at(self, call) -> bool:
+        return self.active(call)
+
     def probs(self, call, p):
-        if call.info.inverting or call.info.step not in self.steps:
+        if not self.active(call):
             return p
         ps = call.split(p)                                                  # (halves, 1, fb, heads, Tq, L)
         base = self.stored.maps(call, list(call.info.frames), p).flatten(0, 1)   # (fb * heads, Tq, L): "hpw"
@@ -160,8 +166,14 @@ class FuseSelf(AttentionModule):
     def applies(self, layer: str, cross: bool) -> bool:
         return not cross and layer in self.names
 
+    def active(self, call) -> bool:
+        return not call.info.inverting and call.info.step in self.steps
+
+    def probs_at(self, call) -> bool:
+        return self.active(call)
+
     def probs(self, call, p):
-        if call.info.inverting or call.info.step not in self.steps:
+        if not self.active(call):
             return p
         frames = list(call.info.frames)
         ps = call.split(p)                                                  # (halves, 1, fb, heads, Tq, Tk)

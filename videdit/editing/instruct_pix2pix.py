@@ -73,8 +73,8 @@ class SourceImage(UnetInput):
             raise ValueError(f"SourceImage: {len(self.with_image)} branches declared, the call has {info.n_branches}")
         image = self.latents[list(info.frames)].to(call.sample)                 # (fb, 4, h, w)
         image = torch.stack([image if w else torch.zeros_like(image) for w in self.with_image])   # (nb, fb, 4, h, w)
-        image = image.expand(info.halves, *image.shape)                        # (halves, nb, fb, 4, h, w)
-        return dataclasses.replace(call, sample=torch.cat([call.sample, image.flatten(0, 2)], dim=1))
+        image = image.expand(info.halves, *image.shape).flatten(0, 2)          # (halves*nb*fb, 4, h, w)
+        return dataclasses.replace(call, sample=torch.cat([call.sample, info.to_run(image)], dim=1))
 
 
 class ImageTextGuidance(StepCallback):

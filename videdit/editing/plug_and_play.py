@@ -83,12 +83,12 @@ class InjectFeatures:
         info = self.info
         if info.inverting or info.step not in self.steps:
             return None
-        out = output.unflatten(0, (info.halves, info.n_branches, len(info.frames))).clone()  # (halves, nb, fb, C, h, w)
-        out[:, TARGET] = out[-1:, SOURCE]
-        return out.flatten(0, 2)
+        out = info.to_full(output).unflatten(0, (info.halves, info.n_branches, len(info.frames))).clone()
+        out[:, TARGET] = out[-1:, SOURCE]                                   # (halves, nb, fb, C, h, w)
+        return info.to_run(out.flatten(0, 2))
 
 
-@register_editor(EDITOR, PlugAndPlayConfig, source_branch=True, pinned_source=True,
+@register_editor(EDITOR, PlugAndPlayConfig, source_branch=True, pinned_source=True, cond_only_source=True,
                  reference="Tumanyan et al., CVPR 2023; github.com/MichalGeyer/pnp-diffusers (pnp.py, pnp_utils.py, "
                            "preprocess.py, config_pnp.yaml)")
 def plug_and_play(ctx: EditContext, config: PlugAndPlayConfig) -> EditPlan:

@@ -201,8 +201,14 @@ class CrossAttentionControl(AttentionModule):
     def __init__(self, steps: range, edit: MapEdit):
         self.steps, self.edit = steps, edit
 
+    def active(self, call) -> bool:
+        return not call.info.inverting and call.info.step in self.steps
+
+    def probs_at(self, call) -> bool:
+        return self.active(call)
+
     def probs(self, call, p):
-        if call.info.inverting or call.info.step not in self.steps:
+        if not self.active(call):
             return p
         ps = call.split(p)                                 # (halves, nb, fb, heads, Tq, L), a view of p
         base = ps[-1, SOURCE].flatten(0, 1)                # (fb * heads, Tq, L): "hpw"
@@ -316,7 +322,7 @@ def word_maps(mode: str, src: list[str], tgt: list[str], reweight: dict[str, flo
     return mapper, alphas, equalizer
 
 
-@register_editor(EDITOR, PromptToPromptConfig, source_branch=True,
+@register_editor(EDITOR, PromptToPromptConfig, source_branch=True, cond_only_source=True,
                  reference="Hertz et al., ICLR 2023; github.com/google/prompt-to-prompt (ptp_utils.py, "
                            "null_text_w_ptp.ipynb); PIE-Bench code, github.com/cure-lab/PnPInversion "
                            "(models/p2p/attention_control.py)")

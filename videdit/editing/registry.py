@@ -43,7 +43,9 @@ class EditPlan:
     branches: Branches
     callbacks: Sequence[StepCallback] = ()
     processors: Mapping[str, Any] | None = None   # for attention_processors(...)
-    hooks: Mapping[str, Any] | None = None        # for module_hooks(...): module-name glob -> forward hook
+    # for module_hooks(...): module-name glob -> forward hook; a hook sees the call's rows (CallInfo.rows,
+    # CallInfo.to_full for the (half, branch, frame) layout)
+    hooks: Mapping[str, Any] | None = None
     info: CallInfo = field(default_factory=CallInfo)  # shared with the processors
     output_branch: int = -1           # which branch is the edit
     source_branch: int | None = None  # the branch that replays the source, if the editor runs one
@@ -66,6 +68,7 @@ class EditorSpec(Entry):
     # the schedule its reference samples on, where not DDIM's: (scheduler config, steps, steps_offset) -> Schedule
     schedule: Callable[[dict, int, int | None], Schedule] | None = None
     reads: tuple[str, ...] = ()     # what it reads from the inversion's record (InversionMethod.stores)
+    cond_only_source: bool = False  # reads only its source branch's conditional half (register_editor)
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
@@ -73,7 +76,8 @@ class EditorSpec(Entry):
                 **({"inversion": self.inversion} if self.inversion else {}),
                 **({"schedule": self.schedule.__name__} if self.schedule is not None else {}),
                 **({"reference_images": ", ".join(self.references)} if self.references else {}),
-                **({"reads": ", ".join(self.reads)} if self.reads else {})}
+                **({"reads": ", ".join(self.reads)} if self.reads else {}),
+                **({"cond_only_source": True} if self.cond_only_source else {})}
 
 
 EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
@@ -82,7 +86,7 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
                     reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
                     inversion: str | None = None, schedule: Callable[[dict, int, int | None], Schedule] | None = None,
-                    reads: tuple[str, ...] = (), **edit_defaults: float):
+                    reads: tuple[str, ...] = (), cond_only_source: bool = False, **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
@@ -94,15 +98,19 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     only inversion it takes, where its reference starts from one (InstructPix2Pix from seeded noise),
     which is then the edit's default; ``schedule``: how its reference spaces the steps, where that is
     not DDIM's (``videdit.core.euler.euler_schedule``); ``reads``: what it reads from the inversion's
-    record, which the inversion must declare it ``stores``."""
+    record, which the inversion must declare it ``stores``; ``cond_only_source``: its attention modules,
+    hooks and callbacks read only the source branch's conditional half (the maps, queries, keys and
+    features it hands to the target), so a source branch whose guided output goes unread (pinned to
+    the inversion, or at guidance 1) runs without its unconditional half (``Branches.cond_only``)."""
 
     def wrap(fn):
-        if pinned_source and not source_branch:
-            raise ValueError(f"editor {name!r}: pinned_source needs a source branch")
+        if (pinned_source or cond_only_source) and not source_branch:
+            raise ValueError(f"editor {name!r}: pinned_source and cond_only_source need a source branch")
         EDITORS.add(EditorSpec(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__, plan=fn,
                                has_source_branch=source_branch, references=dict(references), reference=reference,
                                edit_defaults=edit_defaults, pinned_source=pinned_source, inversion=inversion,
-                               schedule=schedule, reads=tuple(reads), **(models or {})))
+                               schedule=schedule, reads=tuple(reads), cond_only_source=cond_only_source,
+                               **(models or {})))
         return fn
 
     return wrap

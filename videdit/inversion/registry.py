@@ -47,11 +47,17 @@ class ReplayContext:
 class Replay:
     """What sampling must do so that this inversion's noise gives back the source: the
     sampler (None = DDIM), per-step unconditional embeddings replacing the editor's
-    (each (1, L, D) or (1, F, L, D)), and step callbacks run before the editor's."""
+    (each (1, L, D) or (1, F, L, D)), and step callbacks run before the editor's.
+    ``pins_source``: the callbacks put the editor's source branch on the inversion's latents
+    after every step whatever the model predicted for it (so its guided output goes unread);
+    ``reads_source``: a callback reads where the source branch's own step took it (its guided
+    output is needed, even where the source is pinned after it)."""
 
     sampler: Sampler | None = None
     uncond: Embeds | None = None
     callbacks: tuple[StepCallback, ...] = ()
+    pins_source: bool = False
+    reads_source: bool = False
 
 
 def ddim_replay(inv: Inversion, ctx: ReplayContext, config: Any) -> Replay:
@@ -66,6 +72,10 @@ class InversionMethod(Entry):
     # a frame's inversion does not depend on the frames inverted with it: always, or for the configs a test says
     independent_frames: bool | Callable[[Any], bool] = True
     stores: tuple[str, ...] = ()   # what its record's extras hold for editors that read them (EditorSpec.reads)
+    # a test of its config: its replay works on the editor's source branch (an editor without one is refused)
+    needs_source_branch: Callable[[Any], bool] | None = None
+    # config -> the config to run where the editor pins its source branch, when options of it go unread then
+    pinned_config: Callable[[Any], Any] | None = None
 
     def inverts_frames_apart(self, config: Any) -> bool:
         """Whether, with ``config``, a frame's inversion is the same whatever frames share its batch."""
@@ -74,7 +84,8 @@ class InversionMethod(Entry):
     def capabilities(self) -> dict[str, object]:
         apart = self.independent_frames
         return {"inverts_frames_apart": "with some options" if callable(apart) else apart,
-                **({"stores": ", ".join(self.stores)} if self.stores else {})}
+                **({"stores": ", ".join(self.stores)} if self.stores else {}),
+                **({"needs_source_branch": "with some options"} if self.needs_source_branch else {})}
 
 
 INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion")
@@ -82,7 +93,9 @@ INVERSIONS: Registry[InversionMethod] = Registry("inversion", "videdit.inversion
 
 def register_inversion(name: str, config: type, replay: Callable[[Inversion, ReplayContext, Any], Replay] = ddim_replay,
                        independent_frames: bool | Callable[[Any], bool] = True, *, reference: str = "",
-                       models: Mapping[str, Any] | None = None, stores: tuple[str, ...] = (), **edit_defaults: float):
+                       models: Mapping[str, Any] | None = None, stores: tuple[str, ...] = (),
+                       needs_source_branch: Callable[[Any], bool] | None = None,
+                       pinned_config: Callable[[Any], Any] | None = None, **edit_defaults: float):
     """Decorator: register ``fn(inputs, config) -> Inversion`` under ``name``; ``replay``
     tells editing how to sample it back (default: plain DDIM). ``independent_frames=False``
     for a method whose frames share something (noise drawn for the batch, a stopping test
@@ -90,7 +103,10 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
     not cut from a cached one of more. ``reference``: the paper and official code its defaults
     follow; ``models``: the :class:`~videdit.registry.Entry` fields ``families``, ``refuses`` and
     ``controlnet`` where they differ from the defaults; ``stores``: what its record's extras hold
-    for the editors that read them (``"attention"``: the maps FateZero fuses);
+    for the editors that read them (``"attention"``: the maps FateZero fuses); ``needs_source_branch``: a
+    test of its config saying when its replay works on the editor's source branch; ``pinned_config``:
+    the config to run instead where the editor pins its source branch to the inversion (the same
+    edit, less work: options whose work only moves that branch);
     ``edit_defaults``: the reference's steps, guidance, strength (the part of the
     schedule it inverts and edits) or steps_offset, used where the edit does not set them.
 
@@ -101,6 +117,7 @@ def register_inversion(name: str, config: type, replay: Callable[[Inversion, Rep
         INVERSIONS.add(InversionMethod(name=name, config=config, summary=summary_of(fn, name), module=fn.__module__,
                                        run=fn, replay=replay, independent_frames=independent_frames,
                                        reference=reference, edit_defaults=edit_defaults, stores=tuple(stores),
+                                       needs_source_branch=needs_source_branch, pinned_config=pinned_config,
                                        **(models or {})))
         return fn
 

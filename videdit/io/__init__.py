@@ -3,6 +3,7 @@ source's audio), frame folders, images and GIF previews, atomically."""
 
 from videdit.io.atomic import atomic_path
 from videdit.io.options import ClipInfo, ReadOptions
+from videdit.io.overlap import WriteAborted, read_ahead, write_beside
 from videdit.io.read import BACKEND_ENV, IMAGE_SUFFIXES, is_image, probe, read_clip, read_frames, read_selected
 from videdit.io.video import BrokenVideoWarning
 from videdit.io.write import (
@@ -22,10 +23,12 @@ __all__ = [
     "BrokenVideoWarning",
     "ClipInfo",
     "ReadOptions",
+    "WriteAborted",
     "atomic_path",
     "check_output_path",
     "is_image",
     "probe",
+    "read_ahead",
     "read_clip",
     "read_frames",
     "read_selected",
@@ -33,5 +36,6 @@ __all__ = [
     "write_gif",
     "write_image",
     "write_output",
+    "write_beside",
     "write_video",
 ]

@@ -108,7 +108,7 @@ class TemporalContext:
 class TemporalPlan:
     modules: list[AttentionModule] = field(default_factory=list)
     callbacks: list[StepCallback] = field(default_factory=list)
-    hooks: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, Any] = field(default_factory=dict)   # forward hooks: they see the call's rows (CallInfo.rows)
     lead_frames: tuple[int, ...] = ()   # window frame indices the loop runs first (CallInfo.lead_frames)
     # attention modules on the ControlNets' layers, seen as "controlnet{k}." + processor name
     controlnet_modules: list[AttentionModule] = field(default_factory=list)

@@ -171,7 +171,7 @@ class Norm1Features:
     def hooks(self, layers: Collection[str]) -> dict:
         def keep(layer):
             def hook(module, args, output):
-                self.latest[layer] = output       # (B, T, C)
+                self.latest[layer] = output       # (B, T, C): the call's rows (CallInfo.rows)
             return hook
         return {layer.removesuffix("attn1.processor") + "norm1": keep(layer) for layer in layers}
 
@@ -181,7 +181,7 @@ def source_features(call, k: torch.Tensor, norms: Norm1Features | None, source: 
     ``norm1`` states, or (``norms`` None) its keys with the heads side by side."""
     if norms is None:
         return call.split(k)[-1, source].transpose(1, 2).flatten(2)   # (fb, heads, T, d) -> (fb, T, heads * d)
-    return call.split(norms.latest[call.layer])[-1, source]            # (fb, T, C)
+    return call.split(call.info.to_full(norms.latest[call.layer]))[-1, source]   # (fb, T, C): hooked in the call
 
 
 class PivotalPropagation(AttentionModule):
