@@ -8,6 +8,7 @@
     python tools/bench.py toy --repeats 3
     python tools/bench.py peers --frames 4 --size 128 --steps 20
     python tools/bench.py tome --model tiny-random --sizes 256 512 --ratios 0.3 0.5
+    python tools/bench.py deepcache --model tiny-random --sizes 256 512 --branches 0 1 --intervals 3 5
     python tools/bench.py count [--only configs/]
 
 - loop: seconds per frame and peak memory of invert + regenerate, videdit at 1 and 8 frames
@@ -40,6 +41,10 @@
   (``videdit.attention.TokenMerging``, tomesd's defaults) at each of ``--ratios`` against none, at
   square frames of each of ``--sizes`` pixels; the self-attention tokens of the merged (full-grid)
   layers before and after. Best of ``--repeats``.
+- deepcache: seconds of a whole UNet call (batch 2: one frame, guided) and of DeepCache's shallow
+  call (``videdit.core.deepcache``) for each of ``--branches``, at square frames of ``--sizes``
+  pixels, and the speed-up per step at each of ``--intervals`` (one whole call, the others
+  shallow). Best of ``--repeats``.
 - count: the work each preset (configs/*.yaml) and each inversion x editor pair does per output
   frame, counted by videdit.metrics.work.count_work on tiny-random (counts do not depend on the
   size): UNet frame-evaluations inverting and editing, UNet calls, ControlNet rows, VAE frames
@@ -681,6 +686,37 @@ def tome(a) -> None:
                 seconds, _ = best_of(call, a.repeats, device=model.device)
             n, m = max(b.tokens for b in blocks.values())
             table.row(f"{size}", f"{n} -> {m}", ratio, seconds * 1e3, base / seconds)
+def deepcache(a) -> None:
+    """Seconds of a whole UNet call and of DeepCache's shallow call at each size, and the speed-up
+    per step that gives at each interval (one whole call, interval - 1 shallow ones)."""
+    import torch
+
+    from videdit.core.conditioning import UnetCall, model_call
+    from videdit.core.deepcache import _shallow, _whole
+    from videdit.core.loop import CallInfo
+    from videdit.models import load_model
+
+    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    unet = model.unet
+    text = model.encode_text(["", "a wolf"]).to(unet.dtype)                       # (2, L, D): uncond, cond
+    print(f"{a.model}, one frame per call, guided (batch 2), device {model.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    table = Table(("size", "<6"), ("branch", ">7"), ("whole ms", ">10.1f"), ("shallow ms", ">11.1f"),
+                  *[(f"x{k}", ">7.2f") for k in a.intervals])
+    for size in a.sizes:
+        h = w = size // model.vae_scale_factor
+        x = torch.randn(2, unet.config.in_channels, h, w, generator=torch.Generator().manual_seed(0))
+        call = model_call(unet, UnetCall(sample=x.to(model.device, unet.dtype), text=text, info=CallInfo(),
+                                         timestep=torch.full((2,), 500, device=model.device)))
+        for branch in a.branches:
+            with torch.no_grad():
+                _, kept = _whole(unet, call, branch)
+                whole, _ = best_of(lambda: _whole(unet, call, branch), a.repeats, device=model.device)
+                shallow, _ = best_of(lambda: _shallow(unet, call, kept, branch), a.repeats, device=model.device)
+            table.row(f"{size}", f"{branch}", whole * 1e3, shallow * 1e3,
+                      *[k * whole / (whole + (k - 1) * shallow) for k in a.intervals])
+
+
 # -- count: the work each preset and each inversion x editor pair does -------------------------
 
 # a word swap of as many tokens (tiny-random's tokenizer spells by character), for prompt_to_prompt's replace
@@ -714,8 +750,9 @@ def count_cases(size: int, steps: int) -> dict[str, dict]:
         kw.pop("fps", None)
         if "negative" in kw:
             kw["negative_prompt"] = kw.pop("negative")
-        if "source" in kw:
-            kw["source_prompt"] = kw.pop("source")
+        for key, keyword in (("source", "source_prompt"), ("tome", "token_merging"), ("deepcache", "feature_cache")):
+            if key in kw:   # the CLI's and the presets' names
+                kw[keyword] = kw.pop(key)
         if "target_suffix" in kw:
             kw["target_prompt"] = f"{COUNT_TARGET}, {kw.pop('target_suffix')}"
         if kw.pop("model", None) is not None or kw.get("editor") == "instruct_pix2pix":
@@ -832,6 +869,11 @@ def main() -> None:
                 model="tiny-random", repeats=3, device="cpu", dtype="fp32")
     c.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sides, pixels")
     c.add_argument("--ratios", type=float, nargs="+", default=[0.5], help="token merging ratios")
+    c = command("deepcache", deepcache, "seconds of a whole UNet call and of DeepCache's shallow one, speed-up per "
+                "step at each interval", model="tiny-random", repeats=3, device="cpu", dtype="fp32")
+    c.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sides, pixels")
+    c.add_argument("--branches", type=int, nargs="+", default=[0], help="DeepCache branches")
+    c.add_argument("--intervals", type=int, nargs="+", default=[3, 5], help="DeepCache intervals")
     c = command("ebsynth", ebsynth, "seconds per frame of Rerender-A-Video's Ebsynth stage (videdit.video.ebsynth)",
                 repeats=1, device="auto")
     c.add_argument("--sizes", type=int, nargs="+", default=[64, 128])

@@ -4,6 +4,7 @@
     python tools/tables.py inversions --model toy --steps 50
     python tools/tables.py toy-edits --scenes 6 --steps 25 --guidance 4
     python tools/tables.py toy-video --clips 4 --frames 16 --steps 25 --guidance 4 [--keep-background 0.3] [--tome 0.5]
+                                     [--deepcache 3]
     python tools/tables.py temporal --model tiny-random --frames 16 --size 128 --steps 10
     python tools/tables.py methods --scenes 4 --steps 25 --guidance 4
     python tools/tables.py presets [--clips 2 --frames 12] [--presets tokenflow fatezero ...] [--guidance 4]
@@ -320,7 +321,7 @@ def toy_video(a) -> None:
     print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "
           f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} "
           f"{dict(a.editor_param) or ''} window={a.window} "
-          f"keep_background={a.keep_background} tome={a.tome}")
+          f"keep_background={a.keep_background} tome={a.tome} deepcache={a.deepcache}")
     table = Table(("mechanism", "<36"), ("warp err", ">9.2f"), ("source", ">8.2f"), ("ratio", ">7.2f"),
                   ("vs indep.", ">10"), ("frames ok", ">10.0%"), ("worst clip", ">11.0%"), ("check", ">7"),
                   ("  per clip: warp err x source, x below independent, frames ok", "<62"), ("s", ">6.1f"))
@@ -342,7 +343,8 @@ def toy_video(a) -> None:
                                         temporal=temporal, cache_dir=tmp / "cache",
                                         read=ReadOptions(size="source"),   # the toy clips' own size
                                         keep_background=None if a.keep_background is None
-                                        else {"threshold": a.keep_background}, token_merging=a.tome).frames
+                                        else {"threshold": a.keep_background}, token_merging=a.tome,
+                                        feature_cache=a.deepcache).frames
                 except VideditError as e:   # e.g. tokenflow needs an editor with a source branch
                     print(f"{name:<36}not available: {e}".splitlines()[0][:160], flush=True)
                     break
@@ -686,6 +688,8 @@ def main() -> None:
     c.add_argument("--editor-param", "-E", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the editor, e.g. -E self_replace_max_tokens=64 (repeatable)")
     c.add_argument("--tome", type=float, metavar="RATIO", help="token merging in the edits (videdit edit --tome)")
+    c.add_argument("--deepcache", type=int, metavar="INTERVAL",
+                   help="feature caching in the edits (videdit edit --deepcache)")
     c = command("temporal", temporal, "warp error and flicker of temporal mechanisms on real clips",
                 model="tiny-random", frames=16, size=128, steps=10, guidance=7.5, window=8)
     c.add_argument("--clips", nargs="*", default=["wolf", "dog"])

@@ -42,7 +42,8 @@ CRASH_ENV = "VIDEDIT_TEST_CRASH_WORKER"   # a file path: the first Ray worker to
 # the job options, by the name a job file uses -> the keyword of edit_video (or of the reading/model step)
 EDIT_OPTIONS = ("source_prompt", "target_prompt", "negative_prompt", "steps", "guidance", "seed", "inversion",
                 "inversion_params", "editor", "editor_params", "temporal", "window", "batch_size", "inversion_dtype",
-                "keep_background", "strength", "steps_offset", "source_branch", "max_tokens", "token_merging")
+                "keep_background", "strength", "steps_offset", "source_branch", "max_tokens", "token_merging",
+                "feature_cache")
 READ_OPTIONS = ("start_frame", "end_frame", "start", "end", "stride", "fps", "max_frames", "size")
 MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype")
 CONTROL_OPTIONS = ("control", "controlnet")   # as `videdit edit --control/--controlnet`, paired by position
@@ -50,12 +51,13 @@ RUN_OPTIONS = ("split",)   # how the batch runs a job, not what it makes (a spli
 JOB_FIELDS = ("input", "output", "preview", "name")
 EXPANDING = ("prompts", "targets")   # several prompt pairs in one entry
 ALIASES = {"source": "source_prompt", "target": "target_prompt", "negative": "negative_prompt", "tome": "token_merging",
-           "embedding": "embeddings"}
+           "deepcache": "feature_cache", "embedding": "embeddings"}
 OPTIONS = frozenset(EDIT_OPTIONS + READ_OPTIONS + MODEL_OPTIONS + CONTROL_OPTIONS + RUN_OPTIONS + JOB_FIELDS + EXPANDING
                     + ("config",))
 # what a job's inversion does not depend on: jobs differing only in these share one (ordering in batch_ray)
 EDIT_ONLY = frozenset({"target_prompt", "editor", "editor_params", "temporal", "keep_background", "source_branch",
-                       "token_merging", "output", "preview", "name", "max_tokens", "device", "split"})
+                       "token_merging", "feature_cache", "output", "preview", "name", "max_tokens", "device",
+                       "split"})
 
 
 @dataclass(frozen=True)

@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token merging (tomesd): merge this fraction of the tokens of the full-resolution "
                    "self-attention layers in the edit's UNet calls, e.g. 0.5 (faster, less exact; default off; a "
                    "config's tome: may map TokenMerging options, see README)")
+    p.add_argument("--deepcache", type=int, metavar="INTERVAL",
+                   help="feature caching (DeepCache): the whole UNet every INTERVAL steps of the edit, only its "
+                   "shallowest layers between, e.g. 3 (faster, less exact; default off; a config's deepcache: may "
+                   "map its options interval and branch)")
     p.add_argument("--temporal", type=_temporal, action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="a temporal module with its options, e.g. flow_propagation:strength=0.6 (repeatable; "
                    "see `videdit methods`)")
@@ -406,7 +410,7 @@ def edit_kwargs(a) -> dict:
                 progress=not a.quiet, temporal=temporal_modules(a), inversion_dtype=a.inversion_dtype,
                 keep_background=keep_background_options(a.keep_background), strength=a.strength,
                 steps_offset=a.steps_offset, source_branch=a.source_branch, max_tokens=a.max_tokens,
-                control=_control(a), token_merging=a.tome)
+                control=_control(a), token_merging=a.tome, feature_cache=a.deepcache)
 
 
 def _edit(a) -> None:

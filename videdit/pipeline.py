@@ -28,6 +28,7 @@ from videdit.attention.tome import TokenMerging, token_merging, token_merging_op
 from videdit.config import make_config
 from videdit.control.controlnet import Control, ControlFrames, resolve_control
 from videdit.core.conditioning import unet_inputs
+from videdit.core.deepcache import FeatureCaching, feature_caching, feature_caching_options
 from videdit.core.loop import Branches, PinnedBranch, denoise, overrides
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, EditPlan, get_editor
@@ -72,6 +73,7 @@ class EditSettings:
     steps_offset: int | None = None  # shifts the timesteps (diffusers' key); None: as steps, else the model config's
     source_branch: str | None = None  # "replay" or "pinned" (to the inversion's latents); None: the editor's default
     token_merging: Mapping[str, Any] | float | None = None  # TokenMerging options or a ratio (tomesd); None: off
+    feature_cache: Mapping[str, Any] | int | None = None  # FeatureCaching options or an interval (DeepCache); None: off
     # resolved from the fields above in __post_init__
     inversion_method: InversionMethod = field(init=False, repr=False, compare=False)
     inversion_config: Any = field(init=False, repr=False, compare=False)
@@ -81,6 +83,7 @@ class EditSettings:
     start_step: int = field(init=False, repr=False, compare=False)      # the edit's first schedule step
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
     token_merging_config: TokenMerging | None = field(init=False, repr=False, compare=False)
+    feature_cache_config: FeatureCaching | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         editor = get_editor(self.editor)
@@ -136,7 +139,9 @@ class EditSettings:
                     "start_step": self._start_step(),
                     "pin_source": pin_source,
                     "token_merging_config": (None if self.token_merging is None else make_config(
-                        TokenMerging, token_merging_options(self.token_merging), "token merging"))}
+                        TokenMerging, token_merging_options(self.token_merging), "token merging")),
+                    "feature_cache_config": (None if self.feature_cache is None else make_config(
+                        FeatureCaching, feature_caching_options(self.feature_cache), "deepcache"))}
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         self.temporal_stack()   # the modules find the ones they build on, or say which is missing
@@ -495,13 +500,17 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
+    if settings.feature_cache_config is not None and (control is not None or controlnet_modules):
+        raise VideditError("deepcache skips the down blocks a ControlNet adds its residuals to; edit without "
+                           "--deepcache or without the ControlNet")
     merging = token_merging(model.unet, settings.token_merging_config, seed=settings.seed,
                             latent_size=tuple(x.shape[-2:]))   # entered last: it wraps the processors installed
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \
             unet_inputs(model.unet, [*_control_inputs(control, schedule, n_frames, plan.uncontrolled,
                                                       controlnet_modules, plan.info),
                                      *plan.inputs]), \
-            merging:   # a ControlNet sees the latents before the editor's channels
+            merging, feature_caching(model.unet, settings.feature_cache_config):
+        # a ControlNet sees the latents before the editor's channels
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=plan.sampler or replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
@@ -628,6 +637,7 @@ def _settings(**kw) -> EditSettings:
     kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
     kw["keep_background"] = keep_background_options(kw.get("keep_background"))
     kw["token_merging"] = token_merging_options(kw.get("token_merging"))
+    kw["feature_cache"] = feature_caching_options(kw.get("feature_cache"))
     return EditSettings(**kw)
 
 
@@ -648,7 +658,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                use_cache: bool = True, preview: str | Path | None = None, overwrite: bool = False,
                strength: float | None = None, steps_offset: int | None = None, source_branch: str | None = None,
                max_tokens: int | None = None, control: Control | Sequence | None = None,
-               token_merging: Mapping | float | None = None, progress: bool = False,
+               token_merging: Mapping | float | None = None, feature_cache: Mapping | int | None = None,
+               progress: bool = False,
                on_progress: Callable[[str, int, int], None] | None = None) -> EditResult:
     """Edit a clip (video file, frame folder or image) window by window.
 
@@ -670,14 +681,15 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     "second pass" where a module makes the frames then), e.g. for a batch's display.
 
     ``token_merging``: tomesd's token merging in the edit's UNet calls, a ratio or
-    :class:`~videdit.attention.TokenMerging` options (None: off).
+    :class:`~videdit.attention.TokenMerging` options (None: off); ``feature_cache``: DeepCache in the
+    edit's UNet calls, an interval or :class:`~videdit.core.deepcache.FeatureCaching` options (None: off).
     """
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, negative_prompt=negative_prompt,
                          steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, inversion=inversion,
                          inversion_params=inversion_params, editor=editor, editor_params=editor_params,
                          temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background,
                          strength=strength, steps_offset=steps_offset, source_branch=source_branch,
-                         token_merging=token_merging)
+                         token_merging=token_merging, feature_cache=feature_cache)
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from videdit.core import deepcache
+
 # unet -> the UnetInputs installed on it, outermost first
 _INSTALLED: "weakref.WeakKeyDictionary[Any, tuple[UnetInput, ...]]" = weakref.WeakKeyDictionary()
 # unet -> its pixels per latent (the VAE's factor), for SDXL's time_ids; 8 where not registered
@@ -121,6 +123,10 @@ def model_call(unet, call: UnetCall) -> UnetCall:
 
 
 def call_unet(unet, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, info: Any) -> torch.Tensor:
-    """The UNet's output for one batch (B, C, h, w), with the model's and the installed inputs."""
+    """The UNet's output for one batch (B, C, h, w), with the model's and the installed inputs
+    (outside inversion through the feature caching installed on it, :mod:`videdit.core.deepcache`)."""
     call = model_call(unet, UnetCall(sample=sample, timestep=timestep, text=text, info=info))
+    cache = deepcache.active(unet)
+    if cache is not None and not getattr(info, "inverting", False):
+        return cache.forward(unet, call)
     return unet(call.sample, call.timestep, encoder_hidden_states=call.text, **call.kwargs).sample
