@@ -657,17 +657,23 @@ def peers(a) -> None:
 
 # -- tome: token merging's speed-up per UNet call ------------------------------------------------
 
+def one_frame_calls(a):
+    """(model, its UNet, the texts (2, L, D): uncond, cond) of the per-call benchmarks, their header printed."""
+    from videdit.models import load_model
+
+    model = load_model(a.model, device=a.device, dtype=a.dtype)
+    text = model.encode_text(["", "a wolf"]).to(model.unet.dtype)
+    print(f"{a.model}, one frame per call, guided (batch 2), device {model.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    return model, model.unet, text
+
+
 def tome(a) -> None:
     import torch
 
     from videdit.attention import TokenMerging, token_merging
-    from videdit.models import load_model
 
-    model = load_model(a.model, device=a.device, dtype=a.dtype)
-    unet = model.unet
-    text = model.encode_text(["", "a wolf"]).to(unet.dtype)                       # (2, L, D): uncond, cond
-    print(f"{a.model}, one frame per call, guided (batch 2), device {model.device}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    model, unet, text = one_frame_calls(a)
     table = Table(("size", "<8"), ("tokens", ">14"), ("ratio", ">7.2f"), ("ms / call", ">11.1f"),
                   ("speed-up", ">10.2f"))
     for size in a.sizes:
@@ -694,13 +700,8 @@ def deepcache(a) -> None:
     from videdit.core.conditioning import UnetCall, model_call
     from videdit.core.deepcache import _shallow, _whole
     from videdit.core.loop import CallInfo
-    from videdit.models import load_model
 
-    model = load_model(a.model, device=a.device, dtype=a.dtype)
-    unet = model.unet
-    text = model.encode_text(["", "a wolf"]).to(unet.dtype)                       # (2, L, D): uncond, cond
-    print(f"{a.model}, one frame per call, guided (batch 2), device {model.device}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    model, unet, text = one_frame_calls(a)
     table = Table(("size", "<6"), ("branch", ">7"), ("whole ms", ">10.1f"), ("shallow ms", ">11.1f"),
                   *[(f"x{k}", ">7.2f") for k in a.intervals])
     for size in a.sizes:

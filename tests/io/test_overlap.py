@@ -47,19 +47,20 @@ def test_a_read_error_is_raised_where_it_happened():
     assert seen == [0, 1]
 
 
+def counted(made: list, closed: threading.Event, n: int = 100):
+    """0..n-1, each appended to ``made`` as it is made; ``closed`` set once the generator ends."""
+    try:
+        for i in range(n):
+            made.append(i)
+            yield i
+    finally:
+        closed.set()
+
+
 def test_stopping_early_stops_the_reader():
     produced, closed = [], threading.Event()
-
-    def produce():
-        try:
-            for i in range(100):
-                produced.append(i)
-                yield i
-        finally:
-            closed.set()
-
     before = threading.active_count()
-    it = read_ahead(produce(), depth=1)
+    it = read_ahead(counted(produced, closed), depth=1)
     assert next(it) == 0
     it.close()
     assert closed.is_set() and threading.active_count() == before
@@ -125,17 +126,9 @@ def test_a_writer_error_stops_the_edit():
         next(items)
         raise OSError("no space left on device")
 
-    def produce():
-        try:
-            for i in range(100):
-                made.append(i)
-                yield i
-        finally:
-            closed.set()
-
     before = threading.active_count()
     with pytest.raises(OSError, match="no space left"):
-        write_beside(write, produce())
+        write_beside(write, counted(made, closed))
     assert closed.is_set() and len(made) <= 4 and threading.active_count() == before
 
 
