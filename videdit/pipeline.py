@@ -500,7 +500,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         hooks.update(tplan.hooks)
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
-    if settings.feature_cache_config is not None and (control is not None or controlnet_modules):
+    if settings.feature_cache_config is not None and control is not None:
         raise VideditError("deepcache skips the down blocks a ControlNet adds its residuals to; edit without "
                            "--deepcache or without the ControlNet")
     merging = token_merging(model.unet, settings.token_merging_config, seed=settings.seed,

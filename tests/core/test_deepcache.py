@@ -110,3 +110,13 @@ def test_cli_deepcache_and_a_config_mapping_reach_the_edit(tmp_path, capsys, mon
     code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", "-o", tmp_path / "p.mp4", *BASE, "--config", cfg)
     assert code == 2 and "deepcache does not take layer" in err
     assert ALIASES["deepcache"] == "feature_cache"
+
+
+def test_it_runs_under_cross_frame_attention(tiny, wolf_frames):
+    """A temporal module's attention on the layers a shallow step runs (cross-frame attention to the
+    first frame): the edit runs, and differs from the one without caching."""
+    s = EditSettings(source_prompt="a wolf", target_prompt="a fox", steps=4, editor="prompt_to_prompt",
+                     temporal={"cross_frame": {"mode": "first"}})
+    inv = invert_frames(tiny, wolf_frames, s)
+    cached = edit_latents(tiny, inv, dataclasses.replace(s, feature_cache=3))
+    assert torch.isfinite(cached).all() and rel_error(cached, edit_latents(tiny, inv, s)) > 1e-3
