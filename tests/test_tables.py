@@ -24,11 +24,19 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
 
 
 @pytest.mark.parametrize("name, needs", [
-    ("text2video-zero", "InstructPix2Pix"), ("text2video-zero-canny", "ControlNet"),
-    ("text2video-zero-pose", "ControlNet")])
+    ("text2video-zero", "InstructPix2Pix"), ("text2video-zero-pose", "ControlNet"),
+    ("text2video-zero-depth", "ControlNet")])
 def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
     with pytest.raises(VideditError, match=needs):
         tables.preset_settings(name)
+
+
+def test_canny_presets_run_the_toy_controlnet_at_their_files_scale():
+    (rerender,) = tables.preset_settings("rerender")["control"]
+    (t2v,) = tables.preset_settings("text2video-zero-canny")["control"]
+    assert (rerender.condition.kind, rerender.condition.thresholds, rerender.controlnet, rerender.scale) == (
+        "canny", (50, 100), "toy-canny", 0.7)
+    assert (t2v.condition.kind, t2v.controlnet, t2v.scale) == ("canny", "toy-canny", 1.0)
 
 
 def test_independent_editing_keeps_the_editor_and_drops_the_temporal_mechanism():

@@ -446,9 +446,9 @@ def temporal(a) -> None:
 PRESETS = {
     "tokenflow": ("tokenflow", {}),
     "fatezero": ("fatezero", {"inversion_params": {"min_channels": 128, "max_tokens": 64}}),
-    "rerender": ("rerender", {"controlnet": None}),   # its edge ControlNet: none is trained for the toy model
+    "rerender": ("rerender", {"controlnet": "toy-canny"}),   # its edge ControlNet: the toy model's canny one
     "text2video-zero": ("text2video-zero", {}),
-    "text2video-zero-canny": ("text2video-zero-canny", {}),
+    "text2video-zero-canny": ("text2video-zero-canny", {"controlnet": "toy-canny"}),
     "text2video-zero-pose": ("text2video-zero-pose", {}),
     "text2video-zero-depth": ("text2video-zero-depth", {}),
     "tokenflow-plus": ("tokenflow-plus", {}),
@@ -459,7 +459,8 @@ PRESETS = {
 }
 PAPERS = ("tokenflow", "fatezero", "rerender", "text2video-zero", "text2video-zero-canny", "text2video-zero-pose",
           "text2video-zero-depth")
-TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64", "rerender": "without its ControlNet"}
+TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64",
+             "rerender, text2video-zero-canny": "the toy model's canny ControlNet (toy-canny) at the file's scale"}
 
 
 def preset_settings(name: str, guidance: float | None = None, steps: int | None = None) -> dict:
@@ -475,10 +476,17 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
     if "model" in values:
         raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
                            "the toy model is a text-to-image model")
-    if "controlnet" in values and "controlnet" not in toy:   # a preset that is nothing without it
-        raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the toy model")
+    if "controlnet" in values and (toy.get("controlnet") is None
+                                   or any(not c.startswith("canny") for c in values["control"])):
+        raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the toy "
+                           "model on its condition")
     kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window")
           if k in values}
+    if "controlnet" in values:   # the toy model's canny ControlNet in its place, at the file's scale
+        from videdit.control.controlnet import pair_controls, parse_controlnet
+
+        kw["control"] = pair_controls(values["control"], [f"{toy['controlnet']}={parse_controlnet(n)[1]}"
+                                                          for n in values["controlnet"]])
     kw["negative_prompt"] = values.get("negative", "")
     kw["target_suffix"] = values.get("target_suffix", "")
     kw["temporal"] = values.get("temporal") or {}
@@ -628,7 +636,7 @@ def presets(a) -> None:
             print(f"{name + (' [paper]' if name in PAPERS else ''):<30}cannot run on the toy model: {e}", flush=True)
             continue
         row = _in_child(a, name)
-        key = json.dumps(independent(settings), sort_keys=True)   # presets that share their independent run
+        key = json.dumps(independent(settings), sort_keys=True, default=repr)   # presets sharing an independent run
         if key not in done and not a.no_independent:
             done[key] = _in_child(a, f"{name}:independent")
         ind = done.get(key)

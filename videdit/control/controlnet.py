@@ -36,6 +36,9 @@ from videdit.core.conditioning import UnetCall, UnetInput
 from videdit.errors import VideditError
 
 TINY_CONTROLNET = "tiny-random"
+# the toy model's canny ControlNet (tools/train_toy_controlnet.py), package data beside the toy model
+TOY_CONTROLNET = "toy-canny"
+TOY_CONTROLNET_DIR = Path(__file__).resolve().parents[1] / "toy" / "controlnet-canny"
 TINY_CONTROLNET_VERSION = "tiny-random-controlnet-v1"
 TINY_CONTROLNET_SEED = 1
 # ControlNet's condition encoder: 3 stride-2 convolutions (8x, the VAE's factor), narrow for tests
@@ -120,7 +123,8 @@ class LoadedControlNet:
 
 
 def load_controlnet(spec: str, model) -> LoadedControlNet:
-    """``spec``: "tiny-random" (tiny-random's ControlNet, :func:`tiny_controlnet`), a local diffusers
+    """``spec``: "tiny-random" (tiny-random's ControlNet, :func:`tiny_controlnet`), "toy-canny" (the toy
+    model's, trained on canny edges of its world: ``tools/train_toy_controlnet.py``), a local diffusers
     ControlNet directory (``ControlNetModel.save_pretrained``) or a hub id (downloaded into the
     Hugging Face cache on first use) -> the ControlNet on ``model``'s device and dtype, refused in
     one line where it does not fit ``model``'s UNet (:func:`check_fits`)."""
@@ -130,7 +134,7 @@ def load_controlnet(spec: str, model) -> LoadedControlNet:
     if spec == TINY_CONTROLNET:
         net, fingerprint = tiny_controlnet(model.unet), TINY_CONTROLNET_VERSION
     else:
-        path = Path(spec).expanduser()
+        path = TOY_CONTROLNET_DIR if spec == TOY_CONTROLNET else Path(spec).expanduser()
         if not path.exists():
             if path.is_absolute() or spec.startswith(".") or spec.count("/") != 1:
                 raise VideditError(f"no ControlNet at {spec!r}: give a diffusers ControlNet directory, a hub id "

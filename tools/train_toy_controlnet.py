@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Train a canny-edge ControlNet for the toy model (``videdit/toy/model``), so that the presets whose
+papers run one (Rerender-A-Video's edges, Text2Video-Zero's canny variant) run on the toy world.
+
+ControlNet (Zhang, Rao & Agrawala 2023; github.com/lllyasviel/ControlNet ``tutorial_train.py``, and
+diffusers' ``train_controlnet.py``): ``ControlNetModel.from_unet`` of the toy UNet (its encoder's
+weights, zero convolutions on the outputs), trained with the UNet, VAE and text encoder frozen on the
+plain noise-prediction loss, the caption dropped to "" half of the time (the reference's
+``--proportion_empty_prompts`` for learning from the condition alone; 0.5 in its tutorial). The
+condition is ``videdit.control.conditions.canny`` of the rendered scene (the thresholds drawn per
+scene from the ones the presets use: Rerender's 50/100, the default 100/200), as the pipeline makes
+it from a frame. The condition encoder shrinks 64x64 images 4x, as the toy VAE does.
+
+Scenes come from the world generator, seeded per step; a checkpoint is written every
+``--ckpt-minutes`` and at the end, and ``--resume`` continues from it. ``--export DIR`` writes the
+diffusers ControlNet directory (fp16 weights) and a card with the run's arguments and its scores
+(``--eval``: edges of held-out scenes, sampled from noise with and without the ControlNet: the
+IoU of the detected object with the scene's).
+
+    nohup nice -n 5 python tools/train_toy_controlnet.py --out runs/cn --minutes 45 \\
+        --export videdit/toy/controlnet-canny > runs/cn/train.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDITION_CHANNELS = (16, 32, 64)   # two stride-2 convolutions: 64x64 -> 16x16, the toy VAE's factor
+THRESHOLDS = ((50, 100), (100, 200))
+
+
+def batch(model, step: int, size: int, drop: float):
+    """(latents, text, condition (B, 3, 64, 64) in [0, 1]) of ``size`` scenes seeded by ``step``."""
+    from videdit.control.conditions import canny
+    from videdit.toy import sample_scene
+
+    rng = np.random.default_rng(10_000_000 + step)
+    scenes = [sample_scene(rng) for _ in range(size)]
+    images = np.stack([s.image for s in scenes])
+    edges = np.concatenate([canny(images[i:i + 1], *THRESHOLDS[rng.integers(len(THRESHOLDS))])
+                            for i in range(size)])
+    captions = [s.caption if rng.random() >= drop else "" for s in scenes]
+    with torch.no_grad():
+        latents = model.encode_images(images, batch_size=size)
+        text = model.encode_text(captions, remember=False)
+    condition = torch.from_numpy(edges).permute(0, 3, 1, 2).float() / 255
+    return latents, text, condition
+
+
+def train(a) -> None:
+    from diffusers import ControlNetModel
+
+    from videdit.models import load_model
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model("toy", device="cpu")
+    for part in (model.unet, model.vae, model.text_encoder):
+        part.requires_grad_(False)
+    ckpt = out / "ckpt.pt"
+    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONDITION_CHANNELS)
+    opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-2)
+    step = 0
+    if a.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    alphas = model.scheduler().alphas_cumprod
+    net.train()
+    t0 = last_ckpt = time.time()
+    losses = []
+    while step < a.steps and time.time() - t0 < a.minutes * 60:
+        latents, text, condition = batch(model, step, a.batch, a.drop)
+        g = torch.Generator().manual_seed(step)
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, len(alphas), (len(latents),), generator=g)
+        ab = alphas[t].view(-1, 1, 1, 1)
+        noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
+        down, mid = net(noisy, t, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
+        pred = model.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step} loss {np.mean(losses[-20:]):.4f} {time.time() - t0:.0f}s", flush=True)
+        if time.time() - last_ckpt > a.ckpt_minutes * 60:
+            _checkpoint(net, opt, step, ckpt)
+            last_ckpt = time.time()
+    _checkpoint(net, opt, step, ckpt)
+    print(f"stopped at step {step}, {time.time() - t0:.0f}s", flush=True)
+    if a.export:
+        export(net, model, Path(a.export), a, step, float(np.mean(losses[-100:])) if losses else None)
+
+
+def _checkpoint(net, opt, step: int, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    tmp.replace(path)
+
+
+def evaluate(model, net, n: int, steps: int = 25, guidance: float = 4.0) -> dict:
+    """Held-out scenes sampled from noise under their captions, with the ControlNet on their canny
+    edges (100/200) and without: the mean IoU of the largest detected object with the scene's
+    largest object's mask, and how often it has the caption's colour."""
+    from videdit.control.conditions import canny
+    from videdit.control.controlnet import ControlNetInput
+    from videdit.core.conditioning import unet_inputs
+    from videdit.core.loop import Branches, denoise
+    from videdit.core.schedule import make_schedule
+    from videdit.toy import sample_scene
+    from videdit.toy.scores import classify_colour, detect_objects, mask_iou
+
+    schedule = make_schedule(model.scheduler_config, steps)
+    scores = {"with": [], "without": []}
+    for i in range(n):
+        scene = sample_scene(np.random.default_rng(99_000 + i))
+        one = scene.objects[-1]
+        cond, uncond = model.encode_text([scene.caption, ""], remember=False).chunk(2)
+        edges = torch.from_numpy(canny(scene.image[None])).permute(0, 3, 1, 2).float() / 255   # (1, 3, H, W)
+        for kind in ("with", "without"):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randn(1, 1, 4, 16, 16, generator=g)
+            inputs = [ControlNetInput(nets=(net,), scales=(1.0,), images=edges[None], active=(frozenset(),))] \
+                if kind == "with" else []
+            with unet_inputs(model.unet, inputs):
+                z = denoise(model.unet, x, schedule, Branches(cond=cond, uncond=uncond, guidance=(guidance,)))[0]
+            image = model.decode_latents(z)[0]
+            found = detect_objects(image)
+            iou = mask_iou(found[0].mask, scene.masks[-1]) if found else 0.0
+            colour_ok = classify_colour(image, scene.masks[-1]) == one.colour
+            scores[kind].append((iou, colour_ok))
+    return {k: {"iou": float(np.mean([s[0] for s in v])), "colour": float(np.mean([s[1] for s in v]))}
+            for k, v in scores.items()}
+
+
+def export(net, model, folder: Path, a, step: int, loss: float | None) -> None:
+    from videdit.io import atomic_path
+
+    net.eval()
+    scores = evaluate(model, net, a.eval) if a.eval else {}
+    with atomic_path(folder, replace_dir=True) as tmp:
+        net.to(torch.float16).save_pretrained(tmp)
+        net.to(torch.float32)
+        card = {"steps": step, "batch": a.batch, "lr": a.lr, "caption_drop": a.drop, "final_loss": loss,
+                "condition_channels": CONDITION_CHANNELS, "thresholds": THRESHOLDS, "eval": scores,
+                "command": "python tools/train_toy_controlnet.py " + " ".join(a.argv)}
+        (tmp / "training.json").write_text(json.dumps(card, indent=1))
+    print(f"exported to {folder}: {json.dumps(scores)}", flush=True)
+
+
+def main() -> None:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--minutes", type=float, default=45, help="stop after this many minutes (checkpoint, export)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--drop", type=float, default=0.5, help="fraction of captions dropped to ''")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ckpt-minutes", type=float, default=5)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", help="write the diffusers ControlNet directory here at the end")
+    p.add_argument("--eval", type=int, default=16, help="held-out scenes scored at export (0: none)")
+    a = p.parse_args()
+    a.argv = sys.argv[1:]
+    train(a)
+
+
+if __name__ == "__main__":
+    main()
