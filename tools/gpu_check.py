@@ -116,6 +116,8 @@ def seconds(fn, device, repeat: int = 1, warm: bool = True) -> float:
 
 
 def timing(model_dir: Path, args) -> dict:
+    import dataclasses
+
     import bench   # tools/bench.py, beside this script (its folder is on sys.path when run as a script)
 
     from videdit.models import load_model
@@ -139,6 +141,9 @@ def timing(model_dir: Path, args) -> dict:
         s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt",
                          inversion="direct", inversion_params={"offsets": "in_edit"})   # issue 20's 0.5 s goal
         row["videdit p2p after direct, offsets in the edit (s/frame)"] = seconds(
+            lambda: edit_frames(model, frames, s), args.device, warm=False) / args.frames
+        s = dataclasses.replace(s, feature_cache=3)   # DeepCache at the helper's defaults
+        row["the same with --deepcache 3 (s/frame)"] = seconds(
             lambda: edit_frames(model, frames, s), args.device, warm=False) / args.frames
         temporal = {"keyframes": {"every": 4}, "keyframe_flow": {}, "pixels_guided": {}}
         row.update(video_run("video keyframes+guided", model, args, editor="prompt_to_prompt", temporal=temporal,

@@ -510,7 +510,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
                                                       controlnet_modules, plan.info),
                                      *plan.inputs]), \
             merging, feature_caching(model.unet, settings.feature_cache_config):
-        # a ControlNet sees the latents before the editor's channels
+        # (unet_inputs: a ControlNet sees the latents before the editor's channels)
         x = denoise(model.unet, x, schedule, branches, prediction_type=model.prediction_type,
                     callbacks=callbacks, sampler=plan.sampler or replay.sampler,
                     batch_size=settings.batch_size, info=plan.info, start_step=start,
