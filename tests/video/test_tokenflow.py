@@ -181,7 +181,7 @@ def test_nearest_neighbours_are_found_on_the_source_norm1_states(tiny, clip):
     norm1 = seen["norm1"]   # the edit's last call: rows (target uncond, source cond, target cond) x 8 frames
     source = norm1.unflatten(0, (3, 8))[1]                                  # (fb, T, C)
     assert torch.equal(tf.propagation.matched[layer], source)
-    keys = seen["keys"].unflatten(0, (2, 2, 8))[-1, 0]   # (fb, T, heads * d): in the processor, the full layout
+    keys = seen["keys"].unflatten(0, (3, 8))[1]          # (fb, T, heads * d): to_k runs on the call's rows
     torch.testing.assert_close(tf_keys.propagation.matched[layer], keys)
     assert not torch.allclose(source, keys)
 

@@ -76,6 +76,10 @@ class AttentionModule:
         return out
 
 
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class ComposedProcessor:
     """diffusers' AttnProcessor2_0 with hooks for the layer's modules."""
 
@@ -87,16 +91,20 @@ class ComposedProcessor:
         info = self.info
         if not info.ragged:
             return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        # a call without some branch's unconditional half: the modules see the full layout, the
-        # missing rows being that branch's conditional ones, and the rows the call runs go back
+        # a call without some branch's unconditional half: the projections run on the call's rows, the
+        # modules see the full layout (the missing rows are copies of that branch's conditional ones,
+        # whose projections they are) and the output projection runs on the call's rows again
         rows = hidden_states.shape[0]
         if rows != len(info.rows()) * len(info.frames):
             raise ValueError(f"{self.layer}: a batch of {rows} for rows {info.rows()} x {len(info.frames)} frames")
-        full = [t if t is None or t.shape[0] != rows else info.to_full(t)
-                for t in (hidden_states, encoder_hidden_states, attention_mask, temb)]
-        return info.to_run(self._attend(attn, *full))
+        return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                            full=info.to_full, run=info.to_run)
 
-    def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    def _attend(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, full=None, run=None):
+        """diffusers' attention with the modules' hooks; ``full``/``run``: the call's rows to the
+        (half, branch, frame) layout the modules see and back (None: the same)."""
+        full = full or _same
+        run = run or _same
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -122,6 +130,9 @@ class ComposedProcessor:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
+        q, k, v = full(q), full(k), full(v)
+        if attention_mask is not None:
+            attention_mask = full(attention_mask)
 
         call = AttnCall(layer=self.layer, cross=cross, info=self.info, heads=attn.heads, tokens=tokens,
                         scale=attn.scale)
@@ -141,7 +152,7 @@ class ComposedProcessor:
         for m in self.modules:
             out = m.output(call, out)
 
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = attn.to_out[1](attn.to_out[0](run(out)))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
         if attn.residual_connection:
