@@ -151,7 +151,9 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     a hidden temporary, which the rerun removes), and the rerun skips the recorded jobs and does the rest."""
     from videdit import io
 
-    jobs = job_file(tmp_path, shared_data, max_frames=6, window=2)   # 6 jobs: 5 left after the first (> 1 s)
+    # 6 jobs of 10 steps: 5 left after the first, well over the 1 s the poll waits (at 2 steps, with decoding and
+    # encoding beside the work, they all finished inside it in one CI run: exit 0)
+    jobs = job_file(tmp_path, shared_data, max_frames=6, window=2, steps=10)
     out = tmp_path / "out"
     proc = _subprocess_batch(jobs, tmp_path / "cache")
     _wait_for(lambda: (out / ".wolf-0.mp4.videdit-job.json").exists(), proc)
