@@ -130,9 +130,13 @@ def test_a_corrupt_input_fails_alone_with_its_line_and_the_exit_code_says(tmp_pa
 
 
 def _subprocess_batch(jobs: Path, cache: Path, *extra) -> subprocess.Popen:
+    """``videdit batch`` in a process of its own, Ctrl-C (SIGINT) handled as in a terminal: a test run
+    started in the background of a shell without job control inherits SIGINT ignored, and Python
+    then leaves it ignored (the batch would finish with exit 0)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-m", "videdit.cli", "batch", str(jobs), "--cache-dir", str(cache), "-q",
-                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -151,9 +155,7 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     a hidden temporary, which the rerun removes), and the rerun skips the recorded jobs and does the rest."""
     from videdit import io
 
-    # 6 jobs of 10 steps: 5 left after the first, well over the 1 s the poll waits (at 2 steps, with decoding and
-    # encoding beside the work, they all finished inside it in one CI run: exit 0)
-    jobs = job_file(tmp_path, shared_data, max_frames=6, window=2, steps=10)
+    jobs = job_file(tmp_path, shared_data, max_frames=6, window=2)   # 6 jobs: 5 left after the first (> 1 s)
     out = tmp_path / "out"
     proc = _subprocess_batch(jobs, tmp_path / "cache")
     _wait_for(lambda: (out / ".wolf-0.mp4.videdit-job.json").exists(), proc)
