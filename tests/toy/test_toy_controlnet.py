@@ -25,6 +25,7 @@ def test_it_loads_by_name_and_fits_the_toy_model(toy):
     assert (TOY_CONTROLNET_DIR / "training.json").exists()
 
 
+@pytest.mark.slow   # 10-20 s: 16 samplings of 25 steps
 def test_sampled_scenes_follow_their_edges(toy):
     """8 held-out scenes, 25 steps at guidance 4: the largest detected object's IoU with the
     scene's is 0.22 on average without the ControlNet (the layout is the model's own) and 0.59

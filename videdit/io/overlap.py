@@ -59,7 +59,7 @@ def read_ahead(chunks: Iterable[T], depth: int = 1, name: str = "videdit-read") 
     def produce() -> None:
         try:
             for item in chunks:
-                if not _put(q, item, running):
+                if not _put(q, item, running) or stop.is_set():   # stopped: read no further
                     return
             _put(q, _DONE, running)
         except BaseException as e:   # handed to the consumer, raised there
@@ -79,7 +79,12 @@ def read_ahead(chunks: Iterable[T], depth: int = 1, name: str = "videdit-read") 
             yield item
     finally:
         stop.set()
-        thread.join()
+        while thread.is_alive():   # take what it waits to hand over, so that it sees the stop at once
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(_POLL_S)
 
 
 def write_beside(write: Callable[[Iterator[T]], R], chunks: Iterable[T], depth: int = 1,
