@@ -28,7 +28,7 @@ from videdit.attention.tome import TokenMerging, token_merging, token_merging_op
 from videdit.config import make_config
 from videdit.control.controlnet import Control, ControlFrames, resolve_control
 from videdit.core.conditioning import unet_inputs
-from videdit.core.deepcache import FeatureCaching, feature_caching, feature_caching_options
+from videdit.core.deepcache import NO_CONTROLNET, FeatureCaching, feature_caching, feature_caching_options
 from videdit.core.loop import Branches, PinnedBranch, denoise, overrides
 from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, EditPlan, get_editor
@@ -501,8 +501,7 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         callbacks += tplan.callbacks
         plan.info.lead_frames = tuple(sorted({*plan.info.lead_frames, *tplan.lead_frames}))
     if settings.feature_cache_config is not None and control is not None:
-        raise VideditError("deepcache skips the down blocks a ControlNet adds its residuals to; edit without "
-                           "--deepcache or without the ControlNet")
+        raise VideditError(NO_CONTROLNET)
     merging = token_merging(model.unet, settings.token_merging_config, seed=settings.seed,
                             latent_size=tuple(x.shape[-2:]))   # entered last: it wraps the processors installed
     with attention_processors(model.unet, processors), module_hooks(model.unet, hooks), \

@@ -54,7 +54,7 @@ def test_the_source_runs_its_conditional_half_only(tiny, wolf_frames, case, monk
 
 def test_with_a_controlnet_the_source_runs_its_conditional_half_only(tiny, wolf_frames, monkeypatch):
     """The ControlNet sees the same 3 rows per frame (its condition repeated per row) and its
-    attention layers the full layout. Measured relative difference 4.5e-6."""
+    attention layers the full layout. Measured relative difference 3.7e-6."""
     control = Control([ControlSpec("canny", "tiny-random")], tiny)
     s = settings(**CASES["prompt_to_prompt, source pinned"])
     z, rows, cn_rows = edit(tiny, wolf_frames, s, control)
@@ -78,5 +78,4 @@ def test_a_source_whose_unconditional_half_is_read_runs_it(tiny, wolf_frames, kw
 
 def test_the_editors_that_declare_it():
     assert sorted(EDITORS.having("cond_only_source")) == ["plug_and_play", "prompt_to_prompt"]
-    assert all(EDITORS[n].capabilities()["cond_only_source"] for n in EDITORS.having("cond_only_source"))
     assert not EDITORS["masactrl"].cond_only_source

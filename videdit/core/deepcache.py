@@ -32,6 +32,8 @@ import torch
 
 from videdit.errors import VideditError
 
+NO_CONTROLNET = ("deepcache skips the down blocks a ControlNet adds its residuals to; edit without --deepcache or "
+                 "without the ControlNet")
 # unet -> the caching installed on it
 _ACTIVE: "weakref.WeakKeyDictionary[Any, FeatureCache]" = weakref.WeakKeyDictionary()
 
@@ -76,8 +78,7 @@ class FeatureCache:
         """The UNet's output for ``call`` (a :class:`videdit.core.conditioning.UnetCall`)."""
         info = call.info
         if call.kwargs.get("down_block_additional_residuals") is not None:
-            raise VideditError("deepcache skips the down blocks a ControlNet adds its residuals to; edit without "
-                               "--deepcache or without the ControlNet")
+            raise VideditError(NO_CONTROLNET)
         key = (info.batch, info.pivotal, tuple(info.rows()), tuple(info.frames))
         if info.step % self.config.interval == 0 or key not in self.kept:
             self.full += 1
