@@ -53,6 +53,7 @@ def test_ray_two_workers_match_the_local_run_byte_for_byte_with_a_worker_killed(
         assert np.abs(one.astype(int) - two).max() == 0, (a.output, b.output)
 
 
+@pytest.mark.slow   # 15 s; the same split without Ray: tests/test_split.py
 def test_a_64_frame_clip_split_over_two_ray_workers_gives_the_one_worker_frames(tmp_path, shared_data, ray_session):
     """man-skiing's first 64 frames at 64x64 (a PNG folder), keyframes:pixels=bilateral (tiny-random,
     2 steps, windows of 16): the first pass on one worker, its 2 window groups on both, the output

@@ -81,6 +81,22 @@ def test_invert_then_edit_hits_the_cache(tmp_path, shared_data, capsys):
     assert code == 0 and "1/1 windows from cache" in out
 
 
+def test_speed_options_load_the_model_once_and_key_the_cache(tmp_path, shared_data, capsys):
+    """--channels-last changes no cached inversion; --vae-dtype and --vae-tiling change the
+    latents, so their inversions are cached apart (a second run with them hits its own)."""
+    clip = shared_data / "videos" / "dog.mp4"
+    common = ["--model", "tiny-random", "--steps", "2", "--max-frames", "2", "--size", "64",
+              "--cache-dir", tmp_path / "c", "-s", "a dog", "-t", "a cat"]
+    outputs = {}
+    for i, extra in enumerate([[], ["--channels-last"], ["--vae-dtype", "bf16", "--vae-tiling"],
+                               ["--vae-dtype", "bf16", "--vae-tiling"]]):
+        code, out, err = run(capsys, "edit", clip, *common, *extra, "-o", tmp_path / f"e{i}.mp4")
+        assert code == 0, err
+        outputs[i] = out
+    assert [("1/1 windows from cache" in outputs[i]) for i in range(4)] == [False, True, False, True]
+    assert "compiling" not in outputs[0]
+
+
 def test_preview_and_methods(tmp_path, shared_data, capsys):
     code, out, _ = run(capsys, "preview", shared_data / "videos" / "wolf.mp4", "-o", tmp_path / "w.gif",
                        "--max-frames", "10", "--max-side", "64")

@@ -9,6 +9,8 @@
     python tools/bench.py peers --frames 4 --size 128 --steps 20
     python tools/bench.py tome --model tiny-random --sizes 256 512 --ratios 0.3 0.5
     python tools/bench.py deepcache --model tiny-random --sizes 256 512 --branches 0 1 --intervals 3 5
+    python tools/bench.py speed --model tiny-random --frames 4 --size 128 --steps 10
+    python tools/bench.py vae --model toy --sizes 256 512
     python tools/bench.py count [--only configs/]
 
 - loop: seconds per frame and peak memory of invert + regenerate, videdit at 1 and 8 frames
@@ -45,6 +47,12 @@
   call (``videdit.core.deepcache``) for each of ``--branches``, at square frames of ``--sizes``
   pixels, and the speed-up per step at each of ``--intervals`` (one whole call, the others
   shallow). Best of ``--repeats``.
+- speed: seconds per frame of prompt-to-prompt after ``direct`` (offsets in the edit), warm, with
+  the model's speed options (``load_model``'s ``channels_last``, ``compile``) against none, and
+  the first run's seconds with the compiling in them (``EditStats.seconds['compile']``);
+- vae: peak RSS rise and seconds of decoding one frame of each of ``--sizes`` with the VAE whole,
+  tiled (``load_model``'s ``vae_tiling``) and in bf16 (``vae_dtype``), each in a fresh process,
+  and how many levels the tiled and bf16 pixels differ from the whole fp32 decode;
 - count: the work each preset (configs/*.yaml) and each inversion x editor pair does per output
   frame, counted by videdit.metrics.work.count_work on tiny-random (counts do not depend on the
   size): UNet frame-evaluations inverting and editing, UNet calls, ControlNet rows, VAE frames
@@ -718,6 +726,70 @@ def deepcache(a) -> None:
                       *[k * whole / (whole + (k - 1) * shallow) for k in a.intervals])
 
 
+def speed(a) -> None:
+    """Seconds per frame of prompt-to-prompt after ``direct`` (offsets in the edit) with each of
+    the model's speed options, once warm, and the first run's compiling apart."""
+    import torch
+
+    from videdit.models import load_model
+    from videdit.pipeline import EditSettings, EditStats, edit_frames
+
+    frames = load_frames(a.frames, a.size)
+    s = EditSettings(source_prompt="a wolf", target_prompt="a fox", steps=a.steps, editor="prompt_to_prompt",
+                     inversion="direct", inversion_params={"offsets": "in_edit"}, batch_size=a.batch_size)
+    print(f"{a.model}, {a.frames} frames at {a.size}px, {a.steps} steps, device {a.device}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
+    table = Table(("options", "<26"), ("first run s", ">12.1f"), ("compiling s", ">12.1f"), ("warm s/frame", ">13.3f"),
+                  ("ratio", ">7.2f"))
+    base = None
+    for label, options in (("eager", {}), ("channels-last", {"channels_last": True}),
+                           ("compile", {"compile": True}),
+                           ("compile + channels-last", {"compile": True, "channels_last": True})):
+        model = load_model(a.model, device=a.device, dtype=a.dtype, **options)
+        first = EditStats()
+        t = time.perf_counter()
+        edit_frames(model, frames, s, stats=first)
+        synchronize(model.device)
+        first_s = time.perf_counter() - t
+        warm, _ = best_of(lambda: edit_frames(model, frames, s), a.repeats, device=model.device, warm=False)
+        base = base or warm
+        table.row(label, first_s, first.seconds["compile"], warm / a.frames, warm / base)
+        torch._dynamo.reset()
+
+
+def vae(a) -> None:
+    """Peak memory and seconds of decoding one frame at each size with the VAE whole and tiled
+    (each in a fresh process), and how far tiling and a bf16 VAE move the pixels."""
+    import numpy as np
+    import torch
+
+    from videdit.models import load_model
+
+    if a.child:
+        size, mode = a.child.split(":")
+        model = load_model(a.model, vae_tiling=mode == "tiled", vae_dtype="bf16" if mode == "bf16" else None)
+        z = torch.randn(1, model.latent_channels, int(size) // model.vae_scale_factor,
+                        int(size) // model.vae_scale_factor, generator=torch.Generator().manual_seed(0))
+        before = peak_rss_mib()
+        t = time.perf_counter()
+        pixels = model.decode_latents(z)
+        seconds = time.perf_counter() - t
+        np.save(Path(a.scratch) / f"{size}-{mode}.npy", pixels)
+        print(json.dumps({"seconds": seconds, "rise_mib": peak_rss_mib() - before}))
+        return
+    print(f"{a.model}, one frame decoded, device cpu, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    table = Table(("size", "<6"), ("mode", "<7"), ("seconds", ">9.2f"), ("peak rise MiB", ">14.0f"),
+                  ("mean levels vs whole", ">21.2f"), ("max", ">5.0f"))
+    with tempfile.TemporaryDirectory() as scratch:
+        sys.argv += ["--scratch", scratch]
+        for size in a.sizes:
+            for mode in ("whole", "tiled", "bf16"):
+                r = in_fresh_process(f"{size}:{mode}")
+                diff = np.abs(np.load(Path(scratch) / f"{size}-{mode}.npy").astype(int)
+                              - np.load(Path(scratch) / f"{size}-whole.npy"))
+                table.row(f"{size}", mode, r["seconds"], r["rise_mib"], diff.mean(), diff.max())
+
+
 # -- count: the work each preset and each inversion x editor pair does -------------------------
 
 # a word swap of as many tokens (tiny-random's tokenizer spells by character), for prompt_to_prompt's replace
@@ -878,6 +950,13 @@ def main() -> None:
     c = command("ebsynth", ebsynth, "seconds per frame of Rerender-A-Video's Ebsynth stage (videdit.video.ebsynth)",
                 repeats=1, device="auto")
     c.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    c = command("speed", speed, "seconds per frame of p2p after direct eager, with --channels-last and --compile "
+                "(compiling apart)", model="tiny-random", frames=4, size=128, steps=10, batch_size=4, repeats=2,
+                device="cpu", dtype="fp32")
+    c = command("vae", vae, "peak memory and seconds of decoding a frame with the VAE whole, tiled and in bf16",
+                model="toy")
+    c.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sides, pixels")
+    c.add_argument("--scratch", help=argparse.SUPPRESS)
     c = command("count", count, "UNet, ControlNet and VAE work per output frame of each preset and inversion x "
                 "editor pair, and its FLOPs at SD 1.5's size", frames=8, size=32, steps=50, batch_size=8)
     c.add_argument("--only", help="only the cases whose name contains this")

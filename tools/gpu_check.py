@@ -29,6 +29,10 @@ reconstruction error is above 10 there), so any difference in the last bits of a
 shows up: that is how the first H200 run found the source prompt embedded in batches of
 different sizes while inverting and editing (EDICT 5.6, direct 17.5 instead of 0;
 ``Model.encode_text`` now embeds each prompt alone).
+
+Speed (first dtype): prompt-to-prompt after direct (offsets in the edit) eager, with
+``--channels-last``, and with ``--compile`` too: the first run, the compiling in it, and the
+warm seconds per frame.
 """
 
 from __future__ import annotations
@@ -166,6 +170,36 @@ def timing(model_dir: Path, args) -> dict:
     return out
 
 
+def speed(model_dir: Path, args) -> dict:
+    """Prompt-to-prompt after ``direct`` (offsets in the edit) with ``--channels-last`` and with
+    ``--compile`` too, first dtype: seconds per frame once warm, and the compile time apart."""
+    from videdit.models import load_model
+    from videdit.pipeline import EditSettings, EditStats, edit_frames
+
+    import bench
+
+    frames = bench.load_frames(args.frames, args.size)
+    s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt",
+                     inversion="direct", inversion_params={"offsets": "in_edit"})
+    out = {}
+    for label, options in (("eager", {}), ("channels-last", {"channels_last": True}),
+                           ("compile + channels-last", {"channels_last": True, "compile": True})):
+        model = load_model(model_dir, device=args.device, dtype=args.dtypes[0], **options)
+        first = EditStats()
+        sync(args.device)
+        t = time.perf_counter()
+        edit_frames(model, frames, s, stats=first)
+        sync(args.device)
+        out[f"{label}: first run (s)"] = time.perf_counter() - t
+        out[f"{label}: of it compiling (s)"] = first.seconds["compile"]
+        out[f"{label}: warm (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device,
+                                                  warm=False) / args.frames
+        print(", ".join(f"{k} {v:.3f}" for k, v in out.items() if k.startswith(label)), flush=True)
+        del model
+        torch._dynamo.reset()
+    return out
+
+
 def video_run(label: str, model, args, **settings) -> dict:
     """Seconds per frame (and peak GPU memory) of ``edit_video`` on the sample's first ``--frames`` frames."""
     from videdit import edit_video, io
@@ -297,8 +331,8 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"])
     p.add_argument("--presets", action=argparse.BooleanOptionalAction, default=True,
                    help="also time configs/{%s}.yaml (first dtype only)" % ",".join(PRESETS))
-    p.add_argument("--sections", nargs="+", choices=["correctness", "timing", "exactness"],
-                   default=["correctness", "timing", "exactness"])
+    p.add_argument("--sections", nargs="+", choices=["correctness", "timing", "exactness", "speed"],
+                   default=["correctness", "timing", "exactness", "speed"])
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
     args = p.parse_args()
 
@@ -331,6 +365,9 @@ def main() -> None:
             for d, row in times.items():
                 ratio = row["videdit plain (s/frame)"] / row["diffusers loop (s/frame)"]
                 print(f"{d}: videdit plain / diffusers loop = {ratio:.2f}")
+        if "speed" in args.sections:
+            print(f"\nspeed options ({args.dtypes[0]}): p2p after direct, offsets in the edit", flush=True)
+            results["speed"] = speed(model_dir, args)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

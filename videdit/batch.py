@@ -45,7 +45,8 @@ EDIT_OPTIONS = ("source_prompt", "target_prompt", "negative_prompt", "steps", "g
                 "keep_background", "strength", "steps_offset", "source_branch", "max_tokens", "token_merging",
                 "feature_cache")
 READ_OPTIONS = ("start_frame", "end_frame", "start", "end", "stride", "fps", "max_frames", "size")
-MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype")
+MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype", "vae_dtype", "vae_tiling",
+                 "compile", "channels_last")
 CONTROL_OPTIONS = ("control", "controlnet")   # as `videdit edit --control/--controlnet`, paired by position
 RUN_OPTIONS = ("split",)   # how the batch runs a job, not what it makes (a split job's frames are the same)
 JOB_FIELDS = ("input", "output", "preview", "name")
@@ -524,7 +525,9 @@ class JobRunner:
                                      config=options.get("model_config"),
                                      lora=[lora] if isinstance(lora, str) else list(lora),
                                      embeddings=[embeddings] if isinstance(embeddings, str) else list(embeddings),
-                                     vae=options.get("vae"))
+                                     vae=options.get("vae"), vae_dtype=options.get("vae_dtype"),
+                                     vae_tiling=bool(options.get("vae_tiling")), compile=bool(options.get("compile")),
+                                     channels_last=bool(options.get("channels_last")))
             self._model_key = key
             self.model_loads += 1
         return self._model

@@ -206,6 +206,13 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--window", type=int, default=16, help="frames edited together; memory grows with it (default 16)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--vae-dtype", choices=["fp32", "fp16", "bf16"], help="the VAE's dtype (default: --dtype's)")
+    g.add_argument("--vae-tiling", action="store_true", help="encode and decode frames larger than the VAE's "
+                   "sample size in overlapping tiles: far less memory, slightly other pixels")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet's convolutional blocks and the "
+                   "VAE: faster after the first frames of each shape; the compile time is reported apart")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory for the UNet and VAE "
+                   "(faster convolutions on recent GPUs)")
     g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")
     g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
@@ -230,13 +237,15 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
 
 
 def _model(a):
-    """--model as given, or loaded here when --model-config, --lora, --embedding or --vae add to it."""
-    if not (a.model_config or a.lora or a.embedding or a.vae):
+    """--model as given, or loaded here when --model-config, --lora, --embedding, --vae or a speed option
+    (--vae-dtype, --vae-tiling, --compile, --channels-last) add to it."""
+    extras = dict(config=a.model_config, lora=a.lora, embeddings=a.embedding, vae=a.vae, vae_dtype=a.vae_dtype,
+                  vae_tiling=a.vae_tiling, compile=a.compile, channels_last=a.channels_last)
+    if not any(extras.values()):
         return a.model
     from videdit.models import load_model
 
-    return load_model(a.model, device=a.device, dtype=a.dtype, config=a.model_config, lora=a.lora,
-                      embeddings=a.embedding, vae=a.vae)
+    return load_model(a.model, device=a.device, dtype=a.dtype, **extras)
 
 
 def _control(a) -> list:
@@ -423,7 +432,8 @@ def _edit(a) -> None:
     s = result.stats
     msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
            f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
-           f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s)")
+           f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s"
+           + (f"; compiling {s.seconds['compile']:.1f}s" if s.seconds["compile"] else "") + ")")
     if a.preview:
         msg += f" and {a.preview}"
     print(msg)

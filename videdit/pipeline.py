@@ -192,7 +192,19 @@ class EditStats:
     cache_hits: int = 0
     inversion_unet_evals: int = 0   # per frame, summed over windows
     size: tuple[int, int] | None = None   # (W, H) the model worked at (working_size)
-    seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0})
+    # wall time by phase; "compile": the calls that compiled (--compile), taken out of the phase they fell in
+    seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0,
+                                                               "compile": 0.0})
+
+    def charge(self, phase: str, seconds: float, compiling: float) -> None:
+        """``seconds`` of wall time in ``phase``, ``compiling`` of them spent compiling."""
+        self.seconds[phase] += seconds - compiling
+        self.seconds["compile"] += compiling
+
+
+def compile_seconds(model: Model) -> float:
+    """The seconds ``model`` has spent compiling so far (0 where it is not compiled)."""
+    return model.compile_clock.seconds if model.compile_clock is not None else 0.0
 
 
 @dataclass
@@ -335,7 +347,9 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
                          source=settings.source_prompt, negative=settings.negative_prompt, method=method.name,
                          config=dataclasses.asdict(config), steps=settings.steps, scheduler=model.scheduler_config,
                          seed=settings.seed, **_schedule_key(settings),
-                         **({"control": control.key()} if control is not None else {}))
+                         **({"control": control.key()} if control is not None else {}),
+                         **({"vae_dtype": str(model.vae.dtype)} if model.vae.dtype != model.dtype else {}),
+                         **({"vae_tiling": True} if getattr(model.vae, "use_tiling", False) else {}))
 
     if subset is not None:
         if cache is not None and method.inverts_frames_apart(config):   # a cached inversion of the whole window
@@ -577,11 +591,11 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     height, width = frames.shape[1:3]
     window = Window(start, len(frames), _at_model_size(model, frames), last=last or whole_clip)
     subset = temporal.frames_to_edit(window)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), compile_seconds(model)
     conditions = control.window(start, window.frames) if control is not None else None
     inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset,
                         control=conditions)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), compile_seconds(model)
     edited = tuple(range(len(frames))) if subset is None else subset
     if temporal.in_passes is not None:
         z, decoded = _edit_in_passes(model, inv, settings, window, temporal, edited, progress=progress,
@@ -599,8 +613,8 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     out = temporal.finish_window(window, out, WindowLatents(edited=edited, source=inv.source, result=z))
     if whole_clip and temporal.second_pass:
         out = temporal.finish_clip(window)
-    stats.seconds["invert"] += t1 - t0
-    stats.seconds["edit"] += time.perf_counter() - t1
+    stats.charge("invert", t1 - t0, c1 - c0)
+    stats.charge("edit", time.perf_counter() - t1, compile_seconds(model) - c1)
     stats.frames += len(frames)
     stats.windows += 1
     stats.cache_hits += int(inv.cached)
@@ -735,7 +749,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     def second_pass(only: np.ndarray | None) -> Iterator[np.ndarray]:
         """The frames of a module that makes them once it has seen the whole clip: the source
         again, window by window, through ``TemporalStack.finish_clip``."""
-        t0, start = time.perf_counter(), 0
+        t0, c0, start = time.perf_counter(), compile_seconds(model), 0
         with closing(io.read_ahead([only] if only is not None else io.read_frames(input, read))) as chunks:
             for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
                               disable=not progress, leave=False):
@@ -745,7 +759,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                 start += len(chunk)
                 if on_progress is not None:
                     on_progress("second pass", start, stats.frames)
-        stats.seconds["edit"] += time.perf_counter() - t0
+        stats.charge("edit", time.perf_counter() - t0, compile_seconds(model) - c0)
         if start != stats.frames:
             raise VideditError(f"{input} gave {start} frames on its second read and {stats.frames} on its first; "
                                f"the output would not match the edit (is the file being written to?)")

@@ -133,7 +133,7 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
     temporal, ...); ``model``: a loaded :class:`videdit.models.Model`."""
     from videdit.inversion import InversionCache
     from videdit.pipeline import (EditStats, _at_working_size, _control, _read_options, _resolve_model, _settings,
-                                  edit_frames)
+                                  compile_seconds, edit_frames)
 
     settings = _settings(**edit)
     stack = settings.temporal_stack()
@@ -191,16 +191,16 @@ def _keyframe_pass(input, model, read: io.ReadOptions, info: io.ClipInfo, settin
         window = Window(start, len(chunk), _at_model_size(model, chunk), last=following is None)
         lay = keyframes.layout(window)
         keys = tuple(g - start for g in lay.keys)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), compile_seconds(model)
         inv = invert_frames(model, window.frames, settings, cache=cache)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), compile_seconds(model)
         z = edit_latents(model, inv.select(keys), settings, frame_size=chunk.shape[1:3], window=window,
                          temporal=stack, cache=cache, edited=keys)
         layouts[start] = lay
         outputs.update(tokenflow.take_recorded(lay.keys))
         latents.update({g: z[i].to("cpu", copy=True) for i, g in enumerate(lay.keys)})
-        stats.seconds["invert"] += t1 - t0
-        stats.seconds["edit"] += time.perf_counter() - t1
+        stats.charge("invert", t1 - t0, c1 - c0)
+        stats.charge("edit", time.perf_counter() - t1, compile_seconds(model) - c1)
         stats.frames += len(chunk)
         stats.windows += 1
         stats.cache_hits += int(inv.cached)

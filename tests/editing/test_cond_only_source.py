@@ -79,3 +79,32 @@ def test_a_source_whose_unconditional_half_is_read_runs_it(tiny, wolf_frames, kw
 def test_the_editors_that_declare_it():
     assert sorted(EDITORS.having("cond_only_source")) == ["plug_and_play", "prompt_to_prompt"]
     assert not EDITORS["masactrl"].cond_only_source
+
+
+def test_fused_attention_runs_on_the_calls_rows(tiny, wolf_frames, monkeypatch):
+    """Where no module reads the probabilities or the attention output, a ragged call's fused
+    attention runs on its own rows (3 a frame), not on the full layout's 4: prompt-to-prompt
+    pinned reads probabilities at its cross-attention steps only (``probs_at``), so the
+    self-attention layers and its later steps attend on 3 rows. The edit is the one above
+    (test_the_source_runs_its_conditional_half_only, against the full layout within 5e-5)."""
+    import torch.nn.functional as F
+
+    from videdit.attention import processor
+
+    batches = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        @staticmethod
+        def scaled_dot_product_attention(q, *args, **kwargs):
+            batches.append(q.shape[0])
+            return F.scaled_dot_product_attention(q, *args, **kwargs)
+
+    s = settings(**CASES["prompt_to_prompt, source pinned"])
+    inv = invert_frames(tiny, wolf_frames, s)
+    monkeypatch.setattr(processor, "F", Counting())
+    edit_latents(tiny, inv, s)
+    frames = len(wolf_frames)
+    assert batches and set(batches) == {3 * frames}

@@ -85,6 +85,8 @@ class ComposedProcessor:
 
     def __init__(self, layer: str, modules: Sequence[AttentionModule], info: CallInfo):
         self.layer, self.modules, self.info = layer, list(modules), info
+        # whether a module reads the attention output of the full layout (else a ragged call attends on its rows)
+        self.reads_outputs = any(type(m).output is not AttentionModule.output for m in self.modules)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
@@ -146,9 +148,14 @@ class ComposedProcessor:
             for m in self.modules:
                 p = m.probs(call, p)
             out = p.to(v.dtype) @ v
+        elif run is not _same and not self.reads_outputs:
+            # nothing reads the missing rows' products: attend on the call's rows alone (the same numbers)
+            mask = run(attention_mask) if attention_mask is not None else None
+            out = F.scaled_dot_product_attention(run(q), run(k), run(v), attn_mask=mask, scale=attn.scale)
+            run = _same
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(q.shape[0], -1, attn.heads * d).to(q.dtype)  # (B, T, heads * d)
+        out = out.transpose(1, 2).reshape(out.shape[0], -1, attn.heads * d).to(q.dtype)  # (B, T, heads * d)
         for m in self.modules:
             out = m.output(call, out)
 

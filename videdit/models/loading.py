@@ -16,6 +16,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from videdit.core.conditioning import is_sdxl, pack_pooled, set_pixels_per_latent
 from videdit.errors import VideditError
-from videdit.models import checkpoints, tiny
+from videdit.models import checkpoints, speed, tiny
 from videdit.registry import DEFAULT_MODEL
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
@@ -121,6 +122,7 @@ class Model:
     text_encoder_2: CLIPTextModelWithProjection | None = None    # SDXL's second text encoder
     tokenizer_2: CLIPTokenizer | None = None
     zero_empty_negative: bool = False
+    compile_clock: Any = field(default=None, repr=False, compare=False)   # speed.CompileClock where compiled
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     _text_cache_for: tuple = field(default=(), repr=False, compare=False)   # the encoder, device and dtype it holds
 
@@ -256,7 +258,9 @@ class Model:
 
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
-               lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None) -> Model:
+               lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None,
+               vae_dtype: str | torch.dtype | None = None, vae_tiling: bool = False, compile: bool = False,
+               channels_last: bool = False) -> Model:
     """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", a local diffusers Stable Diffusion (1.x, 2.x
     or XL) directory, a single ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable
     Diffusion 1.5, ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as
@@ -267,6 +271,12 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     textual-inversion files. ``lora``: LoRA files, each ``"FILE"``, ``"FILE=SCALE"`` or
     ``(FILE, SCALE)``, fused into the weights in order. All of them enter the fingerprint, so
     cached inversions of the plain model are not reused.
+
+    ``vae_dtype``: the VAE's dtype when it is not ``dtype`` (e.g. fp32 under a bf16 UNet).
+    ``vae_tiling``: frames larger than the VAE's sample size are encoded and decoded in
+    overlapping tiles (diffusers' ``enable_tiling``): far less memory, other latents and pixels.
+    ``compile``, ``channels_last``: faster execution, the same edit within float rounding
+    (:func:`videdit.models.speed.accelerate`; compiling costs time on the first frames, reported apart).
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     spec = str(spec)
@@ -304,7 +314,13 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     else:
         model = _load_directory(_download(spec), name=spec)
     _apply_extras(model, vae=vae, embeddings=embeddings, lora=lora)
-    return _place(model, device, dtype)
+    _place(model, device, dtype)
+    if vae_dtype is not None:
+        _quiet_to((model.vae,), dtype=resolve_dtype(vae_dtype))
+    if vae_tiling:
+        model.vae.enable_tiling()
+    speed.accelerate(model, compile=compile, channels_last=channels_last)
+    return model
 
 
 def peek_geometry(spec: str | os.PathLike, dtype: str | torch.dtype | None = None) -> Geometry | None:

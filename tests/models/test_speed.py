@@ -1,0 +1,118 @@
+"""``--compile``, ``--channels-last`` and ``--vae-dtype``: the same edit within float rounding,
+compiled once per shape (not per step or per edit), the compile time reported apart.
+tiny-random with two real frames at 64x64; the VAE's bf16 error on the toy model's scenes."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.inversion.exact_runs import rel_error
+from videdit.models import load_model
+from videdit.models.speed import accelerate, compiled_parts
+from videdit.pipeline import EditSettings, EditStats, edit_frames, edit_latents, invert_frames
+
+
+def settings(editor: str = "prompt_to_prompt", steps: int = 3, **kw) -> EditSettings:
+    return EditSettings(source_prompt="a wolf", target_prompt="a fox", steps=steps, guidance=7.5, editor=editor,
+                        batch_size=2, **kw)
+
+
+def edited(model, frames, s) -> torch.Tensor:
+    return edit_latents(model, invert_frames(model, frames, s), s)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """tiny-random with dynamo in front of the compiled parts (its ``eager`` backend: the wiring,
+    the graphs and their reuse, without inductor's minutes of code generation on this CPU)."""
+    model = load_model("tiny-random")
+    accelerate(model, compile=True, backend="eager")
+    yield model
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kw", [{"editor": "prompt_to_prompt"}, {"editor": "plug_and_play"},
+                                {"editor": "plug_and_play", "temporal": {"tokenflow": {}}, "feature_cache": 3}],
+                         ids=["p2p", "pnp", "tokenflow with deepcache"])
+def test_compiled_parts_give_the_same_edit(tiny, compiled, wolf_frames, kw):
+    """Attention processors, Plug-and-Play's feature hooks (on a compiled residual block),
+    TokenFlow's ``norm1`` hook and DeepCache's shallow calls stay eager around the compiled
+    forwards. Measured relative difference of the edited latents: 6.2e-6 (p2p), 5.5e-6 (pnp),
+    about 6e-6 (tokenflow with deepcache): float rounding."""
+    s = settings(**kw)
+    assert rel_error(edited(compiled, wolf_frames, s), edited(tiny, wolf_frames, s)) <= 2e-5
+
+
+def test_graphs_compile_once_per_shape_and_the_time_is_apart(compiled, wolf_frames):
+    """More steps and a second edit at the same shapes compile nothing; the first edit's compile
+    time is reported in ``seconds['compile']`` and kept out of its inversion and edit times."""
+    clock = compiled.compile_clock
+    parts = compiled_parts(compiled)
+    assert len(clock.compiled) == len(parts) == 24   # 11 resnets, 2 + 2 samplers, 7 feed-forwards; VAE 2
+    s = settings("prompt_to_prompt", steps=2)
+    first = EditStats()
+    edit_frames(compiled, wolf_frames[:1], s, stats=first)   # one frame: shapes no earlier test met
+    graphs = clock.graphs
+    assert graphs > 0 and first.seconds["compile"] > 0
+    again = EditStats()
+    edit_frames(compiled, wolf_frames[:1], settings("prompt_to_prompt", steps=6), stats=again)
+    assert clock.graphs == graphs and again.seconds["compile"] == 0
+
+
+def test_channels_last_gives_the_same_edit(tiny, wolf_frames):
+    """Measured relative difference 6.3e-6."""
+    fast = load_model("tiny-random", channels_last=True)
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    s = settings("prompt_to_prompt")
+    assert rel_error(edited(fast, wolf_frames, s), edited(tiny, wolf_frames, s)) <= 2e-5
+
+
+@pytest.mark.slow
+def test_inductor_gives_the_same_edit(tiny, wolf_frames):
+    """Inductor's C++ kernels on this CPU (160 s to compile tiny-random's 68 graphs the first time,
+    seconds once torch's on-disk cache has them). Measured relative difference 7.2e-6."""
+    model = load_model("tiny-random", compile=True)
+    s = settings("prompt_to_prompt")
+    try:
+        assert rel_error(edited(model, wolf_frames, s), edited(tiny, wolf_frames, s)) <= 2e-5
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_bf16_vae_on_the_toy_model_is_within_a_level():
+    """32 toy scenes (64x64): decoding the same latents with the VAE in bf16 changes pixels by
+    0.19 levels on average (max 3); the round trip's PSNR is the VAE's own (34.66 dB fp32,
+    34.68 dB bf16). The latents change by 0.53% and the inversion cache keys the VAE's dtype."""
+    from videdit.toy import sample_scene
+
+    rng = np.random.default_rng(0)
+    images = np.stack([sample_scene(rng).image for _ in range(32)])
+    full, half = load_model("toy"), load_model("toy", vae_dtype="bf16")
+    assert half.vae.dtype == torch.bfloat16 and half.unet.dtype == torch.float32
+    z = full.encode_images(images)
+    assert rel_error(half.encode_images(images), z) <= 0.01
+    diff = np.abs(full.decode_latents(z).astype(int) - half.decode_latents(z))
+    assert diff.mean() <= 0.3 and diff.max() <= 4
+
+
+def test_vae_tiling_acts_only_on_frames_larger_than_the_vae_sample_size():
+    """The toy VAE (sample size 64): a 64x64 frame is coded whole, the same to the bit; a 256x256
+    mosaic of 16 scenes in 64-pixel tiles: other latents (relative 0.22) and pixels (mean 7.0
+    levels) with the VAE's own round-trip quality (PSNR 27.03 dB whole, 27.13 dB tiled). What it
+    saves: ``python tools/bench.py vae`` (a 512x512 decode: peak RSS rise 301 -> 35 MiB)."""
+    from videdit.toy import sample_scene
+
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng).image for _ in range(16)]
+    mosaic = np.concatenate([np.concatenate(scenes[i * 4:(i + 1) * 4], 1) for i in range(4)], 0)[None]
+    whole, tiled = load_model("toy"), load_model("toy", vae_tiling=True)
+    small = scenes[0][None]
+    assert np.array_equal(whole.decode_latents(whole.encode_images(small)),
+                          tiled.decode_latents(tiled.encode_images(small)))
+    z, zt = whole.encode_images(mosaic), tiled.encode_images(mosaic)
+    assert 0.1 < rel_error(zt, z) < 0.4
+
+    def psnr(x):
+        return 10 * np.log10(255 ** 2 / np.mean((mosaic.astype(float) - x) ** 2))
+
+    assert psnr(tiled.decode_latents(zt)) > psnr(whole.decode_latents(z)) - 0.5

@@ -1,0 +1,90 @@
+"""Faster execution of a loaded model, the same edit within float rounding: ``torch.compile`` of
+the convolutional parts and channels-last memory.
+
+What is compiled is what no editor reaches into: the UNet's residual blocks (``ResnetBlock2D``),
+its down- and upsamplers and the transformer blocks' feed-forwards, and the VAE's encoder and
+decoder as wholes. Attention (where editors install processors), forward hooks (Plug-and-Play's
+features, TokenFlow's ``norm1``, DeepCache, token merging) and the UNet's own forward stay eager:
+only a module's ``forward`` is replaced, so its hooks still run around it and a processor or a
+hook never becomes part of a graph that would recompile when it changes. Shapes are fixed
+(``dynamic=False``): each block compiles once per shape it meets (a window's rows, the frame
+size), and the run reports that time apart (:class:`CompileClock`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from videdit.errors import VideditError
+
+COMPILE_BACKENDS = ("inductor", "eager")   # inductor: the one that is faster; eager: dynamo alone (checks wiring)
+RECOMPILE_LIMIT = 64   # graphs per compiled function: one per block shape and row count (torch's default is 8)
+
+
+@dataclass
+class CompileClock:
+    """Seconds spent in calls that compiled a graph (the compile and that one run), and how many."""
+
+    seconds: float = 0.0
+    graphs: int = 0
+    compiled: list = field(default_factory=list, repr=False)   # the modules whose forward is compiled
+
+    def wrap(self, fn, memory_format: torch.memory_format):
+        """``fn`` timed when a call of it compiles (torch's frame counter moved), its 4-D tensor
+        arguments in ``memory_format`` (a graph specialises on strides: one layout, one graph)."""
+        from torch._dynamo.utils import counters
+
+        def timed(*args, **kwargs):
+            args = [a.contiguous(memory_format=memory_format) if isinstance(a, torch.Tensor) and a.ndim == 4 else a
+                    for a in args]
+            before = counters["frames"]["ok"]
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if counters["frames"]["ok"] != before:
+                self.seconds += time.perf_counter() - start
+                self.graphs += counters["frames"]["ok"] - before
+            return out
+
+        return timed
+
+
+def compiled_parts(model) -> list[torch.nn.Module]:
+    """The modules whose ``forward`` :func:`accelerate` compiles (see the module's docstring)."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    kinds = (ResnetBlock2D, Downsample2D, Upsample2D, FeedForward)
+    parts = [m for m in model.unet.modules() if isinstance(m, kinds)]
+    return parts + [model.vae.encoder, model.vae.decoder]
+
+
+def accelerate(model, *, compile: bool = False, channels_last: bool = False,
+               backend: str = "inductor") -> CompileClock | None:
+    """Make ``model`` faster in place: ``channels_last`` memory for the UNet and VAE, and
+    ``compile`` (``torch.compile`` of :func:`compiled_parts`, with ``backend``). Returns the
+    clock of compile time (None without ``compile``); ``model.compile_clock`` holds it too.
+    Compiling needs a C++ compiler on the CPU (inductor's), Triton on a GPU."""
+    if backend not in COMPILE_BACKENDS:
+        raise VideditError(f"unknown compile backend {backend!r}; choose from {', '.join(COMPILE_BACKENDS)}")
+    if channels_last:
+        for part in (model.unet, model.vae):
+            part.to(memory_format=torch.channels_last)
+    if not compile:
+        return None
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    clock = CompileClock()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for part in compiled_parts(model):
+        if "forward" in part.__dict__:   # compiled already (accelerate called twice)
+            continue
+        part.forward = clock.wrap(torch.compile(part.forward, backend=backend, dynamic=False), layout)
+        clock.compiled.append(part)
+    model.compile_clock = clock
+    return clock
