@@ -23,12 +23,18 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
     assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
 
 
-@pytest.mark.parametrize("name, needs", [
-    ("text2video-zero", "InstructPix2Pix"), ("text2video-zero-pose", "ControlNet"),
-    ("text2video-zero-depth", "ControlNet")])
+@pytest.mark.parametrize("name, needs", [("text2video-zero-pose", "ControlNet"), ("text2video-zero-depth", "ControlNet")])
 def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
     with pytest.raises(VideditError, match=needs):
         tables.preset_settings(name)
+
+
+def test_text2video_zero_runs_the_toy_instruct_pix2pix():
+    s = tables.preset_settings("text2video-zero")
+    assert (s["toy_model"], s["editor"], s["inversion"], s["steps"], s["editor_params"]) == (
+        "toy-pix2pix", "instruct_pix2pix", "noise", 50, {"image_guidance": 1.0})
+    assert s["token_merging"] == 0.0   # the file's tome: 0.0 (off, as the reference's default)
+    assert tables.preset_settings("fatezero")["toy_model"] == "toy"
 
 
 def test_canny_presets_run_the_toy_controlnet_at_their_files_scale():

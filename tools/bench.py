@@ -354,6 +354,9 @@ LENGTHS = (16, 64, 256)
 PRESET_LENGTHS = (32, 128, 353)   # 353: the long portrait clip's every frame
 
 
+PRESET_KEYWORDS = {"tome": "token_merging", "deepcache": "feature_cache"}   # a preset's key -> edit_video's
+
+
 def read_preset(name: str) -> dict:
     """configs/NAME.yaml as ``edit_video`` keywords (``negative`` -> ``negative_prompt``), with its
     ``model``, ``controlnet``, ``control`` and ``target_suffix`` (what the CLI reads besides) as they are."""
@@ -366,6 +369,7 @@ def read_preset(name: str) -> dict:
     kw["temporal"] = values.get("temporal") or {}
     for k in ("inversion_params", "editor_params"):
         kw[k] = dict(values.get(k) or {})
+    kw.update({keyword: values[key] for key, keyword in PRESET_KEYWORDS.items() if key in values})
     return kw
 
 
@@ -823,7 +827,7 @@ def count_cases(size: int, steps: int) -> dict[str, dict]:
         kw.pop("fps", None)
         if "negative" in kw:
             kw["negative_prompt"] = kw.pop("negative")
-        for key, keyword in (("source", "source_prompt"), ("tome", "token_merging"), ("deepcache", "feature_cache")):
+        for key, keyword in (("source", "source_prompt"), *PRESET_KEYWORDS.items()):
             if key in kw:   # the CLI's and the presets' names
                 kw[keyword] = kw.pop(key)
         if "target_suffix" in kw:

@@ -195,7 +195,7 @@ def speed(model_dir: Path, args) -> dict:
         out[f"{label}: warm (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device,
                                                   warm=False) / args.frames
         print(", ".join(f"{k} {v:.3f}" for k, v in out.items() if k.startswith(label)), flush=True)
-        del model
+        model = None   # freed before the next one loads
         torch._dynamo.reset()
     return out
 

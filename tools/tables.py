@@ -41,8 +41,10 @@ of the preset's failed frames independent editing fails too, the mean change out
 (0-255), UNet rows per output frame (inversion included; a guided step of one frame is two), and
 the peak RSS of each run, measured by running it in a fresh process (``resource.getrusage``'s
 ru_maxrss: Python, torch and the toy model included, about 0.5 GB). FateZero's layers, stated
-for SD 1.5, are taken at the toy UNet's scale (``TOY_SCALE``); the presets that need another model
-(InstructPix2Pix) or a ControlNet print why they cannot run. ``--guidance``/``--steps`` are toy
+for SD 1.5, are taken at the toy UNet's scale (``TOY_SCALE``); Text2Video-Zero's InstructPix2Pix
+runs the toy model's (``toy-pix2pix``, ``tools/train_toy_pix2pix.py``) with the asked scene's
+caption as its instruction; the presets that need a ControlNet the toy model lacks (pose,
+depth) print why they cannot run. ``--guidance``/``--steps`` are toy
 overrides for every preset, printed in the header.
 
 toy-video and temporal: warp error of each temporal mechanism (``MECHANISMS``) against
@@ -447,7 +449,7 @@ PRESETS = {
     "tokenflow": ("tokenflow", {}),
     "fatezero": ("fatezero", {"inversion_params": {"min_channels": 128, "max_tokens": 64}}),
     "rerender": ("rerender", {"controlnet": "toy-canny"}),   # its edge ControlNet: the toy model's canny one
-    "text2video-zero": ("text2video-zero", {}),
+    "text2video-zero": ("text2video-zero", {"model": "toy-pix2pix"}),   # the toy model's InstructPix2Pix UNet
     "text2video-zero-canny": ("text2video-zero-canny", {"controlnet": "toy-canny"}),
     "text2video-zero-pose": ("text2video-zero-pose", {}),
     "text2video-zero-depth": ("text2video-zero-depth", {}),
@@ -460,7 +462,9 @@ PRESETS = {
 PAPERS = ("tokenflow", "fatezero", "rerender", "text2video-zero", "text2video-zero-canny", "text2video-zero-pose",
           "text2video-zero-depth")
 TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64",
-             "rerender, text2video-zero-canny": "the toy model's canny ControlNet (toy-canny) at the file's scale"}
+             "rerender, text2video-zero-canny": "the toy model's canny ControlNet (toy-canny) at the file's scale",
+             "text2video-zero": "the toy model's InstructPix2Pix UNet (toy-pix2pix), the asked scene's caption as "
+                                "the instruction"}
 
 
 def preset_settings(name: str, guidance: float | None = None, steps: int | None = None) -> dict:
@@ -473,7 +477,7 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
 
     file, toy = PRESETS[name]
     values = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{file}.yaml").read_text())
-    if "model" in values:
+    if "model" in values and toy.get("model") is None:
         raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
                            "the toy model is a text-to-image model")
     if "controlnet" in values and (toy.get("controlnet") is None
@@ -487,6 +491,9 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
 
         kw["control"] = pair_controls(values["control"], [f"{toy['controlnet']}={parse_controlnet(n)[1]}"
                                                           for n in values["controlnet"]])
+    kw.update({"token_merging": values["tome"]} if "tome" in values else {})
+    kw.update({"feature_cache": values["deepcache"]} if "deepcache" in values else {})
+    kw["toy_model"] = toy.get("model", "toy")   # the toy model in the place of the file's model
     kw["negative_prompt"] = values.get("negative", "")
     kw["target_suffix"] = values.get("target_suffix", "")
     kw["temporal"] = values.get("temporal") or {}
@@ -548,6 +555,7 @@ def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
     from videdit.toy.scores import classify_colour, clip_flows, clip_frame_success, recoloured
 
     settings = dict(settings)
+    settings.pop("toy_model", None)   # the caller loaded it
     suffix = settings.pop("target_suffix", "")
     out = []
     for i, clip in enumerate(clips):
@@ -579,7 +587,7 @@ def presets_child(a) -> None:
     settings = preset_settings(name, a.guidance, a.steps)
     if which == "independent":
         settings = independent(settings)
-    model = load_model("toy")
+    model = load_model(settings.pop("toy_model"))
     with tempfile.TemporaryDirectory() as tmp:
         clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp))
     print(json.dumps({"clips": clips, "peak_mb": peak_rss_mib()}))

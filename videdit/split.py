@@ -133,7 +133,7 @@ def first_pass(input: str | Path, *, model, read: io.ReadOptions | None = None, 
     temporal, ...); ``model``: a loaded :class:`videdit.models.Model`."""
     from videdit.inversion import InversionCache
     from videdit.pipeline import (EditStats, _at_working_size, _control, _read_options, _resolve_model, _settings,
-                                  compile_seconds, edit_frames)
+                                  edit_frames)
 
     settings = _settings(**edit)
     stack = settings.temporal_stack()
@@ -175,7 +175,7 @@ def _keyframe_pass(input, model, read: io.ReadOptions, info: io.ClipInfo, settin
     through the cache, so the groups find it) and its keyframes alone denoised (their batch is
     the one-worker run's lead batch; their attention carried to the next window), recording what
     the frames between read -> :class:`videdit.video.tokenflow.KeyframeFreeze`."""
-    from videdit.pipeline import _at_model_size, edit_latents, invert_frames
+    from videdit.pipeline import _at_model_size, compile_seconds, edit_latents, invert_frames
     from videdit.video.keyframes import Keyframes
     from videdit.video.tokenflow import KeyframeFreeze, TokenFlow
 

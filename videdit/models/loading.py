@@ -33,6 +33,8 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "model"   # package data: installed with videdit
+TOY_PIX2PIX_DIR = TOY_DIR.parent / "pix2pix"   # "toy-pix2pix": the toy model with this 8-channel UNet
+TOY_MODELS = ("toy", "toy-pix2pix")
 BUILTIN = {"tiny-random": "SD architecture, ~1.8M parameters, random weights: for tests and benchmarks only",
            "tiny-pix2pix": "InstructPix2Pix architecture (8-channel UNet) at diffusers' test sizes, random weights",
            "tiny-sdxl": "SDXL architecture, ~2.7M parameters, random weights: for tests and benchmarks only"}
@@ -261,7 +263,8 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None,
                vae_dtype: str | torch.dtype | None = None, vae_tiling: bool = False, compile: bool = False,
                channels_last: bool = False) -> Model:
-    """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", a local diffusers Stable Diffusion (1.x, 2.x
+    """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", "toy-pix2pix" (the toy model with
+    an InstructPix2Pix UNet, ``tools/train_toy_pix2pix.py``), a local diffusers Stable Diffusion (1.x, 2.x
     or XL) directory, a single ``.safetensors``/``.ckpt`` checkpoint, or a hub id (default: Stable
     Diffusion 1.5, ``DEFAULT_MODEL``, downloaded into the Hugging Face cache on first use, as
     diffusers does, and read from there afterwards, offline too).
@@ -296,6 +299,11 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
             raise VideditError(f"the toy model is not in {TOY_DIR}; reinstall videdit, or train it with "
                                f"tools/train_toy.py and pass its directory to --model")
         model = _load_directory(TOY_DIR, name="toy")
+    elif spec == "toy-pix2pix":
+        if not (TOY_PIX2PIX_DIR / "unet" / "config.json").exists():
+            raise VideditError(f"the toy InstructPix2Pix UNet is not in {TOY_PIX2PIX_DIR}; reinstall videdit, or "
+                               f"train it with tools/train_toy_pix2pix.py")
+        model = toy_pix2pix(TOY_PIX2PIX_DIR)
     elif checkpoints.is_single_file(spec):
         parts = checkpoints.load_single_file(Path(spec), config)
         extra = [f"config:{_fingerprint(Path(config)) if Path(config).is_dir() else config}"] if config else []
@@ -310,7 +318,7 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
         model = _load_directory(Path(spec), name=spec)
     elif Path(spec).is_absolute() or spec.startswith(".") or spec.count("/") != 1:
         raise VideditError(f"no model at {spec!r}: give a diffusers directory, a hub id (owner/name), "
-                           f"or one of {sorted([*BUILTIN, 'toy'])}")
+                           f"or one of {sorted([*BUILTIN, *TOY_MODELS])}")
     else:
         model = _load_directory(_download(spec), name=spec)
     _apply_extras(model, vae=vae, embeddings=embeddings, lora=lora)
@@ -323,6 +331,15 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     return model
 
 
+def toy_pix2pix(folder: Path) -> Model:
+    """The toy model with the InstructPix2Pix UNet in ``folder/unet`` (fp32, on the CPU; its
+    weights enter the fingerprint)."""
+    model = _load_directory(TOY_DIR, name="toy-pix2pix")
+    model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).float()
+    model.fingerprint = checkpoints.combine_fingerprint(model.fingerprint, [f"unet:{_fingerprint(folder / 'unet')}"])
+    return model
+
+
 def peek_geometry(spec: str | os.PathLike, dtype: str | torch.dtype | None = None) -> Geometry | None:
     """A diffusers directory's or hub model's :class:`Geometry` from its UNet and VAE configs alone
     (for a hub id: from the Hugging Face cache, or two small downloads), so that an edit over the
@@ -332,7 +349,7 @@ def peek_geometry(spec: str | os.PathLike, dtype: str | torch.dtype | None = Non
     try:
         if Path(spec).is_dir():
             unet, vae = (Path(spec) / part / "config.json" for part in ("unet", "vae"))
-        elif spec in BUILTIN or spec == "toy" or Path(spec).exists() or spec.count("/") != 1:
+        elif spec in BUILTIN or spec in TOY_MODELS or Path(spec).exists() or spec.count("/") != 1:
             return None
         else:
             from huggingface_hub import snapshot_download
