@@ -26,12 +26,13 @@ def test_matches_diffusers_ddim_inverse_scheduler(tiny, wolf_frames):
 
 def test_reconstruction_error_shrinks_with_steps(tiny, wolf_frames):
     """tiny-random's noise predictions are not smooth in t, so DDIM's reconstruction is only
-    approximate; it must get better as the steps get finer (measured 0.67, 0.43, 0.14 on
-    these two frames; diffusers' own inverse scheduler gave 0.97, 0.40, 0.14 on a similar model)."""
+    approximate; it must get better as the steps get finer (measured 0.54, 0.24, 0.069 on the
+    first frame; 0.61, 0.33, 0.095 on both; diffusers' own inverse scheduler gave 0.97, 0.40,
+    0.14 on a similar model)."""
     errors = {}
     for steps in (10, 50, 200):
         s = EditSettings(source_prompt="a wolf", target_prompt="a wolf", guidance=1.0, steps=steps)
-        inv = invert_frames(tiny, wolf_frames, s)
+        inv = invert_frames(tiny, wolf_frames[:1], s)
         errors[steps] = rel_error(edit_latents(tiny, inv, s), inv.source)
     assert errors[10] > errors[50] > errors[200]
     assert errors[200] < 0.2

@@ -95,7 +95,7 @@ def test_record_shapes_and_costs(tiny, wolf_frames, method, inverted):
 
 
 def test_cache_round_trip_keeps_extras(tiny, wolf_frames, method, tmp_path):
-    s = settings_for(method)
+    s = dataclasses.replace(settings_for(method), steps=4)   # the round trip does not depend on the steps
     cache = InversionCache(tmp_path)
     first = invert_frames(tiny, wolf_frames, s, cache=cache)
     hit = invert_frames(tiny, wolf_frames, s, cache=cache)

@@ -116,3 +116,13 @@ def test_vae_tiling_acts_only_on_frames_larger_than_the_vae_sample_size():
         return 10 * np.log10(255 ** 2 / np.mean((mosaic.astype(float) - x) ** 2))
 
     assert psnr(tiled.decode_latents(zt)) > psnr(whole.decode_latents(z)) - 0.5
+
+
+def test_compiling_without_a_compiler_is_one_line(monkeypatch):
+    import shutil
+
+    from videdit.errors import VideditError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(VideditError, match=r"^--compile on the CPU needs a C\+\+ compiler"):
+        load_model("tiny-random", compile=True)

@@ -76,6 +76,8 @@ def accelerate(model, *, compile: bool = False, channels_last: bool = False,
             part.to(memory_format=torch.channels_last)
     if not compile:
         return None
+    if backend == "inductor":
+        _check_compiler(model.device)
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
@@ -88,3 +90,14 @@ def accelerate(model, *, compile: bool = False, channels_last: bool = False,
         clock.compiled.append(part)
     model.compile_clock = clock
     return clock
+
+
+def _check_compiler(device: torch.device) -> None:
+    """What inductor needs to generate kernels on ``device``, or one line saying what is missing."""
+    import importlib.util
+    import shutil
+
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise VideditError("--compile on a GPU needs Triton (pip install triton); or leave --compile out")
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise VideditError("--compile on the CPU needs a C++ compiler (e.g. apt install g++); or leave --compile out")
