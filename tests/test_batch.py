@@ -69,11 +69,23 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
              ([{"input": clip, "output": "a.mp4", "targets": ["x", "y"]}], "both write"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "editor": "magic"}], "unknown editor 'magic'"),
              ([{"input": clip, "output": "a.mp4"}], "no target prompt"),
-             ([{"input": clip, "output": "a.mp4", "target": "x", "size": "big"}], "size must be N")]
+             ([{"input": clip, "output": "a.mp4", "target": "x", "size": "big"}], "size must be N"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "compile": "no"}], "compile is true or false")]
     for entries, message in cases:
         with pytest.raises(VideditError, match=message) as e:
             expand_jobs(entries, base=tmp_path)
         assert "\n" not in str(e.value) and str(e.value).startswith("job")
+
+
+def test_speed_options_leave_the_record_and_the_inversion_group_alone(tmp_path, shared_data):
+    """compile and channels_last change how a job runs, not what it makes (float rounding): the same
+    record digest and inversion group; vae_dtype changes the latents: another of each."""
+    clip = str(shared_data / "videos" / "dog.mp4")
+    base = {"input": clip, "output": "a.mp4", "target": "x"}
+    (plain,), (fast,), (bf16,) = (expand_jobs([job], base=tmp_path) for job in (
+        base, {**base, "compile": True, "channels_last": True}, {**base, "vae_dtype": "bf16"}))
+    assert fast.digest("d") == plain.digest("d") and fast.inversion_group() == plain.inversion_group()
+    assert bf16.digest("d") != plain.digest("d") and bf16.inversion_group() != plain.inversion_group()
 
 
 def test_batch_shares_inversions_resumes_and_redoes_a_changed_job(tmp_path, shared_data, runner, capsys):

@@ -23,7 +23,8 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
     assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
 
 
-@pytest.mark.parametrize("name, needs", [("text2video-zero-pose", "ControlNet"), ("text2video-zero-depth", "ControlNet")])
+@pytest.mark.parametrize("name, needs", [("text2video-zero-pose", "ControlNet"),
+                                         ("text2video-zero-depth", "ControlNet")])
 def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
     with pytest.raises(VideditError, match=needs):
         tables.preset_settings(name)

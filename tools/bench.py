@@ -771,7 +771,8 @@ def vae(a) -> None:
 
     if a.child:
         size, mode = a.child.split(":")
-        model = load_model(a.model, vae_tiling=mode == "tiled", vae_dtype="bf16" if mode == "bf16" else None)
+        model = load_model(a.model, device="cpu", vae_tiling=mode == "tiled",
+                           vae_dtype="bf16" if mode == "bf16" else None)
         z = torch.randn(1, model.latent_channels, int(size) // model.vae_scale_factor,
                         int(size) // model.vae_scale_factor, generator=torch.Generator().manual_seed(0))
         before = peak_rss_mib()

@@ -365,9 +365,15 @@ def main() -> None:
             for d, row in times.items():
                 ratio = row["videdit plain (s/frame)"] / row["diffusers loop (s/frame)"]
                 print(f"{d}: videdit plain / diffusers loop = {ratio:.2f}")
+        if args.out:   # what is measured so far, should the last section fail or run out of time
+            args.out.write_text(json.dumps(results, indent=1))
         if "speed" in args.sections:
             print(f"\nspeed options ({args.dtypes[0]}): p2p after direct, offsets in the edit", flush=True)
-            results["speed"] = speed(model_dir, args)
+            try:
+                results["speed"] = speed(model_dir, args)
+            except Exception as e:   # e.g. no Triton: the other sections' results stand
+                results["speed"] = {"error": f"{type(e).__name__}: {e}"}
+                print(f"speed section failed: {results['speed']['error']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

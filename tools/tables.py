@@ -494,6 +494,12 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
     kw.update({"token_merging": values["tome"]} if "tome" in values else {})
     kw.update({"feature_cache": values["deepcache"]} if "deepcache" in values else {})
     kw["toy_model"] = toy.get("model", "toy")   # the toy model in the place of the file's model
+    if kw["toy_model"] == "toy-pix2pix":
+        from videdit.models.loading import TOY_PIX2PIX_DIR
+
+        if not (TOY_PIX2PIX_DIR / "unet" / "config.json").exists():
+            raise VideditError(f"needs the toy InstructPix2Pix UNet in {TOY_PIX2PIX_DIR} "
+                               "(tools/train_toy_pix2pix.py makes it)")
     kw["negative_prompt"] = values.get("negative", "")
     kw["target_suffix"] = values.get("target_suffix", "")
     kw["temporal"] = values.get("temporal") or {}

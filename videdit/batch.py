@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import hashlib
 import io as _io
 import json
@@ -47,8 +48,11 @@ EDIT_OPTIONS = ("source_prompt", "target_prompt", "negative_prompt", "steps", "g
 READ_OPTIONS = ("start_frame", "end_frame", "start", "end", "stride", "fps", "max_frames", "size")
 MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype", "vae_dtype", "vae_tiling",
                  "compile", "channels_last")
+SWITCHES = ("vae_tiling", "compile", "channels_last")   # true or false
 CONTROL_OPTIONS = ("control", "controlnet")   # as `videdit edit --control/--controlnet`, paired by position
-RUN_OPTIONS = ("split",)   # how the batch runs a job, not what it makes (a split job's frames are the same)
+# how the batch runs a job, not what it makes (a split job's frames are the same; compiled and channels-last
+# models make them within float rounding)
+RUN_OPTIONS = ("split", "compile", "channels_last")
 JOB_FIELDS = ("input", "output", "preview", "name")
 EXPANDING = ("prompts", "targets")   # several prompt pairs in one entry
 ALIASES = {"source": "source_prompt", "target": "target_prompt", "negative": "negative_prompt", "tome": "token_merging",
@@ -58,7 +62,7 @@ OPTIONS = frozenset(EDIT_OPTIONS + READ_OPTIONS + MODEL_OPTIONS + CONTROL_OPTION
 # what a job's inversion does not depend on: jobs differing only in these share one (ordering in batch_ray)
 EDIT_ONLY = frozenset({"target_prompt", "editor", "editor_params", "temporal", "keep_background", "source_branch",
                        "token_merging", "feature_cache", "output", "preview", "name", "max_tokens", "device",
-                       "split"})
+                       "split", "compile", "channels_last"})
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ def _normalise(entry: Mapping, where: str) -> dict:
         name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
         if name not in OPTIONS:
             raise VideditError(f"{where}: unknown option {key!r}; a job takes {', '.join(sorted(OPTIONS))}")
+        if name in SWITCHES and not isinstance(value, bool):
+            raise VideditError(f"{where}: {key} is true or false, got {value!r}")
         out[name] = value
     return out
 
@@ -513,12 +519,17 @@ class JobRunner:
 
     def model(self, options: Mapping):
         """The job's model, loaded once and kept while the jobs name the same one."""
+        import torch
+
         from videdit.models import load_model
 
         key = tuple(json.dumps(options.get(k), sort_keys=True, default=str) for k in MODEL_OPTIONS) + (
             weights_digest({k: options.get(k) for k in MODEL_OPTIONS}),)   # weights changed in place: load again
         if key != self._model_key:
             self._model = None   # the old one goes first: two models need not fit at once
+            gc.collect()         # a compiled model's blocks refer to themselves (their wrapped forwards)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             lora = options.get("lora") or ()
             embeddings = options.get("embeddings") or ()
             self._model = load_model(options["model"], device=options.get("device"), dtype=options.get("dtype"),
@@ -526,8 +537,7 @@ class JobRunner:
                                      lora=[lora] if isinstance(lora, str) else list(lora),
                                      embeddings=[embeddings] if isinstance(embeddings, str) else list(embeddings),
                                      vae=options.get("vae"), vae_dtype=options.get("vae_dtype"),
-                                     vae_tiling=bool(options.get("vae_tiling")), compile=bool(options.get("compile")),
-                                     channels_last=bool(options.get("channels_last")))
+                                     **{k: bool(options.get(k)) for k in SWITCHES})
             self._model_key = key
             self.model_loads += 1
         return self._model

@@ -335,7 +335,8 @@ def toy_pix2pix(folder: Path) -> Model:
     """The toy model with the InstructPix2Pix UNet in ``folder/unet`` (fp32, on the CPU; its
     weights enter the fingerprint)."""
     model = _load_directory(TOY_DIR, name="toy-pix2pix")
-    model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).float()
+    model.unet = UNet2DConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).float().eval()
+    model.unet.requires_grad_(False)
     model.fingerprint = checkpoints.combine_fingerprint(model.fingerprint, [f"unet:{_fingerprint(folder / 'unet')}"])
     return model
 

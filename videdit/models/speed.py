@@ -3,12 +3,14 @@ the convolutional parts and channels-last memory.
 
 What is compiled is what no editor reaches into: the UNet's residual blocks (``ResnetBlock2D``),
 its down- and upsamplers and the transformer blocks' feed-forwards, and the VAE's encoder and
-decoder as wholes. Attention (where editors install processors), forward hooks (Plug-and-Play's
-features, TokenFlow's ``norm1``, DeepCache, token merging) and the UNet's own forward stay eager:
-only a module's ``forward`` is replaced, so its hooks still run around it and a processor or a
-hook never becomes part of a graph that would recompile when it changes. Shapes are fixed
-(``dynamic=False``): each block compiles once per shape it meets (a window's rows, the frame
-size), and the run reports that time apart (:class:`CompileClock`).
+decoder as wholes. Attention (where editors install processors) and the UNet's own forward stay
+eager. Only a module's ``forward`` is replaced (an instance attribute, set once at load: the
+option is the model's, and wrapping the class would compile every model in the process), so
+hooks on the module itself (DeepCache's, token merging's) run around the graph; a call while a
+module *inside* it carries a hook (Plug-and-Play's on a residual block's ``conv2``) runs the
+eager forward, since a graph does not see hooks added to its submodules after it was made.
+Shapes are fixed (``dynamic=False``): each block compiles once per shape it meets (a window's
+rows, the frame size), and the run reports that time apart (:class:`CompileClock`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import torch
 from videdit.errors import VideditError
 
 COMPILE_BACKENDS = ("inductor", "eager")   # inductor: the one that is faster; eager: dynamo alone (checks wiring)
-RECOMPILE_LIMIT = 64   # graphs per compiled function: one per block shape and row count (torch's default is 8)
+# graphs per compiled function's code, shared by every block of a class (SD 1.5: about 14 residual-block shapes,
+# times the row counts of inversion, edit and a shorter last window); torch's default is 8. Raised, never lowered,
+# for the process: the graphs compile during later edits, so there is no block to restore it after.
+RECOMPILE_LIMIT = 256
 
 
 @dataclass
@@ -32,12 +37,17 @@ class CompileClock:
     graphs: int = 0
     compiled: list = field(default_factory=list, repr=False)   # the modules whose forward is compiled
 
-    def wrap(self, fn, memory_format: torch.memory_format):
-        """``fn`` timed when a call of it compiles (torch's frame counter moved), its 4-D tensor
-        arguments in ``memory_format`` (a graph specialises on strides: one layout, one graph)."""
+    def wrap(self, part: torch.nn.Module, fn, memory_format: torch.memory_format):
+        """``fn`` (``part``'s compiled forward) timed when a call of it compiles (torch's frame
+        counter moved), its 4-D tensor arguments in ``memory_format`` (a graph specialises on
+        strides: one layout, one graph); ``part``'s eager forward while a submodule has hooks."""
         from torch._dynamo.utils import counters
 
+        eager, inner = part.forward, list(part.modules())[1:]
+
         def timed(*args, **kwargs):
+            if any(m._forward_hooks or m._forward_pre_hooks for m in inner):
+                return eager(*args, **kwargs)
             args = [a.contiguous(memory_format=memory_format) if isinstance(a, torch.Tensor) and a.ndim == 4 else a
                     for a in args]
             before = counters["frames"]["ok"]
@@ -78,15 +88,19 @@ def accelerate(model, *, compile: bool = False, channels_last: bool = False,
         return None
     if backend == "inductor":
         _check_compiler(model.device)
+    if model.compile_clock is not None:   # compiled already
+        return model.compile_clock
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    # the limit's name since torch 2.7 (before: cache_size_limit)
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), RECOMPILE_LIMIT))
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     clock = CompileClock()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for part in compiled_parts(model):
-        if "forward" in part.__dict__:   # compiled already (accelerate called twice)
-            continue
-        part.forward = clock.wrap(torch.compile(part.forward, backend=backend, dynamic=False), layout)
+        part.forward = clock.wrap(part, torch.compile(part.forward, backend=backend, dynamic=False), layout)
         clock.compiled.append(part)
     model.compile_clock = clock
     return clock

@@ -304,11 +304,11 @@ def _pixels(frame: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 def _vae_encode(model, x: torch.Tensor) -> torch.Tensor:
-    return model.vae.encode(x.to(model.device, model.dtype)).latent_dist.mean.float() * model.scaling_factor
+    return model.vae.encode(x.to(model.device, model.vae.dtype)).latent_dist.mean.float() * model.scaling_factor
 
 
 def _vae_decode(model, z: torch.Tensor) -> torch.Tensor:
-    return model.vae.decode((z / model.scaling_factor).to(model.device, model.dtype)).sample.float()
+    return model.vae.decode((z / model.scaling_factor).to(model.device, model.vae.dtype)).sample.float()
 
 
 @dataclass
