@@ -31,14 +31,14 @@ def compiled():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("kw", [{"editor": "prompt_to_prompt"}, {"editor": "plug_and_play"},
+@pytest.mark.parametrize("kw", [{"editor": "prompt_to_prompt"},
                                 {"editor": "plug_and_play", "temporal": {"tokenflow": {}}, "feature_cache": 3}],
-                         ids=["p2p", "pnp", "tokenflow with deepcache"])
+                         ids=["p2p", "tokenflow with deepcache"])
 def test_compiled_parts_give_the_same_edit(tiny, compiled, wolf_frames, kw):
-    """Attention processors, Plug-and-Play's feature hooks (on a compiled residual block),
-    TokenFlow's ``norm1`` hook and DeepCache's shallow calls stay eager around the compiled
-    forwards. Measured relative difference of the edited latents: 6.2e-6 (p2p), 5.5e-6 (pnp),
-    about 6e-6 (tokenflow with deepcache): float rounding."""
+    """Attention processors, TokenFlow's ``norm1`` hook and DeepCache's shallow calls stay eager
+    around the compiled forwards (Plug-and-Play's feature hook: the next test). Measured relative
+    difference of the edited latents: 6.2e-6 (p2p), about 6e-6 (tokenflow with deepcache): float
+    rounding."""
     s = settings(**kw)
     assert rel_error(edited(compiled, wolf_frames, s), edited(tiny, wolf_frames, s)) <= 2e-5
 
@@ -47,7 +47,7 @@ def test_a_hook_inside_a_compiled_block_is_not_lost(tiny, wolf_frames):
     """Plug-and-Play's feature hook sits on a residual block's ``conv2``: after prompt-to-prompt
     (source pinned: the same 3 rows a frame) compiled that block without it, the PnP edit still
     injects (the block runs eager while a submodule has hooks): the eager model's edit within
-    float rounding (measured 5.5e-6), far from the edit without injection."""
+    float rounding (measured 5.5e-6), far from the edit without injection (0.55)."""
     model = load_model("tiny-random")
     accelerate(model, compile=True, backend="eager")
     try:
