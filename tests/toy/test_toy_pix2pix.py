@@ -38,9 +38,11 @@ def test_it_loads_by_name_on_the_toy_models_parts(pix2pix):
 @pytest.mark.slow   # 8 edits of 20 steps
 def test_held_out_scenes_take_the_asked_colour_in_their_layout(pix2pix):
     """8 held-out scenes edited as configs/text2video-zero.yaml edits (Euler ancestral, text
-    guidance 7.5, image guidance 1.0, 20 steps): MEASURED."""
+    guidance 7.5, image guidance 1.0, 20 steps): the asked colour on 62% of them, the front
+    object's IoU with the source's 0.81 (measured; the card's 83% / 0.84 are over 24 scenes; at
+    175 training steps, before it used the image, 17% / 0.10 on 6)."""
     sys.path.insert(0, str(ROOT / "tools"))
     from train_toy_pix2pix import evaluate
 
     scores = evaluate(pix2pix, 8)
-    assert scores["colour"] >= 0.5 and scores["iou"] >= 0.5, scores
+    assert scores["colour"] >= 0.5 and scores["iou"] >= 0.7, scores
