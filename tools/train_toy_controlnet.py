@@ -23,12 +23,11 @@ IoU of the detected object with the scene's).
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
+import toy_training   # tools/toy_training.py, beside this script
 import torch
 import torch.nn.functional as F
 
@@ -66,51 +65,24 @@ def train(a) -> None:
     model = load_model("toy", device="cpu")
     for part in (model.unet, model.vae, model.text_encoder):
         part.requires_grad_(False)
-    ckpt = out / "ckpt.pt"
     net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONDITION_CHANNELS)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-2)
-    step = 0
-    if a.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+    ckpt, modules = out / "ckpt.pt", {"net": net}
+    step = toy_training.resume(ckpt, opt, modules) if a.resume else 0
     alphas = model.scheduler().alphas_cumprod
     net.train()
-    t0 = last_ckpt = time.time()
-    losses = []
-    while step < a.steps and time.time() - t0 < a.minutes * 60:
+
+    def loss_at(step: int) -> torch.Tensor:
         latents, text, condition = batch(model, step, a.batch, a.drop)
-        g = torch.Generator().manual_seed(step)
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, len(alphas), (len(latents),), generator=g)
-        ab = alphas[t].view(-1, 1, 1, 1)
-        noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
+        noisy, t, noise = toy_training.noised(latents, alphas, step)
         down, mid = net(noisy, t, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
         pred = model.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                           mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        if step % 20 == 0:
-            print(f"step {step} loss {np.mean(losses[-20:]):.4f} {time.time() - t0:.0f}s", flush=True)
-        if time.time() - last_ckpt > a.ckpt_minutes * 60:
-            _checkpoint(net, opt, step, ckpt)
-            last_ckpt = time.time()
-    _checkpoint(net, opt, step, ckpt)
-    print(f"stopped at step {step}, {time.time() - t0:.0f}s", flush=True)
+        return F.mse_loss(pred, noise)
+
+    losses = toy_training.train_loop(a, opt, modules, loss_at, step, ckpt)
     if a.export:
-        export(net, model, Path(a.export), a, step, float(np.mean(losses[-100:])) if losses else None)
-
-
-def _checkpoint(net, opt, step: int, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-    tmp.replace(path)
+        export(net, model, Path(a.export), a, a.final_step, float(np.mean(losses[-100:])) if losses else None)
 
 
 def evaluate(model, net, n: int, steps: int = 25, guidance: float = 4.0) -> dict:
@@ -164,23 +136,9 @@ def export(net, model, folder: Path, a, step: int, loss: float | None) -> None:
 
 
 def main() -> None:
-    import sys
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--minutes", type=float, default=45, help="stop after this many minutes (checkpoint, export)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--drop", type=float, default=0.5, help="fraction of captions dropped to ''")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ckpt-minutes", type=float, default=5)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--export", help="write the diffusers ControlNet directory here at the end")
-    p.add_argument("--eval", type=int, default=16, help="held-out scenes scored at export (0: none)")
-    a = p.parse_args()
-    a.argv = sys.argv[1:]
-    train(a)
+    train(toy_training.parse(toy_training.parser(
+        __doc__, minutes=45, lr=5e-4, drop=0.5, drop_help="fraction of captions dropped to ''",
+        export_help="write the diffusers ControlNet directory here at the end", eval_scenes=16)))
 
 
 if __name__ == "__main__":

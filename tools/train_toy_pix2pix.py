@@ -27,13 +27,12 @@ and the IoU of the detected object with the source's).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
+import toy_training   # tools/toy_training.py, beside this script
 import torch
 import torch.nn.functional as F
 
@@ -96,46 +95,19 @@ def train(a) -> None:
         part.requires_grad_(False)
     unet = widened_unet(model.unet).requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=1e-2)
-    ckpt, step = out / "ckpt.pt", 0
-    if a.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+    ckpt, modules = out / "ckpt.pt", {"unet": unet}
+    step = toy_training.resume(ckpt, opt, modules) if a.resume else 0
     alphas = model.scheduler().alphas_cumprod
     unet.train()
-    t0 = last_ckpt = time.time()
-    losses = []
-    while step < a.steps and time.time() - t0 < a.minutes * 60:
+
+    def loss_at(step: int) -> torch.Tensor:
         target, image, text = batch(model, step, a.batch, a.drop)
-        g = torch.Generator().manual_seed(step)
-        noise = torch.randn(target.shape, generator=g)
-        t = torch.randint(0, len(alphas), (len(target),), generator=g)
-        ab = alphas[t].view(-1, 1, 1, 1)
-        noisy = ab.sqrt() * target + (1 - ab).sqrt() * noise
-        pred = unet(torch.cat([noisy, image], 1), t, encoder_hidden_states=text).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        if step % 20 == 0:
-            print(f"step {step} loss {np.mean(losses[-20:]):.4f} {time.time() - t0:.0f}s", flush=True)
-        if time.time() - last_ckpt > a.ckpt_minutes * 60:
-            _checkpoint(unet, opt, step, ckpt)
-            last_ckpt = time.time()
-    _checkpoint(unet, opt, step, ckpt)
-    print(f"stopped at step {step}, {time.time() - t0:.0f}s", flush=True)
+        noisy, t, noise = toy_training.noised(target, alphas, step)
+        return F.mse_loss(unet(torch.cat([noisy, image], 1), t, encoder_hidden_states=text).sample, noise)
+
+    losses = toy_training.train_loop(a, opt, modules, loss_at, step, ckpt)
     if a.export:
-        export(unet, Path(a.export), a, step, float(np.mean(losses[-100:])) if losses else None)
-
-
-def _checkpoint(unet, opt, step: int, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-    tmp.replace(path)
+        export(unet, Path(a.export), a, a.final_step, float(np.mean(losses[-100:])) if losses else None)
 
 
 def evaluate(model, n: int, steps: int = 20) -> dict:
@@ -179,23 +151,9 @@ def export(unet, folder: Path, a, step: int, loss: float | None) -> None:
 
 
 def main() -> None:
-    import sys
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--minutes", type=float, default=40, help="stop after this many minutes (checkpoint, export)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--drop", type=float, default=0.05, help="conditioning dropout (the reference's 0.05)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--ckpt-minutes", type=float, default=5)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--export", help="write the UNet directory here at the end")
-    p.add_argument("--eval", type=int, default=24, help="held-out scenes scored at export (0: none)")
-    a = p.parse_args()
-    a.argv = sys.argv[1:]
-    train(a)
+    train(toy_training.parse(toy_training.parser(
+        __doc__, minutes=40, lr=1e-4, drop=0.05, drop_help="conditioning dropout (the reference's 0.05)",
+        export_help="write the UNet directory here at the end", eval_scenes=24)))
 
 
 if __name__ == "__main__":

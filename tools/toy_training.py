@@ -1,0 +1,88 @@
+"""What the toy model's training scripts (``train_toy_controlnet.py``, ``train_toy_pix2pix.py``) share:
+their command line, and the loop with its time limit, its progress lines and its resumable checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def parser(doc: str, *, minutes: float, lr: float, drop: float, drop_help: str, export_help: str,
+           eval_scenes: int) -> argparse.ArgumentParser:
+    """The scripts' options, with each script's defaults."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--minutes", type=float, default=minutes, help="stop after this many minutes (checkpoint, export)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--drop", type=float, default=drop, help=drop_help)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ckpt-minutes", type=float, default=5)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", help=export_help)
+    p.add_argument("--eval", type=int, default=eval_scenes, help="held-out scenes scored at export (0: none)")
+    return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    a = p.parse_args()
+    a.argv = sys.argv[1:]   # for the export's card
+    return a
+
+
+def resume(path: Path, opt, modules: dict[str, torch.nn.Module]) -> int:
+    """The step a checkpoint at ``path`` ended at, its weights and optimiser state loaded (0: none)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    opt.load_state_dict(state["opt"])
+    print(f"resumed at step {state['step']}", flush=True)
+    return state["step"]
+
+
+def checkpoint(path: Path, opt, modules: dict[str, torch.nn.Module], step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({**{n: m.state_dict() for n, m in modules.items()}, "opt": opt.state_dict(), "step": step}, tmp)
+    tmp.replace(path)
+
+
+def noised(latents: torch.Tensor, alphas: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, noise): ``latents`` at random training timesteps, seeded by ``step``."""
+    g = torch.Generator().manual_seed(step)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.randint(0, len(alphas), (len(latents),), generator=g)
+    ab = alphas[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * latents + (1 - ab).sqrt() * noise, t, noise
+
+
+def train_loop(a, opt, modules: dict[str, torch.nn.Module], loss_at: Callable[[int], torch.Tensor],
+               step: int, path: Path) -> list[float]:
+    """Steps of ``loss_at(step)`` until ``a.steps`` or ``a.minutes``, a checkpoint every ``a.ckpt_minutes``
+    and at the end; the losses."""
+    t0 = last = time.time()
+    losses = []
+    while step < a.steps and time.time() - t0 < a.minutes * 60:
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step} loss {np.mean(losses[-20:]):.4f} {time.time() - t0:.0f}s", flush=True)
+        if time.time() - last > a.ckpt_minutes * 60:
+            checkpoint(path, opt, modules, step)
+            last = time.time()
+    checkpoint(path, opt, modules, step)
+    print(f"stopped at step {step}, {time.time() - t0:.0f}s", flush=True)
+    a.final_step = step
+    return losses
