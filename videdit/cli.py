@@ -210,9 +210,9 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--vae-tiling", action="store_true", help="encode and decode frames larger than the VAE's "
                    "sample size in overlapping tiles: far less memory, slightly other pixels")
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet's convolutional blocks and the "
-                   "VAE: faster after the first frames of each shape; the compile time is reported apart")
+                   "VAE, once per shape (for GPUs; the compile time is reported apart)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory for the UNet and VAE "
-                   "(faster convolutions on recent GPUs)")
+                   "(for GPUs' convolutions)")
     g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")
     g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
