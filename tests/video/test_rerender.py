@@ -430,3 +430,15 @@ def test_one_module_runs_the_passes():
     assert TemporalStack([]).in_passes is None
     with pytest.raises(VideditError, match="each run the edit in passes; keep one"):
         TemporalStack([rr.Rerender(RerenderConfig()), rr.Rerender(RerenderConfig())]).in_passes
+
+
+def test_the_fusions_code_pixels_in_the_vaes_own_dtype():
+    """``--vae-dtype``: the pixel-aware fusion's encode and decode feed the VAE in its dtype (fp32
+    here) under a bf16 UNet (they fed the UNet's dtype: a dtype mismatch in the first conv)."""
+    from videdit.models import load_model
+
+    model = load_model("tiny-random", dtype="bf16", vae_dtype="fp32")
+    x = torch.zeros(1, 3, 64, 64)
+    z = rr._vae_encode(model, x)
+    assert z.shape == (1, 4, 8, 8) and z.dtype == torch.float32
+    assert rr._vae_decode(model, z).shape == (1, 3, 64, 64)
