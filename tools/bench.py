@@ -730,35 +730,53 @@ def deepcache(a) -> None:
                       *[k * whole / (whole + (k - 1) * shallow) for k in a.intervals])
 
 
-def speed(a) -> None:
-    """Seconds per frame of prompt-to-prompt after ``direct`` (offsets in the edit) with each of
-    the model's speed options, once warm, and the first run's compiling apart."""
+SPEED_OPTIONS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+                 "compile + channels-last": {"compile": True, "channels_last": True}}   # load_model's options
+
+
+def speed_settings(steps: int, batch_size: int = 8, source: str = "a wolf", target: str = "a fox"):
+    """Prompt-to-prompt after ``direct`` with its offsets taken in the edit (issue 20's 0.5 s/frame case)."""
+    from videdit.pipeline import EditSettings
+
+    return EditSettings(source_prompt=source, target_prompt=target, steps=steps, editor="prompt_to_prompt",
+                        inversion="direct", inversion_params={"offsets": "in_edit"}, batch_size=batch_size)
+
+
+def speed_runs(spec, frames, settings, *, device, dtype, repeats: int, labels=tuple(SPEED_OPTIONS)):
+    """(label, first run s, of it compiling s, warm s) of ``settings`` on ``frames`` with each of the model's
+    speed options (``SPEED_OPTIONS``), a fresh model each, compiled graphs dropped between them."""
     import torch
 
     from videdit.models import load_model
-    from videdit.pipeline import EditSettings, EditStats, edit_frames
+    from videdit.pipeline import EditStats, edit_frames
 
+    for label in labels:
+        model = load_model(spec, device=device, dtype=dtype, **SPEED_OPTIONS[label])
+        first = EditStats()
+        synchronize(model.device)
+        t = time.perf_counter()
+        edit_frames(model, frames, settings, stats=first)
+        synchronize(model.device)
+        first_s = time.perf_counter() - t
+        warm, _ = best_of(lambda: edit_frames(model, frames, settings), repeats, device=model.device, warm=False)
+        yield label, first_s, first.seconds["compile"], warm
+        model = None   # freed before the next one loads
+        torch._dynamo.reset()
+
+
+def speed(a) -> None:
+    """Seconds per frame of prompt-to-prompt after ``direct`` (offsets in the edit) with each of
+    the model's speed options, once warm, and the first run's compiling apart."""
     frames = load_frames(a.frames, a.size)
-    s = EditSettings(source_prompt="a wolf", target_prompt="a fox", steps=a.steps, editor="prompt_to_prompt",
-                     inversion="direct", inversion_params={"offsets": "in_edit"}, batch_size=a.batch_size)
     print(f"{a.model}, {a.frames} frames at {a.size}px, {a.steps} steps, device {a.device}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
     table = Table(("options", "<26"), ("first run s", ">12.1f"), ("compiling s", ">12.1f"), ("warm s/frame", ">13.3f"),
                   ("ratio", ">7.2f"))
     base = None
-    for label, options in (("eager", {}), ("channels-last", {"channels_last": True}),
-                           ("compile", {"compile": True}),
-                           ("compile + channels-last", {"compile": True, "channels_last": True})):
-        model = load_model(a.model, device=a.device, dtype=a.dtype, **options)
-        first = EditStats()
-        t = time.perf_counter()
-        edit_frames(model, frames, s, stats=first)
-        synchronize(model.device)
-        first_s = time.perf_counter() - t
-        warm, _ = best_of(lambda: edit_frames(model, frames, s), a.repeats, device=model.device, warm=False)
+    for label, first_s, compiling, warm in speed_runs(a.model, frames, speed_settings(a.steps, a.batch_size),
+                                                      device=a.device, dtype=a.dtype, repeats=a.repeats):
         base = base or warm
-        table.row(label, first_s, first.seconds["compile"], warm / a.frames, warm / base)
-        torch._dynamo.reset()
+        table.row(label, first_s, compiling, warm / a.frames, warm / base)
 
 
 def vae(a) -> None:

@@ -173,30 +173,17 @@ def timing(model_dir: Path, args) -> dict:
 def speed(model_dir: Path, args) -> dict:
     """Prompt-to-prompt after ``direct`` (offsets in the edit) with ``--channels-last`` and with
     ``--compile`` too, first dtype: seconds per frame once warm, and the compile time apart."""
-    from videdit.models import load_model
-    from videdit.pipeline import EditSettings, EditStats, edit_frames
-
     import bench
 
     frames = bench.load_frames(args.frames, args.size)
-    s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=args.steps, editor="prompt_to_prompt",
-                     inversion="direct", inversion_params={"offsets": "in_edit"})
     out = {}
-    for label, options in (("eager", {}), ("channels-last", {"channels_last": True}),
-                           ("compile + channels-last", {"channels_last": True, "compile": True})):
-        model = load_model(model_dir, device=args.device, dtype=args.dtypes[0], **options)
-        first = EditStats()
-        sync(args.device)
-        t = time.perf_counter()
-        edit_frames(model, frames, s, stats=first)
-        sync(args.device)
-        out[f"{label}: first run (s)"] = time.perf_counter() - t
-        out[f"{label}: of it compiling (s)"] = first.seconds["compile"]
-        out[f"{label}: warm (s/frame)"] = seconds(lambda: edit_frames(model, frames, s), args.device,
-                                                  warm=False) / args.frames
-        print(", ".join(f"{k} {v:.3f}" for k, v in out.items() if k.startswith(label)), flush=True)
-        model = None   # freed before the next one loads
-        torch._dynamo.reset()
+    for label, first_s, compiling, warm in bench.speed_runs(
+            model_dir, frames, bench.speed_settings(args.steps, source=PROMPT, target=TARGET), device=args.device,
+            dtype=args.dtypes[0], repeats=1, labels=("eager", "channels-last", "compile + channels-last")):
+        out.update({f"{label}: first run (s)": first_s, f"{label}: of it compiling (s)": compiling,
+                    f"{label}: warm (s/frame)": warm / args.frames})
+        print(f"{label}: first run {first_s:.3f} s, of it compiling {compiling:.3f} s, warm {warm / args.frames:.3f} "
+              "s/frame", flush=True)
     return out
 
 

@@ -196,15 +196,25 @@ class EditStats:
     seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0,
                                                                "compile": 0.0})
 
-    def charge(self, phase: str, seconds: float, compiling: float) -> None:
-        """``seconds`` of wall time in ``phase``, ``compiling`` of them spent compiling."""
-        self.seconds[phase] += seconds - compiling
-        self.seconds["compile"] += compiling
 
+class Stopwatch:
+    """Wall time into an edit's :class:`EditStats` phase by phase, the seconds ``model`` spent
+    compiling in each (``--compile``) counted apart: ``lap(stats, phase)`` charges the time since
+    the last lap (or since it was made)."""
 
-def compile_seconds(model: Model) -> float:
-    """The seconds ``model`` has spent compiling so far (0 where it is not compiled)."""
-    return model.compile_clock.seconds if model.compile_clock is not None else 0.0
+    def __init__(self, model: Model):
+        self.model = model
+        self.wall, self.compiling = time.perf_counter(), self._compiled()
+
+    def _compiled(self) -> float:
+        clock = self.model.compile_clock
+        return clock.seconds if clock is not None else 0.0
+
+    def lap(self, stats: EditStats, phase: str) -> None:
+        wall, compiling = time.perf_counter(), self._compiled()
+        stats.seconds[phase] += (wall - self.wall) - (compiling - self.compiling)
+        stats.seconds["compile"] += compiling - self.compiling
+        self.wall, self.compiling = wall, compiling
 
 
 @dataclass
@@ -591,11 +601,11 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     height, width = frames.shape[1:3]
     window = Window(start, len(frames), _at_model_size(model, frames), last=last or whole_clip)
     subset = temporal.frames_to_edit(window)
-    t0, c0 = time.perf_counter(), compile_seconds(model)
+    watch = Stopwatch(model)
     conditions = control.window(start, window.frames) if control is not None else None
     inv = invert_frames(model, window.frames, settings, cache=cache, progress=progress, subset=subset,
                         control=conditions)
-    t1, c1 = time.perf_counter(), compile_seconds(model)
+    watch.lap(stats, "invert")
     edited = tuple(range(len(frames))) if subset is None else subset
     if temporal.in_passes is not None:
         z, decoded = _edit_in_passes(model, inv, settings, window, temporal, edited, progress=progress,
@@ -613,8 +623,7 @@ def edit_frames(model: Model, frames: np.ndarray, settings: EditSettings, *, cac
     out = temporal.finish_window(window, out, WindowLatents(edited=edited, source=inv.source, result=z))
     if whole_clip and temporal.second_pass:
         out = temporal.finish_clip(window)
-    stats.charge("invert", t1 - t0, c1 - c0)
-    stats.charge("edit", time.perf_counter() - t1, compile_seconds(model) - c1)
+    watch.lap(stats, "edit")
     stats.frames += len(frames)
     stats.windows += 1
     stats.cache_hits += int(inv.cached)
@@ -749,7 +758,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     def second_pass(only: np.ndarray | None) -> Iterator[np.ndarray]:
         """The frames of a module that makes them once it has seen the whole clip: the source
         again, window by window, through ``TemporalStack.finish_clip``."""
-        t0, c0, start = time.perf_counter(), compile_seconds(model), 0
+        watch, start = Stopwatch(model), 0
         with closing(io.read_ahead([only] if only is not None else io.read_frames(input, read))) as chunks:
             for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
                               disable=not progress, leave=False):
@@ -759,7 +768,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                 start += len(chunk)
                 if on_progress is not None:
                     on_progress("second pass", start, stats.frames)
-        stats.charge("edit", time.perf_counter() - t0, compile_seconds(model) - c0)
+        watch.lap(stats, "edit")
         if start != stats.frames:
             raise VideditError(f"{input} gave {start} frames on its second read and {stats.frames} on its first; "
                                f"the output would not match the edit (is the file being written to?)")

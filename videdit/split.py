@@ -175,7 +175,7 @@ def _keyframe_pass(input, model, read: io.ReadOptions, info: io.ClipInfo, settin
     through the cache, so the groups find it) and its keyframes alone denoised (their batch is
     the one-worker run's lead batch; their attention carried to the next window), recording what
     the frames between read -> :class:`videdit.video.tokenflow.KeyframeFreeze`."""
-    from videdit.pipeline import _at_model_size, compile_seconds, edit_latents, invert_frames
+    from videdit.pipeline import Stopwatch, _at_model_size, edit_latents, invert_frames
     from videdit.video.keyframes import Keyframes
     from videdit.video.tokenflow import KeyframeFreeze, TokenFlow
 
@@ -191,16 +191,15 @@ def _keyframe_pass(input, model, read: io.ReadOptions, info: io.ClipInfo, settin
         window = Window(start, len(chunk), _at_model_size(model, chunk), last=following is None)
         lay = keyframes.layout(window)
         keys = tuple(g - start for g in lay.keys)
-        t0, c0 = time.perf_counter(), compile_seconds(model)
+        watch = Stopwatch(model)
         inv = invert_frames(model, window.frames, settings, cache=cache)
-        t1, c1 = time.perf_counter(), compile_seconds(model)
+        watch.lap(stats, "invert")
         z = edit_latents(model, inv.select(keys), settings, frame_size=chunk.shape[1:3], window=window,
                          temporal=stack, cache=cache, edited=keys)
         layouts[start] = lay
         outputs.update(tokenflow.take_recorded(lay.keys))
         latents.update({g: z[i].to("cpu", copy=True) for i, g in enumerate(lay.keys)})
-        stats.charge("invert", t1 - t0, c1 - c0)
-        stats.charge("edit", time.perf_counter() - t1, compile_seconds(model) - c1)
+        watch.lap(stats, "edit")
         stats.frames += len(chunk)
         stats.windows += 1
         stats.cache_hits += int(inv.cached)

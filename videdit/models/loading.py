@@ -16,7 +16,6 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +123,7 @@ class Model:
     text_encoder_2: CLIPTextModelWithProjection | None = None    # SDXL's second text encoder
     tokenizer_2: CLIPTokenizer | None = None
     zero_empty_negative: bool = False
-    compile_clock: Any = field(default=None, repr=False, compare=False)   # speed.CompileClock where compiled
+    compile_clock: speed.CompileClock | None = field(default=None, repr=False, compare=False)   # where compiled
     _text_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     _text_cache_for: tuple = field(default=(), repr=False, compare=False)   # the encoder, device and dtype it holds
 
