@@ -70,7 +70,9 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
              ([{"input": clip, "output": "a.mp4", "target": "x", "editor": "magic"}], "unknown editor 'magic'"),
              ([{"input": clip, "output": "a.mp4"}], "no target prompt"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "size": "big"}], "size must be N"),
-             ([{"input": clip, "output": "a.mp4", "target": "x", "compile": "no"}], "compile is true or false")]
+             ([{"input": clip, "output": "a.mp4", "target": "x", "compile": "no"}],
+              "compile is true, false or one of default, .*reduce-overhead"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "vae_tiling": "no"}], "vae_tiling is true or false")]
     for entries, message in cases:
         with pytest.raises(VideditError, match=message) as e:
             expand_jobs(entries, base=tmp_path)
@@ -83,7 +85,7 @@ def test_speed_options_leave_the_record_and_the_inversion_group_alone(tmp_path, 
     clip = str(shared_data / "videos" / "dog.mp4")
     base = {"input": clip, "output": "a.mp4", "target": "x"}
     (plain,), (fast,), (bf16,) = (expand_jobs([job], base=tmp_path) for job in (
-        base, {**base, "compile": True, "channels_last": True}, {**base, "vae_dtype": "bf16"}))
+        base, {**base, "compile": "reduce-overhead", "channels_last": True}, {**base, "vae_dtype": "bf16"}))
     assert fast.digest("d") == plain.digest("d") and fast.inversion_group() == plain.inversion_group()
     assert bf16.digest("d") != plain.digest("d") and bf16.inversion_group() != plain.inversion_group()
 

@@ -48,7 +48,8 @@
   pixels, and the speed-up per step at each of ``--intervals`` (one whole call, the others
   shallow). Best of ``--repeats``.
 - speed: seconds per frame of prompt-to-prompt after ``direct`` (offsets in the edit), warm, with
-  the model's speed options (``load_model``'s ``channels_last``, ``compile``) against none, and
+  the model's speed options (``load_model``'s ``channels_last``, ``compile``; on a GPU also
+  ``compile="reduce-overhead"``, CUDA graphs) against none, and
   the first run's seconds with the compiling in them (``EditStats.seconds['compile']``);
 - vae: peak RSS rise and seconds of decoding one frame of each of ``--sizes`` with the VAE whole,
   tiled (``load_model``'s ``vae_tiling``) and in bf16 (``vae_dtype``), each in a fresh process,
@@ -731,7 +732,9 @@ def deepcache(a) -> None:
 
 
 SPEED_OPTIONS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
-                 "compile + channels-last": {"compile": True, "channels_last": True}}   # load_model's options
+                 "compile + channels-last": {"compile": True, "channels_last": True},
+                 "CUDA graphs + channels-last": {"compile": "reduce-overhead", "channels_last": True}}   # load_model's
+CUDA_ONLY = ("CUDA graphs + channels-last",)   # on a CPU the same as "compile + channels-last"
 
 
 def speed_settings(steps: int, batch_size: int = 8, source: str = "a wolf", target: str = "a fox"):
@@ -773,8 +776,10 @@ def speed(a) -> None:
     table = Table(("options", "<26"), ("first run s", ">12.1f"), ("compiling s", ">12.1f"), ("warm s/frame", ">13.3f"),
                   ("ratio", ">7.2f"))
     base = None
+    labels = [k for k in SPEED_OPTIONS if k not in CUDA_ONLY or a.device.startswith("cuda")]
     for label, first_s, compiling, warm in speed_runs(a.model, frames, speed_settings(a.steps, a.batch_size),
-                                                      device=a.device, dtype=a.dtype, repeats=a.repeats):
+                                                      device=a.device, dtype=a.dtype, repeats=a.repeats,
+                                                      labels=labels):
         base = base or warm
         table.row(label, first_s, compiling, warm / a.frames, warm / base)
 

@@ -48,7 +48,7 @@ EDIT_OPTIONS = ("source_prompt", "target_prompt", "negative_prompt", "steps", "g
 READ_OPTIONS = ("start_frame", "end_frame", "start", "end", "stride", "fps", "max_frames", "size")
 MODEL_OPTIONS = ("model", "model_config", "lora", "embeddings", "vae", "device", "dtype", "vae_dtype", "vae_tiling",
                  "compile", "channels_last")
-SWITCHES = ("vae_tiling", "compile", "channels_last")   # true or false
+SWITCHES = ("vae_tiling", "compile", "channels_last")   # true or false (compile: or inductor's mode)
 CONTROL_OPTIONS = ("control", "controlnet")   # as `videdit edit --control/--controlnet`, paired by position
 # how the batch runs a job, not what it makes (a split job's frames are the same; compiled and channels-last
 # models make them within float rounding)
@@ -238,7 +238,13 @@ def _normalise(entry: Mapping, where: str) -> dict:
         name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
         if name not in OPTIONS:
             raise VideditError(f"{where}: unknown option {key!r}; a job takes {', '.join(sorted(OPTIONS))}")
-        if name in SWITCHES and not isinstance(value, bool):
+        if name == "compile" and isinstance(value, str):
+            from videdit.models.speed import COMPILE_MODES
+
+            if value not in COMPILE_MODES:
+                raise VideditError(f"{where}: compile is true, false or one of {', '.join(COMPILE_MODES)}, "
+                                   f"got {value!r}")
+        elif name in SWITCHES and not isinstance(value, bool):
             raise VideditError(f"{where}: {key} is true or false, got {value!r}")
         out[name] = value
     return out
@@ -537,7 +543,7 @@ class JobRunner:
                                      lora=[lora] if isinstance(lora, str) else list(lora),
                                      embeddings=[embeddings] if isinstance(embeddings, str) else list(embeddings),
                                      vae=options.get("vae"), vae_dtype=options.get("vae_dtype"),
-                                     **{k: bool(options.get(k)) for k in SWITCHES})
+                                     **{k: options.get(k) or False for k in SWITCHES})
             self._model_key = key
             self.model_loads += 1
         return self._model

@@ -209,8 +209,10 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--vae-dtype", choices=["fp32", "fp16", "bf16"], help="the VAE's dtype (default: --dtype's)")
     g.add_argument("--vae-tiling", action="store_true", help="encode and decode frames larger than the VAE's "
                    "sample size in overlapping tiles: far less memory, slightly other pixels")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet's convolutional blocks and the "
-                   "VAE, once per shape (for GPUs; the compile time is reported apart)")
+    g.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the UNet's convolutional blocks and the VAE, once per shape (for GPUs; the "
+                   "compile time is reported apart); MODE: inductor's (default, reduce-overhead: CUDA graphs, "
+                   "max-autotune)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory for the UNet and VAE "
                    "(for GPUs' convolutions)")
     g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")

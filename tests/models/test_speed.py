@@ -145,3 +145,30 @@ def test_compiling_without_a_compiler_is_one_line(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(VideditError, match=r"^--compile on the CPU needs a C\+\+ compiler"):
         load_model("tiny-random", compile=True)
+
+
+def test_cuda_graph_modes_copy_their_outputs_and_unknown_modes_are_one_line(tiny, wolf_frames):
+    """``--compile reduce-overhead`` (CUDA graphs on a GPU; on this CPU inductor runs it as its default
+    mode, here dynamo's eager backend): the same edit within float rounding; outputs are copied only
+    where CUDA graphs are recorded (a GPU); a misspelt mode names the modes."""
+    from videdit.errors import VideditError
+    from videdit.models.speed import COMPILE_MODES, compile_mode
+
+    assert (compile_mode(True), compile_mode(False), compile_mode("reduce-overhead")) == (
+        "default", None, "reduce-overhead")
+    assert set(COMPILE_MODES) <= set(torch._inductor.list_mode_options())
+    with pytest.raises(VideditError, match=r"^unknown compile mode 'cudagraphs'; choose from default, .*reduce-"):
+        load_model("tiny-random", compile="cudagraphs")
+    model = load_model("tiny-random")
+    clock = accelerate(model, compile="reduce-overhead", backend="eager")
+    try:
+        assert clock.mode == "reduce-overhead"
+        s = settings("prompt_to_prompt")
+        assert rel_error(edited(model, wolf_frames, s), edited(tiny, wolf_frames, s)) <= 2e-5
+        x = torch.randn(1, 64, 8, 8)
+        block = model.unet.down_blocks[0].resnets[0]
+        copied = clock.wrap(block, lambda *a: a[0], torch.contiguous_format, copy_out=True)
+        same = clock.wrap(block, lambda *a: a[0], torch.contiguous_format)
+        assert same(x) is x and copied(x) is not x and torch.equal(copied(x), x)
+    finally:
+        torch._dynamo.reset()

@@ -260,7 +260,7 @@ class Model:
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
                lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None,
-               vae_dtype: str | torch.dtype | None = None, vae_tiling: bool = False, compile: bool = False,
+               vae_dtype: str | torch.dtype | None = None, vae_tiling: bool = False, compile: bool | str = False,
                channels_last: bool = False) -> Model:
     """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", "toy-pix2pix" (the toy model with
     an InstructPix2Pix UNet, ``tools/train_toy_pix2pix.py``), a local diffusers Stable Diffusion (1.x, 2.x
@@ -277,8 +277,9 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     ``vae_dtype``: the VAE's dtype when it is not ``dtype`` (e.g. fp32 under a bf16 UNet).
     ``vae_tiling``: frames larger than the VAE's sample size are encoded and decoded in
     overlapping tiles (diffusers' ``enable_tiling``): far less memory, other latents and pixels.
-    ``compile``, ``channels_last``: faster execution, the same edit within float rounding
-    (:func:`videdit.models.speed.accelerate`; compiling costs time on the first frames, reported apart).
+    ``compile`` (True or an inductor mode, "reduce-overhead": CUDA graphs), ``channels_last``: faster
+    execution, the same edit within float rounding (:func:`videdit.models.speed.accelerate`; compiling
+    costs time on the first frames, reported apart).
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     spec = str(spec)

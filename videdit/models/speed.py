@@ -11,6 +11,13 @@ module *inside* it carries a hook (Plug-and-Play's on a residual block's ``conv2
 eager forward, since a graph does not see hooks added to its submodules after it was made.
 Shapes are fixed (``dynamic=False``): each block compiles once per shape it meets (a window's
 rows, the frame size), and the run reports that time apart (:class:`CompileClock`).
+
+The compile mode is inductor's: ``default``; ``reduce-overhead`` and ``max-autotune`` record each
+block's kernels on a GPU as a CUDA graph, replayed for every later call of the same shape (one
+launch for the block's kernels); a graph's outputs live in memory its next replay overwrites, so
+these modes hand back a copy of each output (a block's output may be kept past the next call:
+DeepCache's cached features, the editors' stored ones). On the CPU there are no CUDA graphs:
+those modes run as ``default`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import torch
 from videdit.errors import VideditError
 
 COMPILE_BACKENDS = ("inductor", "eager")   # inductor: the one that is faster; eager: dynamo alone (checks wiring)
+# inductor's modes (torch._inductor.list_mode_options); the last two record CUDA graphs on a GPU
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # graphs per compiled function's code, shared by every block of a class (SD 1.5: about 14 residual-block shapes,
 # times the row counts of inversion, edit and a shorter last window); torch's default is 8. Raised, never lowered,
 # for the process: the graphs compile during later edits, so there is no block to restore it after.
@@ -35,12 +45,14 @@ class CompileClock:
 
     seconds: float = 0.0
     graphs: int = 0
+    mode: str = "default"                                       # inductor's mode (COMPILE_MODES)
     compiled: list = field(default_factory=list, repr=False)   # the modules whose forward is compiled
 
-    def wrap(self, part: torch.nn.Module, fn, memory_format: torch.memory_format):
+    def wrap(self, part: torch.nn.Module, fn, memory_format: torch.memory_format, copy_out: bool = False):
         """``fn`` (``part``'s compiled forward) timed when a call of it compiles (torch's frame
         counter moved), its 4-D tensor arguments in ``memory_format`` (a graph specialises on
-        strides: one layout, one graph); ``part``'s eager forward while a submodule has hooks."""
+        strides: one layout, one graph); ``part``'s eager forward while a submodule has hooks.
+        ``copy_out``: the outputs copied (a CUDA graph's are overwritten by its next replay)."""
         from torch._dynamo.utils import counters
 
         eager, inner = part.forward, list(part.modules())[1:]
@@ -56,9 +68,29 @@ class CompileClock:
             if counters["frames"]["ok"] != before:
                 self.seconds += time.perf_counter() - start
                 self.graphs += counters["frames"]["ok"] - before
-            return out
+            return _copied(out) if copy_out else out
 
         return timed
+
+
+def _copied(out):
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_copied(o) for o in out)
+    return out
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """``--compile``'s value -> inductor's mode (True: "default"; False or None: None), or one line
+    naming the modes."""
+    if compile is None or compile is False:
+        return None
+    mode = "default" if compile is True else str(compile)
+    if mode not in COMPILE_MODES:
+        raise VideditError(f"unknown compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)} "
+                           "(reduce-overhead: CUDA graphs)")
+    return mode
 
 
 def compiled_parts(model) -> list[torch.nn.Module]:
@@ -73,18 +105,20 @@ def compiled_parts(model) -> list[torch.nn.Module]:
     return parts + [model.vae.encoder, model.vae.decoder]
 
 
-def accelerate(model, *, compile: bool = False, channels_last: bool = False,
+def accelerate(model, *, compile: bool | str = False, channels_last: bool = False,
                backend: str = "inductor") -> CompileClock | None:
     """Make ``model`` faster in place: ``channels_last`` memory for the UNet and VAE, and
-    ``compile`` (``torch.compile`` of :func:`compiled_parts`, with ``backend``). Returns the
-    clock of compile time (None without ``compile``); ``model.compile_clock`` holds it too.
-    Compiling needs a C++ compiler on the CPU (inductor's), Triton on a GPU."""
+    ``compile`` (``torch.compile`` of :func:`compiled_parts`, with ``backend``; True or one of
+    :data:`COMPILE_MODES`, see the module's docstring). Returns the clock of compile time (None
+    without ``compile``); ``model.compile_clock`` holds it too. Compiling needs a C++ compiler on
+    the CPU (inductor's), Triton on a GPU."""
+    mode = compile_mode(compile)
     if backend not in COMPILE_BACKENDS:
         raise VideditError(f"unknown compile backend {backend!r}; choose from {', '.join(COMPILE_BACKENDS)}")
     if channels_last:
         for part in (model.unet, model.vae):
             part.to(memory_format=torch.channels_last)
-    if not compile:
+    if mode is None:
         return None
     if backend == "inductor":
         _check_compiler(model.device)
@@ -97,10 +131,13 @@ def accelerate(model, *, compile: bool = False, channels_last: bool = False,
     setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), RECOMPILE_LIMIT))
     if hasattr(dynamo_config, "accumulated_recompile_limit"):
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
-    clock = CompileClock()
+    clock = CompileClock(mode=mode)
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    options = {"mode": mode} if backend == "inductor" and mode != "default" else {}   # modes are inductor's
+    graphs = mode in CUDA_GRAPH_MODES and model.device.type == "cuda"
     for part in compiled_parts(model):
-        part.forward = clock.wrap(part, torch.compile(part.forward, backend=backend, dynamic=False), layout)
+        part.forward = clock.wrap(part, torch.compile(part.forward, backend=backend, dynamic=False, **options),
+                                  layout, copy_out=graphs)
         clock.compiled.append(part)
     model.compile_clock = clock
     return clock
