@@ -10,7 +10,9 @@ nothing. What it measures is numerics and speed, which do not depend on trained 
 
 Correctness, per dtype, on the shipped sample's frames at ``--size`` (10 steps, guidance 7.5):
 relative latent reconstruction error of DDIM (guidance 1), EDICT, BDIA and direct inversion
-(the exact ones must stay at 0), and the UNet's output against fp32 on the same input.
+(the exact ones must stay at 0), the UNet's output against fp32 on the same input, and the
+largest difference between FateZero's stored attention copied to pinned memory on the GPU's
+stream and copied waiting (``pinned maps``: 0 expected).
 
 Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerate per frame
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
@@ -31,8 +33,8 @@ different sizes while inverting and editing (EDICT 5.6, direct 17.5 instead of 0
 ``Model.encode_text`` now embeds each prompt alone).
 
 Speed (first dtype): prompt-to-prompt after direct (offsets in the edit) eager, with
-``--channels-last``, and with ``--compile`` too: the first run, the compiling in it, and the
-warm seconds per frame.
+``--channels-last``, with ``--compile`` too, and with ``--compile reduce-overhead`` (CUDA graphs):
+the first run, the compiling in it, and the warm seconds per frame.
 """
 
 from __future__ import annotations
@@ -101,8 +103,26 @@ def correctness(model_dir: Path, args, frames: np.ndarray) -> dict:
             eps = model.unet(x, 500, encoder_hidden_states=text).sample.float().cpu()
         reference = eps if reference is None else reference
         row["unet vs fp32"] = float((eps - reference).norm() / reference.norm())
+        row["pinned maps"] = stored_attention_transfer(model, frames)   # FateZero's queued copies: 0
         out[dtype] = row
     return out
+
+
+def stored_attention_transfer(model, frames: np.ndarray) -> float:
+    """FateZero's inversion (4 steps) with its stored maps copied to pinned host memory on the GPU's
+    stream, against each copy waited for: the largest difference of a stored value (0 expected)."""
+    from videdit.attention.stored import AttentionRecorder
+    from videdit.pipeline import EditSettings, invert_frames
+
+    s = EditSettings(source_prompt=PROMPT, target_prompt=TARGET, steps=4, inversion="fatezero", batch_size=2)
+    stored = {}
+    for queued in (True, False):
+        AttentionRecorder.queue_copies = queued
+        try:
+            stored[queued] = invert_frames(model, frames, s).extras
+        finally:
+            AttentionRecorder.queue_copies = True
+    return max(float((stored[True][k].float() - stored[False][k].float()).abs().max()) for k in stored[False])
 
 
 def seconds(fn, device, repeat: int = 1, warm: bool = True) -> float:
@@ -171,15 +191,17 @@ def timing(model_dir: Path, args) -> dict:
 
 
 def speed(model_dir: Path, args) -> dict:
-    """Prompt-to-prompt after ``direct`` (offsets in the edit) with ``--channels-last`` and with
-    ``--compile`` too, first dtype: seconds per frame once warm, and the compile time apart."""
+    """Prompt-to-prompt after ``direct`` (offsets in the edit) with ``--channels-last``, with
+    ``--compile`` too and with ``--compile reduce-overhead`` (CUDA graphs), first dtype: seconds per
+    frame once warm, and the compile time apart."""
     import bench
 
     frames = bench.load_frames(args.frames, args.size)
     out = {}
     for label, first_s, compiling, warm in bench.speed_runs(
             model_dir, frames, bench.speed_settings(args.steps, source=PROMPT, target=TARGET), device=args.device,
-            dtype=args.dtypes[0], repeats=1, labels=("eager", "channels-last", "compile + channels-last")):
+            dtype=args.dtypes[0], repeats=1,
+            labels=("eager", "channels-last", "compile + channels-last", "CUDA graphs + channels-last")):
         out.update({f"{label}: first run (s)": first_s, f"{label}: of it compiling (s)": compiling,
                     f"{label}: warm (s/frame)": warm / args.frames})
         print(f"{label}: first run {first_s:.3f} s, of it compiling {compiling:.3f} s, warm {warm / args.frames:.3f} "

@@ -24,13 +24,19 @@ MAPS, QUERIES, KEYS, ANCHOR = "attn.", "attn_q.", "attn_k.", "anchor."
 class AttentionRecorder(AttentionModule):
     """``AttentionStore.forward`` during inversion: the conditional half's maps, or queries and
     keys (after the modules before it: the anchor's keys on anchored layers), of ``layers``
-    ({processor name: "maps" | "qk"}) at every step, into (N, F, heads, ...) CPU tensors."""
+    ({processor name: "maps" | "qk"}) at every step, into (N, F, heads, ...) CPU tensors.
+
+    From a GPU the stores are pinned host memory and each copy is queued on the GPU's stream
+    (``non_blocking``), so the UNet's next kernels are not held back by the transfer;
+    :meth:`finished` waits for the last copy before the tensors are read."""
 
     needs_probs = True
+    queue_copies = True   # False: each copy waits (tools/gpu_check.py compares the two)
 
     def __init__(self, layers: dict[str, str], n_steps: int, n_frames: int):
         self.layers, self.n_steps, self.n_frames = layers, n_steps, n_frames
         self.extras: dict[str, torch.Tensor] = {}
+        self._copied: torch.cuda.Event | None = None   # recorded after the last queued copy
 
     def applies(self, layer: str, cross: bool) -> bool:
         return layer in self.layers
@@ -38,8 +44,21 @@ class AttentionRecorder(AttentionModule):
     def _keep(self, key: str, call: AttnCall, x: torch.Tensor) -> None:
         x = call.split(x)[-1, 0]                                   # (fb, heads, T, d): the conditional half
         if key not in self.extras:
-            self.extras[key] = torch.empty(self.n_steps, self.n_frames, *x.shape[1:], dtype=x.dtype)
-        self.extras[key][call.info.step, list(call.info.frames)] = x.cpu()
+            self.extras[key] = torch.empty(self.n_steps, self.n_frames, *x.shape[1:], dtype=x.dtype,
+                                           pin_memory=x.is_cuda)
+        frames = call.info.frames
+        if self.queue_copies and x.is_cuda and frames == tuple(range(frames[0], frames[0] + len(frames))):
+            self.extras[key][call.info.step, frames[0]:frames[0] + len(frames)].copy_(x, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            self.extras[key][call.info.step, list(frames)] = x.cpu()
+
+    def finished(self) -> dict[str, torch.Tensor]:
+        """The stored tensors, once every queued copy has landed."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self.extras
 
     def qkv(self, call, q, k, v):
         if call.info.inverting and self.layers[call.layer] == "qk":
@@ -69,10 +88,15 @@ class StoredAttention:
         """(fb, heads, Tq, Tk): the maps of ``call.layer`` at ``call.info.step`` for ``frames``,
         stored or computed from the stored queries and keys (softmax(q k^T scale))."""
         step = call.info.step
+        if len(frames) and list(frames) == list(range(frames[0], frames[0] + len(frames))):   # a pinned slice
+            frames = slice(frames[0], frames[0] + len(frames))
+
+        def stored(key: str) -> torch.Tensor:   # from pinned memory the copy is queued on the GPU's stream
+            return self.extras[key][step, frames].to(like, non_blocking=True)
+
         if MAPS + call.layer in self.extras:
-            return self.extras[MAPS + call.layer][step, frames].to(like)
-        q = self.extras[QUERIES + call.layer][step, frames].to(like)       # (fb, heads, T, d)
-        k = self.extras[KEYS + call.layer][step, frames].to(like)
+            return stored(MAPS + call.layer)
+        q, k = stored(QUERIES + call.layer), stored(KEYS + call.layer)       # (fb, heads, T, d)
         return ((q @ k.transpose(-1, -2)) * call.scale).softmax(-1)
 
 

@@ -135,5 +135,6 @@ def fatezero_inversion(inp: InversionInputs, config: FateZeroInversionConfig) ->
             out = predict_noise(unet, x, t, inp.cond, None, (1.0,), batch_size=inp.batch_size, info=info)
             x = ddim_inverse_step(x, out, float(s.alphas_prev[i]), float(s.alphas[i]), inp.prediction_type)
             path.append(x[0])
-    return Inversion(method=NAME, trajectory=torch.stack(path[::-1]), extras={**recorder.extras, **anchors},
-                     unet_evals=len(s), frame_axes={k: 1 for k in recorder.extras})
+    stored = recorder.finished()
+    return Inversion(method=NAME, trajectory=torch.stack(path[::-1]), extras={**stored, **anchors},
+                     unet_evals=len(s), frame_axes={k: 1 for k in stored})
