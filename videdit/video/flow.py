@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -326,6 +327,7 @@ RAFT_CHECK = ("flow method 'raft' needs torchvision and a local weights file: pi
               "README, Optical flow) and give raft_weights=PATH to a raft_large or raft_small state dict "
               "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth); or use method 'dis'")
 _RAFT_NETS: dict = {}  # (weights digest, device) -> the loaded network, the latest only
+_RAFT_LOCK = threading.Lock()
 
 
 def _check_raft(weights: str | None) -> None:
@@ -371,6 +373,11 @@ def raft_network(weights: str, device=None) -> torch.nn.Module:
     _check_raft(weights)
     device = torch.device(device or "cpu")
     key = (raft_digest(weights), str(device))
+    with _RAFT_LOCK:   # flows are also estimated in a thread beside the edit (keyframes.PairFlows.ahead)
+        return _raft_net(weights, key, device)
+
+
+def _raft_net(weights: str, key: tuple, device: torch.device) -> torch.nn.Module:
     if key not in _RAFT_NETS:
         raft_large, raft_small = _torchvision_raft()
         state = torch.load(weights, map_location="cpu", weights_only=True)

@@ -138,6 +138,8 @@ class KeyframeFlow(TemporalModule):
         self.keyframes = find(modules, Keyframes, NAME)
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
+        carried = None if self.carried is None else (self.carried["frame"], self.carried["source"])
+        self.keyframes.flows_ahead(ctx, self.flow, window, carried)   # estimated while the keyframes denoise
         callback = FlowPropagation(ctx, window, self.keyframes.layout(window), self.carried,
                                    self.keyframes.flows(ctx), self.flow)
         if callback.handover is not None:

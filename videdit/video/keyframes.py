@@ -22,6 +22,7 @@ every selected layer, step and model call to the next (none after the clip's las
 from __future__ import annotations
 
 import bisect
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -138,17 +139,41 @@ class Layout:
 
 class PairFlows:
     """The source flow of (frame, keyframe) pairs of one window, estimated once per pair and
-    flow setting however many stages read it."""
+    flow setting however many stages read it. Pairs named :meth:`ahead` (by a stage's plan,
+    before the window is denoised) are estimated in ``pool``'s thread while the model works, so
+    that it does not wait for the flow; a pair asked for without that is estimated in the
+    caller's thread (``inline`` counts them)."""
 
-    def __init__(self, cache_dir, device=None):
-        self.cache_dir, self.device, self.flows = cache_dir, device, {}   # device: a learned flow's (RAFT)
+    def __init__(self, cache_dir, device=None, pool: ThreadPoolExecutor | None = None):
+        self.cache_dir, self.device, self.pool = cache_dir, device, pool   # device: a learned flow's (RAFT)
+        self.flows: dict[tuple, Flows | Future] = {}
+        self.inline = 0
+
+    def _estimate(self, config: FlowConfig, source_g: np.ndarray, source_a: np.ndarray) -> Flows:
+        return compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir, device=self.device)
+
+    def ahead(self, config: FlowConfig, pairs: Sequence[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
+        """Start estimating each (g, a, source_g, source_a) pair not yet estimated or started."""
+        for g, a, source_g, source_a in pairs:
+            if (config, g, a) not in self.flows and self.pool is not None:
+                self.flows[config, g, a] = self.pool.submit(self._estimate, config, source_g, source_a)
 
     def __call__(self, config: FlowConfig, g: int, a: int, source_g: np.ndarray, source_a: np.ndarray) -> Flows:
         key = (config, g, a)
         if key not in self.flows:
-            self.flows[key] = compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir,
-                                            device=self.device)
-        return self.flows[key]
+            self.inline += 1
+            self.flows[key] = self._estimate(config, source_g, source_a)
+        flows = self.flows[key]
+        if isinstance(flows, Future):   # started ahead: its error, if any, is raised here
+            flows = self.flows[key] = flows.result()
+        return flows
+
+
+def between_pairs(window: Window, layout: Layout) -> list[tuple[int, int]]:
+    """The (frame, keyframe) pairs whose flow the stages read: each frame of the window that is no
+    keyframe, with its nearest keyframes (the carried one included)."""
+    keys = set(layout.spans)
+    return [(g, a) for g in window.indices if g not in keys for a, _ in neighbours(g, layout.spans)]
 
 
 @register_temporal
@@ -166,6 +191,7 @@ class Keyframes(TemporalModule):
         self.between_attend_self = False          # a stage replaces the frames between during denoising
         self._layout: tuple[int, Layout] | None = None   # (window start, layout) of the current window
         self.pair_flows: PairFlows | None = None          # the current window's (frame, keyframe) flows
+        self.flow_thread: ThreadPoolExecutor | None = None   # where they are estimated ahead (PairFlows.ahead)
         # a split clip's window groups (videdit.split): each window's keyframes as the first pass chose
         # them (window start -> Layout); the model edits only the frames between, each attending to itself
         self.frozen_layouts: dict[int, Layout] | None = None
@@ -234,8 +260,21 @@ class Keyframes(TemporalModule):
     def flows(self, ctx: TemporalContext) -> PairFlows:
         """The current window's (frame, keyframe) flows, shared by the stages that read them."""
         if self.pair_flows is None:
-            self.pair_flows = PairFlows(ctx.cache_dir, getattr(ctx.model, "device", None))
+            if self.flow_thread is None:   # one thread for the edit (it ends when the module is collected)
+                self.flow_thread = ThreadPoolExecutor(1, thread_name_prefix="videdit-flow")
+            self.pair_flows = PairFlows(ctx.cache_dir, getattr(ctx.model, "device", None), self.flow_thread)
         return self.pair_flows
+
+    def flows_ahead(self, ctx: TemporalContext, config: FlowConfig, window: Window,
+                    carried: tuple[int, np.ndarray] | None) -> None:
+        """Start estimating, in a thread, the flows under ``config`` of the window's frames between
+        keyframes to their nearest keyframes (:func:`between_pairs`); ``carried``: the window
+        before's last keyframe (clip index, source frame), where the stage has it."""
+        source = {g: window.frames[g - window.start] for g in window.indices}
+        if carried is not None:
+            source[carried[0]] = carried[1]
+        pairs = between_pairs(window, self.layout(window))
+        self.flows(ctx).ahead(config, [(g, a, source[g], source[a]) for g, a in pairs if a in source])
 
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         if self.config.select == "change":

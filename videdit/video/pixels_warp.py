@@ -58,6 +58,10 @@ class PixelsWarp(TemporalModule):
     def plan(self, window: Window, ctx: TemporalContext) -> TemporalPlan:
         window.source(self.name)
         self.ctx = ctx
+        carried = self.carried
+        carried = None if carried is None or carried["source"].shape != window.frames.shape[1:] else (
+            carried["frame"], carried["source"])
+        self.keyframes.flows_ahead(ctx, self.flow, window, carried)   # estimated while the window denoises
         return TemporalPlan()
 
     def field(self, g: int, source: np.ndarray, edited: np.ndarray) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""The keyframe stages' flows are estimated in a thread while the window is denoised: every
+(frame, keyframe) pair keyframe_flow and pixels_warp read was started ahead in their plans (none
+estimated in the edit's own thread), and the frames are those of flows estimated in place."""
+
+import numpy as np
+import pytest
+
+from videdit.pipeline import EditSettings, edit_frames
+from videdit.video import keyframes
+from videdit.video.keyframes import PairFlows
+
+from tests.video.clips import SOURCE, TARGET, sliding_texture
+
+
+def edit_two_windows(tiny, frames, temporal) -> np.ndarray:
+    s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, guidance=7.5, temporal=temporal)
+    stack = s.temporal_stack()
+    half = len(frames) // 2
+    return np.concatenate([edit_frames(tiny, frames[:half], s, temporal=stack, start=0, last=False),
+                           edit_frames(tiny, frames[half:], s, temporal=stack, start=half, last=True)])
+
+
+@pytest.mark.parametrize("temporal", [
+    {"keyframes": {"every": 3}, "keyframe_flow": {}, "pixels_warp": {}},
+    {"keyframes": {"every": 3}, "keyframe_flow": {"flow": {"method": "farneback"}}, "pixels_warp": {}}],
+    ids=["one flow setting", "two flow settings"])
+def test_every_pair_is_started_ahead_and_gives_the_same_frames(tiny, monkeypatch, temporal):
+    made: list[PairFlows] = []
+    init = PairFlows.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(PairFlows, "__init__", record)
+    frames = sliding_texture(10)
+    ahead = edit_two_windows(tiny, frames, temporal)
+    # windows of 5 frames: keyframes 0, 2, 4, then 7, 9 with 4 carried; each frame between to its nearest
+    # keyframes on either side, under each stage's flow setting
+    pairs = [[(1, 0), (1, 2), (3, 2), (3, 4)], [(5, 4), (5, 7), (6, 4), (6, 7), (8, 7), (8, 9)]]
+    methods = sorted({(t.get("flow") or {}).get("method", "dis") for t in temporal.values()})
+    assert [sorted((k[0].method, k[1], k[2]) for k in p.flows) for p in made] == [
+        [(m, g, a) for m in methods for g, a in w] for w in pairs]
+    assert [p.inline for p in made] == [0, 0]
+    assert all(p.pool is made[0].pool and p.pool is not None for p in made)
+
+    monkeypatch.setattr(PairFlows, "ahead", lambda self, config, pairs: None)   # each pair estimated when read
+    made.clear()
+    in_place = edit_two_windows(tiny, frames, temporal)
+    assert [p.inline for p in made] == [len(p.flows) for p in made] and all(p.inline >= 4 for p in made)
+    assert np.array_equal(ahead, in_place)
+
+
+def test_an_error_in_the_flow_thread_is_raised_in_the_edit(tiny, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("flow failed")
+
+    monkeypatch.setattr(keyframes, "compute_flows", broken)
+    with pytest.raises(RuntimeError, match="flow failed"):
+        edit_two_windows(tiny, sliding_texture(10), {"keyframes": {"every": 3}, "pixels_warp": {}})
