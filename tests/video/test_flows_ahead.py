@@ -1,12 +1,15 @@
-"""The keyframe stages' flows are estimated in a thread while the window is denoised: every
-(frame, keyframe) pair keyframe_flow and pixels_warp read was started ahead in their plans (none
-estimated in the edit's own thread), and the frames are those of flows estimated in place."""
+"""Source flows are estimated in the flow thread while the window is denoised: every (frame,
+keyframe) pair keyframe_flow and pixels_warp read was started ahead in their plans, and
+flow_propagation's window flow too (none estimated in the edit's own thread); the frames are
+those of flows estimated in place."""
+
+import threading
 
 import numpy as np
 import pytest
 
 from videdit.pipeline import EditSettings, edit_frames
-from videdit.video import keyframes
+from videdit.video import flow
 from videdit.video.keyframes import PairFlows
 
 from tests.video.clips import SOURCE, TARGET, sliding_texture
@@ -42,7 +45,6 @@ def test_every_pair_is_started_ahead_and_gives_the_same_frames(tiny, monkeypatch
     assert [sorted((k[0].method, k[1], k[2]) for k in p.flows) for p in made] == [
         [(m, g, a) for m in methods for g, a in w] for w in pairs]
     assert [p.inline for p in made] == [0, 0]
-    assert all(p.pool is made[0].pool and p.pool is not None for p in made)
 
     monkeypatch.setattr(PairFlows, "ahead", lambda self, config, pairs: None)   # each pair estimated when read
     made.clear()
@@ -51,10 +53,27 @@ def test_every_pair_is_started_ahead_and_gives_the_same_frames(tiny, monkeypatch
     assert np.array_equal(ahead, in_place)
 
 
+@pytest.mark.parametrize("temporal", [{"keyframes": {"every": 3}, "keyframe_flow": {}, "pixels_guided": {}},
+                                      {"flow_propagation": {}}], ids=["keyframe stages", "flow_propagation"])
+def test_no_flow_is_estimated_in_the_edits_thread(tiny, monkeypatch, temporal):
+    threads = []
+    estimate = flow.compute_flows
+
+    def where(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "compute_flows", where)
+    for module in ("keyframes", "flow_propagation"):   # their own names for it, if they estimate in place
+        monkeypatch.setattr(f"videdit.video.{module}.compute_flows", where, raising=False)
+    edit_two_windows(tiny, sliding_texture(10), temporal)
+    assert len(threads) >= 2 and all(t.startswith("videdit-flow") for t in threads), threads
+
+
 def test_an_error_in_the_flow_thread_is_raised_in_the_edit(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("flow failed")
 
-    monkeypatch.setattr(keyframes, "compute_flows", broken)
+    monkeypatch.setattr(flow, "compute_flows", broken)   # what the flow thread runs
     with pytest.raises(RuntimeError, match="flow failed"):
         edit_two_windows(tiny, sliding_texture(10), {"keyframes": {"every": 3}, "pixels_warp": {}})

@@ -28,6 +28,7 @@ import importlib.util
 import logging
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +254,16 @@ def compute_flows(frames: np.ndarray, config: FlowConfig = FlowConfig(), *, cach
     return flows
 
 
+def compute_flows_ahead(frames: np.ndarray, config: FlowConfig = FlowConfig(), **kwargs) -> Future:
+    """:func:`compute_flows` started in the flow thread (one per process, made on first use), so
+    that it runs while the model denoises; ``.result()`` gives the flows or raises their error."""
+    global _FLOW_THREAD
+    with _RAFT_LOCK:
+        if _FLOW_THREAD is None:
+            _FLOW_THREAD = ThreadPoolExecutor(1, thread_name_prefix="videdit-flow")
+    return _FLOW_THREAD.submit(compute_flows, frames, config, **kwargs)
+
+
 def flow_key(frames: np.ndarray, config: FlowConfig) -> str:
     """The cache key of ``frames`` ' flow under ``config``: its options and, for RAFT, the sha256 of the
     weights file (a file replaced at the same path is not mistaken for the old one). ``raft_updates``
@@ -328,6 +339,7 @@ RAFT_CHECK = ("flow method 'raft' needs torchvision and a local weights file: pi
               "(e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth); or use method 'dis'")
 _RAFT_NETS: dict = {}  # (weights digest, device) -> the loaded network, the latest only
 _RAFT_LOCK = threading.Lock()
+_FLOW_THREAD: ThreadPoolExecutor | None = None   # compute_flows_ahead's
 
 
 def _check_raft(weights: str | None) -> None:
@@ -373,7 +385,7 @@ def raft_network(weights: str, device=None) -> torch.nn.Module:
     _check_raft(weights)
     device = torch.device(device or "cpu")
     key = (raft_digest(weights), str(device))
-    with _RAFT_LOCK:   # flows are also estimated in a thread beside the edit (keyframes.PairFlows.ahead)
+    with _RAFT_LOCK:   # flows are also estimated in a thread beside the edit (compute_flows_ahead)
         return _raft_net(weights, key, device)
 
 

@@ -31,7 +31,7 @@ import torch
 from videdit.core.ddim import clean_latent, predict_x0_eps, renoise
 from videdit.core.loop import StepCallback, StepContext
 from videdit.errors import VideditError
-from videdit.video.flow import FLOW_METHODS, FlowConfig, compute_flows
+from videdit.video.flow import FLOW_METHODS, FlowConfig, compute_flows_ahead
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 from videdit.video.warp import downsample_flow, downsample_mask, latent_factor, warp
 
@@ -83,6 +83,10 @@ class FlowPropagation(StepCallback):
         self.eps: torch.Tensor | None = None
         self.flow: torch.Tensor | None = None   # (F', h, w, 2) latent-resolution flow, frame k+1 -> k
         self.mask: torch.Tensor | None = None   # (F', 1, h, w) visible fraction of frame k+1 in k
+        # the source flow, estimated in the flow thread while the window's first steps denoise
+        self.flows = compute_flows_ahead(self.frames, config.flow_config(), cache_dir=ctx.cache_dir, memo=memo,
+                                         device=getattr(ctx.model, "device", None)) \
+            if len(self.frames) > 1 and config.strength > 0 else None
 
     def active(self, sctx: StepContext) -> bool:
         frac = sctx.step / sctx.n_steps
@@ -128,8 +132,7 @@ class FlowPropagation(StepCallback):
         if self.flow is not None:
             return
         factor = latent_factor(self.frames.shape[1:3], y.shape[-2:], NAME)
-        flows = compute_flows(self.frames, self.config.flow_config(), cache_dir=self.ctx.cache_dir,
-                              memo=self.memo, device=y.device)
+        flows = self.flows.result()
         self.flow = torch.from_numpy(downsample_flow(flows.backward, factor)).to(y)           # (F', h, w, 2)
         self.mask = torch.from_numpy(downsample_mask(~flows.occlusion_backward, factor)).to(y)[:, None]
 

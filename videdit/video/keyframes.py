@@ -22,7 +22,7 @@ every selected layer, step and model call to the next (none after the clip's las
 from __future__ import annotations
 
 import bisect
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +31,7 @@ import numpy as np
 from videdit.attention import choose_layers, patterns
 from videdit.errors import VideditError
 from videdit.video.cross_frame import AnchorStore, CrossFrameAttention
-from videdit.video.flow import FlowConfig, Flows, compute_flows
+from videdit.video.flow import FlowConfig, Flows, compute_flows, compute_flows_ahead
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 
 NAME = "keyframes"
@@ -140,29 +140,28 @@ class Layout:
 class PairFlows:
     """The source flow of (frame, keyframe) pairs of one window, estimated once per pair and
     flow setting however many stages read it. Pairs named :meth:`ahead` (by a stage's plan,
-    before the window is denoised) are estimated in ``pool``'s thread while the model works, so
-    that it does not wait for the flow; a pair asked for without that is estimated in the
-    caller's thread (``inline`` counts them)."""
+    before the window is denoised) are estimated in the flow thread while the model works
+    (:func:`~videdit.video.flow.compute_flows_ahead`), so that it does not wait for the flow; a
+    pair asked for without that is estimated in the caller's thread (``inline`` counts them)."""
 
-    def __init__(self, cache_dir, device=None, pool: ThreadPoolExecutor | None = None):
-        self.cache_dir, self.device, self.pool = cache_dir, device, pool   # device: a learned flow's (RAFT)
+    def __init__(self, cache_dir, device=None):
+        self.cache_dir, self.device = cache_dir, device   # device: a learned flow's (RAFT)
         self.flows: dict[tuple, Flows | Future] = {}
         self.inline = 0
-
-    def _estimate(self, config: FlowConfig, source_g: np.ndarray, source_a: np.ndarray) -> Flows:
-        return compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir, device=self.device)
 
     def ahead(self, config: FlowConfig, pairs: Sequence[tuple[int, int, np.ndarray, np.ndarray]]) -> None:
         """Start estimating each (g, a, source_g, source_a) pair not yet estimated or started."""
         for g, a, source_g, source_a in pairs:
-            if (config, g, a) not in self.flows and self.pool is not None:
-                self.flows[config, g, a] = self.pool.submit(self._estimate, config, source_g, source_a)
+            if (config, g, a) not in self.flows:
+                self.flows[config, g, a] = compute_flows_ahead(np.stack([source_g, source_a]), config,
+                                                               cache_dir=self.cache_dir, device=self.device)
 
     def __call__(self, config: FlowConfig, g: int, a: int, source_g: np.ndarray, source_a: np.ndarray) -> Flows:
         key = (config, g, a)
         if key not in self.flows:
             self.inline += 1
-            self.flows[key] = self._estimate(config, source_g, source_a)
+            self.flows[key] = compute_flows(np.stack([source_g, source_a]), config, cache_dir=self.cache_dir,
+                                            device=self.device)
         flows = self.flows[key]
         if isinstance(flows, Future):   # started ahead: its error, if any, is raised here
             flows = self.flows[key] = flows.result()
@@ -191,7 +190,6 @@ class Keyframes(TemporalModule):
         self.between_attend_self = False          # a stage replaces the frames between during denoising
         self._layout: tuple[int, Layout] | None = None   # (window start, layout) of the current window
         self.pair_flows: PairFlows | None = None          # the current window's (frame, keyframe) flows
-        self.flow_thread: ThreadPoolExecutor | None = None   # where they are estimated ahead (PairFlows.ahead)
         # a split clip's window groups (videdit.split): each window's keyframes as the first pass chose
         # them (window start -> Layout); the model edits only the frames between, each attending to itself
         self.frozen_layouts: dict[int, Layout] | None = None
@@ -260,9 +258,7 @@ class Keyframes(TemporalModule):
     def flows(self, ctx: TemporalContext) -> PairFlows:
         """The current window's (frame, keyframe) flows, shared by the stages that read them."""
         if self.pair_flows is None:
-            if self.flow_thread is None:   # one thread for the edit (it ends when the module is collected)
-                self.flow_thread = ThreadPoolExecutor(1, thread_name_prefix="videdit-flow")
-            self.pair_flows = PairFlows(ctx.cache_dir, getattr(ctx.model, "device", None), self.flow_thread)
+            self.pair_flows = PairFlows(ctx.cache_dir, getattr(ctx.model, "device", None))
         return self.pair_flows
 
     def flows_ahead(self, ctx: TemporalContext, config: FlowConfig, window: Window,
