@@ -542,14 +542,14 @@ def _pil(frames):
     return [Image.fromarray(f) for f in frames]
 
 
-def _pipeline(cls, directory: Path, **kw):
+def _pipeline(cls, directory: Path, device="cpu", dtype=None, **kw):
     pipe = cls.from_pretrained(directory, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
                                **kw)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(device, dtype)
 
 
-def diffusers_ledits(directory: Path, frames, steps: int):
+def diffusers_ledits(directory: Path, frames, steps: int, device="cpu", dtype=None):
     import torch
     from diffusers import DDIMScheduler, LEditsPPPipelineStableDiffusion
 
@@ -560,7 +560,7 @@ def diffusers_ledits(directory: Path, frames, steps: int):
         def add_noise(self, original_samples, noise, timesteps):
             return super().add_noise(original_samples, noise, timesteps.long())
 
-    pipe = _pipeline(LEditsPPPipelineStableDiffusion, directory)
+    pipe = _pipeline(LEditsPPPipelineStableDiffusion, directory, device, dtype)
     pipe.scheduler = IntTimestepDDIM.from_config(pipe.scheduler.config)  # DDIM: edit-friendly DDPM, as ours
     images = _pil(frames)
 
@@ -573,11 +573,11 @@ def diffusers_ledits(directory: Path, frames, steps: int):
     return pipe.unet, run
 
 
-def diffusers_diffedit(directory: Path, frames, steps: int):
+def diffusers_diffedit(directory: Path, frames, steps: int, device="cpu", dtype=None):
     import torch
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
 
-    pipe = _pipeline(StableDiffusionDiffEditPipeline, directory)
+    pipe = _pipeline(StableDiffusionDiffEditPipeline, directory, device, dtype)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     images, n = _pil(frames), len(frames)
@@ -595,11 +595,12 @@ def diffusers_diffedit(directory: Path, frames, steps: int):
     return pipe.unet, run
 
 
-def diffusers_pix2pix_zero(directory: Path, frames, steps: int):
+def diffusers_pix2pix_zero(directory: Path, frames, steps: int, device="cpu", dtype=None):
     import torch
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPix2PixZeroPipeline
 
-    pipe = _pipeline(StableDiffusionPix2PixZeroPipeline, directory, caption_generator=None, caption_processor=None)
+    pipe = _pipeline(StableDiffusionPix2PixZeroPipeline, directory, device, dtype, caption_generator=None,
+                     caption_processor=None)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     images = _pil(frames)
@@ -612,58 +613,76 @@ def diffusers_pix2pix_zero(directory: Path, frames, steps: int):
     return pipe.unet, run
 
 
+def peer_rows(directory: Path, model, frames, steps: int, repeats: int) -> list[tuple]:
+    """(task, videdit's name for it, diffusers s, its UNet rows, videdit s, its UNet rows, diffusers peak GPU
+    MiB, videdit peak GPU MiB) of each peer task on ``frames``: diffusers' pipeline from ``directory`` and
+    videdit on ``model`` (the same weights), on ``model``'s device and dtype."""
+    import torch
+
+    from videdit.inversion import INVERSIONS
+    from videdit.pipeline import EditSettings, edit_frames, invert_frames
+
+    cuda = model.device.type == "cuda"
+
+    def ours(run, **settings):
+        s = EditSettings(steps=steps, batch_size=len(frames), **settings)
+        return lambda: run(model, frames, s)
+
+    def timed(fn, unet) -> tuple[float, int, float]:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        seconds, evals = best_of(fn, repeats, module=unet, device=model.device)
+        return seconds, evals, torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else float("nan")
+
+    concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": "noise"}
+    pairs = [
+        ("LEDITS++ invert+edit", diffusers_ledits, "ddpm + ledits",
+         ours(edit_frames, guidance=1.0, strength=1.0, inversion="ddpm",
+              inversion_params={"guidance": 1.0, "zero_last": False}, editor="ledits", editor_params=concept)),
+        ("DiffEdit mask+invert+edit", diffusers_diffedit, "ddim + diffedit",
+         ours(edit_frames, source_prompt=SOURCE, target_prompt=TARGET, guidance=7.5, inversion="ddim",
+              inversion_params={"guidance": 7.5}, editor="diffedit",
+              editor_params={"n_samples": 10, "mask_encode_strength": 0.5})),
+    ]
+    if "pix2pix_zero" in INVERSIONS:
+        pairs.append(("pix2pix-zero inversion", diffusers_pix2pix_zero, "pix2pix_zero inversion",
+                      ours(invert_frames, source_prompt=SOURCE, inversion="pix2pix_zero",
+                           inversion_params={"reference_size": 0})))
+    rows = []
+    for task, make_peer, ours_name, our_run in pairs:
+        try:
+            unet, peer = make_peer(directory, frames, steps, model.device, model.dtype)
+            peer_s, peer_evals, peer_mib = timed(peer, unet)
+        except Exception as e:  # a pipeline missing from this diffusers version
+            print(f"{task}: diffusers side failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            peer_s, peer_evals, peer_mib = float("nan"), 0, float("nan")
+        unet = peer = None   # the pipeline freed before ours runs
+        our_s, our_evals, our_mib = timed(our_run, model.unet)
+        rows.append((task, ours_name, peer_s, peer_evals, our_s, our_evals, peer_mib, our_mib))
+    return rows
+
+
 def peers(a) -> None:
     import warnings
 
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from videdit.inversion import INVERSIONS
     from videdit.models import load_model
     from videdit.models.tiny import save_tiny_random
-    from videdit.pipeline import EditSettings, edit_frames, invert_frames
 
     warnings.filterwarnings("ignore")
     diffusers_logging.set_verbosity_error()
     frames = load_frames(a.frames, a.size)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         directory = save_tiny_random(Path(tmp) / "tiny-random")
-        model = load_model(directory, device="cpu")
-
-        def ours(run, **settings):
-            s = EditSettings(steps=a.steps, batch_size=len(frames), **settings)
-            return lambda: run(model, frames, s)
-
-        concept = {"concepts": [{"text": CONCEPT, "scale": 5.0}], "threshold": 0.9, "masking": "noise"}
-        pairs = [
-            ("LEDITS++ invert+edit", diffusers_ledits, "ddpm + ledits",
-             ours(edit_frames, guidance=1.0, strength=1.0, inversion="ddpm",
-                  inversion_params={"guidance": 1.0, "zero_last": False}, editor="ledits", editor_params=concept)),
-            ("DiffEdit mask+invert+edit", diffusers_diffedit, "ddim + diffedit",
-             ours(edit_frames, source_prompt=SOURCE, target_prompt=TARGET, guidance=7.5, inversion="ddim",
-                  inversion_params={"guidance": 7.5}, editor="diffedit",
-                  editor_params={"n_samples": 10, "mask_encode_strength": 0.5})),
-        ]
-        if "pix2pix_zero" in INVERSIONS:
-            pairs.append(("pix2pix-zero inversion", diffusers_pix2pix_zero, "pix2pix_zero inversion",
-                          ours(invert_frames, source_prompt=SOURCE, inversion="pix2pix_zero",
-                               inversion_params={"reference_size": 0})))
-        for task, make_peer, ours_name, our_run in pairs:
-            try:
-                unet, peer = make_peer(directory, frames, a.steps)
-                peer_s, peer_evals = best_of(peer, a.repeats, module=unet)
-            except Exception as e:  # a pipeline missing from this diffusers version
-                print(f"{task}: diffusers side failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-                peer_s, peer_evals = float("nan"), 0
-            our_s, our_evals = best_of(our_run, a.repeats, module=model.unet)
-            rows.append((task, ours_name, peer_s, peer_evals, our_s, our_evals))
+        rows = peer_rows(directory, load_model(directory, device="cpu"), frames, a.steps, a.repeats)
     n = a.frames
     print(f"tiny-random, {n} frames of wolf.mp4 at {a.size}x{a.size}, {a.steps} steps, "
           f"{torch.get_num_threads()} CPU thread(s), best of {a.repeats}")
     table = Table(("task", "<28"), ("videdit", "<24"), ("diffusers s/f", ">14.3f"), ("videdit s/f", ">13.3f"),
                   ("ratio", ">7.2f"), ("evals/f d", ">11.0f"), ("evals/f v", ">11.0f"))
-    for task, name, ps, pe, vs, ve in rows:
+    for task, name, ps, pe, vs, ve, _, _ in rows:
         table.row(task, name, ps / n, vs / n, vs / ps, pe / n, ve / n)
     print("ratio = videdit time / diffusers time (< 1: videdit faster)")
 

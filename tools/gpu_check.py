@@ -18,7 +18,9 @@ Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerat
 (videdit at 8 frames per UNet call against the same loop written with diffusers' own
 DDIMInverseScheduler/DDIMScheduler, ``tools/bench.py loop``'s); prompt-to-prompt; a clip edited
 with keyframes (flow, guided pixels; and bilateral pixels, only the keyframes through the
-model); the seven video presets in configs/. Ratios are side by side in the same run.
+model); diffusers' LEDITS++, DiffEdit and pix2pix-zero pipelines beside videdit's same work
+(``tools/bench.py peers``'s, 2 frames, with peak GPU memory); the seven video presets in
+configs/. Ratios are side by side in the same run.
 
 Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
 shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:
@@ -177,6 +179,14 @@ def timing(model_dir: Path, args) -> dict:
                              steps=args.steps))
         print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
         out[dtype] = row
+    for dtype in args.dtypes[:1] if args.peers else ():   # diffusers' own pipelines for the same work, 2 frames
+        model = load_model(model_dir, device=args.device, dtype=dtype)
+        for task, name, ps, _, vs, _, pm, vm in bench.peer_rows(model_dir, model, bench.load_frames(2, args.size),
+                                                                args.steps, repeats=1):
+            row = {f"{task}: diffusers (s/frame)": ps / 2, f"{task}: videdit {name} (s/frame)": vs / 2,
+                   f"{task}: diffusers peak (MiB)": pm, f"{task}: videdit peak (MiB)": vm}
+            print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            out[dtype].update(row)
     for dtype in args.dtypes[:1] if args.presets else ():  # the shipped presets, as `--config` runs them
         model = load_model(model_dir, device=args.device, dtype=dtype)
         for name in PRESETS:
@@ -338,6 +348,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8, help="frames per timing run")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"])
+    p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time diffusers' LEDITS++, DiffEdit and pix2pix-zero pipelines beside videdit's "
+                        "(first dtype, 2 frames)")
     p.add_argument("--presets", action=argparse.BooleanOptionalAction, default=True,
                    help="also time configs/{%s}.yaml (first dtype only)" % ",".join(PRESETS))
     p.add_argument("--sections", nargs="+", choices=["correctness", "timing", "exactness", "speed"],
