@@ -77,3 +77,25 @@ def test_an_error_in_the_flow_thread_is_raised_in_the_edit(tiny, monkeypatch):
     monkeypatch.setattr(flow, "compute_flows", broken)   # what the flow thread runs
     with pytest.raises(RuntimeError, match="flow failed"):
         edit_two_windows(tiny, sliding_texture(10), {"keyframes": {"every": 3}, "pixels_warp": {}})
+
+
+def test_rerenders_keyframe_pairs_are_started_at_the_keyframes_first_pass(tiny, monkeypatch):
+    """Shape-aware fusion's pair and pixel-aware fusion's (previous and first keyframe to this one)
+    are estimated in the flow thread from the keyframe's direct pass on; none in the edit's thread
+    while keyframes are sampled (Ebsynth's chains, after them, read their flows where they go)."""
+    from tests.video.test_rerender import run
+    from videdit.toy import sample_clip
+    from videdit.video import rerender
+
+    inline = []
+    estimate = rerender.compute_flows
+
+    def where(*args, **kwargs):
+        inline.append(threading.current_thread().name)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(rerender, "compute_flows", where)
+    _, module = run(tiny, sample_clip(0, "translate", 8).frames[:7], steps=4)
+    assert [(p.frame, p.kind) for p in module.passes] == [(0, "first"), (1, "direct"), (1, "fused"), (6, "direct"),
+                                                         (6, "fused")]
+    assert inline == [] and module._ahead == {}   # every pair started ahead was read

@@ -77,7 +77,7 @@ from videdit.masks import gaussian_blur
 from videdit.registry import departs
 from videdit.video.cross_frame import AnchorStore, CrossFrameAttention
 from videdit.video.ebsynth import EbsynthConfig, Exemplar, edges, positional_ramp
-from videdit.video.flow import FlowConfig, Flows, compute_flows
+from videdit.video.flow import FlowConfig, Flows, compute_flows, compute_flows_ahead
 from videdit.video.module import TemporalContext, TemporalModule, TemporalPlan, Window, register_temporal
 
 NAME = "rerender"
@@ -439,6 +439,7 @@ class Rerender(TemporalModule):
         self.ctx: TemporalContext | None = None
         self.passes: list[KeyframePass] = []       # this window's passes (their steps, for tests and reports)
         self._flows: dict = {}
+        self._ahead: dict = {}   # (a, b) -> the pair's flows started in the flow thread at b's first pass
         self._noise: dict[int, torch.Tensor] = {}
         self._span: dict | None = None             # finish_clip's carried choice mask
         self._ebsynth = config.ebsynth_config()
@@ -487,6 +488,11 @@ class Rerender(TemporalModule):
             raise VideditError(f"{NAME}: keyframe {g} needs clip frame 0 translated first; edit the clip from its "
                                f"start")
         self.ctx, self.current_source = ctx, window.frames[g - window.start]
+        if kind == "direct":   # the pairs its passes read, estimated while its first steps denoise
+            for anchor in (self.shape_anchor(), *((self.previous, self.first) if self.config.pixel_fusion else ())):
+                if (anchor["frame"], g) not in self._ahead:
+                    self._ahead[anchor["frame"], g] = compute_flows_ahead(
+                        np.stack([anchor["source"], self.current_source]), self.flow, device=ctx.model.device)
         if kind == "fused":
             self.fusion = self._fusion(window, g, ctx)
         layers = choose_layers(ctx.model.unet, patterns(NAME, "layers", self.config.layers), NAME, "layers",
@@ -539,7 +545,10 @@ class Rerender(TemporalModule):
         """Flow from frame ``b`` back to ``a`` (B, 2, H, W) and ``b`` 's pixels ``a`` does not see (B, 1, H, W)."""
         key = (a, b)
         if key not in self._flows:
-            flows: Flows = compute_flows(np.stack([source_a, source_b]), self.flow, device=like.device)
+            ahead = self._ahead.pop(key, None)
+            flows: Flows = ahead.result() if ahead is not None else compute_flows(
+                np.stack([source_a, source_b]), self.flow, device=like.device)
+            self._ahead = {k: v for k, v in self._ahead.items() if k[1] == b}
             fwd = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]    # (1, 2, H, W) a -> b
             bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]   # (1, 2, H, W) b -> a
             self._flows = {k: v for k, v in self._flows.items() if k[1] == b}   # this keyframe's pairs only
