@@ -15,6 +15,19 @@ from videdit.video.keyframes import PairFlows
 from tests.video.clips import SOURCE, TARGET, sliding_texture
 
 
+def estimating_threads(monkeypatch, *modules) -> list[str]:
+    """The names of the threads that call ``compute_flows`` (as ``modules`` name it), in the order they call."""
+    names, estimate = [], flow.compute_flows
+
+    def where(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return estimate(*args, **kwargs)
+
+    for module in modules:
+        monkeypatch.setattr(module, "compute_flows", where, raising=False)
+    return names
+
+
 def edit_two_windows(tiny, frames, temporal) -> np.ndarray:
     s = EditSettings(source_prompt=SOURCE, target_prompt=TARGET, steps=2, guidance=7.5, temporal=temporal)
     stack = s.temporal_stack()
@@ -56,16 +69,10 @@ def test_every_pair_is_started_ahead_and_gives_the_same_frames(tiny, monkeypatch
 @pytest.mark.parametrize("temporal", [{"keyframes": {"every": 3}, "keyframe_flow": {}, "pixels_guided": {}},
                                       {"flow_propagation": {}}], ids=["keyframe stages", "flow_propagation"])
 def test_no_flow_is_estimated_in_the_edits_thread(tiny, monkeypatch, temporal):
-    threads = []
-    estimate = flow.compute_flows
+    import videdit.video.flow_propagation
+    import videdit.video.keyframes
 
-    def where(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return estimate(*args, **kwargs)
-
-    monkeypatch.setattr(flow, "compute_flows", where)
-    for module in ("keyframes", "flow_propagation"):   # their own names for it, if they estimate in place
-        monkeypatch.setattr(f"videdit.video.{module}.compute_flows", where, raising=False)
+    threads = estimating_threads(monkeypatch, flow, videdit.video.keyframes, videdit.video.flow_propagation)
     edit_two_windows(tiny, sliding_texture(10), temporal)
     assert len(threads) >= 2 and all(t.startswith("videdit-flow") for t in threads), threads
 
@@ -87,15 +94,9 @@ def test_rerenders_keyframe_pairs_are_started_at_the_keyframes_first_pass(tiny, 
     from videdit.toy import sample_clip
     from videdit.video import rerender
 
-    inline = []
-    estimate = rerender.compute_flows
-
-    def where(*args, **kwargs):
-        inline.append(threading.current_thread().name)
-        return estimate(*args, **kwargs)
-
-    monkeypatch.setattr(rerender, "compute_flows", where)
+    threads = estimating_threads(monkeypatch, flow, rerender)
     _, module = run(tiny, sample_clip(0, "translate", 8).frames[:7], steps=4)
     assert [(p.frame, p.kind) for p in module.passes] == [(0, "first"), (1, "direct"), (1, "fused"), (6, "direct"),
                                                          (6, "fused")]
-    assert inline == [] and module._ahead == {}   # every pair started ahead was read
+    assert len(threads) == 3 and all(t.startswith("videdit-flow") for t in threads), threads
+    assert module._ahead == {}   # every pair started ahead was read
