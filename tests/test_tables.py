@@ -23,11 +23,27 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
     assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
 
 
-@pytest.mark.parametrize("name, needs", [("text2video-zero-pose", "ControlNet"),
-                                         ("text2video-zero-depth", "ControlNet")])
-def test_presets_the_toy_model_cannot_run_say_what_they_need(name, needs):
-    with pytest.raises(VideditError, match=needs):
-        tables.preset_settings(name)
+def test_pose_and_depth_presets_run_the_toy_controlnets_on_each_clips_true_maps(tmp_path, monkeypatch):
+    """Their files' ControlNets become the toy model's pose and depth ones at the files' scale; each
+    clip's maps are written as a folder and given as ``--control KIND=FOLDER`` (2 steps, 2 frames);
+    without the toy ControlNet the row says what makes it."""
+    import cv2
+
+    from videdit import load_model
+    from videdit.control import controlnet
+
+    for kind in ("pose", "depth"):
+        s = tables.preset_settings(f"text2video-zero-{kind}")
+        assert s["given_control"] == (kind, [f"toy-{kind}=1.0"]) and "control" not in s
+    (clip,) = tables.toy_clips(0, 1, 2, ["translate"])
+    (row,) = tables.run_preset(tables.preset_settings("text2video-zero-depth", steps=2), [clip], load_model("toy"),
+                               tmp_path)
+    assert row["evals"] == 4.0 and len(row["ok"]) == 2   # no inversion: 2 guided steps
+    written = [cv2.imread(str(tmp_path / "clip0-depth" / f"{t:04d}.png"))[..., ::-1] for t in range(2)]
+    assert (written == clip.condition("depth")).all()
+    monkeypatch.setitem(controlnet.TOY_CONTROLNETS, "toy-pose", tmp_path / "none")
+    with pytest.raises(VideditError, match=r"needs the toy ControlNet toy-pose in .*--condition pose makes it"):
+        tables.preset_settings("text2video-zero-pose")
 
 
 def test_text2video_zero_runs_the_toy_instruct_pix2pix():

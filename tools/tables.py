@@ -43,8 +43,9 @@ the peak RSS of each run, measured by running it in a fresh process (``resource.
 ru_maxrss: Python, torch and the toy model included, about 0.5 GB). FateZero's layers, stated
 for SD 1.5, are taken at the toy UNet's scale (``TOY_SCALE``); Text2Video-Zero's InstructPix2Pix
 runs the toy model's (``toy-pix2pix``, ``tools/train_toy_pix2pix.py``) with the asked scene's
-caption as its instruction; the presets that need a ControlNet the toy model lacks (pose,
-depth) print why they cannot run. ``--guidance``/``--steps`` are toy
+caption as its instruction; its ControlNet variants run the toy model's canny, pose and depth
+ControlNets (``tools/train_toy_controlnet.py``), the pose and depth ones on each clip's true maps
+given as folders (a preset whose ControlNet is not there prints why it cannot run). ``--guidance``/``--steps`` are toy
 overrides for every preset, printed in the header.
 
 toy-video and temporal: warp error of each temporal mechanism (``MECHANISMS``) against
@@ -451,8 +452,10 @@ PRESETS = {
     "rerender": ("rerender", {"controlnet": "toy-canny"}),   # its edge ControlNet: the toy model's canny one
     "text2video-zero": ("text2video-zero", {"model": "toy-pix2pix"}),   # the toy model's InstructPix2Pix UNet
     "text2video-zero-canny": ("text2video-zero-canny", {"controlnet": "toy-canny"}),
-    "text2video-zero-pose": ("text2video-zero-pose", {}),
-    "text2video-zero-depth": ("text2video-zero-depth", {}),
+    # given maps: the toy clip's ground-truth pose or depth maps (videdit.toy.Clip.condition), the toy model's
+    # pose or depth ControlNet in the place of the file's
+    "text2video-zero-pose": ("text2video-zero-pose", {"controlnet": "toy-pose", "given": "pose"}),
+    "text2video-zero-depth": ("text2video-zero-depth", {"controlnet": "toy-depth", "given": "depth"}),
     "tokenflow-plus": ("tokenflow-plus", {}),
     "fatezero-replay": ("fatezero-replay", {}),
     "rerender-pull": ("rerender-pull", {}),
@@ -463,6 +466,8 @@ PAPERS = ("tokenflow", "fatezero", "rerender", "text2video-zero", "text2video-ze
           "text2video-zero-depth")
 TOY_SCALE = {"fatezero": "-I min_channels=128 -I max_tokens=64",
              "rerender, text2video-zero-canny": "the toy model's canny ControlNet (toy-canny) at the file's scale",
+             "text2video-zero-pose, -depth": "the toy model's pose and depth ControlNets (toy-pose, toy-depth) on "
+                                             "the clip's true pose and depth maps",
              "text2video-zero": "the toy model's InstructPix2Pix UNet (toy-pix2pix), the asked scene's caption as "
                                 "the instruction"}
 
@@ -480,17 +485,23 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
     if "model" in values and toy.get("model") is None:
         raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
                            "the toy model is a text-to-image model")
-    if "controlnet" in values and (toy.get("controlnet") is None
-                                   or any(not c.startswith("canny") for c in values["control"])):
-        raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the toy "
-                           "model on its condition")
     kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window")
           if k in values}
-    if "controlnet" in values:   # the toy model's canny ControlNet in its place, at the file's scale
-        from videdit.control.controlnet import pair_controls, parse_controlnet
+    if "controlnet" in values:   # the toy model's ControlNet in its place, at the file's scale
+        from videdit.control.controlnet import TOY_CONTROLNETS, pair_controls, parse_controlnet
 
-        kw["control"] = pair_controls(values["control"], [f"{toy['controlnet']}={parse_controlnet(n)[1]}"
-                                                          for n in values["controlnet"]])
+        net = toy.get("controlnet")
+        if net is None:
+            raise VideditError(f"needs a ControlNet ({', '.join(values['controlnet'])}); none is trained for the "
+                               "toy model on its condition")
+        if not (TOY_CONTROLNETS[net] / "config.json").exists():
+            raise VideditError(f"needs the toy ControlNet {net} in {TOY_CONTROLNETS[net]} "
+                               f"(tools/train_toy_controlnet.py --condition {net.removeprefix('toy-')} makes it)")
+        nets = [f"{net}={parse_controlnet(n)[1]}" for n in values["controlnet"]]
+        if "given" in toy:   # the maps are each clip's own: run_preset writes them and pairs them
+            kw["given_control"] = (toy["given"], nets)
+        else:
+            kw["control"] = pair_controls(values["control"], nets)
     kw.update({"token_merging": values["tome"]} if "tome" in values else {})
     kw.update({"feature_cache": values["deepcache"]} if "deepcache" in values else {})
     kw["toy_model"] = toy.get("model", "toy")   # the toy model in the place of the file's model
@@ -548,12 +559,19 @@ def what_is_found(frame: np.ndarray, clip, t: int) -> str:
     return f"{colour} {found[0].shape} IoU {mask_iou(found[0].mask, clip.masks[t, 0]):.2f}"
 
 
+def write_frames(folder: Path, frames: np.ndarray) -> None:
+    """``frames`` (T, H, W, 3) RGB as ``folder``/0000.png ..."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{t:04d}.png"), f[..., ::-1])
+
+
 def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
     """Edit every clip with ``settings``: per clip, its warp error along the ground-truth flow,
     the frames whose colour edit succeeded, the background change and the UNet evaluations
     (rows through the UNet: a guided step of one frame is two) per output frame."""
-    import cv2
-
     from bench import rows_through
     from videdit import edit_video
     from videdit.io import ReadOptions
@@ -563,12 +581,16 @@ def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
     settings = dict(settings)
     settings.pop("toy_model", None)   # the caller loaded it
     suffix = settings.pop("target_suffix", "")
+    given, nets = settings.pop("given_control", (None, []))
     out = []
     for i, clip in enumerate(clips):
         frames_dir = folder / f"clip{i}"
-        frames_dir.mkdir(parents=True, exist_ok=True)
-        for t, f in enumerate(clip.frames):
-            cv2.imwrite(str(frames_dir / f"{t:04d}.png"), f[..., ::-1])
+        write_frames(frames_dir, clip.frames)
+        if given:   # the clip's true maps, as a user gives them: --control KIND=FOLDER
+            from videdit.control.controlnet import pair_controls
+
+            write_frames(folder / f"clip{i}-{given}", clip.condition(given))
+            settings["control"] = pair_controls([f"{given}={folder / f'clip{i}-{given}'}"], nets)
         prompt, colour = recoloured(clip)
         t0 = time.perf_counter()
         with rows_through(model.unet) as rows:

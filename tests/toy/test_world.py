@@ -136,3 +136,38 @@ def test_bad_input_raises():
         sample_clip(0, "shear")
     with pytest.raises(VideditError):
         classify_colour(np.zeros((8, 8, 3), np.float32), np.ones((8, 8), bool))
+
+
+def test_depth_maps_are_the_objects_silhouettes_nearest_in_front():
+    """Inverse depth (near bright, as MiDaS): a floor ramp 0 -> 60 down the rows, the front object 255
+    and the one behind it 190, on exactly the visible object pixels of every frame."""
+    clip = sample_clip(np.random.default_rng(4), "occlude", 5)
+    depth = clip.condition("depth")
+    assert depth.shape == clip.frames.shape and depth.dtype == np.uint8
+    assert (depth[..., 0] == depth[..., 2]).all()
+    for t in range(len(depth)):
+        back, front = clip.masks[t]
+        d = depth[t, ..., 0].astype(int)
+        assert np.median(d[front]) == 255 and np.median(d[back]) == 190
+        floor = cv2.dilate((back | front).astype(np.uint8), np.ones((3, 3), np.uint8)) == 0   # off the edges
+        assert d[floor].max() <= 60 and d[0][floor[0]].max() <= 1 and d[-1][floor[-1]].min() >= 59
+        assert ((d >= 125) == (back | front)).mean() > 0.99
+
+
+@pytest.mark.parametrize("shape,limbs", [("circle", 8), ("square", 4), ("triangle", 3)])
+def test_pose_maps_draw_a_skeleton_of_limbs_from_the_centre(shape, limbs):
+    """One limb from the centre to each corner (a circle: 8 points of its rim), in OpenPose's limb
+    colours, a white joint at the centre; nothing of the object's fill or colour."""
+    from videdit.toy.world import pose_map, skeleton
+
+    obj = WorldObject(shape, "red", (32.0, 32.0), 12.0, 10.0 if shape != "circle" else 0.0)
+    assert len(skeleton(obj)) == limbs
+    pose = pose_map((obj,), 64)
+    assert pose[32, 32].min() >= 200                       # the white centre joint
+    for end in skeleton(obj):                                # each limb's end is drawn
+        x, y = np.floor(end).astype(int)
+        assert pose[y - 1:y + 2, x - 1:x + 2].max() >= 200
+    covered = pose.max(-1) > 40
+    mask = make_scene((obj,), ("gray",)).masks[0]
+    assert covered.sum() < 0.5 * mask.sum()                  # limbs, not the filled shape
+    assert len({tuple(c) for c in pose[covered & (pose.max(-1) >= 250)].tolist()}) >= 3

@@ -36,9 +36,12 @@ from videdit.core.conditioning import UnetCall, UnetInput
 from videdit.errors import VideditError
 
 TINY_CONTROLNET = "tiny-random"
-# the toy model's canny ControlNet (tools/train_toy_controlnet.py), package data beside the toy model
+# the toy model's ControlNets (tools/train_toy_controlnet.py --condition KIND), package data beside the toy
+# model: "toy-canny" (edges), "toy-depth", "toy-pose" (its world's depth and pose maps)
+TOY_CONTROLNETS = {f"toy-{kind}": Path(__file__).resolve().parents[1] / "toy" / f"controlnet-{kind}"
+                   for kind in ("canny", "depth", "pose")}
 TOY_CONTROLNET = "toy-canny"
-TOY_CONTROLNET_DIR = Path(__file__).resolve().parents[1] / "toy" / "controlnet-canny"
+TOY_CONTROLNET_DIR = TOY_CONTROLNETS[TOY_CONTROLNET]
 TINY_CONTROLNET_VERSION = "tiny-random-controlnet-v1"
 TINY_CONTROLNET_SEED = 1
 # ControlNet's condition encoder: 3 stride-2 convolutions (8x, the VAE's factor), narrow for tests
@@ -123,8 +126,9 @@ class LoadedControlNet:
 
 
 def load_controlnet(spec: str, model) -> LoadedControlNet:
-    """``spec``: "tiny-random" (tiny-random's ControlNet, :func:`tiny_controlnet`), "toy-canny" (the toy
-    model's, trained on canny edges of its world: ``tools/train_toy_controlnet.py``), a local diffusers
+    """``spec``: "tiny-random" (tiny-random's ControlNet, :func:`tiny_controlnet`), "toy-canny",
+    "toy-depth", "toy-pose" (the toy model's, trained on canny edges, depth or pose maps of its world:
+    ``tools/train_toy_controlnet.py``), a local diffusers
     ControlNet directory (``ControlNetModel.save_pretrained``) or a hub id (downloaded into the
     Hugging Face cache on first use) -> the ControlNet on ``model``'s device and dtype, refused in
     one line where it does not fit ``model``'s UNet (:func:`check_fits`)."""
@@ -134,7 +138,10 @@ def load_controlnet(spec: str, model) -> LoadedControlNet:
     if spec == TINY_CONTROLNET:
         net, fingerprint = tiny_controlnet(model.unet), TINY_CONTROLNET_VERSION
     else:
-        path = TOY_CONTROLNET_DIR if spec == TOY_CONTROLNET else Path(spec).expanduser()
+        path = TOY_CONTROLNETS.get(spec) or Path(spec).expanduser()
+        if spec in TOY_CONTROLNETS and not (path / "config.json").exists():
+            raise VideditError(f"{spec} is not in {path}: make it with tools/train_toy_controlnet.py --condition "
+                               f"{spec.removeprefix('toy-')} --export {path}")
         if not path.exists():
             if path.is_absolute() or spec.startswith(".") or spec.count("/") != 1:
                 raise VideditError(f"no ControlNet at {spec!r}: give a diffusers ControlNet directory, a hub id "

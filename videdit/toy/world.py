@@ -209,6 +209,19 @@ class Clip:
     caption: str = ""
     kind: str = ""
 
+    def objects_at(self, t: int) -> tuple[WorldObject, ...]:
+        """The objects as they are in frame ``t``."""
+        return tuple(m.at(o, t) for o, m in zip(self.objects, self.motions))
+
+    def condition(self, kind: str) -> np.ndarray:
+        """(T, H, W, 3) uint8 ``kind`` ("depth" or "pose") maps of every frame (:func:`depth_map`,
+        :func:`pose_map`)."""
+        draw = {"depth": depth_map, "pose": pose_map}.get(kind)
+        if draw is None:
+            raise VideditError(f"a toy clip draws depth or pose maps, not {kind!r}")
+        size = self.frames.shape[1]
+        return np.stack([draw(self.objects_at(t), size) for t in range(len(self.frames))])
+
 
 CLIP_KINDS: tuple[str, ...] = ("translate", "scale", "rotate", "occlude")
 
@@ -270,6 +283,55 @@ def render(
         img = img * (1.0 - a) + np.asarray(o.rgb, np.float32) * a
         vis[:i] *= 1.0 - cov[i]  # what is drawn later hides what is behind
     return np.clip(np.round(img), 0, 255).astype(np.uint8), vis
+
+
+# ---------------------------------------------------------------- conditions: depth and pose
+
+# Depth as MiDaS gives it (relative inverse depth, near = bright, as Text2Video-Zero's depth ControlNet
+# reads it): the objects are flat cards in front of a floor that comes nearer towards the bottom.
+_FLOOR_DEPTH = (0.0, 60.0)    # inverse depth at the top and bottom rows of the background
+_NEAREST_CARD = 255.0         # the front object's inverse depth; each object behind it is _CARD_STEP less
+_CARD_STEP = 65.0
+# Pose as OpenPose draws it (Text2Video-Zero's pose ControlNet reads these renderings): on black, each
+# object a skeleton of limbs from its centre to its corners (a circle: 8 points of its rim), each limb
+# in the next of OpenPose's limb colours, with a dot at every joint.
+_POSE_COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+                 (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255))
+_CIRCLE_SPOKES = 8
+_LIMB_WIDTH = 1.0             # pixels at the map's size
+_JOINT_RADIUS = 1.5
+
+
+def depth_map(objects: tuple[WorldObject, ...], size: int, supersample: int = 4) -> np.ndarray:
+    """(H, W, 3) uint8 inverse depth of ``objects`` (back to front): a floor ramp, the front object
+    brightest, each one behind it darker; grey in three channels, anti-aliased as :func:`render`."""
+    ramp = np.linspace(*_FLOOR_DEPTH, size, dtype=np.float32)[:, None].repeat(size, 1)
+    depth = ramp
+    for i, o in enumerate(objects):
+        a = object_coverage(o, size, supersample)
+        depth = depth * (1.0 - a) + (_NEAREST_CARD - _CARD_STEP * (len(objects) - 1 - i)) * a
+    return np.repeat(np.clip(np.round(depth), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def skeleton(obj: WorldObject) -> np.ndarray:
+    """(K, 2) joints at the ends of ``obj``'s limbs (its corners; a circle's rim at 8 points), pixels."""
+    outline = obj.outline()
+    return outline[:: _CIRCLE_VERTICES // _CIRCLE_SPOKES] if obj.shape == "circle" else outline
+
+
+def pose_map(objects: tuple[WorldObject, ...], size: int, supersample: int = 4) -> np.ndarray:
+    """(H, W, 3) uint8 skeletons of ``objects`` on black (see :func:`skeleton`), anti-aliased."""
+    k, shift = supersample, 4
+    canvas = np.zeros((size * k, size * k, 3), np.uint8)
+    to_cv = lambda xy: tuple(np.round((np.asarray(xy) * k - 0.5) * (1 << shift)).astype(int))   # noqa: E731
+    for o in objects:
+        centre = to_cv(o.center)
+        for j, end in enumerate(skeleton(o)):
+            colour = _POSE_COLOURS[j % len(_POSE_COLOURS)]
+            cv2.line(canvas, centre, to_cv(end), colour, max(1, round(_LIMB_WIDTH * k)), cv2.LINE_AA, shift)
+            cv2.circle(canvas, to_cv(end), round(_JOINT_RADIUS * k * (1 << shift)), colour, -1, cv2.LINE_AA, shift)
+        cv2.circle(canvas, centre, round(_JOINT_RADIUS * k * (1 << shift)), (255, 255, 255), -1, cv2.LINE_AA, shift)
+    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA) if k > 1 else canvas
 
 
 def _rng(seed: int | np.random.Generator) -> np.random.Generator:
