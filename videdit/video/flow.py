@@ -258,7 +258,7 @@ def compute_flows_ahead(frames: np.ndarray, config: FlowConfig = FlowConfig(), *
     """:func:`compute_flows` started in the flow thread (one per process, made on first use), so
     that it runs while the model denoises; ``.result()`` gives the flows or raises their error."""
     global _FLOW_THREAD
-    with _RAFT_LOCK:
+    with _FLOW_THREAD_LOCK:
         if _FLOW_THREAD is None:
             _FLOW_THREAD = ThreadPoolExecutor(1, thread_name_prefix="videdit-flow")
     return _FLOW_THREAD.submit(compute_flows, frames, config, **kwargs)
@@ -340,6 +340,7 @@ RAFT_CHECK = ("flow method 'raft' needs torchvision and a local weights file: pi
 _RAFT_NETS: dict = {}  # (weights digest, device) -> the loaded network, the latest only
 _RAFT_LOCK = threading.Lock()
 _FLOW_THREAD: ThreadPoolExecutor | None = None   # compute_flows_ahead's
+_FLOW_THREAD_LOCK = threading.Lock()
 
 
 def _check_raft(weights: str | None) -> None:
