@@ -161,7 +161,8 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGKILL"])   # SIGKILL with -m slow: the suite was at its 10-minute bound
 def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp_path, shared_data, runner):
     """Killed after its first job, while a later one runs (6 frames in windows of 2; the signal lands
     while an output streams where the poll sees its temporary): every output there is whole, all but

@@ -24,6 +24,7 @@ def test_matches_diffusers_ddim_inverse_scheduler(tiny, wolf_frames):
     assert inv.unet_evals == 20
 
 
+@pytest.mark.slow   # 6 s; the suite was at its 10-minute bound (the toy model's DDIM bound stays: test_toy_model.py)
 def test_reconstruction_error_shrinks_with_steps(tiny, wolf_frames):
     """tiny-random's noise predictions are not smooth in t, so DDIM's reconstruction is only
     approximate; it must get better as the steps get finer (measured 0.54, 0.24, 0.069 on the

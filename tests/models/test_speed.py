@@ -31,9 +31,9 @@ def compiled():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("kw", [{"editor": "prompt_to_prompt"},
-                                {"editor": "plug_and_play", "temporal": {"tokenflow": {}}, "feature_cache": 3}],
-                         ids=["p2p", "tokenflow with deepcache"])
+@pytest.mark.parametrize("kw", [{"editor": "prompt_to_prompt"}, pytest.param(
+    {"editor": "plug_and_play", "temporal": {"tokenflow": {}}, "feature_cache": 3}, marks=pytest.mark.slow)],
+                         ids=["p2p", "tokenflow with deepcache"])   # slow: the suite was at its 10-minute bound
 def test_compiled_parts_give_the_same_edit(tiny, compiled, wolf_frames, kw):
     """Attention processors, TokenFlow's ``norm1`` hook and DeepCache's shallow calls stay eager
     around the compiled forwards (Plug-and-Play's feature hook: the next test). Measured relative
