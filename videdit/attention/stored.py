@@ -21,6 +21,13 @@ from videdit.attention.processor import AttentionModule, AttnCall
 MAPS, QUERIES, KEYS, ANCHOR = "attn.", "attn_q.", "attn_k.", "anchor."
 
 
+def consecutive(frames) -> slice | None:
+    """``frames`` as a slice where they are consecutive (indexing with it gives a view), else None."""
+    if len(frames) and list(frames) == list(range(frames[0], frames[0] + len(frames))):
+        return slice(frames[0], frames[0] + len(frames))
+    return None
+
+
 class AttentionRecorder(AttentionModule):
     """``AttentionStore.forward`` during inversion: the conditional half's maps, or queries and
     keys (after the modules before it: the anchor's keys on anchored layers), of ``layers``
@@ -47,8 +54,9 @@ class AttentionRecorder(AttentionModule):
             self.extras[key] = torch.empty(self.n_steps, self.n_frames, *x.shape[1:], dtype=x.dtype,
                                            pin_memory=x.is_cuda)
         frames = call.info.frames
-        if self.queue_copies and x.is_cuda and frames == tuple(range(frames[0], frames[0] + len(frames))):
-            self.extras[key][call.info.step, frames[0]:frames[0] + len(frames)].copy_(x, non_blocking=True)
+        run = consecutive(frames)
+        if self.queue_copies and x.is_cuda and run is not None:
+            self.extras[key][call.info.step, run].copy_(x, non_blocking=True)
             self._copied = torch.cuda.Event()
             self._copied.record()
         else:
@@ -88,8 +96,7 @@ class StoredAttention:
         """(fb, heads, Tq, Tk): the maps of ``call.layer`` at ``call.info.step`` for ``frames``,
         stored or computed from the stored queries and keys (softmax(q k^T scale))."""
         step = call.info.step
-        if len(frames) and list(frames) == list(range(frames[0], frames[0] + len(frames))):   # a pinned slice
-            frames = slice(frames[0], frames[0] + len(frames))
+        frames = consecutive(frames) or frames   # a slice of a pinned store stays pinned
 
         def stored(key: str) -> torch.Tensor:   # from pinned memory the copy is queued on the GPU's stream
             return self.extras[key][step, frames].to(like, non_blocking=True)
