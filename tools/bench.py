@@ -80,6 +80,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,6 +348,37 @@ def ebsynth(a) -> None:
             seconds, _ = best_of(lambda: exemplar.synthesize(guides), a.repeats, device=device, warm=False)
             out, _ = exemplar.synthesize(guides)
             table.row(size, f"{iters[0]} x {iters[1]}", seconds, float(np.abs(out.astype(float) - frame).mean()))
+    if a.between:
+        ebsynth_between(a, device)
+
+
+def ebsynth_between(a, device) -> None:
+    """The whole stage on wolf's first 12 frames (keyframes 0, 1, 6, 11, their results the source
+    frames; 16 syntheses, 2 x 2 iterations): the source flows its chains read started ahead in the flow
+    thread (the default) against estimated in place, each where it is read."""
+    from videdit.video import rerender as rr
+    from videdit.video.module import Window
+
+    print("the frames between of 12 frames, keyframes 0, 1, 6, 11 (seconds of the stage)")
+    table = Table(("size", ">6"), ("flows ahead s", ">14.2f"), ("in place s", ">11.2f"), ("ratio", ">7.2f"))
+    ebsynth_options = {"search_vote_iters": 2, "patchmatch_iters": 2}
+    for size in a.sizes:
+        frames = load_frames(12, size)
+
+        def stage(ahead: bool) -> float:
+            module = rr.Rerender(rr.RerenderConfig(interval=5, ebsynth=ebsynth_options))
+            module.ctx = SimpleNamespace(model=SimpleNamespace(device=device))   # the exemplars' device
+            if not ahead:
+                module._start_between_flows = lambda window, pairs: None
+            for k in (0, 1, 6, 11):
+                module.results[k], module.sources[k] = frames[k], frames[k]
+            t = time.perf_counter()
+            module.finish_clip(Window(0, 12, frames, last=True))
+            return time.perf_counter() - t
+
+        stage(True)   # warm-up: the flow thread, DIS
+        best = {ahead: min(stage(ahead) for _ in range(a.repeats)) for ahead in (True, False)}
+        table.row(size, best[True], best[False], best[True] / best[False])
 
 
 # -- memory: peak memory against clip length ---------------------------------------------------
@@ -377,13 +409,17 @@ def read_preset(name: str) -> dict:
 # Each preset's run for the memory table on tiny-random (32/64/64 channels; 8x8 latents at 64 px): the model and
 # ControlNet it needs (tiny-pix2pix, tiny-random's ControlNet on canny edges), FateZero's layers at tiny-random's
 # scale (SD's >= 640 of 320/640/1280 channels and <= 32x32 of 64x64 latent tokens: >= 64 and <= 4x4),
-# TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's either way).
+# TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's either way),
+# the pose and depth variants' maps given as a file as a user gives them: the clip itself (tiny-random's ControlNet
+# reads any picture alike; the map is streamed with the frames as a real OpenPose or MiDaS rendering would be).
 PRESET_MEMORY = {
     "tokenflow": {"inversion_params": {"inversion_steps": "10x"}},
     "fatezero": {"inversion_params": {"min_channels": 64, "max_tokens": 16}},
     "rerender": {},
     "text2video-zero": {"model": "tiny-pix2pix"},
     "text2video-zero-canny": {"controlnet": ["tiny-random=1.0"]},
+    "text2video-zero-pose": {"controlnet": ["tiny-random=1.0"], "control": [f"pose={PORTRAIT}"]},
+    "text2video-zero-depth": {"controlnet": ["tiny-random=1.0"], "control": [f"depth={PORTRAIT}"]},
     "tokenflow-plus": {},
     "fatezero-replay": {},
     "rerender-pull": {},
@@ -405,7 +441,7 @@ def preset_run(name: str, steps: int, model: str) -> dict:
     if kw["inversion_params"].get("inversion_steps") == "10x":
         kw["inversion_params"]["inversion_steps"] = 10 * steps
     if kw.pop("controlnet", None):   # the preset's ControlNet, tiny-random's in its place
-        kw["control"] = pair_controls(kw.pop("control"), extra["controlnet"])
+        kw["control"] = pair_controls(extra.get("control") or kw.pop("control"), extra["controlnet"])
     suffix = kw.pop("target_suffix", "")
     kw["target_prompt"] = "a man, van gogh" + (f", {suffix}" if suffix else "")
     return kw
@@ -997,6 +1033,7 @@ def main() -> None:
     c = command("ebsynth", ebsynth, "seconds per frame of Rerender-A-Video's Ebsynth stage (videdit.video.ebsynth)",
                 repeats=1, device="auto")
     c.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    c.add_argument("--between", action="store_true", help="and the whole stage of 12 frames, flows ahead and in place")
     c = command("speed", speed, "seconds per frame of p2p after direct eager, with --channels-last and --compile "
                 "(compiling apart)", model="tiny-random", frames=4, size=128, steps=10, batch_size=4, repeats=2,
                 device="cpu", dtype="fp32")

@@ -100,3 +100,37 @@ def test_rerenders_keyframe_pairs_are_started_at_the_keyframes_first_pass(tiny, 
                                                          (6, "fused")]
     assert len(threads) == 3 and all(t.startswith("videdit-flow") for t in threads), threads
     assert module._ahead == {}   # every pair started ahead was read
+
+
+@pytest.mark.parametrize("propagate", ["ebsynth", "warp"])
+def test_rerenders_frames_between_read_flows_started_ahead(monkeypatch, propagate):
+    """The frames between keyframes (keyframes 0, 1, 6, 11 of 12 frames): every source flow the
+    Ebsynth chains read (8 forward steps, 8 backward) or the flow warp reads (2 keyframes onto each
+    of the 8 frames, and the 6 steps from a frame between that carry the span's choice, which the
+    Ebsynth stage reads from its forward chain) is estimated once, in the flow thread; the frames are
+    those of flows estimated in place."""
+    from videdit.video import rerender as rr
+    from videdit.video.rerender import RerenderConfig
+    from videdit.toy import sample_clip
+    from videdit.video.module import Window
+
+    monkeypatch.setattr(rr.Exemplar, "synthesize", lambda self, guides: (   # the keyframe's result, no error
+        self.style.permute(1, 2, 0).byte().numpy(), np.zeros(guides[0].shape[:2], np.float32)))
+    clip = sample_clip(0, "translate", 12).frames
+
+    def between():
+        module = rr.Rerender(RerenderConfig(interval=5, propagate=propagate, gradient_blend=False))
+        for k, colour in {0: 200, 1: 200, 6: 120, 11: 40}.items():
+            module.results[k], module.sources[k] = np.full_like(clip[k], colour), clip[k]
+        return module.finish_clip(Window(0, 12, clip, last=True)), module
+
+    threads = estimating_threads(monkeypatch, flow, rr)
+    ahead, module = between()
+    pairs = 16 + 6 * (propagate == "warp")
+    assert len(threads) == pairs and all(t.startswith("videdit-flow") for t in threads), threads
+    assert module._between_ahead == {}   # every pair started was read
+    monkeypatch.setattr(rr.Rerender, "_start_between_flows", lambda self, window, pairs: None)
+    threads.clear()
+    in_place, _ = between()
+    assert len(threads) == pairs and "videdit-flow" not in "".join(threads)
+    assert np.array_equal(ahead, in_place)

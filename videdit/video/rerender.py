@@ -448,6 +448,8 @@ class Rerender(TemporalModule):
         self._bwd_key: tuple[int, int] | None = None   # (keyframe, window start) of _bwd
         self._boundary: dict[int, EbsynthChain] = {}   # keyframe -> its backward chain at its window's start
         self._exemplars: dict[int, Exemplar] = {}  # the latest keyframes' Ebsynth sources
+        self._between_ahead: dict = {}   # (x, y) -> (flows of source x -> y started ahead, source x, source y)
+        self._last_pair: tuple | None = None       # (x, y, source x, source y, flows) read last
         self.syntheses = 0                         # Ebsynth runs (for tests and reports)
         self.chose_later: dict[int, float] = {}    # frame between -> share of pixels from the later keyframe
 
@@ -601,10 +603,10 @@ class Rerender(TemporalModule):
         first frame, for the second pass over the window before (which cannot see these frames)."""
         if self.config.propagate == "ebsynth":
             keys = sorted(self.results)
-            for b in keyframes_in(window, self.config.interval, self.config.last_keyframe):
-                i = keys.index(b)
-                if i == 0 or keys[i - 1] >= window.start - 1:    # no frame of the span in the windows before
-                    continue
+            spans = [b for b in keyframes_in(window, self.config.interval, self.config.last_keyframe)
+                     if keys.index(b) > 0 and keys[keys.index(b) - 1] < window.start - 1]   # reaching back
+            self._start_between_flows(window, [(g + 1, g) for b in spans for g in range(b - 1, window.start - 1, -1)])
+            for b in spans:
                 chain = self._chain_start(b)
                 for g in range(b - 1, window.start - 1, -1):
                     chain = self._chain_step(chain, g, window.frames[g - window.start])[0]
@@ -615,14 +617,13 @@ class Rerender(TemporalModule):
         """The window's output frames: keyframes' results, the frames between propagated (module doc)."""
         keys = sorted(self.results)
         out = window.frames.copy()
+        self._start_between_flows(window, self._between_pairs(window, keys))
         for g in window.indices:
             source = window.frames[g - window.start]
             if g in self.results:
                 out[g - window.start] = self.results[g]
                 continue
-            i = bisect.bisect_left(keys, g)
-            a = keys[i - 1] if i > 0 else None
-            b = keys[i] if i < len(keys) else None
+            a, b = self._neighbours(keys, g)
             if self.config.propagate == "warp":
                 ka = self._warp_key(g, source, a) if a is not None else None
                 kb = self._warp_key(g, source, b) if b is not None else None
@@ -630,7 +631,70 @@ class Rerender(TemporalModule):
                 ka = self._forward(g, source, a) if a is not None else None
                 kb = self._backward(window, g, b) if b is not None else None
             out[g - window.start] = self._between(g, source, a, b, ka, kb)
+        self._between_ahead, self._last_pair = {}, None
         return out
+
+    @staticmethod
+    def _neighbours(keys: list[int], g: int) -> tuple[int | None, int | None]:
+        """The keyframes before and after frame ``g`` (None at the clip's ends)."""
+        i = bisect.bisect_left(keys, g)
+        return (keys[i - 1] if i > 0 else None), (keys[i] if i < len(keys) else None)
+
+    def _between_pairs(self, window: Window, keys: list[int]) -> list[tuple[int, int]]:
+        """The (x, y) source flows finish_clip reads, in the order it reads them: per frame between, the
+        forward chain's step from g - 1 (which the span's carried choice reads again), and at a span's
+        first frame here the backward chain's steps from its later keyframe (or the kept state at the
+        window's end) down to it; with propagate="warp", each keyframe's warp onto the frame and the
+        step from g - 1 that carries the span's choice."""
+        end, pairs, spans = window.start + len(window.frames), [], set()
+        for g in window.indices:
+            if g in self.results:
+                continue
+            a, b = self._neighbours(keys, g)
+            if self.config.propagate == "warp":
+                pairs += [(g, k) for k in (a, b) if k is not None]
+                pairs += [(g - 1, g)] if a is not None and b is not None and g - 1 > a else []   # the carried choice
+                continue
+            if a is not None:
+                pairs.append((g - 1, g))
+            if b is not None and b not in spans:
+                spans.add(b)
+                pairs += [(f + 1, f) for f in range(min(b, end) - 1, max(g, window.start) - 1, -1)]
+        return pairs
+
+    def _start_between_flows(self, window: Window, pairs: list[tuple[int, int]]) -> None:
+        """Start the source flows of ``pairs`` in the flow thread, so that they are estimated while the
+        Ebsynth syntheses (on the model's device) run; a pair whose frame is not at hand here (a chain
+        carried from another window) is estimated where it is read."""
+        end = window.start + len(window.frames)
+        chains = [c for c in (self._fwd, *self._boundary.values()) if c is not None]
+
+        def source(i: int) -> np.ndarray | None:
+            if window.start <= i < end:
+                return window.frames[i - window.start]
+            return next((c.source for c in chains if c.frame == i), self.sources.get(i))
+
+        for x, y in pairs:
+            sx, sy = source(x), source(y)
+            if sx is not None and sy is not None and (x, y) not in self._between_ahead:
+                self._between_ahead[x, y] = (compute_flows_ahead(np.stack([sx, sy]), self.flow), sx, sy)
+
+    def _source_flows(self, x: int, y: int, source_x: np.ndarray, source_y: np.ndarray) -> Flows:
+        """Flows of source frame x -> y (two frames): started ahead where finish_clip named the pair and
+        the frames are these, else estimated here; the pair read last is kept (the span's carried
+        choice reads the forward chain's again)."""
+        def same(sx, sy):
+            return np.array_equal(sx, source_x) and np.array_equal(sy, source_y)
+
+        if self._last_pair is not None and self._last_pair[:2] == (x, y) and same(*self._last_pair[2:4]):
+            return self._last_pair[4]
+        ahead = self._between_ahead.pop((x, y), None)
+        if ahead is not None and same(*ahead[1:]):
+            flows = ahead[0].result()
+        else:
+            flows = compute_flows(np.stack([source_x, source_y]), self.flow)
+        self._last_pair = (x, y, source_x, source_y, flows)
+        return flows
 
     # the Ebsynth stage: video_blend.py process_one_sequence, one chain per keyframe and direction
 
@@ -643,7 +707,7 @@ class Rerender(TemporalModule):
         warped from chain.frame along the flow (nearest, the occluded pixels inpainted:
         ``TemporalGuide``, ``PositionalGuide``), then Ebsynth from the keyframe with the colour,
         edge, temporal and positional guides. -> (the chain at g, synthesis (H, W, 3) uint8, error (H, W))."""
-        flows = compute_flows(np.stack([chain.source, source]), self.flow)
+        flows = self._source_flows(chain.frame, g, chain.source, source)
         fwd = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]          # (1, 2, H, W) chain.frame -> g
         bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]         # (1, 2, H, W) g -> chain.frame
         hole = (backward_occlusion(fwd, bwd)[0, 0].numpy() * 255).astype(np.uint8)
@@ -696,7 +760,7 @@ class Rerender(TemporalModule):
 
     def _warp_key(self, g: int, source: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
         """``propagate="warp"``: keyframe ``a`` 's result warped onto frame g (H, W, 3) uint8 and its error (H, W)."""
-        flows = compute_flows(np.stack([source, self.sources[a]]), self.flow)
+        flows = self._source_flows(g, a, source, self.sources[a])
         flow = torch.from_numpy(flows.forward[0]).permute(2, 0, 1)[None]              # (1, 2, H, W) g -> a
         result = flow_warp(torch.from_numpy(self.results[a]).permute(2, 0, 1)[None].float(), flow)[0]
         seen = flow_warp(torch.from_numpy(self.sources[a]).permute(2, 0, 1)[None].float(), flow)[0]
@@ -722,7 +786,7 @@ class Rerender(TemporalModule):
             choose_b = ~(w1 * da < w2 * db)
         span = self._span
         if span is not None and span["keys"] == (a, b) and span["frame"] == g - 1:
-            flows = compute_flows(np.stack([span["source"], source]), self.flow)
+            flows = self._source_flows(g - 1, g, span["source"], source)
             bwd = torch.from_numpy(flows.backward[0]).permute(2, 0, 1)[None]          # (1, 2, H, W) g -> g-1
             carried = flow_warp(torch.from_numpy(span["mask"]).float()[None, None], bwd, mode="nearest")[0, 0]
             choose_b |= carried.numpy() > 0.5
