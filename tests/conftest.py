@@ -11,6 +11,11 @@ import torch
 SHARED_DATA = Path(os.environ.get("VIDEDIT_SHARED_DATA")
                    or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
+# Under pytest-xdist (`-n N`) the workers share the machine's cores: torch would give each of them all
+# of them, and N processes of that many threads each only wait on one another.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
