@@ -19,7 +19,9 @@ def test_preset_settings_read_the_file_with_toy_scale_and_overrides():
     assert (s["inversion"], s["editor"], s["steps"], s["guidance"], s["window"]) == ("fatezero", "fatezero", 50, 7.5, 8)
     assert s["inversion_params"] == {"anchor": "mid", "min_channels": 128, "max_tokens": 64}   # toy scale
     t = tables.preset_settings("tokenflow", guidance=4.0, steps=10)
-    assert (t["guidance"], t["steps"], t["inversion_params"]) == (4.0, 10, {"inversion_steps": 500})
+    assert (t["guidance"], t["steps"], t["seed"]) == (4.0, 10, 1)
+    assert t["inversion_params"] == {"inversion_steps": 500, "start_noise": "renoised"}
+    assert s["toy_model"] == t["toy_model"] == "toy"   # in the place of SD 1.4 and 2.1-base
     assert t["negative_prompt"].startswith("ugly, blurry") and t["temporal"] == {"tokenflow": {"batch_size": 8}}
 
 

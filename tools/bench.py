@@ -911,8 +911,9 @@ def count_cases(size: int, steps: int) -> dict[str, dict]:
                 kw[keyword] = kw.pop(key)
         if "target_suffix" in kw:
             kw["target_prompt"] = f"{COUNT_TARGET}, {kw.pop('target_suffix')}"
-        if kw.pop("model", None) is not None or kw.get("editor") == "instruct_pix2pix":
-            kw["model"] = "tiny-pix2pix"   # the one preset naming a model names InstructPix2Pix's
+        kw.pop("model", None)   # tiny-random in the place of the file's, tiny-pix2pix of InstructPix2Pix
+        if kw.get("editor") == "instruct_pix2pix":
+            kw["model"] = "tiny-pix2pix"
         nets = kw.pop("controlnet", [])
         kw.pop("control", None)
         if nets:

@@ -192,6 +192,7 @@ def timing(model_dir: Path, args) -> dict:
         for name in PRESETS:
             values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
             values.pop("window", None)   # video_run edits its frames in one window
+            values.pop("model", None)    # the SD 1.5-architecture model built here in the place of the file's
             if "negative" in values:     # the CLI's name for it
                 values["negative_prompt"] = values.pop("negative")
             row = video_run(f"preset {name}", model, args, **values)

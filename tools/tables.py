@@ -446,9 +446,9 @@ def temporal(a) -> None:
 # papers' presets first, at their files' settings; then videdit's variants. FateZero's layer choice is
 # stated for SD 1.5 (<= 32x32 query tokens of its 64x64 latents, >= 640 of its 320/640/1280 channels);
 # on the toy UNet (16x16 latents, 64/128 channels) the same layers are <= 8x8 and >= 128 (toy scale).
-PRESETS = {
-    "tokenflow": ("tokenflow", {}),
-    "fatezero": ("fatezero", {"inversion_params": {"min_channels": 128, "max_tokens": 64}}),
+PRESETS = {   # "model": the toy model in the place of the file's (Stable Diffusion 2.1-base, 1.4; InstructPix2Pix)
+    "tokenflow": ("tokenflow", {"model": "toy"}),
+    "fatezero": ("fatezero", {"model": "toy", "inversion_params": {"min_channels": 128, "max_tokens": 64}}),
     "rerender": ("rerender", {"controlnet": "toy-canny"}),   # its edge ControlNet: the toy model's canny one
     "text2video-zero": ("text2video-zero", {"model": "toy-pix2pix"}),   # the toy model's InstructPix2Pix UNet
     "text2video-zero-canny": ("text2video-zero-canny", {"controlnet": "toy-canny"}),
@@ -483,8 +483,7 @@ def preset_settings(name: str, guidance: float | None = None, steps: int | None 
     file, toy = PRESETS[name]
     values = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{file}.yaml").read_text())
     if "model" in values and toy.get("model") is None:
-        raise VideditError(f"needs {values['model']} (an InstructPix2Pix model: an 8-channel UNet); "
-                           "the toy model is a text-to-image model")
+        raise VideditError(f"needs {values['model']}, for which the table names no toy model")
     kw = {k: values[k] for k in ("inversion", "editor", "steps", "guidance", "seed", "strength", "window")
           if k in values}
     if "controlnet" in values:   # the toy model's ControlNet in its place, at the file's scale

@@ -27,6 +27,7 @@ KINDS = ("translate", "scale", "rotate", "occlude")
 def preset(name: str) -> dict:
     values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     values.pop("window", None)
+    values.pop("model", None)   # the toy model in its place
     return values
 
 

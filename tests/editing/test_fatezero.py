@@ -210,7 +210,9 @@ def test_fusion_acts_on_the_layers_of_at_most_max_tokens(tiny, clip, inverted):
     assert fused["FuseCross"] == {n for n, (h, w) in grids.items() if h * w <= 64 and n.endswith("attn2.processor")}
     assert len(fused["FuseSelf"]) == 4 and NARROW not in fused["FuseSelf"]
     self_steps = {type(m).__name__: m.steps for m in modules if hasattr(m, "steps")}
-    assert self_steps == {"FuseSelf": range(0, 3), "FuseCross": range(0, 3)}   # int(0.8 * 4): the edit's 0.8
+    # the edit's 0.8: self-attention int(0.8 * 4) steps (attention_util.py), cross-attention int(0.8 * 5)
+    # (ptp_utils.get_time_words_attention_alpha: steps + 1 alpha rows)
+    assert self_steps == {"FuseSelf": range(0, 3), "FuseCross": range(0, 4)}
     only_mid = dataclasses.replace(s, editor_params={"max_tokens": 16})      # SD's 8x8 mid block, scaled
     fused, _, _ = fused_layers(tiny, inv, only_mid)
     assert fused["FuseSelf"] == {"mid_block.attentions.0.transformer_blocks.0.attn1.processor"}

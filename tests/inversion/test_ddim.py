@@ -110,3 +110,26 @@ def test_inversion_steps_is_tokenflows_preprocess(tiny, wolf_frames):
     torch.testing.assert_close(inv.trajectory[-1], inv.source)
     with pytest.raises(Exception, match="inversion_steps 30 does not pass through the edit's 10 timesteps"):
         invert_frames(tiny, wolf_frames[:1], dataclasses.replace(s, inversion_params={"inversion_steps": 30}))
+
+
+def test_renoised_start_is_tokenflows(tiny, wolf_frames):
+    """``start_noise="renoised"`` (TokenFlow: preprocess.py inverts on to the top of its schedule,
+    run_tokenflow_pnp.py starts from add_noise(z0, get_ddim_eps(z0), timesteps[0])): a 10-step edit
+    inverted through 20 steps carries the inversion on from 901 to 951, one more evaluation, and
+    starts from z0 noised to 901 with the 951 latent's noise; the source's latents stay the plain
+    inversion's. Without a finer schedule there is no step on and the start is the inverted latent."""
+    renoised = {"inversion_steps": 20, "start_noise": "renoised"}
+    inv = invert_frames(tiny, wolf_frames[:1], EditSettings(steps=10, inversion_params=renoised))
+    plain = invert_frames(tiny, wolf_frames[:1], EditSettings(steps=10, inversion_params={"inversion_steps": 20}))
+    fine = invert_frames(tiny, wolf_frames[:1], EditSettings(steps=20))    # trajectory[0]: the latent at 951
+    assert torch.equal(inv.trajectory, plain.trajectory) and inv.unet_evals == plain.unet_evals + 1
+    acp = EditSettings(steps=10).schedule(tiny.scheduler_config).alphas_cumprod
+    z0 = inv.source.double()
+    eps = (fine.trajectory[0].double() - acp[951].sqrt() * z0) / (1 - acp[951]).sqrt()
+    torch.testing.assert_close(inv.noise.double(), acp[901].sqrt() * z0 + (1 - acp[901]).sqrt() * eps,
+                               rtol=0, atol=1e-5)
+    assert rel_error(inv.noise, inv.trajectory[0]) > 1e-3
+    same = invert_frames(tiny, wolf_frames[:1], EditSettings(steps=10, inversion_params={"start_noise": "renoised"}))
+    torch.testing.assert_close(same.noise, same.trajectory[0], rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match="start_noise must be one of"):
+        EditSettings(inversion_params={"start_noise": "top"}).inversion_config

@@ -28,7 +28,9 @@ def counted(model, frames: int = 2, **kw):
 
 
 def preset(name: str, **overrides) -> dict:
+    """configs/NAME.yaml as edit_video keywords, without the model it names (tiny-random counts)."""
     values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    values.pop("model", None)
     return {**values, **overrides}
 
 

@@ -250,6 +250,8 @@ def test_the_preset_is_the_official_configuration():
     assert (s.editor_config.feature_fraction, s.editor_config.attention_fraction) == (0.8, 0.5)   # pnp_f_t, pnp_attn_t
     assert s.editor_config.source_prompt and s.pin_source                  # the stored latents, the inversion prompt
     assert (s.inversion, s.inversion_config.inversion_steps, s.inversion_config.guidance) == ("ddim", 500, 1.0)
+    assert s.inversion_config.start_noise == "renoised"          # get_ddim_eps + add_noise
+    assert (a.model, a.seed) == ("stabilityai/stable-diffusion-2-1-base", 1)   # sd_version 2.1, seed 1
     [(spec, config)] = s.temporal_configs
     assert spec.name == "tokenflow" and config == TokenFlowConfig()
     assert (config.scope, config.features, config.blend, config.batch_size, config.exact_source) == (

@@ -26,6 +26,13 @@ def step_window(start: float, end: float, n_steps: int) -> range:
     return range(step_index(start, n_steps), step_index(end, n_steps))
 
 
+def cross_window(end: float, n_steps: int) -> range:
+    """The steps whose cross-attention maps are replaced for ``cross_replace=end``: ptp_utils'
+    ``get_time_words_attention_alpha`` sets alpha rows ``[0, int(end * (n_steps + 1)))`` of its
+    ``n_steps + 1`` (the same 40 as ``int(0.8 * 50)`` at 50 steps; 3 of 3 steps at 0.8, not 2)."""
+    return range(min(step_index(end, n_steps + 1), n_steps))
+
+
 def check_fraction(editor: str, name: str, value: float) -> None:
     if not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise VideditError(f"{editor} {name} must be a fraction of the steps in [0, 1], got {value!r}")

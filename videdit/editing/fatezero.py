@@ -50,7 +50,7 @@ import torch
 from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.attention.stored import MAPS, StoredAttention, anchors
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
-from videdit.editing.control import (auto_map_factor, check_fraction, check_map_factor, cross_layers_at,
+from videdit.editing.control import (auto_map_factor, check_fraction, check_map_factor, cross_layers_at, cross_window,
                                      step_window, word_scales)
 from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, word_maps
 from videdit.editing.registry import EditContext, EditPlan, register_editor
@@ -66,7 +66,7 @@ MODES = ("refine", "replace")
 @dataclass(frozen=True)
 class FateZeroConfig:
     mode: str = "refine"               # refine | replace (is_replace_controller; replace needs as many tokens)
-    cross_replace: float = 0.8         # cross-attention fused for this fraction of the steps (cross_replace_steps)
+    cross_replace: float = 0.8         # cross-attention fused for this fraction of steps + 1 (cross_replace_steps)
     self_replace: float = 0.8          # self-attention fused for this fraction of the steps (self_replace_steps)
     reweight: Mapping[str, float] | None = None   # eq_params: {word of the target prompt: attention scale}
     blend_words: tuple[str, ...] = ()  # words of the source prompt whose stored maps give the blend mask
@@ -267,7 +267,7 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
             callbacks.append(LatentBlend(words, target, ctx.inversion.trajectory,
                                          range(int(0.2 * n), int(0.8 * n) - 1), config.blend_threshold))
     cross = {name for name in fused if name.endswith("attn2.processor")}
-    cross_steps = step_window(0, config.cross_replace, n)
+    cross_steps = cross_window(config.cross_replace, n)
     if cross and len(cross_steps):
         modules.append(FuseCross(cross, cross_steps, map_edit(config.mode, mapper, alphas, equalizer), stored))
     selfs = fused - cross

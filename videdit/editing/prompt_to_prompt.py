@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from videdit.attention import AttentionModule, compose, layer_grids
 from videdit.core.loop import CallInfo, StepCallback, StepContext
 from videdit.editing.control import (SOURCE, TARGET, InjectQKV, LayerStore, auto_map_factor, check_fraction,
-                                     check_map_factor, cross_layers_at, step_index, step_window, two_branches,
-                                     word_scales)
+                                     check_map_factor, cross_layers_at, cross_window, step_index, step_window,
+                                     two_branches, word_scales)
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words, word_positions
 from videdit.errors import VideditError
@@ -72,7 +72,7 @@ class PromptToPromptConfig:
     mode: str = improved("refine", better="auto", why="the changed word takes the source word's map when the "
                          "prompts have as many tokens: toy-edits (6 scenes, 25 steps, guidance 4), colour-edit IoU "
                          "0.54 vs 0.49 (direct) and 0.48 (ddim), background PSNR 0.3-1.0 dB higher, all edits made")
-    cross_replace: float = 0.8         # cross-attention edited for this fraction of the steps
+    cross_replace: float = 0.8         # cross-attention edited for this fraction of the steps (of steps + 1)
     self_replace: float = 0.4          # self-attention maps taken from the source for this fraction ...
     self_replace_max_tokens: int = 32 ** 2  # ... in layers of at most this many tokens (32x32 in SD at 512 px)
     reweight: Mapping[str, float] | None = None  # {word of the target prompt: attention scale}
@@ -341,7 +341,7 @@ def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan
         store, blend = _blend(ctx, config, src, tgt, n_frames)
         modules.append(store)   # before the edit: it records the maps as computed, as the reference does
         callbacks.append(blend)
-    cross_steps = step_window(0, config.cross_replace, n)
+    cross_steps = cross_window(config.cross_replace, n)
     if len(cross_steps):
         modules.append(CrossAttentionControl(cross_steps, map_edit(mode, mapper, alphas, equalizer)))
     small = [name for name, (h, w) in layer_grids(ctx.model.unet, latent).items()

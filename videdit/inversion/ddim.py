@@ -15,6 +15,9 @@ from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
 
 
+START_NOISE = ("inverted", "renoised")
+
+
 @dataclass(frozen=True)
 class DDIMInversionConfig:
     guidance: float = 1.0  # classifier-free guidance while inverting (1 = conditional only)
@@ -24,8 +27,17 @@ class DDIMInversionConfig:
     # invert through a schedule of this many steps, keeping the latents at the edit's timesteps (TokenFlow's
     # preprocess.py: --steps 500, saving the 50 of the edit); None: the edit's steps (every_timestep: all)
     inversion_steps: int | None = None
+    # where the edit starts: "inverted", the inverted latent at the first timestep; "renoised", TokenFlow's
+    # (preprocess.py inverts on to the top of its own schedule, 999 of 500 steps, and saves that latent;
+    # run_tokenflow_pnp.py get_ddim_eps takes its noise given the clean latent, and edit_video starts from
+    # scheduler.add_noise(latents, eps, timesteps[0])): the clean latent noised to the first timestep with
+    # that noise. The source's latents stay the inverted ones.
+    start_noise: str = "inverted"
 
     def __post_init__(self):
+        if self.start_noise not in START_NOISE:
+            raise VideditError(f"ddim inversion start_noise must be one of {list(START_NOISE)}, got "
+                               f"{self.start_noise!r}")
         if not 0 <= self.guidance <= 50:
             raise VideditError(f"ddim inversion guidance must be in [0, 50], got {self.guidance}")
         if not isinstance(self.every_timestep, bool):
@@ -89,5 +101,34 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
             x = ddim_inverse_step(x, out, alpha_from, alpha_to, inp.prediction_type)
             evals += 1
         path.append(x[0])
+    extras = {}
+    if config.start_noise == "renoised":
+        x, t_top, more = _on_to_the_top(inp, config, x, stride, info)
+        extras["start"] = _renoised(s, path[0][None], x, t_top)[0]
+        evals += more
     evals *= 2 if config.guidance != 1 else 1
-    return Inversion(method="ddim", trajectory=torch.stack(path[::-1]), unet_evals=evals)
+    return Inversion(method="ddim", trajectory=torch.stack(path[::-1]), extras=extras, unet_evals=evals)
+
+
+def _on_to_the_top(inp: InversionInputs, config: DDIMInversionConfig, x: torch.Tensor, stride: int | None,
+                   info: CallInfo) -> tuple[torch.Tensor, int, int]:
+    """The inversion carried on from the first timestep to the top of its own schedule, in steps of
+    ``stride`` (TokenFlow's 500-step schedule: 983, 985, ..., 999 after 981; none without a finer
+    schedule than the edit's) -> (the latent there (1, F, C, h, w), its timestep, UNet evaluations)."""
+    s, acp = inp.schedule, inp.schedule.alphas_cumprod
+    t = int(s.timesteps[0])
+    evals = 0
+    while stride is not None and t + stride < len(acp):
+        out = predict_noise(inp.unet, x, t + stride, inp.cond, inp.uncond, (config.guidance,),
+                            batch_size=inp.batch_size, info=info)
+        x = ddim_inverse_step(x, out, float(acp[t]), float(acp[t + stride]), inp.prediction_type)
+        t, evals = t + stride, evals + 1
+    return x, t, evals
+
+
+def _renoised(s: Schedule, z0: torch.Tensor, top: torch.Tensor, t_top: int) -> torch.Tensor:
+    """``top`` 's noise given the clean ``z0`` at timestep ``t_top`` (get_ddim_eps: eps =
+    (z_T - sqrt(a_T) z0) / sqrt(1 - a_T)), put on ``z0`` at the first timestep (add_noise)."""
+    a_top, a_first = float(s.alphas_cumprod[t_top]), float(s.alphas[0])
+    eps = (top - a_top ** 0.5 * z0) / (1 - a_top) ** 0.5
+    return a_first ** 0.5 * z0 + (1 - a_first) ** 0.5 * eps

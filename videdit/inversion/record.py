@@ -30,7 +30,11 @@ class Inversion:
 
     @property
     def noise(self) -> torch.Tensor:
-        """(F, C, h, w): the latent sampling starts from, ``trajectory[start_step]``."""
+        """(F, C, h, w): the latent the edit starts from: ``trajectory[start_step]``, or the extra
+        ``start`` (at the first step) where the inversion gives another (TokenFlow's re-noised start:
+        DDIM's ``start_noise``)."""
+        if "start" in self.extras and self.start_step == 0:
+            return self.extras["start"]
         return self.trajectory[self.start_step]
 
     @property
