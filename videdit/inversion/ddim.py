@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from videdit.core.ddim import ddim_inverse_step
+from videdit.core.ddim import ddim_inverse_step, renoise
 from videdit.core.loop import CallInfo, predict_noise
 from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
@@ -129,6 +129,5 @@ def _on_to_the_top(inp: InversionInputs, config: DDIMInversionConfig, x: torch.T
 def _renoised(s: Schedule, z0: torch.Tensor, top: torch.Tensor, t_top: int) -> torch.Tensor:
     """``top`` 's noise given the clean ``z0`` at timestep ``t_top`` (get_ddim_eps: eps =
     (z_T - sqrt(a_T) z0) / sqrt(1 - a_T)), put on ``z0`` at the first timestep (add_noise)."""
-    a_top, a_first = float(s.alphas_cumprod[t_top]), float(s.alphas[0])
-    eps = (top - a_top ** 0.5 * z0) / (1 - a_top) ** 0.5
-    return a_first ** 0.5 * z0 + (1 - a_first) ** 0.5 * eps
+    a_top = float(s.alphas_cumprod[t_top])
+    return renoise(z0, (top - a_top ** 0.5 * z0) / (1 - a_top) ** 0.5, float(s.alphas[0]))

@@ -604,7 +604,7 @@ class Rerender(TemporalModule):
         if self.config.propagate == "ebsynth":
             keys = sorted(self.results)
             spans = [b for b in keyframes_in(window, self.config.interval, self.config.last_keyframe)
-                     if keys.index(b) > 0 and keys[keys.index(b) - 1] < window.start - 1]   # reaching back
+                     if (i := keys.index(b)) > 0 and keys[i - 1] < window.start - 1]   # reaching back
             self._start_between_flows(window, [(g + 1, g) for b in spans for g in range(b - 1, window.start - 1, -1)])
             for b in spans:
                 chain = self._chain_start(b)
