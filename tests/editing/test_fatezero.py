@@ -230,6 +230,25 @@ def test_self_attention_is_the_stored_maps_in_the_replaced_steps(tiny, inverted)
         assert same == (step < 3), step
 
 
+def test_a_word_swap_spreads_a_word_over_more_tokens_and_refines_where_the_words_differ(tiny, inverted, caplog):
+    """``p2preplace_edit``: the swap (``get_replacement_mapper``) where the prompts have as many words,
+    else a refinement; "wolf" (4 character tokens, 2-5) -> "cat" (3): each of "cat"'s tokens takes a
+    third of the stored maps of "wolf"'s, so the three are equal in the fused steps."""
+    s, inv = inverted
+    refine = edit_latents(tiny, inv, s)
+    with caplog.at_level("INFO", logger="videdit.editing"):
+        swap = edit_latents(tiny, inv, dataclasses.replace(s, editor_params={"mode": "replace"}))
+    assert torch.equal(swap, refine) and "have 5 and 9 words, so the word swap is a refinement" in caplog.text
+    cat = dataclasses.replace(s, target_prompt="a cat in a forest", editor_params={"mode": "replace"})
+    probe = ProbeModule(WIDE.replace("attn1", "attn2"))
+    edit_latents(tiny, inv, cat, temporal=TemporalStack([*cat.temporal_stack().modules, probe]))
+    seen = {step: p for step, _, p in probe.probe.seen}
+    for step in range(4):                                  # int(0.8 * (4 + 1)) cross-attention steps
+        torch.testing.assert_close(seen[step][..., 2], seen[step][..., 4])
+        torch.testing.assert_close(seen[step][..., 3], seen[step][..., 4])
+        assert float((seen[step][..., 2] - seen[step][..., 5]).abs().max()) > 1e-4
+
+
 # --- the blend mask blends attention maps --------------------------------------------------------
 
 def test_the_blend_mixes_self_attention_rows_by_the_source_words_mask(tiny, inverted):

@@ -12,7 +12,8 @@ from tests.editing.attention_runs import SAME_LENGTH, SOURCE, STEPS, plan_of, re
 from videdit.attention import AttentionModule, compose
 from videdit.cli import _with_config, build_parser, editor_params
 from videdit.editing.prompt_to_prompt import (LocalBlend, refine_cross_attention, refinement_mapper,
-                                              reweight_cross_attention)
+                                              replacement_mapper, reweight_cross_attention)
+from videdit.editing.words import spaced_words
 from videdit.errors import VideditError
 from videdit.pipeline import edit_latents
 
@@ -49,6 +50,42 @@ def test_reweight_scales_the_chosen_tokens():
                                                      [0.1, 2.0, 0.3, 0.2]]]]))
 
 
+def test_replacement_mapper_is_the_reference_get_replacement_mapper():
+    """``seq_aligner.get_replacement_mapper_`` on the words' token positions, by hand: rows are the
+    source's tokens, columns the target's."""
+    a, cat, sits = ("a", [1]), ("cat", [2]), ("sits", [3])
+    assert replacement_mapper([a, cat, sits], [a, ("dog", [2]), sits], 6) is None   # the identity
+    m = replacement_mapper([a, cat, sits], [a, ("tiger", [2, 3]), ("sits", [4])], 7)
+    expected = torch.zeros(7, 7)
+    expected[0, 0] = expected[1, 1] = 1
+    expected[2, 2] = expected[2, 3] = 0.5            # "cat" spread over "tiger"'s two tokens
+    for j in (4, 5, 6):
+        expected[j, j] = 1                           # after the last swap: mapper[j, j] (source "sits" unread)
+    assert torch.equal(m, expected)
+    m = replacement_mapper([a, ("wolf", [2, 3]), ("sits", [4]), ("here", [5])],
+                           [a, ("dog", [2]), ("sits", [3]), ("there", [4, 5])], 8)
+    expected = torch.zeros(8, 8)
+    expected[0, 0] = expected[1, 1] = 1
+    expected[2, 2] = expected[3, 2] = 1              # both of "wolf"'s tokens to "dog" (ratio 1 / 1)
+    expected[4, 3] = 1                               # between swaps: mapper[i, j], aligned
+    expected[5, 4] = expected[5, 5] = 0.5            # "here" -> "there"
+    for j in (6, 7):
+        expected[j, j] = 1
+    assert torch.equal(m, expected)
+    m = replacement_mapper([a, ("wolf", [2, 3]), sits], [a, ("dog", [2]), ("sits", [3])], 6)
+    expected = torch.zeros(6, 6)
+    expected[0, 0] = expected[1, 1] = expected[2, 2] = expected[3, 2] = expected[3, 3] = expected[4, 4] = 1
+    assert torch.equal(m, expected)                  # the source ends first: the last column stays zero
+    with pytest.raises(VideditError, match="as many words, but the source has 3 and the target 2"):
+        replacement_mapper([a, cat, sits], [a, cat], 6)
+
+
+def test_words_are_grouped_as_get_word_inds_groups_them(tiny):
+    assert spaced_words(["a", "cat,", "sits"], ["a", "cat", ",", "sits"]) == [[1], [2, 3], [4]]
+    assert spaced_words(["a", "b"], ["a", "b", "c"]) == [[1], [2]]
+    assert tiny.spaced_words("a wolf,  in") == [("a", [1]), ("wolf,", [2, 3, 4, 5, 6]), ("in", [7, 8])]
+
+
 def test_refinement_mapper_is_the_reference_alignment():
     # seq_aligner.get_mapper on token sequences; positions past the target map to themselves
     mapper, alphas = refinement_mapper(["<s>", "a", "cat", "</s>"], ["<s>", "a", "big", "cat", "</s>"], 8)
@@ -71,8 +108,12 @@ def test_defaults_are_the_reference_codes():
     c = PromptToPromptConfig()
     assert (c.mode, c.self_replace_max_tokens) == ("refine", 1024)
     assert (c.blend_start, c.blend_threshold, c.blend_dilate) == (0.2, 0.3, 1)
-    same = ["<s>", "a", "cat", "</s>"], ["<s>", "a", "dog", "</s>"]
-    assert _mode(c, *same) == "refine" and _mode(PromptToPromptConfig(mode="auto"), *same) == "replace"
+    same = ["<s>", "a", "cat", "</s>"], ["<s>", "a", "dog", "</s>"], "a cat", "a dog"
+    auto = PromptToPromptConfig(mode="auto")
+    assert _mode(c, *same) == "refine" and _mode(auto, *same) == "replace"
+    assert _mode(auto, ["<s>", "a", "c", "at", "</s>"], ["<s>", "a", "dog", "</s>"], "a cat", "a dog") == "replace"
+    assert _mode(auto, ["<s>", "a", "cat", "</s>"], ["<s>", "a", "big", "dog", "</s>"], "a cat", "a big dog") == \
+        "refine"
     assert "google/prompt-to-prompt" in EDITORS["prompt_to_prompt"].reference
 
 
@@ -122,12 +163,52 @@ def test_local_blend_mask_is_the_reference_local_blend():
 
 # --- the editor on tiny-random -----------------------------------------------------------------
 
-def test_word_swap_needs_equal_token_counts(tiny, inverted):
+def test_word_swap_needs_equal_word_counts(tiny, inverted):
     s, inv, _ = inverted
-    with pytest.raises(VideditError, match="as many tokens.*source has 16 and the target 21.*refine"):
+    with pytest.raises(VideditError, match="as many words, but the source has 5 and the target 6.*refine"):
         edit_latents(tiny, inv, settings(s, "prompt_to_prompt", mode="replace"))
+    with pytest.raises(VideditError, match="'reweight' alone.*as many tokens, but the source has 16 and the target 21"):
+        edit_latents(tiny, inv, settings(s, "prompt_to_prompt", mode="reweight", reweight={"robot": 2}))
     z = edit_latents(tiny, inv, settings(s, "prompt_to_prompt", target=SAME_LENGTH, mode="replace"))
     assert torch.isfinite(z).all() and rel(z, inverted[2]) > 1e-3
+
+
+def test_word_swap_of_unequal_token_counts_spreads_the_words_map(tiny, inverted):
+    """"a wolf ..." -> "a cat ...": 4 character tokens (2-5) to 3 (2-4); every target token of "cat"
+    takes a third of the sum of the source's four maps, tokens before the swap their own, and from
+    the swap's end on the target's token j the source's token j (``mapper[j, j]``) but the last,
+    as the reference."""
+    s, inv, _ = inverted
+    s = settings(s, "prompt_to_prompt", target="a cat in a forest", mode="replace", cross_replace=0.4,
+                 self_replace=0.0)
+    layer = "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor"
+    seen = []
+
+    class Maps(AttentionModule):
+        needs_probs, cross = True, True
+
+        def applies(self, name, cross):
+            return name == layer
+
+        def probs(self, call, p):
+            seen.append((call.info.step, call.split(p)[-1].clone()))   # conditional half (nb, fb, heads, Tq, L)
+            return p
+
+    plan = plan_of(tiny, inv, s)
+    procs = dict(plan.processors)
+    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, Maps()], plan.info))
+    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    step, p = seen[0]
+    src, tgt = p[0], p[1]
+    assert step == 0
+    torch.testing.assert_close(tgt[..., :2], src[..., :2])
+    for n in (2, 3, 4):
+        torch.testing.assert_close(tgt[..., n], src[..., 2:6].sum(-1) / 3)
+    torch.testing.assert_close(tgt[..., 5:-1], src[..., 5:-1])
+    assert rel(tgt[..., 5], src[..., 6]) > 1e-2    # not the source's "in" token (6): the reference's tail
+    assert not tgt[..., -1].any()                  # its loop ends at the source's last token: column 76 unread
+    late = [q for st, q in seen if st >= 2]         # int(0.4 * (5 + 1)) = 2 steps edited
+    assert late and all(rel(q[1][..., 2:5], q[0][..., 2:5]) > 1e-3 for q in late)
 
 
 def test_unknown_words_and_options_are_errors(tiny, inverted):

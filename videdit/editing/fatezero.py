@@ -13,9 +13,11 @@ SD's 64x64 layers at 512 px), in the conditional half, at step i (the inversion'
 same timestep, ``step_in_store = N - cur_step - 1`` in the reference's inversion order):
 
 * cross-attention, for the first ``cross_replace`` of the steps: refinement (``AttentionRefine``,
-  ``is_replace_controller: False`` in the zero-shot configs) or word swap (``replace``) of the stored
-  maps, then re-weighting of the words in ``reweight`` (``eq_params``; the style configs amplify
-  the style word, e.g. ``{watercolor: 10}``): :func:`~videdit.editing.prompt_to_prompt.map_edit`;
+  ``is_replace_controller: False`` in the zero-shot configs) or word swap (``replace``, with
+  ``seq_aligner.get_replacement_mapper``; a refinement where the prompts' word counts differ, as
+  ``p2preplace_edit``'s ``equal_length``) of the stored maps, then re-weighting of the words in
+  ``reweight`` (``eq_params``; the style configs amplify the style word, e.g. ``{watercolor: 10}``):
+  :func:`~videdit.editing.prompt_to_prompt.map_edit`;
 * self-attention, for the first ``self_replace`` of the steps: the stored maps
   (``replace_self_attention``), or with ``blend_words`` the *attention blend*
   ``mask * own + (1 - mask) * stored``, the mask from the stored cross-attention of the source
@@ -42,6 +44,7 @@ editors.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -60,12 +63,13 @@ from videdit.registry import NOT_INSTRUCT
 from videdit.video.cross_frame import fixed_anchors
 
 EDITOR = "fatezero"
+log = logging.getLogger("videdit.editing")
 MODES = ("refine", "replace")
 
 
 @dataclass(frozen=True)
 class FateZeroConfig:
-    mode: str = "refine"               # refine | replace (is_replace_controller; replace needs as many tokens)
+    mode: str = "refine"               # refine | replace (is_replace_controller; refine where the word counts differ)
     cross_replace: float = 0.8         # cross-attention fused for this fraction of steps + 1 (cross_replace_steps)
     self_replace: float = 0.8          # self-attention fused for this fraction of the steps (self_replace_steps)
     reweight: Mapping[str, float] | None = None   # eq_params: {word of the target prompt: attention scale}
@@ -237,10 +241,13 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
                            f"{ctx.inversion.method!r} inversion holds none: use --inversion fatezero")
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
     max_len = ctx.source_cond.shape[-2]
-    if config.mode == "replace" and len(src) != len(tgt):
-        raise VideditError(f"{EDITOR} mode 'replace' (word swap) needs prompts of as many tokens, but the source has "
-                           f"{len(src)} and the target {len(tgt)}; use mode 'refine'")
-    mapper, alphas, equalizer = word_maps(config.mode, src, tgt, config.reweight, ctx.target_prompt, max_len)
+    mode = config.mode
+    if mode == "replace" and len(ctx.source_prompt.split()) != len(ctx.target_prompt.split()):
+        mode = "refine"   # p2preplace_edit: is_replace_controller and equal_length (of words)
+        log.info("%s: the prompts have %d and %d words, so the word swap is a refinement (as FateZero's)", EDITOR,
+                 len(ctx.source_prompt.split()), len(ctx.target_prompt.split()))
+    mapper, alphas, equalizer = word_maps(mode, ctx.model, ctx.source_prompt, ctx.target_prompt, config.reweight,
+                                          max_len)
     n = len(ctx.schedule)
     x = ctx.inversion.noise[None]                                           # (1, F, C, h, w)
     latent = tuple(x.shape[-2:])
@@ -269,7 +276,7 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
     cross = {name for name in fused if name.endswith("attn2.processor")}
     cross_steps = cross_window(config.cross_replace, n)
     if cross and len(cross_steps):
-        modules.append(FuseCross(cross, cross_steps, map_edit(config.mode, mapper, alphas, equalizer), stored))
+        modules.append(FuseCross(cross, cross_steps, map_edit(mode, mapper, alphas, equalizer), stored))
     selfs = fused - cross
     self_steps = step_window(0, config.self_replace, n)
     if selfs and len(self_steps):

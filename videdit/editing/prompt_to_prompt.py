@@ -6,13 +6,14 @@ which replays the source) and the target prompt P* (branch 1, the edit). In the 
 conditional half, for the first ``cross_replace`` of the steps, its cross-attention maps
 M*_t are replaced by an edit of the source's M_t:
 
-* word swap (``replace``):   Edit(M_t, M*_t, t) = M_t                  (P and P* same length)
+* word swap (``replace``):   Edit(M_t, M*_t, t) = M_t                  (P and P* of as many words; a
+                             word's map spread over a replacement of more tokens: ``replacement_mapper``)
 * refinement (``refine``):   (Edit)_{i,j} = (M*_t)_{i,j} if A(j) = None else (M_t)_{i,A(j)},
                              A aligning P*'s tokens with P's (``refinement_mapper``)
 * re-weighting (``reweight``): (Edit)_{i,j} = c * (M_t)_{i,j} for the chosen words j, else M_t
 
 (the default is refinement, as the PIE-Bench code's ``is_replace_controller=False``; ``auto``,
-videdit's option, swaps when the prompts have as many tokens, else refines;
+videdit's option, swaps when the prompts have as many words, else refines;
 ``reweight`` may also ride on top of a swap or a refinement, as the reference code's
 ``prev_controller`` does). For the first ``self_replace`` of the steps, the target's
 self-attention maps are the source's in layers of at most ``self_replace_max_tokens`` query
@@ -33,12 +34,12 @@ Defaults follow github.com/google/prompt-to-prompt (``ptp_utils.py``, ``seq_alig
 ``null_text_w_ptp.ipynb``) and the PIE-Bench code, github.com/cure-lab/PnPInversion
 (``models/p2p/attention_control.py``, ``models/p2p_editor.py``, ``run_editing_p2p.py``), which
 edits the conditional half only (``LOW_RESOURCE = False``), as here. The attention math
-follows ``AttentionReplace``, ``AttentionRefine``, ``AttentionReweight``, ``LocalBlend`` and
-``seq_aligner.get_refinement_mapper``; see the pure functions below. Deviations: the
-reference's per-word ``cross_replace_steps`` dict is one fraction here; a word swap needs
-equal token counts (the reference also splits a word's attention over a replacement word of
-more tokens when the *word* counts match: use refinement for that); ``blend_words`` is one
-list of words looked up in both prompts (the reference takes one list per prompt).
+follows ``AttentionReplace``, ``AttentionRefine``, ``AttentionReweight``, ``LocalBlend``,
+``seq_aligner.get_refinement_mapper`` and ``get_replacement_mapper``; see the pure functions
+below. Deviations: the reference's per-word ``cross_replace_steps`` dict is one fraction
+here; prompts are split into words at any whitespace (the reference splits at single spaces);
+``blend_words`` is one list of words looked up in both prompts (the reference takes one list
+per prompt).
 Self-attention replacement is done by handing the target the source's queries and keys,
 which gives exactly the source's maps with fused attention.
 """
@@ -68,9 +69,9 @@ EDITOR = "prompt_to_prompt"
 
 @dataclass(frozen=True)
 class PromptToPromptConfig:
-    # refine | replace (word swap) | reweight | auto (replace where the prompts have as many tokens, else refine)
+    # refine | replace (word swap) | reweight | auto (replace where the prompts have as many words, else refine)
     mode: str = improved("refine", better="auto", why="the changed word takes the source word's map when the "
-                         "prompts have as many tokens: toy-edits (6 scenes, 25 steps, guidance 4), colour-edit IoU "
+                         "prompts have as many words: toy-edits (6 scenes, 25 steps, guidance 4), colour-edit IoU "
                          "0.54 vs 0.49 (direct) and 0.48 (ddim), background PSNR 0.3-1.0 dB higher, all edits made")
     cross_replace: float = 0.8         # cross-attention edited for this fraction of the steps (of steps + 1)
     self_replace: float = 0.4          # self-attention maps taken from the source for this fraction ...
@@ -167,6 +168,41 @@ def refinement_mapper(source: Sequence, target: Sequence, max_len: int) -> tuple
     return mapper, alphas
 
 
+def replacement_mapper(source: Sequence[tuple[str, list[int]]], target: Sequence[tuple[str, list[int]]],
+                       max_len: int) -> torch.Tensor | None:
+    """``seq_aligner.get_replacement_mapper`` for a word swap: the prompts' words (split at spaces,
+    with their token positions: ``Model.spaced_words``) -> mapper (max_len, max_len), the target's
+    token n taking ``sum_w M[w] mapper[w, n]`` of the source's maps; None where that is the identity
+    (every swapped word of as many tokens as its replacement). A swapped word's attention is spread
+    evenly over a replacement of more tokens (``ratio = 1 / len(inds_target)``), and a replacement of
+    fewer tokens takes the sum of the word's. As the reference does, the tokens after the last swap
+    take the source's at their own index (``mapper[j, j]``), so a swap of unequal token counts shifts
+    them against the source by the difference, and where the source runs out first (a replacement of
+    fewer tokens) the last columns stay zero."""
+    if len(source) != len(target):
+        raise VideditError(f"{EDITOR} word swap needs prompts of as many words, but the source has {len(source)} and "
+                           f"the target {len(target)}; use mode 'refine' (refinement: aligns the tokens) or 'auto'")
+    swaps = [(s, t) for (ws, s), (wt, t) in zip(source, target) if ws != wt]
+    for (ws, s), (wt, t) in zip(source, target):
+        if ws != wt and not (s and t):
+            raise VideditError(f"{EDITOR} word swap {ws!r} -> {wt!r} lies past the text encoder's {max_len} tokens; "
+                               f"shorten the prompts")
+    mapper = torch.zeros(max_len, max_len)
+    i = j = k = 0
+    while i < max_len and j < max_len:
+        if k < len(swaps) and swaps[k][0][0] == i:
+            s, t = (torch.tensor(p) for p in swaps[k])
+            if len(s) == len(t):
+                mapper[s, t] = 1.0                 # token by token
+            else:
+                mapper[s[:, None], t] = 1 / len(t)   # every source token to every target token
+            i, j, k = i + len(s), j + len(t), k + 1
+        else:
+            mapper[i if k < len(swaps) else j, j] = 1.0
+            i, j = i + 1, j + 1
+    return None if torch.equal(mapper, torch.eye(max_len)) else mapper
+
+
 # ---- the modules ----
 
 # (source maps (h, p, w), target maps (1, h, p, n)) -> edited target maps (1, h, p, n)
@@ -175,15 +211,17 @@ MapEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def map_edit(mode: str, mapper: torch.Tensor | None, alphas: torch.Tensor | None,
              equalizer: torch.Tensor | None) -> MapEdit:
-    """The controller of ``mode`` (refinement with ``mapper`` and ``alphas``, else the word
-    swap), then re-weighting. A word swap needs prompts of as many tokens, so its mapper is
-    the identity and ``AttentionReplace``'s einsum('hpw,bwn->bhpn') is the source's maps."""
+    """The controller of ``mode`` (refinement with ``mapper`` and ``alphas``; else the word swap,
+    ``AttentionReplace``'s einsum('hpw,bwn->bhpn') with the replacement ``mapper``, the source's maps
+    themselves where it is None: the identity), then re-weighting."""
 
     def edit(base: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
         if mode == "refine":
             new = refine_cross_attention(base, mine, mapper.to(base.device)[None], alphas.to(base)[None])
+        elif mapper is not None:
+            new = torch.einsum("hpw,wn->hpn", base, mapper.to(base))[None]
         else:
-            new = base[None]   # word swap: the source's maps (h, p, w) as the target's (1, h, p, n), w == n
+            new = base[None]   # the source's maps (h, p, w) as the target's (1, h, p, n), w == n
         if equalizer is not None:
             new = reweight_cross_attention(new[0], equalizer.to(base)[None])
         return new
@@ -273,14 +311,17 @@ class LocalBlend(StepCallback):
         return x
 
 
-def _mode(config: PromptToPromptConfig, src: list[str], tgt: list[str]) -> str:
+def _mode(config: PromptToPromptConfig, src: list[str], tgt: list[str], source_prompt: str,
+          target_prompt: str) -> str:
+    """The controller: ``auto`` swaps where the prompts have as many words (FateZero's rule for its
+    word swap), else refines; ``reweight`` alone takes the source's maps token by token."""
     if config.mode == "auto":
-        return "replace" if len(src) == len(tgt) else "refine"
-    if config.mode in ("replace", "reweight") and len(src) != len(tgt):
+        return "replace" if len(source_prompt.split()) == len(target_prompt.split()) else "refine"
+    if config.mode == "reweight" and len(src) != len(tgt):
         raise VideditError(
-            f"{EDITOR} mode {config.mode!r} (word swap) needs prompts of as many tokens, but the source has "
-            f"{len(src)} and the target {len(tgt)}; use mode 'refine' (refinement: aligns the tokens; "
-            f"reweight still applies) or 'auto'")
+            f"{EDITOR} mode 'reweight' alone takes the source's maps token by token and needs prompts of as many "
+            f"tokens, but the source has {len(src)} and the target {len(tgt)}; use mode 'refine' or 'replace' with "
+            f"reweight")
     return config.mode
 
 
@@ -307,14 +348,17 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
     return store, blend
 
 
-def word_maps(mode: str, src: list[str], tgt: list[str], reweight: dict[str, float], target_prompt: str,
+def word_maps(mode: str, model, source_prompt: str, target_prompt: str, reweight: dict[str, float],
               max_len: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The token maps of a cross-attention edit over ``max_len`` text tokens: for ``mode``
-    "refine" the refinement mapper and alphas (else None), and for ``reweight`` {word: scale} the
-    equaliser (max_len,) (else None)."""
+    "refine" the refinement mapper and alphas, for "replace" the replacement mapper (None: the
+    identity), and for ``reweight`` {word: scale} the equaliser (max_len,) (else None)."""
     mapper = alphas = equalizer = None
+    tgt = model.tokens(target_prompt)
     if mode == "refine":
-        mapper, alphas = refinement_mapper(src, tgt, max_len)
+        mapper, alphas = refinement_mapper(model.tokens(source_prompt), tgt, max_len)
+    elif mode == "replace":
+        mapper = replacement_mapper(model.spaced_words(source_prompt), model.spaced_words(target_prompt), max_len)
     if reweight:
         equalizer = torch.ones(max_len)
         for word, scale in reweight.items():
@@ -330,8 +374,9 @@ def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan
     """Prompt-to-Prompt (Hertz et al. 2023): word swap, refinement or re-weighting of cross-attention, local blend."""
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
     max_len = ctx.model.tokenizer.model_max_length   # the tokens cross-attention sees (SDXL: not the pooled row)
-    mode = _mode(config, src, tgt)
-    mapper, alphas, equalizer = word_maps(mode, src, tgt, config.reweight, ctx.target_prompt, max_len)
+    mode = _mode(config, src, tgt, ctx.source_prompt, ctx.target_prompt)
+    mapper, alphas, equalizer = word_maps(mode, ctx.model, ctx.source_prompt, ctx.target_prompt, config.reweight,
+                                          max_len)
     n = len(ctx.schedule)
     x, branches = two_branches(ctx)
     n_frames, latent = x.shape[1], tuple(x.shape[-2:])

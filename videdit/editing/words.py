@@ -53,3 +53,20 @@ def word_positions(tokens: Sequence[str], word: str, prompt: str) -> list[int]:
         raise VideditError(f"{word!r} is not a word of the prompt {prompt!r}; its words are "
                            f"{[w for w, _ in prompt_words(tokens)]}")
     return found
+
+
+def spaced_words(words: Sequence[str], pieces: Sequence[str]) -> list[list[int]]:
+    """Token positions of each of ``words`` (a prompt split at spaces), ``pieces`` being its tokens
+    decoded one by one without the start and end tokens, grouped as prompt-to-prompt's
+    ``seq_aligner.get_word_inds`` groups them: a word takes tokens until their decoded length reaches
+    its own (positions count the start token, as the encoded prompt's rows do)."""
+    out: list[list[int]] = [[] for _ in words]
+    ptr = length = 0
+    for i, piece in enumerate(pieces):
+        if ptr == len(words):
+            break
+        out[ptr].append(i + 1)
+        length += len(piece)
+        if length >= len(words[ptr]):
+            ptr, length = ptr + 1, 0
+    return out

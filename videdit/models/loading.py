@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from videdit.core.conditioning import is_sdxl, pack_pooled, set_pixels_per_latent
+from videdit.editing.words import spaced_words
 from videdit.errors import VideditError
 from videdit.models import checkpoints, speed, tiny
 from videdit.registry import DEFAULT_MODEL
@@ -227,6 +228,16 @@ class Model:
         ids = self.tokenizer(self._expand(prompt), truncation=True,
                              max_length=self.tokenizer.model_max_length).input_ids
         return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def spaced_words(self, prompt: str) -> list[tuple[str, list[int]]]:
+        """[(word, token positions)] for each word of the prompt split at whitespace (multi-vector
+        embeddings expanded), the tokens grouped by their decoded length as prompt-to-prompt's
+        ``seq_aligner.get_word_inds`` groups them (punctuation stays with its word); positions
+        index the rows of the encoded prompt."""
+        words = self._expand(prompt).split()
+        ids = self.tokenizer(" ".join(words), truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        pieces = [self.tokenizer.decode([i]).strip("#") for i in ids[1:-1]]
+        return list(zip(words, spaced_words(words, pieces)))
 
     def _expand(self, prompt: str) -> str:
         """Each multi-vector embedding's token -> its tokens (``tok`` -> ``tok tok_1 tok_2``)."""
