@@ -4,6 +4,7 @@ their command line, and the loop with its time limit, its progress lines and its
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ def parser(doc: str, *, minutes: float, lr: float, drop: float, drop_help: str, 
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt-minutes", type=float, default=5)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", metavar="DIR", help="an exported model to train on: its weights and its card's "
+                   "step (so its batches are new ones), a fresh optimiser")
     p.add_argument("--export", help=export_help)
     p.add_argument("--eval", type=int, default=eval_scenes, help="held-out scenes scored at export (0: none)")
     return p
@@ -47,6 +50,23 @@ def resume(path: Path, opt, modules: dict[str, torch.nn.Module]) -> int:
     opt.load_state_dict(state["opt"])
     print(f"resumed at step {state['step']}", flush=True)
     return state["step"]
+
+
+def start(a, opt, modules: dict[str, torch.nn.Module], path: Path,
+          load: Callable[[Path], dict[str, dict]]) -> tuple[int, dict | None]:
+    """(the step training starts at, the card of the model it starts from or None): a checkpoint's
+    (``--resume``), an exported model's (``--init-from DIR``: the state dicts ``load(DIR)`` gives,
+    the step its ``training.json`` names), else 0."""
+    if a.resume and path.exists():
+        return resume(path, opt, modules), None
+    if not a.init_from:
+        return 0, None
+    folder = Path(a.init_from)
+    card = json.loads((folder / "training.json").read_text())
+    for name, state in load(folder).items():
+        modules[name].load_state_dict({k: v.float() for k, v in state.items()})
+    print(f"starting from {folder} at step {card['steps']}", flush=True)
+    return card["steps"], card
 
 
 def checkpoint(path: Path, opt, modules: dict[str, torch.nn.Module], step: int) -> None:

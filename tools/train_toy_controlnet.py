@@ -16,10 +16,11 @@ gives them (``--control depth=PATH``). The condition encoder shrinks 64x64 image
 does.
 
 Scenes come from the world generator, seeded per step; a checkpoint is written every
-``--ckpt-minutes`` and at the end, and ``--resume`` continues from it. ``--export DIR`` writes the
-diffusers ControlNet directory (fp16 weights) and a card with the run's arguments and its scores
-(``--eval``: edges of held-out scenes, sampled from noise with and without the ControlNet: the
-IoU of the detected object with the scene's).
+``--ckpt-minutes`` and at the end, and ``--resume`` continues from it (``--init-from DIR``: from an
+exported model, its card kept as the new card's ``trained_on``). ``--export DIR`` writes the diffusers
+ControlNet directory (fp16 weights) and a card with the run's arguments and its scores (``--eval``:
+edges of held-out scenes, sampled from noise with and without the ControlNet: the IoU of the detected
+object with the scene's).
 
     nohup nice -n 5 python tools/train_toy_controlnet.py --out runs/cn --minutes 45 \\
         --export videdit/toy/controlnet-canny > runs/cn/train.log 2>&1 &
@@ -85,7 +86,8 @@ def train(a) -> None:
     net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONDITION_CHANNELS)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-2)
     ckpt, modules = out / "ckpt.pt", {"net": net}
-    step = toy_training.resume(ckpt, opt, modules) if a.resume else 0
+    step, a.parent = toy_training.start(a, opt, modules, ckpt, lambda folder: {
+        "net": ControlNetModel.from_pretrained(folder).state_dict()})
     alphas = model.scheduler().alphas_cumprod
     net.train()
 
@@ -147,7 +149,7 @@ def export(net, model, folder: Path, a, step: int, loss: float | None) -> None:
         card = {"steps": step, "batch": a.batch, "lr": a.lr, "caption_drop": a.drop, "final_loss": loss,
                 "condition": a.condition, "condition_channels": CONDITION_CHANNELS,
                 **({"thresholds": THRESHOLDS} if a.condition == "canny" else {}), "eval": scores,
-                "command": "python tools/train_toy_controlnet.py " + " ".join(a.argv)}
+                "command": "python tools/train_toy_controlnet.py " + " ".join(a.argv), "trained_on": a.parent}
         (tmp / "training.json").write_text(json.dumps(card, indent=1))
     print(f"exported to {folder}: {json.dumps(scores)}", flush=True)
 

@@ -15,7 +15,8 @@ The pairs come from the world generator with ground truth: a scene, the same sce
 object in another palette colour, and as the "instruction" the edited scene's caption (the toy text
 encoder knows only caption words; the mechanism, an 8-channel UNet guided by text and by the source
 image, is InstructPix2Pix's). Scenes are seeded per step; a checkpoint is written every
-``--ckpt-minutes`` and at the end, and ``--resume`` continues from it. ``--export DIR`` writes the UNet
+``--ckpt-minutes`` and at the end, and ``--resume`` continues from it (``--init-from DIR``: from an
+exported model, its card kept as the new card's ``trained_on``). ``--export DIR`` writes the UNet
 (fp16 weights; ``load_model("toy-pix2pix")`` puts it with the toy model's other parts) and a card with
 the run's arguments and its scores (``--eval``: held-out scenes edited with
 ``configs/text2video-zero.yaml``'s editor settings: how often the front object gets the asked colour,
@@ -85,6 +86,8 @@ def widened_unet(unet):
 
 
 def train(a) -> None:
+    from diffusers import UNet2DConditionModel
+
     from videdit.models import load_model
 
     torch.set_num_threads(a.threads)
@@ -96,7 +99,8 @@ def train(a) -> None:
     unet = widened_unet(model.unet).requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=a.lr, weight_decay=1e-2)
     ckpt, modules = out / "ckpt.pt", {"unet": unet}
-    step = toy_training.resume(ckpt, opt, modules) if a.resume else 0
+    step, a.parent = toy_training.start(a, opt, modules, ckpt, lambda folder: {
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet").state_dict()})
     alphas = model.scheduler().alphas_cumprod
     unet.train()
 
@@ -141,7 +145,7 @@ def export(unet, folder: Path, a, step: int, loss: float | None) -> None:
         unet.to(torch.float16).save_pretrained(tmp / "unet")
         unet.to(torch.float32)
         card = {"steps": step, "batch": a.batch, "lr": a.lr, "conditioning_dropout": a.drop, "final_loss": loss,
-                "command": "python tools/train_toy_pix2pix.py " + " ".join(a.argv)}
+                "command": "python tools/train_toy_pix2pix.py " + " ".join(a.argv), "trained_on": a.parent}
         (tmp / "training.json").write_text(json.dumps(card, indent=1))
     if a.eval:
         card["eval"] = evaluate(toy_pix2pix(folder), a.eval)
