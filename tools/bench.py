@@ -474,7 +474,7 @@ def memory(a) -> None:
             res = videdit.edit_video(clip, Path(tmp) / "out.mp4", source_prompt="a man",
                                      target_prompt="a man, van gogh", model=a.model, steps=a.steps, use_cache=False,
                                      window=a.window, batch_size=a.batch_size,
-                                     read=io.ReadOptions(max_frames=n, size=a.size),
+                                     read=io.ReadOptions(max_frames=n, size=a.size, backend=a.backend),
                                      temporal={"cross_frame": {"mode": "first"}}, device=a.device)
             seconds = time.perf_counter() - t
         print(json.dumps({"frames": res.stats.frames, "windows": res.stats.windows, "peak_mb": peak_rss_mib(),
@@ -504,14 +504,15 @@ def memory_presets(a) -> None:
             t = time.perf_counter()
             res = videdit.edit_video(PORTRAIT, Path(tmp) / "out.mp4", source_prompt="a man", use_cache=False,
                                      batch_size=a.batch_size, device=a.device,
-                                     read=io.ReadOptions(max_frames=int(n), size=a.size), **kw)
+                                     read=io.ReadOptions(max_frames=int(n), size=a.size, backend=a.backend), **kw)
             seconds = time.perf_counter() - t
         print(json.dumps({"frames": res.stats.frames, "windows": res.stats.windows, "peak_mb": peak_rss_mib(),
                           "seconds": seconds}))
         return
     if not PORTRAIT.exists():
         sys.exit(f"{PORTRAIT} not found (the long portrait clip of ../shared/data)")
-    print(f"model={a.model} size={a.size} steps={a.steps} batch={a.batch_size} source={PORTRAIT.name}; "
+    print(f"model={a.model} size={a.size} steps={a.steps} batch={a.batch_size} source={PORTRAIT.name} "
+          f"backend={a.backend}; "
           "peak RSS of each run's own process, MiB")
     lengths = a.lengths or PRESET_LENGTHS
     table = Table(("preset", "<24"), *[(f"{n} fr", ">9.0f") for n in lengths], ("windows", ">10"),
@@ -1017,6 +1018,8 @@ def main() -> None:
     c.add_argument("--presets", nargs="*", choices=list(PRESET_MEMORY),
                    help="instead: these presets (configs/NAME.yaml) at 32, 128 and 353 frames of the long portrait")
     c.add_argument("--lengths", nargs="*", type=int, help="with --presets: these clip lengths")
+    c.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto",
+                   help="the video decoder (auto: PyAV; decord holds more memory as it reads, see io/video.py)")
     command("toy", toy, "load and 25-step edit time of the toy model against diffusers' from_pretrained",
             repeats=3, threads=2)
     c = command("peers", peers, "blending/score editors against diffusers' LEDITS++, DiffEdit and pix2pix-zero",

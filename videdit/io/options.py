@@ -47,9 +47,10 @@ class ReadOptions:
     ``round(long * size / short)`` (half up), e.g. 288x512 at 256 -> 256x455; a ``(W, H)`` pair is
     exact; None or "source" keep the source's size (the pipeline reads None as "the model's native
     size" and "source" as the source's, see ``videdit.pipeline.working_size``). ``folder_fps`` is
-    the rate assumed for a folder of frames. ``backend`` picks the video decoder ("auto": decord,
-    falling back to PyAV; "auto" defers to the environment variable ``VIDEDIT_VIDEO_BACKEND`` when
-    that is set).
+    the rate assumed for a folder of frames. ``backend`` picks the video decoder ("auto": PyAV, whose
+    memory stays flat however long the clip, see ``video.choose_backend``; "decord": decord's random
+    access, falling back to PyAV on files it misreads; "auto" defers to the environment variable
+    ``VIDEDIT_VIDEO_BACKEND`` when that is set).
     """
 
     start_frame: int = 0
