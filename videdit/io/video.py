@@ -248,10 +248,10 @@ def pyav_frames(path: Path, indices: tuple[int, ...], rotation: int) -> Iterator
 
 def choose_backend(path: Path, meta: VideoMeta, wanted: str) -> str:
     """"decord" or "pyav" for this file; ``wanted`` is "auto", "decord" or "pyav". "auto" is PyAV:
-    the same pixels as decord, at flat memory. decord's reader, read a window at a time while the model
-    works, held 570 MiB more at the peak of a 128-frame edit of the 540x960 portrait clip (1256 vs 685
-    MiB) and 1.2 GB more on a 353-frame one (1868 vs 682 MiB, its frames decoded ahead and kept), where
-    PyAV decodes only what is read; decord stays for random access when asked for."""
+    the same pixels as decord, at flat memory. Read a window at a time while the model works, decord's
+    reader grows with what it has read: ``python tools/bench.py memory --presets text2video-zero-canny
+    --lengths 32 128 353 --steps 2 --backend decord`` (the 540x960 portrait clip) peaks at 667 / 1280 /
+    1277 MiB, with ``--backend pyav`` 619 / 692 / 711 MiB; decord stays for random access where asked."""
     if wanted in ("pyav", "auto"):
         return "pyav"
     decord = load_decord()
