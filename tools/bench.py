@@ -406,8 +406,8 @@ def read_preset(name: str) -> dict:
     return kw
 
 
-# Each preset's run for the memory table on tiny-random (32/64/64 channels; 8x8 latents at 64 px): the model and
-# ControlNet it needs (tiny-pix2pix, tiny-random's ControlNet on canny edges), FateZero's layers at tiny-random's
+# Each preset's run for the memory table on tiny-random (32/64/64 channels; 8x8 latents at 64 px): the model it
+# needs (tiny-pix2pix; tiny-random's ControlNet in place of each ControlNet a preset names, at its scale), FateZero's layers at tiny-random's
 # scale (SD's >= 640 of 320/640/1280 channels and <= 32x32 of 64x64 latent tokens: >= 64 and <= 4x4),
 # TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's either way),
 # the pose and depth variants' maps given as a file as a user gives them: the clip itself (tiny-random's ControlNet
@@ -417,9 +417,9 @@ PRESET_MEMORY = {
     "fatezero": {"inversion_params": {"min_channels": 64, "max_tokens": 16}},
     "rerender": {},
     "text2video-zero": {"model": "tiny-pix2pix"},
-    "text2video-zero-canny": {"controlnet": ["tiny-random=1.0"]},
-    "text2video-zero-pose": {"controlnet": ["tiny-random=1.0"], "control": [f"pose={PORTRAIT}"]},
-    "text2video-zero-depth": {"controlnet": ["tiny-random=1.0"], "control": [f"depth={PORTRAIT}"]},
+    "text2video-zero-canny": {},
+    "text2video-zero-pose": {"control": [f"pose={PORTRAIT}"]},
+    "text2video-zero-depth": {"control": [f"depth={PORTRAIT}"]},
     "tokenflow-plus": {},
     "fatezero-replay": {},
     "rerender-pull": {},
@@ -440,8 +440,9 @@ def preset_run(name: str, steps: int, model: str) -> dict:
         kw[k].update(extra.get(k, {}))
     if kw["inversion_params"].get("inversion_steps") == "10x":
         kw["inversion_params"]["inversion_steps"] = 10 * steps
-    if kw.pop("controlnet", None):   # the preset's ControlNet, tiny-random's in its place
-        kw["control"] = pair_controls(extra.get("control") or kw.pop("control"), extra["controlnet"])
+    if nets := kw.pop("controlnet", None):   # the preset's ControlNets, tiny-random's in their place at their scales
+        nets = extra.get("controlnet") or ["tiny-random" + (f"={n.rsplit('=', 1)[1]}" if "=" in n else "") for n in nets]
+        kw["control"] = pair_controls(extra.get("control") or kw.pop("control"), nets)
     suffix = kw.pop("target_suffix", "")
     kw["target_prompt"] = "a man, van gogh" + (f", {suffix}" if suffix else "")
     return kw
