@@ -163,6 +163,28 @@ def test_local_blend_mask_is_the_reference_local_blend():
 
 # --- the editor on tiny-random -----------------------------------------------------------------
 
+def cross_maps(tiny, inv, s, layer: str) -> list[tuple[int, torch.Tensor]]:
+    """(step, the conditional half's cross-attention maps (nb, fb, heads, Tq, L)) of ``layer`` at each
+    of its calls in the edit of ``s``, as the editor's modules leave them."""
+    seen = []
+
+    class Maps(AttentionModule):
+        needs_probs, cross = True, True
+
+        def applies(self, name, cross):
+            return name == layer
+
+        def probs(self, call, p):
+            seen.append((call.info.step, call.split(p)[-1].clone()))
+            return p
+
+    plan = plan_of(tiny, inv, s)
+    procs = dict(plan.processors)
+    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, Maps()], plan.info))
+    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    return seen
+
+
 def test_word_swap_needs_equal_word_counts(tiny, inverted):
     s, inv, _ = inverted
     with pytest.raises(VideditError, match="as many words, but the source has 5 and the target 6.*refine"):
@@ -181,23 +203,7 @@ def test_word_swap_of_unequal_token_counts_spreads_the_words_map(tiny, inverted)
     s, inv, _ = inverted
     s = settings(s, "prompt_to_prompt", target="a cat in a forest", mode="replace", cross_replace=0.4,
                  self_replace=0.0)
-    layer = "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor"
-    seen = []
-
-    class Maps(AttentionModule):
-        needs_probs, cross = True, True
-
-        def applies(self, name, cross):
-            return name == layer
-
-        def probs(self, call, p):
-            seen.append((call.info.step, call.split(p)[-1].clone()))   # conditional half (nb, fb, heads, Tq, L)
-            return p
-
-    plan = plan_of(tiny, inv, s)
-    procs = dict(plan.processors)
-    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, Maps()], plan.info))
-    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    seen = cross_maps(tiny, inv, s, "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor")
     step, p = seen[0]
     src, tgt = p[0], p[1]
     assert step == 0
@@ -227,24 +233,8 @@ def test_unknown_words_and_options_are_errors(tiny, inverted):
 def test_cross_attention_of_the_target_is_the_sources_within_the_window(tiny, inverted):
     s, inv, _ = inverted
     s = settings(s, "prompt_to_prompt", target=SAME_LENGTH, mode="replace", cross_replace=0.4, self_replace=0.0)
-    layer = "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor"
-
-    class Maps(AttentionModule):
-        needs_probs, cross, seen = True, True, []
-
-        def applies(self, name, cross):
-            return name == layer
-
-        def probs(self, call, p):
-            self.seen.append((call.info.step, call.split(p)[-1].clone()))  # conditional half
-            return p
-
-    plan = plan_of(tiny, inv, s)
-    maps = Maps()
-    procs = dict(plan.processors)
-    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, maps], plan.info))
-    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
-    for step, p in maps.seen:  # p: (nb, fb, heads, Tq, L)
+    seen = cross_maps(tiny, inv, s, "up_blocks.2.attentions.1.transformer_blocks.0.attn2.processor")
+    for step, p in seen:  # p: (nb, fb, heads, Tq, L)
         same = torch.equal(p[1], p[0])
         assert same == (step < 2), step  # int(0.4 * 5) = 2 steps replaced
 
@@ -252,25 +242,8 @@ def test_cross_attention_of_the_target_is_the_sources_within_the_window(tiny, in
 def test_reweight_scales_the_words_maps(tiny, inverted):
     s, inv, _ = inverted
     s = settings(s, "prompt_to_prompt", target=SOURCE, mode="reweight", reweight={"wolf": 3.0}, self_replace=0.0)
-    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"
-    seen = []
-
-    class Maps(AttentionModule):
-        needs_probs, cross = True, True
-
-        def applies(self, name, cross):
-            return name == layer
-
-        def probs(self, call, p):
-            seen.append(call.split(p)[-1].clone())
-            return p
-
-    plan = plan_of(tiny, inv, s)
-    procs = dict(plan.processors)
-    procs.update(compose(tiny.unet, [*plan.processors[layer].modules, Maps()], plan.info))
-    run_plan(tiny, inv, s, dataclasses.replace(plan, processors=procs))
+    _, p = cross_maps(tiny, inv, s, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor")[0]   # step 0
     wolf = [2, 3, 4, 5]  # w, o, l, f</w> after <|startoftext|> and "a</w>"
-    p = seen[0]          # step 0: within cross_replace
     torch.testing.assert_close(p[1][..., wolf], 3 * p[0][..., wolf])
     others = [i for i in range(p.shape[-1]) if i not in wolf]
     torch.testing.assert_close(p[1][..., others], p[0][..., others])
