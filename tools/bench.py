@@ -407,11 +407,12 @@ def read_preset(name: str) -> dict:
 
 
 # Each preset's run for the memory table on tiny-random (32/64/64 channels; 8x8 latents at 64 px): the model it
-# needs (tiny-pix2pix; tiny-random's ControlNet in place of each ControlNet a preset names, at its scale), FateZero's layers at tiny-random's
-# scale (SD's >= 640 of 320/640/1280 channels and <= 32x32 of 64x64 latent tokens: >= 64 and <= 4x4),
-# TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's either way),
-# the pose and depth variants' maps given as a file as a user gives them: the clip itself (tiny-random's ControlNet
-# reads any picture alike; the map is streamed with the frames as a real OpenPose or MiDaS rendering would be).
+# needs (tiny-pix2pix; tiny-random's ControlNet in place of each one a preset names, at its scale), FateZero's
+# layers at tiny-random's scale (SD's >= 640 of 320/640/1280 channels and <= 32x32 of 64x64 latent tokens: >= 64
+# and <= 4x4), TokenFlow's inversion through 10x the edit's steps (500 for 50; the latents kept are the edit's
+# either way), the pose and depth variants' maps given as a file as a user gives them: the clip itself
+# (tiny-random's ControlNet reads any picture alike; the map is streamed with the frames as a real OpenPose or
+# MiDaS rendering would be).
 PRESET_MEMORY = {
     "tokenflow": {"inversion_params": {"inversion_steps": "10x"}},
     "fatezero": {"inversion_params": {"min_channels": 64, "max_tokens": 16}},
@@ -441,7 +442,7 @@ def preset_run(name: str, steps: int, model: str) -> dict:
     if kw["inversion_params"].get("inversion_steps") == "10x":
         kw["inversion_params"]["inversion_steps"] = 10 * steps
     if nets := kw.pop("controlnet", None):   # the preset's ControlNets, tiny-random's in their place at their scales
-        nets = extra.get("controlnet") or ["tiny-random" + (f"={n.rsplit('=', 1)[1]}" if "=" in n else "") for n in nets]
+        nets = ["tiny-random" + (f"={n.rsplit('=', 1)[1]}" if "=" in n else "") for n in nets]
         kw["control"] = pair_controls(extra.get("control") or kw.pop("control"), nets)
     suffix = kw.pop("target_suffix", "")
     kw["target_prompt"] = "a man, van gogh" + (f", {suffix}" if suffix else "")

@@ -55,7 +55,7 @@ from videdit.attention.stored import MAPS, StoredAttention, anchors
 from videdit.core.loop import Branches, CallInfo, StepCallback, StepContext
 from videdit.editing.control import (auto_map_factor, check_fraction, check_map_factor, cross_layers_at, cross_window,
                                      step_window, word_scales)
-from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, word_maps
+from videdit.editing.prompt_to_prompt import GridStore, MapEdit, blend_mask, map_edit, same_word_count, word_maps
 from videdit.editing.registry import EditContext, EditPlan, register_editor
 from videdit.editing.words import find_word, prompt_words
 from videdit.errors import VideditError
@@ -242,12 +242,12 @@ def fatezero(ctx: EditContext, config: FateZeroConfig) -> EditPlan:
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
     max_len = ctx.source_cond.shape[-2]
     mode = config.mode
-    if mode == "replace" and len(ctx.source_prompt.split()) != len(ctx.target_prompt.split()):
+    if mode == "replace" and not same_word_count(ctx.source_prompt, ctx.target_prompt):
         mode = "refine"   # p2preplace_edit: is_replace_controller and equal_length (of words)
         log.info("%s: the prompts have %d and %d words, so the word swap is a refinement (as FateZero's)", EDITOR,
                  len(ctx.source_prompt.split()), len(ctx.target_prompt.split()))
-    mapper, alphas, equalizer = word_maps(mode, ctx.model, ctx.source_prompt, ctx.target_prompt, config.reweight,
-                                          max_len)
+    mapper, alphas, equalizer = word_maps(mode, ctx.model, (ctx.source_prompt, ctx.target_prompt), (src, tgt),
+                                          config.reweight, max_len)
     n = len(ctx.schedule)
     x = ctx.inversion.noise[None]                                           # (1, F, C, h, w)
     latent = tuple(x.shape[-2:])

@@ -311,12 +311,17 @@ class LocalBlend(StepCallback):
         return x
 
 
+def same_word_count(source_prompt: str, target_prompt: str) -> bool:
+    """Whether a word swap applies: the prompts have as many words (FateZero's ``equal_length``)."""
+    return len(source_prompt.split()) == len(target_prompt.split())
+
+
 def _mode(config: PromptToPromptConfig, src: list[str], tgt: list[str], source_prompt: str,
           target_prompt: str) -> str:
     """The controller: ``auto`` swaps where the prompts have as many words (FateZero's rule for its
     word swap), else refines; ``reweight`` alone takes the source's maps token by token."""
     if config.mode == "auto":
-        return "replace" if len(source_prompt.split()) == len(target_prompt.split()) else "refine"
+        return "replace" if same_word_count(source_prompt, target_prompt) else "refine"
     if config.mode == "reweight" and len(src) != len(tgt):
         raise VideditError(
             f"{EDITOR} mode 'reweight' alone takes the source's maps token by token and needs prompts of as many "
@@ -348,15 +353,17 @@ def _blend(ctx: EditContext, config: PromptToPromptConfig, src: list[str], tgt: 
     return store, blend
 
 
-def word_maps(mode: str, model, source_prompt: str, target_prompt: str, reweight: dict[str, float],
-              max_len: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The token maps of a cross-attention edit over ``max_len`` text tokens: for ``mode``
-    "refine" the refinement mapper and alphas, for "replace" the replacement mapper (None: the
-    identity), and for ``reweight`` {word: scale} the equaliser (max_len,) (else None)."""
+def word_maps(mode: str, model, prompts: tuple[str, str], tokens: tuple[list[str], list[str]],
+              reweight: dict[str, float], max_len: int) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+    """The token maps of a cross-attention edit over ``max_len`` text tokens, for the (source, target)
+    ``prompts`` and their ``tokens``: for ``mode`` "refine" the refinement mapper and alphas, for
+    "replace" the replacement mapper (None: the identity), and for ``reweight`` {word: scale} the
+    equaliser (max_len,) (else None)."""
     mapper = alphas = equalizer = None
-    tgt = model.tokens(target_prompt)
+    (source_prompt, target_prompt), (src, tgt) = prompts, tokens
     if mode == "refine":
-        mapper, alphas = refinement_mapper(model.tokens(source_prompt), tgt, max_len)
+        mapper, alphas = refinement_mapper(src, tgt, max_len)
     elif mode == "replace":
         mapper = replacement_mapper(model.spaced_words(source_prompt), model.spaced_words(target_prompt), max_len)
     if reweight:
@@ -375,8 +382,8 @@ def prompt_to_prompt(ctx: EditContext, config: PromptToPromptConfig) -> EditPlan
     src, tgt = ctx.model.tokens(ctx.source_prompt), ctx.model.tokens(ctx.target_prompt)
     max_len = ctx.model.tokenizer.model_max_length   # the tokens cross-attention sees (SDXL: not the pooled row)
     mode = _mode(config, src, tgt, ctx.source_prompt, ctx.target_prompt)
-    mapper, alphas, equalizer = word_maps(mode, ctx.model, ctx.source_prompt, ctx.target_prompt, config.reweight,
-                                          max_len)
+    mapper, alphas, equalizer = word_maps(mode, ctx.model, (ctx.source_prompt, ctx.target_prompt), (src, tgt),
+                                          config.reweight, max_len)
     n = len(ctx.schedule)
     x, branches = two_branches(ctx)
     n_frames, latent = x.shape[1], tuple(x.shape[-2:])
