@@ -65,7 +65,15 @@ def test_job_file_formats_expand_to_the_same_jobs(tmp_path, shared_data):
 
 def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
     clip = str(shared_data / "videos" / "dog.mp4")
-    cases = [([{"input": clip, "output": "a.mp4", "target": "x", "stepz": 2}], "unknown option 'stepz'"),
+    cases = [([{"input": clip, "output": "a.mp4", "target": "x", "stepz": 2}],
+              r"unknown option 'stepz' \(did you mean 'steps'\?\); a job takes .*, deepcache, .*, negative, .*, "
+              r"source, .*, target, .*, tome, .*, window$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "preview": "a.mp4"}],
+              "preview 'a.mp4' must be a .gif beside the output, not the output itself"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "preview": "p.png"}],
+              "preview 'p.png' must be a .gif beside the output, not another kind of file"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "config": "tokenflw"}],
+              "no config file tokenflw and no preset of that name \\(did you mean 'tokenflow'\\?\\)"),
              ([{"input": clip, "output": "a.mp4", "targets": ["x", "y"]}], "both write"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "editor": "magic"}], "unknown editor 'magic'"),
              ([{"input": clip, "output": "a.mp4"}], "no target prompt"),

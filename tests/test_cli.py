@@ -10,6 +10,7 @@ from videdit.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"
 BASE = ["--model", "tiny-random", "--steps", "2", "--no-cache", "-q"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def run(capsys, *argv):
@@ -21,11 +22,14 @@ def run(capsys, *argv):
 def bad_inputs(tmp, shared):
     text = tmp / "notes.mp4"
     text.write_text("this is not a video\n" * 50)
+    notes = tmp / "notes.txt"   # ffmpeg's tty demuxer would draw it as frames of its characters
+    notes.write_text((Path(__file__).resolve().parents[1] / "README.md").read_text())
     truncated = tmp / "truncated.mp4"
     truncated.write_bytes((shared / "videos" / "dog.mp4").read_bytes()[:2000])
     return {
         "missing file": ([tmp / "nope.mp4"], "no such file"),
         "text renamed .mp4": ([text], "not a readable video"),
+        "text file": ([notes], "is a text file, not a video; pass an mp4/mov/mkv/webm/gif file"),
         "truncated mp4": ([truncated], "video"),
         "zero frames": ([shared / "videos" / "dog.mp4", "--max-frames", "0"], "max_frames"),
         "unknown inversion": ([shared / "videos" / "dog.mp4", "--inversion", "magic"], "unknown inversion 'magic'"),
@@ -33,7 +37,7 @@ def bad_inputs(tmp, shared):
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "text renamed .mp4", "truncated mp4", "zero frames",
+@pytest.mark.parametrize("case", ["missing file", "text renamed .mp4", "text file", "truncated mp4", "zero frames",
                                   "unknown inversion", "unknown editor"])
 def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, shared_data, capsys):
     args, message = bad_inputs(tmp_path, shared_data)[case]
@@ -53,6 +57,50 @@ def test_output_equal_to_input_is_refused(tmp_path, shared_data, capsys):
     code, _, err = run(capsys, "edit", clip, "-t", "x", "-o", clip, *BASE)
     assert code == 2 and "overwrite the input" in err and len(err.strip().splitlines()) == 1
     assert clip.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-o", "{out}/edit.gif", "--preview", "{out}/edit.gif"],
+     "--preview {out}/edit.gif is the edit's own output (-o); choose another --preview path"),
+    (["-o", "{out}/edit.mp4", "--preview", "{out}/p.mp4"], "--preview {out}/p.mp4: a preview is a GIF; give it a .gif name"),
+    (["-o", "{out}/edit.mp4", "--preview", "{out}/no/p.gif"], "the output folder {out}/no does not exist; create it or "
+     "choose another --preview path"),
+    (["-o", "{out}/edit.mp4", "--report", "{out}/no/r.json"], "the --report folder {out}/no does not exist; create it or "
+     "choose another --report path"),
+    (["-o", "{out}/edit.mp4", "--report", "{out}/edit.mp4"], "--report {out}/edit.mp4 is also {out}/edit.mp4; choose "
+     "another --report path"),
+])
+def test_a_bad_preview_or_report_path_is_refused_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    import videdit.pipeline
+
+    monkeypatch.setattr(videdit.pipeline, "_resolve_model", None)   # refused before the model loads
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", *[a.format(out=out) for a in argv], *BASE)
+    assert code == 2 and one_error_line(err) == "videdit: error: " + message.format(out=out)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without CUDA")
+def test_a_device_this_torch_lacks_is_one_line(tmp_path, capsys):
+    code, _, err = run(capsys, "edit", SAMPLE, "-t", "x", "-o", tmp_path / "o.mp4", *BASE, "--device", "cuda")
+    assert code == 2 and one_error_line(err) == ("videdit: error: device 'cuda': this torch sees no CUDA GPU (a CPU "
+                                                 "build, or no driver); use --device cpu or auto")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_inputs_warning_is_one_line(tmp_path, shared_data, capsys):
+    """The broken-timestamps clip (7 of its 8 declared frames decode): videdit's warning in one line, as its
+    errors are, not Python's two (file:line: category, then the source line)."""
+    code, _, err = run(capsys, "preview", shared_data / "videos" / "camel-broken-timestamps.mp4", "-o", tmp_path / "c.gif")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 0 and len(lines) == 1 and lines[0].startswith("videdit: warning: "), err
+    assert "timestamps are broken" in lines[0] and "BrokenVideoWarning" not in err
+
+
+def test_preview_needs_a_gif_name(tmp_path, capsys):
+    code, _, err = run(capsys, "preview", SAMPLE, "-o", tmp_path / "p.mp4")
+    assert code == 2 and one_error_line(err) == f"videdit: error: preview writes a GIF; give -o a .gif name, not {tmp_path / 'p.mp4'}"
 
 
 def test_man_skiing_keeps_size_rate_and_audio(tmp_path, shared_data, capsys):
@@ -76,7 +124,7 @@ def test_invert_then_edit_hits_the_cache(tmp_path, shared_data, capsys):
     common = ["--model", "tiny-random", "--steps", "3", "--max-frames", "4", "--size", "64",
               "--cache-dir", tmp_path / "c", "-s", "a dog"]
     code, out, _ = run(capsys, "invert", clip, *common)
-    assert code == 0 and "inverted 4 frames at 64x64 in 1 windows (0 already cached)" in out
+    assert code == 0 and "inverted 4 frames at 64x64 in 1 window (0 already cached)" in out
     code, out, _ = run(capsys, "edit", clip, *common, "-t", "a cat", "-o", tmp_path / "e.mp4")
     assert code == 0 and "1/1 windows from cache" in out
 
@@ -144,6 +192,19 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path, shared_data, capsys, 
                        "--config", cfg, "--steps", "9", "-I", "guidance=1.5")
     assert code == 2 and "stop" in err
     assert seen["steps"] == 9 and seen["guidance"] == 3.5 and seen["inversion_params"] == {"guidance": 1.5}
+
+
+def test_config_by_a_presets_name(tmp_path, capsys):
+    """--config tokenflow reads configs/tokenflow.yaml; a misspelt name is one line with the nearest preset."""
+    from videdit.cli import _with_config, build_parser
+
+    argv = ["edit", str(SAMPLE), "-t", "x", "-o", "o.mp4", "--config"]
+    named, path = (_with_config(build_parser(), argv + [c]) for c in ("tokenflow", str(CONFIGS / "tokenflow.yaml")))
+    assert named.editor == path.editor == "plug_and_play" and named.temporal == path.temporal != []
+    code, _, err = run(capsys, *argv, "tokenflw")
+    line = one_error_line(err)
+    assert code == 2 and line.startswith("videdit: error: no config file tokenflw and no preset of that name (did you "
+                                         "mean 'tokenflow'?); the presets: bdia, blended,"), line
 
 
 def test_bad_config_is_one_line(tmp_path, shared_data, capsys):

@@ -133,7 +133,7 @@ def test_invert_and_edit_share_the_working_frames(shared_data, tmp_path, capsys)
     clip = shared_data / "videos" / "dog.mp4"
     common = ["--model", "toy", "--steps", "2", "--max-frames", "2", "--cache-dir", str(tmp_path / "c"), "-q"]
     assert main(["invert", str(clip), *common]) == 0
-    assert "inverted 2 frames at 64x64 in 1 windows (0 already cached)" in capsys.readouterr().out
+    assert "inverted 2 frames at 64x64 in 1 window (0 already cached)" in capsys.readouterr().out
     assert main(["edit", str(clip), *common, "-t", "x", "-o", str(tmp_path / "a.mp4")]) == 0
     assert "worked at 64x64, written at 512x512; inversion" in (out := capsys.readouterr().out)
     assert "1/1 windows from cache" in out

@@ -237,7 +237,12 @@ def _normalise(entry: Mapping, where: str) -> dict:
     for key, value in entry.items():
         name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
         if name not in OPTIONS:
-            raise VideditError(f"{where}: unknown option {key!r}; a job takes {', '.join(sorted(OPTIONS))}")
+            import difflib
+
+            named = sorted((OPTIONS - set(ALIASES.values())) | set(ALIASES))   # as the README names them
+            close = difflib.get_close_matches(name, named, n=1)
+            raise VideditError(f"{where}: unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                               + f"; a job takes {', '.join(named)}")
         if name == "compile" and isinstance(value, str):
             from videdit.models.speed import COMPILE_MODES
 
@@ -252,6 +257,15 @@ def _normalise(entry: Mapping, where: str) -> dict:
 
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "empty"
+
+
+def _preset_file(base: Path, spec, where: str) -> Path:
+    from videdit.config import preset_path
+
+    try:
+        return preset_path(str(spec), base)
+    except VideditError as e:
+        raise VideditError(f"{where}: {e}") from None
 
 
 def _preset(path: Path, where: str) -> dict:
@@ -287,7 +301,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
         entry = _normalise(entry, where)
         merged = {**defaults, **entry}
         if "config" in merged:
-            merged = {**defaults, **_preset(base / str(merged.pop("config")), where), **entry}
+            merged = {**defaults, **_preset(_preset_file(base, merged.pop("config"), where), where), **entry}
             merged.pop("config", None)
         merged.update(overrides)
         pairs = _pairs(merged, where)
@@ -306,6 +320,9 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
             except (KeyError, IndexError, ValueError) as err:
                 raise VideditError(f"{where}: output {merged['output']!r} names an unknown field ({err}); "
                                    f"it may name {{input}}, {{n}} and {{target}}") from None
+            if preview is not None and (Path(preview).suffix.lower() != ".gif" or preview == output):
+                raise VideditError(f"{where}: preview {preview!r} must be a .gif beside the output, not "
+                                   + ("the output itself" if preview == output else "another kind of file"))
             _resolve_control(options, base, where)
             for key in ("mask",):   # a path inside the editor's options
                 params = options.get("editor_params")

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from videdit.errors import VideditError
@@ -147,7 +148,9 @@ def editor_params(a) -> dict:
     return params
 
 
-def _add_read_args(p: argparse.ArgumentParser) -> None:
+def _add_read_args(p: argparse.ArgumentParser, working: bool = True) -> None:
+    """The frame selection flags; ``working``: --size is the edit's working size (else the size the
+    clips are compared at)."""
     g = p.add_argument_group("frames to read")
     g.add_argument("--start", type=float, help="start time in seconds")
     g.add_argument("--end", type=float, help="end time in seconds")
@@ -156,9 +159,13 @@ def _add_read_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stride", type=int, default=1, help="take every N-th frame")
     g.add_argument("--fps", type=float, help="resample to this frame rate (instead of --stride)")
     g.add_argument("--max-frames", type=int, help="at most this many frames")
-    g.add_argument("--size", type=_size, help="working size: N (short side), WxH, or 'source' (the source's "
-                   "own); default for edit and invert: the model's native short side (512 for SD 1.x, 768 for "
-                   "SD 2.x, 1024 for SDXL, 128 for tiny-random, 64 for toy); the output keeps the source's size")
+    if working:
+        g.add_argument("--size", type=_size, help="working size: N (short side), WxH, or 'source' (the source's "
+                       "own); default: the model's native short side (512 for SD 1.x and tiny-random, 768 for "
+                       "SD 2.x, 1024 for SDXL, 64 for toy); the output keeps the source's size")
+    else:
+        g.add_argument("--size", type=_size, help="the size both clips are compared at: N (short side), WxH, or "
+                       "'source' (default: the original's own)")
 
 
 class _Refused(argparse.Action):
@@ -218,7 +225,8 @@ def _add_model_args(p: argparse.ArgumentParser, fills_cache: bool = False) -> No
     g.add_argument("--inversion", help="inversion method (default: the editor's, else ddim; see `videdit methods`)")
     g.add_argument("--inversion-param", "-I", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the inversion, e.g. -I inner_steps=10 (repeatable)")
-    g.add_argument("--config", type=Path, help="YAML file of option defaults (see configs/); flags given here win")
+    g.add_argument("--config", type=Path, help="YAML file of option defaults, or a preset's name (configs/NAME.yaml, "
+                   "e.g. tokenflow); flags given here win")
     g.add_argument("--inversion-dtype", default="model", choices=["model", "fp32"],
                    help="fp32: invert with the UNet in fp32 while the edit runs in --dtype (helps an exact "
                    "inversion only when the edit runs in fp32 too)")
@@ -332,14 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("invert", help="invert a clip and fill the cache",
                        description="Run the inversion stage only, so later edits of INPUT start at once. "
                        "--config takes an edit's preset: its inversion options count, the rest is the edit's.")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=Path, help="video file, folder of frames, or image")
     p.add_argument("-s", "--source", default="", help="prompt describing the input")
     p.add_argument("--editor", default="plain", help="the edit's editor, where its reference sets the strength")
     _add_model_args(p, fills_cache=True)
     _add_read_args(p)
 
-    p = add("preview", help="write a GIF preview of any clip")
-    p.add_argument("input", type=Path)
+    p = add("preview", help="write a GIF preview of any clip",
+            description="Write INPUT as a small looping GIF (each side at most --max-side pixels, at most "
+            "--max-fps and --gif-frames frames), with --compare beside it on the left.")
+    p.add_argument("input", type=Path, help="video file, folder of frames, or image")
     p.add_argument("-o", "--output", type=Path, required=True, help="the .gif to write")
     p.add_argument("--compare", type=Path, help="a second clip shown on the left, side by side")
     p.add_argument("--max-side", type=int, default=256, help="longer side of each panel in pixels (default 256)")
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", default="dis", help="flow method: dis (default), farneback, raft")
     p.add_argument("--flow-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="a FlowConfig option, e.g. preset=fast, colour=gray or raft_weights=PATH (repeatable)")
-    _add_read_args(p)
+    _add_read_args(p, working=False)
 
     add("methods", help="list the inversions, editors and temporal modules with their options")
     p = add("serve", help="a web page for editing (pip install \"videdit[ui]\")",
@@ -430,9 +440,10 @@ def _edit(a) -> None:
 
     if a.report and is_image(a.output):
         raise VideditError(f"--report scores a clip; {a.output} is a single image (write a video or a folder)")
+    _check_report(a.report, a.input, a.output)
     result = edit_video(a.input, a.output, **edit_kwargs(a))
     s = result.stats
-    msg = (f"wrote {result.output} ({s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
+    msg = (f"wrote {result.output} ({_count(s.frames, 'frame')}, worked at {s.size[0]}x{s.size[1]}, written at "
            f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s"
            + (f"; compiling {s.seconds['compile']:.1f}s" if s.seconds["compile"] else "") + ")")
@@ -443,6 +454,10 @@ def _edit(a) -> None:
         from videdit.metrics import evaluate_clips
 
         _print_scores(_write_report(a.report, evaluate_clips(a.input, result.output, read=_read_options(a))))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _target(a) -> str:
@@ -460,13 +475,16 @@ def _invert(a) -> None:
                          batch_size=a.batch_size, device=a.device, dtype=a.dtype, cache_dir=a.cache_dir,
                          inversion_dtype=a.inversion_dtype, strength=a.strength, steps_offset=a.steps_offset,
                          editor=a.editor, max_tokens=a.max_tokens, control=_control(a), progress=not a.quiet)
-    print(f"inverted {stats.frames} frames at {stats.size[0]}x{stats.size[1]} in {stats.windows} windows "
+    print(f"inverted {_count(stats.frames, 'frame')} at {stats.size[0]}x{stats.size[1]} in "
+          f"{_count(stats.windows, 'window')} "
           f"({stats.cache_hits} already cached)")
 
 
 def _preview(a) -> None:
     from videdit import io
 
+    if a.output.suffix.lower() != io.GIF_SUFFIX:
+        raise VideditError(f"preview writes a GIF; give -o a .gif name, not {a.output}")
     io.check_output_path(a.output, a.input)
     read = io.ReadOptions(max_frames=a.max_frames)
     frames, info = io.read_clip(a.input, read)
@@ -476,6 +494,18 @@ def _preview(a) -> None:
     io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
                  max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
+
+
+def _check_report(path: Path | None, *others: Path) -> None:
+    """Refuse, before any work, a --report its folder lacks or that names an input or output."""
+    if path is None:
+        return
+    if not path.resolve().parent.is_dir():
+        raise VideditError(f"the --report folder {path.resolve().parent} does not exist; create it or choose "
+                           "another --report path")
+    for other in others:
+        if path.resolve() == other.resolve():
+            raise VideditError(f"--report {path} is also {other}; choose another --report path")
 
 
 def _write_report(path: Path, scores: dict) -> dict:
@@ -500,6 +530,7 @@ def _eval(a) -> None:
     from videdit.video.flow import FlowConfig
 
     config = make_config(FlowConfig, {"method": a.flow, **dict(a.flow_param)}, "--flow-param")
+    _check_report(a.report, a.original, a.edited)
     scores = evaluate_clips(a.original, a.edited, read=_read_options(a), config=config)
     _print_scores(scores)
     if a.report:
@@ -561,6 +592,7 @@ def _batch(a) -> int:
         logging.getLogger("videdit").setLevel(logging.WARNING)
     defaults = {"model": a.model} if a.model else {}
     report = a.report or a.jobs.with_name(a.jobs.stem + ".report.json")
+    _check_report(report, a.jobs)
     result = edit_batch(a.jobs, defaults=defaults, overrides=dict(a.overrides), cache_dir=a.cache_dir, ray=a.ray,
                         workers=a.workers, gpus_per_worker=a.gpus_per_worker, cpus_per_worker=a.cpus_per_worker,
                         retries=a.retries, scores=not a.no_scores, report=report, progress=not a.quiet)
@@ -599,6 +631,9 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
         return _required(parser, args)
     import yaml
 
+    from videdit.config import preset_path
+
+    args.config = preset_path(args.config)
     try:
         values = yaml.safe_load(args.config.read_text()) or {}
     except OSError as e:
@@ -640,7 +675,22 @@ def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
     return _required(parser, parser.parse_args(argv))  # -I/-E append to the file's options; later entries win in dict()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """videdit's own warnings (a damaged input, a fallback) in one line, as its errors; others as Python shows
+    them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"videdit: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():   # the caller's warning display comes back after the command
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = _with_config(parser, sys.argv[1:] if argv is None else argv)

@@ -10,6 +10,7 @@ import numbers
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -77,3 +78,23 @@ def _describe(hint) -> str:
     if hint is dict or typing.get_origin(hint) in (dict, collections.abc.Mapping):
         return "a mapping of options"
     return _PLAIN.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"   # a source checkout's presets; none in a wheel
+
+
+def preset_path(spec: str | os.PathLike, base: str | os.PathLike = ".") -> Path:
+    """The YAML file ``--config SPEC`` (a job's ``config:``) names: a path (relative to ``base``), or
+    a preset's name, ``configs/NAME.yaml`` (``tokenflow``). One line naming the presets when neither."""
+    path = Path(base) / spec
+    if path.exists() or Path(spec).suffix or len(Path(spec).parts) > 1:
+        return path
+    if (PRESETS_DIR / f"{spec}.yaml").exists():
+        return PRESETS_DIR / f"{spec}.yaml"
+    import difflib
+
+    names = sorted(f.stem for f in PRESETS_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(str(spec), names, n=1)
+    raise VideditError(f"no config file {spec} and no preset of that name"
+                       + (f" (did you mean {close[0]!r}?)" if close else "")
+                       + (f"; the presets: {', '.join(names)}" if names else "; give the YAML file's path"))

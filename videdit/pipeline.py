@@ -715,9 +715,10 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     read = _read_options(read, window)
     input = Path(input)
     info = io.probe(input, read)
-    for path in (output, preview):
-        if path is not None:
-            io.check_output_path(path, input)
+    if output is not None:
+        io.check_output_path(output, input)
+    if preview is not None:
+        io.check_preview_path(preview, input, output)
     model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     control = _control(control, model, settings, read, info.n_frames)

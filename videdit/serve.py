@@ -35,11 +35,12 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from videdit.config import PRESETS_DIR
 from videdit.errors import VideditError
 
 log = logging.getLogger("videdit")
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs"                   # the presets (a source checkout's; none in a wheel)
+CONFIGS = PRESETS_DIR
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 NO_PRESET = "(none)"

@@ -18,7 +18,8 @@ from videdit.io.options import as_fraction, frame_range, resized_size, select_in
         ({"stride": 2, "fps": 10}, "either stride .* or a target fps"),
         ({"start_frame": 5, "start_s": 1.0}, "either in frames .* or in seconds"),
         ({"start_frame": 5, "end_frame": 5}, "end_frame must be an integer > start_frame"),
-        ({"start_s": 2.0, "end_s": 1.0}, r"end_s \(1.0\) must be greater than start_s"),
+        ({"start_s": 2.0, "end_s": 1.0},
+         r"the end \(1.0 s: --end, end_s\) must be after the start \(2.0 s: --start, start_s\)"),
         ({"size": 0}, "size must be >= 1"),
         ({"size": (64,)}, "size must be an int"),
         ({"chunk_size": 0}, "chunk_size must be"),
@@ -54,7 +55,7 @@ def test_frame_range():
     assert frame_range(40, fps, ReadOptions(start_frame=35, end_frame=400), "c") == (35, 40)   # clamped
     assert frame_range(40, fps, ReadOptions(start_s=1.0, end_s=2.05), "c") == (10, 21)       # starts in [1, 2.05)
     assert frame_range(40, fps, ReadOptions(start_s=0.31), "c") == (4, 40)
-    with pytest.raises(VideditError, match="start frame 40 is past the end of c"):
+    with pytest.raises(VideditError, match=r"start frame 40 \(--start-frame, start_frame\) is past the end of c"):
         frame_range(40, fps, ReadOptions(start_frame=40), "c")
     with pytest.raises(VideditError, match="selects no frame"):
         frame_range(40, fps, ReadOptions(start_s=1.01, end_s=1.09), "c")

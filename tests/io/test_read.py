@@ -332,8 +332,9 @@ def test_text_renamed_mp4(tmp_path):
 def test_start_past_the_end(videos):
     with pytest.raises(VideditError) as e:
         read_frames(videos / "wolf.mp4", ReadOptions(start_frame=100))
-    assert str(e.value) == f"start frame 100 is past the end of {videos / 'wolf.mp4'} (40 frames)"
-    with pytest.raises(VideditError, match=r"start_s 9.0 \(frame 180\) is past the end"):
+    assert str(e.value) == (f"start frame 100 (--start-frame, start_frame) is past the end of {videos / 'wolf.mp4'} "
+                            "(40 frames)")
+    with pytest.raises(VideditError, match=r"the start 9.0 s \(--start, start_s; frame 180\) is past the end"):
         probe(videos / "wolf.mp4", ReadOptions(start_s=9.0))
 
 

@@ -228,6 +228,17 @@ def test_gif_reads_back_as_a_clip(tmp_path):
 # --- dispatch and output checks ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fps, n_gif, centiseconds", [(30, 60, 3), (60, 30, 3)])
+def test_a_gif_output_is_the_whole_edit_at_the_sources_size(fps, n_gif, centiseconds, tmp_path):
+    """`-o edit.gif` (unlike a --preview) keeps every frame at the source's size; above GIF's 50 fps, every
+    k-th frame (60 fps: every 2nd, 30 fps in 3 cs delays)."""
+    src = write_video(tmp_path / "src.mp4", [ramp(60, 200, 300)], fps)
+    info = probe(src)
+    out = write_output(tmp_path / "edit.gif", read_frames(src), info, input_path=src)
+    with Image.open(out) as gif:
+        assert (gif.n_frames, gif.size, gif.info["duration"]) == (n_gif, (300, 200), 10 * centiseconds)
+
+
 def test_write_output_dispatch(videos, tmp_path):
     folder = videos / "car-turn"
     options = ReadOptions(size=64, max_frames=3)

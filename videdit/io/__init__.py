@@ -7,8 +7,10 @@ from videdit.io.overlap import WriteAborted, read_ahead, write_beside
 from videdit.io.read import BACKEND_ENV, IMAGE_SUFFIXES, is_image, probe, read_clip, read_frames, read_selected
 from videdit.io.video import BrokenVideoWarning
 from videdit.io.write import (
+    GIF_SUFFIX,
     VIDEO_FORMATS,
     check_output_path,
+    check_preview_path,
     write_frames_dir,
     write_gif,
     write_image,
@@ -18,6 +20,7 @@ from videdit.io.write import (
 
 __all__ = [
     "BACKEND_ENV",
+    "GIF_SUFFIX",
     "IMAGE_SUFFIXES",
     "VIDEO_FORMATS",
     "BrokenVideoWarning",
@@ -26,6 +29,7 @@ __all__ = [
     "WriteAborted",
     "atomic_path",
     "check_output_path",
+    "check_preview_path",
     "is_image",
     "probe",
     "read_ahead",

@@ -77,12 +77,14 @@ class ReadOptions:
             if value is not None and (not _is_real(value) or not math.isfinite(value) or value < 0):
                 raise VideditError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
-            raise VideditError(f"end_s ({self.end_s}) must be greater than start_s ({self.start_s})")
+            raise VideditError(f"the end ({self.end_s} s: --end, end_s) must be after the start ({self.start_s} s: "
+                               "--start, start_s)")
         if (self.start_s is not None or self.end_s is not None) and (
             self.start_frame != 0 or self.end_frame is not None
         ):
             raise VideditError(
-                "give the range either in frames (start_frame/end_frame) or in seconds (start_s/end_s), not both"
+                "give the range either in frames (--start-frame/--end-frame, start_frame/end_frame) or in seconds "
+                "(--start/--end, start_s/end_s), not both"
             )
         if not _is_int(self.stride) or self.stride < 1:
             raise VideditError(f"stride must be an integer >= 1, got {self.stride!r}")
@@ -191,14 +193,15 @@ def frame_range(n_source: int, fps: Fraction | None, options: ReadOptions, name:
         end = _first_frame_at(options.end_s, fps) if options.end_s is not None else n_source
         if start >= n_source:
             raise VideditError(
-                f"start_s {options.start_s} (frame {start}) is past the end of {name} "
+                f"the start {options.start_s} s (--start, start_s; frame {start}) is past the end of {name} "
                 f"({n_source} frames, {float(n_source / fps):.3f} s)"
             )
     else:
         start = options.start_frame
         end = n_source if options.end_frame is None else options.end_frame
         if start >= n_source:
-            raise VideditError(f"start frame {start} is past the end of {name} ({n_source} frames)")
+            raise VideditError(f"start frame {start} (--start-frame, start_frame) is past the end of {name} "
+                               f"({n_source} frames)")
     end = min(end, n_source)
     if end <= start:
         raise VideditError(

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # containers decord handles well; anything else (gif, ...) goes to PyAV
 DECORD_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi"}
+# ffmpeg's demuxers that render text (.txt, .ans, .nfo; subtitles) as video frames
+TEXT_DEMUXERS = {"tty", "bin", "xbin", "idf", "adf"}
 
 
 class BrokenVideoWarning(UserWarning):
@@ -77,6 +79,10 @@ def open_container(path: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise VideditError(f"{path} has no video stream; pass a video file, an image or a folder of frames")
+    if container.format.name in TEXT_DEMUXERS:   # ffmpeg draws any text file as frames of its characters
+        container.close()
+        raise VideditError(f"{path} is a text file, not a video; pass an mp4/mov/mkv/webm/gif file, "
+                           "a single image or a folder of frames")
     return container
 
 

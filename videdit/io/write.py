@@ -315,7 +315,7 @@ def write_gif(
     """
     path = Path(path)
     if path.suffix.lower() != GIF_SUFFIX:
-        raise VideditError(f"write_gif writes .gif files, got {path}")
+        raise VideditError(f"{path} would hold a GIF; give it a .gif name")
     if not (fps > 0 and max_fps > 0 and max_side >= 1 and max_frames >= 1):
         raise VideditError(
             f"fps, max_fps, max_side and max_frames must be positive, got {fps}, {max_fps}, {max_side}, {max_frames}"
@@ -387,30 +387,46 @@ def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike) -> None:
-    """Refuse an output that would overwrite the input, and one whose folder does not exist.
+def _same_file(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, flag: str = "-o") -> None:
+    """Refuse an output that would overwrite the input, and one whose folder does not exist;
+    ``flag`` names the option that gave it in the message.
 
     Call it before the (slow) edit, so a bad ``-o`` fails early.
     """
     out, inp = Path(output).resolve(), Path(input_path).resolve()
     kind = _output_kind(Path(output))
-    same = out == inp or (out.exists() and inp.exists() and os.path.samefile(out, inp))
-    if same or (inp.is_dir() and _is_within(out, inp)):
-        raise VideditError(f"refusing to overwrite the input {input_path} with {output}; choose another -o path")
+    if _same_file(out, inp) or (inp.is_dir() and _is_within(out, inp)):
+        raise VideditError(f"refusing to overwrite the input {input_path} with {output}; choose another {flag} path")
     if kind == "frames" and _is_within(inp, out):
         raise VideditError(
-            f"refusing to write frames to {output}: the input {input_path} is inside it; choose another -o path"
+            f"refusing to write frames to {output}: the input {input_path} is inside it; choose another {flag} path"
         )
     if not out.parent.is_dir():
-        raise VideditError(f"the output folder {out.parent} does not exist; create it or choose another -o path")
+        raise VideditError(f"the output folder {out.parent} does not exist; create it or choose another {flag} path")
+
+
+def check_preview_path(preview: str | os.PathLike, input_path: str | os.PathLike,
+                       output: str | os.PathLike | None) -> None:
+    """:func:`check_output_path` for a ``--preview`` GIF, which must not be the edit's own output either."""
+    if Path(preview).suffix.lower() != GIF_SUFFIX:
+        raise VideditError(f"--preview {preview}: a preview is a GIF; give it a .gif name")
+    check_output_path(preview, input_path, "--preview")
+    if output is not None and _same_file(Path(preview), Path(output)):
+        raise VideditError(f"--preview {preview} is the edit's own output (-o); choose another --preview path")
 
 
 def write_output(
     path: str | os.PathLike, chunks: Chunks, info: ClipInfo, *, input_path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """Write the edited frames where the suffix says: .mp4/.mov/.mkv/.webm video (with the
-    input's audio for ``info.start_s..info.end_s``, at ``info.out_fps``), .gif preview,
-    .png/.jpg single image, or a frame folder (no suffix, or an existing folder)."""
+    input's audio for ``info.start_s..info.end_s``, at ``info.out_fps``), .gif (every frame at the
+    source's size; above GIF's 50 fps every k-th frame), .png/.jpg single image, or a frame folder
+    (no suffix, or an existing folder)."""
     path = Path(path)
     check_output_path(path, input_path)
     kind = _output_kind(path)
@@ -426,7 +442,8 @@ def write_output(
             audio_end_s=info.end_s,
         )
     if kind == "gif":
-        return write_gif(path, chunks, float(info.out_fps or 1))
+        return write_gif(path, chunks, float(info.out_fps or 1), max_side=max(info.source_size), max_fps=50,
+                         max_frames=info.n_frames)
     if kind == "image":
         if info.n_frames != 1:
             raise VideditError(

@@ -52,9 +52,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError as e:
         raise VideditError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from e
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise VideditError(f"device {device!r}: this torch sees no CUDA GPU (a CPU build, or no driver); "
+                           "use --device cpu or auto")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise VideditError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                           f"numbered from 0; use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    mps = getattr(torch.backends, "mps", None)
+    if chosen.type == "mps" and not (mps is not None and mps.is_available()):
+        raise VideditError(f"device {device!r}: this torch has no MPS (Apple GPU) support here; "
+                           "use --device cpu or auto")
+    return chosen
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
