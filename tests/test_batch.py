@@ -87,6 +87,19 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
         assert "\n" not in str(e.value) and str(e.value).startswith("job")
 
 
+def test_a_preset_is_under_the_defaults_and_the_entry(tmp_path, shared_data):
+    """`config:` (in the defaults or an entry) gives what neither sets: tokenflow-plus's editor and temporal
+    modules, not its steps (50) or model (SD 2.1) where the defaults give them."""
+    clip = str(shared_data / "videos" / "dog.mp4")
+    defaults = {"model": "toy", "steps": 2, "config": "tokenflow-plus", "output": "{input}-{target}.mp4"}
+    jobs = expand_jobs([{"input": clip, "target": "x"}, {"input": clip, "targets": ["y", "z"], "steps": 3,
+                                                         "config": "tokenflow"}], defaults, base=tmp_path)
+    assert [(j.options["model"], j.options["steps"]) for j in jobs] == [("toy", 2), ("toy", 3), ("toy", 3)]
+    assert jobs[0].options["editor"] == jobs[1].options["editor"] == "plug_and_play"
+    assert set(jobs[0].options["temporal"]) == {"keyframes", "tokenflow"} and set(jobs[1].options["temporal"]) == {
+        "tokenflow"}
+
+
 def test_speed_options_leave_the_record_and_the_inversion_group_alone(tmp_path, shared_data):
     """compile and channels_last change how a job runs, not what it makes (float rounding): the same
     record digest and inversion group; vae_dtype changes the latents: another of each."""

@@ -301,7 +301,8 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
         entry = _normalise(entry, where)
         merged = {**defaults, **entry}
         if "config" in merged:
-            merged = {**defaults, **_preset(_preset_file(base, merged.pop("config"), where), where), **entry}
+            # the preset under the file's defaults and the entry, as `edit --config` is under the flags
+            merged = {**_preset(_preset_file(base, merged.pop("config"), where), where), **defaults, **entry}
             merged.pop("config", None)
         merged.update(overrides)
         pairs = _pairs(merged, where)
