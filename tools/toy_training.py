@@ -40,16 +40,16 @@ def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
     return a
 
 
-def resume(path: Path, opt, modules: dict[str, torch.nn.Module]) -> int:
-    """The step a checkpoint at ``path`` ended at, its weights and optimiser state loaded (0: none)."""
-    if not path.exists():
-        return 0
+def resume(a, path: Path, opt, modules: dict[str, torch.nn.Module]) -> tuple[int, dict | None]:
+    """(the step a checkpoint at ``path`` ended at, the card its run started from), its weights and
+    optimiser state loaded; ``a.earlier`` gets the commands of the runs that made it."""
     state = torch.load(path, weights_only=False)
     for name, module in modules.items():
         module.load_state_dict(state[name])
     opt.load_state_dict(state["opt"])
+    a.earlier = state.get("commands", [])
     print(f"resumed at step {state['step']}", flush=True)
-    return state["step"]
+    return state["step"], state.get("parent")
 
 
 def start(a, opt, modules: dict[str, torch.nn.Module], path: Path,
@@ -57,8 +57,9 @@ def start(a, opt, modules: dict[str, torch.nn.Module], path: Path,
     """(the step training starts at, the card of the model it starts from or None): a checkpoint's
     (``--resume``), an exported model's (``--init-from DIR``: the state dicts ``load(DIR)`` gives,
     the step its ``training.json`` names), else 0."""
+    a.earlier = []
     if a.resume and path.exists():
-        return resume(path, opt, modules), None
+        return resume(a, path, opt, modules)
     if not a.init_from:
         return 0, None
     folder = Path(a.init_from)
@@ -69,9 +70,12 @@ def start(a, opt, modules: dict[str, torch.nn.Module], path: Path,
     return card["steps"], card
 
 
-def checkpoint(path: Path, opt, modules: dict[str, torch.nn.Module], step: int) -> None:
+def checkpoint(a, path: Path, opt, modules: dict[str, torch.nn.Module], step: int) -> None:
+    """Weights, optimiser, step, and what a resumed run's card needs: the model it started from and the
+    commands so far."""
     tmp = path.with_suffix(".tmp")
-    torch.save({**{n: m.state_dict() for n, m in modules.items()}, "opt": opt.state_dict(), "step": step}, tmp)
+    torch.save({**{n: m.state_dict() for n, m in modules.items()}, "opt": opt.state_dict(), "step": step,
+                "parent": a.parent, "commands": [*a.earlier, " ".join(a.argv)]}, tmp)
     tmp.replace(path)
 
 
@@ -100,9 +104,9 @@ def train_loop(a, opt, modules: dict[str, torch.nn.Module], loss_at: Callable[[i
         if step % 20 == 0:
             print(f"step {step} loss {np.mean(losses[-20:]):.4f} {time.time() - t0:.0f}s", flush=True)
         if time.time() - last > a.ckpt_minutes * 60:
-            checkpoint(path, opt, modules, step)
+            checkpoint(a, path, opt, modules, step)
             last = time.time()
-    checkpoint(path, opt, modules, step)
+    checkpoint(a, path, opt, modules, step)
     print(f"stopped at step {step}, {time.time() - t0:.0f}s", flush=True)
     a.final_step = step
     return losses

@@ -149,7 +149,8 @@ def export(net, model, folder: Path, a, step: int, loss: float | None) -> None:
         card = {"steps": step, "batch": a.batch, "lr": a.lr, "caption_drop": a.drop, "final_loss": loss,
                 "condition": a.condition, "condition_channels": CONDITION_CHANNELS,
                 **({"thresholds": THRESHOLDS} if a.condition == "canny" else {}), "eval": scores,
-                "command": "python tools/train_toy_controlnet.py " + " ".join(a.argv), "trained_on": a.parent}
+                "command": "python tools/train_toy_controlnet.py " + " ".join(a.argv), "trained_on": a.parent,
+                **({"earlier_commands": a.earlier} if a.earlier else {})}
         (tmp / "training.json").write_text(json.dumps(card, indent=1))
     print(f"exported to {folder}: {json.dumps(scores)}", flush=True)
 

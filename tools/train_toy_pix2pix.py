@@ -145,7 +145,8 @@ def export(unet, folder: Path, a, step: int, loss: float | None) -> None:
         unet.to(torch.float16).save_pretrained(tmp / "unet")
         unet.to(torch.float32)
         card = {"steps": step, "batch": a.batch, "lr": a.lr, "conditioning_dropout": a.drop, "final_loss": loss,
-                "command": "python tools/train_toy_pix2pix.py " + " ".join(a.argv), "trained_on": a.parent}
+                "command": "python tools/train_toy_pix2pix.py " + " ".join(a.argv), "trained_on": a.parent,
+                **({"earlier_commands": a.earlier} if a.earlier else {})}
         (tmp / "training.json").write_text(json.dumps(card, indent=1))
     if a.eval:
         card["eval"] = evaluate(toy_pix2pix(folder), a.eval)
