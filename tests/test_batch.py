@@ -98,6 +98,10 @@ def test_a_preset_is_under_the_defaults_and_the_entry(tmp_path, shared_data):
     assert jobs[0].options["editor"] == jobs[1].options["editor"] == "plug_and_play"
     assert set(jobs[0].options["temporal"]) == {"keyframes", "tokenflow"} and set(jobs[1].options["temporal"]) == {
         "tokenflow"}
+    # `batch --model` fills in where the file names none: under a preset that names one
+    (preset,), (plain,) = (expand_jobs([{"input": clip, "target": "x", "output": "o.mp4", **extra}], {}, base=tmp_path,
+                                       fallback={"model": "toy"}) for extra in ({"config": "tokenflow"}, {}))
+    assert preset.options["model"] == "stabilityai/stable-diffusion-2-1-base" and plain.options["model"] == "toy"
 
 
 def test_speed_options_leave_the_record_and_the_inversion_group_alone(tmp_path, shared_data):

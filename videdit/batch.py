@@ -284,8 +284,9 @@ def _preset(path: Path, where: str) -> dict:
 
 
 def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, base: str | os.PathLike = ".",
-                overrides: Mapping | None = None) -> list[Job]:
-    """Jobs from job-file entries: each entry over ``defaults`` (and its preset, ``config:``), under
+                overrides: Mapping | None = None, fallback: Mapping | None = None) -> list[Job]:
+    """Jobs from job-file entries: each entry over ``defaults``, over its preset (``config:``), over
+    ``fallback`` (what the caller gives where the file names nothing: `batch --model`), under
     ``overrides``; ``prompts: [{source, target}, ...]`` or ``targets: [...]`` makes one job per pair.
     ``output`` may name ``{input}`` (the input's stem), ``{n}`` (the pair's index, from 0) and
     ``{target}`` (the target prompt, slugged). Relative paths are taken from ``base``. Every job's
@@ -295,14 +296,16 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     base = Path(base)
     defaults = _normalise(defaults or {}, "defaults")
     overrides = _normalise(overrides or {}, "overrides")
+    fallback = _normalise(fallback or {}, "defaults")
     jobs: list[Job] = []
     for e, entry in enumerate(entries):
         where = f"job {e + 1}"
         entry = _normalise(entry, where)
-        merged = {**defaults, **entry}
+        merged = {**fallback, **defaults, **entry}
         if "config" in merged:
             # the preset under the file's defaults and the entry, as `edit --config` is under the flags
-            merged = {**_preset(_preset_file(base, merged.pop("config"), where), where), **defaults, **entry}
+            merged = {**fallback, **_preset(_preset_file(base, merged.pop("config"), where), where), **defaults,
+                      **entry}
             merged.pop("config", None)
         merged.update(overrides)
         pairs = _pairs(merged, where)
@@ -794,8 +797,8 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
                report: str | os.PathLike | None = None, progress: bool = False, runner: JobRunner | None = None,
                on_record: Callable[[JobRecord], None] | None = None, progress_file=None) -> BatchResult:
     """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`) or
-    job mappings (options by their job-file names, over ``defaults``; paths from the current folder).
-    ``overrides`` set options of every job. Jobs whose output and record are there are skipped
+    job mappings (options by their job-file names, over ``defaults``; paths from the current folder);
+    a job file's own defaults and presets come over ``defaults``. ``overrides`` set options of every job. Jobs whose output and record are there are skipped
     (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
     keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster
     (:func:`videdit.batch_ray.run_jobs`): True or "local" starts one for the run, "auto" or an
@@ -811,8 +814,8 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
     t0 = time.perf_counter()
     if isinstance(jobs, (str, os.PathLike)):
         file_defaults, entries = read_job_file(jobs)
-        expanded = expand_jobs(entries, {**(defaults or {}), **file_defaults}, base=Path(jobs).parent,
-                               overrides=overrides)
+        expanded = expand_jobs(entries, file_defaults, base=Path(jobs).parent, overrides=overrides,
+                               fallback=defaults)
     else:
         items = list(jobs)
         expanded = [j for j in items if isinstance(j, Job)] if all(isinstance(j, Job) for j in items) else \
