@@ -291,6 +291,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     ``output`` may name ``{input}`` (the input's stem), ``{n}`` (the pair's index, from 0) and
     ``{target}`` (the target prompt, slugged). Relative paths are taken from ``base``. Every job's
     settings are validated here, before any work, and two jobs writing one output are refused."""
+    from videdit.io import GIF_SUFFIX
     from videdit.pipeline import _settings
 
     base = Path(base)
@@ -301,12 +302,10 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     for e, entry in enumerate(entries):
         where = f"job {e + 1}"
         entry = _normalise(entry, where)
-        merged = {**fallback, **defaults, **entry}
-        if "config" in merged:
-            # the preset under the file's defaults and the entry, as `edit --config` is under the flags
-            merged = {**fallback, **_preset(_preset_file(base, merged.pop("config"), where), where), **defaults,
-                      **entry}
-            merged.pop("config", None)
+        merged = {**defaults, **entry}
+        # the preset under the file's defaults and the entry, as `edit --config` is under the flags
+        preset = _preset(_preset_file(base, merged.pop("config"), where), where) if "config" in merged else {}
+        merged = {**fallback, **preset, **merged}
         merged.update(overrides)
         pairs = _pairs(merged, where)
         for key in ("input", "output"):
@@ -324,7 +323,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
             except (KeyError, IndexError, ValueError) as err:
                 raise VideditError(f"{where}: output {merged['output']!r} names an unknown field ({err}); "
                                    f"it may name {{input}}, {{n}} and {{target}}") from None
-            if preview is not None and (Path(preview).suffix.lower() != ".gif" or preview == output):
+            if preview is not None and (Path(preview).suffix.lower() != GIF_SUFFIX or preview == output):
                 raise VideditError(f"{where}: preview {preview!r} must be a .gif beside the output, not "
                                    + ("the output itself" if preview == output else "another kind of file"))
             _resolve_control(options, base, where)
@@ -798,9 +797,10 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
                on_record: Callable[[JobRecord], None] | None = None, progress_file=None) -> BatchResult:
     """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`) or
     job mappings (options by their job-file names, over ``defaults``; paths from the current folder);
-    a job file's own defaults and presets come over ``defaults``. ``overrides`` set options of every job. Jobs whose output and record are there are skipped
-    (:func:`finished_record`); the rest run here on one :class:`JobRunner` (``runner``: one to reuse,
-    keeping its model; its cache is the one used), or with ``ray`` on a Ray cluster
+    a job file's own defaults and presets come over ``defaults``. ``overrides`` set options of every job.
+    Jobs whose output and record are there are skipped (:func:`finished_record`); the rest run here on
+    one :class:`JobRunner` (``runner``: one to reuse, keeping its model; its cache is the one used), or
+    with ``ray`` on a Ray cluster
     (:func:`videdit.batch_ray.run_jobs`): True or "local" starts one for the run, "auto" or an
     address joins one; ``workers`` actors of ``gpus_per_worker`` GPUs (None: 1 where the cluster
     has GPUs, else 0) and ``cpus_per_worker`` CPUs; a dead worker's job is retried up to ``retries``

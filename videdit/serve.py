@@ -40,7 +40,6 @@ from videdit.errors import VideditError
 
 log = logging.getLogger("videdit")
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = PRESETS_DIR
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 NO_PRESET = "(none)"
@@ -72,7 +71,7 @@ class Preset:
     values: dict
 
 
-def presets(directory: Path = CONFIGS) -> dict[str, Preset]:
+def presets(directory: Path = PRESETS_DIR) -> dict[str, Preset]:
     """The YAML presets of ``directory`` by name (file stem), each with its one-line description."""
     out = {}
     for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:

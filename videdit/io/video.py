@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # containers decord handles well; anything else (gif, ...) goes to PyAV
 DECORD_FORMATS = {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi"}
-# ffmpeg's demuxers that render text (.txt, .ans, .nfo; subtitles) as video frames
+# ffmpeg's demuxers that draw text files as video frames: tty (.txt, .ans, .nfo) and bintext's
 TEXT_DEMUXERS = {"tty", "bin", "xbin", "idf", "adf"}
 
 
