@@ -546,8 +546,8 @@ def background_change(frames: np.ndarray, clip) -> float:
 
 def what_is_found(frame: np.ndarray, clip, t: int) -> str:
     """What the success test reads in ``frame``: the colour on the front object's true pixels; in a
-    one-object clip also the largest detected object's shape and its IoU with the true mask."""
-    from videdit.toy.scores import classify_colour, detect_objects, mask_iou
+    one-object clip also the largest detected object's shape (read in place) and its IoU with the true mask."""
+    from videdit.toy.scores import classify_colour, classify_shape_in_place, detect_objects, mask_iou
 
     colour = classify_colour(frame, clip.masks[t, -1])
     if len(clip.objects) > 1:
@@ -555,7 +555,8 @@ def what_is_found(frame: np.ndarray, clip, t: int) -> str:
     found = detect_objects(frame)
     if not found:
         return f"{colour}, no object"
-    return f"{colour} {found[0].shape} IoU {mask_iou(found[0].mask, clip.masks[t, 0]):.2f}"
+    shape = classify_shape_in_place(found[0].mask, clip.objects_at(t)[0])
+    return f"{colour} {shape} IoU {mask_iou(found[0].mask, clip.masks[t, 0]):.2f}"
 
 
 def write_frames(folder: Path, frames: np.ndarray) -> None:
@@ -567,10 +568,11 @@ def write_frames(folder: Path, frames: np.ndarray) -> None:
         cv2.imwrite(str(folder / f"{t:04d}.png"), f[..., ::-1])
 
 
-def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
+def run_preset(settings: dict, clips, model, folder: Path, save: Path | None = None) -> list[dict]:
     """Edit every clip with ``settings``: per clip, its warp error along the ground-truth flow,
     the frames whose colour edit succeeded, the background change and the UNet evaluations
-    (rows through the UNet: a guided step of one frame is two) per output frame."""
+    (rows through the UNet: a guided step of one frame is two) per output frame; with ``save``,
+    the edited frames as ``save``/clip<i>/0000.png ..."""
     from bench import rows_through
     from videdit import edit_video
     from videdit.io import ReadOptions
@@ -596,6 +598,8 @@ def run_preset(settings: dict, clips, model, folder: Path) -> list[dict]:
             frames = edit_video(frames_dir, source_prompt=clip.caption,
                                 target_prompt=f"{prompt}, {suffix}" if suffix else prompt, model=model,
                                 use_cache=False, read=ReadOptions(size="source"), **settings).frames
+        if save is not None:
+            write_frames(save / f"clip{i}", frames)
         out.append({"warp": warp_error(frames, clip_flows(clip)),
                     "ok": [bool(clip_frame_success(f, clip, t, colour)) for t, f in enumerate(frames)],
                     "colour_ok": [classify_colour(f, clip.masks[t, -1]) == colour for t, f in enumerate(frames)],
@@ -616,7 +620,8 @@ def presets_child(a) -> None:
         settings = independent(settings)
     model = load_model(settings.pop("toy_model"))
     with tempfile.TemporaryDirectory() as tmp:
-        clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp))
+        save = Path(a.save) / a.child.replace(":", "-") if a.save else None
+        clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp), save)
     print(json.dumps({"clips": clips, "peak_mb": peak_rss_mib()}))
 
 
@@ -626,7 +631,7 @@ def _in_child(a, spec: str) -> dict:
 
     cmd = [sys.executable, __file__, "presets", "--child", spec, "--clips", str(a.clips), "--frames", str(a.frames),
            "--seed", str(a.seed), "--kinds", *a.kinds]
-    for option in ("guidance", "steps"):
+    for option in ("guidance", "steps", "save"):
         if getattr(a, option) is not None:
             cmd += [f"--{option}", str(getattr(a, option))]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -748,6 +753,7 @@ def main() -> None:
     c.add_argument("--steps", type=int, help="toy override: this many steps for every preset (default: each's own)")
     c.add_argument("--no-independent", action="store_true", help="skip the independent per-frame runs")
     c.add_argument("--per-clip", action="store_true", help="also each clip's warp error and frames edited")
+    c.add_argument("--save", metavar="DIR", help="keep the edited frames: DIR/PRESET[-independent]/clip<i>/*.png")
     c.add_argument("--child", help=argparse.SUPPRESS)   # one row, in a fresh process
     a = p.parse_args()
     a.run(a)

@@ -72,6 +72,12 @@ def shape_extent(shape: str) -> float:
     return float(np.linalg.norm(_unit_outline(shape), axis=1).max())
 
 
+def shape_area(shape: str) -> float:
+    """Area of the drawn outline at scale 1 (circle ~pi, square 3.24, triangle ~1.87)."""
+    x, y = _unit_outline(shape).T
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
 def _rotation(angle_deg: float) -> np.ndarray:
     a = math.radians(angle_deg)
     return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
