@@ -76,14 +76,34 @@ def test_one_row_on_one_clip(tmp_path):
     """FateZero at 2 steps on a 2-frame translate clip: the unguided inversion is one UNet row
     per frame and step, the edit two (guidance), so 2 + 2 * 2 = 6 rows per output frame; the
     other columns are numbers in their ranges; the ground-truth recolouring leaves the
-    background unchanged (0 levels)."""
+    background unchanged (0 levels); ``save`` keeps the edited frames, which score as the row."""
+    import cv2
+
     from videdit import load_model
-    from videdit.toy.scores import recoloured
+    from videdit.toy.scores import clip_frame_success, recoloured
 
     (clip,) = tables.toy_clips(0, 1, 2, ["translate"])
-    (row,) = tables.run_preset(tables.preset_settings("fatezero", steps=2), [clip], load_model("toy"), tmp_path)
+    (row,) = tables.run_preset(tables.preset_settings("fatezero", steps=2), [clip], load_model("toy"), tmp_path,
+                               save=tmp_path / "saved")
+    saved = [cv2.imread(str(tmp_path / "saved" / "clip0" / f"{t:04d}.png"))[..., ::-1] for t in range(2)]
+    assert [clip_frame_success(f, clip, t, recoloured(clip)[1]) for t, f in enumerate(saved)] == row["ok"]
     assert row["evals"] == 6.0
     assert len(row["ok"]) == 2 and all(isinstance(h, bool) for h in row["ok"])
     assert all(c or not h for c, h in zip(row["colour_ok"], row["ok"]))   # an edited frame has the asked colour
     assert 0 < row["warp"] < 255 and 0 < row["background"] < 255
     assert tables.background_change(tables.truth(clip, recoloured(clip)[1]), clip) == 0.0
+
+
+def test_what_is_found_names_what_the_success_test_reads():
+    """On the ground-truth recolourings of the table's translate and occlude clips (seeds 0 and 3):
+    the front object's colour, the one object's shape read in place and its IoU, the back object's
+    colour where enough of it shows."""
+    from videdit.toy.scores import recoloured
+
+    translate, occlude = (tables.toy_clips(seed, 1, 12, [kind])[0] for seed, kind in ((0, "translate"),
+                                                                                       (3, "occlude")))
+    found = tables.what_is_found(tables.truth(translate, "blue")[0], translate, 0)
+    assert recoloured(translate)[1] == "blue" and found.startswith("blue circle IoU ") and float(found[-4:]) >= 0.95
+    assert recoloured(occlude)[1] == "orange"
+    assert tables.what_is_found(tables.truth(occlude, "orange")[0], occlude, 0) == "orange, back red"
+    assert tables.what_is_found(occlude.frames[0], occlude, 0) == "purple, back red"

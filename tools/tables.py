@@ -7,7 +7,7 @@
                                      [--deepcache 3]
     python tools/tables.py temporal --model tiny-random --frames 16 --size 128 --steps 10
     python tools/tables.py methods --scenes 4 --steps 25 --guidance 4
-    python tools/tables.py presets [--clips 2 --frames 12] [--presets tokenflow fatezero ...] [--guidance 4]
+    python tools/tables.py presets [--clips 4 --frames 12] [--presets tokenflow fatezero ...] [--guidance 4]
 
 inversions: per registered inversion, the relative latent reconstruction error
 ||z0_hat - z0|| / ||z0|| of its own reconstruction (plain editor, target prompt = source
@@ -546,12 +546,14 @@ def background_change(frames: np.ndarray, clip) -> float:
 
 def what_is_found(frame: np.ndarray, clip, t: int) -> str:
     """What the success test reads in ``frame``: the colour on the front object's true pixels; in a
-    one-object clip also the largest detected object's shape (read in place) and its IoU with the true mask."""
+    one-object clip also the largest detected object's shape (read in place) and its IoU with the true
+    mask; in a two-object clip the colour on the back object's visible pixels (where there are 12)."""
     from videdit.toy.scores import classify_colour, classify_shape_in_place, detect_objects, mask_iou
 
     colour = classify_colour(frame, clip.masks[t, -1])
     if len(clip.objects) > 1:
-        return colour
+        back = clip.masks[t, 0]
+        return f"{colour}, back {classify_colour(frame, back) if back.sum() >= 12 else 'hidden'}"
     found = detect_objects(frame)
     if not found:
         return f"{colour}, no object"
@@ -746,7 +748,7 @@ def main() -> None:
     c.add_argument("--flow-param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="a FlowConfig option, e.g. raft_weights=PATH (repeatable)")
     c = command("presets", presets, "the video presets at their papers' settings and videdit's variants on toy clips",
-                seed=0, clips=2, frames=12)
+                seed=0, clips=4, frames=12)
     c.add_argument("--kinds", nargs="*", default=["translate", "scale", "rotate", "occlude"])
     c.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS))
     c.add_argument("--guidance", type=float, help="toy override: this guidance for every preset (default: each's own)")

@@ -230,7 +230,8 @@ def score_image(image: np.ndarray, colour: str, shape: str, background: str) -> 
 
 
 def score_multi(image: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[float, float]:
-    """For several intended objects: fraction whose colour is found, and fraction whose (colour, shape) pair is found."""
+    """For several intended objects: the fraction whose colour is found, and the fraction whose
+    (colour, shape) pair is found."""
     objs = detect_objects(image)
     found = {(o.colour, o.shape) for o in objs}
     found_colours = {o.colour for o in objs}
