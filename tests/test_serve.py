@@ -51,6 +51,13 @@ def test_presets_have_one_line_descriptions():
     assert sorted(table) == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     assert table["recolour"].description == "Colour and appearance edits of a clip, held steady"
     assert table["ddim"].description == "Plain DDIM inversion + regeneration under the target prompt (the baseline)."
+    # not cut at "et al." nor inside brackets nor after a leading "NAME:"
+    assert table["blended"].description == ("Blended latent diffusion (Avrahami et al. 2023), with the defaults of "
+                                            "the official code (omriav/blended-latent-diffusion, "
+                                            "scripts/text_editing_SD2.py)")
+    assert table["tokenflow-plus"].description == ("videdit's variant of TokenFlow (configs/tokenflow.yaml is the "
+                                                   "official algorithm).")
+    assert table["fatezero"].description == "FateZero (Qi et al. 2023), zero-shot"
     for p in table.values():
         assert p.description and "\n" not in p.description, p.name
 
@@ -93,7 +100,17 @@ def test_edit_without_target_still_refused(capsys):
 
 @pytest.mark.parametrize("change, message", [
     ({"options": "editor_params: {mask: /etc/passwd}"},
-     "options.editor_params.mask: '/etc/passwd' looks like a path on the server; the page reads no server files"),
+     "options.editor_params.mask: the page reads no server files; upload a mask in the mask field"),
+    # a file option's string is refused whether or not the file exists: no answer tells which files the server has
+    ({"options": "editor_params: {mask: README.md}"},
+     "options.editor_params.mask: the page reads no server files; upload a mask in the mask field"),
+    ({"options": "editor_params: {mask: READMEX.md}"},
+     "options.editor_params.mask: the page reads no server files; upload a mask in the mask field"),
+    ({"options": "temporal: {flow_propagation: {raft_weights: raft.pth}}", "temporal": ["flow_propagation"]},
+     "options.temporal.flow_propagation.raft_weights: the page reads no server files"),
+    ({"options": "editor_params: {mode: ~/x}"},
+     "options.editor_params.mode: '~/x' looks like a path on the server; the page reads no server files"),
+    ({"steps": 2.5}, "steps must be a whole number >= 0, got 2.5"),
     ({"options": "output: x.mp4"}, "options take inversion_params, editor_params, temporal; not output"),
     ({"options": "editor_params: [1"}, "options are not valid YAML: line 1, column 18: expected ',' or ']', "
                                       "but got '<stream end>' (while parsing a flow sequence started at line 1, "
@@ -189,6 +206,74 @@ def test_watch_bars_reports_and_stops_and_restores():
             done.append(1)
     assert len(done) == 4 and seen[0] == ("invert", 0, 10) and seen[-1] == ("invert", 5, 10)
     assert vars(std.tqdm) == original
+
+
+def test_zip_upload_name_names_nothing_on_the_server(tmp_path):
+    """A zip named "..zip" (its stem ".") unpacks into its upload's own folder like any other."""
+    frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2))
+    archive = tmp_path / "..zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, frame in enumerate(frames):
+            io.write_image(tmp_path / f"p{i}.png", frame)
+            z.write(tmp_path / f"p{i}.png", f"p{i}.png")
+    clip, info = serve.accept_upload(archive, tmp_path / "server" / "001", serve.Limits())
+    assert clip == tmp_path / "server" / "001" / "frames" and info.n_frames == 2
+
+
+def test_a_pages_cancel_stops_its_own_run_only(tiny, tmp_path):
+    """Page B's cancel, while page A's run holds the server, stops B's waiting run before it starts
+    and leaves A's to finish; A's own cancel stops A's. Errors name the upload, not the server's path."""
+    import threading
+
+    server = serve.Server("tiny-random", root=tmp_path / "server", cache_dir=str(tmp_path / "cache"))
+    server.model = tiny
+    clip, _ = server.upload(SAMPLE, "my clip.mp4")
+    s = serve.PageSettings(source=RED, target=BLUE, steps=2, end_frame=4, size="64")
+    started, release, answers, results = threading.Event(), threading.Event(), [], {}
+
+    def progress_a(f, text):
+        started.set()
+        release.wait(30)
+
+    def run(owner, progress):
+        try:
+            results[owner] = server.run(clip, s, progress, owner=owner)
+        except VideditError as e:
+            results[owner] = e
+
+    a = threading.Thread(target=run, args=("A", progress_a))
+    a.start()
+    assert started.wait(30)
+    waited = threading.Event()
+    b = threading.Thread(target=run, args=("B", lambda f, text: waited.set() if text.startswith("waiting") else None))
+    b.start()
+    assert waited.wait(30)
+    answers += [server.cancel("B"), server.cancel("C")]
+    b.join(30)
+    release.set()
+    a.join(60)
+    assert answers == ["cancelling ...", "nothing of this page's is running"]
+    assert str(results["B"]) == "cancelled before it started; nothing was written"
+    assert results["A"].number == 1 and results["A"].output.exists()
+    assert server.cancel("A") == "nothing is running"
+    with pytest.raises(VideditError) as e:   # the clip's path on the server stays there
+        server.run(clip, serve.PageSettings(source=RED, target=BLUE, steps=2, start_frame=30, size="64"))
+    assert "my clip.mp4" in str(e.value) and str(server.root) not in str(e.value)
+    server.close()
+
+
+def test_runs_cache_their_inversions_in_the_servers_folder(tmp_path):
+    server = serve.Server("tiny-random", root=tmp_path / "server")
+    assert server.cache_dir == str(tmp_path / "server" / "cache")
+    assert serve.Server("tiny-random", root=tmp_path / "s2", cache_dir="/kept").cache_dir == "/kept"
+
+
+def test_page_words_name_the_pages_fields():
+    text = ("over the budget of 16384; use --size 512 or less (toy's native short side is 64), or raise the budget "
+            "with --max-tokens 625000000 (or $VIDEDIT_MAX_TOKENS)")
+    assert serve.page_words(text) == ("over the budget of 16384; use a working size of 512 or less (toy's native "
+                                      "short side is 64), or raise the budget with $VIDEDIT_MAX_TOKENS=625000000 "
+                                      "where the server is started")
 
 
 def test_serve_without_gradio_says_how_to_install(monkeypatch, capsys, tmp_path):
@@ -338,8 +423,9 @@ def test_mask_run_passes_what_videdit_edit_mask_passes(tmp_path, monkeypatch):
     assert yaml.safe_load(seen["yaml"])["mask"] == "run1-mask.png"
     run = seen["run"]
     assert run["editor"] == "blended" and run["editor_params"]["mask"] == str(server.root / "runs/001/run1-mask.png")
-    assert (run["model"], run["progress"]) == ("the loaded model", True)
-    for key in ("model", "progress"):
+    assert (run["model"], run["progress"], run["cache_dir"]) == ("the loaded model", True,
+                                                                 str(server.root / "cache"))
+    for key in ("model", "progress", "cache_dir"):   # the server's own (the CLI's default: the user's cache)
         del run[key], seen["flag"][key], seen["config"][key]
     assert run == seen["flag"]                                          # = videdit edit ... --mask PATH
     assert seen["config"]["editor_params"]["mask"] == "run1-mask.png"   # read from the downloads' folder
@@ -387,3 +473,12 @@ def test_history_recall_runs_again_with_one_change(tiny, tmp_path):
     # blended keeps the source outside the mask (its right half): the two edits differ less there
     assert np.abs(a - b)[:, :, 40:].mean() < np.abs(a - b)[:, :, :24].mean()
     server.close()
+
+
+def test_done_fraction_moves_through_a_windows_stages():
+    """24 frames in windows of 16: the first window inverted half-way is 8 of the 24 frames' work."""
+    assert serve.done_fraction({"frames": (0, 24), "invert": (75, 150)}, 16) == pytest.approx(8 / 24)
+    assert serve.done_fraction({"frames": (0, 24), "invert": (150, 150), "denoise": (2, 4)}, 16) == \
+        pytest.approx(0.75 * 16 / 24)
+    assert serve.done_fraction({"frames": (16, 24), "invert": (0, 150)}, 16) == pytest.approx(16 / 24)
+    assert serve.done_fraction({"frames": (24, 24)}, 16) == 1.0 and serve.done_fraction({}, 16) == 0.0

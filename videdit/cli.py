@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="the model every run uses, loaded once (as edit's --model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--cache-dir", help="inversion cache (default $VIDEDIT_CACHE_DIR or ~/.cache/videdit/inversions)")
+    p.add_argument("--cache-dir", help="keep the inversions in this cache (default: in the server's temporary "
+                   "folder, removed with the uploads when it stops)")
     p.add_argument("--max-upload-mb", type=float, default=200, help="largest upload in MB (default 200)")
     p.add_argument("--max-seconds", type=float, default=60, help="longest clip in seconds (default 60)")
     p.add_argument("--max-frames", type=int, default=600, help="most frames in a clip or zip (default 600)")

@@ -84,9 +84,21 @@ def presets(directory: Path = PRESETS_DIR) -> dict[str, Preset]:
             if line.startswith("videdit ") or not line:
                 break
             comment.append(line)
-        sentence = re.split(r"(?<=[.:])\s", " ".join(comment), maxsplit=1)[0].rstrip(":")
-        out[path.stem] = Preset(path.stem, sentence, yaml.safe_load(text) or {})
+        out[path.stem] = Preset(path.stem, first_sentence(" ".join(comment), path.stem), yaml.safe_load(text) or {})
     return out
+
+
+def first_sentence(text: str, name: str = "") -> str:
+    """``text`` up to its first "." or ":" that ends a clause: followed by a space or the end and
+    outside brackets ("Avrahami et al. 2023" and "(not the recipe: that is ...)" go on), without a
+    leading "NAME:"."""
+    text = text.removeprefix(f"{name}:").strip() if name else text.strip()
+    depth = 0
+    for i, c in enumerate(text):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0 and c in ".:" and (i + 1 == len(text) or text[i + 1] == " ") and not text[:i].endswith(" al"):
+            return text[:i + 1].rstrip(":")
+    return text
 
 
 @dataclass(frozen=True)
@@ -146,16 +158,24 @@ def options_reference(entries: list[MethodEntry], names: dict[str, list[str]]) -
 # --- the page's settings <-> a YAML preset ----------------------------------------------------------------------
 
 
+# options whose strings are files (the editors' masks and maps, RAFT's weights): refused whatever they name, so
+# that no answer tells which files the server has
+FILE_OPTIONS = ("mask", "map", "target_mask", "raft_weights")
+
+
 def _no_server_paths(value: Any, where: str) -> None:
-    """Refuse a string that names or looks like a path on the server (the page reads no server files)."""
+    """Refuse a string that looks like a path on the server, or any string given to an option that
+    reads a file (the page reads no server files; a mask is uploaded)."""
     if isinstance(value, dict):
         for k, v in value.items():
+            if k in FILE_OPTIONS and isinstance(v, str):
+                raise VideditError(f"{where}.{k}: the page reads no server files"
+                                   + ("; upload a mask in the mask field" if k != "raft_weights" else ""))
             _no_server_paths(v, f"{where}.{k}")
     elif isinstance(value, (list, tuple)):
         for v in value:
             _no_server_paths(v, where)
-    elif isinstance(value, str) and value and ("/" in value or "\\" in value or value.startswith("~")
-                                               or os.path.exists(value)):
+    elif isinstance(value, str) and value and ("/" in value or "\\" in value or value.startswith("~")):
         raise VideditError(f"{where}: {value!r} looks like a path on the server; the page reads no server files")
 
 
@@ -389,16 +409,16 @@ def accept_upload(path: Path, dest: Path, limits: Limits, name: str | None = Non
         raise VideditError(f"{name}: upload a video ({', '.join(VIDEO_SUFFIXES)}), an image "
                            f"({', '.join(io.IMAGE_SUFFIXES)}) or a .zip of frames")
     dest.mkdir(parents=True, exist_ok=True)
-    if suffix == ".zip":
-        clip = _extract_frames(path, dest / Path(name).stem, limits, name)
+    if suffix == ".zip":   # a fixed name: the upload's ("..zip", "a b.zip") names nothing on the server
+        clip = _extract_frames(path, dest / "frames", limits, name)
     else:
         clip = dest / ("clip" + suffix)
         shutil.copyfile(path, clip)
     try:
         info = io.probe(clip)
-    except VideditError as e:
+    except VideditError as e:   # the upload's name, and what the page takes in place of a folder
         shutil.rmtree(dest, ignore_errors=True)
-        raise VideditError(str(e).replace(str(clip), name)) from None
+        raise VideditError(str(e).replace(str(clip), name).replace("a folder of frames", "a .zip of frames")) from None
     fps = float(info.out_fps or info.fps or 0)
     problem = None
     if info.n_frames > limits.max_frames:
@@ -559,6 +579,9 @@ def torch_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+_NOBODY = object()   # no run holds the lock (None is a caller without a session)
+
+
 class Server:
     """The state of one server: its model (loaded once), its temporary folder, the runs."""
 
@@ -566,11 +589,17 @@ class Server:
                  limits: Limits = Limits(), root: Path | None = None):
         self.model_name, self.device, self.dtype, self.cache_dir, self.limits = model, device, dtype, cache_dir, limits
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="videdit-serve-"))
+        if self.cache_dir is None:   # the inversions of the uploads go with them when the server stops
+            self.cache_dir = str(self.root / "cache")
         self.model = None
         self.history: list[Run] = []
         self._lock = threading.Lock()          # one run at a time (and one model load)
-        self._cancel = threading.Event()
+        self._state = threading.Lock()         # guards the bookkeeping below
+        self._running: Any = _NOBODY           # the page (session) whose run holds _lock
+        self._waiting: set = set()             # pages whose run waits for _lock
+        self._cancelled: set = set()           # pages whose run (running or waiting) is to stop
         self._uploads = 0
+        self._names: dict[str, str] = {}       # an upload's path on the server -> its name as uploaded
         self.threads = torch_threads()   # the count `videdit edit` gets here; every run uses it (see torch_threads)
 
     def load(self):
@@ -581,17 +610,21 @@ class Server:
                 self.model = load_model(self.model_name, device=self.device, dtype=self.dtype)
         return self.model
 
+    def _upload_folder(self) -> Path:
+        with self._state:   # two pages may upload at once: each gets its own folder
+            self._uploads += 1
+            return self.root / "uploads" / f"{self._uploads:03d}"
+
     def upload(self, path: Path, name: str | None = None):
         """An upload (or the sample clip) into the server's folder: -> (clip path, one-line description)."""
-        self._uploads += 1
-        clip, info = accept_upload(Path(path), self.root / "uploads" / f"{self._uploads:03d}", self.limits, name)
+        name = name or Path(path).name
+        clip, info = accept_upload(Path(path), self._upload_folder(), self.limits, name)
+        self._names[str(clip)] = name
         return clip, describe_clip(info)
 
     def upload_mask(self, path: Path, name: str | None = None) -> tuple[Mask, str]:
         """A mask upload into the server's folder: -> (Mask, one-line description)."""
-        self._uploads += 1
-        mask, size, text = accept_mask(Path(path), self.root / "uploads" / f"{self._uploads:03d}", self.limits,
-                                       name)
+        mask, size, text = accept_mask(Path(path), self._upload_folder(), self.limits, name)
         return Mask(mask, name or Path(path).name, size), text
 
     def sample(self):
@@ -599,19 +632,52 @@ class Server:
             raise VideditError("the sample clip is not installed here (a source checkout has samples/)")
         return self.upload(SAMPLE)
 
-    def cancel(self) -> str:
-        if not self._lock.locked():
-            return "nothing is running"
-        self._cancel.set()
+    def cancel(self, owner: Any = None) -> str:
+        """Stop ``owner``'s run (a page's session; None: the caller of ``run`` without one), running
+        or waiting for another's to end; another page's run goes on."""
+        with self._state:
+            if owner != self._running and owner not in self._waiting:
+                return "nothing is running" if not self._lock.locked() else "nothing of this page's is running"
+            self._cancelled.add(owner)
         return "cancelling ..."
 
+    def _stopped(self, owner: Any) -> bool:
+        with self._state:
+            return owner in self._cancelled
+
+    def _acquire(self, owner: Any, progress: Callable[[float, str], None]) -> None:
+        """Take the run lock for ``owner``, saying that it waits while another page's run holds it;
+        a cancel while waiting stops it before it starts."""
+        with self._state:
+            self._waiting.add(owner)
+        try:
+            said = False
+            while not self._lock.acquire(timeout=0.2):
+                if self._stopped(owner):
+                    raise Cancelled("cancelled before it started; nothing was written")
+                if not said:
+                    progress(0.0, "waiting: another page's run is on (one run at a time)")
+                    said = True
+            with self._state:
+                self._running = owner
+        finally:
+            with self._state:
+                self._waiting.discard(owner)
+
+    def _release(self, owner: Any) -> None:
+        with self._state:
+            self._running = _NOBODY
+            self._cancelled.discard(owner)
+        self._lock.release()
+
     def run(self, clip: Path | None, settings: PageSettings,
-            progress: Callable[[float, str], None] = lambda fraction, text: None, mask: Mask | None = None) -> Run:
+            progress: Callable[[float, str], None] = lambda fraction, text: None, mask: Mask | None = None,
+            owner: Any = None) -> Run:
         """Edit ``clip`` with the page's settings (and ``mask``, for an editor that takes one): the
         output, its source|edit preview, its warp-error report and its YAML preset (and a copy of the
         mask it names) in a new folder of the server's; removed whole when the run fails or is
-        cancelled. The run's arguments are those `videdit edit` parses from the preset (with
-        ``--mask`` the mask's copy)."""
+        cancelled (by ``owner``: the page's session). The run's arguments are those `videdit edit`
+        parses from the preset (with ``--mask`` the mask's copy)."""
         from videdit import cli, io
         from videdit.metrics import evaluate_clips
         from videdit.pipeline import edit_video
@@ -626,9 +692,9 @@ class Server:
             size = config.get("size")
             check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
                             else io.probe(clip).source_size, mask.name)
-        with self._lock:
+        self._acquire(owner, progress)
+        try:
             torch_threads(self.threads)   # this worker thread's count may be another: the CLI's bits need this one
-            self._cancel.clear()
             number = len(self.history) + 1
             folder = self.root / "runs" / f"{number:03d}"
             folder.mkdir(parents=True)
@@ -647,42 +713,52 @@ class Server:
                 except SystemExit:
                     raise VideditError("the settings do not parse as `videdit edit` options; see the server's log")
                 kwargs = cli.edit_kwargs(args)
-                if self.cache_dir is not None:
-                    kwargs["cache_dir"] = self.cache_dir
+                kwargs["cache_dir"] = self.cache_dir
                 kwargs.update(model=self.model if self.model is not None else self._load_locked(), progress=True)
                 bars: dict[str, tuple[int, int]] = {}
 
+                window = kwargs.get("window") or 16   # edit_video's default
+
                 def on_bar(bar) -> None:
-                    if self._cancel.is_set():
+                    if self._stopped(owner):
                         raise Cancelled("cancelled; nothing was written")
-                    bars[bar.desc or "work"] = (bar.n, bar.total or 0)
-                    frames = bars.get("frames")
-                    progress(frames[0] / frames[1] if frames and frames[1] else 0.0,
-                             " · ".join(f"{d} {n}/{t}" for d, (n, t) in bars.items()))
+                    desc = bar.desc or "work"
+                    if desc == "frames" and bars.get("frames", (bar.n,))[0] != bar.n:
+                        for stage in [k for k in bars if k != "frames"]:   # a window done: its stages' bars go
+                            del bars[stage]
+                    bars[desc] = (bar.n, bar.total or 0)
+                    progress(done_fraction(bars, window), " · ".join(f"{d} {n}/{t}" for d, (n, t) in bars.items()))
 
                 with watch_bars(on_bar):
                     result = edit_video(args.input, args.output, **kwargs)
-                if self._cancel.is_set():
+                if self._stopped(owner):
                     raise Cancelled("cancelled; nothing was written")
                 progress(1.0, "scoring the warp error")
                 report = evaluate_clips(args.input, result.output, read=cli._read_options(args))
             except VideditError as e:
                 shutil.rmtree(folder, ignore_errors=True)
-                if mask is not None and str(mask.path) in str(e):   # the upload's name, not the server's path
-                    raise type(e)(str(e).replace(str(mask.path), mask.name)) from None
+                text = page_words(str(e))   # the uploads' names, not the server's paths
+                for path, name in ((mask.path, mask.name) if mask is not None else (None, None),
+                                   (Path(clip), self._names.get(str(clip), Path(clip).name))):
+                    if path is not None:
+                        text = text.replace(str(path), name)
+                if text != str(e):
+                    raise type(e)(text) from None
                 raise
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-        s = result.stats
-        from_cache = s.cache_hits > 0
-        message = (f"run {number}: {s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
-                   f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion "
-                   + (f"from cache ({s.cache_hits}/{s.windows} windows)" if from_cache
-                      else f"{s.seconds['invert']:.1f} s") + f", edit {s.seconds['edit']:.1f} s")
-        run = Run(number, config, result.output, preview, preset, report, message, from_cache, mask, Path(clip))
-        self.history.append(run)
-        return run
+            s = result.stats
+            from_cache = s.cache_hits > 0
+            message = (f"run {number}: {s.frames} frames, worked at {s.size[0]}x{s.size[1]}, written at "
+                       f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion "
+                       + (f"from cache ({s.cache_hits}/{s.windows} windows)" if from_cache
+                          else f"{s.seconds['invert']:.1f} s") + f", edit {s.seconds['edit']:.1f} s")
+            run = Run(number, config, result.output, preview, preset, report, message, from_cache, mask, Path(clip))
+            self.history.append(run)   # under the lock: the next run's number follows
+            return run
+        finally:
+            self._release(owner)
 
     def recall(self, number: int) -> tuple[Path | None, PageSettings, Mask | None]:
         """Run ``number``'s clip, page fields and mask, to run again with one change (the history's
@@ -701,6 +777,24 @@ class Server:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def done_fraction(bars: dict[str, tuple[int, int]], window: int) -> float:
+    """The share of a run done, from its bars' (n, total): the frames written, and of the window being
+    worked (``window`` frames, or those left) the mean share of its stages' bars (inversion, denoising)."""
+    n, total = bars.get("frames", (0, 0))
+    if not total:
+        return 0.0
+    stages = [k / t for d, (k, t) in bars.items() if d != "frames" and t]
+    inner = sum(stages) / len(stages) if stages else 0.0
+    return min(1.0, (n + inner * min(window, total - n)) / total)
+
+
+def page_words(text: str) -> str:
+    """A pipeline message in the page's words where it names command-line flags the page has as fields."""
+    text = re.sub(r"use --size (\d+) or less", r"use a working size of \1 or less", text)
+    return re.sub(r"raise the budget with --max-tokens (\d+) \(or \$(\w+)\)",
+                  r"raise the budget with $\2=\1 where the server is started", text)
 
 
 def report_text(report: dict) -> str:
@@ -764,13 +858,13 @@ def build_page(server: Server):
                                           file_types=list(MASK_SUFFIXES))
                     mask_info = gr.Markdown("no mask: the editor's own (or none)", elem_id="mask-info")
                 with gr.Row():
-                    steps = gr.Number(0, label="steps (0: the method's)", precision=0, elem_id="steps")
+                    # no precision: a fraction reaches the settings, which refuse it in one line
+                    steps = gr.Number(0, label="steps (0: the method's)", elem_id="steps")
                     guidance = gr.Textbox("", label="guidance (empty: the method's)", elem_id="guidance")
-                    seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
+                    seed = gr.Number(0, label="seed", elem_id="seed")
                 with gr.Row():
-                    start_frame = gr.Number(0, label="first frame", precision=0, elem_id="start-frame")
-                    end_frame = gr.Number(0, label="end frame (0: to the end)", precision=0,
-                                          elem_id="end-frame")
+                    start_frame = gr.Number(0, label="first frame", elem_id="start-frame")
+                    end_frame = gr.Number(0, label="end frame (0: to the end)", elem_id="end-frame")
                     size = gr.Textbox("", label="working size (N, WxH, source; empty: the model's)",
                                       elem_id="size")
                 with gr.Accordion("advanced: methods and their options", open=False, elem_id="advanced"):
@@ -852,18 +946,25 @@ def build_page(server: Server):
             names = {inv_kind: [] if inv == EDITORS_INVERSION else [inv], ed_kind: [ed], tm_kind: list(tm or [])}
             return options_reference(entries, names)
 
-        def on_run(path, given, *values, progress=gr.Progress()):
+        def on_run(path, given, request: gr.Request, *values, progress=gr.Progress()):   # Gradio adds request
+            # the last run's answer and outputs go as this one starts: what shows next is this run's
+            yield ["running ...", None, None, "", None, gr.update(), gr.update()]
             s = settings_from(values)
             try:   # a mask left from an editor that took one goes to none that does not (its upload is hidden)
                 run = server.run(path, s, lambda f, text: progress(f, desc=text),
-                                 mask=given if s.editor in takers else None)
+                                 mask=given if s.editor in takers else None, owner=request.session_hash)
             except Exception as e:   # noqa: BLE001: a bad option, a cancel, out of memory: one line, keep serving
                 if not isinstance(e, VideditError):
                     log.exception("run failed")
-                return [one_line(e) if not isinstance(e, Cancelled) else str(e), gr.update(), gr.update(),
-                        gr.update(), gr.update(), gr.update(), gr.update()]
-            return [f"done: {run.message}", str(run.output), str(run.preview), report_text(run.report),
-                    [str(p) for p in run.downloads()], *history()]
+                yield [one_line(e) if not isinstance(e, Cancelled) else str(e), None, None, "", None, gr.update(),
+                       gr.update()]
+                return
+            yield [f"done: {run.message}", str(run.output), str(run.preview), report_text(run.report),
+                   [str(p) for p in run.downloads()], *history()]
+
+        # Gradio passes the page's session to a parameter typed gr.Request; this module's annotations are
+        # strings that name a gr imported here, not a global, so it is given the class itself
+        on_run.__annotations__["request"] = gr.Request
 
         def history():
             """The gallery and the run picker: every run since the server started (any page's)."""
@@ -892,12 +993,14 @@ def build_page(server: Server):
         editor.change(on_editor, [editor], [mask_group])
         mask_upload.upload(on_mask, [mask_upload, clip], [mask, mask_info, status])
         mask_upload.clear(lambda: (None, "no mask: the editor's own (or none)"), None, [mask, mask_info])
-        run_event = run_button.click(on_run, [clip, mask, *fields],
-                                     [status, result, compare, report, downloads, gallery, pick],
-                                     concurrency_limit=1, concurrency_id="run")
-        del run_event
-        def on_cancel():
-            gr.Info(server.cancel())   # a note; the run's own answer says "cancelled" in the status
+        # every page's run enters the server, which runs one at a time and says when one waits for another's
+        run_button.click(on_run, [clip, mask, *fields], [status, result, compare, report, downloads, gallery, pick],
+                         concurrency_limit=None)
+
+        def on_cancel(request: gr.Request):   # this page's run only
+            gr.Info(server.cancel(request.session_hash))   # a note; the run's own answer says "cancelled"
+
+        on_cancel.__annotations__["request"] = gr.Request
 
         cancel_button.click(on_cancel, None, None, queue=False)
         page.load(history, None, [gallery, pick])
@@ -924,7 +1027,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, device: str 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # a stop, or the terminal closing (SIGHUP, where there is one), removes the folder as Ctrl-C does
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
     page = None
     try:
         log.info("loading %s", model)
@@ -937,7 +1042,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 7860, device: str 
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if page is not None:
             page.close()
         server.close()
