@@ -193,6 +193,11 @@ def test_word_swap_needs_equal_word_counts(tiny, inverted):
         edit_latents(tiny, inv, settings(s, "prompt_to_prompt", mode="reweight", reweight={"robot": 2}))
     z = edit_latents(tiny, inv, settings(s, "prompt_to_prompt", target=SAME_LENGTH, mode="replace"))
     assert torch.isfinite(z).all() and rel(z, inverted[2]) > 1e-3
+    for mode, extra in (("replace", {}), ("reweight", {"reweight": {"robot": 2}})):   # no source prompt: asked for
+        with pytest.raises(VideditError, match=f"^prompt_to_prompt mode '{mode}' compares the source prompt with "
+                                               "the target word by word; give the source prompt"):
+            edit_latents(tiny, inv, dataclasses.replace(settings(s, "prompt_to_prompt", mode=mode, **extra),
+                                                        source_prompt=" "))
 
 
 def test_word_swap_of_unequal_token_counts_spreads_the_words_map(tiny, inverted):

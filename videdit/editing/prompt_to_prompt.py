@@ -320,6 +320,9 @@ def _mode(config: PromptToPromptConfig, src: list[str], tgt: list[str], source_p
           target_prompt: str) -> str:
     """The controller: ``auto`` swaps where the prompts have as many words (FateZero's rule for its
     word swap), else refines; ``reweight`` alone takes the source's maps token by token."""
+    if config.mode in ("replace", "reweight") and not source_prompt.strip():
+        raise VideditError(f"{EDITOR} mode '{config.mode}' compares the source prompt with the target word by word; "
+                           f"give the source prompt (what the clip shows)")
     if config.mode == "auto":
         return "replace" if same_word_count(source_prompt, target_prompt) else "refine"
     if config.mode == "reweight" and len(src) != len(tgt):
