@@ -4,6 +4,7 @@ checks, the progress hook, cancel. The page itself: tests/test_serve_browser.py.
 
 import sys
 import zipfile
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,17 @@ def test_a_pages_cancel_stops_its_own_run_only(tiny, tmp_path):
     assert str(results["B"]) == "cancelled before it started; nothing was written"
     assert results["A"].number == 1 and results["A"].output.exists()
     assert server.cancel("A") == "nothing is running"
+    assert server.run(clip, s, owner="B").number == 2   # B's cancel ended with its run: B runs again
+    real = serve.build_config
+
+    def cancelled_while_checked(*args, **kwargs):   # a cancel as the run checks its settings, before the lock
+        assert server.cancel("D") == "cancelling ..."
+        return real(*args, **kwargs)
+
+    with mock.patch.object(serve, "build_config", cancelled_while_checked):
+        with pytest.raises(serve.Cancelled, match="cancelled before it started"):
+            server.run(clip, s, owner="D")
+    assert server.run(clip, s, owner="D").number == 3 and server.cancel("D") == "nothing is running"
     with pytest.raises(VideditError) as e:   # the clip's path on the server stays there
         server.run(clip, serve.PageSettings(source=RED, target=BLUE, steps=2, start_frame=30, size="64"))
     assert "my clip.mp4" in str(e.value) and str(server.root) not in str(e.value)
@@ -482,3 +494,12 @@ def test_done_fraction_moves_through_a_windows_stages():
         pytest.approx(0.75 * 16 / 24)
     assert serve.done_fraction({"frames": (16, 24), "invert": (0, 150)}, 16) == pytest.approx(16 / 24)
     assert serve.done_fraction({"frames": (24, 24)}, 16) == 1.0 and serve.done_fraction({}, 16) == 0.0
+    assert serve.done_fraction({"frames": (24, 24), "second pass": (1, 3)}, 16) == 0.99   # not done before it ends
+
+
+def test_first_sentence_cuts_at_a_clause_end_only():
+    assert serve.first_sentence("Edits colours, e.g. red to blue. More.") == "Edits colours, e.g. red to blue."
+    assert serve.first_sentence("1) invert. 2) edit.") == "1) invert."
+    assert serve.first_sentence("x: Plain (a: b). Then") == "x"   # a leading "NAME:" goes only when named
+    assert serve.first_sentence("x: Plain (a: b). Then", "x") == "Plain (a: b)."
+    assert serve.first_sentence("no end") == "no end"

@@ -3,8 +3,9 @@
 The page is a thin layer: its settings become a YAML preset, parsed by the command line's own
 parser (``cli._with_config``) and turned into ``edit_video``'s arguments by ``cli.edit_kwargs``,
 so the preset the page offers for download reproduces its run with ``videdit edit --config``.
-One model is loaded per server; runs go one at a time (a lock, and Gradio's queue with a
-concurrency limit of one). Progress comes from the pipeline's own tqdm bars (:func:`watch_bars`),
+One model is loaded per server; runs go one at a time (a lock: a page's run that waits for
+another's says so, and its page's cancel, or closing it, stops it before it starts; past
+``WAITING`` runs, Gradio's queue holds the rest). Progress comes from the pipeline's own tqdm bars (:func:`watch_bars`),
 which is also where a cancel stops the run: the output is written atomically, so a cancelled
 run leaves nothing behind and the model stays loaded.
 
@@ -46,6 +47,7 @@ NO_PRESET = "(none)"
 EDITORS_INVERSION = "(the editor's)"        # the inversion choice that leaves it to the editor
 OPTION_KEYS = ("inversion_params", "editor_params", "temporal")   # what the options box may set
 INSTALL_HINT = 'videdit serve needs Gradio: pip install "videdit[ui]"'
+WAITING = 7   # runs that may wait in the server for the one on (cancellable there); Gradio queues any more
 
 
 class Cancelled(VideditError):
@@ -95,8 +97,9 @@ def first_sentence(text: str, name: str = "") -> str:
     text = text.removeprefix(f"{name}:").strip() if name else text.strip()
     depth = 0
     for i, c in enumerate(text):
-        depth += (c in "([{") - (c in ")]}")
-        if depth == 0 and c in ".:" and (i + 1 == len(text) or text[i + 1] == " ") and not text[:i].endswith(" al"):
+        depth = max(0, depth + (c in "([{") - (c in ")]}"))   # a stray ")" (as in "1) ...") opens nothing
+        if (depth == 0 and c in ".:" and (i + 1 == len(text) or text[i + 1] == " ")
+                and not text[:i].endswith((" al", "e.g", "i.e"))):
             return text[:i + 1].rstrip(":")
     return text
 
@@ -646,23 +649,21 @@ class Server:
             return owner in self._cancelled
 
     def _acquire(self, owner: Any, progress: Callable[[float, str], None]) -> None:
-        """Take the run lock for ``owner``, saying that it waits while another page's run holds it;
-        a cancel while waiting stops it before it starts."""
+        """Take the run lock for ``owner`` (in ``_waiting`` since its run began), saying that it waits
+        while another page's run holds it; a cancel before it holds the lock stops it there."""
+        said = False
+        while not self._lock.acquire(timeout=0.2):
+            if self._stopped(owner):
+                raise Cancelled("cancelled before it started; nothing was written")
+            if not said:
+                progress(0.0, "waiting: another page's run is on (one run at a time)")
+                said = True
         with self._state:
-            self._waiting.add(owner)
-        try:
-            said = False
-            while not self._lock.acquire(timeout=0.2):
-                if self._stopped(owner):
-                    raise Cancelled("cancelled before it started; nothing was written")
-                if not said:
-                    progress(0.0, "waiting: another page's run is on (one run at a time)")
-                    said = True
-            with self._state:
-                self._running = owner
-        finally:
-            with self._state:
-                self._waiting.discard(owner)
+            self._waiting.discard(owner)
+            self._running = owner
+        if self._stopped(owner):
+            self._release(owner)
+            raise Cancelled("cancelled before it started; nothing was written")
 
     def _release(self, owner: Any) -> None:
         with self._state:
@@ -682,17 +683,25 @@ class Server:
         from videdit.metrics import evaluate_clips
         from videdit.pipeline import edit_video
 
-        if clip is None or not Path(clip).exists():
-            raise VideditError("upload a clip first (or use the sample clip)")
-        if mask is not None and not mask.path.exists():
-            raise VideditError("the mask is no longer on the server; upload it again")
-        config = build_config(settings, model=self.model_name, dtype=self.dtype,
-                              mask=mask.name if mask is not None else None)
-        if mask is not None:   # the frames' size as edited: the working size WxH, else the clip's
-            size = config.get("size")
-            check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
-                            else io.probe(clip).source_size, mask.name)
-        self._acquire(owner, progress)
+        with self._state:   # from here a cancel of owner's reaches this run
+            self._waiting.add(owner)
+        try:
+            if clip is None or not Path(clip).exists():
+                raise VideditError("upload a clip first (or use the sample clip)")
+            if mask is not None and not mask.path.exists():
+                raise VideditError("the mask is no longer on the server; upload it again")
+            config = build_config(settings, model=self.model_name, dtype=self.dtype,
+                                  mask=mask.name if mask is not None else None)
+            if mask is not None:   # the frames' size as edited: the working size WxH, else the clip's
+                size = config.get("size")
+                check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
+                                else io.probe(clip).source_size, mask.name)
+            self._acquire(owner, progress)
+        except BaseException:
+            with self._state:
+                self._waiting.discard(owner)
+                self._cancelled.discard(owner)
+            raise
         try:
             torch_threads(self.threads)   # this worker thread's count may be another: the CLI's bits need this one
             number = len(self.history) + 1
@@ -742,6 +751,7 @@ class Server:
                                    (Path(clip), self._names.get(str(clip), Path(clip).name))):
                     if path is not None:
                         text = text.replace(str(path), name)
+                text = text.replace(str(self.root), "the server's folder")
                 if text != str(e):
                     raise type(e)(text) from None
                 raise
@@ -787,7 +797,8 @@ def done_fraction(bars: dict[str, tuple[int, int]], window: int) -> float:
         return 0.0
     stages = [k / t for d, (k, t) in bars.items() if d != "frames" and t]
     inner = sum(stages) / len(stages) if stages else 0.0
-    return min(1.0, (n + inner * min(window, total - n)) / total)
+    done = min(1.0, (n + inner * min(window, total - n)) / total)
+    return min(done, 0.99) if any(f < 1 for f in stages) else done   # a second pass after the frames: not done
 
 
 def page_words(text: str) -> str:
@@ -993,14 +1004,21 @@ def build_page(server: Server):
         editor.change(on_editor, [editor], [mask_group])
         mask_upload.upload(on_mask, [mask_upload, clip], [mask, mask_info, status])
         mask_upload.clear(lambda: (None, "no mask: the editor's own (or none)"), None, [mask, mask_info])
-        # every page's run enters the server, which runs one at a time and says when one waits for another's
+        # the runs enter the server, which runs one at a time and says when one waits for another's; past
+        # WAITING of them Gradio's queue holds the rest (its worker threads stay free for uploads and cancels)
         run_button.click(on_run, [clip, mask, *fields], [status, result, compare, report, downloads, gallery, pick],
-                         concurrency_limit=None)
+                         concurrency_limit=WAITING + 1, concurrency_id="run")
 
         def on_cancel(request: gr.Request):   # this page's run only
             gr.Info(server.cancel(request.session_hash))   # a note; the run's own answer says "cancelled"
 
         on_cancel.__annotations__["request"] = gr.Request
+
+        def on_close(request: gr.Request):   # a page closed: its run, waiting or on, is not wanted
+            server.cancel(request.session_hash)
+
+        on_close.__annotations__["request"] = gr.Request
+        page.unload(on_close)
 
         cancel_button.click(on_cancel, None, None, queue=False)
         page.load(history, None, [gallery, pick])
