@@ -5,9 +5,9 @@ parser (``cli._with_config``) and turned into ``edit_video``'s arguments by ``cl
 so the preset the page offers for download reproduces its run with ``videdit edit --config``.
 One model is loaded per server; runs go one at a time (a lock: a page's run that waits for
 another's says so, and its page's cancel, or closing it, stops it before it starts; past
-``WAITING`` runs, Gradio's queue holds the rest). Progress comes from the pipeline's own tqdm bars (:func:`watch_bars`),
-which is also where a cancel stops the run: the output is written atomically, so a cancelled
-run leaves nothing behind and the model stays loaded.
+``WAITING`` runs, Gradio's queue holds the rest). Progress comes from the pipeline's own tqdm
+bars (:func:`watch_bars`), which is also where a cancel stops the run: the output is written
+atomically, so a cancelled run leaves nothing behind and the model stays loaded.
 
 Safe by default: it binds to 127.0.0.1; uploads are limited in size, frames and duration;
 uploads and outputs live in one temporary folder per server, removed on exit; the page's inputs
@@ -582,9 +582,6 @@ def torch_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-_NOBODY = object()   # no run holds the lock (None is a caller without a session)
-
-
 class Server:
     """The state of one server: its model (loaded once), its temporary folder, the runs."""
 
@@ -598,9 +595,8 @@ class Server:
         self.history: list[Run] = []
         self._lock = threading.Lock()          # one run at a time (and one model load)
         self._state = threading.Lock()         # guards the bookkeeping below
-        self._running: Any = _NOBODY           # the page (session) whose run holds _lock
-        self._waiting: set = set()             # pages whose run waits for _lock
-        self._cancelled: set = set()           # pages whose run (running or waiting) is to stop
+        self._runs: dict[Any, set] = {}        # a page (session) -> a ticket for each of its runs, waiting or on
+        self._cancelled: set = set()           # the tickets of runs to stop
         self._uploads = 0
         self._names: dict[str, str] = {}       # an upload's path on the server -> its name as uploaded
         self.threads = torch_threads()   # the count `videdit edit` gets here; every run uses it (see torch_threads)
@@ -636,40 +632,41 @@ class Server:
         return self.upload(SAMPLE)
 
     def cancel(self, owner: Any = None) -> str:
-        """Stop ``owner``'s run (a page's session; None: the caller of ``run`` without one), running
-        or waiting for another's to end; another page's run goes on."""
+        """Stop ``owner``'s runs (a page's session; None: the caller of ``run`` without one), on or
+        waiting for another's to end; another page's run goes on."""
         with self._state:
-            if owner != self._running and owner not in self._waiting:
+            tickets = self._runs.get(owner)
+            if not tickets:
                 return "nothing is running" if not self._lock.locked() else "nothing of this page's is running"
-            self._cancelled.add(owner)
+            self._cancelled |= tickets
         return "cancelling ..."
 
-    def _stopped(self, owner: Any) -> bool:
+    def _stopped(self, ticket: object) -> bool:
         with self._state:
-            return owner in self._cancelled
+            return ticket in self._cancelled
 
-    def _acquire(self, owner: Any, progress: Callable[[float, str], None]) -> None:
-        """Take the run lock for ``owner`` (in ``_waiting`` since its run began), saying that it waits
-        while another page's run holds it; a cancel before it holds the lock stops it there."""
+    def _acquire(self, ticket: object, progress: Callable[[float, str], None]) -> None:
+        """Take the run lock for the run of ``ticket``, saying that it waits while another page's run
+        holds it; a cancel before it holds the lock stops it there."""
         said = False
         while not self._lock.acquire(timeout=0.2):
-            if self._stopped(owner):
+            if self._stopped(ticket):
                 raise Cancelled("cancelled before it started; nothing was written")
             if not said:
                 progress(0.0, "waiting: another page's run is on (one run at a time)")
                 said = True
-        with self._state:
-            self._waiting.discard(owner)
-            self._running = owner
-        if self._stopped(owner):
-            self._release(owner)
+        if self._stopped(ticket):
+            self._lock.release()
             raise Cancelled("cancelled before it started; nothing was written")
 
-    def _release(self, owner: Any) -> None:
+    def _done(self, owner: Any, ticket: object) -> None:
+        """The run of ``ticket`` ended (done, failed or cancelled): its page's cancel no longer reaches it."""
         with self._state:
-            self._running = _NOBODY
-            self._cancelled.discard(owner)
-        self._lock.release()
+            self._cancelled.discard(ticket)
+            tickets = self._runs.get(owner, set())
+            tickets.discard(ticket)
+            if not tickets:
+                self._runs.pop(owner, None)
 
     def run(self, clip: Path | None, settings: PageSettings,
             progress: Callable[[float, str], None] = lambda fraction, text: None, mask: Mask | None = None,
@@ -683,8 +680,9 @@ class Server:
         from videdit.metrics import evaluate_clips
         from videdit.pipeline import edit_video
 
+        ticket = object()
         with self._state:   # from here a cancel of owner's reaches this run
-            self._waiting.add(owner)
+            self._runs.setdefault(owner, set()).add(ticket)
         try:
             if clip is None or not Path(clip).exists():
                 raise VideditError("upload a clip first (or use the sample clip)")
@@ -696,11 +694,9 @@ class Server:
                 size = config.get("size")
                 check_mask_fits(mask.size, tuple(map(int, size.split("x"))) if isinstance(size, str) and "x" in size
                                 else io.probe(clip).source_size, mask.name)
-            self._acquire(owner, progress)
+            self._acquire(ticket, progress)
         except BaseException:
-            with self._state:
-                self._waiting.discard(owner)
-                self._cancelled.discard(owner)
+            self._done(owner, ticket)
             raise
         try:
             torch_threads(self.threads)   # this worker thread's count may be another: the CLI's bits need this one
@@ -729,7 +725,7 @@ class Server:
                 window = kwargs.get("window") or 16   # edit_video's default
 
                 def on_bar(bar) -> None:
-                    if self._stopped(owner):
+                    if self._stopped(ticket):
                         raise Cancelled("cancelled; nothing was written")
                     desc = bar.desc or "work"
                     if desc == "frames" and bars.get("frames", (bar.n,))[0] != bar.n:
@@ -740,7 +736,7 @@ class Server:
 
                 with watch_bars(on_bar):
                     result = edit_video(args.input, args.output, **kwargs)
-                if self._stopped(owner):
+                if self._stopped(ticket):
                     raise Cancelled("cancelled; nothing was written")
                 progress(1.0, "scoring the warp error")
                 report = evaluate_clips(args.input, result.output, read=cli._read_options(args))
@@ -768,7 +764,8 @@ class Server:
             self.history.append(run)   # under the lock: the next run's number follows
             return run
         finally:
-            self._release(owner)
+            self._done(owner, ticket)
+            self._lock.release()
 
     def recall(self, number: int) -> tuple[Path | None, PageSettings, Mask | None]:
         """Run ``number``'s clip, page fields and mask, to run again with one change (the history's
