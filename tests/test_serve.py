@@ -346,6 +346,10 @@ def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path):
     assert answers == ["cancelling ..."] and server.cancel() == "nothing is running"
     assert sorted(p.name for p in (server.root / "runs").iterdir()) == ["001"]   # nothing of the cancelled run
     assert [r.number for r in server.history] == [1]
+    # cancelled while the warp error is scored (no bars there): the written output goes too
+    with pytest.raises(serve.Cancelled, match="cancelled; nothing was written"):
+        server.run(clip, s, lambda f, text: answers.append(server.cancel()) if text.startswith("scoring") else None)
+    assert answers[-1] == "cancelling ..." and sorted(p.name for p in (server.root / "runs").iterdir()) == ["001"]
     again = server.run(clip, s, lambda f, text: None)   # same settings: the inversion from cache
     assert again.number == 2 and again.from_cache and "inversion from cache (1/1 windows)" in again.message
     # the model is as it was: the same edit as the Python API makes on it now

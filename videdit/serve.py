@@ -740,6 +740,8 @@ class Server:
                     raise Cancelled("cancelled; nothing was written")
                 progress(1.0, "scoring the warp error")
                 report = evaluate_clips(args.input, result.output, read=cli._read_options(args))
+                if self._stopped(ticket):   # cancelled while scoring (no bars there): the output goes too
+                    raise Cancelled("cancelled; nothing was written")
             except VideditError as e:
                 shutil.rmtree(folder, ignore_errors=True)
                 text = page_words(str(e))   # the uploads' names, not the server's paths
