@@ -547,13 +547,13 @@ def background_change(frames: np.ndarray, clip) -> float:
 def what_is_found(frame: np.ndarray, clip, t: int) -> str:
     """What the success test reads in ``frame``: the colour on the front object's true pixels; in a
     one-object clip also the largest detected object's shape (read in place) and its IoU with the true
-    mask; in a two-object clip the colour on the back object's visible pixels (where there are 12)."""
-    from videdit.toy.scores import classify_colour, classify_shape_in_place, detect_objects, mask_iou
+    mask; in a two-object clip the colour on the back object's visible pixels (where the test scores them)."""
+    from videdit.toy.scores import MIN_AREA, classify_colour, classify_shape_in_place, detect_objects, mask_iou
 
     colour = classify_colour(frame, clip.masks[t, -1])
     if len(clip.objects) > 1:
         back = clip.masks[t, 0]
-        return f"{colour}, back {classify_colour(frame, back) if back.sum() >= 12 else 'hidden'}"
+        return f"{colour}, back {classify_colour(frame, back) if back.sum() >= MIN_AREA else 'hidden'}"
     found = detect_objects(frame)
     if not found:
         return f"{colour}, no object"

@@ -721,8 +721,7 @@ class Server:
                 kwargs["cache_dir"] = self.cache_dir
                 kwargs.update(model=self.model if self.model is not None else self._load_locked(), progress=True)
                 bars: dict[str, tuple[int, int]] = {}
-
-                window = kwargs.get("window") or 16   # edit_video's default
+                window = kwargs["window"]   # the preset's, else the command line's default
 
                 def on_bar(bar) -> None:
                     if self._stopped(ticket):
@@ -844,6 +843,12 @@ def build_page(server: Server):
     table = presets()
     choices = [NO_PRESET] + [f"{p.name}" for p in table.values()]
 
+    def with_request(fn):
+        """``fn`` with its ``request`` parameter typed gr.Request, which is how Gradio knows to pass the
+        page's session: this module's annotations are strings naming a gr imported here, not a global."""
+        fn.__annotations__["request"] = gr.Request
+        return fn
+
     with gr.Blocks(title="videdit") as page:
         clip = gr.State(None)          # the clip's path on the server: never sent by the browser
         applied = gr.State(NO_PRESET)  # the preset whose values the fields were last given
@@ -956,6 +961,7 @@ def build_page(server: Server):
             names = {inv_kind: [] if inv == EDITORS_INVERSION else [inv], ed_kind: [ed], tm_kind: list(tm or [])}
             return options_reference(entries, names)
 
+        @with_request
         def on_run(path, given, request: gr.Request, *values, progress=gr.Progress()):   # Gradio adds request
             # the last run's answer and outputs go as this one starts: what shows next is this run's
             yield ["running ...", None, None, "", None, gr.update(), gr.update()]
@@ -971,10 +977,6 @@ def build_page(server: Server):
                 return
             yield [f"done: {run.message}", str(run.output), str(run.preview), report_text(run.report),
                    [str(p) for p in run.downloads()], *history()]
-
-        # Gradio passes the page's session to a parameter typed gr.Request; this module's annotations are
-        # strings that name a gr imported here, not a global, so it is given the class itself
-        on_run.__annotations__["request"] = gr.Request
 
         def history():
             """The gallery and the run picker: every run since the server started (any page's)."""
@@ -1008,15 +1010,13 @@ def build_page(server: Server):
         run_button.click(on_run, [clip, mask, *fields], [status, result, compare, report, downloads, gallery, pick],
                          concurrency_limit=WAITING + 1, concurrency_id="run")
 
+        @with_request
         def on_cancel(request: gr.Request):   # this page's run only
             gr.Info(server.cancel(request.session_hash))   # a note; the run's own answer says "cancelled"
 
-        on_cancel.__annotations__["request"] = gr.Request
-
+        @with_request
         def on_close(request: gr.Request):   # a page closed: its run, waiting or on, is not wanted
             server.cancel(request.session_hash)
-
-        on_close.__annotations__["request"] = gr.Request
         page.unload(on_close)
 
         cancel_button.click(on_cancel, None, None, queue=False)

@@ -28,6 +28,7 @@ _OBJ_RGB = np.array([OBJECT_COLOURS[n] for n in _OBJ_NAMES], np.float32)  # (K, 
 _BG_NAMES = tuple(BACKGROUND_COLOURS)
 _BG_RGB = np.array([BACKGROUND_COLOURS[n] for n in _BG_NAMES], np.float32)
 
+MIN_AREA = 12   # pixels: fewer are no object (detection), and a back object showing fewer is not scored
 # Fill ratio (area / enclosing-circle area) of the ideal shapes, and the cut points between them.
 _CIRCLE_SQUARE_CUT = (1.0 + 2.0 / math.pi) / 2.0
 _SQUARE_TRIANGLE_CUT = (2.0 / math.pi + 3.0 * math.sqrt(3.0) / (4.0 * math.pi)) / 2.0
@@ -162,7 +163,7 @@ def classify_shape_in_place(mask: np.ndarray, obj: WorldObject) -> str:
     return max(fits, key=fits.get)
 
 
-def detect_objects(image: np.ndarray, min_area: int = 12) -> list[DetectedObject]:
+def detect_objects(image: np.ndarray, min_area: int = MIN_AREA) -> list[DetectedObject]:
     """Blobs of object pixels, largest first, each with colour and shape."""
     mask = object_mask(image)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -276,4 +277,4 @@ def clip_frame_success(frame: np.ndarray, clip: Clip, t: int, colour: str) -> bo
         return (bool(found) and mask_iou(found[0].mask, clip.masks[t, 0]) >= 0.5
                 and classify_shape_in_place(found[0].mask, clip.objects_at(t)[0]) == clip.objects[0].shape)
     back = clip.masks[t, 0]
-    return back.sum() < 12 or classify_colour(frame, back) == clip.objects[0].colour
+    return back.sum() < MIN_AREA or classify_colour(frame, back) == clip.objects[0].colour
