@@ -290,6 +290,31 @@ def test_a_pages_cancel_stops_its_own_run_only(tiny, tmp_path):
     server.close()
 
 
+def test_a_pages_replaced_uploads_go_unless_a_run_read_them(tmp_path):
+    """A page's new clip (or mask) replaces its previous one on the server, which goes unless a run read
+    it (the history recalls a run's clip); another page's stay; a closed page's unread uploads go."""
+    server = serve.Server("tiny-random", root=tmp_path / "server")
+    first, _ = server.upload(SAMPLE, "a.mp4", owner="A")
+    other, _ = server.upload(SAMPLE, "b.mp4", owner="B")
+    second, _ = server.sample(owner="A")
+    assert (first.exists(), other.exists(), second.exists()) == (False, True, True)
+    with pytest.raises(VideditError, match="give a target prompt"):   # a run read it, though it was refused
+        server.run(second, _recolour(target=" "), owner="A")
+    server.limits = serve.Limits(max_upload_mb=1e-6)
+    with pytest.raises(VideditError, match="over this server's upload limit"):   # refused: the page's field is empty
+        server.upload(SAMPLE, "c.mp4", owner="A")
+    server.limits = serve.Limits()
+    assert second.exists()
+    mask, _ = server.upload_mask(_mask_png(tmp_path / "m.png"), "m.png", owner="A")
+    assert mask.path.exists()
+    with pytest.raises(VideditError, match="the clip is no longer on the server; upload it again"):
+        server.run(first, _recolour(), owner="A")
+    server.forget("A")
+    assert (second.exists(), mask.path.exists(), other.exists()) == (True, False, True)
+    assert sorted(f.name for f in (server.root / "uploads").iterdir()) == ["002", "003"]   # B's, the read one
+    server.close()
+
+
 def test_runs_cache_their_inversions_in_the_servers_folder(tmp_path):
     server = serve.Server("tiny-random", root=tmp_path / "server")
     assert server.cache_dir == str(tmp_path / "server" / "cache")

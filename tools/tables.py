@@ -620,7 +620,8 @@ def presets_child(a) -> None:
     settings = preset_settings(name, a.guidance, a.steps)
     if which == "independent":
         settings = independent(settings)
-    model = load_model(settings.pop("toy_model"))
+    name = settings.pop("toy_model")
+    model = load_model(a.toy_model if a.toy_model and name == "toy" else name)
     with tempfile.TemporaryDirectory() as tmp:
         save = Path(a.save) / a.child.replace(":", "-") if a.save else None
         clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp), save)
@@ -633,9 +634,9 @@ def _in_child(a, spec: str) -> dict:
 
     cmd = [sys.executable, __file__, "presets", "--child", spec, "--clips", str(a.clips), "--frames", str(a.frames),
            "--seed", str(a.seed), "--kinds", *a.kinds]
-    for option in ("guidance", "steps", "save"):
+    for option in ("guidance", "steps", "save", "toy_model"):
         if getattr(a, option) is not None:
-            cmd += [f"--{option}", str(getattr(a, option))]
+            cmd += [f"--{option.replace('_', '-')}", str(getattr(a, option))]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{spec} failed:\n{res.stderr[-3000:]}")
@@ -652,7 +653,8 @@ def presets(a) -> None:
     clips = toy_clips(a.seed, a.clips, a.frames, a.kinds)
     sources = [warp_error(c.frames, clip_flows(c)) for c in clips]
     overrides = " ".join(f"--{k} {getattr(a, k)}" for k in ("guidance", "steps") if getattr(a, k) is not None)
-    print(f"toy model, {a.clips} clips ({', '.join(c.kind for c in clips)}) of {a.frames} frames, seeds "
+    model = "toy model" if a.toy_model is None else f"{a.toy_model} in the toy model's place"
+    print(f"{model}, {a.clips} clips ({', '.join(c.kind for c in clips)}) of {a.frames} frames, seeds "
           f"{a.seed}-{a.seed + a.clips - 1}; each preset at its file's settings"
           f"{'; toy overrides: ' + overrides if overrides else ''}; toy scale: "
           + "; ".join(f"{k} {v}" for k, v in TOY_SCALE.items()))
@@ -756,6 +758,8 @@ def main() -> None:
     c.add_argument("--no-independent", action="store_true", help="skip the independent per-frame runs")
     c.add_argument("--per-clip", action="store_true", help="also each clip's warp error and frames edited")
     c.add_argument("--save", metavar="DIR", help="keep the edited frames: DIR/PRESET[-independent]/clip<i>/*.png")
+    c.add_argument("--toy-model", metavar="DIR", help="a tools/train_toy.py export in the toy model's place (the "
+                   "presets on toy-pix2pix keep the shipped one: its UNet reads the shipped text encoder)")
     c.add_argument("--child", help=argparse.SUPPRESS)   # one row, in a fresh process
     a = p.parse_args()
     a.run(a)

@@ -10,7 +10,8 @@ bars (:func:`watch_bars`), which is also where a cancel stops the run: the outpu
 atomically, so a cancelled run leaves nothing behind and the model stays loaded.
 
 Safe by default: it binds to 127.0.0.1; uploads are limited in size, frames and duration;
-uploads and outputs live in one temporary folder per server, removed on exit; the page's inputs
+uploads and outputs live in one temporary folder per server, removed on exit (a page's upload that no
+run read goes sooner, when the page replaces it or closes); the page's inputs
 name no path on the server (the clip is kept server-side, presets are picked by name, and option
 values that look like paths are refused).
 
@@ -599,6 +600,8 @@ class Server:
         self._cancelled: set = set()           # the tickets of runs to stop
         self._uploads = 0
         self._names: dict[str, str] = {}       # an upload's path on the server -> its name as uploaded
+        self._held: dict[tuple[Any, str], Path] = {}   # a page's upload folder of each kind ("clip", "mask")
+        self._used: set[Path] = set()          # upload folders a run has read: the history may recall them
         self.threads = torch_threads()   # the count `videdit edit` gets here; every run uses it (see torch_threads)
 
     def load(self):
@@ -609,27 +612,51 @@ class Server:
                 self.model = load_model(self.model_name, device=self.device, dtype=self.dtype)
         return self.model
 
-    def _upload_folder(self) -> Path:
+    def _upload_folder(self, owner: Any, kind: str) -> Path:
+        """A new folder for ``owner``'s (a page's) upload of ``kind`` ("clip" or "mask"). The page's
+        previous one of that kind goes (its field now holds the new one, or none where the new one is
+        refused) unless a run has read it, so that a page's uploads do not pile up on the server."""
         with self._state:   # two pages may upload at once: each gets its own folder
             self._uploads += 1
-            return self.root / "uploads" / f"{self._uploads:03d}"
+            folder = self.root / "uploads" / f"{self._uploads:03d}"
+            old, self._held[(owner, kind)] = self._held.get((owner, kind)), folder
+            stale = old is not None and old not in self._used
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
 
-    def upload(self, path: Path, name: str | None = None):
-        """An upload (or the sample clip) into the server's folder: -> (clip path, one-line description)."""
+    def _read_by_run(self, *paths: Path | None) -> None:
+        """Uploads a run reads stay on the server (the history recalls its clip)."""
+        uploads = self.root / "uploads"
+        with self._state:
+            self._used.update(uploads / Path(p).relative_to(uploads).parts[0] for p in paths
+                              if p is not None and Path(p).is_relative_to(uploads))
+
+    def forget(self, owner: Any) -> None:
+        """A page closed: its uploads that no run read go."""
+        with self._state:
+            stale = [f for (o, _), f in self._held.items() if o == owner and f not in self._used]
+            self._held = {k: f for k, f in self._held.items() if k[0] != owner}
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def upload(self, path: Path, name: str | None = None, owner: Any = None):
+        """An upload (or the sample clip) into the server's folder: -> (clip path, one-line description).
+        ``owner``: the page's session; its previous clip goes unless a run read it."""
         name = name or Path(path).name
-        clip, info = accept_upload(Path(path), self._upload_folder(), self.limits, name)
+        clip, info = accept_upload(Path(path), self._upload_folder(owner, "clip"), self.limits, name)
         self._names[str(clip)] = name
         return clip, describe_clip(info)
 
-    def upload_mask(self, path: Path, name: str | None = None) -> tuple[Mask, str]:
+    def upload_mask(self, path: Path, name: str | None = None, owner: Any = None) -> tuple[Mask, str]:
         """A mask upload into the server's folder: -> (Mask, one-line description)."""
-        mask, size, text = accept_mask(Path(path), self._upload_folder(), self.limits, name)
+        mask, size, text = accept_mask(Path(path), self._upload_folder(owner, "mask"), self.limits, name)
         return Mask(mask, name or Path(path).name, size), text
 
-    def sample(self):
+    def sample(self, owner: Any = None):
         if not SAMPLE.exists():
             raise VideditError("the sample clip is not installed here (a source checkout has samples/)")
-        return self.upload(SAMPLE)
+        return self.upload(SAMPLE, owner=owner)
 
     def cancel(self, owner: Any = None) -> str:
         """Stop ``owner``'s runs (a page's session; None: the caller of ``run`` without one), on or
@@ -684,8 +711,11 @@ class Server:
         with self._state:   # from here a cancel of owner's reaches this run
             self._runs.setdefault(owner, set()).add(ticket)
         try:
-            if clip is None or not Path(clip).exists():
+            self._read_by_run(clip, mask.path if mask is not None else None)
+            if clip is None:
                 raise VideditError("upload a clip first (or use the sample clip)")
+            if not Path(clip).exists():
+                raise VideditError("the clip is no longer on the server; upload it again")
             if mask is not None and not mask.path.exists():
                 raise VideditError("the mask is no longer on the server; upload it again")
             config = build_config(settings, model=self.model_name, dtype=self.dtype,
@@ -918,11 +948,12 @@ def build_page(server: Server):
             return [s.source, s.target, s.preset, s.inversion, s.editor, s.temporal, s.options, s.steps, s.guidance,
                     s.seed, s.start_frame, s.end_frame, s.size, s.extra]
 
-        def on_mask(file, clip_path):
+        @with_request
+        def on_mask(file, clip_path, request: gr.Request):
             if file is None:
                 return None, "no mask: the editor's own (or none)", ""
             try:
-                given, text = server.upload_mask(Path(file), Path(file).name)
+                given, text = server.upload_mask(Path(file), Path(file).name, owner=request.session_hash)
                 if clip_path is not None:
                     from videdit import io
 
@@ -934,18 +965,20 @@ def build_page(server: Server):
         def on_editor(ed):
             return gr.update(visible=ed in takers)
 
-        def on_upload(file):
+        @with_request
+        def on_upload(file, request: gr.Request):
             if file is None:
                 return None, "no clip yet", ""
             try:
-                path, text = server.upload(Path(file), Path(file).name)
+                path, text = server.upload(Path(file), Path(file).name, owner=request.session_hash)
                 return path, text, ""
             except Exception as e:   # noqa: BLE001: one line in the page, the server keeps serving
                 return None, "no clip yet", one_line(e)
 
-        def on_sample():
+        @with_request
+        def on_sample(request: gr.Request):
             try:
-                path, text = server.sample()
+                path, text = server.sample(owner=request.session_hash)
                 return path, text, ""
             except Exception as e:   # noqa: BLE001
                 return None, "no clip yet", one_line(e)
@@ -1017,6 +1050,7 @@ def build_page(server: Server):
         @with_request
         def on_close(request: gr.Request):   # a page closed: its run, waiting or on, is not wanted
             server.cancel(request.session_hash)
+            server.forget(request.session_hash)
         page.unload(on_close)
 
         cancel_button.click(on_cancel, None, None, queue=False)
