@@ -56,6 +56,25 @@ def test_text2video_zero_runs_the_toy_instruct_pix2pix():
     assert tables.preset_settings("fatezero")["toy_model"] == "toy"
 
 
+def test_toy_model_option_replaces_the_toy_model_but_not_its_pix2pix(monkeypatch):
+    """``--toy-model DIR`` reaches each row's process and replaces "toy" there; the toy
+    InstructPix2Pix keeps the shipped model, whose text encoder its UNet reads."""
+    import argparse
+    import json
+    import subprocess
+    from unittest import mock
+
+    assert [tables.row_model(n, "runs/x") for n in ("toy", "toy-pix2pix")] == ["runs/x", "toy-pix2pix"]
+    assert tables.row_model("toy", None) == "toy"
+    a = argparse.Namespace(clips=1, frames=3, seed=0, kinds=["translate"], guidance=None, steps=None, save=None,
+                           toy_model="runs/x")
+    done = subprocess.CompletedProcess([], 0, stdout=json.dumps({"clips": []}), stderr="")
+    with mock.patch.object(subprocess, "run", return_value=done) as run:
+        tables._in_child(a, "fatezero")
+    cmd = run.call_args.args[0]
+    assert cmd[cmd.index("--toy-model") + 1] == "runs/x" and "--guidance" not in cmd
+
+
 def test_canny_presets_run_the_toy_controlnet_at_their_files_scale():
     (rerender,) = tables.preset_settings("rerender")["control"]
     (t2v,) = tables.preset_settings("text2video-zero-canny")["control"]

@@ -611,6 +611,12 @@ def run_preset(settings: dict, clips, model, folder: Path, save: Path | None = N
     return out
 
 
+def row_model(name: str, toy_model: str | None) -> str:
+    """The model a row loads: ``toy_model`` (a train_toy.py export) in the shipped toy model's place;
+    toy-pix2pix keeps the shipped one (its UNet reads the shipped text encoder)."""
+    return toy_model if toy_model and name == "toy" else name
+
+
 def presets_child(a) -> None:
     """One row in this (fresh) process: its per-clip scores and this process's peak RSS, as JSON."""
     from bench import peak_rss_mib
@@ -620,8 +626,7 @@ def presets_child(a) -> None:
     settings = preset_settings(name, a.guidance, a.steps)
     if which == "independent":
         settings = independent(settings)
-    name = settings.pop("toy_model")
-    model = load_model(a.toy_model if a.toy_model and name == "toy" else name)
+    model = load_model(row_model(settings.pop("toy_model"), a.toy_model))
     with tempfile.TemporaryDirectory() as tmp:
         save = Path(a.save) / a.child.replace(":", "-") if a.save else None
         clips = run_preset(settings, toy_clips(a.seed, a.clips, a.frames, a.kinds), model, Path(tmp), save)
