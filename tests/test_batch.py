@@ -80,11 +80,33 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
              ([{"input": clip, "output": "a.mp4", "target": "x", "size": "big"}], "size must be N"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "compile": "no"}],
               "compile is true, false or one of default, .*reduce-overhead"),
-             ([{"input": clip, "output": "a.mp4", "target": "x", "vae_tiling": "no"}], "vae_tiling is true or false")]
+             ([{"input": clip, "output": "a.mp4", "target": "x", "vae_tiling": "no"}], "vae_tiling is true or false"),
+             # values of the wrong type say the form they need, not Python's comparison errors
+             ([{"input": clip, "output": "a.mp4", "target": "x", "steps": "many"}],
+              "steps must be a whole number, got 'many'$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "steps": 4.5}], "steps must be a whole number, got 4.5$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "guidance": "high"}],
+              "guidance must be a number, got 'high'$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "temporal": "keyframes"}],
+              r"temporal must be a mapping of module: options, e.g. \{keyframes: \{every: 2\}\}; got 'keyframes'$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "editor_params": "mode=replace"}],
+              r"editor_params must be a mapping of option: value, e.g. \{mode: replace\}; got 'mode=replace'$")]
     for entries, message in cases:
         with pytest.raises(VideditError, match=message) as e:
             expand_jobs(entries, base=tmp_path)
         assert "\n" not in str(e.value) and str(e.value).startswith("job")
+
+
+def test_a_file_that_is_no_job_file_is_one_line(tmp_path):
+    """A clip given for the job file, and a CSV row with more cells than its header, are refused in one
+    line naming the file (and the row's line)."""
+    with pytest.raises(VideditError) as e:
+        read_job_file(ROOT / "samples" / "red-circle.mp4")
+    assert str(e.value).endswith("red-circle.mp4 is not a job file (not text); give a .yaml, .jsonl or .csv of jobs")
+    (tmp_path / "jobs.csv").write_text("input,output,target\na.mp4,o.mp4,x\nb.mp4,p.mp4,y,extra\n")
+    with pytest.raises(VideditError) as e:
+        read_job_file(tmp_path / "jobs.csv")
+    assert str(e.value) == f"{tmp_path / 'jobs.csv'}, line 3: 4 cells, more than the header's 3 columns"
 
 
 def test_a_preset_is_under_the_defaults_and_the_entry(tmp_path, shared_data):

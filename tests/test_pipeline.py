@@ -1,6 +1,7 @@
 """edit_image / edit_video end to end on tiny-random (mechanics, not meaning)."""
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -77,3 +78,14 @@ def test_a_prompt_is_one_string(shared_data):
     with pytest.raises(VideditError, match="target_prompt must be one string, got list .* edit once per prompt"):
         videdit.edit_video(shared_data / "videos" / "truck.mp4", source_prompt="a truck",
                            target_prompt=["a red truck", "a blue truck"], **FAST)
+
+
+def test_a_full_output_folder_is_refused_before_the_model_loads(tmp_path):
+    """A non-empty frame folder without ``overwrite`` is refused before any model loads (a hub id
+    that does not exist would be the error otherwise), not after the edit ran."""
+    out = tmp_path / "frames"
+    out.mkdir()
+    (out / "00000.png").write_bytes(b"")
+    sample = Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"
+    with pytest.raises(VideditError, match="frames already exists and is not empty; choose another -o path"):
+        videdit.edit_video(sample, out, target_prompt="b", model="nobody/no-such-model")

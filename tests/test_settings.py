@@ -56,10 +56,23 @@ def test_unset_settings_take_the_editors_reference_then_the_inversions_then_the_
     (dict(source_branch="frozen"), r"source_branch must be 'replay' or 'pinned', got 'frozen'"),
     (dict(source_branch="pinned"), r"source_branch='pinned' sets the editor's source branch, and editor 'plain' "
                                    r"runs none; use one of \["),
+    (dict(steps="many"), r"steps must be a whole number, got 'many'$"),
+    (dict(steps=4.5), r"steps must be a whole number, got 4.5$"),
+    (dict(steps=True), r"steps must be a whole number, got True$"),
+    (dict(seed="1"), r"seed must be a whole number, got '1'$"),
+    (dict(guidance="high"), r"guidance must be a number, got 'high'$"),
+    (dict(strength="half"), r"strength must be a number, got 'half'$"),
 ])
 def test_settings_refuse_in_one_line(kw, message):
     with pytest.raises(VideditError, match=message):
         EditSettings(**kw)
+
+
+def test_numbers_of_numpy_types_are_numbers():
+    import numpy as np
+
+    s = EditSettings(steps=np.int64(10), guidance=np.float32(4.0), seed=np.int32(3))
+    assert (s.steps, float(s.guidance), s.seed) == (10, 4.0, 3)
 
 
 def test_strength_starts_the_edit_later_from_the_same_trajectory(tiny, wolf_frames):

@@ -174,9 +174,16 @@ def read_job_file(path: str | os.PathLike) -> tuple[dict, list[dict]]:
         text = path.read_text()
     except OSError as e:
         raise VideditError(f"cannot read the job file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise VideditError(f"{path} is not a job file (not text); give a .yaml, .jsonl or .csv of jobs") from None
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        rows = list(csv.DictReader(_io.StringIO(text)))
+        reader, rows = csv.DictReader(_io.StringIO(text)), []
+        for row in reader:
+            if None in row:   # DictReader's key for the cells past the header's
+                raise VideditError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells, "
+                                   f"more than the header's {len(reader.fieldnames)} columns")
+            rows.append(row)
         return {}, [{k.strip(): _csv_value(v) for k, v in row.items() if k and v is not None and v.strip() != ""}
                     for row in rows]
     if suffix in (".jsonl", ".ndjson"):

@@ -298,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "detailed')")
     p.add_argument("-o", "--output", type=Path, required=True, help=".mp4, .gif, .png/.jpg (images), or a folder")
     p.add_argument("--preview", type=Path, help="also write a source|edit preview GIF here")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the frames in a non-empty output folder (one that holds other files is refused; "
+                   "an output file is replaced either way, atomically)")
     p.add_argument("--editor", default="plain", help="editor (see `videdit methods`)")
     p.add_argument("--source-branch", choices=["replay", "pinned"],
                    help="editors with a source branch: replay it from the inverted noise, or pin it to the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 import os
 import time
 from contextlib import closing
@@ -102,6 +103,12 @@ class EditSettings:
             if not isinstance(getattr(self, name), str):
                 raise VideditError(f"{name} must be one string, got {type(getattr(self, name)).__name__} "
                                    f"{getattr(self, name)!r}; edit once per prompt")
+        for name, kind, what in (("steps", numbers.Integral, "a whole number"), ("seed", numbers.Integral,
+                                 "a whole number"), ("batch_size", numbers.Integral, "a whole number"),
+                                 ("guidance", numbers.Real, "a number"), ("strength", numbers.Real, "a number")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise VideditError(f"{name} must be {what}, got {value!r}")
         if self.steps < 1 or self.steps > 1000:
             raise VideditError(f"steps must be in [1, 1000], got {self.steps}")
         if not 0 <= self.guidance <= 50:
@@ -653,10 +660,20 @@ def _edit_in_passes(model: Model, inv: Inversion, settings: EditSettings, window
     return z, decoded
 
 
+def _mapping(value, name: str, example: str, of: str = "option: value") -> dict:
+    """``value`` (None: empty) as a dict, or a one-line refusal showing the form it needs."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise VideditError(f"{name} must be a mapping of {of}, e.g. {example}; got {value!r}")
+    return dict(value)
+
+
 def _settings(**kw) -> EditSettings:
-    kw["inversion_params"] = dict(kw.get("inversion_params") or {})
-    kw["editor_params"] = dict(kw.get("editor_params") or {})
-    kw["temporal"] = {k: dict(v or {}) for k, v in (kw.get("temporal") or {}).items()}
+    kw["inversion_params"] = _mapping(kw.get("inversion_params"), "inversion_params", "{inversion_steps: 50}")
+    kw["editor_params"] = _mapping(kw.get("editor_params"), "editor_params", "{mode: replace}")
+    kw["temporal"] = {k: _mapping(v, f"temporal {k}", "{every: 2}") for k, v in
+                      _mapping(kw.get("temporal"), "temporal", "{keyframes: {every: 2}}", "module: options").items()}
     kw["keep_background"] = keep_background_options(kw.get("keep_background"))
     kw["token_merging"] = token_merging_options(kw.get("token_merging"))
     kw["feature_cache"] = feature_caching_options(kw.get("feature_cache"))
@@ -716,7 +733,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     input = Path(input)
     info = io.probe(input, read)
     if output is not None:
-        io.check_output_path(output, input)
+        io.check_output_path(output, input, overwrite=overwrite)
     if preview is not None:
         io.check_preview_path(preview, input, output)
     model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)

@@ -3,6 +3,7 @@ images, GIF previews, output dispatch and the checks that protect the input."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from videdit.errors import VideditError
+from videdit.io.atomic import atomic_path
 from videdit.io import (
     ReadOptions,
     check_output_path,
@@ -276,3 +278,56 @@ def test_check_output_path(videos, tmp_path):
         check_output_path(tmp_path / "missing" / "out.mp4", wolf)
     check_output_path(tmp_path / "out.mp4", wolf)  # fine
     check_output_path(tmp_path / "frames", videos / "car-turn")  # fine
+    with pytest.raises(VideditError) as e:   # a path through a file
+        check_output_path(wolf / "out.mp4", tmp_path / "in.mp4")
+    assert str(e.value) == f"{wolf} is a file, not a folder; choose another -o path"
+    with pytest.raises(VideditError, match="cannot write to /, the file system's root; choose another -o path"):
+        check_output_path("/", wolf)
+
+
+def test_an_output_folder_is_checked_before_the_edit(tmp_path, monkeypatch):
+    """Without ``overwrite`` a non-empty frame folder is refused, with it one holding anything but
+    frames (replacing it would delete the rest); a folder that cannot be written is refused too."""
+    wolf = tmp_path / "in.mp4"
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "00000.png").write_bytes(b"")
+    with pytest.raises(VideditError, match="mine already exists and is not empty; choose another -o path or pass "
+                                           r"--overwrite \(overwrite=True\) to replace its frames$"):
+        check_output_path(out, wolf, overwrite=False)
+    check_output_path(out, wolf, overwrite=True)   # frames only: replaced
+    check_output_path(out, wolf)                   # no overwrite given: the folder is the writer's to check
+    for name in ("notes.txt", "sub", "b.txt", "c.txt"):
+        (out / name).mkdir() if name == "sub" else (out / name).write_text("keep\n")
+    with pytest.raises(VideditError) as e:
+        check_output_path(out, wolf, overwrite=True)
+    assert str(e.value) == (f"{out} holds more than frames (b.txt, c.txt, notes.txt and 1 more), which --overwrite "
+                            f"would delete; choose another -o path")
+    with pytest.raises(VideditError, match="holds more than frames"):
+        write_frames_dir(out, ramp(2, 8, 8), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "b.txt", "c.txt", "notes.txt", "sub"]
+    monkeypatch.setattr(os, "access", lambda path, mode: False)   # a read-only folder (root passes chmod)
+    with pytest.raises(VideditError) as e:
+        check_output_path(tmp_path / "out.mp4", wolf)
+    assert str(e.value) == f"cannot write in {tmp_path} (read-only or not yours); choose another -o path"
+
+
+def test_a_failed_write_says_its_own_error_when_its_temporary_cannot_be_removed(tmp_path, monkeypatch):
+    """On a read-only file system removing the never-made temporary fails too (EROFS): the write's
+    own error is the one raised."""
+    def refuse(self, missing_ok=False):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(VideditError, match="could not write"):
+        with atomic_path(tmp_path / "out.png"):
+            raise VideditError("could not write out.png (Read-only file system)")
+
+
+def test_a_dot_output_names_its_folder(tmp_path, monkeypatch):
+    """``-o .`` (the working folder, empty) gets the frames; its temporary sits in the parent."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    write_frames_dir(".", ramp(2, 8, 8))
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]

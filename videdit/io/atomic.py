@@ -11,10 +11,15 @@ from pathlib import Path
 
 
 def _remove(path: Path) -> None:
+    """Best effort: a temporary that cannot be removed (or was never made) must not hide the error
+    that ended the write."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -32,7 +37,7 @@ def atomic_path(path: str | os.PathLike, *, replace_dir: bool = False) -> Iterat
     ``path`` is left as it was. A folder can replace an existing non-empty folder only with
     ``replace_dir=True``: the old one is moved aside, the new one renamed in, the old deleted.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))   # "." and ".." name their folder
     tmp = temp_sibling(path)
     try:
         yield tmp

@@ -259,8 +259,7 @@ def write_frames_dir(path: str | os.PathLike, chunks: Chunks, *, overwrite: bool
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise VideditError(f"{path} is a file; a frame folder needs a folder path (no suffix)")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise VideditError(f"{path} already exists and is not empty; choose another -o path or pass --overwrite (overwrite=True)")
+    check_frames_folder(path, overwrite)
     with atomic_path(path, replace_dir=True) as tmp:
         tmp.mkdir()
         n = 0
@@ -392,13 +391,34 @@ def _same_file(a: Path, b: Path) -> bool:
     return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, flag: str = "-o") -> None:
-    """Refuse an output that would overwrite the input, and one whose folder does not exist;
-    ``flag`` names the option that gave it in the message.
+def check_frames_folder(path: Path, overwrite: bool, flag: str = "-o") -> None:
+    """Refuse a non-empty frame folder without ``overwrite``, and with it one that holds anything but
+    frames (images): replacing the folder would delete the rest."""
+    if not path.is_dir():
+        return
+    entries = list(path.iterdir())
+    if entries and not overwrite:
+        raise VideditError(f"{path} already exists and is not empty; choose another {flag} path or pass --overwrite "
+                           f"(overwrite=True) to replace its frames")
+    others = sorted(e.name + ("/" if e.is_dir() else "") for e in entries
+                    if not (e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise VideditError(f"{path} holds more than frames ({shown}), which --overwrite would delete; choose "
+                           f"another {flag} path")
+
+
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, flag: str = "-o",
+                      overwrite: bool | None = None) -> None:
+    """Refuse an output that would overwrite the input, one whose folder does not exist or cannot be
+    written, and (where ``overwrite`` is given) a frame folder that :func:`write_frames_dir` would
+    refuse; ``flag`` names the option that gave it in the message.
 
     Call it before the (slow) edit, so a bad ``-o`` fails early.
     """
     out, inp = Path(output).resolve(), Path(input_path).resolve()
+    if out == out.parent:
+        raise VideditError(f"cannot write to {output}, the file system's root; choose another {flag} path")
     kind = _output_kind(Path(output))
     if _same_file(out, inp) or (inp.is_dir() and _is_within(out, inp)):
         raise VideditError(f"refusing to overwrite the input {input_path} with {output}; choose another {flag} path")
@@ -406,8 +426,14 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, 
         raise VideditError(
             f"refusing to write frames to {output}: the input {input_path} is inside it; choose another {flag} path"
         )
+    if out.parent.exists() and not out.parent.is_dir():
+        raise VideditError(f"{out.parent} is a file, not a folder; choose another {flag} path")
     if not out.parent.is_dir():
         raise VideditError(f"the output folder {out.parent} does not exist; create it or choose another {flag} path")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise VideditError(f"cannot write in {out.parent} (read-only or not yours); choose another {flag} path")
+    if kind == "frames" and overwrite is not None:
+        check_frames_folder(out, overwrite, flag)
 
 
 def check_preview_path(preview: str | os.PathLike, input_path: str | os.PathLike,
