@@ -169,6 +169,33 @@ def test_preview_gif_frames_and_max_frames(argv, n_frames, width, tmp_path, caps
         assert (im.n_frames, im.size) == (n_frames, (width, 64))
 
 
+def test_preview_compares_a_part_edit_with_the_frames_it_read(tmp_path, capsys):
+    """An edit of frames 10-21 lines up with --compare's frames 10-21 (--start-frame/--end-frame, as
+    given to the edit); a count that differs names those options."""
+    import numpy as np
+    from PIL import Image
+
+    from videdit import io
+
+    part = tmp_path / "part"
+    io.write_frames_dir(part, io.read_clip(SAMPLE, io.ReadOptions(start_frame=10, end_frame=22))[0])
+    code, _, err = run(capsys, "preview", part, "-o", tmp_path / "a.gif", "--compare", SAMPLE)
+    assert code == 2 and err.strip() == (f"videdit: error: --compare has 24 frames but {part} has 12; select the "
+                                         "frames the edit read with --start-frame, --end-frame and --stride, as "
+                                         "given to videdit edit")
+    gif = tmp_path / "b.gif"
+    code, _, err = run(capsys, "preview", part, "-o", gif, "--compare", SAMPLE, "--start-frame", "10",
+                       "--end-frame", "22", "--max-side", "64")
+    assert code == 0, err
+    with Image.open(gif) as im:
+        first = np.asarray(im.convert("RGB")).astype(int)
+    source = io.read_clip(SAMPLE, io.ReadOptions(size=64))[0].astype(int)
+    errors = [np.abs(first[:, :64] - f).mean() for f in source]   # the left panel against each source frame
+    assert int(np.argmin(errors)) == 10 and errors[10] < 0.5 * errors[0], errors
+    code, _, err = run(capsys, "preview", part, "-o", gif, "--start-frame", "10")
+    assert code == 2 and "select --compare's frames; give --compare" in err
+
+
 def test_console_script_help():
     for argv in ([], ["edit"], ["invert"], ["preview"]):
         res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)

@@ -361,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many frames in the GIF, picked evenly so it lasts as long as the clip "
                    "(default 48)")
     p.add_argument("--max-frames", type=int, help="at most this many frames read from INPUT and --compare")
+    p.add_argument("--start-frame", type=int, default=0,
+                   help="--compare's first frame: the edit's own --start-frame, so that a part edited lines up")
+    p.add_argument("--end-frame", type=int, help="--compare's end frame (exclusive): the edit's own --end-frame")
+    p.add_argument("--stride", type=int, default=1, help="every n-th frame of --compare: the edit's own --stride")
 
     p = add("eval", help="score the temporal consistency of an edited clip",
             description="Flow warp error of EDITED along ORIGINAL's optical flow (and of ORIGINAL itself), "
@@ -489,11 +493,19 @@ def _preview(a) -> None:
     if a.output.suffix.lower() != io.GIF_SUFFIX:
         raise VideditError(f"preview writes a GIF; give -o a .gif name, not {a.output}")
     io.check_output_path(a.output, a.input)
+    selected = (a.start_frame, a.end_frame, a.stride) != (0, None, 1)
+    if selected and a.compare is None:
+        raise VideditError("--start-frame, --end-frame and --stride select --compare's frames; give --compare")
     read = io.ReadOptions(max_frames=a.max_frames)
     frames, info = io.read_clip(a.input, read)
-    source = io.read_clip(a.compare, read)[0] if a.compare else None
+    source = None
+    if a.compare:
+        source = io.read_clip(a.compare, io.ReadOptions(start_frame=a.start_frame, end_frame=a.end_frame,
+                                                        stride=a.stride, max_frames=a.max_frames))[0]
     if source is not None and len(source) != len(frames):
-        raise VideditError(f"--compare has {len(source)} frames but {a.input} has {len(frames)}")
+        raise VideditError(f"--compare has {len(source)} frames{' (as selected)' if selected else ''} but {a.input} "
+                           f"has {len(frames)}; select the frames the edit read with --start-frame, --end-frame "
+                           f"and --stride, as given to videdit edit")
     io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
                  max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
