@@ -196,6 +196,19 @@ def test_preview_compares_a_part_edit_with_the_frames_it_read(tmp_path, capsys):
     assert code == 2 and "select --compare's frames; give --compare" in err
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`videdit methods | head -1`: no BrokenPipeError traceback, the exit status a shell gives SIGPIPE."""
+    import fcntl
+
+    proc = subprocess.Popen([sys.executable, "-m", "videdit.cli", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)   # F_SETPIPE_SZ: the output (about 30 kB) cannot all fit
+    assert proc.stdout.readline() == b"inversions:\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == ""
+
+
 def test_console_script_help():
     for argv in ([], ["edit"], ["invert"], ["preview"]):
         res = subprocess.run([sys.executable, "-m", "videdit.cli", *argv, "--help"], capture_output=True, text=True)

@@ -728,6 +728,10 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("videdit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `videdit methods | head`: the reader has what it wanted
+        # Python flushes stdout again at exit, into the closed pipe; its output goes nowhere instead
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # as a shell reports a command a SIGPIPE ended (128 + 13)
     return code or 0
 
 
