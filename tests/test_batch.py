@@ -94,7 +94,7 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
     for entries, message in cases:
         with pytest.raises(VideditError, match=message) as e:
             expand_jobs(entries, base=tmp_path)
-        assert "\n" not in str(e.value) and str(e.value).startswith("job")
+        assert "\n" not in str(e.value) and str(e.value).startswith(("entry 1: ", "entry 1 (", "jobs 1 and 2 both"))
 
 
 def test_a_file_that_is_no_job_file_is_one_line(tmp_path):
@@ -290,7 +290,7 @@ def test_the_display_counts_jobs_and_the_running_jobs_frames(tmp_path, shared_da
         assert f"running {name}@local edit 2/4 frames" in text and f"running {name}@local edit 4/4 frames" in text
     assert "b@local second pass 2/2 frames" in text and "b@local second pass 4/4" not in text
     note = "split 2: temporal module 'cross_frame' carries state from window to window; the clip runs on one worker"
-    assert result.jobs[1].note == note and f"videdit: job 1 (c): {note}" in text
+    assert result.jobs[1].note == note and f"videdit: job 2 (c): {note}" in text
     assert result.jobs[0].note is None and result.jobs[0].frames == 4
 
 
@@ -317,7 +317,7 @@ def test_controlnet_options_in_job_files_and_presets(tmp_path, shared_data, runn
                                            "start": 0.0, "end": 1.0}]
     assert jobs[2].options["control"][0]["scale"] == 0.5
     assert jobs[3].options["control"][0]["condition"] == f"depth={tmp_path / 'maps' / 'd.png'}"
-    with pytest.raises(VideditError, match="job 1: .*1 --control and 0 --controlnet"):
+    with pytest.raises(VideditError, match="entry 1: .*1 --control and 0 --controlnet"):
         expand_jobs([{**entries[0], "control": "canny"}], SETTINGS, base=tmp_path)
     result = edit_batch(jobs[:2], runner=runner, scores=False)
     assert [r.status for r in result.jobs] == ["done"] * 2, [r.error for r in result.jobs]

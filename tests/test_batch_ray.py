@@ -94,7 +94,7 @@ def test_a_64_frame_clip_split_over_two_ray_workers_gives_the_one_worker_frames(
     assert whole.note == ("split 2: temporal module 'cross_frame' carries state from window to window; "
                           "the clip runs on one worker") and "+" not in whole.worker
     text = stream.getvalue()
-    assert "| 2/2 [" in text and f"job 1 (ski:0): {whole.note}" in text
+    assert "| 2/2 [" in text and f"job 2 (ski:0): {whole.note}" in text
     assert "ski:0@ray" in text and "edit 64/64 frames" in text and "second pass 32/32 frames" in text, text
 
 

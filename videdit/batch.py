@@ -69,7 +69,7 @@ EDIT_ONLY = frozenset({"target_prompt", "editor", "editor_params", "temporal", "
 class Job:
     """One edit of a batch, its options resolved (defaults, preset and aliases applied; paths absolute)."""
 
-    index: int                # its place in the batch, from 0
+    index: int                # its place in the batch, from 0 (messages and the table count from 1)
     name: str
     input: str
     output: str
@@ -158,7 +158,7 @@ class BatchResult:
             inv = "cache" if r.inversions_cached and not r.inversions_computed else (
                 "new" if r.inversions_computed else "-")
             tail = r.output if r.status != "failed" else f"{r.output}: {r.error}"
-            lines.append(f"{r.index:>3} {r.status:<8} {r.seconds:>6.1f} {r.frames if r.frames is not None else '-':>6} "
+            lines.append(f"{r.index + 1:>3} {r.status:<8} {r.seconds:>6.1f} {r.frames if r.frames is not None else '-':>6} "
                          f"{warp:>7} {inv:>5}  {tail}")
         return "\n".join(lines)
 
@@ -307,7 +307,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     fallback = _normalise(fallback or {}, "defaults")
     jobs: list[Job] = []
     for e, entry in enumerate(entries):
-        where = f"job {e + 1}"
+        where = f"entry {e + 1}"   # of the file's jobs, from 1; expanded, an entry may make several jobs
         entry = _normalise(entry, where)
         merged = {**defaults, **entry}
         # the preset under the file's defaults and the entry, as `edit --config` is under the flags
@@ -354,7 +354,7 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     seen: dict[str, Job] = {}
     for job in jobs:
         if job.output in seen:
-            raise VideditError(f"jobs {seen[job.output].index} and {job.index} both write {job.output}; name "
+            raise VideditError(f"jobs {seen[job.output].index + 1} and {job.index + 1} both write {job.output}; name "
                                f"{{n}} or {{target}} in the output of an entry with several prompts")
         seen[job.output] = job
     return jobs
@@ -783,9 +783,9 @@ class _Display:
             del self.running[key]
         self.bar.update(1)
         if record.status == "failed":
-            self.bar.write(f"videdit: job {record.index} ({record.name}) failed: {record.error}", file=self.file)
+            self.bar.write(f"videdit: job {record.index + 1} ({record.name}) failed: {record.error}", file=self.file)
         elif record.note:
-            self.bar.write(f"videdit: job {record.index} ({record.name}): {record.note}", file=self.file)
+            self.bar.write(f"videdit: job {record.index + 1} ({record.name}): {record.note}", file=self.file)
         self._postfix()
 
     def _postfix(self) -> None:
@@ -835,7 +835,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
         try:
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise VideditError(f"job {job.index} ({job.name}): cannot make the output folder "
+            raise VideditError(f"job {job.index + 1} ({job.name}): cannot make the output folder "
                                f"{Path(job.output).parent} ({e.strerror or e}); change its output") from None
     digests: dict[str, str] = {}
     records: dict[int, JobRecord] = {}
