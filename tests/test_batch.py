@@ -84,7 +84,8 @@ def test_bad_job_files_are_one_line_before_any_work(tmp_path, shared_data):
              # values of the wrong type say the form they need, not Python's comparison errors
              ([{"input": clip, "output": "a.mp4", "target": "x", "steps": "many"}],
               "steps must be a whole number, got 'many'$"),
-             ([{"input": clip, "output": "a.mp4", "target": "x", "steps": 4.5}], "steps must be a whole number, got 4.5$"),
+             ([{"input": clip, "output": "a.mp4", "target": "x", "steps": 4.5}],
+              "steps must be a whole number, got 4.5$"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "guidance": "high"}],
               "guidance must be a number, got 'high'$"),
              ([{"input": clip, "output": "a.mp4", "target": "x", "temporal": "keyframes"}],

@@ -158,7 +158,8 @@ class BatchResult:
             inv = "cache" if r.inversions_cached and not r.inversions_computed else (
                 "new" if r.inversions_computed else "-")
             tail = r.output if r.status != "failed" else f"{r.output}: {r.error}"
-            lines.append(f"{r.index + 1:>3} {r.status:<8} {r.seconds:>6.1f} {r.frames if r.frames is not None else '-':>6} "
+            frames = r.frames if r.frames is not None else "-"
+            lines.append(f"{r.index + 1:>3} {r.status:<8} {r.seconds:>6.1f} {frames:>6} "
                          f"{warp:>7} {inv:>5}  {tail}")
         return "\n".join(lines)
 
