@@ -103,9 +103,9 @@ class EditSettings:
             if not isinstance(getattr(self, name), str):
                 raise VideditError(f"{name} must be one string, got {type(getattr(self, name)).__name__} "
                                    f"{getattr(self, name)!r}; edit once per prompt")
-        for name, kind, what in (("steps", numbers.Integral, "a whole number"), ("seed", numbers.Integral,
-                                 "a whole number"), ("batch_size", numbers.Integral, "a whole number"),
-                                 ("guidance", numbers.Real, "a number"), ("strength", numbers.Real, "a number")):
+        whole, number = (numbers.Integral, "a whole number"), (numbers.Real, "a number")   # numpy's pass too
+        for name, (kind, what) in {"steps": whole, "seed": whole, "batch_size": whole, "guidance": number,
+                                   "strength": number}.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise VideditError(f"{name} must be {what}, got {value!r}")
