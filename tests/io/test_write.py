@@ -27,6 +27,7 @@ from videdit.io import (
     write_output,
     write_video,
 )
+from videdit.io.write import gif_delays
 
 
 @pytest.fixture(scope="module")
@@ -204,21 +205,40 @@ def test_gif_caps_rate_length_and_size(videos, tmp_path):
     frames, info = read_clip(videos / "man-skiing.mp4", ReadOptions(size=128, backend="decord"))
     out = write_gif(tmp_path / "edit.gif", iter([frames[:40], frames[40:]]), float(info.out_fps))
     with Image.open(out) as gif:
-        # 29.97 fps > 12: every 3rd frame -> 31 frames at ~10 fps
+        # 29.97 fps > 12: every 3rd frame -> 31 frames at 9.99 fps, 10.01 cs each: 310.3 cs, 10 cs a frame
         assert gif.n_frames == 31 and gif.size == (128, 128) and gif.info["loop"] == 0
-        assert gif.info["duration"] == 100
+        assert delays(gif) == [10] * 31
     assert iio.imread(out, index=None).shape == (31, 128, 128, 3)
 
     long = ramp(100, 90, 180)
     side = write_gif(tmp_path / "side.gif", long, 10, source=long[:, ::-1], max_side=60)
     with Image.open(side) as gif:
-        # 100 > 48 frames: 48 picked evenly, slowed to 4.8 fps (21 cs a frame) to still last ~10 s
-        assert gif.n_frames == 48 and gif.size == (120, 30) and gif.info["duration"] == 210  # 20.8 -> 21 cs
+        # 100 > 48 frames: 48 picked evenly, slowed to 4.8 fps (20.83 cs a frame) to still last 10 s
+        assert gif.n_frames == 48 and gif.size == (120, 30) and sum(delays(gif)) == 1000
+        assert set(delays(gif)) == {20, 21}
     single = write_gif(tmp_path / "single.gif", long[:5], 10, max_side=60)
     with Image.open(single) as gif:
         assert gif.n_frames == 5 and gif.size == (60, 30)
     with pytest.raises(VideditError, match="one frame per edited frame"):
         write_gif(tmp_path / "bad.gif", long[:5], 10, source=long[:4])
+
+
+def delays(gif: Image.Image) -> list[int]:
+    """Each frame's delay in centiseconds."""
+    out = []
+    for k in range(gif.n_frames):
+        gif.seek(k)
+        out.append(gif.info["duration"] // 10)
+    return out
+
+
+@pytest.mark.parametrize("fps, expected", [(29.97, [3, 4, 3, 3, 4, 3, 3, 4, 3]), (8, [13, 12, 13, 12]),
+                                           (50, [2, 2, 2]), (24, [4, 4, 5, 4, 4, 4])])
+def test_gif_delays_follow_the_clips_clock(fps, expected):
+    assert gif_delays(len(expected), fps) == expected
+    n = 1000
+    ends = np.cumsum(gif_delays(n, fps))
+    assert np.abs(ends - 100 * np.arange(1, n + 1) / fps).max() <= 0.5   # never half a centisecond off
 
 
 def test_gif_reads_back_as_a_clip(tmp_path):
@@ -230,15 +250,16 @@ def test_gif_reads_back_as_a_clip(tmp_path):
 # --- dispatch and output checks ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fps, n_gif, centiseconds", [(30, 60, 3), (60, 30, 3)])
+@pytest.mark.parametrize("fps, n_gif, centiseconds", [(30, 60, {3, 4}), (60, 30, {3, 4})])
 def test_a_gif_output_is_the_whole_edit_at_the_sources_size(fps, n_gif, centiseconds, tmp_path):
     """`-o edit.gif` (unlike a --preview) keeps every frame at the source's size; above GIF's 50 fps, every
-    k-th frame (60 fps: every 2nd, 30 fps in 3 cs delays)."""
+    k-th frame (60 fps: every 2nd, at 30 fps: 3 and 4 cs delays, 3.33 on average)."""
     src = write_video(tmp_path / "src.mp4", [ramp(60, 200, 300)], fps)
     info = probe(src)
     out = write_output(tmp_path / "edit.gif", read_frames(src), info, input_path=src)
     with Image.open(out) as gif:
-        assert (gif.n_frames, gif.size, gif.info["duration"]) == (n_gif, (300, 200), 10 * centiseconds)
+        assert (gif.n_frames, gif.size) == (n_gif, (300, 200))
+        assert set(delays(gif)) == centiseconds and sum(delays(gif)) == 100 * 60 // fps   # as long as the clip
 
 
 def test_write_output_dispatch(videos, tmp_path):
@@ -249,7 +270,7 @@ def test_write_output_dispatch(videos, tmp_path):
     assert leftovers(out) == ["00000.png", "00001.png", "00002.png"]
     out = write_output(tmp_path / "edit.gif", read_frames(folder, options), info, input_path=folder)
     with Image.open(out) as gif:
-        assert gif.n_frames == 3 and gif.info["duration"] == 130  # folder default 8 fps: 12.5 -> 13 cs
+        assert gif.n_frames == 3 and delays(gif) == [13, 12, 13]  # folder default 8 fps: ends at 12.5, 25, 37.5 cs
     with pytest.raises(VideditError, match="holds one frame but the clip has 3"):
         write_output(tmp_path / "edit.png", read_frames(folder, options), info, input_path=folder)
     image = folder / "00000.png"

@@ -294,6 +294,18 @@ def _panel_size(w: int, h: int, max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def gif_delays(n: int, fps: float) -> list[int]:
+    """The delays, in centiseconds, of ``n`` GIF frames shown at ``fps`` (<= 50).
+
+    GIF delays are whole centiseconds, so one delay for all frames would play 29.97 fps at 33.3 and
+    8 fps at 7.7. Each frame here ends at its own time rounded to the centisecond instead (29.97
+    fps: 3, 4, 3, 3, 4, ... cs), so frame k is never more than half a centisecond off the clip's
+    clock and the GIF lasts as long as the clip. None is under 2 cs, below which players slow a
+    frame to 10 cs (fps <= 50 keeps them there)."""
+    ends = [math.floor(100 * (k + 1) / fps + 0.5) for k in range(n)]
+    return [max(2, end - start) for start, end in zip([0] + ends, ends)]
+
+
 def write_gif(
     path: str | os.PathLike,
     frames: Chunks,
@@ -309,8 +321,7 @@ def write_gif(
     Each panel is downscaled so its longer side is <= ``max_side`` (the source panel is resized
     to the edit's panel). Above ``max_fps`` every k-th frame is kept (k = ceil(fps / max_fps));
     beyond ``max_frames`` frames are then picked evenly, and the frame rate lowered to match, so
-    the preview lasts as long as the clip. GIF delays are whole centiseconds, rounded to the
-    nearest (8 fps plays at 100/13 = 7.7 fps) but never shorter than ``1 / max_fps``.
+    the preview lasts as long as the clip, at the clip's pace: see :func:`gif_delays`.
     """
     path = Path(path)
     if path.suffix.lower() != GIF_SUFFIX:
@@ -351,8 +362,6 @@ def write_gif(
             np.concatenate([cv2.resize(source[i], panel, interpolation=cv2.INTER_AREA), frame], axis=1)
             for i, frame in zip(picked, kept)
         ]
-    # GIF delays are whole centiseconds: the nearest one, but not so short that max_fps is exceeded
-    centiseconds = max(math.floor(100 / gif_fps + 0.5), math.ceil(100 / max_fps - 1e-9))
     images = [Image.fromarray(frame) for frame in kept]
     with atomic_path(path) as tmp:
         images[0].save(
@@ -360,7 +369,7 @@ def write_gif(
             format="GIF",
             save_all=True,
             append_images=images[1:],
-            duration=10 * centiseconds,
+            duration=[10 * cs for cs in gif_delays(len(images), gif_fps)],
             loop=0,
         )
     return path
