@@ -151,6 +151,20 @@ def test_preview_and_methods(tmp_path, shared_data, capsys):
     assert code == 0 and (tmp_path / "w.gif").stat().st_size > 0
     code, out, _ = run(capsys, "methods")
     assert code == 0 and "ddim" in out and "plain" in out and "guidance=1.0" in out
+    assert max(len(line) for line in out.splitlines()) < 100   # wrapped (no terminal: 100 columns)
+
+
+def test_methods_shows_the_named_ones(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "70")
+    code, out, _ = run(capsys, "methods", "tokenflow", "ddim")
+    lines = out.splitlines()
+    assert code == 0 and [line for line in lines if not line.startswith(" ")] == [
+        "inversions:", "temporal modules and frame stages:"]
+    assert [line.split()[0] for line in lines if line.startswith("  ") and line[2] != " "] == ["ddim", "tokenflow"]
+    assert max(len(line) for line in lines) < 70 and "batch_size=8" in out
+    code, _, err = run(capsys, "methods", "tokenflw")
+    assert code == 2 and err.strip() == ("videdit: error: no method named 'tokenflw' (did you mean 'tokenflow'?); "
+                                         "`videdit methods` lists them all")
 
 
 @pytest.mark.parametrize("argv, n_frames, width", [

@@ -377,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a FlowConfig option, e.g. preset=fast, colour=gray or raft_weights=PATH (repeatable)")
     _add_read_args(p, working=False)
 
-    add("methods", help="list the inversions, editors and temporal modules with their options")
+    p = add("methods", help="list the inversions, editors and temporal modules with their options",
+            description="Each method's summary, reference, reference settings, models, options and where videdit's "
+            "defaults depart from the reference; lines wrap at the terminal's width.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default: all)")
     p = add("serve", help="a web page for editing (pip install \"videdit[ui]\")",
             description="Serve a Gradio page over the Python API: upload a clip, pick a preset, edit, compare, "
             "download the result and its settings as a YAML preset for `videdit edit --config`. One model load, "
@@ -564,35 +567,54 @@ def method_registries() -> tuple:
 
 
 def _methods(a) -> None:
+    import difflib
+    import shutil
+    import textwrap
+
     from videdit.registry import NOT_INSTRUCT
 
-    for title, registry in method_registries():
+    registries = method_registries()
+    known = sorted({name for _, registry in registries for name in registry})
+    for name in a.names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise VideditError(f"no method named {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                               + "; `videdit methods` lists them all")
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
+    indent = " " * 21
+
+    def say(text: str, first: str = indent, then: str = indent + "  ") -> None:
+        print(textwrap.fill(text, width, initial_indent=first, subsequent_indent=then, break_on_hyphens=False))
+
+    for title, registry in registries:
+        shown = sorted((n, spec) for n, spec in registry.items() if not a.names or n in a.names)
+        if not shown:
+            continue
         print(f"{title}:")
-        for name, spec in sorted(registry.items()):
-            print(f"  {name:<18} {spec.summary}")
+        for name, spec in shown:
+            say(spec.summary, f"  {name:<18} ")
             if spec.reference:
-                print(f"  {'':<18} reference: {spec.reference}")
+                say(f"reference: {spec.reference}")
             if spec.edit_defaults:
-                print(f"  {'':<18} reference settings: "
-                      f"{', '.join(f'{k}={v}' for k, v in spec.edit_defaults.items())}")
-            print(f"  {'':<18} models: {spec.model_support()}")
+                say(f"reference settings: {', '.join(f'{k}={v}' for k, v in spec.edit_defaults.items())}")
+            say(f"models: {spec.model_support()}")
             for family, why in spec.refuses.items():
                 if NOT_INSTRUCT.get(family) != why:   # the usual reason is said once, at the end
-                    print(f"  {'':<18} not on {family}: {why}")
+                    say(f"not on {family}: {why}")
             declared = spec.capabilities()
             if declared:
-                print(f"  {'':<18} declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")
+                say(f"declares: {', '.join(f'{k}={v}' for k, v in declared.items())}")
             options = ", ".join(f"{k}={v!r}" for k, v in spec.options())
             if options:
-                print(f"  {'':<18} options: {options}")
+                say(f"options: {options}")
             for d in spec.departures():
                 if d.kind == "departs":
-                    print(f"  {'':<18} departs from the reference: {d.option}={d.default!r} "
-                          f"(reference: {d.value!r}): {d.why}")
+                    say(f"departs from the reference: {d.option}={d.default!r} (reference: {d.value!r}): {d.why}")
                 else:
-                    print(f"  {'':<18} videdit option: {d.option}={d.value!r} (reference and default: "
-                          f"{d.default!r}): {d.why}")
-    print(f"InstructPix2Pix models run only the methods that list them: {NOT_INSTRUCT['InstructPix2Pix']}")
+                    say(f"videdit option: {d.option}={d.value!r} (reference and default: {d.default!r}): {d.why}")
+    if not a.names:
+        say(f"InstructPix2Pix models run only the methods that list them: {NOT_INSTRUCT['InstructPix2Pix']}", "", "")
+        print("`videdit methods NAME` shows one.")
 
 
 def _batch(a) -> int:
