@@ -123,8 +123,11 @@ def test_invert_then_edit_hits_the_cache(tmp_path, shared_data, capsys):
     clip = shared_data / "videos" / "dog.mp4"
     common = ["--model", "tiny-random", "--steps", "3", "--max-frames", "4", "--size", "64",
               "--cache-dir", tmp_path / "c", "-s", "a dog"]
-    code, out, _ = run(capsys, "invert", clip, *common)
+    code, out, err = run(capsys, "invert", clip, *common)
     assert code == 0 and "inverted 4 frames at 64x64 in 1 window (0 already cached)" in out
+    # stderr is no terminal here: the bars as plain lines, the nested ones (a window's inversion) not at all
+    assert "\r" not in err and "\x1b" not in err and "invert:" not in err
+    assert [line.split("|")[0] for line in err.splitlines() if "|" in line] == ["windows:   0%", "windows: 100%"]
     code, out, _ = run(capsys, "edit", clip, *common, "-t", "a cat", "-o", tmp_path / "e.mp4")
     assert code == 0 and "1/1 windows from cache" in out
 

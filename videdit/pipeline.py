@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from videdit import io
 from videdit.attention import attention_processors, merge, module_hooks
@@ -35,6 +34,7 @@ from videdit.core.schedule import Schedule, check_steps_offset, make_schedule
 from videdit.editing import EDITORS, EditContext, EditorSpec, EditPlan, get_editor
 from videdit.errors import VideditError
 from videdit.metrics.work import stage
+from videdit.progress import progress_bar
 from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, Replay,
                                ReplayContext, get_inversion)
@@ -742,7 +742,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     cache = InversionCache(cache_dir) if use_cache else None
     stats = EditStats(size=work)
     keep_source, keep_edit = [], []
-    bar = tqdm(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
+    bar = progress_bar(total=info.n_frames, desc="frames", unit="frame", disable=not progress)
 
     stack = settings.temporal_stack()   # the clip's modules: their state lives from window to window
 
@@ -778,7 +778,7 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         again, window by window, through ``TemporalStack.finish_clip``."""
         watch, start = Stopwatch(model), 0
         with closing(io.read_ahead([only] if only is not None else io.read_frames(input, read))) as chunks:
-            for chunk in tqdm(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
+            for chunk in progress_bar(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
                               disable=not progress, leave=False):
                 window = Window(start, len(chunk), _at_model_size(model, chunk),
                                 last=start + len(chunk) >= stats.frames)
@@ -825,7 +825,7 @@ def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | s
     control = _control(control, model, settings, read, info.n_frames)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
     with closing(io.read_ahead(io.read_frames(Path(input), read))) as chunks:
-        for chunk in tqdm(chunks, total=-(-info.n_frames // window), desc="windows", disable=not progress):
+        for chunk in progress_bar(chunks, total=-(-info.n_frames // window), desc="windows", disable=not progress):
             frames = _at_model_size(model, chunk)
             conditions = control.window(stats.frames, frames) if control is not None else None
             inv = invert_frames(model, frames, settings, cache=cache, progress=progress, control=conditions)

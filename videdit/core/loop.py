@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.conditioning import call_unet
 from videdit.core.ddim import ddim_step
 from videdit.core.guidance import cfg
 from videdit.core.schedule import Schedule
+from videdit.progress import progress_bar
 
 # Text conditioning: (n_branches, L, D) or per frame (n_branches, F, L, D); or one per step.
 Embeds = torch.Tensor | Sequence[torch.Tensor] | Callable[[int], torch.Tensor]
@@ -272,7 +272,7 @@ def denoise(unet, x: torch.Tensor, schedule: Schedule, branches: Branches, *, pr
     guiding = [cb for cb in callbacks if overrides(cb, "on_guidance")]   # only those that change it
     starting = [cb for cb in callbacks if overrides(cb, "on_step_start")]
     state = sampler.start(x.float())
-    for i in tqdm(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(start_step, len(schedule)), desc=desc, disable=not progress, leave=False):
         t = schedule.timestep(i)
         info.step = i
         ctx = StepContext(step=i, timestep=t, alpha=float(schedule.alphas[i]),

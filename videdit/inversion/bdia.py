@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_inverse_step, ddim_step
 from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
@@ -54,6 +53,7 @@ from videdit.inversion import _float64
 from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import improved
 
 
@@ -157,7 +157,7 @@ def bdia_inversion(inp: InversionInputs, config: BDIAConfig) -> Inversion:
     path = [None] * (n + 1)  # path[k]: (1, F, C, h, w) at schedule step k, for k >= start
     path[n] = inp.latents.double()[None]
     edited = config.first_step == "edited"
-    bar = tqdm(total=n - start + edited, desc="invert", disable=not inp.progress, leave=False)
+    bar = progress_bar(total=n - start + edited, desc="invert", disable=not inp.progress, leave=False)
     # Start pair: one DDIM inversion step, z0 -> z_{N-1}.
     path[n - 1] = ddim_inverse_step(path[n], predict(path[n], n - 1), level(n), level(n - 1), pt)
     bar.update()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_inverse_step, renoise
 from videdit.core.loop import CallInfo, predict_noise
@@ -13,6 +12,7 @@ from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
+from videdit.progress import progress_bar
 
 
 START_NOISE = ("inverted", "renoised")
@@ -93,7 +93,7 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
     info = CallInfo(inverting=True)
     path = [x[0]]
     evals, stride = 0, stride_of(s, config)
-    for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
         for t, alpha_from, alpha_to in inverse_steps(s, i, stride=stride):
             out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,),

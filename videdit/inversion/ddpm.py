@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddpm import ddpm_mean, ddpm_sigma
 from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
@@ -58,6 +57,7 @@ from videdit.errors import VideditError
 from videdit.inversion._exact import float64
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import departs, improved
 
 NOISE = ("shared", "frame")
@@ -134,7 +134,7 @@ def ddpm_inversion(inp: InversionInputs, config: DDPMInversionConfig) -> Inversi
     # whatever the UNet's precision (it recomputes the very same mu from the very same x_i).
     maps = float64(torch.zeros_like(traj[:-1]))  # (N, F, C, h, w)
     info = CallInfo(inverting=True)
-    for i in tqdm(range(start, n), desc="invert", disable=not inp.progress, leave=False):
+    for i in progress_bar(range(start, n), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
         x = traj[i][None]  # (1, F, C, h, w)
         out = predict_noise(inp.unet, x, int(s.timesteps[i]), inp.cond, inp.uncond, (config.guidance,),

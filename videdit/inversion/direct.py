@@ -43,7 +43,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_step
 from videdit.core.loop import CallInfo, PinnedBranch, StepCallback, StepContext, predict_noise
@@ -53,6 +52,7 @@ from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.ddim import DDIMInversionConfig, ddim_inversion
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import improved
 
 
@@ -150,7 +150,7 @@ def direct_inversion(inp: InversionInputs, config: DirectInversionConfig) -> Inv
     # float64: DDIM_g(z*_i) + offsets[i] then lands on z*_{i+1} to the last bit (the two are
     # often much larger than z* at high guidance, and an fp32 sum would lose its low bits).
     offsets = []
-    for i in tqdm(range(len(s)), desc="record offsets", disable=not inp.progress, leave=False):
+    for i in progress_bar(range(len(s)), desc="record offsets", disable=not inp.progress, leave=False):
         info.step = i
         x = traj[i][None]  # (1, F, C, h, w)
         out = predict_noise(inp.unet, x, int(s.timesteps[i]), inp.cond, inp.uncond, (config.guidance,),

@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import predict_x0_eps
 from videdit.core.loop import CallInfo, Sampler, StepContext, predict_noise
@@ -64,6 +63,7 @@ from videdit.inversion import _float64
 from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+from videdit.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def edict_inversion(inp: InversionInputs, config: EDICTConfig) -> Inversion:
     y = x.clone()
     info = CallInfo(inverting=True)
     xs, ys = [x[0]], [y[0]]
-    for i in tqdm(reversed(range(start, len(s))), total=len(s) - start, desc="invert", disable=not inp.progress,
+    for i in progress_bar(reversed(range(start, len(s))), total=len(s) - start, desc="invert", disable=not inp.progress,
                   leave=False):
         info.step = i
         t, alpha = int(s.timesteps[i]), float(s.alphas[i])

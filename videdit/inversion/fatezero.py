@@ -34,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.attention import AttentionModule, attention_processors, compose, layer_grids
 from videdit.attention.stored import ANCHOR, AttentionRecorder
@@ -43,6 +42,7 @@ from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
+from videdit.progress import progress_bar
 from videdit.video.cross_frame import anchored_layers, fixed_anchors, layer_channels
 
 NAME = "fatezero"
@@ -129,7 +129,7 @@ def fatezero_inversion(inp: InversionInputs, config: FateZeroInversionConfig) ->
     modules.append(recorder)   # after the anchor: it records the keys the layer attends to
     path = [x[0]]
     with attention_processors(unet, compose(unet, modules, info)):
-        for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+        for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
             info.step = i
             t = int(s.timesteps[i])
             out = predict_noise(unet, x, t, inp.cond, None, (1.0,), batch_size=inp.batch_size, info=info)

@@ -46,13 +46,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_step, predict_x0_eps
 from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import improved
 
 GUIDANCE_WHY = ("None inverts at the edit's guidance, the sampler the edit runs, so the source replays there: "
@@ -244,7 +244,7 @@ def iterative_inversion(inp: InversionInputs, method: str, solve: Callable[[Inve
     info = CallInfo(inverting=True)
     x = inp.latents.float()[None]  # (1, F, C, h, w)
     path, evals = [x[0]], 0
-    for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
         g = inverse_step_map(inp, i, x, guidance, info)
         x, _ = solve(g, x)

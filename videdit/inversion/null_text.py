@@ -39,7 +39,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_step
 from videdit.core.guidance import cfg
@@ -49,6 +48,7 @@ from videdit.inversion._guidance import warn_if_guidance_differs
 from videdit.inversion.ddim import DDIMInversionConfig, ddim_inversion
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, Replay, ReplayContext, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import improved
 
 LR_DECAY_WHY = ("0 keeps the first rate at every step and fits closer: reconstruction at 7.5 (toy model, 2 scenes, "
@@ -119,7 +119,7 @@ def null_text_inversion(inp: InversionInputs, config: NullTextConfig) -> Inversi
     n_frames = traj.shape[1]
     null = inp.uncond.float().expand(n_frames, *inp.uncond.shape[1:])  # (F, L, D)
     embeds, evals = [], 0
-    bar = tqdm(total=(n_steps - start) * math.ceil(n_frames / inp.batch_size), desc="null-text",
+    bar = progress_bar(total=(n_steps - start) * math.ceil(n_frames / inp.batch_size), desc="null-text",
                disable=not inp.progress, leave=False)
     for first in range(0, n_frames, inp.batch_size):         # frames are independent: fit each batch alone
         frames = slice(first, first + inp.batch_size)

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from videdit.core.ddim import ddim_inverse_step, predict_x0_eps
 from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
+from videdit.progress import progress_bar
 from videdit.registry import improved
 
 
@@ -128,7 +128,7 @@ def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> I
     info = CallInfo(inverting=True)
     generator = torch.Generator().manual_seed(inp.seed)  # CPU: it only draws the shifts
     path = [x[0]]
-    for i in tqdm(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
         info.step = i
         t = int(s.timesteps[i])
         out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,), batch_size=inp.batch_size,
