@@ -312,6 +312,7 @@ def test_a_pages_replaced_uploads_go_unless_a_run_read_them(tmp_path):
     server.forget("A")
     assert (second.exists(), mask.path.exists(), other.exists()) == (True, False, True)
     assert sorted(f.name for f in (server.root / "uploads").iterdir()) == ["002", "003"]   # B's, the read one
+    assert sorted(server._names.values()) == ["b.mp4", "red-circle.mp4"]   # the removed ones' names go too
     server.close()
 
 

@@ -622,8 +622,14 @@ class Server:
             old, self._held[(owner, kind)] = self._held.get((owner, kind)), folder
             stale = old is not None and old not in self._used
         if stale:
-            shutil.rmtree(old, ignore_errors=True)
+            self._remove_upload(old)
         return folder
+
+    def _remove_upload(self, folder: Path) -> None:
+        """An upload folder no run read goes, and the names its files were uploaded as."""
+        shutil.rmtree(folder, ignore_errors=True)
+        with self._state:
+            self._names = {p: n for p, n in self._names.items() if not Path(p).is_relative_to(folder)}
 
     def _read_by_run(self, *paths: Path | None) -> None:
         """Uploads a run reads stay on the server (the history recalls its clip)."""
@@ -638,7 +644,7 @@ class Server:
             stale = [f for (o, _), f in self._held.items() if o == owner and f not in self._used]
             self._held = {k: f for k, f in self._held.items() if k[0] != owner}
         for folder in stale:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._remove_upload(folder)
 
     def upload(self, path: Path, name: str | None = None, owner: Any = None):
         """An upload (or the sample clip) into the server's folder: -> (clip path, one-line description).
