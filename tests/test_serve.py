@@ -20,8 +20,10 @@ BLUE = "a blue circle on a gray background"
 RED = "a red circle on a gray background"
 
 
-def _methods_listing(capsys) -> list[tuple[str, str, str]]:
-    """(title, name, options line) of every entry `videdit methods` prints."""
+def _methods_listing(capsys, monkeypatch) -> list[tuple[str, str, str]]:
+    """(title, name, options line) of every entry `videdit methods` prints (on a terminal wide enough
+    that no line wraps)."""
+    monkeypatch.setenv("COLUMNS", "100000")
     assert cli.main(["methods"]) == 0
     out, entries, title = capsys.readouterr().out, [], None
     for line in out.splitlines():
@@ -34,8 +36,8 @@ def _methods_listing(capsys) -> list[tuple[str, str, str]]:
     return [tuple(e) for e in entries]
 
 
-def test_options_panel_lists_what_videdit_methods_lists(capsys):
-    listed = _methods_listing(capsys)
+def test_options_panel_lists_what_videdit_methods_lists(capsys, monkeypatch):
+    listed = _methods_listing(capsys, monkeypatch)
     page = [(e.kind, e.name, e.options_line()) for e in serve.method_entries()]
     assert page == listed
     assert len(page) == sum(len(r) for _, r in cli.method_registries())
