@@ -80,9 +80,10 @@ def test_edit_defaults_are_the_three_settings_a_reference_fixes():
         Entry(name="m", config=Options, summary="", edit_defaults={"eta": 0.0})
 
 
-def test_methods_lists_references_and_marked_options(capsys):
+def test_methods_lists_references_and_marked_options(capsys, monkeypatch):
     from videdit.cli import main
 
+    monkeypatch.setenv("COLUMNS", "1000")   # no line wrapped
     with INVERSIONS.temporarily(Entry(name="test-marked", config=Marked, summary="a marked method",
                                       reference="Someone et al. 2024, someone/code",
                                       edit_defaults={"steps": 100, "guidance": 3.0})):

@@ -156,8 +156,9 @@ def test_refused_by_family_in_one_line(tmp_path, capsys, model, extra, message):
     assert list(out.parent.iterdir()) == []
 
 
-def test_methods_lists_it_as_instruct_pix2pix_only(capsys):
-    code, out, _ = run(capsys, "methods")
+def test_methods_lists_it_as_instruct_pix2pix_only(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")   # no line wrapped
+    code, out, _ = run(capsys, "methods", "instruct_pix2pix", "noise")
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("  instruct_pix2pix "))
     block = "\n".join(lines[at:at + 12])
