@@ -2,6 +2,8 @@
 compiled once per shape (not per step or per edit), the compile time reported apart.
 tiny-random with two real frames at 64x64; the VAE's bf16 error on the toy model's scenes."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +178,19 @@ def test_cuda_graph_modes_reach_inductor_and_copy_outputs_only_on_a_gpu(tiny, mo
     copied = wrap(clock, block, lambda *a: a[0], torch.contiguous_format, copy_out=True)
     same = wrap(clock, block, lambda *a: a[0], torch.contiguous_format)
     assert same(x) is x and copied(x) is not x and torch.equal(copied(x), x)
+
+
+@pytest.mark.parametrize("supported, warned", [(False, True), (True, False)])
+def test_half_precision_on_a_cpu_without_its_instructions_is_said_to_be_slow(supported, warned, monkeypatch):
+    """bf16 on a CPU without AVX512-BF16 or AMX runs emulated (the toy VAE's 256-px decode: 56 s
+    against 0.5 s in fp32, `python tools/bench.py vae`): loading says so, in one line."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_amx_fp16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: supported, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model("tiny-random", vae_dtype="bf16")
+        load_model("tiny-random")   # fp32: never
+    said = [str(w.message) for w in caught if "emulated" in str(w.message)]
+    assert said == (["bf16 on this CPU, which has no instructions for it, runs emulated, tens of times slower than "
+                     "fp32 (the toy VAE's 256-px decode in bf16: 56 s against 0.5 s, `python tools/bench.py vae`); "
+                     "use fp32 on a CPU"] if warned else [])

@@ -347,6 +347,7 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     _place(model, device, dtype)
     if vae_dtype is not None:
         _quiet_to((model.vae,), dtype=resolve_dtype(vae_dtype))
+    warn_emulated_half(device, {dtype, model.vae.dtype})
     if vae_tiling:
         model.vae.enable_tiling()
     speed.accelerate(model, compile=compile, channels_last=channels_last)
@@ -493,6 +494,27 @@ def _fingerprint(path: Path) -> str:
                 st = f.stat()
                 h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def cpu_has(dtype: torch.dtype) -> bool:
+    """Whether this CPU computes in ``dtype`` natively (fp32 always; bf16 with AVX512-BF16 or AMX,
+    fp16 with AMX-FP16)."""
+    probes = {torch.bfloat16: ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+              torch.float16: ("_is_amx_fp16_supported",)}.get(dtype)
+    return probes is None or any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def warn_emulated_half(device: torch.device, dtypes) -> None:
+    """Say so where a model part computes in bf16 or fp16 on a CPU that has no instructions for it:
+    emulated, tens of times slower than fp32."""
+    import warnings
+
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    slow = sorted(names[d] for d in dtypes if d in names and device.type == "cpu" and not cpu_has(d))
+    if slow:
+        warnings.warn(f"{' and '.join(slow)} on this CPU, which has no instructions for it, runs emulated, tens of "
+                      f"times slower than fp32 (the toy VAE's 256-px decode in bf16: 56 s against 0.5 s, `python "
+                      f"tools/bench.py vae`); use fp32 on a CPU", stacklevel=3)
 
 
 def _place(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
