@@ -32,3 +32,24 @@ def test_outside_the_block_a_bar_is_tqdms(monkeypatch):
     for _ in progress_bar(range(2), desc="denoise", leave=False, file=err, mininterval=0):
         pass
     assert "\rdenoise:  50%" in err.getvalue()   # redrawn in place, as on a terminal
+
+
+def test_a_batchs_display_in_a_log_is_a_line_an_event(monkeypatch):
+    """`videdit batch ... 2> log`: the jobs bar and its running jobs as plain lines, one at each event."""
+    from types import SimpleNamespace
+
+    from videdit.batch import _Display
+
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with bars_as_lines():
+        display = _Display(total=1, enabled=True)
+        display.start(SimpleNamespace(index=0, name="fox"), "local")
+        display.progress(0, "local", "edit", 2, 4)
+        display.finish(SimpleNamespace(index=0, name="fox", status="done", note=None, error=None))
+        display.close()
+    text = err.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    shown = [(line.split("|")[0], line.partition(", running ")[2].rstrip("]")) for line in text.splitlines()]
+    assert shown == [("jobs:   0%", ""), ("jobs:   0%", "fox@local"), ("jobs:   0%", "fox@local edit 2/4 frames"),
+                     ("jobs: 100%", ""), ("jobs: 100%", "")], text

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from videdit.errors import VideditError
+from videdit.progress import progress_bar
 from videdit.registry import DEFAULT_MODEL
 
 log = logging.getLogger("videdit.batch")
@@ -757,9 +758,8 @@ class _Display:
     each running job (or split job's part) with its worker, stage and frames done / total."""
 
     def __init__(self, total: int, enabled: bool, file=None):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="jobs", unit="job", disable=not enabled, dynamic_ncols=True, file=file)
+        self.bar = progress_bar(total=total, desc="jobs", unit="job", disable=not enabled, dynamic_ncols=True,
+                                file=file)
         self.file = file   # None: the bar on stderr, its lines on stdout
         self.running: dict[tuple[int, str], str] = {}   # (job index, worker) -> "name@worker[ stage n/N frames]"
         self.names: dict[int, str] = {}

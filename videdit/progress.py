@@ -47,11 +47,12 @@ class _Lines:
 
 
 def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)``; under :data:`LOG` a bar with ``leave=False`` (nested) writes nothing and
-    the others a line each at most every :data:`LOG_INTERVAL` seconds."""
-    if LOG and not kwargs.get("disable"):
+    """``tqdm(iterable, **kwargs)``; under :data:`LOG` a bar on stderr (no ``file`` given) with ``leave=False``
+    (nested) writes nothing and the others a line each at most every :data:`LOG_INTERVAL` seconds (and at
+    each forced refresh)."""
+    if LOG and not kwargs.get("disable") and kwargs.get("file") is None:
         nested = kwargs.get("leave", True) is False
-        kwargs.update(ascii=True, ncols=100, file=_Nowhere() if nested else _Lines(sys.stderr))
+        kwargs.update(ascii=True, ncols=100, dynamic_ncols=False, file=_Nowhere() if nested else _Lines(sys.stderr))
         if not nested:
             kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL)
     return tqdm(iterable, **kwargs)
