@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -51,13 +52,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from videdit.metrics.work import SD15_UNET, SD15_VAE   # Stable Diffusion 1.5's UNet and VAE configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "red-circle.mp4"
 PROMPT, TARGET = "a red circle", "a blue circle"
+CONTROLNET = "controlnet"   # the ControlNet beside the model's parts (rerender's edge one in its place)
 PRESETS = ("text2video-zero-ddim", "fatezero", "fatezero-replay", "tokenflow", "tokenflow-plus", "rerender",
            "rerender-pull", "recolour")
 
@@ -84,6 +85,20 @@ def make_model(arch: str, directory: Path) -> Path:
             feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(directory)
     return directory
+
+
+def save_controlnet(model_dir: Path) -> Path:
+    """A ControlNet of the model's architecture beside its parts (``model_dir / CONTROLNET``): its UNet's
+    encoder (``ControlNetModel.from_unet``) with its zero convolutions randomised, as tiny-random's."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(model_dir / "unet"))
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            conv.reset_parameters()
+    net.to(torch.float16).save_pretrained(model_dir / CONTROLNET)
+    return model_dir / CONTROLNET
 
 
 def sync(device) -> None:
@@ -142,8 +157,6 @@ def seconds(fn, device, repeat: int = 1, warm: bool = True) -> float:
 
 
 def timing(model_dir: Path, args) -> dict:
-    import dataclasses
-
     import bench   # tools/bench.py, beside this script (its folder is on sys.path when run as a script)
 
     from videdit.models import load_model
@@ -190,15 +203,31 @@ def timing(model_dir: Path, args) -> dict:
     for dtype in args.dtypes[:1] if args.presets else ():  # the shipped presets, as `--config` runs them
         model = load_model(model_dir, device=args.device, dtype=dtype)
         for name in PRESETS:
-            values = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-            values.pop("window", None)   # video_run edits its frames in one window
-            values.pop("model", None)    # the SD 1.5-architecture model built here in the place of the file's
-            if "negative" in values:     # the CLI's name for it
-                values["negative_prompt"] = values.pop("negative")
-            row = video_run(f"preset {name}", model, args, **values)
+            try:   # one preset's failure costs its row, not the table
+                row = video_run(f"preset {name}", model, args, **preset_kwargs(name, str(model_dir / CONTROLNET)))
+            except Exception as e:
+                print(f"{dtype}: preset {name} failed: {type(e).__name__}: {e}", flush=True)
+                out.setdefault("failed", {})[f"{dtype} preset {name}"] = f"{type(e).__name__}: {e}"
+                continue
             print(f"{dtype}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
             out[dtype].update(row)
     return out
+
+
+def preset_kwargs(name: str, controlnet: str) -> dict:
+    """configs/NAME.yaml as `videdit edit --config` reads it, as ``edit_video``'s keywords less those
+    :func:`video_run` sets (model, frames read, window, cache), each ControlNet it names replaced by
+    ``controlnet`` (a directory) at its scale."""
+    from videdit import cli
+
+    args = cli._with_config(cli.build_parser(), ["edit", str(SAMPLE), "-o", "unused.mp4", "-s", PROMPT, "-t", TARGET,
+                                                 "--config", str(ROOT / "configs" / f"{name}.yaml")])
+    kw = cli.edit_kwargs(args)
+    for key in ("model", "read", "window", "use_cache", "cache_dir", "preview", "overwrite", "progress", "device",
+                "dtype"):
+        del kw[key]
+    kw["control"] = [dataclasses.replace(spec, controlnet=controlnet) for spec in kw["control"]]
+    return kw
 
 
 def speed(model_dir: Path, args) -> dict:
@@ -228,9 +257,9 @@ def video_run(label: str, model, args, **settings) -> dict:
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)
     t = time.perf_counter()
-    window = settings.pop("window", args.frames)   # a preset's own window (FateZero's 8-frame clips)
-    res = edit_video(SAMPLE, source_prompt=PROMPT, target_prompt=TARGET, model=model, use_cache=False,
-                     window=window, read=io.ReadOptions(size=args.size, max_frames=args.frames), **settings)
+    settings = {"source_prompt": PROMPT, "target_prompt": TARGET, **settings}
+    res = edit_video(SAMPLE, model=model, use_cache=False, window=args.frames, progress=False,
+                     read=io.ReadOptions(size=args.size, max_frames=args.frames), **settings)
     sync(args.device)
     row = {f"{label} (s/frame)": (time.perf_counter() - t) / len(res.frames)}
     if torch.device(args.device).type == "cuda":
@@ -367,6 +396,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="videdit-gpu-check-") as tmp:
         model_dir = make_model(args.arch, Path(tmp) / args.arch)
+        save_controlnet(model_dir)
         if "correctness" in args.sections:
             frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2, size=args.size))
             check = results["correctness"] = correctness(model_dir, args, frames)
@@ -380,11 +410,13 @@ def main() -> None:
             results["exactness"] = exactness(model_dir, args)
         if "timing" in args.sections:
             times = results["timing"] = timing(model_dir, args)
+            if failed := times.pop("failed", None):
+                results["timing failed"] = failed
             print(f"\ntiming ({args.steps} steps, guidance 7.5, {args.size}x{args.size}; ratios side by side)")
             names = list(next(iter(times.values())))
-            print(f"{'':<48}" + "".join(f"{d:>12}" for d in times))
+            print(f"{'':<56}" + "".join(f"{d:>12}" for d in times))
             for n in names:
-                print(f"{n:<48}" + "".join(f"{times[d][n]:>12.3f}" if n in times[d] else f"{'':>12}" for d in times))
+                print(f"{n:<56}" + "".join(f"{times[d][n]:>12.3f}" if n in times[d] else f"{'':>12}" for d in times))
             for d, row in times.items():
                 ratio = row["videdit plain (s/frame)"] / row["diffusers loop (s/frame)"]
                 print(f"{d}: videdit plain / diffusers loop = {ratio:.2f}")
