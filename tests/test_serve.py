@@ -2,6 +2,7 @@
 methods`, presets, the page's settings -> YAML -> `videdit edit --config` round trip, upload
 checks, the progress hook, cancel. The page itself: tests/test_serve_browser.py."""
 
+from io import StringIO
 import sys
 import zipfile
 from unittest import mock
@@ -211,6 +212,22 @@ def test_watch_bars_reports_and_stops_and_restores():
     assert vars(std.tqdm) == original
 
 
+def test_the_page_reads_every_update_of_a_bar_the_log_none(monkeypatch):
+    """`videdit serve` with stderr in a file: no bar writes there, and the page's watcher still sees each update
+    of each bar (as tqdm refreshes it: an outer bar at a log's 10 s pace would leave the page behind)."""
+    from videdit.progress import bars_as_lines, progress_bar
+
+    log, seen = StringIO(), []
+    monkeypatch.setattr(sys, "stderr", log)
+    with bars_as_lines(silent=True), serve.watch_bars(lambda bar: seen.append((bar.desc, bar.n))):
+        for _ in progress_bar(range(3), desc="frames", mininterval=0):   # a refresh a step, as tqdm then does
+            for _ in progress_bar(range(4), desc="denoise", leave=False, mininterval=0):
+                pass
+    assert [n for d, n in seen if d == "frames"] == [0, 1, 2, 3]
+    assert [n for d, n in seen if d == "denoise"] == [0, 1, 2, 3, 4] * 3
+    assert log.getvalue() == ""
+
+
 def test_zip_upload_name_names_nothing_on_the_server(tmp_path):
     """A zip named "..zip" (its stem ".") unpacks into its upload's own folder like any other."""
     frames, _ = io.read_clip(SAMPLE, io.ReadOptions(max_frames=2))
@@ -352,7 +369,8 @@ def test_no_gradio_import_outside_serve():
     assert out.stdout.strip() == "False"
 
 
-def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path):
+def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path, caplog):
+    caplog.set_level("INFO", logger="videdit")
     server = serve.Server("tiny-random", root=tmp_path / "server", cache_dir=str(tmp_path / "cache"))
     server.model = tiny
     clip, text = server.sample()
@@ -388,6 +406,12 @@ def test_server_cancel_leaves_nothing_and_next_run_matches(tiny, tmp_path):
     np.testing.assert_array_equal(io.read_clip(again.output)[0], io.read_clip(reference)[0])
     with pytest.raises(VideditError, match="upload a clip first"):
         server.run(None, s)
+    # the server's log: a line a run (its bars are the page's)
+    runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run ")]
+    assert [line.split(";")[0] for line in runs] == [
+        "run 1: 2 frames, worked at 64x64, written at 64x64", "run 2 cancelled", "run 2 cancelled",
+        "run 2: 2 frames, worked at 64x64, written at 64x64"]
+    assert runs[0].endswith(f"warp error ratio {first.report['warp_error_ratio']:.2f}")
     server.close()
     assert not server.root.exists()
 

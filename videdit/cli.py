@@ -737,8 +737,8 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="videdit: %(message)s")
     for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # stderr a file or a pipe: the bars as lines (the page of `serve` reads them as they are)
-    log = args.command != "serve" and not sys.stderr.isatty()
+    # stderr a file or a pipe: the bars as lines; `serve`'s none at all (its page shows them, its log a line a run)
+    log = not sys.stderr.isatty()
     if args.quiet or log:   # the hub's and transformers' own bars (loading weights) too; read when imported
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -746,7 +746,7 @@ def _main(argv: list[str] | None) -> int:
     from videdit.progress import bars_as_lines
 
     try:
-        with logging_redirect_tqdm(), bars_as_lines(log):
+        with logging_redirect_tqdm(), bars_as_lines(log, silent=args.command == "serve"):
             code = COMMANDS[args.command](args)
     except VideditError as e:
         print(f"videdit: error: {e}", file=sys.stderr)

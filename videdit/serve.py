@@ -785,6 +785,7 @@ class Server:
                     if path is not None:
                         text = text.replace(str(path), name)
                 text = text.replace(str(self.root), "the server's folder")
+                log.info("run %d %s", number, "cancelled" if isinstance(e, Cancelled) else f"failed: {text}")
                 if text != str(e):
                     raise type(e)(text) from None
                 raise
@@ -797,6 +798,7 @@ class Server:
                        f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion "
                        + (f"from cache ({s.cache_hits}/{s.windows} windows)" if from_cache
                           else f"{s.seconds['invert']:.1f} s") + f", edit {s.seconds['edit']:.1f} s")
+            log.info("%s; warp error ratio %.2f", message, report["warp_error_ratio"])
             run = Run(number, config, result.output, preview, preset, report, message, from_cache, mask, Path(clip))
             self.history.append(run)   # under the lock: the next run's number follows
             return run
