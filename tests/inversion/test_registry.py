@@ -8,7 +8,7 @@ import torch
 
 from tests.inversion.exact_runs import EXACT_OPTIONS
 from videdit.inversion import INVERSIONS, InversionCache
-from videdit.pipeline import EditSettings, invert_frames, reconstruct
+from videdit.pipeline import EditSettings, edit_latents, invert_frames, reconstruct
 
 STEPS = 10
 # Exact inversions reconstruct to this relative error in fp32 at guidance 7.5 (issue 4).
@@ -182,3 +182,27 @@ def test_low_precision_runs(wolf_frames, method, dtype, fp32_reconstructions):
     assert err <= 2 * LOW_PRECISION_GAIN[method] * eps, f"{method} {dtype}: {err:.3e} from fp32 ({err / eps:.1f} eps)"
     if method in EXACT:   # still exact: the replay retraces the low-precision inversion (measured 0)
         assert rel_error(z, inv.source) <= 4 * eps
+
+
+# Step-by-step inversions that stop at the edit's first step when the strength is below 1 (the others:
+# EDICT, BDIA, DDPM and null-text have their own tests of it; FateZero's stored maps keep every step).
+STOPS_AT_THE_EDIT = ("ddim", "npi", "proxedit", "direct", "fixed_point", "aidi", "pix2pix_zero")
+
+
+@pytest.mark.parametrize("name", STOPS_AT_THE_EDIT)
+def test_an_inversion_below_strength_1_runs_only_the_steps_the_edit_reads(tiny, wolf_frames, name):
+    """Strength 0.8 of 10 steps: the edit starts at step 2 and the inversion stops there, its record's
+    steps 2..10 and the edit bit for bit those of the whole schedule's inversion, for 8/10 of its UNet
+    evaluations (the iterative ones: fewer, their iterations per step being the data's)."""
+    settings = {"source_prompt": "a wolf", "target_prompt": "a fox", "steps": 10, "guidance": 7.5,
+                "inversion": name, "editor": "prompt_to_prompt",
+                "inversion_params": {"reference_size": 0} if name == "pix2pix_zero" else {}}   # its steps as given
+    part_s, whole_s = EditSettings(**settings, strength=0.8), EditSettings(**settings, strength=1.0)
+    part, whole = invert_frames(tiny, wolf_frames[:1], part_s), invert_frames(tiny, wolf_frames[:1], whole_s)
+    assert part.start_step == 2 and torch.equal(part.trajectory[2:], whole.trajectory[2:])
+    if name in ("fixed_point", "aidi"):
+        assert 0 < part.unet_evals < whole.unet_evals
+    else:
+        assert part.unet_evals * 10 == whole.unet_evals * 8, (part.unet_evals, whole.unet_evals)
+    edited = edit_latents(tiny, part, part_s)
+    assert torch.equal(edited, edit_latents(tiny, dataclasses.replace(whole, start_step=2), part_s))

@@ -12,7 +12,6 @@ from videdit.core.schedule import Schedule
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
-from videdit.progress import progress_bar
 
 
 START_NOISE = ("inverted", "renoised")
@@ -93,7 +92,7 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
     info = CallInfo(inverting=True)
     path = [x[0]]
     evals, stride = 0, stride_of(s, config)
-    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in inp.inverse_steps():   # up to the edit's first step (strength < 1: the steps above go unread)
         info.step = i
         for t, alpha_from, alpha_to in inverse_steps(s, i, stride=stride):
             out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,),
@@ -102,12 +101,13 @@ def ddim_inversion(inp: InversionInputs, config: DDIMInversionConfig) -> Inversi
             evals += 1
         path.append(x[0])
     extras = {}
-    if config.start_noise == "renoised":
+    if config.start_noise == "renoised" and inp.start_step == 0:   # the edit starts from it at the first step only
         x, t_top, more = _on_to_the_top(inp, config, x, stride, info)
         extras["start"] = _renoised(s, path[0][None], x, t_top)[0]
         evals += more
     evals *= 2 if config.guidance != 1 else 1
-    return Inversion(method="ddim", trajectory=torch.stack(path[::-1]), extras=extras, unet_evals=evals)
+    return Inversion(method="ddim", trajectory=inp.trajectory(path), extras=extras, unet_evals=evals,
+                     start_step=inp.start_step)
 
 
 def _on_to_the_top(inp: InversionInputs, config: DDIMInversionConfig, x: torch.Tensor, stride: int | None,

@@ -149,14 +149,15 @@ def direct_inversion(inp: InversionInputs, config: DirectInversionConfig) -> Inv
     info = CallInfo(inverting=True)
     # float64: DDIM_g(z*_i) + offsets[i] then lands on z*_{i+1} to the last bit (the two are
     # often much larger than z* at high guidance, and an fp32 sum would lose its low bits).
-    offsets = []
-    for i in progress_bar(range(len(s)), desc="record offsets", disable=not inp.progress, leave=False):
+    start = inp.start_step   # the steps above it go unread (strength < 1): their offsets stay 0
+    offsets = [float64(torch.zeros_like(traj[0]))] * start
+    for i in progress_bar(range(start, len(s)), desc="record offsets", disable=not inp.progress, leave=False):
         info.step = i
         x = traj[i][None]  # (1, F, C, h, w)
         out = predict_noise(inp.unet, x, int(s.timesteps[i]), inp.cond, inp.uncond, (config.guidance,),
                             batch_size=inp.batch_size, info=info)
         step = ddim_step(x, out, float(s.alphas[i]), float(s.alphas_prev[i]), inp.prediction_type)[0]
         offsets.append(float64(traj[i + 1]) - float64(step))
-    evals = ddim.unet_evals + len(s) * (2 if config.guidance != 1 else 1)
+    evals = ddim.unet_evals + (len(s) - start) * (2 if config.guidance != 1 else 1)
     return Inversion(method="direct", trajectory=traj, extras={"offsets": torch.stack(offsets)},  # (N, F, C, h, w)
-                     unet_evals=evals, frame_axes={"offsets": 1})
+                     unet_evals=evals, frame_axes={"offsets": 1}, start_step=start)

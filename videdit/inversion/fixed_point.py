@@ -52,7 +52,6 @@ from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
-from videdit.progress import progress_bar
 from videdit.registry import improved
 
 GUIDANCE_WHY = ("None inverts at the edit's guidance, the sampler the edit runs, so the source replays there: "
@@ -244,14 +243,14 @@ def iterative_inversion(inp: InversionInputs, method: str, solve: Callable[[Inve
     info = CallInfo(inverting=True)
     x = inp.latents.float()[None]  # (1, F, C, h, w)
     path, evals = [x[0]], 0
-    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in inp.inverse_steps():
         info.step = i
         g = inverse_step_map(inp, i, x, guidance, info)
         x, _ = solve(g, x)
         evals += g.evals
         path.append(x[0])
-    return Inversion(method=method, trajectory=torch.stack(path[::-1]),
-                     unet_evals=evals * (2 if guidance != 1 else 1))
+    return Inversion(method=method, trajectory=inp.trajectory(path), unet_evals=evals * (2 if guidance != 1 else 1),
+                     start_step=inp.start_step)
 
 
 # independent_frames=False: a step's iteration stops on the batch's largest residual, and the

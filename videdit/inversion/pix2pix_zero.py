@@ -40,7 +40,6 @@ from videdit.core.loop import CallInfo, predict_noise
 from videdit.errors import VideditError
 from videdit.inversion.record import Inversion
 from videdit.inversion.registry import InversionInputs, register_inversion
-from videdit.progress import progress_bar
 from videdit.registry import improved
 
 
@@ -128,7 +127,7 @@ def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> I
     info = CallInfo(inverting=True)
     generator = torch.Generator().manual_seed(inp.seed)  # CPU: it only draws the shifts
     path = [x[0]]
-    for i in progress_bar(reversed(range(len(s))), total=len(s), desc="invert", disable=not inp.progress, leave=False):
+    for i in inp.inverse_steps():
         info.step = i
         t = int(s.timesteps[i])
         out = predict_noise(inp.unet, x, t, inp.cond, inp.uncond, (config.guidance,), batch_size=inp.batch_size,
@@ -137,5 +136,6 @@ def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> I
         out = regularise(out[0], x[0], float(s.alphas[i]), inp.prediction_type, config, generator)[None]
         x = ddim_inverse_step(x, out, float(s.alphas_prev[i]), float(s.alphas[i]), inp.prediction_type)
         path.append(x[0])
-    evals = len(s) * (2 if config.guidance != 1 else 1)
-    return Inversion(method="pix2pix_zero", trajectory=torch.stack(path[::-1]), unet_evals=evals)
+    evals = (len(s) - inp.start_step) * (2 if config.guidance != 1 else 1)
+    return Inversion(method="pix2pix_zero", trajectory=inp.trajectory(path), unet_evals=evals,
+                     start_step=inp.start_step)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from videdit.core.loop import Embeds, Sampler, StepCallback
 from videdit.core.schedule import Schedule
+from videdit.inversion._float64 import from_step
 from videdit.inversion.record import Inversion
+from videdit.progress import progress_bar
 from videdit.registry import Entry, Registry, summary_of
 
 
@@ -27,6 +29,19 @@ class InversionInputs:
     progress: bool = False
     seed: int = 0
     start_step: int = 0   # the edit starts at this schedule step: trajectory[:start_step] is never read
+
+    def inverse_steps(self) -> Iterable[int]:
+        """The schedule steps a step-by-step inversion runs, from the clean latent's (the last) up to
+        ``start_step`` (the edit reads nothing above it), under a nested progress bar."""
+        n = len(self.schedule)
+        return progress_bar(reversed(range(self.start_step, n)), total=n - self.start_step, desc="invert",
+                            disable=not self.progress, leave=False)
+
+    def trajectory(self, path: list[torch.Tensor]) -> torch.Tensor:
+        """``path`` (the clean latent, then the latent of each step :meth:`inverse_steps` ran) -> the
+        record's (N+1, F, C, h, w) trajectory; the entries above ``start_step``, which the edit never
+        reads, hold its latent (the record keeps its shape and stays finite for the cache)."""
+        return from_step(torch.stack(path[::-1]), self.start_step)
 
 
 @dataclass(frozen=True)
