@@ -34,6 +34,17 @@ def test_text_per_prompt_and_vae_in_batches(tiny):
     assert out.shape == (5, 48, 40, 3) and out.dtype == np.uint8
 
 
+def test_latents_are_contiguous_and_their_frames_do_not_depend_on_the_layout(tiny):
+    """The pixels' permuted view leaves the encoder's output channels-last; the latents come out contiguous,
+    and decoding the same latents laid out channels-last gives the same frames to the bit (it moved pixels by
+    a level where a record was stacked from channels-last latents: tools/golden.py, inv/ddim/plain)."""
+    frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    z = tiny.encode_images(frames)
+    assert z.is_contiguous()
+    np.testing.assert_array_equal(tiny.decode_latents(z.to(memory_format=torch.channels_last)),
+                                  tiny.decode_latents(z))
+
+
 def test_text_cache_keeps_the_recently_used_prompts(tiny, monkeypatch):
     monkeypatch.setattr(loading, "TEXT_CACHE_SIZE", 2)
     tiny._text_cache.clear()

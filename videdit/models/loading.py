@@ -259,20 +259,22 @@ class Model:
     @torch.no_grad()
     def encode_images(self, frames: np.ndarray, batch_size: int = 8) -> torch.Tensor:
         """uint8 frames (F, H, W, 3) -> scaled latents (F, C, H/s, W/s) (the posterior mean,
-        so encoding is deterministic)."""
+        so encoding is deterministic), laid out contiguously (the pixels' permuted view would leave
+        them channels-last, and convolutions round differently on the two layouts)."""
         out = []
         for i in range(0, len(frames), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(frames[i:i + batch_size])).to(self.device)
             x = x.permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
             out.append((self.vae.encode(x).latent_dist.mean * self.scaling_factor).to(self.dtype))
-        return torch.cat(out)
+        return torch.cat(out).contiguous()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 8) -> np.ndarray:
-        """Scaled latents (F, C, h, w) -> uint8 frames (F, H, W, 3)."""
+        """Scaled latents (F, C, h, w) -> uint8 frames (F, H, W, 3); the same frames for the same
+        latents in any memory layout."""
         out = []
         for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(self.device, self.vae.dtype) / self.scaling_factor
+            z = latents[i:i + batch_size].to(self.device, self.vae.dtype).contiguous() / self.scaling_factor
             x = self.vae.decode(z).sample.float()  # (B, 3, H, W) in [-1, 1]
             x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             out.append(x.permute(0, 2, 3, 1).cpu().numpy())
