@@ -93,6 +93,16 @@ TOY_MODEL = ROOT / "videdit" / "toy" / "model"
 
 # -- shared helpers ----------------------------------------------------------------------------
 
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder removed when the process exits (a table's inversion cache, its clips)."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def load_frames(n: int, size: int, clip: Path = WOLF):
     """The first ``n`` frames of ``clip`` at ``size`` x ``size``, uint8 (n, size, size, 3); the
     shipped sample where ../shared is not at hand (a GPU machine), its frames repeated up to n."""
@@ -945,6 +955,7 @@ def count(a) -> None:
 
     import videdit
     from videdit import io
+    from videdit.errors import VideditError
     from videdit.metrics.work import count_work, sd15_flops
 
     warnings.filterwarnings("ignore")
@@ -958,6 +969,7 @@ def count(a) -> None:
           f"{flops['vae_decoder'] / 1e9:.0f}; FlopCounterMode); presets at their own steps, pairs at {a.steps}")
     table = Table(("case", "<50"), ("steps", ">6"), ("UNet inv", ">9.1f"), ("UNet edit", ">10.1f"),
                   ("calls", ">7.1f"), ("ctrl", ">6.1f"), ("enc", ">5.1f"), ("dec", ">5.1f"), ("TFLOP", ">7.1f"))
+    failed = []
     for name, kw in count_cases(a.size, a.steps).items():
         if a.only and a.only not in name:
             continue
@@ -972,13 +984,19 @@ def count(a) -> None:
             with count_work(model) as work:
                 res = videdit.edit_video(SAMPLE, None, model=model, batch_size=a.batch_size, use_cache=False,
                                          read=io.ReadOptions(max_frames=a.frames, size=(a.size, a.size)), **kw)
-        except Exception as e:   # a pair that refuses (an editor that needs its own inversion, ...)
+        except VideditError as e:   # a pair that refuses (an editor that needs its own inversion, ...)
             print(f"{name:<50}refused: {str(e).splitlines()[0][:110]}", flush=True)
+            continue
+        except Exception as e:      # a bug: named, and the command fails at the end
+            failed.append(name)
+            print(f"{name:<50}FAILED: {type(e).__name__}: {str(e).splitlines()[0][:100]}", flush=True)
             continue
         r = work.per_frame(res.stats.frames)
         steps = kw.get("steps")
         table.row(name, "" if steps is None else str(steps), r["unet_invert"], r["unet_edit"], r["unet_calls"],
                   r["controlnet"], r["vae_encoded"], r["vae_decoded"], r["tflop"])
+    if failed:
+        sys.exit(f"{len(failed)} case(s) failed: {', '.join(failed)}")
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def _mask() -> np.ndarray:
 def cases() -> dict[str, dict]:
     """name -> edit_video keyword arguments (without model, input and the shared ones)."""
     editor_params = {"blended": {"mask": _mask()}, "differential": {"mask": _mask() * 0.75},
-                     "sega": {"concepts": [{"text": "blue", "scale": 5.0}]}}
+                     "sega": {"concepts": [{"text": "blue", "scale": 5.0}], "warmup": 1}}   # acting in 5 steps
     out: dict[str, dict] = {}
     for inv in INVERSIONS:
         for ed in ("plain", "prompt_to_prompt"):

@@ -19,8 +19,9 @@ Timing (``--steps``, guidance 7.5): one UNet call at batch 2; invert + regenerat
 DDIMInverseScheduler/DDIMScheduler, ``tools/bench.py loop``'s); prompt-to-prompt; a clip edited
 with keyframes (flow, guided pixels; and bilateral pixels, only the keyframes through the
 model); diffusers' LEDITS++, DiffEdit and pix2pix-zero pipelines beside videdit's same work
-(``tools/bench.py peers``'s, 2 frames, with peak GPU memory); the seven video presets in
-configs/. Ratios are side by side in the same run.
+(``tools/bench.py peers``'s, 2 frames, with peak GPU memory); the video presets in configs/
+(``PRESETS``, read as ``videdit edit --config`` reads them; Rerender's edge ControlNet replaced by a
+random one of the model's architecture). Ratios are side by side in the same run.
 
 Exactness: the same reconstruction errors at 10 and 50 steps on trained weights too (the
 shipped toy model, 64x64), on the CPU and on the device, in fp32 (PyTorch's TF32 defaults:

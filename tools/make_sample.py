@@ -23,6 +23,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--fps", type=int, default=8)
     a = p.parse_args()
+    if a.frames < 2:
+        p.error(f"--frames must be at least 2 (the circle moves across the clip), got {a.frames}")
     s = a.size
     circle = WorldObject("circle", "red", (0.3 * s, 0.45 * s), 0.17 * s, 0.0)
     motion = Motion(velocity=(0.4 * s / (a.frames - 1), 0.1 * s / (a.frames - 1)))

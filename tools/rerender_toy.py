@@ -16,13 +16,14 @@ edits succeed with or without a module.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
+
+from bench import scratch_dir   # tools/bench.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("translate", "scale", "rotate", "occlude")
@@ -58,7 +59,7 @@ def main() -> None:
             "configs/rerender-pull.yaml": yaml.safe_load((ROOT / "configs" / "rerender-pull.yaml").read_text())}
     rows = {k: v for k, v in rows.items() if not a.rows or any(r in k for r in a.rows)}
     scores: dict[str, list] = {name: [] for name in rows}
-    tmp = Path(tempfile.mkdtemp(prefix="videdit-rerender-toy-"))
+    tmp = Path(scratch_dir("videdit-rerender-toy-"))
     for i in range(a.clips):
         clip = sample_clip(np.random.default_rng(i), KINDS[i % len(KINDS)], a.frames)
         folder = tmp / f"clip{i}"

@@ -89,7 +89,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import SHARED, WOLF, Table, subcommands   # tools/bench.py, beside this script
+from bench import SHARED, WOLF, Table, scratch_dir, subcommands   # tools/bench.py, beside this script
 from videdit.cli import parse_param     # NAME=VALUE with a YAML value, as videdit's -I reads it
 
 # The temporal table's mechanisms, on real clips; toy-video adds the other pixel stages of keyframes, a finer
@@ -147,7 +147,7 @@ def inversions(a) -> None:
         frames, _ = io.read_clip(WOLF, io.ReadOptions(size=(64, 64), max_frames=a.frames))
         data = [(np.ascontiguousarray(frames), "a wolf in a forest")]
     print(f"model={a.model} steps={a.steps} dtype={a.dtype} inputs={sum(len(f) for f, _ in data)} frames")
-    table = Table(("inversion", "<20"), ("err g=1", ">10.2e"), ("err g=7.5", ">11.2e"), ("UNet evals", ">12d"),
+    table = Table(("inversion", "<22"), ("err g=1", ">10.2e"), ("err g=7.5", ">11.2e"), ("UNet evals", ">12d"),
                   ("+evals/step", ">12d"), ("seconds", ">9.1f"))
     rows = []
     for name in a.only or sorted(INVERSIONS):
@@ -218,7 +218,7 @@ def toy_edits(a) -> None:
 
     model = load_model("toy")
     scenes = one_object_scenes(a.seed, a.scenes)
-    cache = tempfile.mkdtemp(prefix="videdit-toy-table-")
+    cache = scratch_dir("videdit-toy-table-")
     print(f"toy model, {a.scenes} one-object scenes, {a.steps} steps, guidance {a.guidance}")
     table = Table(("inversion", "<10"), ("editor", "<18"), *EDIT_COLUMNS)
     for inv in a.inversions:
@@ -278,7 +278,7 @@ def methods(a) -> None:
 
     model = load_model("toy")
     scenes = one_object_scenes(a.seed, a.scenes)
-    cache = tempfile.mkdtemp(prefix="videdit-methods-table-")
+    cache = scratch_dir("videdit-methods-table-")
     print(f"toy model, {a.scenes} one-object scenes of seed {a.seed}, {a.steps} steps, guidance {a.guidance}")
     table = Table(("method", "<40"), ("after", "<18"), *EDIT_COLUMNS)
     for label, inversion, editor, inv_params, ed_params in methods_rows(a.only):
@@ -309,7 +309,7 @@ def toy_video(a) -> None:
 
     model = load_model(a.model)
     inversion_params = dict(a.inversion_param)
-    tmp = Path(tempfile.mkdtemp(prefix="videdit-toy-video-"))
+    tmp = Path(scratch_dir("videdit-toy-video-"))
     clips = []
     for i in range(a.clips):
         kind = a.kinds[i % len(a.kinds)]
