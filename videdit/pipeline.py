@@ -47,6 +47,7 @@ from videdit.video.keep_background import keep_background_options
 
 log = logging.getLogger("videdit")
 DEFAULT_INVERSION = "ddim"   # where neither the edit nor its editor names one
+SOURCE_ONLY = "sdedit"       # where the editor reads only the clean source latents (EditorSpec.reads_inversion)
 MAX_TOKENS_ENV = "VIDEDIT_MAX_TOKENS"   # the token budget when max_tokens is not given (default: the model's)
 
 
@@ -82,6 +83,9 @@ class EditSettings:
     editor_config: Any = field(init=False, repr=False, compare=False)
     temporal_configs: tuple[tuple[TemporalSpec, Any], ...] = field(init=False, repr=False, compare=False)
     start_step: int = field(init=False, repr=False, compare=False)      # the edit's first schedule step
+    # the editor reads only the clean source latents (EditorSpec.reads_inversion): SOURCE_ONLY in place of the
+    # inversion, and any inversion's record serves the edit
+    source_only: bool = field(init=False, repr=False, compare=False)
     pin_source: bool = field(init=False, repr=False, compare=False)     # source branch on the inversion's latents
     token_merging_config: TokenMerging | None = field(init=False, repr=False, compare=False)
     feature_cache_config: FeatureCaching | None = field(init=False, repr=False, compare=False)
@@ -140,8 +144,13 @@ class EditSettings:
             raise VideditError(f"editor {editor.name!r} reads the {', '.join(missing)} an inversion stores, and "
                                f"inversion {method.name!r} stores none; use --inversion "
                                f"{' or '.join(n for n, m in INVERSIONS.items() if set(editor.reads) <= set(m.stores))}")
+        editor_config = make_config(editor.config, self.editor_params, f"editor {self.editor!r}")
+        source_only = editor.reads_inversion is not None and not editor.reads_inversion(editor_config)
+        if source_only:   # the plan reads only the clean source latents (its reference starts from its own noise)
+            method = get_inversion(SOURCE_ONLY)
+            config = make_config(method.config, {}, f"inversion {SOURCE_ONLY!r}")
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,
-                    "editor_config": make_config(editor.config, self.editor_params, f"editor {self.editor!r}"),
+                    "editor_config": editor_config, "source_only": source_only,
                     "temporal_configs": self._temporal_configs(editor),
                     "start_step": self._start_step(),
                     "pin_source": pin_source,
@@ -480,9 +489,9 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
     n_frames = inversion.noise.shape[0]
     window = window if window is not None else Window(0, n_frames)
     temporal = temporal if temporal is not None else settings.temporal_stack()
-    if inversion.method != settings.inversion:
+    if inversion.method != settings.inversion_method.name and not settings.source_only:
         raise VideditError(f"the inversion was made by {inversion.method!r} and the settings name "
-                           f"{settings.inversion!r}; edit with the settings it was made with")
+                           f"{settings.inversion_method.name!r}; edit with the settings it was made with")
     config = settings.editor_config
     if edited is not None:   # a per-frame option (a mask per window frame): the edited frames'
         cut = {f.name: getattr(config, f.name)[list(edited)] for f in dataclasses.fields(config)
@@ -502,7 +511,8 @@ def edit_latents(model: Model, inversion: Inversion, settings: EditSettings, *, 
         prediction_type=model.prediction_type, guidance=settings.guidance), settings.inversion_config)
     if plan.sampler is not None and replay.sampler is not None:
         raise VideditError(f"editor {settings.editor!r} samples with {type(plan.sampler).__name__} and inversion "
-                           f"{settings.inversion!r} replays with {type(replay.sampler).__name__}; they do not combine")
+                           f"{settings.inversion_method.name!r} replays with {type(replay.sampler).__name__}; they do "
+                           f"not combine")
     branches = plan.branches
     if replay.uncond is not None:
         branches = dataclasses.replace(branches, uncond=_broadcast_uncond(replay.uncond, n_branches))

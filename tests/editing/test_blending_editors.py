@@ -59,3 +59,30 @@ def test_outside_the_mask_is_the_source(tiny, inverted, editor, inversion):
 def test_bad_options_are_errors_with_the_fix(editor, params, match):
     with pytest.raises(VideditError, match=match):
         EditSettings(editor=editor, editor_params=params)
+
+
+@pytest.mark.parametrize("editor", ["blended", "differential"])
+def test_an_editor_that_reads_only_the_source_inverts_nothing(tiny, wolf_frames, editor):
+    """The references start from their own noise and read only the clean source latents: with a mask (and
+    from_inversion off) the edit runs no UNet inverting, whatever inversion is named, and gives what it gives
+    from a DDIM inversion's record, bit for bit. Without a mask (plain regeneration) or from the inversion, it
+    inverts as asked."""
+    from videdit.pipeline import edit_latents, invert_frames
+
+    mask = left_half()
+    kw = dict(source_prompt="a wolf", target_prompt="a fox", steps=4, editor=editor)
+    s = EditSettings(**kw, inversion="null_text", editor_params={"mask": mask})
+    assert s.source_only and s.inversion_method.name == "sdedit"
+    rows = []
+    hook = tiny.unet.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        inv = invert_frames(tiny, wolf_frames, s)
+    finally:
+        hook.remove()
+    assert rows == [] and inv.unet_evals == 0
+    ddim = invert_frames(tiny, wolf_frames, EditSettings(**kw, inversion="ddim",
+                                                         editor_params={"mask": mask, "from_inversion": True}))
+    assert ddim.unet_evals > 0 and torch.equal(edit_latents(tiny, inv, s), edit_latents(tiny, ddim, s))
+    for params in ({}, {"mask": mask, "from_inversion": True}):
+        resolved = EditSettings(**kw, inversion="null_text", editor_params=params)
+        assert not resolved.source_only and resolved.inversion_method.name == "null_text"

@@ -69,6 +69,10 @@ class EditorSpec(Entry):
     schedule: Callable[[dict, int, int | None], Schedule] | None = None
     reads: tuple[str, ...] = ()     # what it reads from the inversion's record (InversionMethod.stores)
     cond_only_source: bool = False  # reads only its source branch's conditional half (register_editor)
+    # (its config) -> False where its plan reads nothing of the inversion but the clean source latents (the
+    # edit then inverts nothing: SOURCE_ONLY in its place); None: it always reads the inversion
+    reads_inversion: Callable[[Any], bool] | None = None
+    source_only: str = ""           # when reads_inversion is false, in words (`videdit methods`)
 
     def capabilities(self) -> dict[str, object]:
         return {"has_source_branch": self.has_source_branch,
@@ -77,7 +81,8 @@ class EditorSpec(Entry):
                 **({"schedule": self.schedule.__name__} if self.schedule is not None else {}),
                 **({"reference_images": ", ".join(self.references)} if self.references else {}),
                 **({"reads": ", ".join(self.reads)} if self.reads else {}),
-                **({"cond_only_source": True} if self.cond_only_source else {})}
+                **({"cond_only_source": True} if self.cond_only_source else {}),
+                **({"source_only": self.source_only} if self.reads_inversion else {})}
 
 
 EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
@@ -86,7 +91,9 @@ EDITORS: Registry[EditorSpec] = Registry("editor", "videdit.editing")
 def register_editor(name: str, config: type, *, source_branch: bool = False, references: Mapping[str, str] = {},
                     reference: str = "", pinned_source: bool = False, models: Mapping[str, Any] | None = None,
                     inversion: str | None = None, schedule: Callable[[dict, int, int | None], Schedule] | None = None,
-                    reads: tuple[str, ...] = (), cond_only_source: bool = False, **edit_defaults: float):
+                    reads: tuple[str, ...] = (), cond_only_source: bool = False,
+                    reads_inversion: Callable[[Any], bool] | None = None, source_only: str = "",
+                    **edit_defaults: float):
     """Decorator: register ``fn(ctx, config) -> EditPlan`` under ``name``; ``source_branch``
     declares that its plans replay the source beside the edit, ``references`` the options
     that name a reference image (with the option holding its prompt). ``reference``: the paper
@@ -101,7 +108,10 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
     record, which the inversion must declare it ``stores``; ``cond_only_source``: its attention modules,
     hooks and callbacks read only the source branch's conditional half (the maps, queries, keys and
     features it hands to the target), so a source branch whose guided output goes unread (pinned to
-    the inversion, or at guidance 1) runs without its unconditional half (``Branches.cond_only``)."""
+    the inversion, or at guidance 1) runs without its unconditional half (``Branches.cond_only``);
+    ``reads_inversion(config)``: False where the plan reads only the clean source latents of the
+    inversion (a reference that starts from its own noise), so that the edit inverts nothing
+    (``source_only``: when, in words)."""
 
     def wrap(fn):
         if (pinned_source or cond_only_source) and not source_branch:
@@ -110,7 +120,7 @@ def register_editor(name: str, config: type, *, source_branch: bool = False, ref
                                has_source_branch=source_branch, references=dict(references), reference=reference,
                                edit_defaults=edit_defaults, pinned_source=pinned_source, inversion=inversion,
                                schedule=schedule, reads=tuple(reads), cond_only_source=cond_only_source,
-                               **(models or {})))
+                               reads_inversion=reads_inversion, source_only=source_only, **(models or {})))
         return fn
 
     return wrap
