@@ -814,8 +814,9 @@ def speed_settings(steps: int, batch_size: int = 8, source: str = "a wolf", targ
 
 
 def speed_runs(spec, frames, settings, *, device, dtype, repeats: int, labels=tuple(SPEED_OPTIONS)):
-    """(label, first run s, of it compiling s, warm s) of ``settings`` on ``frames`` with each of the model's
-    speed options (``SPEED_OPTIONS``), a fresh model each, compiled graphs dropped between them."""
+    """(label, first run s, of it compiling s, warm s, compiling in the warm runs s: 0 unless a graph
+    compiles again) of ``settings`` on ``frames`` with each of the model's speed options (``SPEED_OPTIONS``),
+    a fresh model each, compiled graphs dropped between them."""
     import torch
 
     from videdit.models import load_model
@@ -829,8 +830,10 @@ def speed_runs(spec, frames, settings, *, device, dtype, repeats: int, labels=tu
         edit_frames(model, frames, settings, stats=first)
         synchronize(model.device)
         first_s = time.perf_counter() - t
-        warm, _ = best_of(lambda: edit_frames(model, frames, settings), repeats, device=model.device, warm=False)
-        yield label, first_s, first.seconds["compile"], warm
+        again = EditStats()
+        warm, _ = best_of(lambda: edit_frames(model, frames, settings, stats=again), repeats, device=model.device,
+                          warm=False)
+        yield label, first_s, first.seconds["compile"], warm, again.seconds["compile"]
         model = None   # freed before the next one loads
         torch._dynamo.reset()
 
@@ -842,14 +845,14 @@ def speed(a) -> None:
     print(f"{a.model}, {a.frames} frames at {a.size}px, {a.steps} steps, device {a.device}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; best of {a.repeats}")
     table = Table(("options", "<26"), ("first run s", ">12.1f"), ("compiling s", ">12.1f"), ("warm s/frame", ">13.3f"),
-                  ("ratio", ">7.2f"))
+                  ("ratio", ">7.2f"), ("compiling again s", ">18.1f"))
     base = None
     labels = [k for k in SPEED_OPTIONS if k not in CUDA_ONLY or a.device.startswith("cuda")]
-    for label, first_s, compiling, warm in speed_runs(a.model, frames, speed_settings(a.steps, a.batch_size),
-                                                      device=a.device, dtype=a.dtype, repeats=a.repeats,
-                                                      labels=labels):
+    for label, first_s, compiling, warm, again in speed_runs(a.model, frames, speed_settings(a.steps, a.batch_size),
+                                                             device=a.device, dtype=a.dtype, repeats=a.repeats,
+                                                             labels=labels):
         base = base or warm
-        table.row(label, first_s, compiling, warm / a.frames, warm / base)
+        table.row(label, first_s, compiling, warm / a.frames, warm / base, again)
 
 
 def vae(a) -> None:
