@@ -321,7 +321,8 @@ def toy_video(a) -> None:
         gt = clip_flows(clip)
         clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
-    print(f"model={a.model} clips={a.clips} ({', '.join(a.kinds)}) frames={a.frames} steps={a.steps} "
+    kinds = [a.kinds[i % len(a.kinds)] for i in range(a.clips)]   # the clips made above, in order
+    print(f"model={a.model} clips={a.clips} ({', '.join(kinds)}) frames={a.frames} steps={a.steps} "
           f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} "
           f"{dict(a.editor_param) or ''} window={a.window} "
           f"keep_background={a.keep_background} tome={a.tome} deepcache={a.deepcache}")
