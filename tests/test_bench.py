@@ -23,8 +23,8 @@ def test_every_memory_preset_resolves_with_tiny_random_controlnets():
 
 
 def test_the_gpu_checks_presets_are_edit_video_calls_as_the_command_line_reads_them():
-    """tools/gpu_check.py times configs/NAME.yaml through `videdit edit --config`'s reading (a key the CLI
-    knows and edit_video does not, as ``tome`` was, broke its preset rows), ControlNets replaced by its own."""
+    """tools/gpu_check.py times configs/NAME.yaml through `videdit edit --config`'s reading (a key only the CLI
+    knows, such as ``tome``, would end its preset rows), ControlNets replaced by its own."""
     import inspect
 
     import gpu_check   # tools/gpu_check.py

@@ -2,11 +2,11 @@
 methods`, presets, the page's settings -> YAML -> `videdit edit --config` round trip, upload
 checks, the progress hook, cancel. The page itself: tests/test_serve_browser.py."""
 
-from io import StringIO
 import sys
 import zipfile
-from unittest import mock
+from io import StringIO
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest

@@ -988,11 +988,11 @@ def count(a) -> None:
                 res = videdit.edit_video(SAMPLE, None, model=model, batch_size=a.batch_size, use_cache=False,
                                          read=io.ReadOptions(max_frames=a.frames, size=(a.size, a.size)), **kw)
         except VideditError as e:   # a pair that refuses (an editor that needs its own inversion, ...)
-            print(f"{name:<50}refused: {str(e).splitlines()[0][:110]}", flush=True)
+            print(f"{name:<50}refused: {(str(e).splitlines() or [''])[0][:110]}", flush=True)
             continue
         except Exception as e:      # a bug: named, and the command fails at the end
             failed.append(name)
-            print(f"{name:<50}FAILED: {type(e).__name__}: {str(e).splitlines()[0][:100]}", flush=True)
+            print(f"{name:<50}FAILED: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}", flush=True)
             continue
         r = work.per_frame(res.stats.frames)
         steps = kw.get("steps")

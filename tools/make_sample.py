@@ -24,7 +24,8 @@ def main() -> None:
     p.add_argument("--fps", type=int, default=8)
     a = p.parse_args()
     if a.frames < 2:
-        p.error(f"--frames must be at least 2 (the circle moves across the clip), got {a.frames}")
+        p.exit(2, f"make_sample.py: error: --frames must be at least 2 (the circle moves across the clip), "
+                  f"got {a.frames}\n")
     s = a.size
     circle = WorldObject("circle", "red", (0.3 * s, 0.45 * s), 0.17 * s, 0.0)
     motion = Motion(velocity=(0.4 * s / (a.frames - 1), 0.1 * s / (a.frames - 1)))

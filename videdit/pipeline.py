@@ -39,6 +39,7 @@ from videdit.registry import EDIT_DEFAULTS
 from videdit.inversion import (INVERSIONS, Inversion, InversionCache, InversionInputs, InversionMethod, Replay,
                                ReplayContext, get_inversion)
 from videdit.inversion.cache import cache_key
+from videdit.inversion.registry import ddim_replay
 from videdit.io.options import resized_size
 from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
 from videdit.models.loading import Geometry, peek_geometry
@@ -145,8 +146,11 @@ class EditSettings:
                                f"inversion {method.name!r} stores none; use --inversion "
                                f"{' or '.join(n for n, m in INVERSIONS.items() if set(editor.reads) <= set(m.stores))}")
         editor_config = make_config(editor.config, self.editor_params, f"editor {self.editor!r}")
-        source_only = editor.reads_inversion is not None and not editor.reads_inversion(editor_config)
-        if source_only:   # the plan reads only the clean source latents (its reference starts from its own noise)
+        # the plan reads only the clean source latents (its reference starts from its own noise), and the named
+        # inversion's replay would be plain DDIM sampling (one with its own sampler, embeddings or callbacks runs)
+        source_only = (editor.reads_inversion is not None and not editor.reads_inversion(editor_config)
+                       and method.replay is ddim_replay)
+        if source_only:
             method = get_inversion(SOURCE_ONLY)
             config = make_config(method.config, {}, f"inversion {SOURCE_ONLY!r}")
         resolved = {"inversion_method": method, "inversion_config": config, "editor_spec": editor,

@@ -789,8 +789,9 @@ class Server:
                 if text != str(e):
                     raise type(e)(text) from None
                 raise
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(folder, ignore_errors=True)
+                log.info("run %d failed: %s", number, type(e).__name__)
                 raise
             s = result.stats
             from_cache = s.cache_hits > 0

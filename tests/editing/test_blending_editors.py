@@ -64,14 +64,14 @@ def test_bad_options_are_errors_with_the_fix(editor, params, match):
 @pytest.mark.parametrize("editor", ["blended", "differential"])
 def test_an_editor_that_reads_only_the_source_inverts_nothing(tiny, wolf_frames, editor):
     """The references start from their own noise and read only the clean source latents: with a mask (and
-    from_inversion off) the edit runs no UNet inverting, whatever inversion is named, and gives what it gives
-    from a DDIM inversion's record, bit for bit. Without a mask (plain regeneration) or from the inversion, it
-    inverts as asked."""
+    from_inversion off) after an inversion that replays as plain DDIM, the edit runs no UNet inverting and gives
+    what it gives from a DDIM inversion's record, bit for bit. Without a mask (plain regeneration), from the
+    inversion, or after an inversion with its own replay (null-text's embeddings), it inverts as asked."""
     from videdit.pipeline import edit_latents, invert_frames
 
     mask = left_half()
     kw = dict(source_prompt="a wolf", target_prompt="a fox", steps=4, editor=editor)
-    s = EditSettings(**kw, inversion="null_text", editor_params={"mask": mask})
+    s = EditSettings(**kw, inversion="fixed_point", editor_params={"mask": mask})
     assert s.source_only and s.inversion_method.name == "sdedit"
     rows = []
     hook = tiny.unet.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
@@ -83,6 +83,7 @@ def test_an_editor_that_reads_only_the_source_inverts_nothing(tiny, wolf_frames,
     ddim = invert_frames(tiny, wolf_frames, EditSettings(**kw, inversion="ddim",
                                                          editor_params={"mask": mask, "from_inversion": True}))
     assert ddim.unet_evals > 0 and torch.equal(edit_latents(tiny, inv, s), edit_latents(tiny, ddim, s))
-    for params in ({}, {"mask": mask, "from_inversion": True}):
-        resolved = EditSettings(**kw, inversion="null_text", editor_params=params)
-        assert not resolved.source_only and resolved.inversion_method.name == "null_text"
+    for inversion, params in (("ddim", {}), ("ddim", {"mask": mask, "from_inversion": True}),
+                              ("null_text", {"mask": mask})):
+        resolved = EditSettings(**kw, inversion=inversion, editor_params=params)
+        assert not resolved.source_only and resolved.inversion_method.name == inversion
