@@ -90,14 +90,12 @@ def make_model(arch: str, directory: Path) -> Path:
 
 def save_controlnet(model_dir: Path) -> Path:
     """A ControlNet of the model's architecture beside its parts (``model_dir / CONTROLNET``): its UNet's
-    encoder (``ControlNetModel.from_unet``) with its zero convolutions randomised, as tiny-random's."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    encoder with its zero convolutions randomised, as tiny-random's (``random_controlnet``)."""
+    from diffusers import UNet2DConditionModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(model_dir / "unet"))
-        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
-            conv.reset_parameters()
+    from videdit.control.controlnet import random_controlnet
+
+    net = random_controlnet(UNet2DConditionModel.from_pretrained(model_dir / "unet"), seed=0)
     net.to(torch.float16).save_pretrained(model_dir / CONTROLNET)
     return model_dir / CONTROLNET
 

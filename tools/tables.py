@@ -310,9 +310,8 @@ def toy_video(a) -> None:
     model = load_model(a.model)
     inversion_params = dict(a.inversion_param)
     tmp = Path(scratch_dir("videdit-toy-video-"))
-    clips = []
-    for i in range(a.clips):
-        kind = a.kinds[i % len(a.kinds)]
+    clips, kinds = [], [a.kinds[i % len(a.kinds)] for i in range(a.clips)]
+    for i, kind in enumerate(kinds):
         clip = sample_clip(np.random.default_rng(a.seed + i), kind, a.frames)
         folder = tmp / f"clip{i}"
         folder.mkdir()
@@ -321,7 +320,6 @@ def toy_video(a) -> None:
         gt = clip_flows(clip)
         clips.append((clip, folder, gt, warp_error(clip.frames, gt)))   # the source's own error, once
 
-    kinds = [a.kinds[i % len(a.kinds)] for i in range(a.clips)]   # the clips made above, in order
     print(f"model={a.model} clips={a.clips} ({', '.join(kinds)}) frames={a.frames} steps={a.steps} "
           f"guidance={a.guidance} inversion={a.inversion} {inversion_params or ''} editor={a.editor} "
           f"{dict(a.editor_param) or ''} window={a.window} "

@@ -37,7 +37,7 @@ def test_text_per_prompt_and_vae_in_batches(tiny):
 def test_latents_are_contiguous_and_their_frames_do_not_depend_on_the_layout(tiny):
     """The pixels' permuted view leaves the encoder's output channels-last; the latents come out contiguous,
     and decoding the same latents laid out channels-last gives the same frames to the bit (the decoder rounds
-    differently on the two layouts: a pixel level apart here without the contiguous copy)."""
+    differently on the two layouts: this test fails without the contiguous copy)."""
     frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     z = tiny.encode_images(frames)
     assert z.is_contiguous()

@@ -102,14 +102,20 @@ def pair_controls(conditions: Sequence[str], controlnets: Sequence[str]) -> list
 
 
 def tiny_controlnet(unet) -> ControlNetModel:
-    """A ControlNet for tiny-random: ``ControlNetModel.from_unet`` of its UNet (its encoder's
-    weights), under a fixed seed. A ControlNet starts with zero convolutions on its outputs and
-    on its condition encoder's last layer, so that an untrained one adds exactly nothing; these
-    get PyTorch's default random initialisation instead, so that at scale 1 it changes the UNet's
+    """A ControlNet for tiny-random: :func:`random_controlnet` of its UNet with a small condition
+    encoder, under a fixed seed."""
+    return random_controlnet(unet, TINY_CONTROLNET_SEED, conditioning_embedding_out_channels=TINY_CONDITION_CHANNELS)
+
+
+def random_controlnet(unet, seed: int, **config) -> ControlNetModel:
+    """``ControlNetModel.from_unet`` of ``unet`` (its encoder's weights; ``config``: from_unet's
+    options) under ``seed``. A ControlNet starts with zero convolutions on its outputs and on its
+    condition encoder's last layer, so that an untrained one adds exactly nothing; these get
+    PyTorch's default random initialisation instead, so that at scale 1 it changes the UNet's
     output (the tests tell a wired ControlNet from an unwired one by that)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_CONTROLNET_SEED)
-        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONDITION_CHANNELS)
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_unet(unet, **config)
         zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
         for conv in zero_convs:
             conv.reset_parameters()

@@ -145,7 +145,8 @@ class BlendedConfig:
 
 @register_editor("blended", BlendedConfig, steps=50, guidance=7.5, strength=0.76,
                  reads_inversion=lambda config: config.mask is None or config.from_inversion,
-                 source_only="with a mask and from_inversion=false: inverts nothing (its start is its own noise)",
+                 source_only="with a mask and from_inversion=false, after an inversion that replays as plain DDIM: "
+                             "inverts nothing (its start is its own noise)",
                  reference="Avrahami et al., Blended Latent Diffusion (SIGGRAPH 2023); "
                            "github.com/omriav/blended-latent-diffusion scripts/text_editing_SD2.py")
 def blended(ctx: EditContext, config: BlendedConfig) -> EditPlan:

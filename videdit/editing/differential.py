@@ -87,8 +87,8 @@ class DifferentialConfig:
 
 @register_editor("differential", DifferentialConfig, steps=100, guidance=7.0, strength=1.0,
                  reads_inversion=lambda config: (config.map is None and config.mask is None) or config.from_inversion,
-                 source_only="with a map or mask and from_inversion=false: inverts nothing (its start is its own "
-                             "noise)",
+                 source_only="with a map or mask and from_inversion=false, after an inversion that replays as plain "
+                             "DDIM: inverts nothing (its start is its own noise)",
                  reference="Levin & Fried, Differential Diffusion: Giving Each Pixel Its Strength (2024); "
                            "github.com/exx8/differential-diffusion SD2/diff_pipe.py")
 def differential(ctx: EditContext, config: DifferentialConfig) -> EditPlan:
