@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from videdit.batch import JobRunner, edit_batch, expand_jobs, read_job_file
 from videdit.cli import main
@@ -245,6 +247,19 @@ def test_a_killed_batch_leaves_no_partial_output_and_its_rerun_finishes(sig, tmp
     assert [r.status for r in rerun.jobs] == ["skipped"] * len(recorded) + ["done"] * (6 - len(recorded))
     assert all(r.frames == 6 for r in rerun.jobs)
     assert not [p for p in out.iterdir() if ".videdit-tmp-" in p.name]
+
+
+def test_a_job_that_reads_only_the_source_holds_no_inversion_group(tmp_path, shared_data):
+    """Blended diffusion with a mask after DDIM inverts nothing: it is a group of its own, so the jobs
+    that share the DDIM inversion wait for one that fills the cache; without the mask it joins them."""
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(mask)
+    base = {"input": str(shared_data / "videos" / "dog.mp4"), "target": "x", "inversion": "ddim"}
+    masked = {"editor": "blended", "editor_params": {"mask": str(mask)}}
+    jobs = expand_jobs([{**base, "output": "a.mp4", **masked}, {**base, "output": "b.mp4", **masked},
+                        {**base, "output": "c.mp4", "editor": "blended"}, {**base, "output": "d.mp4"}], base=tmp_path)
+    groups = [j.inversion_group() for j in jobs]
+    assert len(set(groups)) == 3 and groups[2] == groups[3] and "reads only the source" in groups[0]
 
 
 def test_the_shipped_sample_job_file_expands_to_two_jobs_of_one_clip():

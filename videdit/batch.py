@@ -90,7 +90,10 @@ class Job:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     def inversion_group(self) -> str:
-        """Jobs of one input whose inversion is the same: the first of them fills the cache for the rest."""
+        """Jobs of one input whose inversion is the same: the first of them fills the cache for the rest.
+        A job whose editor reads only the source inverts nothing: a group of its own (it fills no cache)."""
+        if job_settings(self.options).source_only:
+            return json.dumps([self.input, "reads only the source", self.output])
         parts = {k: v for k, v in self.options.items() if k not in EDIT_ONLY}
         return json.dumps([self.input, parts], sort_keys=True, default=str)
 

@@ -404,6 +404,9 @@ def invert_frames(model: Model, frames: np.ndarray, settings: EditSettings, *,
     # the model's own dtype is back afterwards
     with unet_dtype(model.unet, unet_in), unet_inputs(model.unet, _control_inputs(control, schedule, len(frames))):
         inv = method.run(inputs, config)
+    if not torch.isfinite(inv.trajectory).all():
+        fix = "; try --inversion-dtype fp32" if unet_in != torch.float32 else ""
+        raise VideditError(f"the {method.name} inversion diverged (its latents hold NaN or inf){fix}")
     if inv.start_step < settings.start_step:   # a method that inverted the whole schedule
         inv = dataclasses.replace(inv, start_step=settings.start_step)
     if cache is not None and inv.unet_evals:   # one that ran no UNet (noise) is cheaper to make again than to read

@@ -1,6 +1,7 @@
 """pix2pix-zero's inversion (videdit/inversion/pix2pix_zero.py): its regularisers reduce their
 losses, without them it is DDIM, and its KL term is diffusers' StableDiffusionPix2PixZeroPipeline's."""
 
+import pytest
 import torch
 
 from tests.inversion.approximate_runs import rel_error, settings
@@ -57,3 +58,33 @@ def test_pix2pix_zero_kl_inversion_matches_diffusers(wolf_frames):
     torch.testing.assert_close(inv.noise, theirs, atol=1e-5, rtol=1e-5)   # measured 2.4e-6 apart at most
     ddim = invert_frames(model, wolf_frames[:1], settings(steps=10, scale=1)).noise
     assert rel_error(theirs, ddim) > 1   # the KL steps moved it (measured 2.5)
+
+
+def test_a_diverging_inversion_is_one_line_with_its_fix(tiny, shared_data):
+    """At 32x32 images (4x4 latents) the reference's regularisation steps diverge to NaN on
+    tiny-random; the inversion stops there with the option that scales them, which stays finite."""
+    from videdit import io
+    from videdit.errors import VideditError
+
+    frames, _ = io.read_clip(shared_data / "videos" / "wolf.mp4", io.ReadOptions(size=(32, 32)))
+    with pytest.raises(VideditError, match=r"^pix2pix_zero inversion diverged at 4x4 latents .*reference_size=64"):
+        invert_frames(tiny, frames[[0, 10]], settings("pix2pix_zero", reference_size=0))
+    inv = invert_frames(tiny, frames[[0, 10]], settings("pix2pix_zero", reference_size=64))
+    assert bool(torch.isfinite(inv.trajectory).all())
+
+
+def test_any_inversion_that_returns_nan_is_refused(tiny, wolf_frames):
+    import dataclasses
+
+    from videdit.errors import VideditError
+    from videdit.inversion import INVERSIONS
+
+    ddim = INVERSIONS["ddim"]
+
+    def nan_run(inputs, config):
+        inv = ddim.run(inputs, config)
+        return dataclasses.replace(inv, trajectory=inv.trajectory * float("nan"))
+
+    with INVERSIONS.temporarily(dataclasses.replace(ddim, name="_nan", run=nan_run)):
+        with pytest.raises(VideditError, match=r"^the _nan inversion diverged \(its latents hold NaN or inf\)$"):
+            invert_frames(tiny, wolf_frames, settings("_nan"))
