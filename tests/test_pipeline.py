@@ -89,3 +89,70 @@ def test_a_full_output_folder_is_refused_before_the_model_loads(tmp_path):
     sample = Path(__file__).resolve().parents[1] / "samples" / "red-circle.mp4"
     with pytest.raises(VideditError, match="frames already exists and is not empty; choose another -o path"):
         videdit.edit_video(sample, out, target_prompt="b", model="nobody/no-such-model")
+
+
+def test_edit_image_checks_its_size_and_output_before_any_work(tmp_path):
+    """``size`` reads as --size does ("64x48" a pair); a bad one, an output that is no image or lies in
+    a missing folder, and an unknown option are one line each, before any model loads (a hub id
+    that does not exist would be the error otherwise)."""
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    pair = videdit.edit_image(img, source_prompt="a", target_prompt="b", size=(64, 48), **FAST)
+    assert np.array_equal(videdit.edit_image(img, source_prompt="a", target_prompt="b", size="64x48", **FAST), pair)
+    no_model = dict(source_prompt="a", target_prompt="b", model="nobody/no-such-model")
+    for size, message in ((0, "size must be >= 1"), (64.0, "size must be an int"), ("big", "size must be an int")):
+        with pytest.raises(VideditError, match=message):
+            videdit.edit_image(img, size=size, **no_model)
+    with pytest.raises(VideditError, match=r"^edit_image writes an image: give output one of .png, .jpg"):
+        videdit.edit_image(img, tmp_path / "x.mp4", **no_model)
+    with pytest.raises(VideditError, match="the output folder .*missing does not exist; create it"):
+        videdit.edit_image(img, tmp_path / "missing" / "x.png", **no_model)
+    with pytest.raises(VideditError, match=r"^edit_image has no option 'guidence' \(did you mean 'guidance'\?\)$"):
+        videdit.edit_image(img, guidence=3, **no_model)
+    with pytest.raises(VideditError, match="^edit_image has no option 'window'; it is edit_video's$"):
+        videdit.edit_image(img, window=2, **no_model)
+
+
+def test_a_loaded_model_is_not_moved_or_cast_silently(shared_data):
+    model = videdit.load_model("tiny-random", device="cpu")
+    img = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(VideditError, match=r"^the model is loaded in float32, not bf16; give dtype to load_model"):
+        videdit.edit_image(img, model=model, dtype="bf16", target_prompt="b", steps=1)
+    # on a machine without CUDA the device itself is refused first
+    with pytest.raises(VideditError, match=r"^(the model is loaded on cpu, not cuda|device 'cuda': this torch sees no)"):
+        videdit.invert_video(shared_data / "videos" / "dog.mp4", model=model, device="cuda", steps=1)
+    out = videdit.edit_image(img, model=model, device="cpu", dtype="fp32", target_prompt="b", steps=1, use_cache=False)
+    assert out.shape == (32, 32, 3)   # what it has: accepted
+
+
+def test_edit_video_reads_a_path_and_takes_size_or_read_as_a_mapping(shared_data):
+    clip = shared_data / "videos" / "dog.mp4"
+    with pytest.raises(VideditError, match=r"^edit_video reads a path .* got a ndarray; for one image in memory"):
+        videdit.edit_video(np.zeros((2, 8, 8, 3), np.uint8), target_prompt="b", **FAST)
+    by_size = videdit.edit_video(clip, target_prompt="b", size=64, read={"max_frames": 2}, **FAST)
+    by_read = videdit.edit_video(clip, target_prompt="b", read=io.ReadOptions(max_frames=2, size=64), **FAST)
+    assert by_size.stats.size == by_read.stats.size == (64, 64) and np.array_equal(by_size.frames, by_read.frames)
+    with pytest.raises(VideditError, match=r"^size 32 and read.size 64 disagree; give one of them$"):
+        videdit.edit_video(clip, target_prompt="b", size=32, read={"size": 64}, **FAST)
+    with pytest.raises(VideditError, match=r"^read does not take sise"):
+        videdit.edit_video(clip, target_prompt="b", read={"sise": 64}, **FAST)
+
+
+def test_invert_video_counts_its_work_and_fills_the_cache_a_pinned_edit_reads(tmp_path, shared_data):
+    """``invert_video`` takes the edit's source branch: ``direct`` under a pinned source branch runs
+    its pinned config, which the edit then reads from the cache; its stats count the UNet rows."""
+    clip, cache = shared_data / "videos" / "dog.mp4", tmp_path / "cache"
+    kw = dict(model="tiny-random", steps=3, size=64, read={"max_frames": 2}, inversion="direct", cache_dir=cache)
+    stats = videdit.invert_video(clip, source_prompt="a dog", editor="prompt_to_prompt", source_branch="pinned", **kw)
+    assert (stats.frames, stats.cache_hits, stats.inversion_unet_evals) == (2, 0, 3)
+    assert stats.seconds["invert"] > 0 and set(stats.seconds) == {"invert", "edit", "compile"}
+    edit = videdit.edit_video(clip, source_prompt="a dog", target_prompt="a cat", editor="prompt_to_prompt",
+                              source_branch="pinned", **kw)
+    assert edit.stats.cache_hits == 1 and edit.stats.inversion_unet_evals == 0
+
+
+def test_the_package_lists_its_api_and_a_cache_that_is_a_file_is_one_line(tmp_path):
+    assert {"edit_image", "edit_video", "edit_batch", "invert_video", "load_model", "ReadOptions"} <= set(dir(videdit))
+    (tmp_path / "cache").write_text("")
+    with pytest.raises(VideditError, match=r"^the inversion cache .*cache is a file; give cache_dir \(--cache-dir\)"):
+        videdit.edit_image(np.zeros((32, 32, 3), np.uint8), target_prompt="b", model="tiny-random", steps=1,
+                           cache_dir=tmp_path / "cache")

@@ -10,7 +10,9 @@ The matrix: every inversion with ``plain`` and ``prompt_to_prompt``; every edito
 on tiny-random and on the toy model, 8 frames of ``samples/red-circle.mp4`` at 64x64 in one
 8-frame window, UNet batches of 4, 5 steps. Each case records a hash of the latents the VAE
 decoded and of the output frames (uint8), so any change to a single bit shows.
-It goes only through the public API (``videdit.edit_video``, ``videdit.load_model`` and
+Presets are read as ``videdit edit --config NAME`` reads them, at 5 steps, each ControlNet the
+model's own (tiny-random's random one, the toy's canny one). Besides that reading it goes only
+through the public API (``videdit.edit_video``, ``videdit.load_model`` and
 ``Model.decode_latents``), so it runs against commits before and after an API change.
 """
 
@@ -90,15 +92,39 @@ def cases() -> dict[str, dict]:
     for name, temporal in TEMPORAL.items():
         out[f"temporal/{name}"] = dict(inversion="direct", editor="prompt_to_prompt", temporal=temporal)
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        preset = yaml.safe_load(path.read_text()) or {}
-        kw = {k: v for k, v in preset.items() if k in ("inversion", "inversion_params", "editor", "editor_params",
-                                                      "temporal", "guidance", "keep_background")}
+        kw = _preset(path)
         if kw.get("editor") in editor_params and not (kw.get("editor_params") or {}).get("mask"):
             kw["editor_params"] = {**(kw.get("editor_params") or {}), **editor_params[kw["editor"]]}
         out[f"preset/{path.stem}"] = kw
         out[f"preset/{path.stem}/direct+p2p"] = {**kw, "inversion": "direct", "inversion_params": {},
                                                  "editor": "prompt_to_prompt", "editor_params": {}}
     return out
+
+
+def _preset(path: Path) -> dict:
+    """configs/NAME.yaml as ``videdit edit --config`` reads it at ``STEPS`` steps (the prompts with
+    its suffix, ControlNets, token merging, strength, seed: every option of the edit), less what
+    :func:`record` sets; a ControlNet on a condition read by a detector runs on canny edges instead.
+    A tree whose command line has no ``edit_kwargs`` gets the keys its presets held then."""
+    from videdit import cli
+
+    if not hasattr(cli, "edit_kwargs"):
+        preset = yaml.safe_load(path.read_text()) or {}
+        return {k: v for k, v in preset.items() if k in ("inversion", "inversion_params", "editor", "editor_params",
+                                                        "temporal", "guidance", "keep_background")}
+    argv = ["edit", str(CLIP), "-o", "unused.mp4", "-s", SOURCE, "-t", TARGET, "--config", str(path),
+            "--steps", str(STEPS)]
+    values = yaml.safe_load(path.read_text()) or {}
+    if values.get("controlnet") and not values.get("control"):   # pose or depth maps the user gives
+        argv += ["--control", "canny"] * len(values["controlnet"])
+    kw = cli.edit_kwargs(cli._with_config(cli.build_parser(), argv))
+    for key in ("model", "read", "window", "batch_size", "use_cache", "cache_dir", "preview", "overwrite",
+                "progress", "device", "dtype", "max_tokens"):
+        del kw[key]
+    return kw
+
+
+CONTROLNETS = {"tiny-random": "tiny-random", "toy": "toy-canny"}   # each model's ControlNet, in a preset's one's place
 
 
 def _digest(a: np.ndarray) -> str:
@@ -132,7 +158,9 @@ def record(models: list[str], only: str | None) -> dict:
                 if only and only not in name:
                     continue
                 decoded.clear()
-                kw = {"steps": STEPS, "guidance": 7.5, **kw}
+                kw = {"steps": STEPS, "guidance": 7.5, "source_prompt": SOURCE, "target_prompt": TARGET, **kw}
+                if kw.get("control"):
+                    kw["control"] = [dataclasses.replace(c, controlnet=CONTROLNETS[model_name]) for c in kw["control"]]
                 if kw.get("temporal"):
                     kw["temporal"] = _for_this_tree(kw["temporal"])
                 if isinstance(kw.get("editor_params", {}).get("mask"), np.ndarray):
@@ -141,7 +169,7 @@ def record(models: list[str], only: str | None) -> dict:
                 key = f"{model_name}/{name}"
                 try:
                     torch.manual_seed(0)
-                    res = videdit.edit_video(clip, None, source_prompt=SOURCE, target_prompt=TARGET, model=model,
+                    res = videdit.edit_video(clip, None, model=model,
                                              window=WINDOW, batch_size=BATCH, use_cache=False,
                                              read=io.ReadOptions(size="source"), **kw)   # the clip's SIZE
                     results[key] = {"latents": _digest(np.concatenate(decoded)) if decoded else None,

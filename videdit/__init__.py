@@ -15,7 +15,7 @@ _LAZY = {
     "EditResult": "videdit.pipeline", "EditSettings": "videdit.pipeline", "edit_image": "videdit.pipeline",
     "edit_video": "videdit.pipeline", "invert_video": "videdit.pipeline",
     "Model": "videdit.models", "load_model": "videdit.models", "ControlSpec": "videdit.control",
-    "edit_batch": "videdit.batch",
+    "edit_batch": "videdit.batch", "ReadOptions": "videdit.io",
 }
 
 __all__ = ["VideditError", *_LAZY]
@@ -26,3 +26,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'videdit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

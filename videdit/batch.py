@@ -245,6 +245,9 @@ def _checked(path: Path, defaults: Any, entries: Any) -> tuple[dict, list[dict]]
 
 
 def _normalise(entry: Mapping, where: str) -> dict:
+    if not isinstance(entry, Mapping):
+        raise VideditError(f"{where}: a job is a mapping of option: value (input, output, target, ...), got "
+                           f"{type(entry).__name__} {str(entry)[:60]!r}")
     out = {}
     for key, value in entry.items():
         name = ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
@@ -800,14 +803,14 @@ class _Display:
         self.bar.close()
 
 
-def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: Mapping | None = None,
+def edit_batch(jobs: str | os.PathLike | Mapping | Job | Iterable[Mapping | Job], *, defaults: Mapping | None = None,
                overrides: Mapping | None = None, cache_dir: str | os.PathLike | None = None,
                ray: str | bool | None = None, workers: int | None = None, gpus_per_worker: float | None = None,
                cpus_per_worker: float = 1, retries: int = 2, scores: bool = True,
                report: str | os.PathLike | None = None, progress: bool = False, runner: JobRunner | None = None,
                on_record: Callable[[JobRecord], None] | None = None, progress_file=None) -> BatchResult:
-    """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`) or
-    job mappings (options by their job-file names, over ``defaults``; paths from the current folder);
+    """Run a batch of edits: ``jobs`` is a job file (YAML, JSON Lines, CSV; :func:`read_job_file`),
+    job mappings, or one (options by their job-file names, over ``defaults``; paths from the current folder);
     a job file's own defaults and presets come over ``defaults``. ``overrides`` set options of every job.
     Jobs whose output and record are there are skipped (:func:`finished_record`); the rest run here on
     one :class:`JobRunner` (``runner``: one to reuse, keeping its model; its cache is the one used), or
@@ -828,7 +831,7 @@ def edit_batch(jobs: str | os.PathLike | Iterable[Mapping | Job], *, defaults: M
         expanded = expand_jobs(entries, file_defaults, base=Path(jobs).parent, overrides=overrides,
                                fallback=defaults)
     else:
-        items = list(jobs)
+        items = [jobs] if isinstance(jobs, (Mapping, Job)) else list(jobs)   # one job alone
         expanded = [j for j in items if isinstance(j, Job)] if all(isinstance(j, Job) for j in items) else \
             expand_jobs(items, defaults, overrides=overrides)
     if not expanded:

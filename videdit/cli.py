@@ -15,13 +15,10 @@ from videdit.registry import DEFAULT_MODEL
 
 def _size(text: str) -> int | tuple[int, int] | str:
     """"512" (short side), "640x360" (width x height) or "source" (the source's own size)."""
-    if text.strip().lower() == "source":
-        return "source"
+    from videdit.io.options import parse_size
+
     try:
-        if "x" in text.lower():
-            w, h = text.lower().split("x")
-            return int(w), int(h)
-        return int(text)
+        return parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be N (short side), WxH or source, got {text!r}") from None
 

@@ -42,7 +42,7 @@ from videdit.inversion.cache import cache_key
 from videdit.inversion.registry import ddim_replay
 from videdit.io.options import resized_size
 from videdit.models import DEFAULT_MODEL, Model, load_model, unet_dtype
-from videdit.models.loading import Geometry, peek_geometry
+from videdit.models.loading import Geometry, peek_geometry, resolve_device, resolve_dtype
 from videdit.video import TemporalContext, TemporalSpec, TemporalStack, Window, WindowLatents, get_temporal
 from videdit.video.keep_background import keep_background_options
 
@@ -213,8 +213,7 @@ class EditStats:
     inversion_unet_evals: int = 0   # per frame, summed over windows
     size: tuple[int, int] | None = None   # (W, H) the model worked at (working_size)
     # wall time by phase; "compile": the calls that compiled (--compile), taken out of the phase they fell in
-    seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "codec": 0.0,
-                                                               "compile": 0.0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"invert": 0.0, "edit": 0.0, "compile": 0.0})
 
 
 class Stopwatch:
@@ -346,8 +345,23 @@ def _resolve_model(model: Model | str, device, dtype, settings: EditSettings, so
         if source is not None and (geometry := peek_geometry(model, dtype)) is not None:
             check_budget(geometry, source, size, max_tokens)
         model = load_model(model, device=device, dtype=dtype)
+    else:
+        _check_loaded(model, device, dtype)
     check_methods(model, settings)
     return model
+
+
+def _check_loaded(model: Model, device, dtype) -> None:
+    """Refuse a ``device`` or ``dtype`` that a loaded ``model`` does not have (they choose how a
+    model loads; "auto" and None leave it as loaded)."""
+    if device is not None and str(device) != "auto":
+        want = resolve_device(device)
+        if want.type != model.device.type or (want.index is not None and want.index != model.device.index):
+            raise VideditError(f"the model is loaded on {model.device}, not {device}; give device to load_model "
+                               f"(or pass the model's name)")
+    if dtype is not None and resolve_dtype(dtype) != model.dtype:
+        raise VideditError(f"the model is loaded in {str(model.dtype).removeprefix('torch.')}, not {dtype}; give "
+                           f"dtype to load_model (or pass the model's name)")
 
 
 def check_methods(model: Model, settings: EditSettings, controlnet: bool = False) -> None:
@@ -697,17 +711,51 @@ def _settings(**kw) -> EditSettings:
     return EditSettings(**kw)
 
 
-def _read_options(read: io.ReadOptions | None, window: int) -> io.ReadOptions:
+def _check_settings_names(settings: Mapping, api: str) -> None:
+    """Refuse a keyword that is no field of :class:`EditSettings`, naming the nearest."""
+    import difflib
+
+    known = [f.name for f in dataclasses.fields(EditSettings) if f.init]
+    for name in settings:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            video = name in ("window", "read", "preview", "overwrite", "on_progress")
+            raise VideditError(f"{api} has no option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                               + ("; it is edit_video's" if video else ""))
+
+
+def _input_path(input: Any, api: str) -> Path:
+    """``input`` as a Path, anything else refused in one line."""
+    if isinstance(input, (str, os.PathLike)):
+        return Path(input)
+    memory = ("; for one image in memory give edit_image an (H, W, 3) uint8 array" if api == "edit_video" else "")
+    raise VideditError(f"{api} reads a path (a video, a folder of frames or an image), got a "
+                       f"{type(input).__name__}{memory}")
+
+
+def _read_options(read: io.ReadOptions | Mapping | None, window: int,
+                  size: int | tuple[int, int] | str | None = None) -> io.ReadOptions:
+    """``read`` (options or a mapping of them) in windows of ``window`` frames, at ``size`` where given."""
     if window < 1:
         raise VideditError(f"window must be >= 1 frame, got {window}")
-    return dataclasses.replace(read or io.ReadOptions(), chunk_size=window)
+    if isinstance(read, Mapping):
+        read = make_config(io.ReadOptions, read, "read")
+    elif read is not None and not isinstance(read, io.ReadOptions):
+        raise VideditError(f"read takes videdit.ReadOptions or a mapping of its fields, got {type(read).__name__}")
+    read = read or io.ReadOptions()
+    if size is not None:
+        if read.size is not None and read.size != io.ReadOptions(size=size).size:
+            raise VideditError(f"size {size!r} and read.size {read.size!r} disagree; give one of them")
+        read = dataclasses.replace(read, size=size)
+    return dataclasses.replace(read, chunk_size=window)
 
 
 def edit_video(input: str | Path, output: str | Path | None = None, *, source_prompt: str = "",
                target_prompt: str = "", model: Model | str = DEFAULT_MODEL, steps: int | None = None,
                guidance: float | None = None, seed: int = 0, negative_prompt: str = "", inversion: str | None = None,
                inversion_params: Mapping | None = None, editor: str = "plain", editor_params: Mapping | None = None,
-               temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | None = None, window: int = 16,
+               temporal: Mapping[str, Mapping] | None = None, read: io.ReadOptions | Mapping | None = None,
+               size: int | tuple[int, int] | str | None = None, window: int = 16,
                batch_size: int = 8, inversion_dtype: str = "model",
                keep_background: Mapping | float | bool | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | Path | None = None,
@@ -720,13 +768,15 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     """Edit a clip (video file, frame folder or image) window by window.
 
     With ``output`` the frames stream to it (mp4 keeps the source fps and audio; a folder
-    gets PNG frames; .gif a preview) and ``EditResult.frames`` is None; without it, the
+    gets PNG frames; a .gif every frame) and ``EditResult.frames`` is None; without it, the
     edited frames are returned, at the source's size either way. ``preview`` writes a source|edit
     GIF beside. A non-empty output folder is replaced only with ``overwrite``.
 
-    The model works at ``read.size`` (:func:`working_size`; None: the model's native short side,
-    "source": the source's size), refused before any frame is read where that exceeds
-    ``max_tokens`` latent tokens per frame (:func:`token_budget`); ``EditStats.size`` says which.
+    ``read``: which frames (:class:`videdit.io.ReadOptions`, or a mapping of its fields). The model
+    works at ``size`` or ``read.size`` (:func:`working_size`; None: the model's native short side,
+    an int the short side, (W, H) or "WxH", "source": the source's size), refused before any
+    frame is read where that exceeds ``max_tokens`` latent tokens per frame
+    (:func:`token_budget`); ``EditStats.size`` says which.
 
     ``control``: ControlNets with their conditions (:class:`videdit.control.ControlSpec` each, e.g.
     ``ControlSpec("canny", "lllyasviel/sd-controlnet-canny", scale=1.0)``, or a loaded
@@ -746,8 +796,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
                          temporal=temporal, inversion_dtype=inversion_dtype, keep_background=keep_background,
                          strength=strength, steps_offset=steps_offset, source_branch=source_branch,
                          token_merging=token_merging, feature_cache=feature_cache)
-    read = _read_options(read, window)
-    input = Path(input)
+    read = _read_options(read, window, size)
+    input = _input_path(input, "edit_video")
     info = io.probe(input, read)
     if output is not None:
         io.check_output_path(output, input, overwrite=overwrite)
@@ -825,30 +875,38 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
 def invert_video(input: str | Path, *, source_prompt: str = "", model: Model | str = DEFAULT_MODEL,
                  steps: int | None = None, guidance: float | None = None, seed: int = 0, negative_prompt: str = "",
                  inversion: str | None = None, inversion_params: Mapping | None = None,
-                 read: io.ReadOptions | None = None, window: int = 16, batch_size: int = 8, device: str | None = None,
+                 read: io.ReadOptions | Mapping | None = None, size: int | tuple[int, int] | str | None = None,
+                 window: int = 16, batch_size: int = 8, device: str | None = None,
                  dtype: str | None = None,
                  inversion_dtype: str = "model", cache_dir: str | Path | None = None, strength: float | None = None,
-                 steps_offset: int | None = None, editor: str = "plain", max_tokens: int | None = None,
+                 steps_offset: int | None = None, editor: str = "plain", editor_params: Mapping | None = None,
+                 source_branch: str | None = None, max_tokens: int | None = None,
                  control: Control | Sequence | None = None, progress: bool = False) -> EditStats:
     """Fill the inversion cache for a clip, window by window, as ``edit_video`` would read it
-    (``editor``: the edit's, where it sets the strength; ``read.size``: the working size, as there)."""
+    (``editor``, ``editor_params``, ``source_branch``: the edit's, where they set the strength or
+    the inversion's work; ``size`` or ``read.size``: the working size, as there)."""
     settings = _settings(source_prompt=source_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
                          seed=seed, batch_size=batch_size, inversion=inversion, inversion_params=inversion_params,
-                         inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor)
-    read = _read_options(read, window)
-    info = io.probe(Path(input), read)
+                         inversion_dtype=inversion_dtype, strength=strength, steps_offset=steps_offset, editor=editor,
+                         editor_params=editor_params, source_branch=source_branch)
+    read = _read_options(read, window, size)
+    input = _input_path(input, "invert_video")
+    info = io.probe(input, read)
     model = _resolve_model(model, device, dtype, settings, info.source_size, read.size, max_tokens)
     read, info, work = _at_working_size(model, read, info, max_tokens)
     control = _control(control, model, settings, read, info.n_frames)
     cache, stats = InversionCache(cache_dir), EditStats(size=work)
-    with closing(io.read_ahead(io.read_frames(Path(input), read))) as chunks:
+    with closing(io.read_ahead(io.read_frames(input, read))) as chunks:
         for chunk in progress_bar(chunks, total=-(-info.n_frames // window), desc="windows", disable=not progress):
             frames = _at_model_size(model, chunk)
             conditions = control.window(stats.frames, frames) if control is not None else None
+            watch = Stopwatch(model)
             inv = invert_frames(model, frames, settings, cache=cache, progress=progress, control=conditions)
+            watch.lap(stats, "invert")
             stats.frames += len(chunk)
             stats.windows += 1
             stats.cache_hits += int(inv.cached)
+            stats.inversion_unet_evals += 0 if inv.cached else inv.unet_evals
     return stats
 
 
@@ -881,15 +939,20 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
     int a short side, (W, H), or "source"), refused over ``max_tokens`` (:func:`token_budget`);
     ``output`` is written when given; ``control``: ControlNets and their conditions, as :func:`edit_video` takes.
     ``settings``: the fields of :class:`EditSettings` (steps, guidance, inversion, editor, ...)."""
+    _check_settings_names(settings, "edit_image")
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, **settings)
+    size = io.ReadOptions(size=size).size   # checked: "512", "640x360" and lists read as --size does
+    if output is not None:
+        if Path(output).suffix.lower() not in io.IMAGE_SUFFIXES:
+            raise VideditError(f"edit_image writes an image: give output one of {', '.join(io.IMAGE_SUFFIXES)} "
+                               f"(edit_video writes videos), not {output}")
+        io.check_output_path(output, None if isinstance(input, np.ndarray) else input, "output")
     if isinstance(input, np.ndarray):
         if input.ndim != 3 or input.shape[2] != 3 or input.dtype != np.uint8:
             raise VideditError(f"expected an (H, W, 3) uint8 image, got {input.dtype} {tuple(input.shape)}")
         image = input
     else:
-        if output is not None:
-            io.check_output_path(output, input)
-        image = io.read_clip(Path(input), io.ReadOptions(max_frames=1))[0][0]
+        image = io.read_clip(_input_path(input, "edit_image"), io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
     m = _resolve_model(model, device, dtype, settings, (width, height), size, max_tokens)
     size, _ = _working(m, (width, height), size, max_tokens)

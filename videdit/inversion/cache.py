@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
+from videdit.errors import VideditError
 from videdit.hashing import content_key
 from videdit.inversion.record import Inversion
 from videdit.io.atomic import atomic_path
@@ -36,6 +37,8 @@ def cache_key(frames: np.ndarray, **parts) -> str:
 class InversionCache:
     def __init__(self, directory: Path | str | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise VideditError(f"the inversion cache {self.directory} is a file; give cache_dir (--cache-dir) a folder")
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key[:32]}.safetensors"

@@ -99,6 +99,11 @@ class ReadOptions:
             raise VideditError(f"max_frames must be an integer >= 1 (or None for all), got {self.max_frames!r}")
         if isinstance(self.size, list):  # YAML gives lists; a frozen field still takes a tuple
             object.__setattr__(self, "size", tuple(self.size))
+        if isinstance(self.size, str) and self.size != SOURCE_SIZE:   # "512", "640x360" as --size takes them
+            try:
+                object.__setattr__(self, "size", parse_size(self.size))
+            except ValueError:
+                pass   # refused below
         if self.size is not None and self.size != SOURCE_SIZE:
             if _is_int(self.size):
                 if self.size < 1:
@@ -157,6 +162,17 @@ class ClipInfo:
     def n_frames(self) -> int:
         """Number of frames ``read_frames`` yields."""
         return len(self.indices)
+
+
+def parse_size(text: str) -> int | tuple[int, int] | str:
+    """"512" (short side), "640x360" (width x height) or "source" (the source's own size); ValueError
+    for anything else."""
+    if text.strip().lower() == SOURCE_SIZE:
+        return SOURCE_SIZE
+    if "x" in text.lower():
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    return int(text)
 
 
 def resized_size(source: tuple[int, int], size: int | tuple[int, int] | str | None) -> tuple[int, int]:

@@ -417,21 +417,23 @@ def check_frames_folder(path: Path, overwrite: bool, flag: str = "-o") -> None:
                            f"another {flag} path")
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike, flag: str = "-o",
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None, flag: str = "-o",
                       overwrite: bool | None = None) -> None:
-    """Refuse an output that would overwrite the input, one whose folder does not exist or cannot be
-    written, and (where ``overwrite`` is given) a frame folder that :func:`write_frames_dir` would
-    refuse; ``flag`` names the option that gave it in the message.
+    """Refuse an output that would overwrite the input (``input_path``; None: an input held in
+    memory), one whose folder does not exist or cannot be written, and (where ``overwrite`` is
+    given) a frame folder that :func:`write_frames_dir` would refuse; ``flag`` names the option
+    that gave it in the message.
 
     Call it before the (slow) edit, so a bad ``-o`` fails early.
     """
-    out, inp = Path(output).resolve(), Path(input_path).resolve()
+    out = Path(output).resolve()
     if out == out.parent:
         raise VideditError(f"cannot write to {output}, the file system's root; choose another {flag} path")
     kind = _output_kind(Path(output))
-    if _same_file(out, inp) or (inp.is_dir() and _is_within(out, inp)):
+    inp = Path(input_path).resolve() if input_path is not None else None
+    if inp is not None and (_same_file(out, inp) or (inp.is_dir() and _is_within(out, inp))):
         raise VideditError(f"refusing to overwrite the input {input_path} with {output}; choose another {flag} path")
-    if kind == "frames" and _is_within(inp, out):
+    if kind == "frames" and inp is not None and _is_within(inp, out):
         raise VideditError(
             f"refusing to write frames to {output}: the input {input_path} is inside it; choose another {flag} path"
         )

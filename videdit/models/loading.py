@@ -283,7 +283,8 @@ class Model:
 
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None, config: str | os.PathLike | None = None,
-               lora: list | tuple = (), embeddings: list | tuple = (), vae: str | os.PathLike | None = None,
+               lora: str | os.PathLike | list | tuple = (), embeddings: str | os.PathLike | list | tuple = (),
+               vae: str | os.PathLike | None = None,
                vae_dtype: str | torch.dtype | None = None, vae_tiling: bool = False, compile: bool | str = False,
                channels_last: bool = False) -> Model:
     """Load ``spec``: "tiny-random", "tiny-sdxl", "tiny-pix2pix", "toy", "toy-pix2pix" (the toy model with
@@ -294,7 +295,7 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
 
     ``config``: a single file's architecture (a diffusers directory or hub id, or the original
     YAML; inferred when left out). ``vae``: a replacement VAE (directory or file). ``embeddings``:
-    textual-inversion files. ``lora``: LoRA files, each ``"FILE"``, ``"FILE=SCALE"`` or
+    textual-inversion files (or one). ``lora``: LoRA files (or one), each ``"FILE"``, ``"FILE=SCALE"`` or
     ``(FILE, SCALE)``, fused into the weights in order. All of them enter the fingerprint, so
     cached inversions of the plain model are not reused.
 
@@ -306,6 +307,8 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | torch.d
     costs time on the first frames, reported apart).
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    lora = [lora] if isinstance(lora, (str, os.PathLike)) else lora
+    embeddings = [embeddings] if isinstance(embeddings, (str, os.PathLike)) else embeddings
     spec = str(spec)
     if config is not None and not checkpoints.is_single_file(spec):
         raise VideditError(f"--model-config describes a single-file checkpoint; {spec!r} is not a "
