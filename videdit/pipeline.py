@@ -845,8 +845,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
         again, window by window, through ``TemporalStack.finish_clip``."""
         watch, start = Stopwatch(model), 0
         with closing(io.read_ahead([only] if only is not None else io.read_frames(input, read))) as chunks:
-            for chunk in progress_bar(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass", unit="window",
-                              disable=not progress, leave=False):
+            for chunk in progress_bar(chunks, total=-(-stats.frames // read.chunk_size), desc="second pass",
+                                      unit="window", disable=not progress, leave=False):
                 window = Window(start, len(chunk), _at_model_size(model, chunk),
                                 last=start + len(chunk) >= stats.frames)
                 yield finished(chunk, stack.finish_clip(window))
