@@ -104,6 +104,58 @@ def test_audio_is_cut_at_the_requested_times(videos, tmp_path):
     assert streams(out)["audio"] is None
 
 
+def _clip_with_a_click(path: Path, video_start: float, audio_start: float, fps: int = 25, rate: int = 48000) -> Path:
+    """50 frames of 32x32 at ``fps`` from ``video_start`` s on the container's clock, audio from
+    ``audio_start`` s, silent but for a click at frame 25's time."""
+    with av.open(str(path), "w") as c:
+        video = c.add_stream("libx264", rate=fps)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps * 100)
+        audio = c.add_stream("aac", rate=rate, layout="mono")
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * (i % 25), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round((video_start + i / fps) * fps * 100), Fraction(1, fps * 100)
+            c.mux(video.encode(frame))
+        c.mux(video.encode(None))
+        signal = np.zeros(int((50 / fps + 0.5) * rate), np.float32)
+        click = round((video_start + 25 / fps - audio_start) * rate)
+        signal[click:click + 480] = 0.9
+        for at in range(0, len(signal), 1024):
+            frame = av.AudioFrame.from_ndarray(signal[None, at:at + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, round(audio_start * rate) + at, Fraction(1, rate)
+            c.mux(audio.encode(frame))
+        c.mux(audio.encode(None))
+    return path
+
+
+def _click_s(path: Path) -> float:
+    """Seconds from the first video frame of ``path`` to its audio's click."""
+    with av.open(str(path)) as c:
+        origin = float(c.streams.video[0].start_time * c.streams.video[0].time_base)
+        pieces, start = [], None
+        for frame in c.decode(c.streams.audio[0]):
+            start = frame.time if start is None else start
+            pieces.append(frame.to_ndarray().reshape(-1) if frame.format.is_planar else frame.to_ndarray()[0])
+        rate = c.streams.audio[0].codec_context.sample_rate
+    return start + int(np.argmax(np.abs(np.concatenate(pieces)) > 0.3)) / rate - origin
+
+
+@pytest.mark.parametrize("video_start, audio_start", [(0.5, 0.0), (0.0, 0.5)])
+def test_audio_stays_with_its_frames_where_the_streams_start_apart(tmp_path, video_start, audio_start):
+    """A video stream that starts after its audio (a clip cut without re-encoding) keeps the audio
+    that plays with its frames; audio that starts after the video is preceded by silence. The click
+    that sounds with frame 25 sounds with it in the output: at 1.0 s, from any first frame."""
+    source = _clip_with_a_click(tmp_path / "source.mp4", video_start, audio_start)
+    assert _click_s(source) == pytest.approx(1.0, abs=0.002)
+    for start_frame in (0, 10):
+        options = ReadOptions(start_frame=start_frame)
+        info = probe(source, options)
+        out = write_output(tmp_path / f"out{start_frame}.mp4", read_frames(source, options), info, input_path=source)
+        # measured within 0.001 s (the AAC encoder's own delay is in the container's edit list)
+        assert _click_s(out) == pytest.approx(1.0 - start_frame / 25, abs=0.003)
+
+
 def test_video_without_audio_source(videos, tmp_path):
     frames, info = read_clip(videos / "wolf.mp4", ReadOptions(max_frames=6, size=128))
     out = write_output(tmp_path / "wolf.mp4", iter([frames[:4], frames[4:]]), info, input_path=videos / "wolf.mp4")

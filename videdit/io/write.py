@@ -198,7 +198,9 @@ def _copy_audio(
     start_s: float,
     end_s: float,
 ) -> None:
-    """Decode ``source``'s first audio stream, keep the samples in [start_s, end_s), encode."""
+    """Decode ``source``'s first audio stream, keep the samples in [start_s, end_s) of its first
+    video frame's clock (where the video starts later than the audio, the audio that plays with
+    it), silence where the audio starts later or skips, encode."""
     ctx = stream.codec_context
     resampler = av.AudioResampler(
         format=ctx.format.name,
@@ -219,8 +221,9 @@ def _copy_audio(
     with av.open(str(source)) as src:
         audio = src.streams.audio[0]
         src_rate = audio.codec_context.sample_rate
-        first, last = round(start_s * src_rate), round(end_s * src_rate)  # sample range
-        position = 0
+        origin = _video_start(src)
+        first, last = round((origin + start_s) * src_rate), round((origin + end_s) * src_rate)  # sample range
+        position = written = first   # next sample expected from the source / to write
         for frame in src.decode(audio):
             s0 = round(frame.time * src_rate) if frame.time is not None else position
             s1 = position = s0 + frame.samples
@@ -228,13 +231,34 @@ def _copy_audio(
                 continue
             if s0 >= last:
                 break
+            if s0 > written:   # the audio starts later than the kept range, or skips
+                encode(resampler.resample(_silence(frame, min(s0, last) - written)))
             lo, hi = max(first - s0, 0), min(last, s1) - s0
             if lo > 0 or hi < frame.samples:
                 frame = _slice_audio(frame, lo, hi)
             frame.pts = None  # the resampler and encode() retime
             encode(resampler.resample(frame))
+            written = max(written, s0 + hi)
     encode(resampler.resample(None))
     container.mux(stream.encode(None))
+
+
+def _video_start(container: av.container.InputContainer) -> float:
+    """Seconds on the container's clock at which its first video stream starts (0 without one)."""
+    video = container.streams.video[0] if container.streams.video else None
+    if video is None or video.start_time is None or video.time_base is None:
+        return 0.0
+    return float(video.start_time * video.time_base)
+
+
+def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:
+    """``samples`` of silence in ``like``'s format, layout and rate."""
+    channels = len(like.layout.channels)
+    shape = (channels, samples) if like.format.is_planar else (1, samples * channels)
+    out = av.AudioFrame.from_ndarray(np.zeros(shape, like.to_ndarray().dtype), format=like.format.name,
+                                     layout=like.layout.name)
+    out.sample_rate = like.sample_rate
+    return out
 
 
 def _slice_audio(frame: av.AudioFrame, lo: int, hi: int) -> av.AudioFrame:
