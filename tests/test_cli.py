@@ -109,6 +109,7 @@ def test_man_skiing_keeps_size_rate_and_audio(tmp_path, shared_data, capsys):
                             "-t", "mickey mouse is skiing on the snow", "-o", out, "--size", "64",
                             "--max-frames", "24", *BASE, "--steps", "1")   # one step: the codec is what is checked
     assert code == 0, err
+    assert "written at 718x718;" in stdout   # the 717x717 source with its edge repeated, as the file holds it
     with av.open(str(out)) as c:
         v = c.streams.video[0]
         assert (v.width, v.height) == (718, 718)

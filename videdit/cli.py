@@ -443,6 +443,7 @@ def edit_kwargs(a) -> dict:
 
 def _edit(a) -> None:
     from videdit.io import is_image
+    from videdit.io.write import VIDEO_FORMATS
     from videdit.pipeline import edit_video
 
     if a.report and is_image(a.output):
@@ -450,8 +451,11 @@ def _edit(a) -> None:
     _check_report(a.report, a.input, a.output)
     result = edit_video(a.input, a.output, **edit_kwargs(a))
     s = result.stats
+    w, h = result.info.source_size
+    if a.output.suffix.lower() in VIDEO_FORMATS:   # H.264 and VP9 take even sizes: the edge repeated once
+        w, h = w + w % 2, h + h % 2
     msg = (f"wrote {result.output} ({_count(s.frames, 'frame')}, worked at {s.size[0]}x{s.size[1]}, written at "
-           f"{result.info.source_size[0]}x{result.info.source_size[1]}; inversion {s.seconds['invert']:.1f}s, "
+           f"{w}x{h}; inversion {s.seconds['invert']:.1f}s, "
            f"{s.cache_hits}/{s.windows} windows from cache; edit {s.seconds['edit']:.1f}s"
            + (f"; compiling {s.seconds['compile']:.1f}s" if s.seconds["compile"] else "") + ")")
     if a.preview:

@@ -364,3 +364,36 @@ def test_truncated_mp4_index_last(videos, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             read_frames(path)
+
+
+def test_a_gif_of_uneven_delays_plays_at_its_own_pace(tmp_path):
+    """videdit's own 29.97-fps GIF holds delays of 3, 4, 3, ... hundredths (30 frames: 1.00 s); ffmpeg
+    states its first delay's rate, 33.3 fps. It reads at 30 fps, so the clip lasts as long as it plays."""
+    from videdit.io import write_gif
+
+    frames = np.random.default_rng(0).integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
+    gif = write_gif(tmp_path / "clip.gif", iter([frames]), Fraction(30000, 1001), max_fps=50)
+    with av.open(str(gif)) as c:
+        assert c.streams.video[0].average_rate == Fraction(100, 3)
+    info = probe(gif)
+    assert (info.n_frames, info.fps) == (30, 30)
+
+
+def test_a_variable_frame_rate_is_said(tmp_path):
+    """1 s at 25 fps then 2 s at 12.5 fps: read at the frames' mean rate (50 frames over 2.96 s, the
+    last frame 0.04 s long as the encoder marks it), with a warning that names the rates and the fix."""
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate([i / 25 for i in range(25)] + [1 + i / 12.5 for i in range(25)]):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 5 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    with pytest.warns(UserWarning, match=r"variable frame rate \(12.5 to 25 fps\); .* mean rate, 16.89 fps, .*"
+                                         r"ffmpeg -i IN -fps_mode cfr -r 25 OUT.mp4"):
+        info = probe(path)
+    assert (info.n_frames, info.fps) == (50, Fraction(625, 37))

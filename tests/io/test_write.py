@@ -257,9 +257,10 @@ def test_gif_caps_rate_length_and_size(videos, tmp_path):
     frames, info = read_clip(videos / "man-skiing.mp4", ReadOptions(size=128, backend="decord"))
     out = write_gif(tmp_path / "edit.gif", iter([frames[:40], frames[40:]]), float(info.out_fps))
     with Image.open(out) as gif:
-        # 29.97 fps > 12: every 3rd frame -> 31 frames at 9.99 fps, 10.01 cs each: 310.3 cs, 10 cs a frame
+        # 29.97 fps > 12: every 3rd frame -> 31 frames, each shown for 3 of the clip's frames (10.01 cs), the
+        # last for the one frame left (3.34 cs): 303.6 cs, as long as the clip's 91 frames
         assert gif.n_frames == 31 and gif.size == (128, 128) and gif.info["loop"] == 0
-        assert delays(gif) == [10] * 31
+        assert delays(gif) == [10] * 30 + [4]
     assert iio.imread(out, index=None).shape == (31, 128, 128, 3)
 
     long = ramp(100, 90, 180)

@@ -131,6 +131,34 @@ def _rate(stream: av.video.stream.VideoStream, trust_average: bool) -> Fraction 
     return None
 
 
+VFR_SPREAD = 1.5   # frame intervals further apart than this ratio: a variable frame rate, said in a warning
+
+
+def _timed_rate(path: Path, rate: Fraction, stamps: list[tuple[int, int]], time_base: Fraction) -> Fraction:
+    """The frames' mean rate on their own timestamps (first frame to the end of the last), where it
+    is more than 1% off the stream's stated ``rate`` (a GIF states its first delay: 29.97 fps
+    written as 3, 4, 3 hundredths reads as 33.3 fps), else ``rate``. A clip whose frame intervals
+    vary more than ``VFR_SPREAD`` times is said to play at that mean rate, as it is written."""
+    times = sorted(pts for pts, _ in stamps)
+    intervals = [b - a for a, b in zip(times, times[1:]) if b > a]
+    if not intervals:
+        return rate
+    last = max(pts for pts, _ in stamps)
+    last_duration = next(d for pts, d in stamps if pts == last) or sorted(intervals)[len(intervals) // 2]
+    span = Fraction(last - times[0] + last_duration) * time_base
+    timed = Fraction(len(stamps)) / span if span > 0 else rate
+    between = Fraction(len(intervals)) / (Fraction(last - times[0]) * time_base)   # the last frame's length aside
+    if abs(timed / rate - 1) > Fraction(1, 100) and abs(between / rate - 1) > Fraction(1, 100):
+        rate = timed.limit_denominator(1001)
+    if max(intervals) > VFR_SPREAD * min(intervals):
+        fastest, slowest = 1 / (min(intervals) * time_base), 1 / (max(intervals) * time_base)
+        warnings.warn(f"{path} has a variable frame rate ({float(slowest):.3g} to {float(fastest):.3g} fps); its "
+                      f"frames are read and written at their mean rate, {float(rate):.4g} fps, so the motion's pace "
+                      f"changes and the sound drifts within the clip; for constant pace convert it first (ffmpeg -i "
+                      f"IN -fps_mode cfr -r {round(float(fastest))} OUT.mp4)", stacklevel=3)
+    return rate
+
+
 def scan(path: Path) -> VideoMeta:
     """Check the container (demux only) and count its frames; decode it all only when broken."""
     with open_container(path) as container:
@@ -141,11 +169,14 @@ def scan(path: Path) -> VideoMeta:
         problems: list[str] = []
         n_packets = 0
         prev_dts = None
+        stamps: list[tuple[int, int]] = []   # (pts, duration) of each packet that has them
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue
                 n_packets += 1
+                if packet.pts is not None:
+                    stamps.append((packet.pts, packet.duration or 0))
                 if packet.pts is None:
                     _note(problems, "frames without timestamps")
                 elif packet.pts < 0:
@@ -162,6 +193,8 @@ def scan(path: Path) -> VideoMeta:
             _note(problems, f"{declared} frames declared but {n_packets} stored")
         declared = declared or n_packets
         rate = _rate(stream, trust_average=not problems)
+        if not problems and rate is not None and len(stamps) == n_packets >= 3 and stream.time_base is not None:
+            rate = _timed_rate(path, rate, stamps, stream.time_base)
     if n_packets == 0:
         raise VideditError(f"{path} has a video stream without frames; pass another video")
     if rate is None:

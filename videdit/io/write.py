@@ -326,8 +326,14 @@ def gif_delays(n: int, fps: float) -> list[int]:
     fps: 3, 4, 3, 3, 4, ... cs), so frame k is never more than half a centisecond off the clip's
     clock and the GIF lasts as long as the clip. None is under 2 cs, below which players slow a
     frame to 10 cs (fps <= 50 keeps them there)."""
-    ends = [math.floor(100 * (k + 1) / fps + 0.5) for k in range(n)]
-    return [max(2, end - start) for start, end in zip([0] + ends, ends)]
+    return gif_delays_until([Fraction(k + 1) / as_fraction(fps) for k in range(n)])
+
+
+def gif_delays_until(ends: list) -> list[int]:
+    """The delays, in centiseconds, of GIF frames that end at ``ends`` seconds (increasing, from a
+    start at 0), each end rounded to the centisecond as :func:`gif_delays` does."""
+    rounded = [math.floor(100 * end + Fraction(1, 2)) for end in ends]
+    return [max(2, end - start) for start, end in zip([0] + rounded, rounded)]
 
 
 def write_gif(
@@ -369,12 +375,14 @@ def write_gif(
     if not kept:
         raise VideditError(f"no frames to write to {path}")
     picked = list(range(0, n_total, step))  # source frame index of each kept frame
-    gif_fps = fps / step
+    # each kept frame shows until the next kept one's time, the last until the clip's end
+    ends = [Fraction(i) / as_fraction(fps) for i in [*picked[1:], n_total]]
     if len(kept) > max_frames:
         choice = np.linspace(0, len(kept) - 1, max_frames).round().astype(int)
-        gif_fps *= max_frames / len(kept)
         kept = [kept[i] for i in choice]
         picked = [picked[i] for i in choice]
+        # evenly paced over the clip's length (the picks are 2 or 3 frames apart and would jerk)
+        ends = [Fraction(n_total * (k + 1), max_frames) / as_fraction(fps) for k in range(max_frames)]
     if source is not None:
         source = np.asarray(source)
         if source.ndim != 4 or source.shape[-1] != 3 or source.dtype != np.uint8 or len(source) != n_total:
@@ -393,7 +401,7 @@ def write_gif(
             format="GIF",
             save_all=True,
             append_images=images[1:],
-            duration=[10 * cs for cs in gif_delays(len(images), gif_fps)],
+            duration=[10 * cs for cs in gif_delays_until(ends)],
             loop=0,
         )
     return path
