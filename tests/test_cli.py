@@ -199,8 +199,8 @@ def test_preview_compares_a_part_edit_with_the_frames_it_read(tmp_path, capsys):
     io.write_frames_dir(part, io.read_clip(SAMPLE, io.ReadOptions(start_frame=10, end_frame=22))[0])
     code, _, err = run(capsys, "preview", part, "-o", tmp_path / "a.gif", "--compare", SAMPLE)
     assert code == 2 and err.strip() == (f"videdit: error: --compare has 24 frames but {part} has 12; select the "
-                                         "frames the edit read with --start-frame, --end-frame and --stride, as "
-                                         "given to videdit edit")
+                                         "frames the edit read with the --start, --end, --start-frame, --end-frame, "
+                                         "--stride or --fps given to videdit edit")
     gif = tmp_path / "b.gif"
     code, _, err = run(capsys, "preview", part, "-o", gif, "--compare", SAMPLE, "--start-frame", "10",
                        "--end-frame", "22", "--max-side", "64")
@@ -210,6 +210,12 @@ def test_preview_compares_a_part_edit_with_the_frames_it_read(tmp_path, capsys):
     source = io.read_clip(SAMPLE, io.ReadOptions(size=64))[0].astype(int)
     errors = [np.abs(first[:, :64] - f).mean() for f in source]   # the left panel against each source frame
     assert int(np.argmin(errors)) == 10 and errors[10] < 0.5 * errors[0], errors
+    # the same part in seconds (the sample runs at 8 fps), as `videdit edit --start 1.25 --end 2.75` read it
+    seconds = tmp_path / "c.gif"
+    code, _, err = run(capsys, "preview", part, "-o", seconds, "--compare", SAMPLE, "--start", "1.25", "--end",
+                       "2.75", "--max-side", "64")
+    assert code == 0, err
+    assert seconds.read_bytes() == gif.read_bytes()
     code, _, err = run(capsys, "preview", part, "-o", gif, "--start-frame", "10")
     assert code == 2 and "select --compare's frames; give --compare" in err
 

@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--compare's first frame: the edit's own --start-frame, so that a part edited lines up")
     p.add_argument("--end-frame", type=int, help="--compare's end frame (exclusive): the edit's own --end-frame")
     p.add_argument("--stride", type=int, default=1, help="every n-th frame of --compare: the edit's own --stride")
+    p.add_argument("--start", type=float, help="--compare's start in seconds: the edit's own --start")
+    p.add_argument("--end", type=float, help="--compare's end in seconds: the edit's own --end")
+    p.add_argument("--fps", type=float, help="--compare resampled to this rate: the edit's own --fps")
 
     p = add("eval", help="score the temporal consistency of an edited clip",
             description="Flow warp error of EDITED along ORIGINAL's optical flow (and of ORIGINAL itself), "
@@ -497,19 +500,21 @@ def _preview(a) -> None:
     if a.output.suffix.lower() != io.GIF_SUFFIX:
         raise VideditError(f"preview writes a GIF; give -o a .gif name, not {a.output}")
     io.check_output_path(a.output, a.input)
-    selected = (a.start_frame, a.end_frame, a.stride) != (0, None, 1)
+    selected = (a.start_frame, a.end_frame, a.stride, a.start, a.end, a.fps) != (0, None, 1, None, None, None)
     if selected and a.compare is None:
-        raise VideditError("--start-frame, --end-frame and --stride select --compare's frames; give --compare")
+        raise VideditError("--start-frame, --end-frame, --stride, --start, --end and --fps select --compare's "
+                           "frames; give --compare")
     read = io.ReadOptions(max_frames=a.max_frames)
     frames, info = io.read_clip(a.input, read)
     source = None
     if a.compare:
         source = io.read_clip(a.compare, io.ReadOptions(start_frame=a.start_frame, end_frame=a.end_frame,
-                                                        stride=a.stride, max_frames=a.max_frames))[0]
+                                                        start_s=a.start, end_s=a.end, stride=a.stride, fps=a.fps,
+                                                        max_frames=a.max_frames))[0]
     if source is not None and len(source) != len(frames):
         raise VideditError(f"--compare has {len(source)} frames{' (as selected)' if selected else ''} but {a.input} "
-                           f"has {len(frames)}; select the frames the edit read with --start-frame, --end-frame "
-                           f"and --stride, as given to videdit edit")
+                           f"has {len(frames)}; select the frames the edit read with the --start, --end, "
+                           f"--start-frame, --end-frame, --stride or --fps given to videdit edit")
     io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
                  max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
