@@ -397,3 +397,24 @@ def test_a_variable_frame_rate_is_said(tmp_path):
                                          r"ffmpeg -i IN -fps_mode cfr -r 25 OUT.mp4"):
         info = probe(path)
     assert (info.n_frames, info.fps) == (50, Fraction(625, 37))
+
+
+def test_non_square_pixels_are_read_at_the_shape_they_display(tmp_path):
+    """64x48 stored pixels of aspect 4/3 (anamorphic) display at 85x48: read there, so the model sees
+    (and the output keeps) the picture's shape; a bar over stored columns 32-47 lies over 43-63."""
+    path = tmp_path / "anamorphic.mp4"
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:, 32:48] = 255
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            frame.pts = i
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    frames, info = read_clip(path)
+    assert info.source_size == (85, 48) and frames.shape == (3, 48, 85, 3)
+    bright = np.flatnonzero(frames[0].mean(axis=(0, 2)) > 128)
+    assert (bright.min(), bright.max()) == (43, 63)

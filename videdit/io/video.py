@@ -50,6 +50,7 @@ class VideoMeta:
     rotation: int  # counter-clockwise degrees, a multiple of 90
     format: str
     problems: tuple[str, ...]  # why the container is not trusted; empty when sound
+    pixel_aspect: Fraction = Fraction(1)   # a stored pixel's width over its height (``size`` is square pixels)
 
     @property
     def sound(self) -> bool:
@@ -195,6 +196,7 @@ def scan(path: Path) -> VideoMeta:
         rate = _rate(stream, trust_average=not problems)
         if not problems and rate is not None and len(stamps) == n_packets >= 3 and stream.time_base is not None:
             rate = _timed_rate(path, rate, stamps, stream.time_base)
+        pixel_aspect = _pixel_aspect(stream)
     if n_packets == 0:
         raise VideditError(f"{path} has a video stream without frames; pass another video")
     if rate is None:
@@ -236,6 +238,9 @@ def scan(path: Path) -> VideoMeta:
         if first is None:
             raise VideditError(f"{path} is not a readable video (its first frame does not decode)")
         rotation, size = _rotation(first[1]), (first[1].width, first[1].height)
+    if pixel_aspect != 1:   # non-square pixels (anamorphic DV, broadcast): read at the shape they display
+        size = (max(1, round(size[0] * pixel_aspect)), size[1])
+        log.info("%s: pixels of aspect %s; read at %dx%d, the size it displays at", path, pixel_aspect, *size)
     if rotation % 180:
         size = (size[1], size[0])
     return VideoMeta(
@@ -247,7 +252,17 @@ def scan(path: Path) -> VideoMeta:
         rotation=rotation,
         format=fmt,
         problems=tuple(problems),
+        pixel_aspect=pixel_aspect,
     )
+
+
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """The stream's sample (pixel) aspect ratio; 1 where it states none."""
+    try:
+        ratio = stream.sample_aspect_ratio
+    except (AttributeError, ValueError):
+        return Fraction(1)
+    return Fraction(ratio) if ratio is not None and ratio > 0 else Fraction(1)
 
 
 def _note(problems: list[str], problem: str) -> None:
@@ -300,7 +315,7 @@ def choose_backend(path: Path, meta: VideoMeta, wanted: str) -> str:
                 "backend 'decord' was asked for but decord is not installed; pip install decord, or use backend='pyav'"
             )
         return "pyav"
-    if not meta.sound or meta.rotation or meta.format not in DECORD_FORMATS:
+    if not meta.sound or meta.rotation or meta.pixel_aspect != 1 or meta.format not in DECORD_FORMATS:
         # decord pads broken files with duplicates and its rotation support is partial
         log.info("%s: reading with PyAV (%s)", path, "; ".join(meta.problems) or "not a decord case")
         return "pyav"
