@@ -379,10 +379,8 @@ def test_a_gif_of_uneven_delays_plays_at_its_own_pace(tmp_path):
     assert (info.n_frames, info.fps) == (30, 30)
 
 
-def test_a_variable_frame_rate_is_said(tmp_path):
-    """1 s at 25 fps then 2 s at 12.5 fps: read at the frames' mean rate (50 frames over 2.96 s, the
-    last frame 0.04 s long as the encoder marks it), with a warning that names the rates and the fix."""
-    path = tmp_path / "vfr.mp4"
+def _vfr_clip(path: Path) -> Path:
+    """1 s at 25 fps, then 2 s at 12.5 fps (50 frames), on a 1/1000 s clock."""
     with av.open(str(path), "w") as c:
         stream = c.add_stream("libx264", rate=25)
         stream.width = stream.height = 32
@@ -393,10 +391,36 @@ def test_a_variable_frame_rate_is_said(tmp_path):
             frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
             c.mux(stream.encode(frame))
         c.mux(stream.encode(None))
-    with pytest.warns(UserWarning, match=r"variable frame rate \(12.5 to 25 fps\); .* mean rate, 16.89 fps, .*"
-                                         r"ffmpeg -i IN -fps_mode cfr -r 25 OUT.mp4"):
-        info = probe(path)
+    return path
+
+
+def test_a_variable_frame_rate_keeps_each_frames_time(tmp_path):
+    """A clip whose frames stray from any constant rate keeps their own times: in the selection by
+    seconds (--start 1.5: frame 32, at 1.56 s), in a resampling (--fps 10: the frame nearest each
+    tick, once) and in the outputs (a video's timestamps, a GIF's delays)."""
+    from videdit.io import write_output
+
+    path = _vfr_clip(tmp_path / "vfr.mp4")
+    info = probe(path)
+    # the mean rate: 50 frames from 0 to 2.96 s (the encoder marks the last frame 0.04 s long)
     assert (info.n_frames, info.fps) == (50, Fraction(625, 37))
+    assert info.times[24:27] == pytest.approx([0.96, 1.0, 1.08]) and info.end_s == pytest.approx(2.92 + 37 / 625)
+    part = probe(path, ReadOptions(start_s=1.5, end_s=2.5))
+    assert part.indices == tuple(range(32, 44)) and part.start_s == pytest.approx(1.56)
+    assert part.times[:2] == pytest.approx([0, 0.08]) and part.end_s == pytest.approx(2.52)
+    resampled = probe(path, ReadOptions(fps=10))
+    # ties go to the later frame, as the constant-rate resampling rounds half up
+    assert resampled.indices[:8] == (0, 3, 5, 8, 10, 13, 15, 18) and resampled.indices[-3:] == (46, 48, 49)
+    out = write_output(tmp_path / "out.mp4", read_frames(path, ReadOptions(start_s=1.5, end_s=2.5)), part,
+                       input_path=path)
+    with av.open(str(out)) as c:
+        assert [round(float(f.time), 3) for f in c.decode(c.streams.video[0])] == [0.08 * k for k in range(12)]
+    gif = write_output(tmp_path / "out.gif", read_frames(path), info, input_path=path)
+    from PIL import Image
+
+    with Image.open(gif) as im:
+        delays = [(im.seek(k), im.info["duration"])[1] for k in range(im.n_frames)]
+    assert delays[23:27] == [40, 40, 80, 80] and sum(delays) == 2980   # 25 x 4 + 24 x 8 + 6 cs
 
 
 def test_non_square_pixels_are_read_at_the_shape_they_display(tmp_path):

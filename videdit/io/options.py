@@ -4,6 +4,7 @@ resized frame is. No file access here."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -131,7 +132,8 @@ class ClipInfo:
 
     ``start_s``/``end_s`` bound the selected frames in source time: ``end_s = start_s +
     n_frames / out_fps`` (capped at the source's end), so audio cut to ``[start_s, end_s)`` lasts
-    as long as the frames played at ``out_fps``. ``source_frames`` is the number of decodable
+    as long as the frames played at ``out_fps``; for a clip of variable frame rate (``times``)
+    ``end_s`` is where the last selected frame ends in the source. ``source_frames`` is the number of decodable
     frames in the source (for a broken container, fewer than it declares).
     """
 
@@ -147,6 +149,9 @@ class ClipInfo:
     has_audio: bool
     backend: str
     source_frames: int | None = None
+    # a clip of variable frame rate: each selected frame's start in seconds from the first (None: every
+    # 1 / out_fps); the outputs keep them
+    times: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CLIP_KINDS:
@@ -192,21 +197,26 @@ def _round_half_up(x: Fraction) -> int:
     return math.floor(x + Fraction(1, 2))
 
 
-def _first_frame_at(t: float, fps: Fraction) -> int:
-    """Index of the first frame starting at or after ``t`` seconds (1e-9 s absorbs float noise)."""
+def _first_frame_at(t: float, fps: Fraction, times: tuple[float, ...] | None = None) -> int:
+    """Index of the first frame starting at or after ``t`` seconds (1e-9 s absorbs float noise):
+    frame ``i`` starts at ``times[i]`` where given, else at ``i / fps``."""
+    if times is not None:
+        return bisect.bisect_left(times, t - 1e-9)
     return max(0, math.ceil(Fraction(t).limit_denominator(10**9) * fps - Fraction(1, 10**9)))
 
 
-def frame_range(n_source: int, fps: Fraction | None, options: ReadOptions, name: str) -> tuple[int, int]:
-    """The [start, end) source frame range the options ask for; frame ``i`` starts at ``i / fps``.
+def frame_range(n_source: int, fps: Fraction | None, options: ReadOptions, name: str,
+                times: tuple[float, ...] | None = None) -> tuple[int, int]:
+    """The [start, end) source frame range the options ask for; frame ``i`` starts at ``times[i]``
+    (a clip of variable frame rate) or ``i / fps``.
 
     Raises when the start is past the end of the clip or the range selects nothing.
     """
     if options.start_s is not None or options.end_s is not None:
         if fps is None:
             raise VideditError(f"{name} is a single image; start_s/end_s need a clip with a frame rate")
-        start = _first_frame_at(options.start_s, fps) if options.start_s is not None else 0
-        end = _first_frame_at(options.end_s, fps) if options.end_s is not None else n_source
+        start = _first_frame_at(options.start_s, fps, times) if options.start_s is not None else 0
+        end = _first_frame_at(options.end_s, fps, times) if options.end_s is not None else n_source
         if start >= n_source:
             raise VideditError(
                 f"the start {options.start_s} s (--start, start_s; frame {start}) is past the end of {name} "
@@ -228,10 +238,25 @@ def frame_range(n_source: int, fps: Fraction | None, options: ReadOptions, name:
 
 
 def select_indices(
-    n_source: int, fps: Fraction | None, options: ReadOptions, name: str
+    n_source: int, fps: Fraction | None, options: ReadOptions, name: str, times: tuple[float, ...] | None = None
 ) -> tuple[tuple[int, ...], Fraction | None]:
-    """Source frame indices to read (strictly increasing) and the rate they play at."""
-    start, end = frame_range(n_source, fps, options, name)
+    """Source frame indices to read (strictly increasing) and the rate they play at. ``times``: each
+    source frame's start in seconds, for a clip of variable frame rate (``fps`` its mean rate); a
+    target ``fps`` then takes the frame nearest each tick, once."""
+    start, end = frame_range(n_source, fps, options, name, times)
+    if options.fps is not None and fps is not None and times is not None:
+        target = as_fraction(options.fps)
+        picked: list[int] = []
+        k = 0
+        while (tick := times[start] + k / target) < times[end - 1] + 1e-9:
+            i = min(max(bisect.bisect_left(times, tick) - 1, start), end - 1)
+            if i + 1 < end and abs(times[i + 1] - tick) <= abs(times[i] - tick) + 1e-9:   # a tie: the later, as
+                i += 1                                                                     # half up rounds
+            if not picked or i > picked[-1]:
+                picked.append(i)
+            k += 1
+        indices = picked[: options.max_frames] if options.max_frames is not None else picked
+        return tuple(indices), target
     if options.fps is not None and fps is not None:
         target = as_fraction(options.fps)
         if target > fps:
@@ -258,11 +283,27 @@ def select_indices(
 
 
 def time_span(
-    indices: tuple[int, ...], fps: Fraction | None, out_fps: Fraction | None, n_source: int
+    indices: tuple[int, ...], fps: Fraction | None, out_fps: Fraction | None, n_source: int,
+    times: tuple[float, ...] | None = None,
 ) -> tuple[float, float]:
     """(start_s, end_s) of the selected frames; see ``ClipInfo``."""
     if fps is None or out_fps is None:
         return 0.0, 0.0
+    if times is not None:
+        return times[indices[0]], selected_times(indices, times, n_source, fps)[1]
     start = Fraction(indices[0]) / fps
     end = min(start + len(indices) / out_fps, Fraction(n_source) / fps)
     return float(start), float(end)
+
+
+def selected_times(indices: tuple[int, ...], times: tuple[float, ...], n_source: int,
+                   fps: Fraction) -> tuple[tuple[float, ...], float]:
+    """The selected frames' starts in seconds from the first of them, and the source time at which
+    the last of them ends: the next frame of the source after the last one read (the source's
+    next frame past a stride or a resampling), else the clip's end (its last frame held for a
+    mean interval)."""
+    t0 = times[indices[0]]
+    step = indices[-1] - indices[-2] if len(indices) > 1 else 1
+    after = indices[-1] + step
+    end = times[after] if after < n_source else times[-1] + float(1 / fps)
+    return tuple(times[i] - t0 for i in indices), end

@@ -21,7 +21,8 @@ from PIL import Image
 
 from videdit.errors import VideditError
 from videdit.io import video
-from videdit.io.options import BACKENDS, ClipInfo, ReadOptions, as_fraction, resized_size, select_indices, time_span
+from videdit.io.options import (BACKENDS, ClipInfo, ReadOptions, as_fraction, resized_size, select_indices,
+                                selected_times, time_span)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 BACKEND_ENV = "VIDEDIT_VIDEO_BACKEND"
@@ -48,6 +49,7 @@ class _Source:
     backend: str
     rotation: int = 0
     files: tuple[Path, ...] = ()
+    times: tuple[float, ...] | None = None   # each frame's start (s), for a variable frame rate
 
 
 def _natural_key(path: Path) -> tuple:
@@ -111,13 +113,15 @@ def _open_source(path: Path, options: ReadOptions) -> _Source:
         return _Source(path, "image", _image_size(path), None, 1, False, "images", files=(path,))
     meta = video.scan(path)
     backend = video.choose_backend(path, meta, _video_backend(options))
-    return _Source(path, "video", meta.size, meta.fps, meta.n_frames, meta.has_audio, backend, meta.rotation)
+    return _Source(path, "video", meta.size, meta.fps, meta.n_frames, meta.has_audio, backend, meta.rotation,
+                   times=meta.times)
 
 
 def _info(source: _Source, options: ReadOptions) -> ClipInfo:
     name = str(source.path)
-    indices, out_fps = select_indices(source.n_frames, source.fps, options, name)
-    start_s, end_s = time_span(indices, source.fps, out_fps, source.n_frames)
+    indices, out_fps = select_indices(source.n_frames, source.fps, options, name, source.times)
+    start_s, end_s = time_span(indices, source.fps, out_fps, source.n_frames, source.times)
+    times = None if source.times is None else selected_times(indices, source.times, source.n_frames, source.fps)[0]
     return ClipInfo(
         path=source.path,
         kind=source.kind,
@@ -131,6 +135,7 @@ def _info(source: _Source, options: ReadOptions) -> ClipInfo:
         has_audio=source.has_audio,
         backend=source.backend,
         source_frames=source.n_frames,
+        times=times,
     )
 
 

@@ -51,6 +51,7 @@ class VideoMeta:
     format: str
     problems: tuple[str, ...]  # why the container is not trusted; empty when sound
     pixel_aspect: Fraction = Fraction(1)   # a stored pixel's width over its height (``size`` is square pixels)
+    times: tuple[float, ...] | None = None   # a variable frame rate: each frame's start (s) from the first
 
     @property
     def sound(self) -> bool:
@@ -132,32 +133,32 @@ def _rate(stream: av.video.stream.VideoStream, trust_average: bool) -> Fraction 
     return None
 
 
-VFR_SPREAD = 1.5   # frame intervals further apart than this ratio: a variable frame rate, said in a warning
+def _timing(path: Path, rate: Fraction, stamps: list[tuple[int, int]],
+            time_base: Fraction) -> tuple[Fraction, tuple[float, ...] | None]:
+    """The clip's rate and, for a variable frame rate, each frame's start in seconds from the first.
 
-
-def _timed_rate(path: Path, rate: Fraction, stamps: list[tuple[int, int]], time_base: Fraction) -> Fraction:
-    """The frames' mean rate on their own timestamps (first frame to the end of the last), where it
-    is more than 1% off the stream's stated ``rate`` (a GIF states its first delay: 29.97 fps
-    written as 3, 4, 3 hundredths reads as 33.3 fps), else ``rate``. A clip whose frame intervals
-    vary more than ``VFR_SPREAD`` times is said to play at that mean rate, as it is written."""
+    The rate is the frames' mean on their own timestamps (first frame to the end of the last) where
+    the stream's stated ``rate`` is more than 1% off it (a GIF states its first delay: 29.97 fps
+    written as 3, 4, 3 hundredths reads as 33.3 fps), else ``rate``. Where a frame starts more than
+    half a frame from where that rate puts it (phones drop frames; screen recordings pause), the
+    frames keep their own times, and the outputs with them."""
     times = sorted(pts for pts, _ in stamps)
     intervals = [b - a for a, b in zip(times, times[1:]) if b > a]
-    if not intervals:
-        return rate
-    last = max(pts for pts, _ in stamps)
-    last_duration = next(d for pts, d in stamps if pts == last) or sorted(intervals)[len(intervals) // 2]
-    span = Fraction(last - times[0] + last_duration) * time_base
+    if not intervals or len(intervals) != len(times) - 1:
+        return rate, None
+    last_duration = next(d for pts, d in stamps if pts == times[-1]) or sorted(intervals)[len(intervals) // 2]
+    span = Fraction(times[-1] - times[0] + last_duration) * time_base
     timed = Fraction(len(stamps)) / span if span > 0 else rate
-    between = Fraction(len(intervals)) / (Fraction(last - times[0]) * time_base)   # the last frame's length aside
+    between = Fraction(len(intervals)) / (Fraction(times[-1] - times[0]) * time_base)   # the last frame aside
     if abs(timed / rate - 1) > Fraction(1, 100) and abs(between / rate - 1) > Fraction(1, 100):
         rate = timed.limit_denominator(1001)
-    if max(intervals) > VFR_SPREAD * min(intervals):
-        fastest, slowest = 1 / (min(intervals) * time_base), 1 / (max(intervals) * time_base)
-        warnings.warn(f"{path} has a variable frame rate ({float(slowest):.3g} to {float(fastest):.3g} fps); its "
-                      f"frames are read and written at their mean rate, {float(rate):.4g} fps, so the motion's pace "
-                      f"changes and the sound drifts within the clip; for constant pace convert it first (ffmpeg -i "
-                      f"IN -fps_mode cfr -r {round(float(fastest))} OUT.mp4)", stacklevel=3)
-    return rate
+    starts = tuple(float((t - times[0]) * time_base) for t in times)
+    drift = max(abs(t - i / float(rate)) for i, t in enumerate(starts))
+    if drift <= 0.5 / float(rate):
+        return rate, None
+    log.info("%s: variable frame rate (frames up to %.3f s from a constant %.4g fps); kept at their own times",
+             path, drift, float(rate))
+    return rate, starts
 
 
 def scan(path: Path) -> VideoMeta:
@@ -194,8 +195,9 @@ def scan(path: Path) -> VideoMeta:
             _note(problems, f"{declared} frames declared but {n_packets} stored")
         declared = declared or n_packets
         rate = _rate(stream, trust_average=not problems)
+        times = None
         if not problems and rate is not None and len(stamps) == n_packets >= 3 and stream.time_base is not None:
-            rate = _timed_rate(path, rate, stamps, stream.time_base)
+            rate, times = _timing(path, rate, stamps, stream.time_base)
         pixel_aspect = _pixel_aspect(stream)
     if n_packets == 0:
         raise VideditError(f"{path} has a video stream without frames; pass another video")
@@ -253,6 +255,7 @@ def scan(path: Path) -> VideoMeta:
         format=fmt,
         problems=tuple(problems),
         pixel_aspect=pixel_aspect,
+        times=times,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from itertools import chain
 from pathlib import Path
@@ -91,6 +91,9 @@ def _audio_length(path: Path) -> float | None:
         raise VideditError(f"cannot read audio from {path} ({e}); pass audio_from=None to write without audio") from e
 
 
+VFR_CLOCK = 90000   # ticks a second of a variable-frame-rate video's timestamps (MPEG's clock)
+
+
 def write_video(
     path: str | os.PathLike,
     chunks: Chunks,
@@ -100,10 +103,13 @@ def write_video(
     audio_start_s: float = 0.0,
     audio_end_s: float | None = None,
     crf: int = 18,
+    times: Sequence[float] | None = None,
 ) -> Path:
     """Encode frames at exactly ``fps`` (H.264/yuv420p for mp4/mov/mkv, VP9 for webm).
 
-    The time base is ``1 / fps`` and frame ``i`` has pts ``i``, so 30000/1001 reads back exactly.
+    The time base is ``1 / fps`` and frame ``i`` has pts ``i``, so 30000/1001 reads back exactly;
+    with ``times`` (a clip of variable frame rate: each frame's start in seconds, from 0) frame
+    ``i`` starts at ``times[i]``, on a clock of 1/90000 s.
     Odd widths/heights are padded by repeating the last column/row once (yuv420p needs even
     sizes; no pixel is resampled), so a 717x717 clip is written as 718x718, with a warning.
     When ``audio_from`` has an audio stream, its audio in ``[audio_start_s, audio_end_s)`` is
@@ -152,7 +158,7 @@ def write_video(
                 stream = container.add_stream(video_codec, rate=rate)
                 stream.width, stream.height = w + w % 2, h + h % 2
                 stream.pix_fmt = "yuv420p"
-                stream.codec_context.time_base = 1 / rate
+                stream.codec_context.time_base = 1 / rate if times is None else Fraction(1, VFR_CLOCK)
                 stream.options = {"crf": str(crf)}
                 if video_codec == "libvpx-vp9":
                     stream.options |= {"b:v": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}
@@ -166,7 +172,7 @@ def write_video(
                     # (7 of 25 encodes of one 64x64 clip under CPU load, up to 13 levels once decoded)
                     video_frame = av.VideoFrame.from_ndarray(_pad_even(frame), format="rgb24").reformat(
                         format="yuv420p", threads=1)
-                    video_frame.pts = n
+                    video_frame.pts = n if times is None else round(times[n] * VFR_CLOCK)
                     video_frame.time_base = stream.codec_context.time_base
                     container.mux(stream.encode(video_frame))
                     n += 1
@@ -345,8 +351,12 @@ def write_gif(
     max_side: int = 256,
     max_fps: float = 12,
     max_frames: int = 48,
+    times: Sequence[float] | None = None,
+    duration: float | None = None,
 ) -> Path:
-    """A looping GIF preview: ``source | edit`` side by side when ``source`` is given.
+    """A looping GIF preview: ``source | edit`` side by side when ``source`` is given. ``times`` and
+    ``duration`` (a clip of variable frame rate): each frame's start and the clip's length in
+    seconds, in place of ``fps``'s clock.
 
     Each panel is downscaled so its longer side is <= ``max_side`` (the source panel is resized
     to the edit's panel). Above ``max_fps`` every k-th frame is kept (k = ceil(fps / max_fps));
@@ -375,14 +385,22 @@ def write_gif(
     if not kept:
         raise VideditError(f"no frames to write to {path}")
     picked = list(range(0, n_total, step))  # source frame index of each kept frame
+    if times is not None and (len(times) != n_total or duration is None):
+        raise VideditError(f"times for {path} must give each of its {n_total} frames a start, with the duration")
+
+    def at(i: int):   # frame i's start; i = n_total: the clip's end
+        if times is None:
+            return Fraction(i) / as_fraction(fps)
+        return duration if i == n_total else times[i]
+
     # each kept frame shows until the next kept one's time, the last until the clip's end
-    ends = [Fraction(i) / as_fraction(fps) for i in [*picked[1:], n_total]]
+    ends = [at(i) for i in [*picked[1:], n_total]]
     if len(kept) > max_frames:
         choice = np.linspace(0, len(kept) - 1, max_frames).round().astype(int)
         kept = [kept[i] for i in choice]
         picked = [picked[i] for i in choice]
         # evenly paced over the clip's length (the picks are 2 or 3 frames apart and would jerk)
-        ends = [Fraction(n_total * (k + 1), max_frames) / as_fraction(fps) for k in range(max_frames)]
+        ends = [at(n_total) * (k + 1) / max_frames for k in range(max_frames)]
     if source is not None:
         source = np.asarray(source)
         if source.ndim != 4 or source.shape[-1] != 3 or source.dtype != np.uint8 or len(source) != n_total:
@@ -509,10 +527,12 @@ def write_output(
             audio_from=Path(input_path) if info.has_audio else None,
             audio_start_s=info.start_s,
             audio_end_s=info.end_s,
+            times=info.times,
         )
     if kind == "gif":
         return write_gif(path, chunks, float(info.out_fps or 1), max_side=max(info.source_size), max_fps=50,
-                         max_frames=info.n_frames)
+                         max_frames=info.n_frames, times=info.times,
+                         duration=None if info.times is None else info.end_s - info.start_s)
     if kind == "image":
         if info.n_frames != 1:
             raise VideditError(
