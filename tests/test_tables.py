@@ -126,3 +126,24 @@ def test_what_is_found_names_what_the_success_test_reads():
     assert recoloured(occlude)[1] == "orange"
     assert tables.what_is_found(tables.truth(occlude, "orange")[0], occlude, 0) == "orange, back red"
     assert tables.what_is_found(occlude.frames[0], occlude, 0) == "purple, back red"
+
+
+def test_the_toy_model_card_carries_edits_after_an_inversion(monkeypatch, tmp_path):
+    """``tools/toy_scores.py`` scores the model's edits of world scenes after DDIM inversion (here one
+    scene at 3 steps) and its card gives them with the table command that scores the same."""
+    import argparse
+
+    import toy_scores
+
+    monkeypatch.setattr(toy_scores, "EDIT_STEPS", 3)
+    e = toy_scores.edit_scores(str(TOY), 1)
+    assert set(e) == {"colour_ok", "colour_iou", "colour_bg_psnr", "shape_ok", "shape_iou", "shape_bg_psnr"}
+    assert e["colour_ok"] in (0.0, 1.0) and 0 <= e["colour_iou"] <= 1 and 5 < e["colour_bg_psnr"] <= 60
+    args = argparse.Namespace(model=str(TOY), n=2, steps=2, guidance=[4.0], timesteps=[200], edit_scenes=1)
+    results = {"attn_iou_shape_word": 0.5, "attn_iou_colour_word": 0.5, "guidance_4": {"colour_acc": 1.0},
+               "edits": e}
+    _, te, vae, unet, _ = toy_scores.load(str(TOY), toy_scores.torch.device("cpu"))
+    card = toy_scores.model_card(tmp_path, unet, te, vae, results, args).splitlines()
+    assert card[-1].startswith("- Edits of 1 one-object world scenes (seed 7) after DDIM inversion, prompt_to_prompt "
+                               "at its defaults, 3 steps, guidance 4 (`python tools/tables.py methods --scenes 1 "
+                               "--steps 3 --guidance 4 --only prompt_to_prompt` scores the same): colour edit ")

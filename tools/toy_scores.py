@@ -164,6 +164,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the scores here")
     ap.add_argument("--grid", default=None, help="write a PNG grid of the generations here")
     ap.add_argument("--card", action="store_true", help="write MODEL/README.md (model card) with these scores")
+    ap.add_argument("--edit-scenes", type=int, default=16,
+                    help="world scenes edited after DDIM inversion (prompt_to_prompt, 25 steps, guidance 4): what a "
+                    "toy model is for; 0 skips it")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,6 +251,10 @@ def main(argv=None) -> int:
             images_all.append(imgs2)
         results[f"guidance_{w:g}"] = r
         print(f"guidance {w:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+    if args.edit_scenes:
+        results["edits"] = edit_scores(args.model, args.edit_scenes)
+        print("edits after DDIM inversion: " + ", ".join(f"{k} {v:.3f}" for k, v in results["edits"].items()),
+              flush=True)
     results["seconds"] = round(time.time() - t_start, 1)
     if args.grid:
         import cv2
@@ -267,6 +274,31 @@ def main(argv=None) -> int:
             raise SystemExit("--card needs a diffusers directory, not a checkpoint")
         (Path(args.model) / "README.md").write_text(model_card(Path(args.model), unet, te, vae, results, args))
     return 0
+
+
+EDIT_STEPS, EDIT_GUIDANCE, EDIT_SEED = 25, 4.0, 7   # tools/tables.py methods' table: its steps, guidance, scenes
+
+
+def edit_scores(model: str, n_scenes: int) -> dict:
+    """The model's edits of ``n_scenes`` one-object world scenes after DDIM inversion, with
+    prompt_to_prompt at its reference's defaults, as ``tools/tables.py methods`` scores them: the
+    asked colour / shape found, the object's IoU with the source's, the background's PSNR (dB)."""
+    import tables
+
+    from videdit import edit_image, load_model
+
+    toy = load_model(model)
+    cache = tables.scratch_dir("videdit-toy-scores-")
+
+    def edit(scene, obj, prompt, kind):
+        return edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=toy,
+                          steps=EDIT_STEPS, guidance=EDIT_GUIDANCE, inversion="ddim", editor="prompt_to_prompt",
+                          editor_params=tables.editor_inputs("prompt_to_prompt", scene, obj, prompt, kind),
+                          cache_dir=cache)
+
+    cells = tables.edit_scores(tables.one_object_scenes(EDIT_SEED, n_scenes), edit)
+    names = ("colour_ok", "colour_iou", "colour_bg_psnr", "shape_ok", "shape_iou", "shape_bg_psnr")
+    return {name: float(v) for name, v in zip(names, cells)}
 
 
 def model_card(path: Path, unet, te, vae, results: dict, args) -> str:
@@ -325,6 +357,15 @@ def model_card(path: Path, unet, te, vae, results: dict, args) -> str:
     for w in args.guidance:
         r = results[f"guidance_{w:g}"]
         lines.append(f"- Guidance {w:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    if "edits" in results:
+        e = results["edits"]
+        lines.append(f"- Edits of {args.edit_scenes} one-object world scenes (seed {EDIT_SEED}) after DDIM inversion, "
+                     f"prompt_to_prompt at its defaults, {EDIT_STEPS} steps, guidance {EDIT_GUIDANCE:g} (`python "
+                     f"tools/tables.py methods --scenes {args.edit_scenes} --steps {EDIT_STEPS} --guidance "
+                     f"{EDIT_GUIDANCE:g} --only prompt_to_prompt` scores the same): colour edit "
+                     f"{e['colour_ok']:.0%} found, IoU {e['colour_iou']:.2f}, background PSNR "
+                     f"{e['colour_bg_psnr']:.1f} dB; shape edit {e['shape_ok']:.0%}, IoU {e['shape_iou']:.2f}, "
+                     f"{e['shape_bg_psnr']:.1f} dB")
     return "\n".join(lines) + "\n"
 
 
