@@ -91,6 +91,7 @@ def _audio_length(path: Path) -> float | None:
         raise VideditError(f"cannot read audio from {path} ({e}); pass audio_from=None to write without audio") from e
 
 
+AUDIO_GAP_S = 0.02   # audio that starts this much after where it is wanted, or skips as much, is preceded by silence
 VFR_CLOCK = 90000   # ticks a second of a variable-frame-rate video's timestamps (MPEG's clock)
 
 
@@ -237,7 +238,8 @@ def _copy_audio(
                 continue
             if s0 >= last:
                 break
-            if s0 > written:   # the audio starts later than the kept range, or skips
+            # the audio starts later than the kept range, or skips (a coarse clock's rounding, under 20 ms, is no gap)
+            if s0 - written > AUDIO_GAP_S * src_rate:
                 encode(resampler.resample(_silence(frame, min(s0, last) - written)))
             lo, hi = max(first - s0, 0), min(last, s1) - s0
             if lo > 0 or hi < frame.samples:
