@@ -110,6 +110,13 @@ def test_edit_image_checks_its_size_and_output_before_any_work(tmp_path):
         videdit.edit_image(img, guidence=3, **no_model)
     with pytest.raises(VideditError, match="^edit_image has no option 'window'; it is edit_video's$"):
         videdit.edit_image(img, window=2, **no_model)
+    with pytest.raises(VideditError, match=r"^edit_image reads a path \(a video, a folder of frames or an image\), "
+                                           r"not int$"):
+        videdit.edit_image(123, tmp_path / "x.png", **no_model)
+    from PIL import Image   # a PIL image is its pixels
+
+    assert np.array_equal(videdit.edit_image(Image.fromarray(img), source_prompt="a", target_prompt="b",
+                                             size=(64, 48), **FAST), pair)
 
 
 def test_a_loaded_model_is_not_moved_or_cast_silently(shared_data):
@@ -126,7 +133,7 @@ def test_a_loaded_model_is_not_moved_or_cast_silently(shared_data):
 
 def test_edit_video_reads_a_path_and_takes_size_or_read_as_a_mapping(shared_data):
     clip = shared_data / "videos" / "dog.mp4"
-    with pytest.raises(VideditError, match=r"^edit_video reads a path .* got a ndarray; for one image in memory"):
+    with pytest.raises(VideditError, match=r"^edit_video reads a path .* not ndarray; for one image in memory"):
         videdit.edit_video(np.zeros((2, 8, 8, 3), np.uint8), target_prompt="b", **FAST)
     by_size = videdit.edit_video(clip, target_prompt="b", size=64, read={"max_frames": 2}, **FAST)
     by_read = videdit.edit_video(clip, target_prompt="b", read=io.ReadOptions(max_frames=2, size=64), **FAST)

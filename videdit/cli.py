@@ -515,7 +515,7 @@ def _preview(a) -> None:
         raise VideditError(f"--compare has {len(source)} frames{' (as selected)' if selected else ''} but {a.input} "
                            f"has {len(frames)}; select the frames the edit read with the --start, --end, "
                            f"--start-frame, --end-frame, --stride or --fps given to videdit edit")
-    io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side,
+    io.write_gif(a.output, frames, float(info.out_fps or 8), source=source, max_side=a.max_side, **info.timing(),
                  max_fps=a.max_fps, max_frames=a.gif_frames)
     print(f"wrote {a.output}")
 

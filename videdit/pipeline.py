@@ -354,9 +354,12 @@ def _resolve_model(model: Model | str, device, dtype, settings: EditSettings, so
 def _check_loaded(model: Model, device, dtype) -> None:
     """Refuse a ``device`` or ``dtype`` that a loaded ``model`` does not have (they choose how a
     model loads; "auto" and None leave it as loaded)."""
+    def index(d: torch.device) -> int:   # "cuda" is the current GPU
+        return d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
+
     if device is not None and str(device) != "auto":
         want = resolve_device(device)
-        if want.type != model.device.type or (want.index is not None and want.index != model.device.index):
+        if want.type != model.device.type or (want.index is not None and index(want) != index(model.device)):
             raise VideditError(f"the model is loaded on {model.device}, not {device}; give device to load_model "
                                f"(or pass the model's name)")
     if dtype is not None and resolve_dtype(dtype) != model.dtype:
@@ -729,7 +732,7 @@ def _input_path(input: Any, api: str) -> Path:
     if isinstance(input, (str, os.PathLike)):
         return Path(input)
     memory = ("; for one image in memory give edit_image an (H, W, 3) uint8 array" if api == "edit_video" else "")
-    raise VideditError(f"{api} reads a path (a video, a folder of frames or an image), got a "
+    raise VideditError(f"{api} reads a path (a video, a folder of frames or an image), not "
                        f"{type(input).__name__}{memory}")
 
 
@@ -868,7 +871,8 @@ def edit_video(input: str | Path, output: str | Path | None = None, *, source_pr
     finally:
         bar.close()
     if preview is not None:
-        io.write_gif(preview, np.concatenate(keep_edit), float(info.out_fps or 8), source=np.concatenate(keep_source))
+        io.write_gif(preview, np.concatenate(keep_edit), float(info.out_fps or 8), source=np.concatenate(keep_source),
+                     **info.timing())
     return EditResult(output=out_path, frames=frames, info=info, stats=stats)
 
 
@@ -934,7 +938,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
                size: int | tuple[int, int] | str | None = None, device: str | None = None, dtype: str | None = None,
                cache_dir: str | Path | None = None, use_cache: bool = True, max_tokens: int | None = None,
                control: Control | Sequence | None = None, progress: bool = False, **settings) -> np.ndarray:
-    """Edit one image (a path, or an (H, W, 3) uint8 array) and return it at its own size;
+    """Edit one image (a path, an (H, W, 3) uint8 array or a PIL image) and return it at its own size;
     ``size`` is the working size (:func:`working_size`: None the model's native short side, an
     int a short side, (W, H), or "source"), refused over ``max_tokens`` (:func:`token_budget`);
     ``output`` is written when given; ``control``: ControlNets and their conditions, as :func:`edit_video` takes.
@@ -942,6 +946,10 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
     _check_settings_names(settings, "edit_image")
     settings = _settings(source_prompt=source_prompt, target_prompt=target_prompt, **settings)
     size = io.ReadOptions(size=size).size   # checked: "512", "640x360" and lists read as --size does
+    if type(input).__module__.startswith("PIL."):   # a PIL image: its RGB pixels
+        input = np.asarray(input.convert("RGB"))
+    if not isinstance(input, np.ndarray):
+        input = _input_path(input, "edit_image")
     if output is not None:
         if Path(output).suffix.lower() not in io.IMAGE_SUFFIXES:
             raise VideditError(f"edit_image writes an image: give output one of {', '.join(io.IMAGE_SUFFIXES)} "
@@ -952,7 +960,7 @@ def edit_image(input: str | Path | np.ndarray, output: str | Path | None = None,
             raise VideditError(f"expected an (H, W, 3) uint8 image, got {input.dtype} {tuple(input.shape)}")
         image = input
     else:
-        image = io.read_clip(_input_path(input, "edit_image"), io.ReadOptions(max_frames=1))[0][0]
+        image = io.read_clip(input, io.ReadOptions(max_frames=1))[0][0]
     height, width = image.shape[:2]
     m = _resolve_model(model, device, dtype, settings, (width, height), size, max_tokens)
     size, _ = _working(m, (width, height), size, max_tokens)

@@ -315,7 +315,7 @@ def write_split(output: str | Path, clip: ClipPass, groups: Iterable[GroupFrames
     path = io.write_output(output, chunks(), clip.info, input_path=clip.input, overwrite=overwrite)
     if preview is not None:
         io.write_gif(preview, np.concatenate([e for _, e in thumbs]), float(clip.info.out_fps or 8),
-                     source=np.concatenate([s for s, _ in thumbs]))
+                     source=np.concatenate([s for s, _ in thumbs]), **clip.info.timing())
     return path
 
 

@@ -411,6 +411,8 @@ def test_a_variable_frame_rate_keeps_each_frames_time(tmp_path):
     resampled = probe(path, ReadOptions(fps=10))
     # ties go to the later frame, as the constant-rate resampling rounds half up
     assert resampled.indices[:8] == (0, 3, 5, 8, 10, 13, 15, 18) and resampled.indices[-3:] == (46, 48, 49)
+    with pytest.raises(VideditError, match=r"fps 20 is above the source rate of .* \(16.89 fps\)"):
+        probe(path, ReadOptions(fps=20))
     out = write_output(tmp_path / "out.mp4", read_frames(path, ReadOptions(start_s=1.5, end_s=2.5)), part,
                        input_path=path)
     with av.open(str(out)) as c:
@@ -442,3 +444,26 @@ def test_non_square_pixels_are_read_at_the_shape_they_display(tmp_path):
     assert info.source_size == (85, 48) and frames.shape == (3, 48, 85, 3)
     bright = np.flatnonzero(frames[0].mean(axis=(0, 2)) > 128)
     assert (bright.min(), bright.max()) == (43, 63)
+
+
+def test_a_constant_rate_with_its_last_frame_held_is_constant(tmp_path):
+    """30 frames exactly 1/30 s apart, the last held for two: ffmpeg's average rate counts the held
+    frame (900/31 fps), yet no frame strays from the intervals' own rate, so no frame times are kept."""
+    path = tmp_path / "held.mp4"
+    base = Fraction(1, 30000)
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = base
+        packets = []
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 1000 * i, base
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        for packet in packets:
+            packet.duration = 2000 if packet.pts == 29000 else 1000
+            c.mux(packet)
+    info = probe(path)
+    assert info.n_frames == 30 and info.times is None

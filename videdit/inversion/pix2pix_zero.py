@@ -137,9 +137,10 @@ def pix2pix_zero_inversion(inp: InversionInputs, config: Pix2PixZeroConfig) -> I
         x = ddim_inverse_step(x, out, float(s.alphas_prev[i]), float(s.alphas[i]), inp.prediction_type)
         if not torch.isfinite(x).all():
             h, w = x.shape[-2:]
+            fix = ("set its option reference_size=64 (-I reference_size=64) to scale them, or edit larger"
+                   if config.reference_size == 0 else "lower lambda_ac and lambda_kl, or edit larger")
             raise VideditError(f"pix2pix_zero inversion diverged at {h}x{w} latents (its regularisation's steps are "
-                               f"too large there): set its option reference_size=64 (-I reference_size=64) to scale "
-                               f"them, or edit larger")
+                               f"too large there): {fix}")
         path.append(x[0])
     evals = (len(s) - inp.start_step) * (2 if config.guidance != 1 else 1)
     return Inversion(method="pix2pix_zero", trajectory=inp.trajectory(path), unet_evals=evals,

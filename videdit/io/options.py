@@ -115,7 +115,7 @@ class ReadOptions:
                 and all(_is_int(s) and s >= 1 for s in self.size)
             ):
                 raise VideditError(
-                    f"size must be an int (short side), a (width, height) pair of ints >= 1 or "
+                    f"size must be an int (short side), a (width, height) pair of ints >= 1, \"WxH\" or "
                     f"{SOURCE_SIZE!r}, got {self.size!r}"
                 )
         if not _is_int(self.chunk_size) or self.chunk_size < 1:
@@ -167,6 +167,10 @@ class ClipInfo:
     def n_frames(self) -> int:
         """Number of frames ``read_frames`` yields."""
         return len(self.indices)
+
+    def timing(self) -> dict:
+        """``write_gif``'s ``times`` and ``duration`` for a clip of variable frame rate; none otherwise."""
+        return {} if self.times is None else {"times": self.times, "duration": self.end_s - self.start_s}
 
 
 def parse_size(text: str) -> int | tuple[int, int] | str:
@@ -244,6 +248,11 @@ def select_indices(
     source frame's start in seconds, for a clip of variable frame rate (``fps`` its mean rate); a
     target ``fps`` then takes the frame nearest each tick, once."""
     start, end = frame_range(n_source, fps, options, name, times)
+    if options.fps is not None and fps is not None and as_fraction(options.fps) > fps:
+        raise VideditError(
+            f"fps {options.fps} is above the source rate of {name} ({float(fps):.4g} fps); "
+            f"choose fps <= {float(fps):.4g} or leave it out"
+        )
     if options.fps is not None and fps is not None and times is not None:
         target = as_fraction(options.fps)
         picked: list[int] = []

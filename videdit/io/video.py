@@ -153,11 +153,12 @@ def _timing(path: Path, rate: Fraction, stamps: list[tuple[int, int]],
     if abs(timed / rate - 1) > Fraction(1, 100) and abs(between / rate - 1) > Fraction(1, 100):
         rate = timed.limit_denominator(1001)
     starts = tuple(float((t - times[0]) * time_base) for t in times)
-    drift = max(abs(t - i / float(rate)) for i, t in enumerate(starts))
-    if drift <= 0.5 / float(rate):
+    # how far a frame lies from the constant rate of the frames' own intervals (a last frame held long is no stray)
+    drift = max(abs(t - i / float(between)) for i, t in enumerate(starts))
+    if drift <= 0.5 / float(between):
         return rate, None
     log.info("%s: variable frame rate (frames up to %.3f s from a constant %.4g fps); kept at their own times",
-             path, drift, float(rate))
+             path, drift, float(between))
     return rate, starts
 
 

@@ -230,7 +230,7 @@ def _copy_audio(
         src_rate = audio.codec_context.sample_rate
         origin = _video_start(src)
         first, last = round((origin + start_s) * src_rate), round((origin + end_s) * src_rate)  # sample range
-        position = written = first   # next sample expected from the source / to write
+        position, written = 0, first   # the next sample expected from the source (untimed frames count on) / to write
         for frame in src.decode(audio):
             s0 = round(frame.time * src_rate) if frame.time is not None else position
             s1 = position = s0 + frame.samples
@@ -263,7 +263,8 @@ def _silence(like: av.AudioFrame, samples: int) -> av.AudioFrame:
     """``samples`` of silence in ``like``'s format, layout and rate."""
     channels = len(like.layout.channels)
     shape = (channels, samples) if like.format.is_planar else (1, samples * channels)
-    out = av.AudioFrame.from_ndarray(np.zeros(shape, like.to_ndarray().dtype), format=like.format.name,
+    quiet = 128 if like.format.name.startswith("u8") else 0   # unsigned 8-bit audio is silent at its middle
+    out = av.AudioFrame.from_ndarray(np.full(shape, quiet, like.to_ndarray().dtype), format=like.format.name,
                                      layout=like.layout.name)
     out.sample_rate = like.sample_rate
     return out
@@ -533,8 +534,7 @@ def write_output(
         )
     if kind == "gif":
         return write_gif(path, chunks, float(info.out_fps or 1), max_side=max(info.source_size), max_fps=50,
-                         max_frames=info.n_frames, times=info.times,
-                         duration=None if info.times is None else info.end_s - info.start_s)
+                         max_frames=info.n_frames, **info.timing())
     if kind == "image":
         if info.n_frames != 1:
             raise VideditError(
