@@ -368,3 +368,42 @@ def test_weights_changed_in_place_redo_the_job(tmp_path, shared_data, runner):
     assert (tmp_path / "out.mp4").read_bytes() != before   # the new weights, loaded again (not the kept model)
     assert weights_digest({"model": "owner/name"}) == weights_digest({"model": "owner/name"}) != weights_digest(
         {"model": "owner/other"})
+
+
+def test_job_files_keep_their_paths_prompts_and_files_as_written(tmp_path, shared_data):
+    """Weights beside the job file are found from any folder; CSV prompts stay text; a mask's bytes
+    and a missing preview rerun a job; an empty targets list, a stride of 0 and two jobs writing one
+    preview are refused in one line."""
+    from videdit.batch import finished_record
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    (folder / "style.safetensors").write_bytes(b"")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(folder / "m.png")
+    clip = str(shared_data / "videos" / "dog.mp4")
+    base = {"input": clip, "target": "x", "output": "o.mp4"}
+    (job,) = expand_jobs([{**base, "lora": ["style.safetensors=0.5"], "vae": "missing-vae", "editor": "blended",
+                           "editor_params": {"mask": "m.png"}}], base=folder)
+    assert job.options["lora"] == [f"{folder / 'style.safetensors'}=0.5"] and job.options["vae"] == "missing-vae"
+    assert job.options["editor_params"]["mask"] == str(folder / "m.png")
+    before = job.digest("d")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "m.png")
+    assert job.digest("d") != before
+
+    (folder / "jobs.csv").write_text(f"input,target,steps\n{clip},yes,2\n{clip},a circle: watercolor style,3\n")
+    defaults, entries = read_job_file(folder / "jobs.csv")
+    assert [(e["target"], e["steps"]) for e in entries] == [("yes", 2), ("a circle: watercolor style", 3)]
+
+    with pytest.raises(VideditError, match=r"^entry 1: targets is empty; give it at least one target prompt$"):
+        expand_jobs([{"input": clip, "output": "o.mp4", "targets": []}], base=folder)
+    with pytest.raises(VideditError, match=r"^entry 1 \(.*dog.mp4\): stride must be"):
+        expand_jobs([{**base, "stride": 0}], base=folder)
+    with pytest.raises(VideditError, match=r"^jobs 1 and 2 both write .*p.gif; name \{n\} or \{target\}"):
+        expand_jobs([{**base, "output": "{n}.mp4", "preview": "p.gif", "targets": ["a", "b"]}], base=folder)
+
+    (job,) = expand_jobs([{**base, "preview": "p.gif"}], base=folder)
+    Path(job.output).write_bytes(b"x")
+    job.record_path.write_text(json.dumps({"hash": job.digest("d")}))
+    assert finished_record(job, "d") is None   # its preview is missing
+    Path(job.preview).write_bytes(b"x")
+    assert finished_record(job, "d") is not None

@@ -83,10 +83,14 @@ class Job:
         out = Path(self.output)
         return out.with_name(f".{out.name}.videdit-job.json")
 
-    def digest(self, input_digest: str) -> str:
-        """sha256 of the job's input bytes (``input_digest``) and its resolved options and paths."""
-        parts = {"format": RECORD_FORMAT, "input": input_digest, "output": self.output, "preview": self.preview,
+    def digest(self, source_digest: str) -> str:
+        """sha256 of the job's input bytes (``source_digest``: :func:`input_digest`), its resolved options
+        and paths, and its mask file's bytes."""
+        parts = {"format": RECORD_FORMAT, "input": source_digest, "output": self.output, "preview": self.preview,
                  "options": {k: v for k, v in self.options.items() if k not in RUN_OPTIONS}}
+        mask = (self.options.get("editor_params") or {}).get("mask")
+        if isinstance(mask, str):   # a mask file: its bytes, so a changed mask reruns the job
+            parts["mask"] = input_digest(mask)
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     def inversion_group(self) -> str:
@@ -189,7 +193,7 @@ def read_job_file(path: str | os.PathLike) -> tuple[dict, list[dict]]:
                 raise VideditError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} cells, "
                                    f"more than the header's {len(reader.fieldnames)} columns")
             rows.append(row)
-        return {}, [{k.strip(): _csv_value(v) for k, v in row.items() if k and v is not None and v.strip() != ""}
+        return {}, [{k.strip(): _csv_value(v, k) for k, v in row.items() if k and v is not None and v.strip() != ""}
                     for row in rows]
     if suffix in (".jsonl", ".ndjson"):
         defaults, entries = {}, []
@@ -225,10 +229,18 @@ def read_job_file(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     return _checked(path, data.get("defaults") or {}, data["jobs"] or [])
 
 
-def _csv_value(text: str) -> Any:
-    """A CSV cell read as YAML where that gives a number, flag, list or mapping; else the text."""
+# CSV columns that hold text (prompts, paths, names) whatever they look like: "yes", "3.10", "a: b"
+CSV_TEXT = frozenset({"input", "output", "preview", "name", "source", "target", "source_prompt", "target_prompt",
+                      "negative", "negative_prompt", "model", "vae", "model_config", "config", "target_suffix"})
+
+
+def _csv_value(text: str, column: str = "") -> Any:
+    """A CSV cell read as YAML where that gives a number, flag, list or mapping; else, and in a
+    column of text (``CSV_TEXT``), the text."""
     import yaml
 
+    if column.strip().replace("-", "_") in CSV_TEXT:
+        return text
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -342,10 +354,11 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
                 raise VideditError(f"{where}: preview {preview!r} must be a .gif beside the output, not "
                                    + ("the output itself" if preview == output else "another kind of file"))
             _resolve_control(options, base, where)
+            _resolve_weights(options, base)
             for key in ("mask",):   # a path inside the editor's options
                 params = options.get("editor_params")
                 if isinstance(params, dict) and isinstance(params.get(key), str):
-                    options["editor_params"] = {**params, key: str(base / params[key])}
+                    options["editor_params"] = {**params, key: str((base / params[key]).absolute())}
             split = options.get("split", 1)
             if isinstance(split, bool) or not isinstance(split, int) or split < 1:
                 raise VideditError(f"{where}: split must be a whole number of workers >= 1, got {split!r}")
@@ -361,11 +374,39 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
                             preview=str((base / preview).absolute()) if preview else None, options=options))
     seen: dict[str, Job] = {}
     for job in jobs:
-        if job.output in seen:
-            raise VideditError(f"jobs {seen[job.output].index + 1} and {job.index + 1} both write {job.output}; name "
-                               f"{{n}} or {{target}} in the output of an entry with several prompts")
-        seen[job.output] = job
+        for path in (job.output, job.preview):
+            if path is not None and path in seen:
+                raise VideditError(f"jobs {seen[path].index + 1} and {job.index + 1} both write {path}; name {{n}} "
+                                   f"or {{target}} in the output and preview of an entry with several prompts")
+            if path is not None:
+                seen[path] = job
     return jobs
+
+
+def _resolve_weights(options: dict, base: Path) -> None:
+    """``model``, ``vae``, ``model_config``, ``lora`` and ``embeddings`` that name a file or folder
+    beside the job file (``base``): its absolute path, so any folder or worker finds it."""
+    def local(value):
+        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+            return str((base / value).absolute())
+        return value
+
+    for key in ("model", "vae", "model_config"):
+        if key in options:
+            options[key] = local(options[key])
+    for key in ("lora", "embeddings"):
+        value = options.get(key)
+        if value is None:
+            continue
+        out = []
+        for item in [value] if isinstance(value, str) else list(value):
+            if isinstance(item, str):
+                name, sep, scale = item.rpartition("=")   # "FILE=SCALE"
+                item = f"{local(name)}={scale}" if sep and local(name) != name else local(item)
+            elif isinstance(item, (list, tuple)) and item:   # (FILE, SCALE)
+                item = [local(item[0]), *item[1:]]
+            out.append(item)
+        options[key] = out[0] if isinstance(value, str) else out
 
 
 def _resolve_control(options: dict, base: Path, where: str) -> None:
@@ -432,6 +473,8 @@ def _pairs(merged: dict, where: str) -> list[tuple[str, str]]:
     if targets is None:
         raise VideditError(f"{where}: no target prompt; give target (or targets, or prompts)")
     targets = targets if isinstance(targets, list) else [targets]
+    if not targets:
+        raise VideditError(f"{where}: targets is empty; give it at least one target prompt")
     return [(str(source), str(t)) for t in targets]
 
 
@@ -511,7 +554,7 @@ def finished_record(job: Job, input_digest: str) -> dict | None:
     """The record beside ``job``'s output where it is the record of this very job (the same
     :meth:`Job.digest` of its options and its input's ``input_digest``) and the output exists;
     else None (the job is to run)."""
-    if not Path(job.output).exists():
+    if not Path(job.output).exists() or (job.preview is not None and not Path(job.preview).exists()):
         return None
     try:
         record = json.loads(job.record_path.read_text())
@@ -753,7 +796,7 @@ def read_options(options: Mapping):
     if isinstance(size, list):
         size = tuple(size)
     return io.ReadOptions(start_frame=options.get("start_frame") or 0, end_frame=options.get("end_frame"),
-                          start_s=options.get("start"), end_s=options.get("end"), stride=options.get("stride") or 1,
+                          start_s=options.get("start"), end_s=options.get("end"), stride=options.get("stride", 1),
                           fps=options.get("fps"), max_frames=options.get("max_frames"), size=size)
 
 
