@@ -272,8 +272,23 @@ def methods_rows(only: list[str] | None) -> list[tuple[str, str, str, dict, dict
     return rows
 
 
+def method_edit(model, steps: int, guidance: float, inversion: str, editor: str, inversion_params: dict,
+                editor_params: dict, cache: str):
+    """``edit(scene, obj, prompt, kind) -> image`` (for :func:`edit_scores`): the scene edited with the
+    inversion and editor, the editor given what it needs from the scene (:func:`editor_inputs`)."""
+    from videdit import edit_image
+
+    def edit(scene, obj, prompt, kind):
+        return edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model, steps=steps,
+                          guidance=guidance, inversion=inversion, inversion_params=inversion_params, editor=editor,
+                          editor_params={**editor_inputs(editor, scene, obj, prompt, kind), **editor_params},
+                          cache_dir=cache)
+
+    return edit
+
+
 def methods(a) -> None:
-    from videdit import edit_image, load_model
+    from videdit import load_model
     from videdit.errors import VideditError
 
     model = load_model("toy")
@@ -282,12 +297,7 @@ def methods(a) -> None:
     print(f"toy model, {a.scenes} one-object scenes of seed {a.seed}, {a.steps} steps, guidance {a.guidance}")
     table = Table(("method", "<40"), ("after", "<18"), *EDIT_COLUMNS)
     for label, inversion, editor, inv_params, ed_params in methods_rows(a.only):
-        def edit(scene, obj, prompt, kind):
-            return edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=model,
-                              steps=a.steps, guidance=a.guidance, inversion=inversion, inversion_params=inv_params,
-                              editor=editor, editor_params={**editor_inputs(editor, scene, obj, prompt, kind),
-                                                            **ed_params}, cache_dir=cache)
-
+        edit = method_edit(model, a.steps, a.guidance, inversion, editor, inv_params, ed_params, cache)
         after = editor if inversion == label.split()[0] else inversion
         try:
             table.row(label, after, *edit_scores(scenes, edit))

@@ -285,17 +285,10 @@ def edit_scores(model: str, n_scenes: int) -> dict:
     asked colour / shape found, the object's IoU with the source's, the background's PSNR (dB)."""
     import tables
 
-    from videdit import edit_image, load_model
+    from videdit import load_model
 
-    toy = load_model(model)
-    cache = tables.scratch_dir("videdit-toy-scores-")
-
-    def edit(scene, obj, prompt, kind):
-        return edit_image(scene.image, source_prompt=scene.caption, target_prompt=prompt, model=toy,
-                          steps=EDIT_STEPS, guidance=EDIT_GUIDANCE, inversion="ddim", editor="prompt_to_prompt",
-                          editor_params=tables.editor_inputs("prompt_to_prompt", scene, obj, prompt, kind),
-                          cache_dir=cache)
-
+    edit = tables.method_edit(load_model(model), EDIT_STEPS, EDIT_GUIDANCE, "ddim", "prompt_to_prompt", {}, {},
+                              tables.scratch_dir("videdit-toy-scores-"))
     cells = tables.edit_scores(tables.one_object_scenes(EDIT_SEED, n_scenes), edit)
     names = ("colour_ok", "colour_iou", "colour_bg_psnr", "shape_ok", "shape_iou", "shape_bg_psnr")
     return {name: float(v) for name, v in zip(names, cells)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gc
 import hashlib
 import io as _io
@@ -383,14 +384,18 @@ def expand_jobs(entries: Sequence[Mapping], defaults: Mapping | None = None, *, 
     return jobs
 
 
-def _resolve_weights(options: dict, base: Path) -> None:
-    """``model``, ``vae``, ``model_config``, ``lora`` and ``embeddings`` that name a file or folder
-    beside the job file (``base``): its absolute path, so any folder or worker finds it."""
-    def local(value):
-        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-            return str((base / value).absolute())
-        return value
+def _beside(value: Any, base: Path) -> Any:
+    """A relative path naming a file or folder in ``base`` (the job file's folder): its absolute
+    path, so any folder or worker finds it; anything else (a hub id, a built-in name) as it is."""
+    if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+        return str((base / value).absolute())
+    return value
 
+
+def _resolve_weights(options: dict, base: Path) -> None:
+    """``model``, ``vae``, ``model_config``, ``lora`` and ``embeddings`` beside the job file: absolute
+    (:func:`_beside`)."""
+    local = functools.partial(_beside, base=base)
     for key in ("model", "vae", "model_config"):
         if key in options:
             options[key] = local(options[key])
@@ -439,11 +444,8 @@ def _resolve_control(options: dict, base: Path, where: str) -> None:
         condition = spec.condition
         if condition.path is not None and not condition.path.is_absolute():
             condition = f"{condition.kind}={(base / condition.path).absolute()}"
-        net = spec.controlnet
-        if not Path(net).is_absolute() and (base / net).exists():
-            net = str((base / net).absolute())
-        out.append({"condition": str(condition), "controlnet": net, "scale": spec.scale, "start": spec.start,
-                    "end": spec.end})
+        out.append({"condition": str(condition), "controlnet": _beside(spec.controlnet, base), "scale": spec.scale,
+                    "start": spec.start, "end": spec.end})
     if out:
         options["control"] = out
 

@@ -8,6 +8,7 @@ not grow with the clip's length.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import numbers
@@ -722,7 +723,7 @@ def _check_settings_names(settings: Mapping, api: str) -> None:
     for name in settings:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            video = name in ("window", "read", "preview", "overwrite", "on_progress")
+            video = name in inspect.signature(edit_video).parameters
             raise VideditError(f"{api} has no option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                                + ("; it is edit_video's" if video else ""))
 

@@ -253,26 +253,21 @@ def select_indices(
             f"fps {options.fps} is above the source rate of {name} ({float(fps):.4g} fps); "
             f"choose fps <= {float(fps):.4g} or leave it out"
         )
+    out_fps: Fraction | None
     if options.fps is not None and fps is not None and times is not None:
         target = as_fraction(options.fps)
-        picked: list[int] = []
+        indices = []
         k = 0
         while (tick := times[start] + k / target) < times[end - 1] + 1e-9:
             i = min(max(bisect.bisect_left(times, tick) - 1, start), end - 1)
             if i + 1 < end and abs(times[i + 1] - tick) <= abs(times[i] - tick) + 1e-9:   # a tie: the later, as
                 i += 1                                                                     # half up rounds
-            if not picked or i > picked[-1]:
-                picked.append(i)
+            if not indices or i > indices[-1]:
+                indices.append(i)
             k += 1
-        indices = picked[: options.max_frames] if options.max_frames is not None else picked
-        return tuple(indices), target
-    if options.fps is not None and fps is not None:
+        out_fps = target
+    elif options.fps is not None and fps is not None:
         target = as_fraction(options.fps)
-        if target > fps:
-            raise VideditError(
-                f"fps {options.fps} is above the source rate of {name} ({float(fps):.4g} fps); "
-                f"choose fps <= {float(fps):.4g} or leave it out"
-            )
         step = fps / target  # source frames per output frame, >= 1
         indices = []
         k = 0
@@ -282,7 +277,7 @@ def select_indices(
                 break
             indices.append(i)
             k += 1
-        out_fps: Fraction | None = target
+        out_fps = target
     else:
         indices = list(range(start, end, options.stride))
         out_fps = None if fps is None else fps / options.stride
@@ -299,20 +294,15 @@ def time_span(
     if fps is None or out_fps is None:
         return 0.0, 0.0
     if times is not None:
-        return times[indices[0]], selected_times(indices, times, n_source, fps)[1]
+        # the last frame ends where the source's next frame past a stride or a resampling starts, else at the
+        # clip's end (its last frame held for a mean interval)
+        after = indices[-1] + (indices[-1] - indices[-2] if len(indices) > 1 else 1)
+        return times[indices[0]], times[after] if after < n_source else times[-1] + float(1 / fps)
     start = Fraction(indices[0]) / fps
     end = min(start + len(indices) / out_fps, Fraction(n_source) / fps)
     return float(start), float(end)
 
 
-def selected_times(indices: tuple[int, ...], times: tuple[float, ...], n_source: int,
-                   fps: Fraction) -> tuple[tuple[float, ...], float]:
-    """The selected frames' starts in seconds from the first of them, and the source time at which
-    the last of them ends: the next frame of the source after the last one read (the source's
-    next frame past a stride or a resampling), else the clip's end (its last frame held for a
-    mean interval)."""
-    t0 = times[indices[0]]
-    step = indices[-1] - indices[-2] if len(indices) > 1 else 1
-    after = indices[-1] + step
-    end = times[after] if after < n_source else times[-1] + float(1 / fps)
-    return tuple(times[i] - t0 for i in indices), end
+def selected_times(indices: tuple[int, ...], times: tuple[float, ...]) -> tuple[float, ...]:
+    """The selected frames' starts in seconds from the first of them."""
+    return tuple(times[i] - times[indices[0]] for i in indices)

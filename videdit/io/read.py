@@ -121,7 +121,7 @@ def _info(source: _Source, options: ReadOptions) -> ClipInfo:
     name = str(source.path)
     indices, out_fps = select_indices(source.n_frames, source.fps, options, name, source.times)
     start_s, end_s = time_span(indices, source.fps, out_fps, source.n_frames, source.times)
-    times = None if source.times is None else selected_times(indices, source.times, source.n_frames, source.fps)[0]
+    times = None if source.times is None else selected_times(indices, source.times)
     return ClipInfo(
         path=source.path,
         kind=source.kind,
